@@ -1,0 +1,143 @@
+//! The client side of the protocol, shared by `wasmux send`, the tests and
+//! the examples: connect, send a message, read the answer.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use wasmux_guide::python;
+
+use crate::codec::{Inbound, Message, MessageCodec};
+use crate::{net, server::WIRE_TARGET};
+
+/// A connection to a wasmux (or any guide-protocol) server.
+pub struct Client {
+    framed: Framed<TcpStream, MessageCodec>,
+    addr: String,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`, `[v6]:port`; names are resolved).
+    pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let stream = net::connect(addr, timeout).await?;
+        Ok(Self::from_stream(stream, addr, timeout))
+    }
+
+    pub fn from_stream(stream: TcpStream, addr: &str, timeout: Duration) -> Self {
+        Self { framed: Framed::new(stream, MessageCodec::default()), addr: addr.to_owned(), timeout }
+    }
+
+    /// Sends `request` and waits for one answer.
+    pub async fn request(&mut self, request: &Message) -> anyhow::Result<Message> {
+        self.send(request).await?;
+        self.receive().await
+    }
+
+    /// Sends a message without waiting for the answer (for pipelining).
+    pub async fn send(&mut self, request: &Message) -> anyhow::Result<()> {
+        if tracing::enabled!(target: WIRE_TARGET, tracing::Level::DEBUG) {
+            let mut bytes = bytes::BytesMut::new();
+            tokio_util::codec::Encoder::encode(&mut MessageCodec::default(), request, &mut bytes)?;
+            tracing::debug!(target: WIRE_TARGET, "sending {} to {}", crate::codec::wire_repr(&bytes, 4096), self.addr);
+        }
+        let sent = tokio::time::timeout(self.timeout, self.framed.send(request)).await;
+        let addr = &self.addr;
+        match sent {
+            Ok(result) => result.map_err(|e| anyhow::anyhow!("cannot send to {addr}: {e}")),
+            Err(_) => bail!("cannot send to {addr}: timed out after {:?} (is the server reading?)", self.timeout),
+        }
+    }
+
+    /// Waits for the next answer.
+    pub async fn receive(&mut self) -> anyhow::Result<Message> {
+        let addr = &self.addr;
+        let next = tokio::time::timeout(self.timeout, self.framed.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {:?}", self.timeout))?;
+        match next {
+            Some(Ok(Inbound::Message(message))) => {
+                tracing::debug!(target: WIRE_TARGET, "received {} response from {addr}", message.header.content_type);
+                Ok(message)
+            }
+            Some(Ok(Inbound::Invalid(e))) => bail!("{addr} sent an invalid message: {e}"),
+            Some(Err(crate::codec::DecodeError::Io(e))) => bail!("reading from {addr}: {}", net::explain(&e)),
+            Some(Err(e)) => bail!("{addr} sent an unreadable message: {e}"),
+            None => bail!("{addr} closed the connection without answering"),
+        }
+    }
+}
+
+/// The request the guide's client makes for `ACTION VALUE`: a `text/json`
+/// search for the action `search`, otherwise ACTION+VALUE as binary.
+pub fn guide_request(action: &str, value: &str) -> Message {
+    if action == "search" {
+        let mut body = serde_json::Map::new();
+        body.insert("action".into(), Value::String(action.into()));
+        body.insert("value".into(), Value::String(value.into()));
+        let content = python::to_vec(&body).unwrap_or_default();
+        Message::new("text/json", "utf-8", content)
+    } else {
+        Message::new(wasmux_guide::BINARY_REQUEST_TYPE, "binary", format!("{action}{value}").into_bytes())
+    }
+}
+
+/// What the guide's client prints for an answer: `Got result: …` for JSON
+/// with a `result`, `Got response: b'…'` otherwise.
+pub fn describe_answer(answer: &Message) -> String {
+    if answer.header.content_type == "text/json" {
+        if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&answer.content) {
+            if let Some(result) = body.get("result") {
+                return format!("Got result: {}", python::str_of(result));
+            }
+        }
+    }
+    format!("Got response: {}", python::bytes_repr(&answer.content))
+}
+
+/// The `error` object of a wasmux error answer, if this is one:
+/// `(code, message)`.
+pub fn error_of(answer: &Message) -> Option<(String, String)> {
+    if answer.header.content_type != "text/json" {
+        return None;
+    }
+    let body: Value = serde_json::from_slice(&answer.content).ok()?;
+    let error = body.get("error")?;
+    Some((error.get("code")?.as_str()?.to_owned(), error.get("message")?.as_str()?.to_owned()))
+}
+
+/// Reads a `--content-file`, with a clear error.
+pub fn read_content(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guide_requests() {
+        let search = guide_request("search", "morpheus");
+        assert_eq!(search.header.content_type, "text/json");
+        assert_eq!(&search.content[..], br#"{"action": "search", "value": "morpheus"}"#);
+        let binary = guide_request("binary", "😃");
+        assert_eq!(binary.header.content_type, "binary/custom-client-binary-type");
+        assert_eq!(binary.header.content_encoding, "binary");
+        assert_eq!(&binary.content[..], "binary😃".as_bytes());
+    }
+
+    #[test]
+    fn answers_are_described_like_the_guide() {
+        let result = Message::new("text/json", "utf-8", "{\"result\": \"Follow the white rabbit. 🐰\"}".as_bytes().to_vec());
+        assert_eq!(describe_answer(&result), "Got result: Follow the white rabbit. 🐰");
+        let binary = Message::new("binary/custom-server-binary-type", "binary", b"First 10 bytes of request: binary\xf0\x9f\x98\x83".to_vec());
+        assert_eq!(describe_answer(&binary), r"Got response: b'First 10 bytes of request: binary\xf0\x9f\x98\x83'");
+        let error = Message::error(crate::codec::ErrorCode::NoRoute, "nope");
+        assert_eq!(describe_answer(&error), "Got result: Error: nope");
+        assert_eq!(error_of(&error), Some(("no-route".into(), "nope".into())));
+        assert_eq!(error_of(&result), None);
+    }
+}

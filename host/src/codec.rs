@@ -1,0 +1,714 @@
+//! The wire format, and nothing else: bytes ⇄ [`Message`].
+//!
+//! A message of the guide's protocol is
+//!
+//! ```text
+//! +----------+----------------------------+---------------------------+
+//! | u16 (BE) | JSON header (UTF-8)        | content                   |
+//! | hdr len  | {"byteorder": …,           | content-length bytes      |
+//! |          |  "content-type": …,        |                           |
+//! |          |  "content-encoding": …,    |                           |
+//! |          |  "content-length": N, …}   |                           |
+//! +----------+----------------------------+---------------------------+
+//! ```
+//!
+//! [`MessageCodec`] is a tokio-util [`Decoder`]/[`Encoder`]. Decoding never
+//! trusts the peer: the announced content length is checked against a
+//! maximum before anything is reserved, and a header whose frame is intact
+//! but whose fields are wrong yields [`Inbound::Invalid`] (the content is
+//! skipped, the connection can go on) rather than an error that ends it.
+//! Headers are written the way the guide's Python programs write them, so
+//! that wasmux's bytes on the wire are the guide's.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::{Map, Value};
+use tokio_util::codec::{Decoder, Encoder};
+use wasmux_guide::python;
+
+/// The default cap on a message's `content-length`.
+pub const DEFAULT_MAX_CONTENT_LENGTH: usize = 8 * 1024 * 1024;
+
+/// The byte order of this machine, as Python's `sys.byteorder` names it.
+pub const NATIVE_BYTEORDER: &str = if cfg!(target_endian = "little") { "little" } else { "big" };
+
+/// Header fields every message must carry; any others are extra fields.
+pub const REQUIRED_FIELDS: [&str; 4] = ["byteorder", "content-type", "content-encoding", "content-length"];
+
+/// Bytes of the fixed-length prefix holding the JSON header's length.
+const PREFIX_LEN: usize = 2;
+
+/// How much buffer to reserve ahead for content still to come. The rest
+/// grows as bytes arrive, so a peer that announces a large message and then
+/// stalls holds little memory.
+const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
+/// The JSON header, minus `content-length` (which is the content's length).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub byteorder: String,
+    pub content_type: String,
+    pub content_encoding: String,
+    /// Every other field, in the order the sender wrote them.
+    pub extra: Map<String, Value>,
+}
+
+/// One message of the protocol: a request or a response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub header: Header,
+    pub content: Bytes,
+}
+
+impl Message {
+    /// A message from this machine (native `byteorder`) with no extra fields.
+    pub fn new(content_type: impl Into<String>, content_encoding: impl Into<String>, content: impl Into<Bytes>) -> Self {
+        Self {
+            header: Header {
+                byteorder: NATIVE_BYTEORDER.to_owned(),
+                content_type: content_type.into(),
+                content_encoding: content_encoding.into(),
+                extra: Map::new(),
+            },
+            content: content.into(),
+        }
+    }
+
+    /// The error answer the guide's client can display: `text/json` content
+    /// `{"result": "Error: …", "error": {"code": …, "message": …}}`.
+    pub fn error(code: ErrorCode, message: &str) -> Self {
+        #[derive(Serialize)]
+        struct Detail<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            result: String,
+            error: Detail<'a>,
+        }
+        let body = Body { result: format!("Error: {message}"), error: Detail { code: code.as_str(), message } };
+        // Serializing a struct of strings cannot fail.
+        let content = python::to_vec(&body).unwrap_or_default();
+        Self::new("text/json", "utf-8", content)
+    }
+
+    /// The `content-length` this message announces.
+    pub fn content_length(&self) -> usize {
+        self.content.len()
+    }
+}
+
+/// The machine-readable `error.code` of an error answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame could not be read: the header is not a JSON object, or its
+    /// length fields are wrong. The connection is closed after the answer.
+    BadFrame,
+    /// The header is a JSON object but a required field is missing or of
+    /// the wrong type.
+    BadHeader,
+    /// `content-length` is over the server's maximum.
+    TooLarge,
+    /// A message was started but not finished in time.
+    Timeout,
+    /// The connection ended in the middle of a message.
+    Truncated,
+    /// The content is not valid for its content-type or encoding.
+    BadRequest,
+    /// The handler does not handle this content-type or encoding.
+    Unsupported,
+    /// No route matches the content-type.
+    NoRoute,
+    /// The route names a plugin that is not loaded.
+    NoPlugin,
+    /// The plugin trapped or failed.
+    PluginFailed,
+    /// The plugin ran past its deadline.
+    PluginTimeout,
+    /// The plugin tried to use more memory than it may.
+    PluginMemory,
+    /// The plugin returned a response that cannot be sent.
+    PluginBadResponse,
+    /// The bearer token matches no tenant.
+    Unauthorized,
+    /// The tenant is over its request limits.
+    Overloaded,
+    /// Something went wrong in the server itself.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad-frame",
+            Self::BadHeader => "bad-header",
+            Self::TooLarge => "too-large",
+            Self::Timeout => "timeout",
+            Self::Truncated => "truncated",
+            Self::BadRequest => "bad-request",
+            Self::Unsupported => "unsupported",
+            Self::NoRoute => "no-route",
+            Self::NoPlugin => "no-plugin",
+            Self::PluginFailed => "plugin-failed",
+            Self::PluginTimeout => "plugin-timeout",
+            Self::PluginMemory => "plugin-memory",
+            Self::PluginBadResponse => "plugin-bad-response",
+            Self::Unauthorized => "unauthorized",
+            Self::Overloaded => "overloaded",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is wrong with a message, as told to its sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    /// This error as an answer for the client.
+    pub fn to_message(&self) -> Message {
+        Message::error(self.code, &self.message)
+    }
+}
+
+/// One decoded unit of the byte stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A well-formed message.
+    Message(Message),
+    /// A message whose frame was intact but whose header was not valid. Its
+    /// content has been skipped; the next message can follow.
+    Invalid(ProtocolError),
+}
+
+/// Why the byte stream cannot be read any further.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The message boundary is lost (for example the header is not JSON, so
+    /// its content-length is unknown). The sender may be told, then the
+    /// connection must close.
+    #[error(transparent)]
+    Frame(#[from] ProtocolError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a message could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the JSON header would be {0} bytes; the protocol allows at most 65535")]
+    HeaderTooLong(usize),
+    #[error("the header could not be serialized: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Where the decoder is within the current message.
+#[derive(Debug, Default)]
+enum State {
+    /// Waiting for the 2-byte prefix and the JSON header.
+    #[default]
+    Header,
+    /// Header read; waiting for `length` bytes of content.
+    Content { header: Header, length: usize },
+    /// The header was invalid but announced a length: discarding the content.
+    Skip { remaining: usize, error: ProtocolError },
+}
+
+/// The tokio-util codec for the guide's messages (both directions).
+#[derive(Debug)]
+pub struct MessageCodec {
+    max_content_length: usize,
+    state: State,
+}
+
+impl Default for MessageCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_CONTENT_LENGTH)
+    }
+}
+
+impl MessageCodec {
+    pub fn new(max_content_length: usize) -> Self {
+        Self { max_content_length, state: State::Header }
+    }
+
+    /// True if part of a message has been consumed but not yet produced:
+    /// together with a non-empty read buffer, this says a message is under way.
+    pub fn is_mid_message(&self) -> bool {
+        !matches!(self.state, State::Header)
+    }
+}
+
+impl Decoder for MessageCodec {
+    type Item = Inbound;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
+        loop {
+            match &mut self.state {
+                State::Header => {
+                    if src.len() < PREFIX_LEN {
+                        return Ok(None);
+                    }
+                    let header_len = usize::from(u16::from_be_bytes([src[0], src[1]]));
+                    if header_len == 0 {
+                        return Err(frame_error(ErrorCode::BadFrame, "the JSON header length is 0; a header is required"));
+                    }
+                    if src.len() < PREFIX_LEN + header_len {
+                        src.reserve(PREFIX_LEN + header_len - src.len());
+                        return Ok(None);
+                    }
+                    let parsed = parse_header(&src[PREFIX_LEN..PREFIX_LEN + header_len], self.max_content_length)?;
+                    src.advance(PREFIX_LEN + header_len);
+                    self.state = match parsed {
+                        (length, Ok(header)) => State::Content { header, length },
+                        (remaining, Err(error)) => State::Skip { remaining, error },
+                    };
+                }
+                State::Content { length, .. } => {
+                    let length = *length;
+                    if src.len() < length {
+                        src.reserve((length - src.len()).min(MAX_RESERVE_AHEAD));
+                        return Ok(None);
+                    }
+                    let content = src.split_to(length).freeze();
+                    let State::Content { header, .. } = std::mem::take(&mut self.state) else {
+                        unreachable!("state was just matched as Content");
+                    };
+                    return Ok(Some(Inbound::Message(Message { header, content })));
+                }
+                State::Skip { remaining, .. } => {
+                    let skipped = (*remaining).min(src.len());
+                    src.advance(skipped);
+                    *remaining -= skipped;
+                    if *remaining > 0 {
+                        return Ok(None);
+                    }
+                    let State::Skip { error, .. } = std::mem::take(&mut self.state) else {
+                        unreachable!("state was just matched as Skip");
+                    };
+                    return Ok(Some(Inbound::Invalid(error)));
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
+        if let Some(item) = self.decode(buf)? {
+            return Ok(Some(item));
+        }
+        if buf.is_empty() && !self.is_mid_message() {
+            return Ok(None);
+        }
+        let detail = match &self.state {
+            State::Header if buf.len() < PREFIX_LEN => "in the 2-byte header length".to_owned(),
+            State::Header => {
+                let want = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+                format!("in the JSON header ({} of {want} bytes)", buf.len() - PREFIX_LEN)
+            }
+            State::Content { length, .. } => format!("in the content ({} of {length} bytes)", buf.len()),
+            State::Skip { remaining, .. } => format!("in the content ({remaining} bytes missing)"),
+        };
+        buf.clear();
+        self.state = State::Header;
+        Err(frame_error(ErrorCode::Truncated, &format!("the connection ended in the middle of a message, {detail}")))
+    }
+}
+
+fn frame_error(code: ErrorCode, message: &str) -> DecodeError {
+    DecodeError::Frame(ProtocolError::new(code, message))
+}
+
+/// Parses a JSON header. `Err` means the frame is lost (the content length
+/// is unknown or refused); `Ok((length, Err(_)))` means the header is wrong
+/// but its `length` bytes of content can be skipped.
+fn parse_header(raw: &[u8], max_content_length: usize) -> Result<(usize, Result<Header, ProtocolError>), ProtocolError> {
+    let bad_frame = |message: String| ProtocolError::new(ErrorCode::BadFrame, message);
+    let text = std::str::from_utf8(raw)
+        .map_err(|e| bad_frame(format!("the JSON header is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    // serde_json refuses nesting deeper than 128 levels, and the header is at
+    // most 64 KiB, so neither the stack nor memory is at risk here.
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| bad_frame(format!("the JSON header is not valid JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad_frame(format!("the JSON header must be an object, got {}", kind_of(&value))));
+    };
+
+    let length = match fields.shift_remove("content-length") {
+        None => return Err(bad_frame("the header has no \"content-length\"".into())),
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
+        Some(other) => {
+            return Err(bad_frame(format!(
+                "\"content-length\" must be a non-negative integer, got {}",
+                describe(&other)
+            )));
+        }
+    };
+    let length = match usize::try_from(length) {
+        Ok(length) if length <= max_content_length => length,
+        _ => {
+            return Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("\"content-length\" {length} is over this server's limit of {max_content_length} bytes"),
+            ));
+        }
+    };
+
+    let mut take = |name: &str| match fields.shift_remove(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(ProtocolError::new(
+            ErrorCode::BadHeader,
+            format!("\"{name}\" must be a string, got {}", describe(&other)),
+        )),
+        None => Err(ProtocolError::new(ErrorCode::BadHeader, format!("the header has no \"{name}\""))),
+    };
+    let header = (|| {
+        Ok(Header {
+            byteorder: take("byteorder")?,
+            content_type: take("content-type")?,
+            content_encoding: take("content-encoding")?,
+            extra: Map::new(),
+        })
+    })();
+    Ok((length, header.map(|header| Header { extra: fields, ..header })))
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A short description of a value for an error message: `a string ("12")`.
+fn describe(value: &Value) -> String {
+    let mut text = value.to_string();
+    if text.len() > 40 {
+        let cut = (0..=40).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    format!("{} ({text})", kind_of(value))
+}
+
+/// The JSON header as it goes on the wire: the required fields first, in
+/// the guide's order, then the extras.
+struct WireHeader<'a> {
+    header: &'a Header,
+    content_length: usize,
+}
+
+impl Serialize for WireHeader<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let h = self.header;
+        let mut map = serializer.serialize_map(Some(REQUIRED_FIELDS.len() + h.extra.len()))?;
+        map.serialize_entry("byteorder", &h.byteorder)?;
+        map.serialize_entry("content-type", &h.content_type)?;
+        map.serialize_entry("content-encoding", &h.content_encoding)?;
+        map.serialize_entry("content-length", &self.content_length)?;
+        for (name, value) in h.extra.iter().filter(|(name, _)| !REQUIRED_FIELDS.contains(&name.as_str())) {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl Encoder<&Message> for MessageCodec {
+    type Error = EncodeError;
+
+    /// Writes `message`; on error nothing is written.
+    fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.reserve(PREFIX_LEN + 128 + message.content.len());
+        write_header(&message.header, message.content.len(), dst)?;
+        dst.extend_from_slice(&message.content);
+        Ok(())
+    }
+}
+
+/// Writes the 2-byte prefix and the JSON header; on error nothing is written.
+fn write_header(header: &Header, content_length: usize, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    let start = dst.len();
+    dst.put_u16(0);
+    let mut writer = dst.writer();
+    let written = WireHeader { header, content_length }
+        .serialize(&mut serde_json::Serializer::with_formatter(&mut writer, python::PythonFormatter));
+    let dst = writer.into_inner();
+    let header_len = dst.len() - start - PREFIX_LEN;
+    let prefix = match written {
+        Ok(()) => u16::try_from(header_len).map_err(|_| EncodeError::HeaderTooLong(header_len)),
+        Err(e) => Err(e.into()),
+    };
+    match prefix {
+        Ok(prefix) => {
+            dst[start..start + PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            dst.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Checks that `header` can be written: that its JSON fits in the 65535
+/// bytes the 2-byte prefix can announce.
+pub fn check_encodable(header: &Header) -> Result<(), EncodeError> {
+    // JSON escaping at most sextuples a string, so short headers always fit.
+    let strings = header.byteorder.len() + header.content_type.len() + header.content_encoding.len();
+    if header.extra.is_empty() && strings < 4096 {
+        return Ok(());
+    }
+    write_header(header, usize::MAX, &mut BytesMut::new())
+}
+
+impl Encoder<Message> for MessageCodec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode(&message, dst)
+    }
+}
+
+/// A message's bytes as the guide prints them (`b'\x00g{"byteorder": …}…'`),
+/// cut after `limit` bytes.
+pub fn wire_repr(bytes: &[u8], limit: usize) -> String {
+    if bytes.len() <= limit {
+        python::bytes_repr(bytes)
+    } else {
+        format!("{}… ({} bytes in all)", python::bytes_repr(&bytes[..limit]), bytes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A request exactly as the guide's client writes it.
+    const GUIDE_SEARCH: &[u8] = b"\x00d{\"byteorder\": \"big\", \"content-type\": \"text/json\", \"content-encoding\": \"utf-8\", \"content-length\": 41}{\"action\": \"search\", \"value\": \"morpheus\"}";
+
+    fn encode(message: &Message) -> BytesMut {
+        let mut out = BytesMut::new();
+        MessageCodec::default().encode(message, &mut out).unwrap();
+        out
+    }
+
+    fn raw(header: &str, content: &[u8]) -> Vec<u8> {
+        let mut out = (header.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(content);
+        out
+    }
+
+    fn decode_all(bytes: &[u8]) -> Vec<Result<Inbound, String>> {
+        let mut codec = MessageCodec::new(1024);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            match codec.decode_eof(&mut buf) {
+                Ok(Some(item)) => out.push(Ok(item)),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    fn expect_message(item: &Result<Inbound, String>) -> &Message {
+        match item {
+            Ok(Inbound::Message(m)) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_the_guides_request() {
+        let items = decode_all(GUIDE_SEARCH);
+        assert_eq!(items.len(), 1);
+        let m = expect_message(&items[0]);
+        assert_eq!(m.header.byteorder, "big");
+        assert_eq!(m.header.content_type, "text/json");
+        assert_eq!(m.header.content_encoding, "utf-8");
+        assert!(m.header.extra.is_empty());
+        assert_eq!(&m.content[..], br#"{"action": "search", "value": "morpheus"}"#);
+    }
+
+    #[test]
+    fn encodes_the_guides_response_byte_for_byte() {
+        let mut m = Message::new("text/json", "utf-8", "{\"result\": \"Follow the white rabbit. 🐰\"}".as_bytes().to_vec());
+        m.header.byteorder = "little".into();
+        let expected = b"\x00g{\"byteorder\": \"little\", \"content-type\": \"text/json\", \"content-encoding\": \"utf-8\", \"content-length\": 43}{\"result\": \"Follow the white rabbit. \xf0\x9f\x90\xb0\"}";
+        assert_eq!(&encode(&m)[..], &expected[..]);
+
+        let mut m = Message::new("binary/custom-server-binary-type", "binary", b"First 10 bytes of request: binary\xf0\x9f\x98\x83".to_vec());
+        m.header.byteorder = "little".into();
+        let expected = b"\x00\x7f{\"byteorder\": \"little\", \"content-type\": \"binary/custom-server-binary-type\", \"content-encoding\": \"binary\", \"content-length\": 37}First 10 bytes of request: binary\xf0\x9f\x98\x83";
+        assert_eq!(&encode(&m)[..], &expected[..]);
+    }
+
+    #[test]
+    fn every_split_point_decodes_the_same() {
+        let mut stream = GUIDE_SEARCH.to_vec();
+        stream.extend_from_slice(&raw(
+            r#"{"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": 3, "user": "ann"}"#,
+            b"\x00\xff\x01",
+        ));
+        let whole = decode_all(&stream);
+        assert_eq!(whole.len(), 2);
+        for split in 0..=stream.len() {
+            let mut codec = MessageCodec::default();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for chunk in [&stream[..split], &stream[split..]] {
+                buf.extend_from_slice(chunk);
+                while let Some(item) = codec.decode(&mut buf).unwrap() {
+                    got.push(Ok(item));
+                }
+            }
+            assert_eq!(got, whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let mut codec = MessageCodec::default();
+        let mut buf = BytesMut::new();
+        let mut got = 0;
+        for &b in GUIDE_SEARCH.iter().cycle().take(GUIDE_SEARCH.len() * 5) {
+            buf.put_u8(b);
+            while let Some(item) = codec.decode(&mut buf).unwrap() {
+                assert_eq!(expect_message(&Ok(item)).content.len(), 41);
+                got += 1;
+            }
+        }
+        assert_eq!(got, 5);
+    }
+
+    #[test]
+    fn back_to_back_messages_in_one_buffer() {
+        let items = decode_all(&GUIDE_SEARCH.repeat(100));
+        assert_eq!(items.len(), 100);
+        items.iter().for_each(|i| assert_eq!(expect_message(i).header.content_type, "text/json"));
+    }
+
+    #[test]
+    fn extra_fields_keep_their_order_and_round_trip() {
+        let bytes = raw(
+            r#"{"user": "ann", "byteorder": "little", "content-type": "a/b", "n": [1, {"x": null}], "content-encoding": "binary", "content-length": 0}"#,
+            b"",
+        );
+        let items = decode_all(&bytes);
+        let m = expect_message(&items[0]);
+        assert_eq!(m.header.extra.keys().collect::<Vec<_>>(), ["user", "n"]);
+        assert_eq!(m.header.extra["n"], json!([1, {"x": null}]));
+        let again = decode_all(&encode(m));
+        assert_eq!(expect_message(&again[0]), m);
+    }
+
+    #[test]
+    fn zero_length_content() {
+        let items = decode_all(&raw(r#"{"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": 0}"#, b""));
+        assert!(expect_message(&items[0]).content.is_empty());
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        match decode_all(bytes).pop() {
+            Some(Err(e)) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lost_frames_are_errors() {
+        assert!(error_of(b"\x00\x00").contains("length is 0"));
+        assert!(error_of(&raw("not json", b"")).contains("not valid JSON"));
+        assert!(error_of(&raw("[1, 2]", b"")).contains("must be an object, got a list"));
+        assert!(error_of(b"\x00\x02\xff\xfe").contains("not valid UTF-8"));
+        let header = |len: &str| format!(r#"{{"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": {len}}}"#);
+        assert!(error_of(&raw(&header("-1"), b"")).contains("non-negative integer, got a number (-1)"));
+        assert!(error_of(&raw(&header("\"12\""), b"")).contains("got a string (\"12\")"));
+        assert!(error_of(&raw(&header("1.5"), b"")).contains("non-negative integer"));
+        assert!(error_of(&raw(&header("18446744073709551616"), b"")).contains("non-negative integer"));
+        assert!(error_of(&raw(&header("1099511627776"), b"")).contains("over this server's limit of 1024"));
+        assert!(error_of(&raw(&header("1025"), b"")).contains("over this server's limit"));
+        assert!(error_of(&raw(r#"{"byteorder": "big"}"#, b"")).contains("no \"content-length\""));
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert!(error_of(&raw(&deep, b"")).contains("recursion limit"));
+    }
+
+    #[test]
+    fn truncated_streams_are_errors() {
+        assert!(error_of(b"\x00").contains("2-byte header length"));
+        assert!(error_of(&GUIDE_SEARCH[..20]).contains("in the JSON header (18 of 100 bytes)"));
+        assert!(error_of(&GUIDE_SEARCH[..GUIDE_SEARCH.len() - 1]).contains("in the content (40 of 41 bytes)"));
+    }
+
+    #[test]
+    fn invalid_headers_with_intact_frames_are_skipped() {
+        let mut stream = raw(r#"{"byteorder": "big", "content-encoding": "utf-8", "content-length": 5}"#, b"hello");
+        stream.extend_from_slice(&raw(r#"{"byteorder": 1, "content-type": "x", "content-encoding": "utf-8", "content-length": 2}"#, b"hi"));
+        stream.extend_from_slice(GUIDE_SEARCH);
+        let items = decode_all(&stream);
+        assert_eq!(items.len(), 3);
+        assert_eq!(
+            items[0],
+            Ok(Inbound::Invalid(ProtocolError::new(ErrorCode::BadHeader, "the header has no \"content-type\"")))
+        );
+        assert_eq!(
+            items[1],
+            Ok(Inbound::Invalid(ProtocolError::new(ErrorCode::BadHeader, "\"byteorder\" must be a string, got a number (1)")))
+        );
+        assert_eq!(expect_message(&items[2]).content.len(), 41);
+    }
+
+    #[test]
+    fn error_messages_are_what_the_guides_client_shows() {
+        let m = Message::error(ErrorCode::NoRoute, "no route for content-type \"x/y\"");
+        assert_eq!(m.header.content_type, "text/json");
+        assert_eq!(
+            std::str::from_utf8(&m.content).unwrap(),
+            r#"{"result": "Error: no route for content-type \"x/y\"", "error": {"code": "no-route", "message": "no route for content-type \"x/y\""}}"#
+        );
+    }
+
+    #[test]
+    fn oversized_headers_are_refused_without_writing() {
+        let mut m = Message::new("a/b", "binary", Bytes::new());
+        m.header.extra.insert("big".into(), Value::String("x".repeat(70_000)));
+        let mut out = BytesMut::from(&b"keep"[..]);
+        assert!(matches!(MessageCodec::default().encode(&m, &mut out), Err(EncodeError::HeaderTooLong(_))));
+        assert_eq!(&out[..], b"keep");
+    }
+
+    #[test]
+    fn wire_repr_cuts_long_messages() {
+        assert_eq!(wire_repr(b"\x00d{", 10), r"b'\x00d{'");
+        assert_eq!(wire_repr(b"abcdef", 3), "b'abc'… (6 bytes in all)");
+    }
+}

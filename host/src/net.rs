@@ -1,0 +1,162 @@
+//! Addresses, as the guide's reference section discusses them: IPv4, IPv6
+//! (`[::1]:65432`) and host names (resolved with getaddrinfo; a server
+//! listens on every address a name resolves to, a client tries each in
+//! turn); an empty host (`:65432`) means every interface. Socket errors
+//! come back as one line naming the address and what to check.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The guide's port.
+pub const DEFAULT_PORT: u16 = 65432;
+
+/// Pending connections the kernel holds for us while we are at capacity.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Splits `host:port`, `[v6]:port` or `:port` into host and port.
+fn split(spec: &str) -> anyhow::Result<(&str, u16)> {
+    let (host, port) = spec
+        .rsplit_once(':')
+        .with_context(|| format!("address \"{spec}\" has no port; write HOST:PORT, [IPv6]:PORT or :PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .with_context(|| format!("address \"{spec}\": \"{port}\" is not a port number (0-65535)"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.contains(':') && !spec.starts_with('[') {
+        bail!("address \"{spec}\": write an IPv6 address in brackets, as [{host}]:{port}");
+    }
+    Ok((host, port))
+}
+
+/// Resolves `spec` to socket addresses (getaddrinfo for names), without
+/// duplicates, in the resolver's order. An empty host gives the unspecified
+/// addresses (every interface) of both families.
+pub async fn resolve(spec: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let (host, port) = split(spec)?;
+    if host.is_empty() {
+        return Ok(vec![
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        ]);
+    }
+    let found = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve \"{host}\": check the host name (and /etc/hosts, DNS)"))?;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for addr in found {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        bail!("\"{host}\" resolves to no address");
+    }
+    Ok(addrs)
+}
+
+/// Listens on every address `spec` resolves to.
+pub async fn bind_all(spec: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let addrs = resolve(spec).await?;
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listener = bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {}", explain(&e)))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As the guide advises: restarting must not fail on TIME_WAIT leftovers.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // So that [::] and 0.0.0.0 can both be bound on the same port.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connects to the first address of `spec` that answers within `timeout`.
+pub async fn connect(spec: &str, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let mut last = None;
+    for addr in resolve(spec).await? {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = Some(format!("cannot connect to {addr}: {}", explain(&e))),
+            Err(_) => {
+                last = Some(format!(
+                    "cannot connect to {addr}: timed out after {timeout:?} (no answer: is a firewall dropping packets, or the host down?)"
+                ))
+            }
+        }
+    }
+    bail!(last.unwrap_or_else(|| format!("\"{spec}\" resolves to no address")))
+}
+
+/// One line for a socket error: what happened and what to check, after the
+/// guide's table of common errors.
+pub fn explain(error: &io::Error) -> String {
+    let hint = match error.kind() {
+        io::ErrorKind::AddrInUse => "address already in use: another process listens on this port; stop it or pick another port",
+        io::ErrorKind::AddrNotAvailable => "address not available: this machine has no interface with that address",
+        io::ErrorKind::ConnectionRefused => "connection refused: no server is listening on that port; is it running, and is the port right?",
+        io::ErrorKind::ConnectionReset => "connection reset by peer: the other side crashed or closed uncleanly, or something in the path cut it",
+        io::ErrorKind::TimedOut => "operation timed out: no response from the peer; is a firewall dropping packets?",
+        io::ErrorKind::PermissionDenied => "permission denied: ports below 1024 need privileges; use a higher port",
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => "unreachable: no route to that network or host",
+        _ => return error.to_string(),
+    };
+    hint.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_addresses() {
+        assert_eq!(split("127.0.0.1:65432").unwrap(), ("127.0.0.1", 65432));
+        assert_eq!(split("[::1]:7").unwrap(), ("::1", 7));
+        assert_eq!(split(":80").unwrap(), ("", 80));
+        assert_eq!(split("localhost:0").unwrap(), ("localhost", 0));
+        assert!(split("localhost").unwrap_err().to_string().contains("has no port"));
+        assert!(split("::1:80").unwrap_err().to_string().contains("in brackets"));
+        assert!(split("a:99999").unwrap_err().to_string().contains("not a port number"));
+    }
+
+    #[tokio::test]
+    async fn resolves_numbers_names_and_empty_hosts() {
+        assert_eq!(resolve("127.0.0.1:5").await.unwrap(), vec![SocketAddr::from(([127, 0, 0, 1], 5))]);
+        assert_eq!(resolve("[::1]:5").await.unwrap(), vec![SocketAddr::from((Ipv6Addr::LOCALHOST, 5))]);
+        assert!(resolve("localhost:5").await.unwrap().iter().all(|a| a.ip().is_loopback()));
+        assert_eq!(resolve(":5").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn port_in_use_is_explained() {
+        let first = bind_all("127.0.0.1:0").await.unwrap();
+        let port = first[0].local_addr().unwrap().port();
+        let error = bind_all(&format!("127.0.0.1:{port}")).await.unwrap_err().to_string();
+        assert!(error.contains(&format!("cannot listen on 127.0.0.1:{port}: address already in use")), "{error}");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_explained() {
+        let listener = bind_all("127.0.0.1:0").await.unwrap();
+        let addr = listener[0].local_addr().unwrap();
+        drop(listener);
+        let error = connect(&addr.to_string(), Duration::from_secs(2)).await.unwrap_err().to_string();
+        assert!(error.contains("connection refused: no server is listening"), "{error}");
+    }
+}

@@ -1,0 +1,140 @@
+//! The plugins being served: name ─▶ the current [`Plugin`] version.
+//!
+//! The map is swapped whole (arc-swap), so a request looks its plugin up
+//! once, without a lock, and keeps that version to the end even if a new
+//! one is swapped in meanwhile.
+//!
+//! A plugin's name is its file's name without `.wasm`: `search.wasm` serves
+//! as `search`. Names may hold letters, digits and `-_.@`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+
+use crate::runtime::{Plugin, Runtime};
+
+/// The loaded plugins, by name.
+pub struct PluginRegistry {
+    runtime: Arc<Runtime>,
+    plugins: ArcSwap<HashMap<String, Arc<Plugin>>>,
+}
+
+impl PluginRegistry {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime, plugins: ArcSwap::default() }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The current version of plugin `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins.load().get(name).cloned()
+    }
+
+    /// Every loaded plugin, by name.
+    pub fn list(&self) -> Vec<Arc<Plugin>> {
+        let mut all: Vec<_> = self.plugins.load().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Makes `plugin` the current version of its name; returns the one it replaced.
+    pub fn insert(&self, plugin: Plugin) -> Option<Arc<Plugin>> {
+        let plugin = Arc::new(plugin);
+        let old = self.plugins.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.insert(plugin.name.clone(), Arc::clone(&plugin));
+            next
+        });
+        old.get(&plugin.name).cloned()
+    }
+
+    /// Unloads plugin `name`; requests already running on it finish.
+    pub fn remove(&self, name: &str) -> Option<Arc<Plugin>> {
+        let old = self.plugins.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.remove(name);
+            next
+        });
+        old.get(name).cloned()
+    }
+
+    /// Reads, compiles and links the component at `path` (off the async
+    /// runtime) and swaps it in under the file's name. On error nothing
+    /// changes: the version already loaded, if any, keeps serving.
+    pub async fn load_file(&self, path: &Path) -> anyhow::Result<Arc<Plugin>> {
+        let name = plugin_name(path).with_context(|| format!("{} is not named NAME.wasm", path.display()))?;
+        let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+        let runtime = Arc::clone(&self.runtime);
+        let loaded = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || runtime.load(&name, &bytes)).await?
+        };
+        let plugin = loaded.map_err(anyhow::Error::from).with_context(|| format!("plugin {name}: refused {}", path.display()))?;
+        let (version, compile_ms) = (plugin.version, plugin.compile_time.as_secs_f64() * 1e3);
+        let old = self.insert(plugin);
+        match &old {
+            Some(old) => tracing::info!("plugin {name}: {} -> {version} (compile {compile_ms:.0} ms)", old.version),
+            None => tracing::info!("plugin {name}: loaded {version} (compile {compile_ms:.0} ms)"),
+        }
+        self.get(&name).context("plugin vanished right after loading")
+    }
+
+    /// Loads every `NAME.wasm` in `dir`. A file that fails to load is logged
+    /// and skipped; the rest still load. Returns how many loaded.
+    pub async fn load_dir(&self, dir: &Path) -> anyhow::Result<usize> {
+        let mut loaded = 0;
+        for path in plugin_files(dir)? {
+            match self.load_file(&path).await {
+                Ok(_) => loaded += 1,
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+/// The `NAME.wasm` files in `dir`, sorted.
+pub fn plugin_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the plugin directory {}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file() && plugin_name(path).is_some())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The plugin name for a file: `dir/search.wasm` ─▶ `search`. `None` for
+/// other files, hidden files and names with unusual characters.
+pub fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    let valid = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    valid.then(|| stem.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_paths() {
+        assert_eq!(plugin_name(Path::new("/p/search.wasm")).as_deref(), Some("search"));
+        assert_eq!(plugin_name(Path::new("binary-echo.wasm")).as_deref(), Some("binary-echo"));
+        assert_eq!(plugin_name(Path::new("search@v2.wasm")).as_deref(), Some("search@v2"));
+        assert_eq!(plugin_name(Path::new(".search.wasm.tmp")), None);
+        assert_eq!(plugin_name(Path::new(".hidden.wasm")), None);
+        assert_eq!(plugin_name(Path::new("search.wat")), None);
+        assert_eq!(plugin_name(Path::new("sp ace.wasm")), None);
+    }
+}

@@ -1,0 +1,434 @@
+//! The WebAssembly runtime, and nothing else: a [`Message`] goes in, a
+//! [`Message`] (or a [`PluginError`]) comes out.
+//!
+//! One [`Runtime`] owns the wasmtime engine, the linker holding the host's
+//! imports, and the epoch ticker. A [`Plugin`] is a compiled component that
+//! has been linked once ([`HandlerPre`], wasmtime's `InstancePre`); every call
+//! gets a fresh `Store` and instance from the pooling allocator, so no state
+//! survives from one request to the next and one request cannot see
+//! another's data.
+//!
+//! Guards on every call:
+//! - a deadline, enforced by epoch interruption: a ticker thread advances the
+//!   engine's epoch every [`EPOCH_TICK`]; at each tick a running guest yields
+//!   to the tokio scheduler (so a spinning plugin never holds a worker
+//!   thread), and past its deadline it is stopped;
+//! - a memory cap, enforced by a resource limiter that also records the
+//!   refusal so the error can say "out of memory";
+//! - a cap on the response's size and a check of its header fields.
+//!
+//! Plugins see only the `host` interface of the WIT world: no WASI, so no
+//! filesystem, network, clock or environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::error::Context as _;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline};
+
+use crate::codec::{self, ErrorCode, Header, Message, ProtocolError};
+
+wasmtime::component::bindgen!({
+    world: "handler",
+    path: "../wit",
+    exports: { default: async },
+});
+
+use wasmux::plugin::host::Level;
+use wasmux::plugin::types::Field;
+
+/// How often the epoch advances: the granularity of deadlines, and how long
+/// a busy guest runs before it yields the thread to other tasks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Longest log line a plugin may write; the rest is cut.
+const MAX_LOG_LINE: usize = 1024;
+
+/// Log lines a plugin may write per request; the rest are dropped.
+const MAX_LOG_LINES_PER_CALL: u32 = 64;
+
+/// Settings fixed for the life of the engine.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Plugin calls that may run at once; more wait their turn. Sizes the
+    /// pooling allocator.
+    pub max_concurrent_calls: u32,
+    /// The most memory any plugin instance may ever have (per-call limits
+    /// may be lower).
+    pub max_memory: usize,
+    /// Directory for wasmtime's compiled-code cache; `None` disables it.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None }
+    }
+}
+
+/// Limits for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock time the call may take, instantiation included.
+    pub deadline: Duration,
+    /// Linear memory the instance may grow to.
+    pub memory: usize,
+    /// Largest response content the plugin may return.
+    pub max_response: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self { deadline: Duration::from_millis(100), memory: 64 << 20, max_response: codec::DEFAULT_MAX_CONTENT_LENGTH }
+    }
+}
+
+/// Who is calling, for the plugin's log lines and configuration.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub tenant: Arc<str>,
+    /// Values the plugin reads through the `config` import.
+    pub config: Arc<BTreeMap<String, String>>,
+    pub limits: CallLimits,
+}
+
+/// The wasmtime engine, linker and epoch ticker shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    settings: RuntimeSettings,
+    /// Bounds plugin calls in flight to what the instance pool holds, so a
+    /// burst waits instead of failing.
+    slots: Semaphore,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(settings: RuntimeSettings) -> wasmtime::Result<Self> {
+        let n = settings.max_concurrent_calls.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            // A component made by wit-component holds a few core instances
+            // (the module, a shim and a fixup module) and tables.
+            .max_core_instances_per_component(8)
+            .total_core_instances(n * 8)
+            .max_memories_per_component(2)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n)
+            .max_memory_size(settings.max_memory);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(true)
+            .parallel_compilation(true);
+        if let Some(dir) = &settings.cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(wasmtime::Cache::new(cache).context("opening the compiled-code cache")?));
+        }
+        let engine = Engine::new(&config).context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmux::plugin::host::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
+            .context("linking the host interface")?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = engine.clone();
+        let stop = Arc::clone(&ticker_stop);
+        std::thread::Builder::new()
+            .name("wasmux-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .context("starting the epoch ticker")?;
+
+        Ok(Self { engine, linker, slots: Semaphore::new(n as usize), settings, ticker_stop })
+    }
+
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    /// Compiles and links a component. This is CPU-heavy (milliseconds to
+    /// seconds): call it off the async runtime. Fails if `bytes` is not a
+    /// component or not of the `handler` world.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> wasmtime::Result<Plugin> {
+        let version = Version::of(bytes);
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes).context("not a valid WebAssembly component")?;
+        let compile_time = started.elapsed();
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .context("the component's imports do not match the wasmux:plugin/handler world")?;
+        let pre = HandlerPre::new(instance_pre)
+            .context("the component's exports do not match the wasmux:plugin/handler world")?;
+        Ok(Plugin {
+            name: name.to_owned(),
+            version,
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            compile_time,
+            pre,
+        })
+    }
+
+    /// Calls `plugin` on a fresh instance with `request`.
+    pub async fn call(&self, plugin: &Plugin, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
+        let _slot = self.slots.acquire().await.map_err(|_| PluginError::ShuttingDown)?;
+        let limits = context.limits;
+        let state = CallState {
+            plugin: plugin.name.clone(),
+            version: plugin.version,
+            context: context.clone(),
+            deadline: Instant::now() + limits.deadline,
+            memory_refused: None,
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let outcome = async {
+            let handler = plugin.pre.instantiate_async(&mut store).await?;
+            handler.call_handle(&mut store, &to_request(request)).await
+        }
+        .await;
+        let state = store.data();
+        match outcome {
+            Ok(Ok(response)) => into_message(response, limits.max_response).map_err(PluginError::BadResponse),
+            Ok(Err(error)) => Err(PluginError::Handler(error)),
+            Err(e) => Err(classify_failure(e, state, limits)),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A loaded plugin: one version of one component, compiled and linked.
+pub struct Plugin {
+    pub name: String,
+    pub version: Version,
+    /// Size of the component file in bytes.
+    pub size: usize,
+    pub loaded_at: SystemTime,
+    /// Time spent compiling (near zero when the cache had it).
+    pub compile_time: Duration,
+    pre: HandlerPre<CallState>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+/// A plugin version's identity: the start of the SHA-256 of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version([u8; 6]);
+
+impl Version {
+    pub fn of(bytes: &[u8]) -> Self {
+        let digest = Sha256::digest(bytes);
+        let mut short = [0; 6];
+        short.copy_from_slice(&digest[..6]);
+        Self(short)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a plugin call produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin declined: the request was bad, unsupported, or it failed.
+    #[error("{}", handler_error_text(.0))]
+    Handler(HandlerError),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("ran past its deadline of {0:?}")]
+    Timeout(Duration),
+    #[error("ran out of memory: it asked for {asked} bytes, over its limit of {limit}")]
+    OutOfMemory { asked: usize, limit: usize },
+    #[error("returned an invalid response: {0}")]
+    BadResponse(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl PluginError {
+    /// The error answer for the client, naming the plugin.
+    pub fn to_protocol_error(&self, plugin: &str) -> ProtocolError {
+        let (code, message) = match self {
+            Self::Handler(HandlerError::BadRequest(m)) => (ErrorCode::BadRequest, format!("bad request for plugin {plugin}: {m}")),
+            Self::Handler(HandlerError::Unsupported(m)) => (ErrorCode::Unsupported, format!("plugin {plugin} does not support this request: {m}")),
+            Self::Handler(HandlerError::Internal(m)) => (ErrorCode::PluginFailed, format!("plugin {plugin} failed: {m}")),
+            Self::Trap(_) => (ErrorCode::PluginFailed, format!("plugin {plugin} {self}")),
+            Self::Timeout(_) => (ErrorCode::PluginTimeout, format!("plugin {plugin} {self}")),
+            Self::OutOfMemory { .. } => (ErrorCode::PluginMemory, format!("plugin {plugin} {self}")),
+            Self::BadResponse(_) => (ErrorCode::PluginBadResponse, format!("plugin {plugin} {self}")),
+            Self::ShuttingDown => (ErrorCode::Internal, self.to_string()),
+        };
+        ProtocolError::new(code, message)
+    }
+
+    /// True if the fault is the plugin's (worth a warning in the log), not
+    /// the request's.
+    pub fn is_plugin_fault(&self) -> bool {
+        !matches!(self, Self::Handler(HandlerError::BadRequest(_) | HandlerError::Unsupported(_)) | Self::ShuttingDown)
+    }
+}
+
+fn handler_error_text(error: &HandlerError) -> String {
+    match error {
+        HandlerError::BadRequest(m) => format!("bad request: {m}"),
+        HandlerError::Unsupported(m) => format!("unsupported: {m}"),
+        HandlerError::Internal(m) => format!("failed: {m}"),
+    }
+}
+
+/// Turns a failed instantiate or call into the cause the client is told.
+fn classify_failure(error: wasmtime::Error, state: &CallState, limits: CallLimits) -> PluginError {
+    if let Some(asked) = state.memory_refused {
+        return PluginError::OutOfMemory { asked, limit: limits.memory };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Timeout(limits.deadline),
+        Some(trap) => PluginError::Trap(trap.to_string()),
+        None => PluginError::Trap(format!("{error:#}")),
+    }
+}
+
+/// The store's data for one call.
+struct CallState {
+    plugin: String,
+    version: Version,
+    context: CallContext,
+    deadline: Instant,
+    /// Set when the limiter refused a memory growth: the bytes asked for.
+    memory_refused: Option<usize>,
+    log_lines: u32,
+}
+
+impl ResourceLimiter for CallState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.context.limits.memory {
+            self.memory_refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl wasmux::plugin::types::Host for CallState {}
+
+impl wasmux::plugin::host::Host for CallState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let cut = (0..=MAX_LOG_LINE).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push_str("… (cut)");
+        }
+        if self.log_lines == MAX_LOG_LINES_PER_CALL {
+            message.push_str(" (log line limit reached; further lines of this request are dropped)");
+        }
+        let (plugin, version, tenant) = (&self.plugin, self.version, &*self.context.tenant);
+        match level {
+            Level::Trace => tracing::trace!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Debug => tracing::debug!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Info => tracing::info!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Warn => tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Error => tracing::error!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.context.config.get(&key).cloned()
+    }
+}
+
+fn to_request(message: &Message) -> Request {
+    let h = &message.header;
+    Request {
+        content_type: h.content_type.clone(),
+        content_encoding: h.content_encoding.clone(),
+        byteorder: h.byteorder.clone(),
+        fields: h.extra.iter().map(|(name, value)| Field { name: name.clone(), value: value.to_string() }).collect(),
+        content: message.content.to_vec(),
+    }
+}
+
+/// Checks a plugin's response and turns it into a message.
+fn into_message(response: Response, max_content: usize) -> Result<Message, String> {
+    if response.content.len() > max_content {
+        return Err(format!("its content is {} bytes, over the limit of {max_content}", response.content.len()));
+    }
+    if response.content_type.is_empty() {
+        return Err("its content-type is empty".into());
+    }
+    let mut extra = Map::new();
+    for Field { name, value } in response.fields {
+        if codec::REQUIRED_FIELDS.contains(&name.as_str()) {
+            return Err(format!("it sets the header field \"{name}\", which the host sets"));
+        }
+        let value: Value =
+            serde_json::from_str(&value).map_err(|e| format!("header field \"{name}\" is not JSON text: {e}"))?;
+        if extra.insert(name.clone(), value).is_some() {
+            return Err(format!("it sets the header field \"{name}\" twice"));
+        }
+    }
+    let message = Message {
+        header: Header {
+            byteorder: codec::NATIVE_BYTEORDER.to_owned(),
+            content_type: response.content_type,
+            content_encoding: response.content_encoding,
+            extra,
+        },
+        content: response.content.into(),
+    };
+    codec::check_encodable(&message.header).map_err(|e| e.to_string())?;
+    Ok(message)
+}

@@ -1,0 +1,253 @@
+//! Test support: a real `wasmux serve` process on a loopback port chosen by
+//! the OS, and raw-socket helpers that see exactly the bytes on the wire.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single network step in a test may take.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// The components built by `cargo xtask plugins`.
+pub fn plugins_dir() -> PathBuf {
+    let dir = root().join("target/plugins");
+    assert!(
+        dir.join("search.wasm").is_file() && dir.join("binary-echo.wasm").is_file(),
+        "the plugins are not built: run `cargo xtask plugins` (or `cargo xtask test`) first"
+    );
+    dir
+}
+
+/// The misbehaving test plugins built by `cargo xtask plugins`.
+pub fn fixtures_dir() -> PathBuf {
+    let dir = root().join("target/test-plugins");
+    assert!(dir.is_dir(), "the test plugins are not built: run `cargo xtask plugins` first");
+    dir
+}
+
+/// A running `wasmux serve`, stopped (SIGTERM, then kill) when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// `wasmux serve --plugins target/plugins` on a free loopback port.
+    pub fn start() -> Self {
+        Self::start_with(&["--plugins", plugins_dir().to_str().expect("utf-8 path")])
+    }
+
+    /// `wasmux serve --listen 127.0.0.1:0 --no-cache ARGS`.
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmux"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-cache"])
+            .args(args)
+            .env("RUST_LOG", "wasmux=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wasmux serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let addr = line.trim().strip_prefix("wasmux listening on ").and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "wasmux serve did not start ({read:?}, stdout {line:?}); its log:\n{}",
+                log.lock().unwrap_or_else(|e| e.into_inner())
+            );
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        Self { child, addr, log }
+    }
+
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it
+    /// exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let end = Instant::now() + STEP;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A raw connection to the server.
+    pub fn connect(&self) -> Raw {
+        Raw::connect(self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.is_running() && !self.terminate() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A blocking loopback connection that reads and writes raw bytes.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&addr, STEP).expect("connect to wasmux");
+        stream.set_read_timeout(Some(STEP)).expect("read timeout");
+        stream.set_write_timeout(Some(STEP)).expect("write timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Self { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send to wasmux");
+    }
+
+    /// Reads one whole message and returns its bytes exactly as received.
+    pub fn read_message(&mut self) -> Vec<u8> {
+        self.try_read_message().expect("read a message from wasmux")
+    }
+
+    pub fn try_read_message(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = vec![0; 2];
+        self.stream.read_exact(&mut bytes)?;
+        let header_len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+        bytes.resize(2 + header_len, 0);
+        self.stream.read_exact(&mut bytes[2..])?;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[2..]).map_err(std::io::Error::other)?;
+        let content_len = header["content-length"].as_u64().ok_or_else(|| std::io::Error::other("no content-length"))? as usize;
+        let start = bytes.len();
+        bytes.resize(start + content_len, 0);
+        self.stream.read_exact(&mut bytes[start..])?;
+        Ok(bytes)
+    }
+
+    /// Sends a message and reads the answer, decoded.
+    pub fn request(&mut self, message: &[u8]) -> Answer {
+        self.send(message);
+        Answer::parse(&self.read_message())
+    }
+
+    /// True if the server has closed the connection (reads end of stream).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0; 1];
+        matches!(self.stream.read(&mut byte), Ok(0)) || matches!(self.stream.read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// A message built the way the guide's Python client builds one.
+pub fn message(header: serde_json::Value, content: &[u8]) -> Vec<u8> {
+    let mut header = header;
+    if let Some(map) = header.as_object_mut() {
+        map.entry("content-length").or_insert(content.len().into());
+    }
+    let header = wasmux_guide::python::to_vec(&header).expect("serializable header");
+    let mut out = (header.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(content);
+    out
+}
+
+/// The guide client's search request.
+pub fn search(value: &str) -> Vec<u8> {
+    let content = wasmux_guide::python::to_vec(&serde_json::json!({"action": "search", "value": value})).expect("json");
+    message(
+        serde_json::json!({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8"}),
+        &content,
+    )
+}
+
+/// The guide client's binary request.
+pub fn binary(content: &[u8]) -> Vec<u8> {
+    message(
+        serde_json::json!({"byteorder": "little", "content-type": "binary/custom-client-binary-type", "content-encoding": "binary"}),
+        content,
+    )
+}
+
+/// A decoded answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub header: serde_json::Value,
+    pub content: Vec<u8>,
+}
+
+impl Answer {
+    pub fn parse(bytes: &[u8]) -> Self {
+        let header_len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+        let header: serde_json::Value = serde_json::from_slice(&bytes[2..2 + header_len]).expect("JSON header");
+        Self { header, content: bytes[2 + header_len..].to_vec() }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.content).unwrap_or_else(|e| panic!("content is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.content)))
+    }
+
+    /// The `result` string of a JSON answer.
+    pub fn result(&self) -> String {
+        self.json()["result"].as_str().unwrap_or_else(|| panic!("no result string in {:?}", self.json())).to_owned()
+    }
+
+    /// The `error.code` of an error answer.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error answer: {:?}", self.json())).to_owned()
+    }
+}

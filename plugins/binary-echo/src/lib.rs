@@ -1,0 +1,21 @@
+//! `binary-echo`: the guide's answer to any request that is not a search,
+//! `First 10 bytes of request: ` and the first ten bytes of its content, as
+//! `binary/custom-server-binary-type`.
+
+wit_bindgen::generate!({ world: "handler", path: "../../wit" });
+
+
+struct BinaryEcho;
+
+impl Guest for BinaryEcho {
+    fn handle(request: Request) -> Result<Response, HandlerError> {
+        Ok(Response {
+            content_type: wasmux_guide::BINARY_RESPONSE_TYPE.into(),
+            content_encoding: "binary".into(),
+            fields: Vec::new(),
+            content: wasmux_guide::binary_echo(&request.content),
+        })
+    }
+}
+
+export!(BinaryEcho);

@@ -1,0 +1,101 @@
+//! `cargo xtask`: the project's build tasks, in Rust so they run wherever
+//! cargo does.
+//!
+//! - `cargo xtask plugins` builds every plugin crate under `plugins/` into a
+//!   WebAssembly component at `target/plugins/NAME.wasm` (test fixtures at
+//!   `target/test-plugins/NAME.wasm`), installing the wasm toolchain first if
+//!   this machine lacks it.
+//! - `cargo xtask test` builds the plugins and runs every test.
+//! - `cargo xtask serve [ARGS]` builds the plugins and the release server and
+//!   starts it with the default plugins.
+
+mod plugins;
+mod toolchain;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "wasmux build tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build every plugin under plugins/ into target/plugins/NAME.wasm.
+    Plugins {
+        /// Build the plugins without optimizations (faster to build, slower to run).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build the plugins, then run every test of the host and the plugins.
+    Test {
+        /// Extra arguments for `cargo test` on the host workspace (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the plugins and the release server, then run `wasmux serve` with them.
+    Serve {
+        /// Extra arguments for `wasmux serve` (e.g. --listen 127.0.0.1:7000).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Plugins { debug } => {
+            plugins::build_all(&root, !debug)?;
+        }
+        Task::Test { args } => {
+            plugins::build_all(&root, true)?;
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--all-targets"]).args(&args))?;
+            // The plugins' shared logic and the guests themselves, natively.
+            run(Command::new(cargo())
+                .current_dir(root.join("plugins"))
+                .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                .args(["test", "--workspace", "--locked"]))?;
+        }
+        Task::Serve { args } => {
+            plugins::build_all(&root, true)?;
+            run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux"]))?;
+            let plugins = root.join("target/plugins");
+            run(Command::new(root.join("target/release/wasmux"))
+                .arg("serve")
+                .arg("--plugins")
+                .arg(&plugins)
+                .args(&args))?;
+        }
+    }
+    Ok(())
+}
+
+/// The repository root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The cargo that runs this task (so a rustup override carries through).
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Runs a command with inherited output, failing if it fails.
+fn run(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command.status().with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}

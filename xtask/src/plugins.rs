@@ -1,0 +1,114 @@
+//! `cargo xtask plugins`: every plugin crate becomes a component file.
+//!
+//! Plugins are the `cdylib` crates of the `plugins/` workspace. Each is built
+//! for wasm32 (a core module carrying its WIT world in a custom section, put
+//! there by wit-bindgen) and then wrapped into a component by wit-component.
+//! Crates under `plugins/test-fixtures/` are misbehaving plugins for the
+//! test suite; they go to `target/test-plugins/` so that no one serves them
+//! by accident.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::toolchain::{TARGET, Toolchain};
+
+struct Plugin {
+    name: String,
+    fixture: bool,
+}
+
+pub fn build_all(root: &Path, release: bool) -> Result<()> {
+    let started = Instant::now();
+    let manifest = root.join("plugins/Cargo.toml");
+    let plugins = list(root, &manifest)?;
+    let toolchain = Toolchain::find_or_install()?;
+    eprintln!("xtask: building {} plugins with {}", plugins.len(), toolchain.describe());
+
+    let target_dir = root.join("target/wasm");
+    let mut build = Command::new(crate::cargo());
+    build
+        .arg("build")
+        .arg("--locked")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &target_dir);
+    if release {
+        build.arg("--release");
+    }
+    for plugin in &plugins {
+        build.args(["-p", &plugin.name]);
+    }
+    toolchain.configure(&mut build);
+    crate::run(&mut build)?;
+
+    let profile = if release { "release" } else { "debug" };
+    let artifacts = target_dir.join(TARGET).join(profile);
+    for plugin in &plugins {
+        let core = artifacts.join(format!("{}.wasm", plugin.name.replace('-', "_")));
+        let out_dir = root.join(if plugin.fixture { "target/test-plugins" } else { "target/plugins" });
+        let out = out_dir.join(format!("{}.wasm", plugin.name));
+        let written = componentize(&core, &out).with_context(|| format!("plugin {}", plugin.name))?;
+        eprintln!("xtask: {} {}", if written { "wrote" } else { "unchanged" }, out.display());
+    }
+    eprintln!("xtask: plugins ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The plugin crates: `cdylib` packages of the plugins workspace.
+fn list(root: &Path, manifest: &Path) -> Result<Vec<Plugin>> {
+    let out = Command::new(crate::cargo())
+        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .arg(manifest)
+        .output()
+        .context("could not run cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let metadata: Value = serde_json::from_slice(&out.stdout).context("cargo metadata printed invalid JSON")?;
+    let fixtures = root.join("plugins/test-fixtures");
+    let mut plugins = Vec::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let is_cdylib = package["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["crate_types"].as_array().into_iter().flatten().any(|k| k == "cdylib"));
+        if !is_cdylib {
+            continue;
+        }
+        let name = package["name"].as_str().context("package without a name")?.to_owned();
+        let manifest_path = PathBuf::from(package["manifest_path"].as_str().unwrap_or_default());
+        plugins.push(Plugin { name, fixture: manifest_path.starts_with(&fixtures) });
+    }
+    if plugins.is_empty() {
+        bail!("no plugin crates (crate-type cdylib) in {}", manifest.display());
+    }
+    Ok(plugins)
+}
+
+/// Wraps a core module into a component at `out`; returns false if `out`
+/// already held exactly that component (so a watching server sees no change).
+fn componentize(core: &Path, out: &Path) -> Result<bool> {
+    let module = std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .context("the module carries no valid WIT world (was it built with wit-bindgen?)")?
+        .validate(true)
+        .encode()
+        .context("encoding the component")?;
+    if std::fs::read(out).is_ok_and(|existing| existing == component) {
+        return Ok(false);
+    }
+    let dir = out.parent().context("output path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Write beside and rename, so a server watching the directory never
+    // reads a half-written file.
+    let tmp = dir.join(format!(".{}.tmp", out.file_name().and_then(|n| n.to_str()).unwrap_or("plugin")));
+    std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(true)
+}

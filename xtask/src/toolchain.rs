@@ -1,0 +1,183 @@
+//! Finding (or installing) a compiler that can build wasm32 guests.
+//!
+//! Two routes, tried in order:
+//! 1. the rustup toolchain, when its `wasm32-unknown-unknown` target is
+//!    installed: a plain `cargo build --target wasm32-unknown-unknown`;
+//! 2. Debian's `rustc-web` (which has the wasm32 targets built in) with the
+//!    standard library compiled from `rust-web-src` (`-Zbuild-std`), linked
+//!    by the rustup toolchain's `rust-lld`. This is the route on machines
+//!    where rustup cannot download the wasm32 standard library; the two
+//!    packages are installed with apt-get when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+pub const TARGET: &str = "wasm32-unknown-unknown";
+
+/// The oldest Debian rustc that builds the plugins (edition 2024).
+const MIN_DEBIAN_RUSTC: (u32, u32) = (1, 85);
+
+/// How to compile for wasm32 on this machine.
+pub enum Toolchain {
+    /// The rustup toolchain has the wasm32 target.
+    Rustup,
+    /// Debian's rustc-web, building std from source.
+    DebianWeb { rustc: PathBuf, linker: PathBuf },
+}
+
+impl Toolchain {
+    /// Finds a working route, installing Debian's packages if needed.
+    pub fn find_or_install() -> Result<Self> {
+        let host_sysroot = sysroot(&host_rustc())?;
+        if host_sysroot.join("lib/rustlib").join(TARGET).join("lib").is_dir() {
+            return Ok(Self::Rustup);
+        }
+        let linker = find_linker(&host_sysroot)?;
+        let debian = PathBuf::from("/usr/bin/rustc");
+        if !debian_rustc_usable(&debian) {
+            eprintln!(
+                "xtask: the rustup toolchain has no {TARGET} target and Debian's rustc-web is missing; \
+                 installing rustc-web and rust-web-src with apt-get"
+            );
+            install_debian_packages()?;
+            if !debian_rustc_usable(&debian) {
+                bail!(
+                    "apt-get installed rustc-web and rust-web-src, but {} still cannot build for {TARGET} \
+                     with its library source; check `{} --print target-list` and \
+                     /usr/lib/rustlib/src/rust/library",
+                    debian.display(),
+                    debian.display()
+                );
+            }
+        }
+        Ok(Self::DebianWeb { rustc: debian, linker })
+    }
+
+    /// Adds what this route needs to a `cargo build` command.
+    pub fn configure(&self, cargo_build: &mut Command) {
+        cargo_build.args(["--target", TARGET]);
+        match self {
+            Self::Rustup => {}
+            Self::DebianWeb { rustc, linker } => {
+                cargo_build
+                    .env("RUSTC", rustc)
+                    .env("RUSTC_BOOTSTRAP", "1")
+                    .env("RUSTFLAGS", format!("-C linker={}", linker.display()))
+                    .arg("-Zbuild-std=std,panic_abort");
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Rustup => format!("rustup toolchain with the {TARGET} target"),
+            Self::DebianWeb { rustc, .. } => {
+                format!("{} (Debian rustc-web, std built from rust-web-src)", rustc.display())
+            }
+        }
+    }
+}
+
+fn host_rustc() -> String {
+    std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())
+}
+
+fn sysroot(rustc: &str) -> Result<PathBuf> {
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .with_context(|| format!("could not run `{rustc} --print sysroot`"))?;
+    if !out.status.success() {
+        bail!("`{rustc} --print sysroot` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// A wasm linker: rustup's `rust-lld`, else `wasm-ld` or `rust-lld` on PATH.
+fn find_linker(host_sysroot: &Path) -> Result<PathBuf> {
+    let rustlib = host_sysroot.join("lib/rustlib");
+    if let Ok(entries) = std::fs::read_dir(&rustlib) {
+        for entry in entries.flatten() {
+            let candidate = entry.path().join("bin/rust-lld");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    for name in ["rust-lld", "wasm-ld"] {
+        if let Some(found) = which(name) {
+            return Ok(found);
+        }
+    }
+    bail!(
+        "no wasm linker found: neither {}/*/bin/rust-lld nor rust-lld or wasm-ld on PATH \
+         (install the rustup toolchain's rust-lld, or Debian's lld package)",
+        rustlib.display()
+    )
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// True if `rustc` is a Debian rustc that knows the wasm32 target, is new
+/// enough, and has the library source next to it.
+fn debian_rustc_usable(rustc: &Path) -> bool {
+    let Ok(version) = Command::new(rustc).arg("--version").output() else {
+        return false;
+    };
+    let version = String::from_utf8_lossy(&version.stdout);
+    let Some(numbers) = version.split_whitespace().nth(1) else {
+        return false;
+    };
+    let mut parts = numbers.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < MIN_DEBIAN_RUSTC {
+        return false;
+    }
+    let knows_target = Command::new(rustc)
+        .args(["--print", "target-list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == TARGET))
+        .unwrap_or(false);
+    let has_source = sysroot(&rustc.to_string_lossy())
+        .map(|s| s.join("lib/rustlib/src/rust/library/std").is_dir())
+        .unwrap_or(false);
+    knows_target && has_source
+}
+
+fn install_debian_packages() -> Result<()> {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut command = if is_root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        let status = command.status().context("could not run apt-get")?;
+        if !status.success() {
+            bail!(
+                "`apt-get {}` failed ({status}). Install the wasm toolchain by hand: either \
+                 `rustup target add {TARGET}`, or (Debian 12) \
+                 `apt-get install rustc-web rust-web-src` as root",
+                args.join(" ")
+            );
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    apt(&["install", "-y", "-qq", "rustc-web", "rust-web-src"])
+}
