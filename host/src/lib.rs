@@ -16,6 +16,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod native;
 pub mod net;
 pub mod registry;
 pub mod router;

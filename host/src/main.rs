@@ -51,6 +51,10 @@ struct ServeArgs {
     /// Do not cache compiled plugin code on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Serve the guide's search and binary-echo handlers compiled into the
+    /// host instead of plugins: the native baseline for benchmarks.
+    #[arg(long, conflicts_with = "plugins")]
+    native: bool,
     /// Log each connection and show every message's bytes, as the guide prints them.
     #[arg(long, short)]
     verbose: bool,
@@ -141,6 +145,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(dir) => {
             let loaded = registry.load_dir(dir).await?;
             tracing::info!("{loaded} plugins loaded from {}", dir.display());
+        }
+        None if args.native => {
+            for plugin in wasmux::native::guide_plugins() {
+                tracing::info!("plugin {}: native handler", plugin.name);
+                registry.insert(plugin);
+            }
         }
         None => tracing::warn!("no --plugins directory given: every request will be answered \"no plugin is loaded\""),
     }

@@ -182,12 +182,16 @@ impl Runtime {
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             compile_time,
-            pre,
+            backend: Backend::Wasm(pre),
         })
     }
 
     /// Calls `plugin` on a fresh instance with `request`.
     pub async fn call(&self, plugin: &Plugin, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
+        let pre = match &plugin.backend {
+            Backend::Wasm(pre) => pre,
+            Backend::Native(handler) => return handler(request).map_err(PluginError::Handler),
+        };
         let _slot = self.slots.acquire().await.map_err(|_| PluginError::ShuttingDown)?;
         let limits = context.limits;
         let state = CallState {
@@ -210,7 +214,7 @@ impl Runtime {
         });
 
         let outcome = async {
-            let handler = plugin.pre.instantiate_async(&mut store).await?;
+            let handler = pre.instantiate_async(&mut store).await?;
             handler.call_handle(&mut store, &to_request(request)).await
         }
         .await;
@@ -238,7 +242,38 @@ pub struct Plugin {
     pub loaded_at: SystemTime,
     /// Time spent compiling (near zero when the cache had it).
     pub compile_time: Duration,
-    pre: HandlerPre<CallState>,
+    backend: Backend,
+}
+
+/// What runs a plugin's requests.
+enum Backend {
+    /// A component, linked once and instantiated per request.
+    Wasm(HandlerPre<CallState>),
+    /// A handler compiled into the host: the baseline that benchmarks
+    /// compare the Wasm path against (`wasmux serve --native`).
+    Native(NativeHandler),
+}
+
+/// A handler compiled into the host, with a plugin's contract.
+pub type NativeHandler = fn(&Message) -> Result<Message, HandlerError>;
+
+impl Plugin {
+    /// A plugin served by a native handler instead of a component.
+    pub fn native(name: &str, handler: NativeHandler) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: Version::of(format!("native:{name}").as_bytes()),
+            size: 0,
+            loaded_at: SystemTime::now(),
+            compile_time: Duration::ZERO,
+            backend: Backend::Native(handler),
+        }
+    }
+
+    /// True for a native (compiled-in) handler.
+    pub fn is_native(&self) -> bool {
+        matches!(self.backend, Backend::Native(_))
+    }
 }
 
 impl fmt::Debug for Plugin {

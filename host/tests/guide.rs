@@ -23,7 +23,15 @@ fn guide_answer(content_type: &str, encoding: &str, content: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_guides_six_requests_byte_for_byte() {
-    let server = Server::start();
+    assert_guide_answers(&Server::start());
+}
+
+#[test]
+fn native_handlers_answer_exactly_as_the_plugins() {
+    assert_guide_answers(&Server::start_with(&["--native"]));
+}
+
+fn assert_guide_answers(server: &Server) {
     let cases: [(Vec<u8>, &str, &str, &[u8]); 6] = [
         (search("morpheus"), "text/json", "utf-8", "{\"result\": \"Follow the white rabbit. 🐰\"}".as_bytes()),
         (search("ring"), "text/json", "utf-8", "{\"result\": \"In the caves beneath the Misty Mountains. 💍\"}".as_bytes()),
