@@ -15,6 +15,7 @@ use wasmux::config::Settings;
 use wasmux::registry::PluginRegistry;
 use wasmux::runtime::{Runtime, RuntimeSettings};
 use wasmux::service::Service;
+use wasmux::watcher::{self, Watched};
 use wasmux::{net, server};
 
 #[derive(Parser)]
@@ -45,6 +46,9 @@ struct ServeArgs {
     /// Configuration file (TOML): routes, limits, plugin settings.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Do not watch the plugin directory and the configuration file for changes.
+    #[arg(long)]
+    no_watch: bool,
     /// Directory for compiled plugin code, so restarts do not compile again.
     #[arg(long, env = "WASMUX_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -161,6 +165,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("routes: {}", settings.routes);
     let service = Arc::new(Service::new(registry, settings));
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        let watched = Watched { plugins: args.plugins.clone(), config: args.config.clone() };
+        Some(watcher::watch(watched, Arc::clone(&service))?)
+    };
 
     let mut listeners = Vec::new();
     for spec in &args.listen {

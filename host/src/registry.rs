@@ -9,22 +9,34 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
-use crate::runtime::{Plugin, Runtime};
+use crate::runtime::{Origin, Plugin, Runtime, Version};
+
+/// What a load did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// A new version is now current.
+    Swapped,
+    /// The file holds the version already current.
+    Unchanged,
+}
 
 /// The loaded plugins, by name.
 pub struct PluginRegistry {
     runtime: Arc<Runtime>,
     plugins: ArcSwap<HashMap<String, Arc<Plugin>>>,
+    /// The last refused bytes of each name, so that a watcher seeing the
+    /// same broken file again does not compile and log it again.
+    refused: Mutex<HashMap<String, Version>>,
 }
 
 impl PluginRegistry {
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime, plugins: ArcSwap::default() }
+        Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default() }
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -66,23 +78,55 @@ impl PluginRegistry {
 
     /// Reads, compiles and links the component at `path` (off the async
     /// runtime) and swaps it in under the file's name. On error nothing
-    /// changes: the version already loaded, if any, keeps serving.
-    pub async fn load_file(&self, path: &Path) -> anyhow::Result<Arc<Plugin>> {
+    /// changes: the version already loaded, if any, keeps serving. A file
+    /// whose bytes are the version already loaded changes nothing either.
+    pub async fn load_file(&self, path: &Path) -> anyhow::Result<Loaded> {
         let name = plugin_name(path).with_context(|| format!("{} is not named NAME.wasm", path.display()))?;
         let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+        let version = Version::of(&bytes);
+        let same_as_refused = self.refused_lock().get(&name) == Some(&version);
+        if same_as_refused || self.get(&name).is_some_and(|p| p.version == version) {
+            return Ok(Loaded::Unchanged);
+        }
         let runtime = Arc::clone(&self.runtime);
         let loaded = {
             let name = name.clone();
             tokio::task::spawn_blocking(move || runtime.load(&name, &bytes)).await?
         };
-        let plugin = loaded.map_err(anyhow::Error::from).with_context(|| format!("plugin {name}: refused {}", path.display()))?;
-        let (version, compile_ms) = (plugin.version, plugin.compile_time.as_secs_f64() * 1e3);
-        let old = self.insert(plugin);
-        match &old {
-            Some(old) => tracing::info!("plugin {name}: {} -> {version} (compile {compile_ms:.0} ms)", old.version),
-            None => tracing::info!("plugin {name}: loaded {version} (compile {compile_ms:.0} ms)"),
+        let plugin = match loaded {
+            Ok(plugin) => {
+                self.refused_lock().remove(&name);
+                plugin
+            }
+            Err(e) => {
+                self.refused_lock().insert(name.clone(), version);
+                let keeps = if self.get(&name).is_some() { "the version loaded before keeps serving" } else { "it is not loaded" };
+                return Err(anyhow::Error::from(e).context(format!("plugin {name}: refused {} ({keeps})", path.display())));
+            }
+        };
+        let cost = match plugin.origin {
+            Origin::Compiled => format!("compile {} ms", plugin.compile_time.as_millis()),
+            Origin::Memory => "compile 0 ms: compiled earlier".to_owned(),
+            Origin::Disk => format!("compile 0 ms: read compiled code from the cache in {} ms", plugin.compile_time.as_millis()),
+        };
+        match self.insert(plugin) {
+            Some(old) => tracing::info!("plugin {name}: {} -> {version} ({cost})", old.version),
+            None => tracing::info!("plugin {name}: loaded {version} ({cost})"),
         }
-        self.get(&name).context("plugin vanished right after loading")
+        Ok(Loaded::Swapped)
+    }
+
+    fn refused_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Version>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Unloads the plugin of a file that is gone.
+    pub fn unload_file(&self, path: &Path) -> Option<Arc<Plugin>> {
+        let name = plugin_name(path)?;
+        self.refused_lock().remove(&name);
+        let old = self.remove(&name)?;
+        tracing::info!("plugin {name}: unloaded {} ({} was removed)", old.version, path.display());
+        Some(old)
     }
 
     /// Loads every `NAME.wasm` in `dir`. A file that fails to load is logged

@@ -30,10 +30,15 @@ use wasmtime::error::Context as _;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use crate::codec::{self, ErrorCode, Header, Message, ProtocolError};
+
+mod cache;
+
+use cache::ComponentCache;
+pub use cache::Origin;
 
 wasmtime::component::bindgen!({
     world: "handler",
@@ -63,7 +68,8 @@ pub struct RuntimeSettings {
     /// The most memory any plugin instance may ever have (per-call limits
     /// may be lower).
     pub max_memory: usize,
-    /// Directory for wasmtime's compiled-code cache; `None` disables it.
+    /// Directory where compiled plugin code is kept across restarts;
+    /// `None` keeps it in memory only.
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
@@ -103,6 +109,7 @@ pub struct CallContext {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,
+    cache: ComponentCache,
     settings: RuntimeSettings,
     /// Bounds plugin calls in flight to what the instance pool holds, so a
     /// burst waits instead of failing.
@@ -131,11 +138,6 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .memory_init_cow(true)
             .parallel_compilation(true);
-        if let Some(dir) = &settings.cache_dir {
-            let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir);
-            config.cache(Some(wasmtime::Cache::new(cache).context("opening the compiled-code cache")?));
-        }
         let engine = Engine::new(&config).context("creating the wasmtime engine")?;
 
         let mut linker = Linker::new(&engine);
@@ -155,20 +157,25 @@ impl Runtime {
             })
             .context("starting the epoch ticker")?;
 
-        Ok(Self { engine, linker, slots: Semaphore::new(n as usize), settings, ticker_stop })
+        let cache = ComponentCache::new(&engine, settings.cache_dir.clone());
+        Ok(Self { engine, linker, cache, slots: Semaphore::new(n as usize), settings, ticker_stop })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
         &self.settings
     }
 
-    /// Compiles and links a component. This is CPU-heavy (milliseconds to
-    /// seconds): call it off the async runtime. Fails if `bytes` is not a
-    /// component or not of the `handler` world.
+    /// Compiles (unless cached) and links a component. Compiling is
+    /// CPU-heavy (milliseconds to seconds): call this off the async
+    /// runtime. Fails if `bytes` is not a component or not of the `handler`
+    /// world.
     pub fn load(&self, name: &str, bytes: &[u8]) -> wasmtime::Result<Plugin> {
         let version = Version::of(bytes);
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes).context("not a valid WebAssembly component")?;
+        let (component, origin) = self
+            .cache
+            .get_or_compile(&self.engine, version, bytes)
+            .context("not a valid WebAssembly component")?;
         let compile_time = started.elapsed();
         let instance_pre = self
             .linker
@@ -182,6 +189,7 @@ impl Runtime {
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             compile_time,
+            origin,
             backend: Backend::Wasm(pre),
         })
     }
@@ -240,8 +248,10 @@ pub struct Plugin {
     /// Size of the component file in bytes.
     pub size: usize,
     pub loaded_at: SystemTime,
-    /// Time spent compiling (near zero when the cache had it).
+    /// Time spent compiling, or reading the compiled code from a cache.
     pub compile_time: Duration,
+    /// Whether the code was compiled for this load or found in a cache.
+    pub origin: Origin,
     backend: Backend,
 }
 
@@ -266,6 +276,7 @@ impl Plugin {
             size: 0,
             loaded_at: SystemTime::now(),
             compile_time: Duration::ZERO,
+            origin: Origin::Compiled,
             backend: Backend::Native(handler),
         }
     }
@@ -282,22 +293,25 @@ impl fmt::Debug for Plugin {
     }
 }
 
-/// A plugin version's identity: the start of the SHA-256 of its bytes.
+/// A plugin version's identity: the SHA-256 of its bytes, shown as its
+/// first 12 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Version([u8; 6]);
+pub struct Version([u8; 32]);
 
 impl Version {
     pub fn of(bytes: &[u8]) -> Self {
-        let digest = Sha256::digest(bytes);
-        let mut short = [0; 6];
-        short.copy_from_slice(&digest[..6]);
-        Self(short)
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// All 64 hex digits.
+    pub fn full_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        self.0[..6].iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 

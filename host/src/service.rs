@@ -42,6 +42,31 @@ impl Service {
         self.settings.store(Arc::new(settings));
     }
 
+    /// Replaces the settings with ones read from a changed configuration
+    /// file, refusing (and keeping the current ones) if they ask for more
+    /// than the server was started with. Settings read only at start-up
+    /// are reported as such.
+    pub fn reload(&self, settings: Settings) -> anyhow::Result<()> {
+        let max_memory = self.registry.runtime().settings().max_memory;
+        anyhow::ensure!(
+            settings.limits.call.memory <= max_memory,
+            "limits.plugin-memory is {} bytes, over the {max_memory} the instance pool was sized for at start-up; restart the server to raise it",
+            settings.limits.call.memory
+        );
+        let current = self.settings();
+        let (old, new) = (&current.limits, &settings.limits);
+        if (old.max_connections, old.max_concurrent_calls) != (new.max_connections, new.max_concurrent_calls) {
+            tracing::warn!("limits.max-connections and limits.max-concurrent-calls take effect at the next start");
+        }
+        for target in settings.routes.targets() {
+            if self.registry.get(target).is_none() {
+                tracing::warn!("a route points at plugin {target}, which is not loaded");
+            }
+        }
+        self.set_settings(settings);
+        Ok(())
+    }
+
     /// Answers one request. Never fails: failures become error messages.
     pub async fn handle(&self, request: &Message) -> Message {
         match self.dispatch(request).await {

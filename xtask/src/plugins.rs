@@ -17,6 +17,11 @@ use serde_json::Value;
 use crate::toolchain::{TARGET, Toolchain};
 
 struct Plugin {
+    /// The cargo package.
+    package: String,
+    /// The plugin's name when served: the package name, or
+    /// `[package.metadata.wasmux] plugin-name` (e.g. `search@fuzzy`, a second
+    /// version of `search`).
     name: String,
     fixture: bool,
 }
@@ -40,7 +45,7 @@ pub fn build_all(root: &Path, release: bool) -> Result<()> {
         build.arg("--release");
     }
     for plugin in &plugins {
-        build.args(["-p", &plugin.name]);
+        build.args(["-p", &plugin.package]);
     }
     toolchain.configure(&mut build);
     crate::run(&mut build)?;
@@ -48,7 +53,7 @@ pub fn build_all(root: &Path, release: bool) -> Result<()> {
     let profile = if release { "release" } else { "debug" };
     let artifacts = target_dir.join(TARGET).join(profile);
     for plugin in &plugins {
-        let core = artifacts.join(format!("{}.wasm", plugin.name.replace('-', "_")));
+        let core = artifacts.join(format!("{}.wasm", plugin.package.replace('-', "_")));
         let out_dir = root.join(if plugin.fixture { "target/test-plugins" } else { "target/plugins" });
         let out = out_dir.join(format!("{}.wasm", plugin.name));
         let written = componentize(&core, &out).with_context(|| format!("plugin {}", plugin.name))?;
@@ -80,9 +85,13 @@ fn list(root: &Path, manifest: &Path) -> Result<Vec<Plugin>> {
         if !is_cdylib {
             continue;
         }
-        let name = package["name"].as_str().context("package without a name")?.to_owned();
+        let package_name = package["name"].as_str().context("package without a name")?.to_owned();
+        let name = match package["metadata"]["wasmux"]["plugin-name"].as_str() {
+            Some(name) => name.to_owned(),
+            None => package_name.clone(),
+        };
         let manifest_path = PathBuf::from(package["manifest_path"].as_str().unwrap_or_default());
-        plugins.push(Plugin { name, fixture: manifest_path.starts_with(&fixtures) });
+        plugins.push(Plugin { package: package_name, name, fixture: manifest_path.starts_with(&fixtures) });
     }
     if plugins.is_empty() {
         bail!("no plugin crates (crate-type cdylib) in {}", manifest.display());

@@ -48,10 +48,13 @@ impl Server {
         Self::start_with(&["--plugins", plugins_dir().to_str().expect("utf-8 path")])
     }
 
-    /// `wasmux serve --listen 127.0.0.1:0 --no-cache ARGS`.
+    /// `wasmux serve --listen 127.0.0.1:0 ARGS`, with `--no-cache` unless
+    /// ARGS give a `--cache-dir`.
     pub fn start_with(args: &[&str]) -> Self {
+        let cache: &[&str] = if args.contains(&"--cache-dir") { &[] } else { &["--no-cache"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmux"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-cache"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(cache)
             .args(args)
             .env("RUST_LOG", "wasmux=debug")
             .env("NO_COLOR", "1")

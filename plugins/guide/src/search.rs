@@ -47,12 +47,22 @@ impl std::error::Error for SearchError {}
 /// and returns the response content, `{"result": …}` as UTF-8 JSON written
 /// as the guide's Python server writes it.
 pub fn search(content: &[u8], encoding: &str) -> Result<Vec<u8>, SearchError> {
+    search_with(content, encoding, lookup)
+}
+
+/// [`search`] with another dictionary lookup, for variants that match
+/// differently.
+pub fn search_with(
+    content: &[u8],
+    encoding: &str,
+    find: impl Fn(&str) -> Option<&'static str>,
+) -> Result<Vec<u8>, SearchError> {
     let text = decode_text(content, encoding)?;
     let request: Value = serde_json::from_str(&text).map_err(|e| SearchError::BadJson(e.to_string()))?;
     let Value::Object(request) = request else {
         return Err(SearchError::NotAnObject(kind_of(&request)));
     };
-    let result = search_answer(&request, lookup);
+    let result = search_answer(&request, find);
     let mut response = Map::with_capacity(1);
     response.insert("result".into(), Value::String(result));
     python::to_vec(&response).map_err(|e| SearchError::BadJson(e.to_string()))
