@@ -21,9 +21,18 @@
 //!
 //! [plugins.search]               # read by the plugin with the `config` import
 //! greeting = "hello"
+//!
+//! [tenants.default]              # requests without authorization
+//!
+//! [tenants.alpha]
+//! token-sha256 = "…"             # `wasmux token` makes a token and its hash
+//! limits = { concurrent-requests = 8, requests-per-second = 100, plugin-deadline = "50ms" }
+//! routes."text/json" = { split = { "search" = 90, "search@fuzzy" = 10 }, sticky = "user" }
+//! plugins."search@fuzzy" = { match = "prefix" }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +42,9 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::codec::DEFAULT_MAX_CONTENT_LENGTH;
-use crate::router::Routes;
+use crate::router::{Routes, Split, Target};
 use crate::runtime::CallLimits;
+use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -42,11 +52,54 @@ use crate::runtime::CallLimits;
 pub struct ConfigFile {
     #[serde(default)]
     pub limits: LimitsFile,
-    /// `pattern = "plugin"`; when present, replaces the guide's routes.
-    pub routes: Option<BTreeMap<String, String>>,
+    /// `pattern = "plugin"` or a split; when present, replaces the guide's routes.
+    pub routes: Option<BTreeMap<String, RouteFile>>,
     /// `[plugins.NAME]` tables of values for each plugin.
     #[serde(default)]
     pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
+    /// `[tenants.NAME]`; without any, every request is the `default` tenant's.
+    pub tenants: Option<BTreeMap<String, TenantFile>>,
+}
+
+/// A route's target as written: a plugin name, or an experiment.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a plugin name, or { split = { PLUGIN = WEIGHT, … }, sticky = \"FIELD\" }")]
+pub enum RouteFile {
+    Plugin(String),
+    Split(SplitFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    /// Plugin name ─▶ weight.
+    pub split: BTreeMap<String, u32>,
+    /// A header field whose value keeps a sender on one arm.
+    pub sticky: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantFile {
+    /// Hex SHA-256 of the tenant's bearer token.
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteFile>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
+    #[serde(default)]
+    pub limits: TenantLimitsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantLimitsFile {
+    pub concurrent_requests: Option<u32>,
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub plugin_deadline: Option<Duration>,
+    pub plugin_memory: Option<ByteSize>,
 }
 
 /// A plugin configuration value: the plugin reads it as a string.
@@ -135,18 +188,29 @@ impl Default for Limits {
 }
 
 /// Everything a running server reads per request, validated.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Settings {
     pub limits: Limits,
-    pub routes: Routes,
-    /// Configuration values per plugin name.
-    pub plugin_config: HashMap<String, Arc<BTreeMap<String, String>>>,
+    /// Each tenant with its routes, plugin settings and limits merged.
+    pub tenants: Tenants,
 }
 
 impl Settings {
-    /// The built-in configuration: the guide's routes and default limits.
+    /// The built-in configuration: the guide's routes, default limits, and
+    /// one `default` tenant.
     pub fn guide() -> Self {
-        Self { routes: Routes::guide(), ..Self::default() }
+        Self::from_file(ConfigFile::default()).unwrap_or_else(|e| unreachable!("the built-in configuration is valid: {e:#}"))
+    }
+
+    /// Every plugin some tenant's route points at.
+    pub fn plugin_targets(&self) -> BTreeSet<&str> {
+        self.tenants.iter().flat_map(|t| t.routes.targets()).collect()
+    }
+
+    /// The routes of every tenant, for the log.
+    pub fn describe_routes(&self) -> String {
+        let tenants: Vec<String> = self.tenants.iter().map(|t| format!("tenant {}: {}", t.name, t.routes)).collect();
+        tenants.join("; ")
     }
 
     /// Reads and validates a configuration file.
@@ -163,25 +227,87 @@ impl Settings {
 
     pub fn from_file(file: ConfigFile) -> anyhow::Result<Self> {
         let limits = validate_limits(&file.limits)?;
-        let routes = match &file.routes {
-            Some(table) => Routes::new(table)?,
+        let routes = match file.routes {
+            Some(table) => build_routes(table).context("in [routes]")?,
             None => Routes::guide(),
         };
-        let plugin_config = file
-            .plugins
-            .into_iter()
-            .map(|(name, values)| {
-                let values = values.into_iter().map(|(k, v)| (k, v.into_string())).collect();
-                (name, Arc::new(values))
-            })
-            .collect();
-        Ok(Self { limits, routes, plugin_config })
+        let plugin_config = plugin_values(file.plugins);
+        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: limits.call };
+        let tenants = match file.tenants {
+            None => Tenants::only_default(&server)?,
+            Some(tenants) => {
+                let specs = tenants
+                    .into_iter()
+                    .map(|(name, tenant)| tenant_spec(&name, tenant).with_context(|| format!("in [tenants.{name}]")))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Tenants::build(specs, &server)?
+            }
+        };
+        Ok(Self { limits, tenants })
     }
 
-    /// The values plugin `name` reads through its `config` import.
-    pub fn config_for(&self, name: &str) -> Arc<BTreeMap<String, String>> {
-        self.plugin_config.get(name).cloned().unwrap_or_default()
+    /// The most memory any tenant's plugin calls may use: what the instance
+    /// pool is sized for.
+    pub fn max_plugin_memory(&self) -> usize {
+        self.tenants.iter().map(|t| t.call_limits.memory).max().unwrap_or(self.limits.call.memory)
     }
+}
+
+fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
+    let mut routes = Routes::default();
+    for (pattern, target) in table {
+        let target = match target {
+            RouteFile::Plugin(name) => Target::plugin(&name),
+            RouteFile::Split(SplitFile { split, sticky }) => {
+                let arms = split.into_iter().map(|(name, weight)| (Arc::from(name), weight)).collect();
+                Target::Split(Arc::new(Split::new(arms, sticky).with_context(|| format!("route \"{pattern}\""))?))
+            }
+        };
+        routes.add(&pattern, target)?;
+    }
+    Ok(routes)
+}
+
+fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> BTreeMap<String, BTreeMap<String, String>> {
+    plugins
+        .into_iter()
+        .map(|(name, values)| (name, values.into_iter().map(|(k, v)| (k, v.into_string())).collect()))
+        .collect()
+}
+
+fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
+    let token = match &file.token_sha256 {
+        Some(hex) => Some(TokenHash::from_hex(hex).context("token-sha256 must be 64 hex digits (see `wasmux token`)")?),
+        None => None,
+    };
+    let positive = |key: &str, value: Option<u32>| -> anyhow::Result<Option<NonZeroU32>> {
+        value.map(|v| NonZeroU32::new(v).with_context(|| format!("limits.{key} must be at least 1"))).transpose()
+    };
+    let limits = &file.limits;
+    if let Some(deadline) = limits.plugin_deadline {
+        anyhow::ensure!(!deadline.is_zero(), "limits.plugin-deadline must be longer than 0");
+    }
+    let plugin_memory = match limits.plugin_memory {
+        Some(memory) => {
+            let bytes = usize::try_from(memory.as_u64()).unwrap_or(usize::MAX);
+            anyhow::ensure!(bytes >= 64 * 1024, "limits.plugin-memory must be at least 64 KiB, one WebAssembly page");
+            Some(bytes)
+        }
+        None => None,
+    };
+    Ok(TenantSpec {
+        name: name.to_owned(),
+        token,
+        routes: build_routes(file.routes).context("in routes")?,
+        plugin_config: plugin_values(file.plugins),
+        limits: TenantLimits {
+            concurrent_requests: positive("concurrent-requests", limits.concurrent_requests)?,
+            requests_per_second: positive("requests-per-second", limits.requests_per_second)?,
+            burst: positive("burst", limits.burst)?,
+        },
+        plugin_deadline: limits.plugin_deadline,
+        plugin_memory,
+    })
 }
 
 fn validate_limits(file: &LimitsFile) -> anyhow::Result<Limits> {
@@ -215,11 +341,19 @@ fn validate_limits(file: &LimitsFile) -> anyhow::Result<Limits> {
 mod tests {
     use super::*;
 
+    fn plugin_for(settings: &Settings, tenant: &str, content_type: &str) -> Option<String> {
+        let header = crate::codec::Message::new(content_type, "binary", Vec::new()).header;
+        let tenant = settings.tenants.get(tenant)?;
+        tenant.routes.resolve(content_type).map(|r| r.pick(&header).to_string())
+    }
+
     #[test]
     fn empty_file_is_the_guide() {
         let settings = Settings::parse("").unwrap();
-        assert_eq!(settings.routes, Routes::guide());
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.routes, Routes::guide());
         assert_eq!(settings.limits, Limits::default());
+        assert!(settings.tenants.has_default());
     }
 
     #[test]
@@ -251,10 +385,55 @@ mod tests {
         assert_eq!(settings.limits.call.deadline, Duration::from_millis(50));
         assert_eq!(settings.limits.call.memory, 16 << 20);
         assert_eq!(settings.limits.call.max_response, 4096);
-        assert_eq!(settings.routes.resolve("image/png"), Some("thumbs"));
-        assert_eq!(settings.routes.resolve("binary/x"), None);
-        assert_eq!(settings.config_for("search").get("limit").map(String::as_str), Some("3"));
-        assert!(settings.config_for("other").is_empty());
+        assert_eq!(plugin_for(&settings, "default", "image/png").as_deref(), Some("thumbs"));
+        assert_eq!(plugin_for(&settings, "default", "binary/x"), None);
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.config_for("search").get("limit").map(String::as_str), Some("3"));
+        assert!(default.config_for("other").is_empty());
+    }
+
+    #[test]
+    fn tenants_splits_and_limits() {
+        let hash = TokenHash::of("alpha-token");
+        let settings = Settings::parse(&format!(
+            r#"
+            [plugins."search@fuzzy"]
+            match = "prefix"
+
+            [tenants.default]
+
+            [tenants.alpha]
+            token-sha256 = "{hash}"
+            limits = {{ concurrent-requests = 4, requests-per-second = 50, plugin-deadline = "20ms", plugin-memory = "8 MiB" }}
+            routes."text/json" = {{ split = {{ "search" = 1, "search@fuzzy" = 1 }}, sticky = "user" }}
+            plugins."search@fuzzy" = {{ match = "case-insensitive" }}
+            "#
+        ))
+        .unwrap();
+        let alpha = settings.tenants.get("alpha").unwrap();
+        assert_eq!(alpha.call_limits.deadline, Duration::from_millis(20));
+        assert_eq!(alpha.call_limits.memory, 8 << 20);
+        assert_eq!(alpha.limits.concurrent_requests.map(|n| n.get()), Some(4));
+        assert_eq!(alpha.config_for("search@fuzzy")["match"], "case-insensitive");
+        assert_eq!(settings.tenants.get("default").unwrap().config_for("search@fuzzy")["match"], "prefix");
+        assert_eq!(
+            alpha.routes.resolve("text/json").map(|r| r.target.to_string()).as_deref(),
+            Some("split [search 1, search@fuzzy 1] sticky on user")
+        );
+        assert_eq!(settings.plugin_targets(), BTreeSet::from(["binary-echo", "search", "search@fuzzy"]));
+        assert_eq!(settings.max_plugin_memory(), 64 << 20);
+    }
+
+    #[test]
+    fn tenant_mistakes_name_the_tenant() {
+        let error = format!("{:#}", Settings::parse("[tenants.alpha]\ntoken-sha256 = \"12\"\n").unwrap_err());
+        assert!(error.contains("[tenants.alpha]") && error.contains("64 hex digits"), "{error}");
+        let error = format!("{:#}", Settings::parse("[tenants.alpha]\nlimits = { requests-per-second = 0 }\n").unwrap_err());
+        assert!(error.contains("requests-per-second must be at least 1"), "{error}");
+        let error = format!("{:#}", Settings::parse("[routes]\n\"*\" = { split = { a = 0 } }\n").unwrap_err());
+        assert!(error.contains("weight above 0"), "{error}");
+        let error = format!("{:#}", Settings::parse("[routes]\n\"*\" = 3\n").unwrap_err());
+        assert!(error.contains("a plugin name, or { split"), "{error}");
     }
 
     #[test]

@@ -5,17 +5,22 @@
 //!
 //! ```text
 //! server (sockets, limits) ─▶ codec (bytes ⇄ Message) ─▶ service
-//!   ─▶ router (content-type ─▶ plugin name) ─▶ registry (name ─▶ current version)
-//!   ─▶ runtime (fresh instance, deadline, memory cap) ─▶ Message ─▶ codec ─▶ bytes
+//!   ─▶ tenancy (who is asking; their limits) ─▶ router (content-type ─▶ route ─▶ plugin, A/B arm)
+//!   ─▶ registry (name ─▶ current version) ─▶ runtime (fresh instance, deadline, memory cap)
+//!   ─▶ Message ─▶ codec ─▶ bytes
 //! ```
 //!
-//! Beside the path: [`config`] (TOML ─▶ validated settings), [`net`]
-//! (addresses and socket errors), [`client`] (what `wasmux send` and the
-//! tests use).
+//! Beside the path: [`config`] (TOML ─▶ validated settings), [`watcher`]
+//! (files ─▶ registry and settings updates), [`metrics`] and [`admin`]
+//! (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and socket
+//! errors), [`client`] (what `wasmux send` and the tests use), [`native`]
+//! (the guide's handlers compiled in, for comparison).
 
+pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod metrics;
 pub mod native;
 pub mod net;
 pub mod registry;
@@ -23,4 +28,5 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod tenancy;
 pub mod watcher;

@@ -15,6 +15,10 @@ use wasmux::config::Settings;
 use wasmux::registry::PluginRegistry;
 use wasmux::runtime::{Runtime, RuntimeSettings};
 use wasmux::service::Service;
+use tokio_util::sync::CancellationToken;
+use wasmux::admin;
+use wasmux::metrics::Metrics;
+use wasmux::tenancy::{AUTHORIZATION_FIELD, TokenHash};
 use wasmux::watcher::{self, Watched};
 use wasmux::{net, server};
 
@@ -31,6 +35,15 @@ enum Command {
     Serve(ServeArgs),
     /// Send one request and print the answer, as the guide's client does.
     Send(SendArgs),
+    /// Make a tenant token and the hash that goes in the configuration.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Print the hash of this existing token instead of making a new one.
+    #[arg(long)]
+    hash: Option<String>,
 }
 
 #[derive(Args)]
@@ -46,6 +59,10 @@ struct ServeArgs {
     /// Configuration file (TOML): routes, limits, plugin settings.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Serve /metrics, /plugins and /healthz over HTTP on this address (a
+    /// bare port means 127.0.0.1:PORT).
+    #[arg(long)]
+    admin: Option<String>,
     /// Do not watch the plugin directory and the configuration file for changes.
     #[arg(long)]
     no_watch: bool,
@@ -87,6 +104,9 @@ struct SendArgs {
     /// The content, read from a file.
     #[arg(long, requires = "content_type")]
     content_file: Option<PathBuf>,
+    /// Send "authorization": "Bearer TOKEN", to be served as a tenant.
+    #[arg(long, env = "WASMUX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// An extra header field, NAME=VALUE; VALUE is JSON if it parses as JSON, else a string.
     #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
     fields: Vec<String>,
@@ -103,6 +123,7 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Serve(args) => args.verbose,
         Command::Send(args) => args.verbose,
+        Command::Token(_) => false,
     };
     init_logging(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -116,6 +137,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Send(args) => send(args).await,
+            Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
         }
     });
     match outcome {
@@ -141,10 +163,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
     let runtime = Runtime::new(RuntimeSettings {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
-        max_memory: settings.limits.call.memory,
+        max_memory: settings.max_plugin_memory(),
         cache_dir,
     })?;
-    let registry = Arc::new(PluginRegistry::new(Arc::new(runtime)));
+    let registry = Arc::new(PluginRegistry::new(Arc::new(runtime)).with_metrics(Arc::new(Metrics::new())));
     match &args.plugins {
         Some(dir) => {
             let loaded = registry.load_dir(dir).await?;
@@ -158,13 +180,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => tracing::warn!("no --plugins directory given: every request will be answered \"no plugin is loaded\""),
     }
-    for target in settings.routes.targets() {
-        if registry.get(target).is_none() {
-            tracing::warn!("a route points at plugin {target}, which is not loaded");
-        }
-    }
-    tracing::info!("routes: {}", settings.routes);
+    tracing::info!("{}", settings.describe_routes());
     let service = Arc::new(Service::new(registry, settings));
+    service.warn_about_unloaded_targets(&service.settings());
     let _watcher = if args.no_watch {
         None
     } else {
@@ -176,11 +194,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for spec in &args.listen {
         listeners.extend(net::bind_all(spec).await?);
     }
+    let admin_listeners = match &args.admin {
+        Some(spec) => net::bind_all(&admin::admin_address(spec)).await?,
+        None => Vec::new(),
+    };
     for listener in &listeners {
         // On stdout, so scripts (and the tests) can find a port chosen by the OS.
         println!("wasmux listening on {}", listener.local_addr()?);
     }
-    server::run(listeners, service, shutdown_signal()).await
+    for listener in &admin_listeners {
+        println!("wasmux admin on http://{}", listener.local_addr()?);
+    }
+
+    let shutdown = CancellationToken::new();
+    let admin = (!admin_listeners.is_empty())
+        .then(|| tokio::spawn(admin::run(admin_listeners, Arc::clone(&service), shutdown.clone().cancelled_owned())));
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    server::run(listeners, service, shutdown.cancelled_owned()).await?;
+    if let Some(admin) = admin {
+        admin.await??;
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -225,6 +263,9 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give ACTION VALUE, or --content-type with --content or --content-file"),
     };
+    if let Some(token) = &args.token {
+        request.header.extra.insert(AUTHORIZATION_FIELD.to_owned(), Value::String(format!("Bearer {token}")));
+    }
     for field in &args.fields {
         let (name, value) = field.split_once('=').with_context(|| format!("--field {field}: write NAME=VALUE"))?;
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
@@ -234,4 +275,21 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let answer = client.request(&request).await?;
     println!("{}", client::describe_answer(&answer));
     Ok(if client::error_of(&answer).is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let token = match args.hash {
+        Some(token) => token,
+        None => {
+            let mut bytes = [0u8; 24];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("token: {token}");
+            eprintln!("  (the client sends \"authorization\": \"Bearer {token}\"; `wasmux send --token {token}`)");
+            token
+        }
+    };
+    println!("token-sha256 = \"{}\"", TokenHash::of(&token));
+    eprintln!("  (put this line in the tenant's table: [tenants.NAME])");
+    Ok(())
 }

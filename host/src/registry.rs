@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
+use crate::metrics::Metrics;
 use crate::runtime::{Origin, Plugin, Runtime, Version};
 
 /// What a load did.
@@ -29,14 +31,39 @@ pub enum Loaded {
 pub struct PluginRegistry {
     runtime: Arc<Runtime>,
     plugins: ArcSwap<HashMap<String, Arc<Plugin>>>,
-    /// The last refused bytes of each name, so that a watcher seeing the
-    /// same broken file again does not compile and log it again.
-    refused: Mutex<HashMap<String, Version>>,
+    /// The last refused file of each name: shown by the admin endpoint, and
+    /// so that a watcher seeing the same broken bytes again does not compile
+    /// and log them again.
+    refused: Mutex<HashMap<String, Refusal>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A plugin file that could not be loaded.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub version: Version,
+    pub error: String,
+    pub at: SystemTime,
 }
 
 impl PluginRegistry {
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default() }
+        Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default(), metrics: Arc::new(Metrics::new()) }
+    }
+
+    /// Counts loads and refusals in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The last refusal of each plugin name whose file is still refused.
+    pub fn refusals(&self) -> HashMap<String, Refusal> {
+        self.refused_lock().clone()
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -84,7 +111,7 @@ impl PluginRegistry {
         let name = plugin_name(path).with_context(|| format!("{} is not named NAME.wasm", path.display()))?;
         let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
         let version = Version::of(&bytes);
-        let same_as_refused = self.refused_lock().get(&name) == Some(&version);
+        let same_as_refused = self.refused_lock().get(&name).is_some_and(|r| r.version == version);
         if same_as_refused || self.get(&name).is_some_and(|p| p.version == version) {
             return Ok(Loaded::Unchanged);
         }
@@ -99,9 +126,12 @@ impl PluginRegistry {
                 plugin
             }
             Err(e) => {
-                self.refused_lock().insert(name.clone(), version);
+                self.metrics.plugin_load_failed(&name);
                 let keeps = if self.get(&name).is_some() { "the version loaded before keeps serving" } else { "it is not loaded" };
-                return Err(anyhow::Error::from(e).context(format!("plugin {name}: refused {} ({keeps})", path.display())));
+                let error = anyhow::Error::from(e).context(format!("plugin {name}: refused {} ({keeps})", path.display()));
+                let refusal = Refusal { version, error: format!("{error:#}"), at: SystemTime::now() };
+                self.refused_lock().insert(name.clone(), refusal);
+                return Err(error);
             }
         };
         let cost = match plugin.origin {
@@ -109,6 +139,7 @@ impl PluginRegistry {
             Origin::Memory => "compile 0 ms: compiled earlier".to_owned(),
             Origin::Disk => format!("compile 0 ms: read compiled code from the cache in {} ms", plugin.compile_time.as_millis()),
         };
+        self.metrics.plugin_loaded(&name);
         match self.insert(plugin) {
             Some(old) => tracing::info!("plugin {name}: {} -> {version} ({cost})", old.version),
             None => tracing::info!("plugin {name}: loaded {version} ({cost})"),
@@ -116,7 +147,7 @@ impl PluginRegistry {
         Ok(Loaded::Swapped)
     }
 
-    fn refused_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Version>> {
+    fn refused_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Refusal>> {
         self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 

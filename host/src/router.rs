@@ -1,23 +1,160 @@
-//! Routing: a request's content-type ─▶ the name of the plugin that answers it.
+//! Routing: a request's content-type ─▶ a [`Route`] ─▶ the plugin that answers.
 //!
 //! A route's pattern is an exact media type (`text/json`), a whole top-level
 //! type (`image/*`), or everything (`*`); the most specific match wins.
 //! Media types compare case-insensitively and parameters are ignored, so
 //! `Text/JSON; charset=utf-8` is routed as `text/json`.
+//!
+//! A route's target is one plugin, or an experiment: a [`Split`] of traffic
+//! between plugins (or versions of one, `search` and `search@fuzzy`) by
+//! weight, optionally sticky on a header field so that one user always sees
+//! the same arm.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::codec::Header;
 
 /// The guide's behaviour: searches for `text/json`, binary echo for the rest.
 pub const GUIDE_ROUTES: [(&str, &str); 2] = [("text/json", "search"), ("*", "binary-echo")];
 
+/// What a route sends requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Plugin(Arc<str>),
+    Split(Arc<Split>),
+}
+
+impl Target {
+    pub fn plugin(name: &str) -> Self {
+        Self::Plugin(name.into())
+    }
+
+    /// Every plugin this target may send a request to.
+    pub fn plugins(&self) -> Vec<&Arc<str>> {
+        match self {
+            Self::Plugin(name) => vec![name],
+            Self::Split(split) => split.arms.iter().map(|(name, _)| name).collect(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Plugin(name) => f.write_str(name),
+            Self::Split(split) => {
+                let arms: Vec<String> = split.arms.iter().map(|(name, weight)| format!("{name} {weight}")).collect();
+                write!(f, "split [{}]", arms.join(", "))?;
+                match &split.sticky {
+                    Some(field) => write!(f, " sticky on {field}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Traffic divided between plugins by weight.
+#[derive(Debug)]
+pub struct Split {
+    arms: Vec<(Arc<str>, u32)>,
+    total: u64,
+    /// A header field whose value picks the arm, so it is the same for the
+    /// same value (`user`); without it, or when a request lacks it, arms
+    /// take turns in proportion to their weights.
+    sticky: Option<String>,
+    turn: AtomicU64,
+}
+
+impl PartialEq for Split {
+    fn eq(&self, other: &Self) -> bool {
+        self.arms == other.arms && self.sticky == other.sticky
+    }
+}
+
+impl Eq for Split {}
+
+impl Split {
+    pub fn new(arms: Vec<(Arc<str>, u32)>, sticky: Option<String>) -> Result<Self, RouteError> {
+        let total: u64 = arms.iter().map(|(_, weight)| u64::from(*weight)).sum();
+        if total == 0 {
+            return Err(RouteError::BadSplit("a split needs at least one arm with a weight above 0".into()));
+        }
+        if let Some((name, _)) = arms.iter().find(|(name, _)| name.trim().is_empty()) {
+            return Err(RouteError::BadSplit(format!("a split arm has an empty plugin name ({name:?})")));
+        }
+        if sticky.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            return Err(RouteError::BadSplit("the sticky field name is empty".into()));
+        }
+        Ok(Self { arms, total, sticky, turn: AtomicU64::new(0) })
+    }
+
+    /// The arm for a request.
+    pub fn pick(&self, header: &Header) -> &Arc<str> {
+        let sticky = self.sticky.as_deref().and_then(|field| header.extra.get(field));
+        let point = match sticky {
+            Some(value) => stable_hash(value) % self.total,
+            None => self.turn.fetch_add(1, Ordering::Relaxed) % self.total,
+        };
+        self.arm_at(point)
+    }
+
+    fn arm_at(&self, mut point: u64) -> &Arc<str> {
+        for (name, weight) in &self.arms {
+            if point < u64::from(*weight) {
+                return name;
+            }
+            point -= u64::from(*weight);
+        }
+        // `point < total` and the weights sum to `total`.
+        &self.arms[self.arms.len() - 1].0
+    }
+}
+
+/// A hash of a header value that is the same in every run and every
+/// version of wasmux, so a user stays on their arm across restarts.
+fn stable_hash(value: &Value) -> u64 {
+    let digest = match value {
+        Value::String(s) => Sha256::digest(s.as_bytes()),
+        other => Sha256::digest(other.to_string().as_bytes()),
+    };
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// A pattern and its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The pattern as normalized (`text/json`, `image/*`, `*`): the `route`
+    /// label of metrics.
+    pub pattern: Arc<str>,
+    pub target: Target,
+}
+
+impl Route {
+    /// The plugin for this request.
+    pub fn pick(&self, header: &Header) -> &Arc<str> {
+        match &self.target {
+            Target::Plugin(name) => name,
+            Target::Split(split) => split.pick(header),
+        }
+    }
+}
+
 /// A routing table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
-    exact: HashMap<String, String>,
+    exact: HashMap<String, Route>,
     /// Keyed by the top-level type, from `type/*` patterns.
-    by_type: HashMap<String, String>,
-    fallback: Option<String>,
+    by_type: HashMap<String, Route>,
+    fallback: Option<Route>,
 }
 
 /// A route that cannot be used.
@@ -29,14 +166,16 @@ pub enum RouteError {
     EmptyTarget(String),
     #[error("route \"{0}\" is given twice (patterns compare case-insensitively)")]
     Duplicate(String),
+    #[error("{0}")]
+    BadSplit(String),
 }
 
 impl Routes {
     /// Builds a table from `(pattern, plugin)` pairs.
     pub fn new<P: AsRef<str>, T: AsRef<str>>(table: impl IntoIterator<Item = (P, T)>) -> Result<Self, RouteError> {
         let mut routes = Self::default();
-        for (pattern, target) in table {
-            routes.add(pattern.as_ref(), target.as_ref())?;
+        for (pattern, plugin) in table {
+            routes.add(pattern.as_ref(), Target::plugin(plugin.as_ref()))?;
         }
         Ok(routes)
     }
@@ -47,36 +186,41 @@ impl Routes {
     }
 
     /// Adds a route, refusing a pattern already present.
-    pub fn add(&mut self, pattern: &str, target: &str) -> Result<(), RouteError> {
-        let inserted = self.set(pattern, target, false)?;
-        if inserted { Ok(()) } else { Err(RouteError::Duplicate(pattern.to_owned())) }
+    pub fn add(&mut self, pattern: &str, target: Target) -> Result<(), RouteError> {
+        if self.set(pattern, target, false)? { Ok(()) } else { Err(RouteError::Duplicate(pattern.to_owned())) }
     }
 
     /// Adds a route, replacing any with the same pattern.
-    pub fn set_route(&mut self, pattern: &str, target: &str) -> Result<(), RouteError> {
+    pub fn set_route(&mut self, pattern: &str, target: Target) -> Result<(), RouteError> {
         self.set(pattern, target, true).map(|_| ())
     }
 
-    fn set(&mut self, pattern: &str, target: &str, replace: bool) -> Result<bool, RouteError> {
-        if target.trim().is_empty() {
+    fn set(&mut self, pattern: &str, target: Target, replace: bool) -> Result<bool, RouteError> {
+        if target.plugins().iter().any(|name| name.trim().is_empty()) {
             return Err(RouteError::EmptyTarget(pattern.to_owned()));
         }
         let normalized = pattern.trim().to_ascii_lowercase();
-        let slot = match parse_pattern(&normalized) {
-            Some(Pattern::Any) => &mut self.fallback,
-            Some(Pattern::Type(ty)) => return Ok(insert(&mut self.by_type, ty, target, replace)),
-            Some(Pattern::Exact(ty)) => return Ok(insert(&mut self.exact, ty, target, replace)),
+        let (map, key, shown) = match parse_pattern(&normalized) {
+            Some(Pattern::Any) => {
+                if self.fallback.is_some() && !replace {
+                    return Ok(false);
+                }
+                self.fallback = Some(Route { pattern: "*".into(), target });
+                return Ok(true);
+            }
+            Some(Pattern::Type(ty)) => (&mut self.by_type, ty, format!("{ty}/*")),
+            Some(Pattern::Exact(ty)) => (&mut self.exact, ty, ty.to_owned()),
             None => return Err(RouteError::BadPattern(pattern.to_owned())),
         };
-        if slot.is_some() && !replace {
+        if !replace && map.contains_key(key) {
             return Ok(false);
         }
-        *slot = Some(target.to_owned());
+        map.insert(key.to_owned(), Route { pattern: shown.into(), target });
         Ok(true)
     }
 
-    /// The plugin for `content_type`, if any route matches.
-    pub fn resolve(&self, content_type: &str) -> Option<&str> {
+    /// The route for `content_type`, if any matches.
+    pub fn resolve(&self, content_type: &str) -> Option<&Route> {
         let essence = content_type.split(';').next().unwrap_or_default().trim();
         let lowered;
         let essence = if essence.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -89,41 +233,30 @@ impl Routes {
             .get(essence)
             .or_else(|| essence.split_once('/').and_then(|(ty, _)| self.by_type.get(ty)))
             .or(self.fallback.as_ref())
-            .map(String::as_str)
     }
 
-    /// Every route as `(pattern, plugin)`, most specific first.
-    pub fn iter(&self) -> impl Iterator<Item = (String, &str)> {
-        let mut exact: Vec<_> = self.exact.iter().map(|(p, t)| (p.clone(), t.as_str())).collect();
-        let mut by_type: Vec<_> = self.by_type.iter().map(|(p, t)| (format!("{p}/*"), t.as_str())).collect();
-        exact.sort();
-        by_type.sort();
-        exact.into_iter().chain(by_type).chain(self.fallback.iter().map(|t| ("*".to_owned(), t.as_str())))
+    /// Every route, most specific first.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        let mut exact: Vec<_> = self.exact.values().collect();
+        let mut by_type: Vec<_> = self.by_type.values().collect();
+        exact.sort_by(|a, b| a.pattern.cmp(&b.pattern));
+        by_type.sort_by(|a, b| a.pattern.cmp(&b.pattern));
+        exact.into_iter().chain(by_type).chain(self.fallback.iter())
     }
 
     /// The names of every plugin some route points at.
     pub fn targets(&self) -> impl Iterator<Item = &str> {
-        self.exact.values().chain(self.by_type.values()).chain(self.fallback.iter()).map(String::as_str)
+        self.iter().flat_map(|route| route.target.plugins()).map(|name| &**name)
     }
 }
 
 impl fmt::Display for Routes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for (pattern, target) in self.iter() {
-            write!(f, "{}{pattern} -> {target}", if first { "" } else { ", " })?;
-            first = false;
+        for (i, route) in self.iter().enumerate() {
+            write!(f, "{}{} -> {}", if i == 0 { "" } else { ", " }, route.pattern, route.target)?;
         }
         Ok(())
     }
-}
-
-fn insert(map: &mut HashMap<String, String>, key: &str, target: &str, replace: bool) -> bool {
-    if !replace && map.contains_key(key) {
-        return false;
-    }
-    map.insert(key.to_owned(), target.to_owned());
-    true
 }
 
 enum Pattern<'a> {
@@ -153,30 +286,37 @@ fn parse_pattern(pattern: &str) -> Option<Pattern<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Message;
+
+    fn plugin_for(routes: &Routes, content_type: &str) -> Option<String> {
+        let header = Message::new(content_type, "binary", Vec::new()).header;
+        routes.resolve(content_type).map(|route| route.pick(&header).to_string())
+    }
 
     #[test]
     fn guide_routes() {
         let routes = Routes::guide();
-        assert_eq!(routes.resolve("text/json"), Some("search"));
-        assert_eq!(routes.resolve("binary/custom-client-binary-type"), Some("binary-echo"));
-        assert_eq!(routes.resolve(""), Some("binary-echo"));
+        assert_eq!(plugin_for(&routes, "text/json").as_deref(), Some("search"));
+        assert_eq!(plugin_for(&routes, "binary/custom-client-binary-type").as_deref(), Some("binary-echo"));
+        assert_eq!(plugin_for(&routes, "").as_deref(), Some("binary-echo"));
     }
 
     #[test]
     fn most_specific_wins() {
         let routes = Routes::new([("image/*", "images"), ("image/png", "png"), ("*", "other")]).unwrap();
-        assert_eq!(routes.resolve("image/png"), Some("png"));
-        assert_eq!(routes.resolve("image/gif"), Some("images"));
-        assert_eq!(routes.resolve("imagex/gif"), Some("other"));
-        assert_eq!(routes.resolve("image"), Some("other"));
+        assert_eq!(plugin_for(&routes, "image/png").as_deref(), Some("png"));
+        assert_eq!(plugin_for(&routes, "image/gif").as_deref(), Some("images"));
+        assert_eq!(routes.resolve("image/gif").map(|r| &*r.pattern), Some("image/*"));
+        assert_eq!(plugin_for(&routes, "imagex/gif").as_deref(), Some("other"));
+        assert_eq!(plugin_for(&routes, "image").as_deref(), Some("other"));
     }
 
     #[test]
     fn case_and_parameters_are_ignored() {
         let routes = Routes::new([("Text/JSON", "search")]).unwrap();
-        assert_eq!(routes.resolve("text/json; charset=utf-8"), Some("search"));
-        assert_eq!(routes.resolve("TEXT/Json"), Some("search"));
-        assert_eq!(routes.resolve("text/plain"), None);
+        assert_eq!(plugin_for(&routes, "text/json; charset=utf-8").as_deref(), Some("search"));
+        assert_eq!(plugin_for(&routes, "TEXT/Json").as_deref(), Some("search"));
+        assert_eq!(plugin_for(&routes, "text/plain"), None);
     }
 
     #[test]
@@ -191,8 +331,54 @@ mod tests {
     #[test]
     fn set_route_replaces() {
         let mut routes = Routes::guide();
-        routes.set_route("*", "other").unwrap();
-        assert_eq!(routes.resolve("x/y"), Some("other"));
+        routes.set_route("*", Target::plugin("other")).unwrap();
+        assert_eq!(plugin_for(&routes, "x/y").as_deref(), Some("other"));
         assert_eq!(routes.to_string(), "text/json -> search, * -> other");
+    }
+
+    fn split(arms: &[(&str, u32)], sticky: Option<&str>) -> Split {
+        Split::new(arms.iter().map(|(n, w)| (Arc::from(*n), *w)).collect(), sticky.map(str::to_owned)).unwrap()
+    }
+
+    fn header_with(field: &str, value: Value) -> Header {
+        let mut header = Message::new("text/json", "utf-8", Vec::new()).header;
+        header.extra.insert(field.into(), value);
+        header
+    }
+
+    #[test]
+    fn splits_follow_their_weights() {
+        let split = split(&[("a", 3), ("b", 1)], None);
+        let header = Message::new("text/json", "utf-8", Vec::new()).header;
+        let picks: Vec<String> = (0..400).map(|_| split.pick(&header).to_string()).collect();
+        assert_eq!(picks.iter().filter(|p| *p == "a").count(), 300);
+        assert_eq!(picks.iter().filter(|p| *p == "b").count(), 100);
+    }
+
+    #[test]
+    fn sticky_splits_keep_a_user_on_one_arm() {
+        let split = split(&[("a", 50), ("b", 50)], Some("user"));
+        let mut seen = std::collections::HashSet::new();
+        for user in 0..200 {
+            let header = header_with("user", Value::String(format!("user-{user}")));
+            let first = split.pick(&header).to_string();
+            for _ in 0..5 {
+                assert_eq!(split.pick(&header).to_string(), first);
+            }
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 2, "200 users should land on both arms");
+        // The hash is stable across runs and versions: pin one value.
+        assert_eq!(split.pick(&header_with("user", Value::String("ann".into()))).to_string(), {
+            let point = stable_hash(&Value::String("ann".into())) % 100;
+            if point < 50 { "a" } else { "b" }
+        });
+    }
+
+    #[test]
+    fn bad_splits_are_refused() {
+        assert!(Split::new(vec![("a".into(), 0)], None).is_err());
+        assert!(Split::new(vec![], None).is_err());
+        assert!(Split::new(vec![("a".into(), 1)], Some(" ".into())).is_err());
     }
 }

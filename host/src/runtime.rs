@@ -186,6 +186,7 @@ impl Runtime {
         Ok(Plugin {
             name: name.to_owned(),
             version,
+            version_label: version.to_string().into(),
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             compile_time,
@@ -245,6 +246,8 @@ impl Drop for Runtime {
 pub struct Plugin {
     pub name: String,
     pub version: Version,
+    /// `version` as text, shared by every request's metrics labels.
+    pub version_label: Arc<str>,
     /// Size of the component file in bytes.
     pub size: usize,
     pub loaded_at: SystemTime,
@@ -270,9 +273,11 @@ pub type NativeHandler = fn(&Message) -> Result<Message, HandlerError>;
 impl Plugin {
     /// A plugin served by a native handler instead of a component.
     pub fn native(name: &str, handler: NativeHandler) -> Self {
+        let version = Version::of(format!("native:{name}").as_bytes());
         Self {
             name: name.to_owned(),
-            version: Version::of(format!("native:{name}").as_bytes()),
+            version,
+            version_label: version.to_string().into(),
             size: 0,
             loaded_at: SystemTime::now(),
             compile_time: Duration::ZERO,
@@ -445,7 +450,13 @@ fn to_request(message: &Message) -> Request {
         content_type: h.content_type.clone(),
         content_encoding: h.content_encoding.clone(),
         byteorder: h.byteorder.clone(),
-        fields: h.extra.iter().map(|(name, value)| Field { name: name.clone(), value: value.to_string() }).collect(),
+        fields: h
+            .extra
+            .iter()
+            // Credentials are the host's business, never a plugin's.
+            .filter(|(name, _)| name.as_str() != crate::tenancy::AUTHORIZATION_FIELD)
+            .map(|(name, value)| Field { name: name.clone(), value: value.to_string() })
+            .collect(),
         content: message.content.to_vec(),
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Level};
 
 use crate::codec::{self, DecodeError, ErrorCode, Inbound, Message, MessageCodec, ProtocolError};
-use crate::service::Service;
+use crate::service::{Answer, Service};
 
 /// Log target for the bytes of every message, shown with `-v`.
 pub const WIRE_TARGET: &str = "wasmux::wire";
@@ -108,9 +108,12 @@ impl Listener {
             backoff = Duration::from_millis(1);
             let connection = Connection::new(stream, peer, Arc::clone(&self.service), self.token.clone());
             let span = tracing::info_span!("conn", %peer);
+            let metrics = Arc::clone(self.service.metrics());
+            metrics.connection_opened();
             self.tracker.spawn(
                 async move {
                     connection.run().await;
+                    metrics.connection_closed();
                     drop(permit);
                 }
                 .instrument(span),
@@ -129,6 +132,8 @@ enum Close {
     Io(String),
     /// The stream cannot be read further; the peer was told why.
     Protocol(ProtocolError),
+    /// The sender may not go on (an unknown token); it was told why.
+    Refused,
 }
 
 /// One client connection.
@@ -173,6 +178,7 @@ impl Connection {
             Close::Idle => tracing::debug!("closing idle connection to {}", self.peer),
             Close::Io(e) => tracing::debug!("connection to {} failed: {e}", self.peer),
             Close::Protocol(e) => tracing::info!("closing connection to {}: {e}", self.peer),
+            Close::Refused => tracing::info!("closing connection to {}: request refused", self.peer),
         }
     }
 
@@ -196,10 +202,16 @@ impl Connection {
                             }
                             Inbound::Invalid(error) => {
                                 tracing::info!("invalid message from {}: {error}", self.peer);
-                                error.to_message()
+                                self.service.count_refused(&error);
+                                Answer { message: error.to_message(), close: false }
                             }
                         };
-                        self.queue(&answer);
+                        self.queue(&answer.message);
+                        if answer.close {
+                            let _ = self.flush().await;
+                            let _ = self.stream.shutdown().await;
+                            return Close::Refused;
+                        }
                         if self.write_buf.len() >= MAX_PENDING_WRITE {
                             if let Err(close) = self.flush().await {
                                 return close;
@@ -281,6 +293,7 @@ impl Connection {
 
     /// Tells the peer why its stream cannot be read further, then ends.
     async fn refuse(&mut self, error: ProtocolError) -> Close {
+        self.service.count_refused(&error);
         self.queue(&error.to_message());
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;

@@ -107,7 +107,7 @@ fn reload_config(path: &Path, service: &Service) {
         return;
     }
     match Settings::load(path).and_then(|settings| service.reload(settings)) {
-        Ok(()) => tracing::info!("configuration {} reloaded; routes: {}", path.display(), service.settings().routes),
+        Ok(()) => tracing::info!("configuration {} reloaded; {}", path.display(), service.settings().describe_routes()),
         Err(e) => tracing::error!("configuration {} refused, keeping the current one: {e:#}", path.display()),
     }
 }

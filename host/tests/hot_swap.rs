@@ -242,7 +242,7 @@ fn configuration_changes_are_applied_and_invalid_ones_refused() {
     // A valid file again (written in place) is applied.
     std::fs::write(&config, "[routes]\n\"*\" = \"binary-echo\"\n").expect("config");
     wait_until_served_by(&mut conn, ServedBy::Echo, &server);
-    assert!(server.log().contains("reloaded; routes: * -> binary-echo"), "{}", server.log());
+    assert!(server.log().contains("reloaded; tenant default: * -> binary-echo"), "{}", server.log());
 }
 
 #[test]

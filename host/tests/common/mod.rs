@@ -39,6 +39,8 @@ pub fn fixtures_dir() -> PathBuf {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin endpoint, when started with `--admin`.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -84,11 +86,18 @@ impl Server {
                 log.lock().unwrap_or_else(|e| e.into_inner())
             );
         };
+        let mut admin = None;
+        if args.contains(&"--admin") {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            admin = line.trim().strip_prefix("wasmux admin on http://").and_then(|a| a.parse().ok());
+            assert!(admin.is_some(), "no admin address printed: {line:?}");
+        }
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         });
-        Self { child, addr, log }
+        Self { child, addr, admin, log }
     }
 
     pub fn addr_string(&self) -> String {
@@ -129,6 +138,19 @@ impl Server {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `GET path` on the admin endpoint: (status code, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.admin.expect("the server was started with --admin");
+        let mut stream = TcpStream::connect_timeout(&addr, STEP).expect("connect to the admin endpoint");
+        stream.set_read_timeout(Some(STEP)).expect("read timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send HTTP request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read HTTP response");
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
     }
 
     /// A raw connection to the server.

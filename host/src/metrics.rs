@@ -1,0 +1,176 @@
+//! Counters and histograms for `/metrics`, in Prometheus text format
+//! (prometheus-client).
+//!
+//! Labels are shared strings ([`Label`]), so counting a request clones
+//! reference counts rather than allocating.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label value: a static string or a shared one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Label {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Label {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Static(s) => s,
+            Self::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for Label {
+    fn from(s: &'static str) -> Self {
+        Self::Static(s)
+    }
+}
+
+impl From<Arc<str>> for Label {
+    fn from(s: Arc<str>) -> Self {
+        Self::Shared(s)
+    }
+}
+
+impl From<&Arc<str>> for Label {
+    fn from(s: &Arc<str>) -> Self {
+        Self::Shared(Arc::clone(s))
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Labels of a request: who asked, which route and plugin version answered,
+/// and how it ended (`ok` or an error code).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub tenant: Label,
+    pub route: Label,
+    pub plugin: Label,
+    pub version: Label,
+    pub outcome: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: Label,
+}
+
+/// Request latency buckets, in seconds: 50 µs to 5 s.
+const DURATION_BUCKETS: [f64; 16] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Every metric wasmux exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    loads: Family<PluginLabels, Counter>,
+    load_failures: Family<PluginLabels, Counter>,
+    connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let loads = Family::<PluginLabels, Counter>::default();
+        let load_failures = Family::<PluginLabels, Counter>::default();
+        let connections = Gauge::default();
+        registry.register("wasmux_requests", "Requests answered, by tenant, route, plugin, version and outcome", requests.clone());
+        registry.register(
+            "wasmux_request_duration_seconds",
+            "Time from a request's decoding to its answer, by tenant, route, plugin, version and outcome",
+            durations.clone(),
+        );
+        registry.register("wasmux_plugin_loads", "Plugin versions loaded (at start-up or swapped in)", loads.clone());
+        registry.register("wasmux_plugin_load_failures", "Plugin files refused (not a component, wrong world, …)", load_failures.clone());
+        registry.register("wasmux_open_connections", "Client connections open now", connections.clone());
+        Self { registry, requests, durations, loads, load_failures, connections }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, labels: &RequestLabels, elapsed: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.durations.get_or_create(labels).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn plugin_loaded(&self, plugin: &str) {
+        self.loads.get_or_create(&PluginLabels { plugin: Label::Shared(plugin.into()) }).inc();
+    }
+
+    pub fn plugin_load_failed(&self, plugin: &str) {
+        self.load_failures.get_or_create(&PluginLabels { plugin: Label::Shared(plugin.into()) }).inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    /// Everything, in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_with_their_labels() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels {
+            tenant: "default".into(),
+            route: "text/json".into(),
+            plugin: Label::Shared("search".into()),
+            version: "0123456789ab".into(),
+            outcome: "ok".into(),
+        };
+        metrics.request(&labels, Duration::from_micros(300));
+        metrics.request(&labels, Duration::from_micros(300));
+        metrics.connection_opened();
+        metrics.plugin_loaded("search");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"wasmux_requests_total{tenant="default",route="text/json",plugin="search",version="0123456789ab",outcome="ok"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("wasmux_request_duration_seconds_bucket{"), "{text}");
+        assert!(text.contains("wasmux_open_connections 1"), "{text}");
+        assert!(text.contains(r#"wasmux_plugin_loads_total{plugin="search"} 1"#), "{text}");
+    }
+}

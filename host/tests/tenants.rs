@@ -1,0 +1,231 @@
+//! Tenants, their routes, settings and limits, A/B splits and the admin
+//! endpoint, against a real `wasmux serve`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Answer, Server, message};
+use serde_json::{Value, json};
+
+const MORPHEUS: &str = "Follow the white rabbit. 🐰";
+
+/// The example configuration of `examples/multi-tenant/`.
+fn example_config() -> String {
+    common::root().join("examples/multi-tenant/wasmux.toml").to_string_lossy().into_owned()
+}
+
+fn serve_config(config: &str) -> (Server, tempfile::NamedTempFile) {
+    let file = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(file.path(), config).expect("write config");
+    let plugins = common::plugins_dir();
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.to_str().expect("utf-8"),
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    (server, file)
+}
+
+/// A search for `value` with extra header fields.
+fn search_with(value: &str, fields: Value) -> Vec<u8> {
+    let mut header = json!({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8"});
+    if let (Some(header), Value::Object(fields)) = (header.as_object_mut(), fields) {
+        header.extend(fields);
+    }
+    let content = serde_json::to_vec(&json!({"action": "search", "value": value})).expect("json");
+    message(header, &content)
+}
+
+fn bearer(token: &str) -> Value {
+    json!({"authorization": format!("Bearer {token}")})
+}
+
+#[test]
+fn the_example_configuration_serves_two_tenants_and_an_experiment() {
+    let plugins = common::plugins_dir();
+    let config = example_config();
+    let server = Server::start_with(&["--plugins", plugins.to_str().expect("utf-8"), "--config", &config, "--admin", "127.0.0.1:0"]);
+    let mut conn = server.connect();
+
+    // No token: the default tenant, the guide's exact search.
+    assert_eq!(conn.request(&common::search("morpheus")).result(), MORPHEUS);
+    assert_eq!(conn.request(&common::search("MORPH")).result(), "No match for \"MORPH\".");
+
+    // beta: search@fuzzy, case-insensitive but not prefix.
+    let beta = |value: &str| search_with(value, bearer("beta-demo-token"));
+    assert_eq!(conn.request(&beta("MORPHEUS")).result(), MORPHEUS);
+    assert_eq!(conn.request(&beta("morph")).result(), "No match for \"morph\".");
+
+    // alpha: a sticky 50/50 split; on the fuzzy arm, prefixes match.
+    let mut arms: HashMap<bool, usize> = HashMap::new();
+    for user in 0..40 {
+        let fields = json!({"authorization": "Bearer alpha-demo-token", "user": format!("user-{user}")});
+        let fuzzy = conn.request(&search_with("Morph", fields.clone())).result() == MORPHEUS;
+        for _ in 0..3 {
+            let again = conn.request(&search_with("Morph", fields.clone())).result() == MORPHEUS;
+            assert_eq!(again, fuzzy, "user-{user} changed arms");
+        }
+        *arms.entry(fuzzy).or_default() += 1;
+    }
+    assert!(arms.get(&true).copied().unwrap_or(0) >= 5 && arms.get(&false).copied().unwrap_or(0) >= 5, "{arms:?}");
+
+    // Per-arm numbers in /metrics.
+    let (status, metrics) = server.admin_get("/metrics");
+    assert_eq!(status, 200);
+    for plugin in ["search", "search@fuzzy"] {
+        let line = format!(r#"wasmux_requests_total{{tenant="alpha",route="text/json",plugin="{plugin}","#);
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+    assert!(metrics.contains(r#"wasmux_requests_total{tenant="beta",route="text/json",plugin="search@fuzzy","#), "{metrics}");
+}
+
+#[test]
+fn requests_are_counted_in_metrics_with_the_default_configuration() {
+    let plugins = common::plugins_dir();
+    let server = Server::start_with(&["--plugins", plugins.to_str().expect("utf-8"), "--admin", "127.0.0.1:0"]);
+    let mut conn = server.connect();
+    for _ in 0..3 {
+        conn.request(&common::search("ring"));
+    }
+    conn.request(&common::binary(b"hello"));
+    let (status, metrics) = server.admin_get("/metrics");
+    assert_eq!(status, 200);
+    let search = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"wasmux_requests_total{tenant="default",route="text/json",plugin="search","#))
+        .unwrap_or_else(|| panic!("no search counter in\n{metrics}"));
+    assert!(search.contains(r#"outcome="ok"} 3"#), "{search}");
+    assert!(metrics.contains(r#"wasmux_requests_total{tenant="default",route="*",plugin="binary-echo","#), "{metrics}");
+    assert!(metrics.contains("wasmux_request_duration_seconds_count{tenant=\"default\""), "{metrics}");
+    assert!(metrics.contains(r#"wasmux_plugin_loads_total{plugin="search"} 1"#), "{metrics}");
+    assert!(metrics.contains("wasmux_open_connections 1"), "{metrics}");
+
+    assert_eq!(server.admin_get("/healthz"), (200, "ok\n".to_owned()));
+    let (status, plugins) = server.admin_get("/plugins");
+    assert_eq!(status, 200);
+    let plugins: Value = serde_json::from_str(&plugins).expect("JSON");
+    let search = plugins.as_array().and_then(|all| all.iter().find(|p| p["name"] == "search")).expect("search listed");
+    assert_eq!(search["loaded"], true);
+    assert_eq!(search["version"].as_str().map(str::len), Some(12));
+    assert!(search["loaded_at"].is_string() && search["compile_ms"].is_number(), "{search}");
+}
+
+#[test]
+fn an_unknown_token_is_refused_and_the_connection_closed() {
+    let (server, _config) = serve_config(&format!(
+        "[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n",
+        wasmux::tenancy::TokenHash::of("right")
+    ));
+    let mut conn = server.connect();
+    let answer = conn.request(&search_with("ring", bearer("wrong")));
+    assert_eq!(answer.error_code(), "unauthorized");
+    assert!(answer.result().contains("unauthorized"), "{}", answer.result());
+    assert!(conn.is_closed(), "the connection should be closed after an unknown token");
+
+    // The right token works; a malformed authorization is refused too.
+    let mut conn = server.connect();
+    assert_eq!(conn.request(&search_with("ring", bearer("right"))).header["content-type"], "text/json");
+    let answer = conn.request(&search_with("ring", json!({"authorization": 12})));
+    assert_eq!(answer.error_code(), "unauthorized");
+
+    let (_, metrics) = server.admin_get("/metrics");
+    assert!(metrics.contains(r#"outcome="unauthorized"} 2"#), "{metrics}");
+}
+
+#[test]
+fn without_a_default_tenant_a_token_is_required() {
+    let (server, _config) = serve_config(&format!("[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("a")));
+    let answer = server.connect().request(&common::search("ring"));
+    assert_eq!(answer.error_code(), "unauthorized");
+    assert!(answer.result().contains("no default tenant"), "{}", answer.result());
+}
+
+#[test]
+fn plugins_get_the_extra_fields_but_never_the_credential() {
+    // Serve the echo-fields fixture, which answers with the request as the
+    // plugin received it.
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::copy(common::fixtures_dir().join("echo-fields.wasm"), dir.path().join("echo-fields.wasm")).expect("copy fixture");
+    let config = dir.path().join("wasmux.toml");
+    std::fs::write(
+        &config,
+        format!("[routes]\n\"*\" = \"echo-fields\"\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("very-secret-token")),
+    )
+    .expect("config");
+    let server = Server::start_with(&["--plugins", dir.path().to_str().expect("utf-8"), "--config", config.to_str().expect("utf-8")]);
+    let request = message(
+        json!({"byteorder": "big", "content-type": "a/b", "user": "ann", "content-encoding": "binary",
+               "authorization": "Bearer very-secret-token", "n": [1, {"x": null}]}),
+        b"12345",
+    );
+    let answer = server.connect().request(&request);
+    assert_eq!(
+        answer.json(),
+        json!({"content-type": "a/b", "content-encoding": "binary", "byteorder": "big",
+               "fields": [["user", "\"ann\""], ["n", "[1,{\"x\":null}]"]], "content-length": 5})
+    );
+    // The plugin's own extra field reaches the client, after the required four.
+    assert_eq!(answer.header["x-echoed-by"], "echo-fields");
+    assert!(!server.log().contains("very-secret-token"), "the token leaked into the log");
+}
+
+#[test]
+fn a_tenant_over_its_rate_is_answered_overloaded_and_others_are_not() {
+    let (server, _config) = serve_config(&format!(
+        "[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\nlimits = {{ requests-per-second = 1, burst = 5 }}\n",
+        wasmux::tenancy::TokenHash::of("a")
+    ));
+    let mut alpha = server.connect();
+    let mut other = server.connect();
+    let outcomes: Vec<String> = (0..20)
+        .map(|_| {
+            let answer = alpha.request(&search_with("ring", bearer("a")));
+            if answer.json().get("error").is_some() { answer.error_code() } else { "ok".to_owned() }
+        })
+        .collect();
+    let ok = outcomes.iter().filter(|o| *o == "ok").count();
+    assert!((5..=6).contains(&ok), "a burst of 5 (plus at most one refill) should pass: {outcomes:?}");
+    assert!(outcomes.iter().all(|o| o == "ok" || o == "overloaded"), "{outcomes:?}");
+    let refused = alpha.request(&search_with("ring", bearer("a")));
+    if refused.json().get("error").is_some() {
+        assert!(refused.result().contains("tenant alpha is over its limit of 1 requests per second"), "{}", refused.result());
+    }
+    // The default tenant is not limited by alpha's rate.
+    for _ in 0..20 {
+        assert_eq!(other.request(&common::search("morpheus")).result(), MORPHEUS);
+    }
+}
+
+#[test]
+fn split_weights_change_with_a_configuration_reload() {
+    let config = |a: u32, b: u32| format!("[routes]\n\"text/json\" = {{ split = {{ \"search\" = {a}, \"search@fuzzy\" = {b} }} }}\n\"*\" = \"binary-echo\"\n");
+    let (server, file) = serve_config(&config(1, 0));
+    let mut conn = server.connect();
+    let fuzzy_share = |conn: &mut common::Raw| {
+        (0..20).filter(|_| conn.request(&common::search("MORPHEUS")).result() == MORPHEUS).count()
+    };
+    assert_eq!(fuzzy_share(&mut conn), 0, "all on the exact search");
+    std::fs::write(file.path(), config(0, 1)).expect("rewrite config");
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while fuzzy_share(&mut conn) != 20 {
+        assert!(std::time::Instant::now() < end, "weights not reloaded; log:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(file.path(), config(3, 1)).expect("rewrite config");
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Without stickiness the arms take turns by weight: 5 of 20 fuzzy.
+        if fuzzy_share(&mut conn) == 5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "3:1 weights not applied; log:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer: Answer = conn.request(&common::binary(b"still works"));
+    assert_eq!(answer.content, b"First 10 bytes of request: still work");
+}
