@@ -11,7 +11,7 @@
 //!
 //! Beside the path: [`config`] (TOML ─▶ validated settings), [`net`]
 //! (addresses and socket errors), [`client`] (what `wasmux send` and the
-//! tests use).
+//! tests use), [`wire`] (each message's bytes in the `-v` log).
 
 pub mod client;
 pub mod codec;
@@ -23,3 +23,4 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod wire;
