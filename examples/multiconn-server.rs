@@ -88,13 +88,13 @@ fn serve(host: &str, port: u16) -> Result<(), String> {
         for event in events.iter() {
             if event.token() == LISTENER {
                 accept_wrapper(&listener, &poll, &mut connections, &mut next_token);
-            } else if let Some(conn) = connections.get_mut(&event.token()) {
-                if !service_connection(conn) {
-                    println!("closing connection to {}", python_addr(conn.addr));
-                    if let Some(mut conn) = connections.remove(&event.token()) {
-                        // Stop watching the socket before it is closed (dropped).
-                        let _ = poll.registry().deregister(&mut conn.stream);
-                    }
+            } else if let Some(conn) = connections.get_mut(&event.token())
+                && !service_connection(conn)
+            {
+                println!("closing connection to {}", python_addr(conn.addr));
+                if let Some(mut conn) = connections.remove(&event.token()) {
+                    // Stop watching the socket before it is closed (dropped).
+                    let _ = poll.registry().deregister(&mut conn.stream);
                 }
             }
         }

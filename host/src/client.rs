@@ -140,12 +140,11 @@ pub fn guide_request(action: &str, value: &str) -> Message {
 /// What the guide's client prints for an answer: `Got result: …` for JSON
 /// with a `result`, `Got response: b'…'` otherwise.
 pub fn describe_answer(answer: &Message) -> String {
-    if answer.header.content_type == "text/json" {
-        if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&answer.content) {
-            if let Some(result) = body.get("result") {
-                return format!("Got result: {}", python::str_of(result));
-            }
-        }
+    if answer.header.content_type == "text/json"
+        && let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&answer.content)
+        && let Some(result) = body.get("result")
+    {
+        return format!("Got result: {}", python::str_of(result));
     }
     format!("Got response: {}", python::bytes_repr(&answer.content))
 }

@@ -138,7 +138,7 @@ pub async fn connect(spec: &str, timeout: Duration) -> anyhow::Result<TcpStream>
 pub fn explain(error: &io::Error) -> String {
     let hint = match error.kind() {
         io::ErrorKind::AddrInUse => {
-            "address already in use: another process is listening on this port (see `ss -ltnp`); stop it or pick another port"
+            "address already in use: another process is listening on this port (ss -ltnp shows which); stop it or pick another port"
         }
         io::ErrorKind::AddrNotAvailable => "address not available: this machine has no interface with that address",
         io::ErrorKind::ConnectionRefused => {

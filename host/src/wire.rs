@@ -158,7 +158,7 @@ mod tests {
     fn long_messages_are_cut() {
         let bytes: Vec<&[u8]> = SEARCH.chunks(7).collect();
         let expected = format!("b'\\x00d{{\"b'… ({} bytes in all)", SEARCH.len());
-        assert_eq!(shown(&bytes, 5), [expected.clone()]);
+        assert_eq!(shown(&bytes, 5), std::slice::from_ref(&expected));
         assert_eq!(shown(&[SEARCH], 5), [expected]);
     }
 
