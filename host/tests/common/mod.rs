@@ -340,15 +340,17 @@ impl Process {
     /// Waits until a stdout line starts with `prefix`, and returns it.
     pub fn wait_for_line(&mut self, prefix: &str, within: Duration) -> String {
         let end = Instant::now() + within;
+        let mut exited = false;
         loop {
             if let Some(line) = self.stdout().into_iter().find(|line| line.starts_with(prefix)) {
                 return line;
             }
-            if Instant::now() > end || !matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(100));
+            if exited || Instant::now() > end {
                 panic!("{} printed no line starting with {prefix:?}; stdout {:?}", self.name, self.stdout());
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // Once it has exited, look once more after its last lines are read.
+            exited = !self.is_running();
+            std::thread::sleep(Duration::from_millis(if exited { 100 } else { 10 }));
         }
     }
 
