@@ -106,8 +106,11 @@ fn wasmux_send_against_the_guides_python_server() {
         assert_eq!(out.stdout, [as_wasmux_prints(expected)], "{action} {value}: {out:?}");
         assert_eq!(out.stderr, "", "{action} {value}");
     }
-    // The guide's server saw a proper request each time, and closed each connection.
+    // The guide's server saw a proper request each time, and closed each
+    // connection (once it has printed so: it may lag behind its answers).
+    let closed = server.process.wait_for_lines("closing connection to", REQUESTS.len(), STEP);
     let printed = server.printed();
+    assert!(closed, "{printed:#?}");
     let count = |prefix: &str| printed.iter().filter(|line| line.starts_with(prefix)).count();
     assert_eq!(count("received request {'action': 'search', 'value': "), 4, "{printed:#?}");
     assert_eq!(count("received binary/custom-client-binary-type request from"), 2, "{printed:#?}");
@@ -166,6 +169,7 @@ fn both_servers_answer_byte_for_byte_alike() {
         );
         assert_eq!(from_wasmux, from_python, "request {shown}");
     }
+    assert!(python.process.wait_for_lines("closing connection to", requests.len(), STEP), "{:#?}", python.printed());
     assert!(!python.printed().iter().any(|line| line.starts_with("main: error")), "{:#?}", python.printed());
 }
 
