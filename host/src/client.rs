@@ -4,21 +4,28 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 use wasmux_guide::python;
 
-use crate::codec::{Inbound, Message, MessageCodec};
-use crate::{net, server::WIRE_TARGET};
+use crate::codec::{DecodeError, EncodeError, Inbound, Message, MessageCodec};
+use crate::wire::wire_repr;
+use crate::server::WIRE_TARGET;
+use crate::wire::{self, WireTap};
+use crate::net;
 
 /// A connection to a wasmux (or any guide-protocol) server.
 pub struct Client {
-    framed: Framed<TcpStream, MessageCodec>,
+    framed: Framed<TcpStream, ClientCodec>,
     addr: String,
     timeout: Duration,
 }
+
+/// Longest prefix of a message shown in the wire log (`-v`).
+const WIRE_LOG_LIMIT: usize = 4096;
 
 impl Client {
     /// Connects to `addr` (`host:port`, `[v6]:port`; names are resolved).
@@ -28,7 +35,12 @@ impl Client {
     }
 
     pub fn from_stream(stream: TcpStream, addr: &str, timeout: Duration) -> Self {
-        Self { framed: Framed::new(stream, MessageCodec::default()), addr: addr.to_owned(), timeout }
+        let codec = ClientCodec {
+            codec: MessageCodec::default(),
+            tap: WireTap::if_enabled(addr, WIRE_LOG_LIMIT),
+            peer: addr.to_owned(),
+        };
+        Self { framed: Framed::new(stream, codec), addr: addr.to_owned(), timeout }
     }
 
     /// Sends `request` and waits for one answer.
@@ -39,35 +51,76 @@ impl Client {
 
     /// Sends a message without waiting for the answer (for pipelining).
     pub async fn send(&mut self, request: &Message) -> anyhow::Result<()> {
-        if tracing::enabled!(target: WIRE_TARGET, tracing::Level::DEBUG) {
-            let mut bytes = bytes::BytesMut::new();
-            tokio_util::codec::Encoder::encode(&mut MessageCodec::default(), request, &mut bytes)?;
-            tracing::debug!(target: WIRE_TARGET, "sending {} to {}", crate::codec::wire_repr(&bytes, 4096), self.addr);
-        }
         let sent = tokio::time::timeout(self.timeout, self.framed.send(request)).await;
         let addr = &self.addr;
         match sent {
-            Ok(result) => result.map_err(|e| anyhow::anyhow!("cannot send to {addr}: {e}")),
-            Err(_) => bail!("cannot send to {addr}: timed out after {:?} (is the server reading?)", self.timeout),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(EncodeError::Io(e))) => bail!("cannot send to {addr}: {}", net::explain(&e)),
+            Ok(Err(e)) => bail!("cannot send to {addr}: {e}"),
+            Err(_) => bail!(
+                "cannot send to {addr}: timed out after {:?}: the server is not reading; is it overloaded or stuck?",
+                self.timeout
+            ),
         }
     }
 
     /// Waits for the next answer.
     pub async fn receive(&mut self) -> anyhow::Result<Message> {
         let addr = &self.addr;
-        let next = tokio::time::timeout(self.timeout, self.framed.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {:?}", self.timeout))?;
+        let next = tokio::time::timeout(self.timeout, self.framed.next()).await.map_err(|_| {
+            anyhow::anyhow!(
+                "no answer from {addr} within {:?}: the server accepted the connection but did not answer; is it a guide-protocol server, and is it overloaded or stuck?",
+                self.timeout
+            )
+        })?;
         match next {
             Some(Ok(Inbound::Message(message))) => {
-                tracing::debug!(target: WIRE_TARGET, "received {} response from {addr}", message.header.content_type);
+                tracing::debug!("received {} response from {addr}", message.header.content_type);
                 Ok(message)
             }
             Some(Ok(Inbound::Invalid(e))) => bail!("{addr} sent an invalid message: {e}"),
-            Some(Err(crate::codec::DecodeError::Io(e))) => bail!("reading from {addr}: {}", net::explain(&e)),
+            Some(Err(DecodeError::Io(e))) => bail!("reading from {addr}: {}", net::explain(&e)),
             Some(Err(e)) => bail!("{addr} sent an unreadable message: {e}"),
             None => bail!("{addr} closed the connection without answering"),
         }
+    }
+}
+
+/// The protocol's codec, plus the wire log: every message sent and received
+/// is shown byte for byte with `-v`, as the guide prints them.
+struct ClientCodec {
+    codec: MessageCodec,
+    /// Present when the wire log is on.
+    tap: Option<WireTap>,
+    peer: String,
+}
+
+impl Decoder for ClientCodec {
+    type Item = Inbound;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
+        wire::decode(self.tap.as_mut(), &mut self.codec, src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
+        match &mut self.tap {
+            Some(tap) => tap.decode_eof(&mut self.codec, src),
+            None => self.codec.decode_eof(src),
+        }
+    }
+}
+
+impl Encoder<&Message> for ClientCodec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let start = dst.len();
+        self.codec.encode(message, dst)?;
+        if self.tap.is_some() {
+            tracing::debug!(target: WIRE_TARGET, "sending {} to {}", wire_repr(&dst[start..], WIRE_LOG_LIMIT), self.peer);
+        }
+        Ok(())
     }
 }
 
@@ -88,12 +141,11 @@ pub fn guide_request(action: &str, value: &str) -> Message {
 /// What the guide's client prints for an answer: `Got result: …` for JSON
 /// with a `result`, `Got response: b'…'` otherwise.
 pub fn describe_answer(answer: &Message) -> String {
-    if answer.header.content_type == "text/json" {
-        if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&answer.content) {
-            if let Some(result) = body.get("result") {
-                return format!("Got result: {}", python::str_of(result));
-            }
-        }
+    if answer.header.content_type == "text/json"
+        && let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&answer.content)
+        && let Some(result) = body.get("result")
+    {
+        return format!("Got result: {}", python::str_of(result));
     }
     format!("Got response: {}", python::bytes_repr(&answer.content))
 }

@@ -493,45 +493,6 @@ impl Encoder<Message> for MessageCodec {
     }
 }
 
-/// A message's bytes as the guide prints them (`b'\x00g{"byteorder": …}…'`),
-/// cut after `limit` bytes, with bearer tokens blanked out so that logs
-/// never hold credentials.
-pub fn wire_repr(bytes: &[u8], limit: usize) -> String {
-    let shown = redact_bearer_tokens(&bytes[..bytes.len().min(limit)]);
-    if bytes.len() <= limit {
-        python::bytes_repr(&shown)
-    } else {
-        format!("{}… ({} bytes in all)", python::bytes_repr(&shown), bytes.len())
-    }
-}
-
-/// Replaces the token of every `Bearer TOKEN` with `***`.
-fn redact_bearer_tokens(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    const SCHEME: &[u8] = b"bearer ";
-    let starts: Vec<usize> = bytes
-        .windows(SCHEME.len())
-        .enumerate()
-        .filter(|(_, w)| w.eq_ignore_ascii_case(SCHEME))
-        .map(|(i, _)| i + SCHEME.len())
-        .collect();
-    if starts.is_empty() {
-        return std::borrow::Cow::Borrowed(bytes);
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut copied = 0;
-    for start in starts {
-        if start < copied {
-            continue;
-        }
-        let end = bytes[start..].iter().position(|&b| b == b'"' || b == b'\\').map_or(bytes.len(), |p| start + p);
-        out.extend_from_slice(&bytes[copied..start]);
-        out.extend_from_slice(b"***");
-        copied = end;
-    }
-    out.extend_from_slice(&bytes[copied..]);
-    std::borrow::Cow::Owned(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,17 +696,4 @@ mod tests {
         assert_eq!(&out[..], b"keep");
     }
 
-    #[test]
-    fn wire_repr_hides_bearer_tokens() {
-        assert_eq!(
-            wire_repr(br#"{"authorization": "Bearer s3cret", "x": "BEARER two"}"#, 100),
-            r#"b'{"authorization": "Bearer ***", "x": "BEARER ***"}'"#
-        );
-    }
-
-    #[test]
-    fn wire_repr_cuts_long_messages() {
-        assert_eq!(wire_repr(b"\x00d{", 10), r"b'\x00d{'");
-        assert_eq!(wire_repr(b"abcdef", 3), "b'abc'… (6 bytes in all)");
-    }
 }

@@ -13,8 +13,9 @@
 //! Beside the path: [`config`] (TOML ─▶ validated settings), [`watcher`]
 //! (files ─▶ registry and settings updates), [`metrics`] and [`admin`]
 //! (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and socket
-//! errors), [`client`] (what `wasmux send` and the tests use), [`native`]
-//! (the guide's handlers compiled in, for comparison).
+//! errors), [`client`] (what `wasmux send` and the tests use), [`wire`]
+//! (each message's bytes in the `-v` log), [`native`] (the guide's
+//! handlers compiled in, for comparison).
 
 pub mod admin;
 pub mod client;
@@ -30,3 +31,4 @@ pub mod server;
 pub mod service;
 pub mod tenancy;
 pub mod watcher;
+pub mod wire;

@@ -152,7 +152,10 @@ fn main() -> ExitCode {
 fn init_logging(verbose: bool) {
     let default = if verbose { "wasmux=debug,wasmux::wire=debug" } else { "wasmux=info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: a log sent to a file or a pipe shows the
+    // wire bytes (`-v`) as plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

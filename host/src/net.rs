@@ -59,12 +59,41 @@ pub async fn resolve(spec: &str) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
-/// Listens on every address `spec` resolves to.
+/// Listens on every address `spec` resolves to. With port 0 the system
+/// picks a port for the first address and every other address gets the
+/// same one, so that `localhost:0` or `:0` is still one port.
 pub async fn bind_all(spec: &str) -> anyhow::Result<Vec<TcpListener>> {
     let addrs = resolve(spec).await?;
+    let picking = addrs.len() > 1 && addrs.iter().all(|addr| addr.port() == 0);
+    let mut attempts = 0;
+    loop {
+        match bind_each(&addrs) {
+            Ok(listeners) => return Ok(listeners),
+            // The port picked for the first address is taken on another one:
+            // let the system pick again.
+            Err((_, e)) if picking && e.kind() == io::ErrorKind::AddrInUse && attempts < PICK_ATTEMPTS => attempts += 1,
+            Err((addr, e)) => bail!("cannot listen on {addr}: {}", explain(&e)),
+        }
+    }
+}
+
+/// How often `bind_all` lets the system pick a port again when the port it
+/// picked for one address is taken on another.
+const PICK_ATTEMPTS: usize = 16;
+
+/// Binds every address, giving those with port 0 the port picked for the first.
+fn bind_each(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, io::Error)> {
     let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {}", explain(&e)))?;
+    let mut picked = None;
+    for &addr in addrs {
+        let mut addr = addr;
+        if let (0, Some(port)) = (addr.port(), picked) {
+            addr.set_port(port);
+        }
+        let listener = bind(addr).map_err(|e| (addr, e))?;
+        if addr.port() == 0 {
+            picked = Some(listener.local_addr().map_err(|e| (addr, e))?.port());
+        }
         listeners.push(listener);
     }
     Ok(listeners)
@@ -96,7 +125,7 @@ pub async fn connect(spec: &str, timeout: Duration) -> anyhow::Result<TcpStream>
             Ok(Err(e)) => last = Some(format!("cannot connect to {addr}: {}", explain(&e))),
             Err(_) => {
                 last = Some(format!(
-                    "cannot connect to {addr}: timed out after {timeout:?} (no answer: is a firewall dropping packets, or the host down?)"
+                    "cannot connect to {addr}: timed out after {timeout:?}: no response; is the host up, and is a firewall dropping packets?"
                 ))
             }
         }
@@ -108,13 +137,22 @@ pub async fn connect(spec: &str, timeout: Duration) -> anyhow::Result<TcpStream>
 /// guide's table of common errors.
 pub fn explain(error: &io::Error) -> String {
     let hint = match error.kind() {
-        io::ErrorKind::AddrInUse => "address already in use: another process listens on this port; stop it or pick another port",
+        io::ErrorKind::AddrInUse => {
+            "address already in use: another process is listening on this port (ss -ltnp shows which); stop it or pick another port"
+        }
         io::ErrorKind::AddrNotAvailable => "address not available: this machine has no interface with that address",
-        io::ErrorKind::ConnectionRefused => "connection refused: no server is listening on that port; is it running, and is the port right?",
-        io::ErrorKind::ConnectionReset => "connection reset by peer: the other side crashed or closed uncleanly, or something in the path cut it",
-        io::ErrorKind::TimedOut => "operation timed out: no response from the peer; is a firewall dropping packets?",
+        io::ErrorKind::ConnectionRefused => {
+            "connection refused: no server is listening on that port; is it running, and is the port right?"
+        }
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+            "connection reset by peer: the other side crashed or closed its socket uncleanly, or a firewall or other device in the path cut the connection"
+        }
+        io::ErrorKind::BrokenPipe => "broken pipe: the other side closed the connection while we were still sending",
+        io::ErrorKind::TimedOut => "operation timed out: no response from the peer; is the host up, and is a firewall dropping packets?",
         io::ErrorKind::PermissionDenied => "permission denied: ports below 1024 need privileges; use a higher port",
-        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => "unreachable: no route to that network or host",
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+            "unreachable: no route to that network or host; check the address and the network"
+        }
         _ => return error.to_string(),
     };
     hint.to_owned()
@@ -149,6 +187,40 @@ mod tests {
         let port = first[0].local_addr().unwrap().port();
         let error = bind_all(&format!("127.0.0.1:{port}")).await.unwrap_err().to_string();
         assert!(error.contains(&format!("cannot listen on 127.0.0.1:{port}: address already in use")), "{error}");
+    }
+
+    #[tokio::test]
+    async fn every_address_of_a_name_gets_the_same_picked_port() {
+        for spec in ["localhost:0", ":0"] {
+            let listeners = bind_all(spec).await.unwrap();
+            let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+            assert_eq!(addrs.len(), resolve(spec).await.unwrap().len(), "{spec}: {addrs:?}");
+            assert!(addrs[0].port() != 0 && addrs.iter().all(|a| a.port() == addrs[0].port()), "{spec}: {addrs:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_host_listens_on_both_families() {
+        let listeners = bind_all(":0").await.unwrap();
+        let port = listeners[0].local_addr().unwrap().port();
+        for loopback in ["127.0.0.1", "[::1]"] {
+            let addr = format!("{loopback}:{port}");
+            connect(&addr, Duration::from_secs(2)).await.unwrap_or_else(|e| panic!("{addr}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn every_error_of_the_guides_table_is_explained() {
+        for (kind, start) in [
+            (io::ErrorKind::AddrInUse, "address already in use: "),
+            (io::ErrorKind::ConnectionRefused, "connection refused: "),
+            (io::ErrorKind::ConnectionReset, "connection reset by peer: "),
+            (io::ErrorKind::TimedOut, "operation timed out: "),
+        ] {
+            let text = explain(&io::Error::from(kind));
+            assert!(text.starts_with(start) && !text.contains('\n'), "{text}");
+        }
+        assert_eq!(explain(&io::Error::other("odd")), "odd");
     }
 
     #[tokio::test]

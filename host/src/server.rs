@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Level};
 
-use crate::codec::{self, DecodeError, ErrorCode, Inbound, Message, MessageCodec, ProtocolError};
+use crate::codec::{DecodeError, ErrorCode, Inbound, Message, MessageCodec, ProtocolError};
 use crate::service::{Answer, Service};
+use crate::wire::{self, WireTap};
 
 /// Log target for the bytes of every message, shown with `-v`.
 pub const WIRE_TARGET: &str = "wasmux::wire";
@@ -150,6 +151,8 @@ struct Connection {
     /// When the last bytes arrived.
     last_read: Instant,
     wire_log: bool,
+    /// Keeps each message's bytes as they arrive, for the wire log (`-v`).
+    wire_tap: Option<WireTap>,
 }
 
 impl Connection {
@@ -167,6 +170,7 @@ impl Connection {
             message_started: None,
             last_read: Instant::now(),
             wire_log: tracing::enabled!(target: WIRE_TARGET, Level::DEBUG),
+            wire_tap: WireTap::if_enabled(peer, WIRE_LOG_LIMIT),
         }
     }
 
@@ -186,15 +190,10 @@ impl Connection {
         loop {
             // Answer every message already buffered, then write the answers at once.
             loop {
-                let before = self.wire_log.then(|| self.read_buf.clone());
-                match self.codec.decode(&mut self.read_buf) {
+                match wire::decode(self.wire_tap.as_mut(), &mut self.codec, &mut self.read_buf) {
                     Ok(None) => break,
                     Ok(Some(inbound)) => {
                         self.message_started = None;
-                        if let Some(before) = before {
-                            let consumed = before.len() - self.read_buf.len();
-                            tracing::debug!(target: WIRE_TARGET, "received {} from {}", codec::wire_repr(&before[..consumed], WIRE_LOG_LIMIT), self.peer);
-                        }
                         let answer = match inbound {
                             Inbound::Message(request) => {
                                 tracing::debug!("{} request ({} bytes)", request.header.content_type, request.content.len());
@@ -270,7 +269,7 @@ impl Connection {
             let _ = self.codec.encode(&error, &mut self.write_buf);
         }
         if self.wire_log {
-            tracing::debug!(target: WIRE_TARGET, "sending {} to {}", codec::wire_repr(&self.write_buf[start..], WIRE_LOG_LIMIT), self.peer);
+            tracing::debug!(target: WIRE_TARGET, "sending {} to {}", wire::wire_repr(&self.write_buf[start..], WIRE_LOG_LIMIT), self.peer);
         }
     }
 

@@ -262,6 +262,10 @@ fn compiled_code_is_reused_when_swapping_back_and_after_a_restart() {
         assert!(back.contains("(compile 0 ms: compiled earlier)"), "swapping back compiled again: {back}\n{log}");
     }
     let server = plugins.serve(&["--cache-dir", cache_arg]);
+    for name in ["search", "binary-echo"] {
+        // The log is read from the server's stderr by another thread.
+        assert!(server.wait_for_log(&format!("plugin {name}: loaded"), SWAP_WAIT), "{}", server.log());
+    }
     let log = server.log();
     for name in ["search", "binary-echo"] {
         let line = log.lines().find(|l| l.contains(&format!("plugin {name}: loaded"))).unwrap_or_default();

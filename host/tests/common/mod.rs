@@ -39,6 +39,8 @@ pub fn fixtures_dir() -> PathBuf {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// Every address it listens on (`addr` is the first).
+    pub addrs: Vec<SocketAddr>,
     /// The admin endpoint, when started with `--admin`.
     pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
@@ -53,9 +55,16 @@ impl Server {
     /// `wasmux serve --listen 127.0.0.1:0 ARGS`, with `--no-cache` unless
     /// ARGS give a `--cache-dir`.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_listening(&["127.0.0.1:0"], 1, args)
+    }
+
+    /// `wasmux serve --listen L… ARGS`, once it has announced `listeners`
+    /// listening addresses; with `--no-cache` unless ARGS give a `--cache-dir`.
+    pub fn start_listening(listen: &[&str], listeners: usize, args: &[&str]) -> Self {
         let cache: &[&str] = if args.contains(&"--cache-dir") { &[] } else { &["--no-cache"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmux"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(listen.iter().flat_map(|spec| ["--listen", spec]))
             .args(cache)
             .args(args)
             .env("RUST_LOG", "wasmux=debug")
@@ -75,17 +84,22 @@ impl Server {
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line);
-        let addr = line.trim().strip_prefix("wasmux listening on ").and_then(|a| a.parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            std::thread::sleep(Duration::from_millis(200));
-            panic!(
-                "wasmux serve did not start ({read:?}, stdout {line:?}); its log:\n{}",
-                log.lock().unwrap_or_else(|e| e.into_inner())
-            );
-        };
+        let mut addrs = Vec::new();
+        while addrs.len() < listeners {
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line);
+            let addr = line.trim().strip_prefix("wasmux listening on ").and_then(|a| a.parse().ok());
+            let Some(addr) = addr else {
+                let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "wasmux serve did not start ({read:?}, stdout {line:?}); its log:\n{}",
+                    log.lock().unwrap_or_else(|e| e.into_inner())
+                );
+            };
+            addrs.push(addr);
+        }
+        let addr = addrs[0];
         let mut admin = None;
         if args.contains(&"--admin") {
             let mut line = String::new();
@@ -97,7 +111,7 @@ impl Server {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         });
-        Self { child, addr, admin, log }
+        Self { child, addr, addrs, admin, log }
     }
 
     pub fn addr_string(&self) -> String {
@@ -275,4 +289,140 @@ impl Answer {
     pub fn error_code(&self) -> String {
         self.json()["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error answer: {:?}", self.json())).to_owned()
     }
+}
+
+/// Any other program a test runs (the guide's Python programs, the example
+/// binaries, `wasmux send`): its output is collected as it comes, and it is
+/// killed if still running when dropped, so no test leaves one behind.
+pub struct Process {
+    child: Child,
+    name: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How a [`Process`] ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The stdout lines that start with `prefix`.
+    pub fn lines_starting(&self, prefix: &str) -> Vec<&str> {
+        self.stdout.iter().map(String::as_str).filter(|line| line.starts_with(prefix)).collect()
+    }
+}
+
+impl Process {
+    /// Starts `command` with stdout and stderr piped.
+    pub fn spawn(command: &mut Command) -> Self {
+        let name = format!("{command:?}");
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let (lines, text) = (Arc::clone(&stdout), Arc::clone(&stderr));
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            }),
+            std::thread::spawn(move || {
+                let mut all = String::new();
+                let _ = BufReader::new(err).read_to_string(&mut all);
+                text.lock().unwrap_or_else(|e| e.into_inner()).push_str(&all);
+            }),
+        ];
+        Self { child, name, stdout, stderr, readers }
+    }
+
+    /// Runs `command` to its end, within `within`.
+    pub fn run(command: &mut Command, within: Duration) -> Finished {
+        Self::spawn(command).finish(within)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until a stdout line starts with `prefix`, and returns it.
+    pub fn wait_for_line(&mut self, prefix: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        let mut exited = false;
+        loop {
+            if let Some(line) = self.stdout().into_iter().find(|line| line.starts_with(prefix)) {
+                return line;
+            }
+            if exited || Instant::now() > end {
+                panic!("{} printed no line starting with {prefix:?}; stdout {:?}", self.name, self.stdout());
+            }
+            // Once it has exited, look once more after its last lines are read.
+            exited = !self.is_running();
+            std::thread::sleep(Duration::from_millis(if exited { 100 } else { 10 }));
+        }
+    }
+
+    /// Waits until `count` stdout lines start with `prefix`.
+    pub fn wait_for_lines(&self, prefix: &str, count: usize, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.stdout().iter().filter(|line| line.starts_with(prefix)).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Waits for the process to exit (killing it after `within`) and
+    /// returns all it printed.
+    pub fn finish(mut self, within: Duration) -> Finished {
+        let end = Instant::now() + within;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("{} did not finish within {within:?}; stdout {:?}", self.name, self.stdout());
+                }
+            }
+        };
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        Finished { status, stdout: self.stdout(), stderr: self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone() }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago, for programs that cannot be
+/// told to pick one (port 0); callers retry if it was taken meanwhile.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
