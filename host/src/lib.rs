@@ -11,8 +11,9 @@
 //!
 //! Beside the path: [`config`] (TOML ─▶ validated settings), [`net`]
 //! (addresses and socket errors), [`client`] (what `wasmux send` and the
-//! tests use).
+//! tests use), [`bench`] (the load generator of `wasmux bench`).
 
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;

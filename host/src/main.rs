@@ -1,4 +1,4 @@
-//! The `wasmux` command: `serve`, `send`.
+//! The `wasmux` command: `serve`, `send`, `bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Send one request and print the answer, as the guide's client does.
     Send(SendArgs),
+    /// Load a server with requests, check every answer, report throughput and latency.
+    Bench(wasmux::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Serve(args) => args.verbose,
         Command::Send(args) => args.verbose,
+        Command::Bench(_) => false,
     };
     init_logging(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Send(args) => send(args).await,
+            Command::Bench(args) => wasmux::bench::main(args).await,
         }
     });
     match outcome {
