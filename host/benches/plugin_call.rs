@@ -21,7 +21,10 @@ fn plugins_dir() -> PathBuf {
 
 fn plugin_call(c: &mut Criterion, runtime: &Runtime, wasm: &[(&str, Plugin)]) {
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-    let context = CallContext::default();
+    // A deadline far away: on a busy machine a descheduled call must not
+    // fail the benchmark (the deadline's cost is the same whatever it is).
+    let mut context = CallContext::default();
+    context.limits.deadline = std::time::Duration::from_secs(10);
     let natives = wasmux::native::guide_plugins();
     let requests: [(&str, Message); 2] =
         [("search", guide_request("search", "morpheus")), ("binary-echo", guide_request("binary", "\u{1f603}"))];
