@@ -135,6 +135,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         Some(note)
     };
 
+    let load_before = load_average();
     let mut cells: Vec<Cell> = Vec::new();
     for round in 1..=options.rounds {
         for mode in MODES {
@@ -153,7 +154,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     }
 
     std::fs::create_dir_all(root.join(&options.out))?;
-    let markdown = render_markdown(root, options, &pinning, &subjects, &cells, cold_startup, python.as_deref())?;
+    let load = format!("{load_before} before, {} after", load_average());
+    let results = Results { pinning: &pinning, subjects: &subjects, cells: &cells, cold_startup, python_note: python.as_deref(), load };
+    let markdown = render_markdown(root, options, &results)?;
     let md_path = root.join(&options.out).join("benchmarks.md");
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     let svg_path = root.join(&options.out).join("benchmarks.svg");
@@ -306,6 +309,13 @@ impl Subject {
     }
 }
 
+/// The 1, 5 and 15 minute load averages: other work on the machine during
+/// the run shows up in the figures, so the table says how busy it was.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// The machine, as the table's caption describes it.
 fn machine(root: &Path) -> Vec<(String, String)> {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
@@ -346,15 +356,19 @@ fn machine(root: &Path) -> Vec<(String, String)> {
     ]
 }
 
-fn render_markdown(
-    root: &Path,
-    options: &Options,
-    pinning: &Pinning,
-    subjects: &[Subject],
-    cells: &[Cell],
+/// Everything a run measured, for the report.
+struct Results<'a> {
+    pinning: &'a Pinning,
+    subjects: &'a [Subject],
+    cells: &'a [Cell],
+    /// Start-up of the Wasm server with an empty compiled-code cache.
     cold_startup: Duration,
-    python_note: Option<&str>,
-) -> Result<String> {
+    python_note: Option<&'a str>,
+    load: String,
+}
+
+fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Result<String> {
+    let &Results { pinning, subjects, cells, cold_startup, python_note, ref load } = results;
     let mut md = String::new();
     let find = |server: &str, mode: &str| cells.iter().find(|c| c.server == server && c.mode == mode);
     writeln!(md, "# Benchmarks")?;
@@ -413,6 +427,7 @@ fn render_markdown(
     for (what, value) in machine(root) {
         writeln!(md, "| {what} | {value} |")?;
     }
+    writeln!(md, "| load average (1, 5, 15 min) | {load} |")?;
     writeln!(md)?;
     writeln!(md, "## Reproduce")?;
     writeln!(md)?;
