@@ -115,6 +115,12 @@ pub struct BenchArgs {
     /// Content of the `custom` requests, read from a file.
     #[arg(long)]
     pub content_file: Option<PathBuf>,
+    /// In connect mode, close each connection with a reset instead of a
+    /// FIN: no TIME_WAIT sockets pile up on this side, whose search for a
+    /// free local port otherwise limits a loopback run to ~15k
+    /// connections/s and adds tens of milliseconds to the p99.
+    #[arg(long)]
+    pub reset_close: bool,
     /// A request without an answer after this long counts as a timeout.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -158,6 +164,8 @@ pub struct Plan {
     pub depth: usize,
     pub mix: Mix,
     pub timeout: Duration,
+    /// Close connect-mode connections with a reset (SO_LINGER 0).
+    pub reset_close: bool,
 }
 
 impl Plan {
@@ -204,6 +212,7 @@ impl Plan {
             depth: if args.mode == Mode::Pipelined { args.depth } else { 1 },
             mix,
             timeout: args.timeout,
+            reset_close: args.reset_close,
         })
     }
 }
@@ -710,6 +719,8 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
             Ok(Ok((connection, answer))) => {
                 if plan.mode == Mode::Persistent {
                     kept = Some(connection);
+                } else if plan.reset_close {
+                    let _ = connection.stream.set_zero_linger();
                 }
                 case.check(&answer)
             }
@@ -856,6 +867,8 @@ pub struct Report {
     pub depth: usize,
     pub connections: usize,
     pub mix: String,
+    /// Connect mode: connections were closed with a reset.
+    pub reset_close: bool,
     /// The measured window (after the warm-up), in seconds.
     pub seconds: f64,
     /// Right answers in the measured window.
@@ -893,6 +906,7 @@ impl Report {
             depth: plan.depth,
             connections: plan.connections,
             mix: plan.mix.spec.clone(),
+            reset_close: plan.reset_close && plan.mode == Mode::Connect,
             seconds,
             ok: tally.ok,
             errors: tally.errors.values().map(|e| e.count).sum(),
@@ -914,6 +928,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match self.mode {
             Mode::Pipelined => format!("pipelined (depth {})", self.depth),
+            Mode::Connect if self.reset_close => "connect (closed with a reset)".into(),
             mode => mode.to_string(),
         };
         writeln!(f, "{}: {mode}, {} connections, mix {}, {:.1} s", self.target, self.connections, self.mix, self.seconds)?;

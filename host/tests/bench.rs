@@ -35,7 +35,12 @@ fn count(report: &Value, kind: &str) -> u64 {
 #[test]
 fn every_mode_gets_the_guides_answers() {
     let server = Server::start();
-    for mode in [&["--mode", "connect"][..], &["--mode", "persistent"], &["--mode", "pipelined", "--depth", "4"]] {
+    for mode in [
+        &["--mode", "connect"][..],
+        &["--mode", "connect", "--reset-close"],
+        &["--mode", "persistent"],
+        &["--mode", "pipelined", "--depth", "4"],
+    ] {
         let mut args = vec!["-n", "300", "-c", "4"];
         args.extend_from_slice(mode);
         let (report, ok) = bench(&server.addr_string(), &args);
