@@ -15,9 +15,11 @@
 //! (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and socket
 //! errors), [`client`] (what `wasmux send` and the tests use), [`wire`]
 //! (each message's bytes in the `-v` log), [`native`] (the guide's
-//! handlers compiled in, for comparison).
+//! handlers compiled in, for comparison), [`bench`] (the load generator of
+//! `wasmux bench`).
 
 pub mod admin;
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;

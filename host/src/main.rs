@@ -1,4 +1,4 @@
-//! The `wasmux` command: `serve`, `send`.
+//! The `wasmux` command: `serve`, `send`, `bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Send one request and print the answer, as the guide's client does.
     Send(SendArgs),
+    /// Load a server with requests, check every answer, report throughput and latency.
+    Bench(wasmux::bench::BenchArgs),
     /// Make a tenant token and the hash that goes in the configuration.
     Token(TokenArgs),
 }
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.verbose,
         Command::Send(args) => args.verbose,
         Command::Token(_) => false,
+        Command::Bench(_) => false,
     };
     init_logging(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Send(args) => send(args).await,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => wasmux::bench::main(args).await,
         }
     });
     match outcome {

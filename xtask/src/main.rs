@@ -8,7 +8,11 @@
 //! - `cargo xtask test` builds the plugins and runs every test.
 //! - `cargo xtask serve [ARGS]` builds the plugins and the release server and
 //!   starts it with the default plugins.
+//! - `cargo xtask bench` builds both, compares the Wasm plugins, the native
+//!   handlers and the guide's Python server under load, and writes
+//!   `docs/benchmarks.md` and `docs/benchmarks.svg`.
 
+mod bench;
 mod plugins;
 mod toolchain;
 
@@ -44,6 +48,35 @@ enum Task {
         /// Extra arguments for `wasmux serve` (e.g. --listen 127.0.0.1:7000).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Compare wasmux with Wasm plugins, wasmux --native and the guide's Python
+    /// server under the same load; write docs/benchmarks.md and docs/benchmarks.svg.
+    Bench {
+        /// Measured time per run.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Warm-up before each run.
+        #[arg(long, default_value = "1s")]
+        warmup: String,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Requests in flight per connection in pipelined mode.
+        #[arg(long, default_value_t = 8)]
+        depth: u32,
+        /// Runs per server and mode; the table shows the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value = "search=1,binary=1")]
+        mix: String,
+        /// Do not pin servers and load generator to separate cores.
+        #[arg(long)]
+        no_pin: bool,
+        /// The guide's Python app-server (run as `python3 PATH HOST PORT`).
+        #[arg(long, default_value = "examples/python/app_server.py")]
+        python_server: PathBuf,
+        /// Where benchmarks.md and benchmarks.svg go.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
     },
 }
 
@@ -81,6 +114,10 @@ fn run_task(cli: Cli) -> Result<()> {
                 .arg("--plugins")
                 .arg(&plugins)
                 .args(&args))?;
+        }
+        Task::Bench { duration, warmup, connections, depth, rounds, mix, no_pin, python_server, out } => {
+            let options = bench::Options { duration, warmup, connections, depth, rounds: rounds.max(1), mix, pin: !no_pin, python_server, out };
+            bench::run(&root, &options)?;
         }
     }
     Ok(())

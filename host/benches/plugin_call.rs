@@ -1,0 +1,80 @@
+//! One plugin call through [`Runtime::call`]: a fresh store and instance
+//! from the pooling allocator, the request lowered into the guest, the
+//! guest's answer lifted and checked. The native handlers behind the same
+//! call are the reference: the difference is what the sandbox costs.
+//!
+//! Needs the components built by `cargo xtask plugins`:
+//! `cargo bench -p wasmux --bench plugin_call`
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use criterion::{Criterion, Throughput};
+use wasmux::client::guide_request;
+use wasmux::codec::Message;
+use wasmux::runtime::{CallContext, Plugin, Runtime, RuntimeSettings};
+
+fn plugins_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins")
+}
+
+fn plugin_call(c: &mut Criterion, runtime: &Runtime, wasm: &[(&str, Plugin)]) {
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    // A deadline far away: on a busy machine a descheduled call must not
+    // fail the benchmark (the deadline's cost is the same whatever it is).
+    let mut context = CallContext::default();
+    context.limits.deadline = std::time::Duration::from_secs(10);
+    let natives = wasmux::native::guide_plugins();
+    let requests: [(&str, Message); 2] =
+        [("search", guide_request("search", "morpheus")), ("binary-echo", guide_request("binary", "\u{1f603}"))];
+
+    let mut group = c.benchmark_group("plugin call");
+    group.throughput(Throughput::Elements(1));
+    for (name, request) in &requests {
+        for (backend, plugin) in wasm.iter().map(|(_, p)| ("wasm, fresh instance", p)).chain(natives.iter().map(|p| ("native", p))) {
+            if plugin.name != *name {
+                continue;
+            }
+            group.bench_function(format!("{name} ({backend})"), |b| {
+                b.to_async(&tokio).iter(|| async {
+                    match runtime.call(plugin, black_box(request), &context).await {
+                        Ok(answer) => black_box(answer),
+                        Err(e) => panic!("plugin {name} failed: {e}"),
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn main() -> ExitCode {
+    let dir = plugins_dir();
+    let runtime = match Runtime::new(RuntimeSettings::default()) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("plugin_call: cannot start the runtime: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut wasm = Vec::new();
+    for name in ["search", "binary-echo"] {
+        let path = dir.join(format!("{name}.wasm"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            eprintln!("plugin_call: {} is missing: build the plugins first with `cargo xtask plugins`", path.display());
+            return ExitCode::FAILURE;
+        };
+        match runtime.load(name, &bytes) {
+            Ok(plugin) => wasm.push((name, plugin)),
+            Err(e) => {
+                eprintln!("plugin_call: cannot load {}: {e:#}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    plugin_call(&mut criterion, &runtime, &wasm);
+    criterion.final_summary();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,507 @@
+//! `cargo xtask bench`: the comparison behind `docs/benchmarks.md`, in one
+//! go on one machine.
+//!
+//! It builds the plugins and the release server, starts three servers of the
+//! guide's protocol on their own loopback ports:
+//!
+//! - `wasmux serve --plugins target/plugins` (the Wasm components),
+//! - `wasmux serve --native` (the same two handlers compiled in: the ceiling
+//!   for wasmux's framing and scheduling),
+//! - the guide's Python app-server (`examples/python/app_server.py`), if it
+//!   is there; it closes each connection after answering, so it is measured
+//!   in `connect` mode only,
+//!
+//! then drives each with `wasmux bench --json` in each mode, rounds
+//! interleaved so that a slow moment of the machine hits every server alike,
+//! and writes the table (`docs/benchmarks.md`) and the chart
+//! (`docs/benchmarks.svg`). With two or more cores, the servers and the load
+//! generator are pinned to separate halves of them with `taskset`.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// What `cargo xtask bench` was asked for.
+pub struct Options {
+    pub duration: String,
+    pub warmup: String,
+    pub connections: u32,
+    pub depth: u32,
+    pub rounds: u32,
+    pub mix: String,
+    pub pin: bool,
+    pub python_server: PathBuf,
+    pub out: PathBuf,
+}
+
+const MODES: [&str; 3] = ["connect", "persistent", "pipelined"];
+
+/// A server under test.
+struct Subject {
+    /// Short name for the table.
+    name: &'static str,
+    /// What it is, for the table.
+    what: String,
+    addr: String,
+    /// The modes it can serve.
+    modes: Vec<&'static str>,
+    process: Process,
+    /// Time from start to listening.
+    startup: Duration,
+}
+
+/// One bench run's figures.
+#[derive(Clone)]
+struct Figures {
+    rps: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    errors: u64,
+}
+
+impl Figures {
+    fn of(report: &Value) -> Self {
+        let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let l = &report["latency_ms"];
+        Self {
+            rps: f(&report["requests_per_second"]),
+            p50: f(&l["p50"]),
+            p90: f(&l["p90"]),
+            p99: f(&l["p99"]),
+            max: f(&l["max"]),
+            errors: report["errors"].as_u64().unwrap_or(0),
+        }
+    }
+}
+
+/// One cell of the table: a server in a mode, over every round.
+struct Cell {
+    server: &'static str,
+    mode: &'static str,
+    rounds: Vec<Figures>,
+}
+
+impl Cell {
+    /// The round with the median throughput: the figures the table shows.
+    fn median(&self) -> Option<Figures> {
+        let mut rounds = self.rounds.clone();
+        rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        rounds.get(rounds.len() / 2).cloned()
+    }
+
+    fn range(&self) -> (f64, f64) {
+        let rps = self.rounds.iter().map(|f| f.rps);
+        (rps.clone().fold(f64::INFINITY, f64::min), rps.fold(0.0, f64::max))
+    }
+
+    fn errors(&self) -> u64 {
+        self.rounds.iter().map(|f| f.errors).sum()
+    }
+}
+
+pub fn run(root: &Path, options: &Options) -> Result<()> {
+    crate::plugins::build_all(root, true)?;
+    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux"]))?;
+    let wasmux = root.join("target/release/wasmux");
+    let pinning = Pinning::plan(options.pin);
+    eprintln!("xtask: {}", pinning.describe());
+
+    let cache = root.join("target/bench-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let plugins = root.join("target/plugins");
+    let plugin_args = ["--plugins".as_ref(), plugins.as_os_str(), "--cache-dir".as_ref(), cache.as_os_str()];
+    // Once with an empty compiled-code cache, to show what the cache saves.
+    let cold = Subject::wasmux(&wasmux, &pinning, &plugin_args, "wasm", "wasmux, Wasm plugins")?;
+    let cold_startup = cold.startup;
+    drop(cold);
+    let mut subjects = vec![
+        Subject::wasmux(&wasmux, &pinning, &plugin_args, "wasm", "wasmux, Wasm plugins")?,
+        Subject::wasmux(&wasmux, &pinning, &["--native".as_ref()], "native", "wasmux --native")?,
+    ];
+    let python_path = root.join(&options.python_server);
+    let python = if python_path.is_file() {
+        subjects.push(Subject::python(&python_path, &pinning)?);
+        None
+    } else {
+        let note = format!("{} is missing, so the Python server was not measured", options.python_server.display());
+        eprintln!("xtask: {note}");
+        Some(note)
+    };
+
+    let load_before = load_average();
+    let mut cells: Vec<Cell> = Vec::new();
+    for round in 1..=options.rounds {
+        for mode in MODES {
+            for subject in subjects.iter_mut().filter(|s| s.modes.contains(&mode)) {
+                eprintln!("xtask: round {round}/{}: {} in {mode} mode", options.rounds, subject.name);
+                let report = bench(&wasmux, &pinning, subject, mode, options)?;
+                let figures = Figures::of(&report);
+                eprintln!("xtask:   {:.0} requests/s, p99 {:.3} ms, {} errors", figures.rps, figures.p99, figures.errors);
+                match cells.iter_mut().find(|c| c.server == subject.name && c.mode == mode) {
+                    Some(cell) => cell.rounds.push(figures),
+                    None => cells.push(Cell { server: subject.name, mode, rounds: vec![figures] }),
+                }
+                subject.process.check_alive()?;
+            }
+        }
+    }
+
+    std::fs::create_dir_all(root.join(&options.out))?;
+    let load = format!("{load_before} before, {} after", load_average());
+    let results = Results { pinning: &pinning, subjects: &subjects, cells: &cells, cold_startup, python_note: python.as_deref(), load };
+    let markdown = render_markdown(root, options, &results)?;
+    let md_path = root.join(&options.out).join("benchmarks.md");
+    std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
+    let svg_path = root.join(&options.out).join("benchmarks.svg");
+    std::fs::write(&svg_path, render_svg(&subjects, &cells, options)).with_context(|| format!("writing {}", svg_path.display()))?;
+    eprintln!("xtask: wrote {} and {}", md_path.display(), svg_path.display());
+    Ok(())
+}
+
+/// Runs `wasmux bench --json` once.
+fn bench(wasmux: &Path, pinning: &Pinning, subject: &Subject, mode: &str, options: &Options) -> Result<Value> {
+    let mut command = pinning.command(wasmux, Side::LoadGenerator);
+    command.args(["bench", &subject.addr, "--json", "--mode", mode]);
+    command.args(["--connections", &options.connections.to_string()]);
+    command.args(["--duration", &options.duration, "--warmup", &options.warmup, "--mix", &options.mix]);
+    command.args(["--depth", &options.depth.to_string()]);
+    if mode == "connect" {
+        // Otherwise the load generator's own TIME_WAIT sockets are what is measured.
+        command.arg("--reset-close");
+    }
+    let output = command.output().context("running wasmux bench")?;
+    // A run with errors exits non-zero but still reports: the table shows them.
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "wasmux bench against {} ({mode}) printed no report: {}",
+            subject.name,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Server,
+    LoadGenerator,
+}
+
+/// Which cores the servers and the load generator run on.
+struct Pinning {
+    /// (server cores, load generator cores) as taskset lists, or none.
+    cores: Option<(String, String)>,
+    reason: String,
+}
+
+impl Pinning {
+    fn plan(wanted: bool) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let taskset = Command::new("taskset").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !wanted {
+            return Self { cores: None, reason: "not pinned (--no-pin): servers and load generator share every core".into() };
+        }
+        if cores < 2 || !taskset {
+            return Self {
+                cores: None,
+                reason: format!("not pinned ({} core(s), taskset {}found)", cores, if taskset { "" } else { "not " }),
+            };
+        }
+        let half = cores / 2;
+        let list = |range: std::ops::Range<usize>| range.map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+        let (server, load) = (list(0..half), list(half..cores));
+        let reason = format!("pinned with taskset: servers on core(s) {server}, load generator on core(s) {load}");
+        Self { cores: Some((server, load)), reason }
+    }
+
+    fn describe(&self) -> &str {
+        &self.reason
+    }
+
+    fn command(&self, program: &Path, side: Side) -> Command {
+        match &self.cores {
+            Some((server, load)) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", match side {
+                    Side::Server => server,
+                    Side::LoadGenerator => load,
+                }]);
+                command.arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+/// A server process, stopped when dropped.
+struct Process {
+    child: Child,
+    name: String,
+}
+
+impl Process {
+    /// Starts `command` and waits for a stdout line starting with `ready`;
+    /// returns the process, the rest of that line and how long it took.
+    fn start(mut command: Command, name: &str, ready: &str) -> Result<(Self, String, Duration)> {
+        let started = Instant::now();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}: {command:?}"))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let mut process = Self { child, name: name.to_owned() };
+        let mut lines = BufReader::new(stdout).lines();
+        let line = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with(ready) => break line,
+                Some(Ok(_)) => continue,
+                _ => bail!("{name} exited before listening"),
+            }
+        };
+        let startup = started.elapsed();
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        process.check_alive()?;
+        Ok((process, line[ready.len()..].trim().to_owned(), startup))
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!("{} stopped during the benchmark ({status})", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Subject {
+    fn wasmux(program: &Path, pinning: &Pinning, args: &[&std::ffi::OsStr], name: &'static str, what: &str) -> Result<Self> {
+        let mut command = pinning.command(program, Side::Server);
+        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).env("RUST_LOG", "warn");
+        let (process, addr, startup) = Process::start(command, what, "wasmux listening on ")?;
+        Ok(Self { name, what: what.to_owned(), addr, modes: MODES.to_vec(), process, startup })
+    }
+
+    fn python(script: &Path, pinning: &Pinning) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut command = pinning.command(Path::new("python3"), Side::Server);
+        command.arg(script).args(["127.0.0.1", &port.to_string()]).env("PYTHONUNBUFFERED", "1");
+        let (process, _, startup) = Process::start(command, "the Python app-server", "listening on")?;
+        let version = Command::new("python3").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        Ok(Self {
+            name: "python",
+            what: format!("the guide's app-server ({})", version.unwrap_or_else(|_| "python3".into())),
+            addr: format!("127.0.0.1:{port}"),
+            modes: vec!["connect"],
+            process,
+            startup,
+        })
+    }
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine during
+/// the run shows up in the figures, so the table says how busy it was.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The machine, as the table's caption describes it.
+fn machine(root: &Path) -> Vec<(String, String)> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default();
+    let memory = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".into());
+    let output = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    vec![
+        ("CPU".into(), cpu),
+        ("cores (nproc)".into(), cores),
+        ("memory".into(), memory),
+        ("kernel".into(), output("uname", &["-sr"])),
+        ("rustc".into(), output("rustc", &["--version"])),
+        ("wasmtime".into(), wasmtime),
+        ("python".into(), output("python3", &["--version"])),
+    ]
+}
+
+/// Everything a run measured, for the report.
+struct Results<'a> {
+    pinning: &'a Pinning,
+    subjects: &'a [Subject],
+    cells: &'a [Cell],
+    /// Start-up of the Wasm server with an empty compiled-code cache.
+    cold_startup: Duration,
+    python_note: Option<&'a str>,
+    load: String,
+}
+
+fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Result<String> {
+    let &Results { pinning, subjects, cells, cold_startup, python_note, ref load } = results;
+    let mut md = String::new();
+    let find = |server: &str, mode: &str| cells.iter().find(|c| c.server == server && c.mode == mode);
+    writeln!(md, "# Benchmarks")?;
+    writeln!(md)?;
+    writeln!(md, "Written by `cargo xtask bench`; run it again to measure your machine.")?;
+    writeln!(md)?;
+    writeln!(md, "![requests per second and p99 latency](benchmarks.svg)")?;
+    writeln!(md)?;
+    writeln!(md, "## The servers")?;
+    writeln!(md)?;
+    for s in subjects {
+        writeln!(md, "- **{}**: {} (ready {:.0} ms after start)", s.name, s.what, s.startup.as_secs_f64() * 1e3)?;
+    }
+    writeln!(
+        md,
+        "- The Wasm server started in {:.0} ms with an empty compiled-code cache; the figure above is with the cache filled.",
+        cold_startup.as_secs_f64() * 1e3
+    )?;
+    if let Some(note) = python_note {
+        writeln!(md, "- {note}.")?;
+    }
+    writeln!(md)?;
+    writeln!(md, "## The load")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "`wasmux bench` on the same machine: {} connections, mix `{}` (the guide's searches and binary requests, every answer checked byte for byte), {} per run after a {} warm-up, {} rounds interleaved across servers; each cell shows the round with the median throughput. Pipelined runs keep {} requests in flight per connection; in connect mode the load generator closes each connection with a reset (`--reset-close`), since with a normal close its own TIME_WAIT sockets limit it to about 15k connections/s on loopback. {}.",
+        options.connections, options.mix, options.duration, options.warmup, options.rounds, options.depth, pinning.describe()
+    )?;
+    writeln!(md)?;
+    writeln!(md, "| server | mode | requests/s | range over rounds | p50 ms | p90 ms | p99 ms | max ms | errors | vs native |")?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    for mode in MODES {
+        for s in subjects {
+            let Some(cell) = find(s.name, mode) else {
+                if s.name == "python" {
+                    writeln!(md, "| {} | {mode} | — | | | | | | | closes after each answer: connect mode only |", s.name)?;
+                }
+                continue;
+            };
+            let Some(m) = cell.median() else { continue };
+            let (low, high) = cell.range();
+            let ratio = find("native", mode).and_then(Cell::median).map(|n| format!("{:.2}×", m.rps / n.rps)).unwrap_or_default();
+            writeln!(
+                md,
+                "| {} | {mode} | {:.0} | {:.0}–{:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {ratio} |",
+                s.name, m.rps, low, high, m.p50, m.p90, m.p99, m.max, cell.errors()
+            )?;
+        }
+    }
+    writeln!(md)?;
+    writeln!(md, "## The machine")?;
+    writeln!(md)?;
+    writeln!(md, "| | |")?;
+    writeln!(md, "| --- | --- |")?;
+    for (what, value) in machine(root) {
+        writeln!(md, "| {what} | {value} |")?;
+    }
+    writeln!(md, "| load average (1, 5, 15 min) | {load} |")?;
+    writeln!(md)?;
+    writeln!(md, "## Reproduce")?;
+    writeln!(md)?;
+    writeln!(md, "```sh")?;
+    writeln!(
+        md,
+        "cargo xtask bench --duration {} --warmup {} --connections {} --depth {} --rounds {} --mix {}",
+        options.duration, options.warmup, options.connections, options.depth, options.rounds, options.mix
+    )?;
+    writeln!(md, "```")?;
+    Ok(md)
+}
+
+/// A grouped bar chart, by hand: requests/s and p99 latency per mode,
+/// one bar per server.
+fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String {
+    const COLORS: [&str; 3] = ["#4c72b0", "#dd8452", "#55a868"];
+    let (width, height) = (900.0, 380.0);
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    /// A chart panel: its title, the figure it shows, its left edge.
+    type Panel = (&'static str, fn(&Figures) -> f64, f64);
+    let panels: [Panel; 2] =
+        [("requests/s (higher is better)", |f| f.rps, 20.0), ("p99 latency, ms (lower is better)", |f| f.p99, 470.0)];
+    for (title, value, left) in panels {
+        let (plot_w, plot_h, top) = (400.0, 260.0, 40.0);
+        let _ = writeln!(svg, r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{title}</text>"#, left + plot_w / 2.0);
+        let max = cells.iter().filter_map(Cell::median).map(|f| value(&f)).filter(|v| v.is_finite()).fold(0.0, f64::max);
+        let max = if max > 0.0 { max * 1.15 } else { 1.0 };
+        let _ = writeln!(svg, r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, top + plot_h, left + plot_w, top + plot_h);
+        let group_w = plot_w / MODES.len() as f64;
+        for (g, mode) in MODES.iter().enumerate() {
+            let x0 = left + g as f64 * group_w;
+            let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{mode}</text>"#, x0 + group_w / 2.0, top + plot_h + 18.0);
+            let bar_w = (group_w - 20.0) / subjects.len() as f64;
+            for (i, s) in subjects.iter().enumerate() {
+                let Some(f) = cells.iter().find(|c| c.server == s.name && c.mode == *mode).and_then(Cell::median) else { continue };
+                let v = value(&f);
+                let h = if v.is_finite() { v / max * plot_h } else { 0.0 };
+                let x = x0 + 10.0 + i as f64 * bar_w;
+                let y = top + plot_h - h;
+                let _ = writeln!(svg, r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{}"/>"#, bar_w - 2.0, COLORS[i % 3]);
+                let label = if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+                let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{label}</text>"#, x + bar_w / 2.0 - 1.0, y - 4.0);
+            }
+        }
+    }
+    for (i, s) in subjects.iter().enumerate() {
+        let x = 20.0 + i as f64 * 220.0;
+        let _ = writeln!(svg, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, height - 36.0, COLORS[i % 3]);
+        let _ = writeln!(svg, r#"<text x="{}" y="{}">{}</text>"#, x + 18.0, height - 26.0, xml_escape(&s.what));
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="20" y="{}" font-size="10" fill="dimgray">{} connections, mix {}, {} per run, median of {} rounds; pipelined depth {}</text>"#,
+        height - 8.0,
+        options.connections,
+        xml_escape(&options.mix),
+        xml_escape(&options.duration),
+        options.rounds,
+        options.depth
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
