@@ -220,12 +220,19 @@ impl Runtime {
         // refused before it is copied. Guest memory alone would not bound
         // it: a list's strings may all point at the same bytes.
         store.set_hostcall_fuel(hostcall_fuel(limits));
-        store.set_epoch_deadline(1);
+        // The first check comes one to two ticks in, so that a short call
+        // finishes without yielding; after that, one every tick.
+        store.set_epoch_deadline(2);
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's own yield, not wasmtime's generic one: tokio runs a
+                // task that yielded this way only after it has polled for I/O.
+                // With a generic yield, workers kept busy by spinning guests
+                // look for I/O only every 61 polls (its `event_interval`),
+                // each a whole tick long, and other clients wait that long.
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
 
