@@ -406,6 +406,9 @@ fn kind_of(value: &Value) -> &'static str {
 
 /// A short description of a value for an error message: `a string ("12")`.
 fn describe(value: &Value) -> String {
+    if value.is_null() {
+        return "null".into();
+    }
     let mut text = value.to_string();
     if text.len() > 40 {
         let cut = (0..=40).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
@@ -654,6 +657,7 @@ mod tests {
         assert!(error_of(&raw(&header("-1"), b"")).contains("non-negative integer, got a number (-1)"));
         assert!(error_of(&raw(&header("\"12\""), b"")).contains("got a string (\"12\")"));
         assert!(error_of(&raw(&header("1.5"), b"")).contains("non-negative integer"));
+        assert!(error_of(&raw(&header("null"), b"")).ends_with("non-negative integer, got null"));
         assert!(error_of(&raw(&header("18446744073709551616"), b"")).contains("non-negative integer"));
         assert!(error_of(&raw(&header("1099511627776"), b"")).contains("over this server's limit of 1024"));
         assert!(error_of(&raw(&header("1025"), b"")).contains("over this server's limit"));
