@@ -42,6 +42,11 @@ const MAX_PENDING_WRITE: usize = 256 * 1024;
 /// Longest prefix of a message shown in the wire log.
 const WIRE_LOG_LIMIT: usize = 1024;
 
+/// How long a connection refused for a lost frame keeps reading (and
+/// dropping) what the peer still sends, so that its last answers reach the
+/// peer before the close.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Serves `service` on `listeners` until `shutdown` completes, then stops
 /// accepting, lets requests in flight finish (up to a grace period) and returns.
 pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -282,9 +287,29 @@ impl Connection {
     /// Tells the peer why its stream cannot be read further, then ends.
     async fn refuse(&mut self, error: ProtocolError) -> Close {
         self.queue(&error.to_message());
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        if self.flush().await.is_ok() && self.stream.shutdown().await.is_ok() {
+            self.linger().await;
+        }
         Close::Protocol(error)
+    }
+
+    /// Reads and drops whatever the peer still sends, until it closes its
+    /// side or [`LINGER`] (at most the message timeout) passes. Closing a
+    /// socket with unread bytes makes the kernel reset the connection and
+    /// throw away what it has not sent yet: the answers we just wrote,
+    /// including the one that says what went wrong.
+    async fn linger(&mut self) {
+        let until = Instant::now() + LINGER.min(self.service.settings().limits.message_timeout);
+        loop {
+            self.read_buf.clear();
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
     }
 
     /// The peer closed its side: fine between messages, an error within one.
