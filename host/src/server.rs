@@ -3,7 +3,8 @@
 //! become answers in [`crate::service`]. Nothing here knows about plugins.
 //!
 //! - A semaphore caps open connections; at the cap the accept loop waits, so
-//!   new clients queue in the listen backlog instead of being refused.
+//!   new clients queue in the listen backlog instead of being refused, and
+//!   the connection idle the longest is asked to close to make room.
 //! - A connection carries any number of requests, one after another or
 //!   pipelined; answers are written in order, batched when several are
 //!   ready. The guide's clients, which send one request and close, work too.
@@ -19,7 +20,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -53,11 +54,13 @@ pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: i
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(service.settings().limits.max_connections));
+    let make_room = Arc::new(Notify::new());
     for listener in listeners {
         let accept = Listener {
             listener,
             service: Arc::clone(&service),
             connections: Arc::clone(&connections),
+            make_room: Arc::clone(&make_room),
             token: token.clone(),
             tracker: tracker.clone(),
         };
@@ -80,6 +83,10 @@ struct Listener {
     service: Arc<Service>,
     /// One permit per open connection (shared by every listener).
     connections: Arc<Semaphore>,
+    /// Notified when a client waits for a place: the connection that has
+    /// been idle the longest closes. Idle connections at the cap would
+    /// otherwise keep every newcomer waiting for their idle timeout.
+    make_room: Arc<Notify>,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -90,13 +97,6 @@ impl Listener {
         tracing::info!("listening on {local}");
         let mut backoff = Duration::from_millis(1);
         loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&self.connections).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-                () = self.token.cancelled() => return,
-            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -111,7 +111,24 @@ impl Listener {
                 () = self.token.cancelled() => return,
             };
             backoff = Duration::from_millis(1);
-            let connection = Connection::new(stream, peer, Arc::clone(&self.service), self.token.clone());
+            let permit = match Arc::clone(&self.connections).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => {
+                    // At the cap: this client waits (and the next ones wait
+                    // in the listen backlog) until a connection closes.
+                    self.make_room.notify_one();
+                    tokio::select! {
+                        permit = Arc::clone(&self.connections).acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                        () = self.token.cancelled() => return,
+                    }
+                }
+            };
+            let connection =
+                Connection::new(stream, peer, Arc::clone(&self.service), Arc::clone(&self.make_room), self.token.clone());
             let span = tracing::info_span!("conn", %peer);
             self.tracker.spawn(
                 async move {
@@ -130,6 +147,8 @@ enum Close {
     Clean,
     /// The peer was idle too long.
     Idle,
+    /// The peer was idle when a new client needed its place.
+    MakeRoom,
     /// Reading or writing failed (reset, timeout on write, …).
     Io(String),
     /// The stream cannot be read further; the peer was told why.
@@ -141,6 +160,8 @@ struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
     service: Arc<Service>,
+    /// See [`Listener::make_room`].
+    make_room: Arc<Notify>,
     token: CancellationToken,
     codec: MessageCodec,
     read_buf: BytesMut,
@@ -153,13 +174,14 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr, service: Arc<Service>, token: CancellationToken) -> Self {
+    fn new(stream: TcpStream, peer: SocketAddr, service: Arc<Service>, make_room: Arc<Notify>, token: CancellationToken) -> Self {
         let _ = stream.set_nodelay(true);
         let max_content_length = service.settings().limits.max_content_length;
         Self {
             stream,
             peer,
             service,
+            make_room,
             token,
             codec: MessageCodec::new(max_content_length),
             read_buf: BytesMut::with_capacity(4096),
@@ -176,6 +198,7 @@ impl Connection {
         match close {
             Close::Clean => tracing::debug!("closing connection to {}", self.peer),
             Close::Idle => tracing::debug!("closing idle connection to {}", self.peer),
+            Close::MakeRoom => tracing::debug!("closing idle connection to {} to make room for a new client", self.peer),
             Close::Io(e) => tracing::debug!("connection to {} failed: {e}", self.peer),
             Close::Protocol(e) => tracing::info!("closing connection to {}: {e}", self.peer),
         }
@@ -232,6 +255,9 @@ impl Connection {
                 None => Instant::now() + limits.idle_timeout,
             };
             tokio::select! {
+                // Reading first: a connection whose next message is already
+                // here is not idle, whatever else is ready.
+                biased;
                 read = self.stream.read_buf(&mut self.read_buf) => match read {
                     Ok(0) => return self.end_of_stream().await,
                     Ok(_) => self.last_read = Instant::now(),
@@ -249,6 +275,10 @@ impl Connection {
                 // Shutting down: idle connections close now; one in the
                 // middle of a message gets to finish it (until its timeout).
                 () = self.token.cancelled(), if !mid_message => return Close::Clean,
+                // At the connection cap, idle connections give way to new
+                // clients, the one idle the longest first (it has waited
+                // here the longest).
+                () = self.make_room.notified(), if !mid_message => return Close::MakeRoom,
             }
         }
     }
