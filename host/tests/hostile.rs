@@ -350,27 +350,63 @@ fn a_peer_that_never_reads_its_answers_is_dropped() {
     assert!(received < 32_000_000, "the server wrote every answer to a peer that did not read");
 }
 
+/// Reads with a short timeout; true if nothing came (the peer is waiting).
+fn nothing_arrives(conn: &mut Raw, within: Duration) -> bool {
+    conn.stream.set_read_timeout(Some(within)).expect("read timeout");
+    let mut byte = [0; 1];
+    let waiting = match conn.stream.read(&mut byte) {
+        Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        Ok(_) => false,
+    };
+    conn.stream.set_read_timeout(Some(common::STEP)).expect("read timeout");
+    waiting
+}
+
 #[test]
 fn at_the_connection_cap_new_clients_wait_instead_of_failing() {
     let server = Server::start_configured("[limits]\nmax-connections = 2\n", &common::plugins_dir());
+    let request = search("morpheus");
+    // Both places taken by connections in the middle of a message.
     let mut first = server.connect();
     let mut second = server.connect();
-    assert_eq!(first.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
-    assert_eq!(second.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+    first.send(&request[..20]);
+    second.send(&request[..20]);
+    // (Give the server time to read those bytes: a connection whose bytes
+    // have not been read yet looks idle.)
+    std::thread::sleep(Duration::from_millis(100));
 
     // A third client connects (the listen backlog takes it) and sends, but
-    // is not served while both places are taken...
+    // is not served while both places are busy...
     let mut third = server.connect();
-    third.send(&search("morpheus"));
-    third.stream.set_read_timeout(Some(Duration::from_millis(500))).expect("read timeout");
-    let mut byte = [0; 1];
-    match third.stream.read(&mut byte) {
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-        other => panic!("a client over the cap was not kept waiting: {other:?}"),
-    }
-    // ... and is served as soon as one is free.
-    drop(first);
-    third.stream.set_read_timeout(Some(common::STEP)).expect("read timeout");
+    third.send(&request);
+    assert!(nothing_arrives(&mut third, Duration::from_millis(500)), "a client over the cap was served");
+
+    // ... and is served once a place is free: the first finishes its
+    // message, gets its answer, and, idle now, gives its place up.
+    first.send(&request[20..]);
+    assert_eq!(common::Answer::parse(&first.read_message()).result(), "Follow the white rabbit. 🐰");
+    assert!(first.is_closed(), "an idle connection kept its place from a waiting client");
     assert_eq!(common::Answer::parse(&third.read_message()).result(), "Follow the white rabbit. 🐰");
+    second.send(&request[20..]);
+    assert_eq!(common::Answer::parse(&second.read_message()).result(), "Follow the white rabbit. 🐰");
+    assert!(server.log().contains("to make room for a new client"), "{}", server.log());
+}
+
+#[test]
+fn at_the_connection_cap_idle_connections_make_room() {
+    let server = Server::start_configured("[limits]\nmax-connections = 2\n", &common::plugins_dir());
+    let mut first = server.connect();
+    assert_eq!(first.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+    // The server's side of a connection goes idle just after it has written
+    // the answer; on a busy machine that can be a while after the client
+    // has read it. Leave no doubt which connection has been idle longer.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut second = server.connect();
+    assert_eq!(second.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+    std::thread::sleep(Duration::from_millis(100));
+    // Both places are held by idle connections (idle timeout: 60 s). A new
+    // client does not wait for it: the connection idle the longest closes.
+    server.assert_serves_others();
+    assert!(first.is_closed(), "the connection idle the longest was not the one closed");
     assert_eq!(second.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
 }
