@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -54,7 +55,7 @@ pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: i
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(service.settings().limits.max_connections));
-    let make_room = Arc::new(Notify::new());
+    let make_room = Arc::new(MakeRoom::default());
     for listener in listeners {
         let accept = Listener {
             listener,
@@ -83,12 +84,41 @@ struct Listener {
     service: Arc<Service>,
     /// One permit per open connection (shared by every listener).
     connections: Arc<Semaphore>,
-    /// Notified when a client waits for a place: the connection that has
-    /// been idle the longest closes. Idle connections at the cap would
-    /// otherwise keep every newcomer waiting for their idle timeout.
-    make_room: Arc<Notify>,
+    /// Asked when a client waits for a place: the connection that has been
+    /// idle the longest closes. Idle connections at the cap would otherwise
+    /// keep every newcomer waiting for their idle timeout.
+    make_room: Arc<MakeRoom>,
     token: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// Requests from the accept loops, at the connection cap, for an idle
+/// connection to close.
+#[derive(Default)]
+struct MakeRoom {
+    /// Requests not yet taken up.
+    wanted: AtomicUsize,
+    /// Wakes idle connections, the one waiting the longest first.
+    idle: Notify,
+}
+
+impl MakeRoom {
+    fn ask(&self) {
+        self.wanted.fetch_add(1, Ordering::SeqCst);
+        self.idle.notify_one();
+    }
+
+    /// Withdraws a request no connection has taken up (the place came free
+    /// another way), so that no one closes for it later.
+    fn withdraw(&self) {
+        let _ = self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Takes up a request; false if none is open (a notification left over
+    /// from a request since withdrawn).
+    fn take(&self) -> bool {
+        self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
 }
 
 impl Listener {
@@ -117,14 +147,16 @@ impl Listener {
                 Err(TryAcquireError::NoPermits) => {
                     // At the cap: this client waits (and the next ones wait
                     // in the listen backlog) until a connection closes.
-                    self.make_room.notify_one();
-                    tokio::select! {
+                    self.make_room.ask();
+                    let permit = tokio::select! {
                         permit = Arc::clone(&self.connections).acquire_owned() => match permit {
                             Ok(permit) => permit,
                             Err(_) => return,
                         },
                         () = self.token.cancelled() => return,
-                    }
+                    };
+                    self.make_room.withdraw();
+                    permit
                 }
             };
             let connection =
@@ -161,7 +193,7 @@ struct Connection {
     peer: SocketAddr,
     service: Arc<Service>,
     /// See [`Listener::make_room`].
-    make_room: Arc<Notify>,
+    make_room: Arc<MakeRoom>,
     token: CancellationToken,
     codec: MessageCodec,
     read_buf: BytesMut,
@@ -174,7 +206,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr, service: Arc<Service>, make_room: Arc<Notify>, token: CancellationToken) -> Self {
+    fn new(stream: TcpStream, peer: SocketAddr, service: Arc<Service>, make_room: Arc<MakeRoom>, token: CancellationToken) -> Self {
         let _ = stream.set_nodelay(true);
         let max_content_length = service.settings().limits.max_content_length;
         Self {
@@ -278,7 +310,11 @@ impl Connection {
                 // At the connection cap, idle connections give way to new
                 // clients, the one idle the longest first (it has waited
                 // here the longest).
-                () = self.make_room.notified(), if !mid_message => return Close::MakeRoom,
+                () = self.make_room.idle.notified(), if !mid_message => {
+                    if self.make_room.take() {
+                        return Close::MakeRoom;
+                    }
+                }
             }
         }
     }
