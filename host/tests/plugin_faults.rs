@@ -94,9 +94,9 @@ fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
 
 #[test]
 fn spinning_plugins_do_not_hold_up_other_requests() {
-    // A longer deadline, so that the spinning calls surely overlap the
-    // normal requests; more spinning calls than this machine has cores.
-    let server = Server::start_with_fixtures(&CONFIG.replace("plugin-deadline = \"100ms\"", "plugin-deadline = \"1500ms\""));
+    // A long deadline, so that the spinning calls surely outlast the normal
+    // requests; more spinning calls than this machine has cores.
+    let server = Server::start_with_fixtures(&CONFIG.replace("plugin-deadline = \"100ms\"", "plugin-deadline = \"3s\""));
     let spinners = 2 * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     let started = Instant::now();
     let handles: Vec<_> = (0..spinners)
@@ -132,14 +132,15 @@ fn spinning_plugins_do_not_hold_up_other_requests() {
     let mut each: Vec<Duration> = latencies.iter().map(|(d, _)| *d).collect();
     each.sort();
     println!(
-        "{spinners} plugins spinning to a 1.5 s deadline; 50 normal requests: p50 {:?}, max {:?}; {answered_meanwhile} answered before the first spinner stopped",
+        "{spinners} plugins spinning to a 3 s deadline; 50 normal requests: p50 {:?}, max {:?}; {answered_meanwhile} answered before the first spinner stopped",
         each[each.len() / 2],
         each[each.len() - 1],
     );
-    assert!(
-        answered_meanwhile > 0,
-        "no normal request was answered while plugins were spinning: plugin calls block the server's threads"
-    );
+    // Not a speed goal: a server whose spinning plugins hold its threads
+    // (or keep it from polling for I/O) answers few or none of them before
+    // the deadline. Before plugins yielded with tokio's yield_now, 13 of 50
+    // were answered in 1.5 s here.
+    assert_eq!(answered_meanwhile, 50, "normal requests waited for spinning plugins to reach their deadline");
 }
 
 #[test]
