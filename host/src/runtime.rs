@@ -15,7 +15,10 @@
 //!   thread), and past its deadline it is stopped;
 //! - a memory cap, enforced by a resource limiter that also records the
 //!   refusal so the error can say "out of memory";
-//! - a cap on the response's size and a check of its header fields.
+//! - a cap on what the host copies out of the guest at once (wasmtime's
+//!   hostcall fuel), so that an oversized response is refused before it is
+//!   copied, then a cap on the response's size and a check of its header
+//!   fields.
 //!
 //! Plugins see only the `host` interface of the WIT world: no WASI, so no
 //! filesystem, network, clock or environment.
