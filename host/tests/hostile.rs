@@ -103,6 +103,12 @@ fn a_battery_of_malformed_messages() {
         ("2^64 length", with_length("18446744073709551616"), Expect::Closed("bad-frame", "non-negative integer")),
         ("one byte over the maximum", with_length("1048577"), Expect::Closed("too-large", "over this server's limit of 1048576 bytes")),
         ("deeply nested header", raw(deep_header.as_bytes(), b""), Expect::Closed("bad-frame", "recursion limit exceeded")),
+        // A repeated field counts as its last value, as in Python's json.loads.
+        (
+            "content-length twice, the last over the maximum",
+            raw(br#"{"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 2, "content-length": 2000000}"#, b"{}"),
+            Expect::Closed("too-large", "\"content-length\" 2000000 is over"),
+        ),
         // The frame is intact: the answer, and the connection goes on.
         (
             "byteorder missing",
@@ -166,6 +172,17 @@ fn an_answer_still_queued_when_the_frame_is_lost_is_not_destroyed() {
     read_error(&mut conn, "garbage after a lost frame", "bad-frame", "not valid JSON");
     assert!(conn.is_closed());
     server.assert_serves_others();
+}
+
+#[test]
+fn requests_no_plugin_can_take_are_answered_and_the_connection_goes_on() {
+    let server = Server::start_configured(
+        "[routes]\n\"text/json\" = \"search\"\n\"image/*\" = \"nowhere\"\n",
+        &common::plugins_dir(),
+    );
+    let image = message(json!({"byteorder": "big", "content-type": "image/png", "content-encoding": "binary"}), b"\x89PNG");
+    check(&server, "no route", &common::binary(b"hello"), Expect::Open("no-route", "no route for content-type \"binary/custom-client-binary-type\""));
+    check(&server, "route to a plugin not loaded", &image, Expect::Open("no-plugin", "no plugin nowhere is loaded"));
 }
 
 #[test]
