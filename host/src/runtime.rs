@@ -15,7 +15,10 @@
 //!   thread), and past its deadline it is stopped;
 //! - a memory cap, enforced by a resource limiter that also records the
 //!   refusal so the error can say "out of memory";
-//! - a cap on the response's size and a check of its header fields.
+//! - a cap on what the host copies out of the guest at once (wasmtime's
+//!   hostcall fuel), so that an oversized response is refused before it is
+//!   copied, then a cap on the response's size and a check of its header
+//!   fields.
 //!
 //! Plugins see only the `host` interface of the WIT world: no WASI, so no
 //! filesystem, network, clock or environment.
@@ -64,6 +67,16 @@ const MAX_LOG_LINE: usize = 1024;
 
 /// Log lines a plugin may write per request; the rest are dropped.
 const MAX_LOG_LINES_PER_CALL: u32 = 64;
+
+/// Longest handler error message passed on to the client and the log; the
+/// rest is cut.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// What the host may copy out of a guest at once beyond a response's
+/// content: its content-type, encoding and header fields. A header is at
+/// most 64 KiB on the wire, but each field costs the host more than its
+/// bytes, so this leaves room for any header that can be sent.
+const HEADER_FUEL: usize = 1 << 20;
 
 /// Settings fixed for the life of the engine.
 #[derive(Debug, Clone)]
@@ -196,7 +209,7 @@ impl Runtime {
         let (component, origin) = self
             .cache
             .get_or_compile(&self.engine, version, bytes)
-            .context("not a valid WebAssembly component")?;
+            .context("not a valid WebAssembly component, or one outside this server's limits")?;
         let compile_time = started.elapsed();
         let instance_pre = self
             .linker
@@ -229,30 +242,41 @@ impl Runtime {
             version: plugin.version,
             context: context.clone(),
             deadline: Instant::now() + limits.deadline,
+            memory_in_use: 0,
             memory_refused: None,
             log_lines: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
-        store.set_epoch_deadline(1);
+        // Caps what the host copies out of the guest in one go, so that a
+        // response (or a log line) claiming more than a response may hold is
+        // refused before it is copied. Guest memory alone would not bound
+        // it: a list's strings may all point at the same bytes.
+        store.set_hostcall_fuel(hostcall_fuel(limits));
+        // The first check comes one to two ticks in, so that a short call
+        // finishes without yielding; after that, one every tick.
+        store.set_epoch_deadline(2);
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's own yield, not wasmtime's generic one: tokio runs a
+                // task that yielded this way only after it has polled for I/O.
+                // With a generic yield, workers kept busy by spinning guests
+                // look for I/O only every 61 polls (its `event_interval`),
+                // each a whole tick long, and other clients wait that long.
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
 
-        let outcome = async {
-            let handler = pre.instantiate_async(&mut store).await?;
-            handler.call_handle(&mut store, &to_request(request)).await
-        }
-        .await;
-        let state = store.data();
-        match outcome {
+        let handler = match pre.instantiate_async(&mut store).await {
+            Ok(handler) => handler,
+            Err(e) => return Err(classify_failure(e, Phase::Instantiate, store.data(), limits)),
+        };
+        match handler.call_handle(&mut store, &to_request(request)).await {
             Ok(Ok(response)) => into_message(response, limits.max_response).map_err(PluginError::BadResponse),
-            Ok(Err(error)) => Err(PluginError::Handler(error)),
-            Err(e) => Err(classify_failure(e, state, limits)),
+            Ok(Err(error)) => Err(PluginError::Handler(cut_handler_error(error))),
+            Err(e) => Err(classify_failure(e, Phase::Call, store.data(), limits)),
         }
     }
 }
@@ -355,12 +379,22 @@ pub enum PluginError {
     Handler(HandlerError),
     #[error("trapped: {0}")]
     Trap(String),
+    /// Instantiation failed for a reason other than a trap or the limits.
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
     #[error("ran past its deadline of {0:?}")]
     Timeout(Duration),
     #[error("ran out of memory: it asked for {asked} bytes, over its limit of {limit}")]
     OutOfMemory { asked: usize, limit: usize },
     #[error("returned an invalid response: {0}")]
     BadResponse(String),
+    /// The guest handed the host values it cannot read: pointers or lengths
+    /// out of bounds, invalid UTF-8, an invalid discriminant.
+    #[error("handed the host invalid data: {0}")]
+    InvalidData(String),
+    /// The guest handed the host more bytes at once than a response may hold.
+    #[error("handed the host more than {limit} bytes at once (a response may carry {max_response} bytes of content)")]
+    TooMuchData { limit: usize, max_response: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -372,10 +406,12 @@ impl PluginError {
             Self::Handler(HandlerError::BadRequest(m)) => (ErrorCode::BadRequest, format!("bad request for plugin {plugin}: {m}")),
             Self::Handler(HandlerError::Unsupported(m)) => (ErrorCode::Unsupported, format!("plugin {plugin} does not support this request: {m}")),
             Self::Handler(HandlerError::Internal(m)) => (ErrorCode::PluginFailed, format!("plugin {plugin} failed: {m}")),
-            Self::Trap(_) => (ErrorCode::PluginFailed, format!("plugin {plugin} {self}")),
+            Self::Trap(_) | Self::Instantiate(_) => (ErrorCode::PluginFailed, format!("plugin {plugin} {self}")),
             Self::Timeout(_) => (ErrorCode::PluginTimeout, format!("plugin {plugin} {self}")),
             Self::OutOfMemory { .. } => (ErrorCode::PluginMemory, format!("plugin {plugin} {self}")),
-            Self::BadResponse(_) => (ErrorCode::PluginBadResponse, format!("plugin {plugin} {self}")),
+            Self::BadResponse(_) | Self::InvalidData(_) | Self::TooMuchData { .. } => {
+                (ErrorCode::PluginBadResponse, format!("plugin {plugin} {self}"))
+            }
             Self::ShuttingDown => (ErrorCode::Internal, self.to_string()),
         };
         ProtocolError::new(code, message)
@@ -396,15 +432,85 @@ fn handler_error_text(error: &HandlerError) -> String {
     }
 }
 
+/// What the host may copy out of the guest at once under `limits`.
+fn hostcall_fuel(limits: CallLimits) -> usize {
+    limits.max_response.saturating_add(HEADER_FUEL)
+}
+
+/// Which step of a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Instantiate,
+    Call,
+}
+
 /// Turns a failed instantiate or call into the cause the client is told.
-fn classify_failure(error: wasmtime::Error, state: &CallState, limits: CallLimits) -> PluginError {
+fn classify_failure(error: wasmtime::Error, phase: Phase, state: &CallState, limits: CallLimits) -> PluginError {
     if let Some(asked) = state.memory_refused {
         return PluginError::OutOfMemory { asked, limit: limits.memory };
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginError::Timeout(limits.deadline),
-        Some(trap) => PluginError::Trap(trap.to_string()),
-        None => PluginError::Trap(format!("{error:#}")),
+        Some(&trap) => {
+            if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                tracing::debug!(plugin = %state.plugin, version = %state.version, "trap backtrace:\n{backtrace}");
+            }
+            PluginError::Trap(describe_trap(trap))
+        }
+        // Not a trap: during a call, wasmtime refused to lift what the guest
+        // handed over (the response, or an import's arguments).
+        None if phase == Phase::Call => {
+            let text = one_line(&error);
+            // wasmtime's words for running out of hostcall fuel; its error
+            // type is private, so the text is all there is to match.
+            if text.contains("fuel allocated for hostcalls has been exhausted") {
+                PluginError::TooMuchData { limit: hostcall_fuel(limits), max_response: limits.max_response }
+            } else {
+                PluginError::InvalidData(text)
+            }
+        }
+        None => PluginError::Instantiate(one_line(&error)),
+    }
+}
+
+/// A trap as one line for the client: wasmtime's description without its
+/// `wasm trap: ` prefix, with a hint where the description alone puzzles.
+fn describe_trap(trap: Trap) -> String {
+    let text = trap.to_string();
+    let text = text.strip_prefix("wasm trap: ").unwrap_or(&text);
+    match trap {
+        Trap::UnreachableCodeReached => format!("{text} (a panic or an abort in the plugin)"),
+        _ => text.to_owned(),
+    }
+}
+
+/// An error and its causes on one line, cut to a readable length.
+fn one_line(error: &wasmtime::Error) -> String {
+    let mut text = format!("{error:#}").replace('\n', " ");
+    cut(&mut text, MAX_ERROR_TEXT);
+    text
+}
+
+/// Cuts `text` to at most `limit` bytes (on a character boundary), marking the cut.
+fn cut(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let at = (0..=limit).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(at);
+        text.push_str("… (cut)");
+    }
+}
+
+/// A handler error with its message cut to [`MAX_ERROR_TEXT`]: it goes into
+/// an error answer and the log, and the plugin chose its length.
+fn cut_handler_error(error: HandlerError) -> HandlerError {
+    let cut_message = |mut message: String| {
+        cut(&mut message, MAX_ERROR_TEXT);
+        message
+    };
+    match error {
+        HandlerError::BadRequest(m) => HandlerError::BadRequest(cut_message(m)),
+        HandlerError::Unsupported(m) => HandlerError::Unsupported(cut_message(m)),
+        HandlerError::Internal(m) => HandlerError::Internal(cut_message(m)),
     }
 }
 
@@ -414,17 +520,23 @@ struct CallState {
     version: Version,
     context: CallContext,
     deadline: Instant,
+    /// Linear memory of all the instance's memories together.
+    memory_in_use: usize,
     /// Set when the limiter refused a memory growth: the bytes asked for.
     memory_refused: Option<usize>,
     log_lines: u32,
 }
 
 impl ResourceLimiter for CallState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.context.limits.memory {
-            self.memory_refused = Some(desired);
+    /// Called for each memory's initial size as well as for each growth; the
+    /// cap is for the instance, however many memories it has.
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_in_use.saturating_sub(current).saturating_add(desired);
+        if total > self.context.limits.memory {
+            self.memory_refused = Some(total);
             return Ok(false);
         }
+        self.memory_in_use = total;
         Ok(true)
     }
 
@@ -442,11 +554,7 @@ impl wasmux::plugin::host::Host for CallState {
             return;
         }
         let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let cut = (0..=MAX_LOG_LINE).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
-            message.truncate(cut);
-            message.push_str("… (cut)");
-        }
+        cut(&mut message, MAX_LOG_LINE);
         if self.log_lines == MAX_LOG_LINES_PER_CALL {
             message.push_str(" (log line limit reached; further lines of this request are dropped)");
         }

@@ -3,7 +3,8 @@
 //! become answers in [`crate::service`]. Nothing here knows about plugins.
 //!
 //! - A semaphore caps open connections; at the cap the accept loop waits, so
-//!   new clients queue in the listen backlog instead of being refused.
+//!   new clients queue in the listen backlog instead of being refused, and
+//!   the connection idle the longest is asked to close to make room.
 //! - A connection carries any number of requests, one after another or
 //!   pipelined; answers are written in order, batched when several are
 //!   ready. The guide's clients, which send one request and close, work too.
@@ -14,12 +15,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -43,17 +45,24 @@ const MAX_PENDING_WRITE: usize = 256 * 1024;
 /// Longest prefix of a message shown in the wire log.
 const WIRE_LOG_LIMIT: usize = 1024;
 
+/// How long a connection refused for a lost frame keeps reading (and
+/// dropping) what the peer still sends, so that its last answers reach the
+/// peer before the close.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Serves `service` on `listeners` until `shutdown` completes, then stops
 /// accepting, lets requests in flight finish (up to a grace period) and returns.
 pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(service.settings().limits.max_connections));
+    let make_room = Arc::new(MakeRoom::default());
     for listener in listeners {
         let accept = Listener {
             listener,
             service: Arc::clone(&service),
             connections: Arc::clone(&connections),
+            make_room: Arc::clone(&make_room),
             token: token.clone(),
             tracker: tracker.clone(),
         };
@@ -76,8 +85,41 @@ struct Listener {
     service: Arc<Service>,
     /// One permit per open connection (shared by every listener).
     connections: Arc<Semaphore>,
+    /// Asked when a client waits for a place: the connection that has been
+    /// idle the longest closes. Idle connections at the cap would otherwise
+    /// keep every newcomer waiting for their idle timeout.
+    make_room: Arc<MakeRoom>,
     token: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// Requests from the accept loops, at the connection cap, for an idle
+/// connection to close.
+#[derive(Default)]
+struct MakeRoom {
+    /// Requests not yet taken up.
+    wanted: AtomicUsize,
+    /// Wakes idle connections, the one waiting the longest first.
+    idle: Notify,
+}
+
+impl MakeRoom {
+    fn ask(&self) {
+        self.wanted.fetch_add(1, Ordering::SeqCst);
+        self.idle.notify_one();
+    }
+
+    /// Withdraws a request no connection has taken up (the place came free
+    /// another way), so that no one closes for it later.
+    fn withdraw(&self) {
+        let _ = self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Takes up a request; false if none is open (a notification left over
+    /// from a request since withdrawn).
+    fn take(&self) -> bool {
+        self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
 }
 
 impl Listener {
@@ -86,13 +128,6 @@ impl Listener {
         tracing::info!("listening on {local}");
         let mut backoff = Duration::from_millis(1);
         loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&self.connections).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-                () = self.token.cancelled() => return,
-            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -107,7 +142,26 @@ impl Listener {
                 () = self.token.cancelled() => return,
             };
             backoff = Duration::from_millis(1);
-            let connection = Connection::new(stream, peer, Arc::clone(&self.service), self.token.clone());
+            let permit = match Arc::clone(&self.connections).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => {
+                    // At the cap: this client waits (and the next ones wait
+                    // in the listen backlog) until a connection closes.
+                    self.make_room.ask();
+                    let permit = tokio::select! {
+                        permit = Arc::clone(&self.connections).acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                        () = self.token.cancelled() => return,
+                    };
+                    self.make_room.withdraw();
+                    permit
+                }
+            };
+            let connection =
+                Connection::new(stream, peer, Arc::clone(&self.service), Arc::clone(&self.make_room), self.token.clone());
             let span = tracing::info_span!("conn", %peer);
             let metrics = Arc::clone(self.service.metrics());
             metrics.connection_opened();
@@ -129,6 +183,8 @@ enum Close {
     Clean,
     /// The peer was idle too long.
     Idle,
+    /// The peer was idle when a new client needed its place.
+    MakeRoom,
     /// Reading or writing failed (reset, timeout on write, …).
     Io(String),
     /// The stream cannot be read further; the peer was told why.
@@ -142,6 +198,8 @@ struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
     service: Arc<Service>,
+    /// See [`Listener::make_room`].
+    make_room: Arc<MakeRoom>,
     token: CancellationToken,
     codec: MessageCodec,
     read_buf: BytesMut,
@@ -156,13 +214,14 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr, service: Arc<Service>, token: CancellationToken) -> Self {
+    fn new(stream: TcpStream, peer: SocketAddr, service: Arc<Service>, make_room: Arc<MakeRoom>, token: CancellationToken) -> Self {
         let _ = stream.set_nodelay(true);
         let max_content_length = service.settings().limits.max_content_length;
         Self {
             stream,
             peer,
             service,
+            make_room,
             token,
             codec: MessageCodec::new(max_content_length),
             read_buf: BytesMut::with_capacity(4096),
@@ -180,6 +239,7 @@ impl Connection {
         match close {
             Close::Clean => tracing::debug!("closing connection to {}", self.peer),
             Close::Idle => tracing::debug!("closing idle connection to {}", self.peer),
+            Close::MakeRoom => tracing::debug!("closing idle connection to {} to make room for a new client", self.peer),
             Close::Io(e) => tracing::debug!("connection to {} failed: {e}", self.peer),
             Close::Protocol(e) => tracing::info!("closing connection to {}: {e}", self.peer),
             Close::Refused => tracing::info!("closing connection to {}: request refused", self.peer),
@@ -238,6 +298,9 @@ impl Connection {
                 None => Instant::now() + limits.idle_timeout,
             };
             tokio::select! {
+                // Reading first: a connection whose next message is already
+                // here is not idle, whatever else is ready.
+                biased;
                 read = self.stream.read_buf(&mut self.read_buf) => match read {
                     Ok(0) => return self.end_of_stream().await,
                     Ok(_) => self.last_read = Instant::now(),
@@ -255,6 +318,14 @@ impl Connection {
                 // Shutting down: idle connections close now; one in the
                 // middle of a message gets to finish it (until its timeout).
                 () = self.token.cancelled(), if !mid_message => return Close::Clean,
+                // At the connection cap, idle connections give way to new
+                // clients, the one idle the longest first (it has waited
+                // here the longest).
+                () = self.make_room.idle.notified(), if !mid_message => {
+                    if self.make_room.take() {
+                        return Close::MakeRoom;
+                    }
+                }
             }
         }
     }
@@ -294,9 +365,29 @@ impl Connection {
     async fn refuse(&mut self, error: ProtocolError) -> Close {
         self.service.count_refused(&error);
         self.queue(&error.to_message());
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        if self.flush().await.is_ok() && self.stream.shutdown().await.is_ok() {
+            self.linger().await;
+        }
         Close::Protocol(error)
+    }
+
+    /// Reads and drops whatever the peer still sends, until it closes its
+    /// side or [`LINGER`] (at most the message timeout) passes. Closing a
+    /// socket with unread bytes makes the kernel reset the connection and
+    /// throw away what it has not sent yet: the answers we just wrote,
+    /// including the one that says what went wrong.
+    async fn linger(&mut self) {
+        let until = Instant::now() + LINGER.min(self.service.settings().limits.message_timeout);
+        loop {
+            self.read_buf.clear();
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
     }
 
     /// The peer closed its side: fine between messages, an error within one.

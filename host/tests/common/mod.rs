@@ -35,6 +35,21 @@ pub fn fixtures_dir() -> PathBuf {
     dir
 }
 
+/// A temporary plugin directory holding the guide's plugins and the test
+/// fixtures (which `cargo xtask plugins` keeps apart, in `target/test-plugins`).
+pub fn plugins_and_fixtures() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for source in [plugins_dir(), fixtures_dir()] {
+        for entry in std::fs::read_dir(&source).expect("read a plugin directory") {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                std::fs::copy(&path, dir.path().join(path.file_name().expect("file name"))).expect("copy a plugin");
+            }
+        }
+    }
+    dir
+}
+
 /// A running `wasmux serve`, stopped (SIGTERM, then kill) when dropped.
 pub struct Server {
     child: Child,
@@ -44,6 +59,9 @@ pub struct Server {
     /// The admin endpoint, when started with `--admin`.
     pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// Files the server reads (its configuration, its plugins), kept until
+    /// it stops.
+    files: Vec<tempfile::TempDir>,
 }
 
 impl Server {
@@ -52,20 +70,29 @@ impl Server {
         Self::start_with(&["--plugins", plugins_dir().to_str().expect("utf-8 path")])
     }
 
-    /// `wasmux serve --listen 127.0.0.1:0 ARGS`, with `--no-cache` unless
-    /// ARGS give a `--cache-dir`.
+    /// `wasmux serve --listen 127.0.0.1:0 ARGS`.
     pub fn start_with(args: &[&str]) -> Self {
         Self::start_listening(&["127.0.0.1:0"], 1, args)
     }
 
     /// `wasmux serve --listen L… ARGS`, once it has announced `listeners`
-    /// listening addresses; with `--no-cache` unless ARGS give a `--cache-dir`.
+    /// listening addresses.
+    ///
+    /// Unless ARGS choose a cache (`--cache-dir`, `--no-cache`), the
+    /// compiled-code cache `target/test-cache` is shared by every test
+    /// server: compiling a plugin takes most of a second in a debug build,
+    /// loading it from the cache a few milliseconds.
     pub fn start_listening(listen: &[&str], listeners: usize, args: &[&str]) -> Self {
-        let cache: &[&str] = if args.contains(&"--cache-dir") { &[] } else { &["--no-cache"] };
+        let shared_cache = root().join("target/test-cache");
+        let cache: Vec<&str> = if args.contains(&"--cache-dir") || args.contains(&"--no-cache") {
+            Vec::new()
+        } else {
+            vec!["--cache-dir", shared_cache.to_str().expect("utf-8 path")]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmux"))
             .arg("serve")
             .args(listen.iter().flat_map(|spec| ["--listen", spec]))
-            .args(cache)
+            .args(&cache)
             .args(args)
             .env("RUST_LOG", "wasmux=debug")
             .env("NO_COLOR", "1")
@@ -111,7 +138,53 @@ impl Server {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         });
-        Self { child, addr, addrs, admin, log }
+        Self { child, addr, addrs, admin, log, files: Vec::new() }
+    }
+
+    /// `wasmux serve` with the configuration `config` (TOML) and the
+    /// plugins in `plugins`.
+    pub fn start_configured(config: &str, plugins: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("wasmux.toml");
+        std::fs::write(&path, config).expect("write the configuration");
+        let mut server = Self::start_with(&[
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--plugins",
+            plugins.to_str().expect("utf-8 path"),
+        ]);
+        server.files.push(dir);
+        server
+    }
+
+    /// Like [`Server::start_configured`], serving the guide's plugins and
+    /// the misbehaving test fixtures side by side.
+    pub fn start_with_fixtures(config: &str) -> Self {
+        let plugins = plugins_and_fixtures();
+        let mut server = Self::start_configured(config, plugins.path());
+        server.files.push(plugins);
+        server
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The most memory the server process has held at once (VmHWM), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc/PID/status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM in kB");
+        kib * 1024
+    }
+
+    /// Asserts that the server answers a normal request on a new connection
+    /// at once: whatever happened elsewhere did not harm anyone else.
+    pub fn assert_serves_others(&self) {
+        let mut other = self.connect();
+        let answer = other.request(&search("ring"));
+        assert_eq!(answer.result(), "In the caves beneath the Misty Mountains. 💍", "another client was not served");
     }
 
     pub fn addr_string(&self) -> String {
