@@ -19,7 +19,14 @@ fn plugins_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins")
 }
 
-fn plugin_call(c: &mut Criterion, runtime: &Runtime, wasm: &[(&str, Plugin)]) {
+/// A runtime with the plugins loaded, and what to call it in the report.
+struct Setup {
+    label: &'static str,
+    runtime: Runtime,
+    plugins: Vec<Plugin>,
+}
+
+fn plugin_call(c: &mut Criterion, setups: &[Setup]) {
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     // A deadline far away: on a busy machine a descheduled call must not
     // fail the benchmark (the deadline's cost is the same whatever it is).
@@ -31,8 +38,11 @@ fn plugin_call(c: &mut Criterion, runtime: &Runtime, wasm: &[(&str, Plugin)]) {
 
     let mut group = c.benchmark_group("plugin call");
     group.throughput(Throughput::Elements(1));
+    let native_runtime = &setups[0].runtime;
     for (name, request) in &requests {
-        for (backend, plugin) in wasm.iter().map(|(_, p)| ("wasm, fresh instance", p)).chain(natives.iter().map(|p| ("native", p))) {
+        let wasm = setups.iter().flat_map(|s| s.plugins.iter().map(move |p| (s.label, &s.runtime, p)));
+        let native = natives.iter().map(|p| ("native", native_runtime, p));
+        for (backend, runtime, plugin) in wasm.chain(native) {
             if plugin.name != *name {
                 continue;
             }
@@ -51,30 +61,34 @@ fn plugin_call(c: &mut Criterion, runtime: &Runtime, wasm: &[(&str, Plugin)]) {
 
 fn main() -> ExitCode {
     let dir = plugins_dir();
-    let runtime = match Runtime::new(RuntimeSettings::default()) {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("plugin_call: cannot start the runtime: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut wasm = Vec::new();
-    for name in ["search", "binary-echo"] {
-        let path = dir.join(format!("{name}.wasm"));
-        let Ok(bytes) = std::fs::read(&path) else {
-            eprintln!("plugin_call: {} is missing: build the plugins first with `cargo xtask plugins`", path.display());
-            return ExitCode::FAILURE;
-        };
-        match runtime.load(name, &bytes) {
-            Ok(plugin) => wasm.push((name, plugin)),
+    let mut setups = Vec::new();
+    for (label, spectre_hardening) in [("wasm, fresh instance", true), ("wasm, fresh instance, no Spectre hardening", false)] {
+        let runtime = match Runtime::new(RuntimeSettings { spectre_hardening, ..RuntimeSettings::default() }) {
+            Ok(runtime) => runtime,
             Err(e) => {
-                eprintln!("plugin_call: cannot load {}: {e:#}", path.display());
+                eprintln!("plugin_call: cannot start the runtime: {e:#}");
                 return ExitCode::FAILURE;
             }
+        };
+        let mut plugins = Vec::new();
+        for name in ["search", "binary-echo"] {
+            let path = dir.join(format!("{name}.wasm"));
+            let Ok(bytes) = std::fs::read(&path) else {
+                eprintln!("plugin_call: {} is missing: build the plugins first with `cargo xtask plugins`", path.display());
+                return ExitCode::FAILURE;
+            };
+            match runtime.load(name, &bytes) {
+                Ok(plugin) => plugins.push(plugin),
+                Err(e) => {
+                    eprintln!("plugin_call: cannot load {}: {e:#}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
         }
+        setups.push(Setup { label, runtime, plugins });
     }
     let mut criterion = Criterion::default().configure_from_args();
-    plugin_call(&mut criterion, &runtime, &wasm);
+    plugin_call(&mut criterion, &setups);
     criterion.final_summary();
     ExitCode::SUCCESS
 }

@@ -29,6 +29,9 @@
 //! limits = { concurrent-requests = 8, requests-per-second = 100, plugin-deadline = "50ms" }
 //! routes."text/json" = { split = { "search" = 90, "search@fuzzy" = 10 }, sticky = "user" }
 //! plugins."search@fuzzy" = { match = "prefix" }
+//!
+//! [runtime]                      # read at start-up only
+//! spectre-hardening = true       # false: faster calls, for trusted plugins only
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +62,22 @@ pub struct ConfigFile {
     pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
     /// `[tenants.NAME]`; without any, every request is the `default` tenant's.
     pub tenants: Option<BTreeMap<String, TenantFile>>,
+    #[serde(default)]
+    pub runtime: RuntimeFile,
+}
+
+/// `[runtime]`: how plugins are run. Read at start-up only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RuntimeFile {
+    /// wasmtime's Spectre hardening of memory bounds checks (on by default).
+    pub spectre_hardening: bool,
+}
+
+impl Default for RuntimeFile {
+    fn default() -> Self {
+        Self { spectre_hardening: true }
+    }
 }
 
 /// A route's target as written: a plugin name, or an experiment.
@@ -191,6 +210,8 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Settings {
     pub limits: Limits,
+    /// How plugins are run; read at start-up only.
+    pub runtime: RuntimeFile,
     /// Each tenant with its routes, plugin settings and limits merged.
     pub tenants: Tenants,
 }
@@ -243,7 +264,7 @@ impl Settings {
                 Tenants::build(specs, &server)?
             }
         };
-        Ok(Self { limits, tenants })
+        Ok(Self { limits, runtime: file.runtime, tenants })
     }
 
     /// The most memory any tenant's plugin calls may use: what the instance

@@ -172,7 +172,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
         max_memory: settings.max_plugin_memory(),
         cache_dir,
+        spectre_hardening: settings.runtime.spectre_hardening,
     })?;
+    if !settings.runtime.spectre_hardening {
+        tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
+    }
     let registry = Arc::new(PluginRegistry::new(Arc::new(runtime)).with_metrics(Arc::new(Metrics::new())));
     match &args.plugins {
         Some(dir) => {

@@ -90,11 +90,16 @@ pub struct RuntimeSettings {
     /// Directory where compiled plugin code is kept across restarts;
     /// `None` keeps it in memory only.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Keep wasmtime's Spectre hardening of memory bounds checks. Turning it
+    /// off halves the cost of a call (no `mprotect` per instance), but a
+    /// plugin could then read other instances' memory through speculative
+    /// side channels: only for plugins you trust.
+    pub spectre_hardening: bool,
 }
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None }
+        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, spectre_hardening: true }
     }
 }
 
@@ -159,19 +164,22 @@ impl Runtime {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .memory_init_cow(true)
+            .parallel_compilation(true);
+        if !settings.spectre_hardening {
             // Each instance's memory is reserved at its cap with no guard
             // pages, and compiled code checks every access explicitly instead
             // of relying on faults. Then a slot's pages stay read/write from
-            // one request to the next: with guard pages, every request paid
-            // two `mprotect` calls and a TLB flush (when the guest grows its
-            // heap, and when the slot is reset), about two thirds of a call.
-            // The price: wasmtime turns off its Spectre hardening of those
-            // bounds checks, which relies on faults.
-            .memory_reservation(u64::try_from(settings.max_memory).unwrap_or(u64::MAX))
-            .memory_guard_size(0)
-            .guard_before_linear_memory(false)
-            .signals_based_traps(false)
-            .parallel_compilation(true);
+            // one request to the next: with guard pages, every request pays
+            // two `mprotect` calls and a TLB flush (when the instance is made
+            // and when its slot is reset), about half of a call. The price:
+            // wasmtime turns off its Spectre hardening of those bounds
+            // checks, which relies on faults.
+            config
+                .memory_reservation(u64::try_from(settings.max_memory).unwrap_or(u64::MAX))
+                .memory_guard_size(0)
+                .guard_before_linear_memory(false)
+                .signals_based_traps(false);
+        }
         let engine = Engine::new(&config).context("creating the wasmtime engine")?;
 
         let mut linker = Linker::new(&engine);

@@ -188,7 +188,7 @@ fn the_memory_cap_holds_for_the_initial_memory_too() {
 /// as the server cannot be started that way.
 #[test]
 fn a_lower_per_call_cap_refuses_the_initial_memory() {
-    let runtime = Runtime::new(RuntimeSettings { max_concurrent_calls: 2, max_memory: 48 << 20, cache_dir: None }).expect("runtime");
+    let runtime = Runtime::new(RuntimeSettings { max_concurrent_calls: 2, max_memory: 48 << 20, ..RuntimeSettings::default() }).expect("runtime");
     let bytes = std::fs::read(common::fixtures_dir().join("big-initial-memory.wasm")).expect("the fixture");
     let plugin = runtime.load("big-initial-memory", &bytes).expect("loads under a 48 MiB pool");
     let request = Message::new("test/big-initial-memory", "binary", Vec::new());

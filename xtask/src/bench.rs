@@ -121,8 +121,15 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let cold = Subject::wasmux(&wasmux, &pinning, &plugin_args, "wasm", "wasmux, Wasm plugins")?;
     let cold_startup = cold.startup;
     drop(cold);
+    // The same, without wasmtime's Spectre hardening of bounds checks (for
+    // trusted plugins only): what the hardening costs.
+    let unhardened = root.join("target/bench-unhardened.toml");
+    std::fs::write(&unhardened, "[runtime]\nspectre-hardening = false\n")?;
+    let mut unhardened_args = plugin_args.to_vec();
+    unhardened_args.extend(["--config".as_ref(), unhardened.as_os_str()]);
     let mut subjects = vec![
         Subject::wasmux(&wasmux, &pinning, &plugin_args, "wasm", "wasmux, Wasm plugins")?,
+        Subject::wasmux(&wasmux, &pinning, &unhardened_args, "wasm-unhardened", "Wasm, Spectre hardening off")?,
         Subject::wasmux(&wasmux, &pinning, &["--native".as_ref()], "native", "wasmux --native")?,
     ];
     let python_path = root.join(&options.python_server);
@@ -448,7 +455,7 @@ fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Res
 /// A grouped bar chart, by hand: requests/s and p99 latency per mode,
 /// one bar per server.
 fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String {
-    const COLORS: [&str; 3] = ["#4c72b0", "#dd8452", "#55a868"];
+    const COLORS: [&str; 4] = ["#4c72b0", "#8172b3", "#dd8452", "#55a868"];
     let (width, height) = (900.0, 380.0);
     let mut svg = String::new();
     let _ = writeln!(
@@ -477,7 +484,7 @@ fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String
                 let h = if v.is_finite() { v / max * plot_h } else { 0.0 };
                 let x = x0 + 10.0 + i as f64 * bar_w;
                 let y = top + plot_h - h;
-                let _ = writeln!(svg, r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{}"/>"#, bar_w - 2.0, COLORS[i % 3]);
+                let _ = writeln!(svg, r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{}"/>"#, bar_w - 2.0, COLORS[i % COLORS.len()]);
                 let label = if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
                 let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{label}</text>"#, x + bar_w / 2.0 - 1.0, y - 4.0);
             }
@@ -485,7 +492,7 @@ fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String
     }
     for (i, s) in subjects.iter().enumerate() {
         let x = 20.0 + i as f64 * 220.0;
-        let _ = writeln!(svg, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, height - 36.0, COLORS[i % 3]);
+        let _ = writeln!(svg, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, height - 36.0, COLORS[i % COLORS.len()]);
         let _ = writeln!(svg, r#"<text x="{}" y="{}">{}</text>"#, x + 18.0, height - 26.0, xml_escape(&s.what));
     }
     let _ = writeln!(
