@@ -271,10 +271,10 @@ impl Connection {
                             let _ = self.stream.shutdown().await;
                             return Close::Refused;
                         }
-                        if self.write_buf.len() >= MAX_PENDING_WRITE {
-                            if let Err(close) = self.flush().await {
-                                return close;
-                            }
+                        if self.write_buf.len() >= MAX_PENDING_WRITE
+                            && let Err(close) = self.flush().await
+                        {
+                            return close;
                         }
                     }
                     Err(DecodeError::Frame(error)) => return self.refuse(error).await,

@@ -5,7 +5,7 @@
 //! The noisy tenant keeps its one allowed request spinning in the `spin`
 //! test fixture until the deadline, while more of its connections keep
 //! asking and are answered `overloaded`. The quiet tenant's latency is
-//! measured before and during that, on the same server.
+//! measured alone and beside that, in alternating blocks, on one server.
 
 mod common;
 
@@ -16,7 +16,16 @@ use std::time::{Duration, Instant};
 use common::{Raw, Server, message};
 use serde_json::json;
 
-const SAMPLES: usize = 2000;
+/// Requests timed per block.
+const SAMPLES: usize = 1000;
+
+/// Blocks alone, and as many beside the noisy tenant.
+const BLOCKS: usize = 5;
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
 
 fn p99(mut latencies: Vec<Duration>) -> Duration {
     latencies.sort();
@@ -69,45 +78,44 @@ fn a_tenant_spinning_at_its_limits_does_not_slow_another() {
     let server = Server::start_with(&["--plugins", dir.path().to_str().expect("utf-8"), "--config", config.to_str().expect("utf-8")]);
     let mut quiet = server.connect();
     measure(&mut quiet); // warm up
-    let before = p99(measure(&mut quiet));
 
-    let stop = Arc::new(AtomicBool::new(false));
+    // Quiet and noisy blocks alternate, and the medians of their p99s are
+    // compared, so that a hiccup of the machine in one block decides nothing.
     let (timeouts, overloaded) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let noisy: Vec<_> = (0..4)
-        .map(|i| {
-            let mut conn = server.connect();
-            let (stop, timeouts, overloaded) = (Arc::clone(&stop), Arc::clone(&timeouts), Arc::clone(&overloaded));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let answer = conn.request(&spin_request());
-                    match answer.error_code().as_str() {
-                        "plugin-timeout" => timeouts.fetch_add(1, Ordering::Relaxed),
-                        "overloaded" => overloaded.fetch_add(1, Ordering::Relaxed),
-                        other => panic!("unexpected answer to the spinning tenant: {other}"),
-                    };
-                    if i > 0 {
-                        // The other connections knock now and then, and are
-                        // refused while the one allowed request spins.
-                        std::thread::sleep(Duration::from_millis(20));
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    for _ in 0..BLOCKS {
+        alone.push(p99(measure(&mut quiet)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let noisy: Vec<_> = (0..4)
+            .map(|_| {
+                let mut conn = server.connect();
+                let (stop, timeouts, overloaded) = (Arc::clone(&stop), Arc::clone(&timeouts), Arc::clone(&overloaded));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = conn.request(&spin_request());
+                        match answer.error_code().as_str() {
+                            "plugin-timeout" => timeouts.fetch_add(1, Ordering::Relaxed),
+                            "overloaded" => {
+                                // Refused while another of its requests
+                                // spins: knock again a little later.
+                                std::thread::sleep(Duration::from_millis(20));
+                                overloaded.fetch_add(1, Ordering::Relaxed)
+                            }
+                            other => panic!("unexpected answer to the spinning tenant: {other}"),
+                        };
                     }
-                }
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let during = p99(measure(&mut quiet));
-    stop.store(true, Ordering::Relaxed);
-    noisy.into_iter().for_each(|t| t.join().expect("noisy client"));
-    let after = p99(measure(&mut quiet));
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        beside.push(p99(measure(&mut quiet)));
+        stop.store(true, Ordering::Relaxed);
+        noisy.into_iter().for_each(|t| t.join().expect("noisy client"));
+    }
 
     let (timeouts, overloaded) = (timeouts.load(Ordering::Relaxed), overloaded.load(Ordering::Relaxed));
-    println!("quiet tenant p99: {before:?} before, {during:?} while noisy ({timeouts} spins to the deadline, {overloaded} refused), {after:?} after");
-    assert!(timeouts >= 3 && overloaded >= 20, "the noisy tenant was not at its limits: {timeouts} timeouts, {overloaded} refused");
-    // Compare with the better of the two quiet baselines, so that noise in
-    // one of them does not excuse a slowdown.
-    let baseline = before.min(after);
-    assert!(
-        during <= baseline * 2,
-        "the quiet tenant's p99 rose from {baseline:?} to {during:?}, more than 2x"
-    );
+    println!("quiet tenant p99 per block, alone: {alone:?}; beside the noisy tenant: {beside:?} ({timeouts} spins to the deadline, {overloaded} refused)");
+    assert!(timeouts >= BLOCKS * 3 && overloaded >= BLOCKS * 10, "the noisy tenant was not at its limits: {timeouts} timeouts, {overloaded} refused");
+    let (alone, beside) = (median(alone), median(beside));
+    assert!(beside <= alone * 2, "the quiet tenant's p99 rose from {alone:?} to {beside:?} (medians over {BLOCKS} blocks), more than 2x");
 }
