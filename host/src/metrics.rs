@@ -115,10 +115,16 @@ impl Metrics {
         Self { registry, requests, durations, loads, load_failures, connections }
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request, and how long it took.
     pub fn request(&self, labels: &RequestLabels, elapsed: Duration) {
         self.requests.get_or_create(labels).inc();
         self.durations.get_or_create(labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a message refused before it was dispatched (it has no
+    /// duration worth a histogram: it never reached a plugin).
+    pub fn refused(&self, labels: &RequestLabels) {
+        self.requests.get_or_create(labels).inc();
     }
 
     pub fn plugin_loaded(&self, plugin: &str) {
@@ -172,5 +178,21 @@ mod tests {
         assert!(text.contains("wasmux_request_duration_seconds_bucket{"), "{text}");
         assert!(text.contains("wasmux_open_connections 1"), "{text}");
         assert!(text.contains(r#"wasmux_plugin_loads_total{plugin="search"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn refusals_are_counted_but_not_timed() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels {
+            tenant: "".into(),
+            route: "".into(),
+            plugin: "".into(),
+            version: "".into(),
+            outcome: "bad-frame".into(),
+        };
+        metrics.refused(&labels);
+        let text = metrics.encode();
+        assert!(text.contains(r#"outcome="bad-frame"} 1"#), "{text}");
+        assert!(!text.contains("wasmux_request_duration_seconds_count{"), "a refusal was timed:\n{text}");
     }
 }

@@ -18,14 +18,6 @@ use arc_swap::ArcSwap;
 use crate::metrics::Metrics;
 use crate::runtime::{Origin, Plugin, Runtime, Version};
 
-/// What a load did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Loaded {
-    /// A new version is now current.
-    Swapped,
-    /// The file holds the version already current.
-    Unchanged,
-}
 
 /// The loaded plugins, by name.
 pub struct PluginRegistry {
@@ -107,13 +99,13 @@ impl PluginRegistry {
     /// runtime) and swaps it in under the file's name. On error nothing
     /// changes: the version already loaded, if any, keeps serving. A file
     /// whose bytes are the version already loaded changes nothing either.
-    pub async fn load_file(&self, path: &Path) -> anyhow::Result<Loaded> {
+    pub async fn load_file(&self, path: &Path) -> anyhow::Result<()> {
         let name = plugin_name(path).with_context(|| format!("{} is not named NAME.wasm", path.display()))?;
         let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
         let version = Version::of(&bytes);
         let same_as_refused = self.refused_lock().get(&name).is_some_and(|r| r.version == version);
         if same_as_refused || self.get(&name).is_some_and(|p| p.version == version) {
-            return Ok(Loaded::Unchanged);
+            return Ok(());
         }
         let runtime = Arc::clone(&self.runtime);
         let loaded = {
@@ -144,7 +136,7 @@ impl PluginRegistry {
             Some(old) => tracing::info!("plugin {name}: {} -> {version} ({cost})", old.version),
             None => tracing::info!("plugin {name}: loaded {version} ({cost})"),
         }
-        Ok(Loaded::Swapped)
+        Ok(())
     }
 
     fn refused_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Refusal>> {

@@ -125,7 +125,7 @@ impl Service {
     pub fn count_refused(&self, error: &ProtocolError) {
         let Progress { tenant, route, plugin, version } = Progress::new();
         let labels = RequestLabels { tenant, route, plugin, version, outcome: Label::Static(error.code.as_str()) };
-        self.metrics.request(&labels, std::time::Duration::ZERO);
+        self.metrics.refused(&labels);
     }
 
     async fn dispatch(&self, request: &Message, progress: &mut Progress) -> Result<Message, ProtocolError> {

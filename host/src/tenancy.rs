@@ -103,7 +103,6 @@ pub struct Tenant {
     plugin_config: HashMap<String, Arc<BTreeMap<String, String>>>,
     pub call_limits: CallLimits,
     pub limits: TenantLimits,
-    token: Option<TokenHash>,
     /// Shared with the tenant of the same name and limits in the previous
     /// configuration, so a reload does not reset the counts.
     admission: Arc<Admission>,
@@ -295,15 +294,7 @@ fn merge(spec: TenantSpec, server: &ServerDefaults<'_>) -> anyhow::Result<Tenant
         plugin_config: plugin_config.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
         call_limits,
         limits: spec.limits,
-        token: spec.token,
     })
-}
-
-impl Tenant {
-    /// True if this tenant is reached with a token.
-    pub fn has_token(&self) -> bool {
-        self.token.is_some()
-    }
 }
 
 #[cfg(test)]

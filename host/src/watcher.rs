@@ -20,7 +20,7 @@ use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, ne
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
-use crate::registry::{self, Loaded};
+use crate::registry;
 use crate::service::Service;
 
 /// Quiet time after a file's last change before it is read: long enough
@@ -95,9 +95,8 @@ async fn apply_plugin_change(path: &Path, service: &Service) {
         registry.unload_file(path);
         return;
     }
-    match registry.load_file(path).await {
-        Ok(Loaded::Swapped | Loaded::Unchanged) => {}
-        Err(e) => tracing::error!("{e:#}"),
+    if let Err(e) = registry.load_file(path).await {
+        tracing::error!("{e:#}");
     }
 }
 

@@ -130,6 +130,17 @@ fn atomic_rename_and_in_place_write_both_swap_the_plugin() {
 }
 
 #[test]
+fn no_watch_leaves_the_loaded_plugins_alone() {
+    let plugins = PluginDir::new();
+    let server = plugins.serve(&["--no-watch"]);
+    let mut conn = server.connect();
+    plugins.replace_atomically("binary-echo.wasm", &plugin_bytes("search"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
+    assert!(!server.log().contains("watching"), "{}", server.log());
+}
+
+#[test]
 fn broken_files_are_refused_and_the_last_good_version_keeps_serving() {
     let plugins = PluginDir::new();
     let server = plugins.serve(&[]);

@@ -20,7 +20,7 @@ use serde_json::json;
 const SAMPLES: usize = 1000;
 
 /// Blocks alone, and as many beside the noisy tenant.
-const BLOCKS: usize = 5;
+const BLOCKS: usize = 7;
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
@@ -54,28 +54,14 @@ fn spin_request() -> Vec<u8> {
 
 #[test]
 fn a_tenant_spinning_at_its_limits_does_not_slow_another() {
-    let dir = tempfile::tempdir().expect("plugin dir");
-    for (from, name) in [
-        (common::plugins_dir(), "search.wasm"),
-        (common::plugins_dir(), "binary-echo.wasm"),
-        (common::fixtures_dir(), "spin.wasm"),
-    ] {
-        std::fs::copy(from.join(name), dir.path().join(name)).expect("copy plugin");
-    }
-    let config = dir.path().join("wasmux.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[tenants.default]\n\
-             [tenants.noisy]\n\
-             token-sha256 = \"{}\"\n\
-             limits = {{ concurrent-requests = 1, requests-per-second = 2000, plugin-deadline = \"50ms\" }}\n\
-             routes.\"application/x-spin\" = \"spin\"\n",
-            wasmux::tenancy::TokenHash::of("noisy")
-        ),
-    )
-    .expect("config");
-    let server = Server::start_with(&["--plugins", dir.path().to_str().expect("utf-8"), "--config", config.to_str().expect("utf-8")]);
+    let server = Server::start_with_fixtures(&format!(
+        "[tenants.default]\n\
+         [tenants.noisy]\n\
+         token-sha256 = \"{}\"\n\
+         limits = {{ concurrent-requests = 1, requests-per-second = 2000, plugin-deadline = \"50ms\" }}\n\
+         routes.\"application/x-spin\" = \"spin\"\n",
+        wasmux::tenancy::TokenHash::of("noisy")
+    ));
     let mut quiet = server.connect();
     measure(&mut quiet); // warm up
 

@@ -16,19 +16,9 @@ fn example_config() -> String {
     common::root().join("examples/multi-tenant/wasmux.toml").to_string_lossy().into_owned()
 }
 
-fn serve_config(config: &str) -> (Server, tempfile::NamedTempFile) {
-    let file = tempfile::NamedTempFile::new().expect("config file");
-    std::fs::write(file.path(), config).expect("write config");
-    let plugins = common::plugins_dir();
-    let server = Server::start_with(&[
-        "--plugins",
-        plugins.to_str().expect("utf-8"),
-        "--config",
-        file.path().to_str().expect("utf-8"),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    (server, file)
+/// The guide's plugins with `config`, and the admin endpoint.
+fn serve_config(config: &str) -> Server {
+    Server::start_configured_with(config, &common::plugins_dir(), &["--admin", "127.0.0.1:0"])
 }
 
 /// A search for `value` with extra header fields.
@@ -117,7 +107,7 @@ fn requests_are_counted_in_metrics_with_the_default_configuration() {
 
 #[test]
 fn an_unknown_token_is_refused_and_the_connection_closed() {
-    let (server, _config) = serve_config(&format!(
+    let server = serve_config(&format!(
         "[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n",
         wasmux::tenancy::TokenHash::of("right")
     ));
@@ -139,7 +129,7 @@ fn an_unknown_token_is_refused_and_the_connection_closed() {
 
 #[test]
 fn without_a_default_tenant_a_token_is_required() {
-    let (server, _config) = serve_config(&format!("[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("a")));
+    let server = serve_config(&format!("[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("a")));
     let answer = server.connect().request(&common::search("ring"));
     assert_eq!(answer.error_code(), "unauthorized");
     assert!(answer.result().contains("no default tenant"), "{}", answer.result());
@@ -149,15 +139,10 @@ fn without_a_default_tenant_a_token_is_required() {
 fn plugins_get_the_extra_fields_but_never_the_credential() {
     // Serve the echo-fields fixture, which answers with the request as the
     // plugin received it.
-    let dir = tempfile::tempdir().expect("plugin dir");
-    std::fs::copy(common::fixtures_dir().join("echo-fields.wasm"), dir.path().join("echo-fields.wasm")).expect("copy fixture");
-    let config = dir.path().join("wasmux.toml");
-    std::fs::write(
-        &config,
-        format!("[routes]\n\"*\" = \"echo-fields\"\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("very-secret-token")),
-    )
-    .expect("config");
-    let server = Server::start_with(&["--plugins", dir.path().to_str().expect("utf-8"), "--config", config.to_str().expect("utf-8")]);
+    let server = Server::start_with_fixtures(&format!(
+        "[routes]\n\"*\" = \"echo-fields\"\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n",
+        wasmux::tenancy::TokenHash::of("very-secret-token")
+    ));
     let request = message(
         json!({"byteorder": "big", "content-type": "a/b", "user": "ann", "content-encoding": "binary",
                "authorization": "Bearer very-secret-token", "n": [1, {"x": null}]}),
@@ -176,7 +161,7 @@ fn plugins_get_the_extra_fields_but_never_the_credential() {
 
 #[test]
 fn a_tenant_over_its_rate_is_answered_overloaded_and_others_are_not() {
-    let (server, _config) = serve_config(&format!(
+    let server = serve_config(&format!(
         "[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\nlimits = {{ requests-per-second = 1, burst = 5 }}\n",
         wasmux::tenancy::TokenHash::of("a")
     ));
@@ -204,19 +189,19 @@ fn a_tenant_over_its_rate_is_answered_overloaded_and_others_are_not() {
 #[test]
 fn split_weights_change_with_a_configuration_reload() {
     let config = |a: u32, b: u32| format!("[routes]\n\"text/json\" = {{ split = {{ \"search\" = {a}, \"search@fuzzy\" = {b} }} }}\n\"*\" = \"binary-echo\"\n");
-    let (server, file) = serve_config(&config(1, 0));
+    let server = serve_config(&config(1, 0));
     let mut conn = server.connect();
     let fuzzy_share = |conn: &mut common::Raw| {
         (0..20).filter(|_| conn.request(&common::search("MORPHEUS")).result() == MORPHEUS).count()
     };
     assert_eq!(fuzzy_share(&mut conn), 0, "all on the exact search");
-    std::fs::write(file.path(), config(0, 1)).expect("rewrite config");
+    std::fs::write(server.config_path(), config(0, 1)).expect("rewrite config");
     let end = std::time::Instant::now() + Duration::from_secs(5);
     while fuzzy_share(&mut conn) != 20 {
         assert!(std::time::Instant::now() < end, "weights not reloaded; log:\n{}", server.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::fs::write(file.path(), config(3, 1)).expect("rewrite config");
+    std::fs::write(server.config_path(), config(3, 1)).expect("rewrite config");
     let end = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         // Without stickiness the arms take turns by weight: 5 of 20 fuzzy.
@@ -228,4 +213,26 @@ fn split_weights_change_with_a_configuration_reload() {
     }
     let answer: Answer = conn.request(&common::binary(b"still works"));
     assert_eq!(answer.content, b"First 10 bytes of request: still work");
+}
+
+#[test]
+fn a_token_made_by_wasmux_token_admits_its_tenant() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmux")).arg("token").output().expect("run wasmux token");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout.lines().find_map(|l| l.strip_prefix("token: ")).expect("a token line").to_owned();
+    let hash_line = stdout.lines().find(|l| l.starts_with("token-sha256 = ")).expect("a hash line").to_owned();
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_wasmux")).args(["token", "--hash", &token]).output().expect("hash it");
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&hash_line), "--hash gives another hash");
+
+    let server = serve_config(&format!("[tenants.made]\n{hash_line}\n"));
+    let send = |token: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmux"))
+            .args(["send", "--addr", &server.addr_string(), "--token", token, "search", "morpheus"])
+            .output()
+            .expect("run wasmux send");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(send(&token), format!("Got result: {MORPHEUS}"));
+    assert!(send("not-it").starts_with("Got result: Error: unauthorized"));
 }

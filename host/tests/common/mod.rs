@@ -62,6 +62,8 @@ pub struct Server {
     /// Files the server reads (its configuration, its plugins), kept until
     /// it stops.
     files: Vec<tempfile::TempDir>,
+    /// The configuration file written for it, if any.
+    config: Option<PathBuf>,
 }
 
 impl Server {
@@ -138,23 +140,32 @@ impl Server {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         });
-        Self { child, addr, addrs, admin, log, files: Vec::new() }
+        Self { child, addr, addrs, admin, log, files: Vec::new(), config: None }
     }
 
     /// `wasmux serve` with the configuration `config` (TOML) and the
     /// plugins in `plugins`.
     pub fn start_configured(config: &str, plugins: &Path) -> Self {
+        Self::start_configured_with(config, plugins, &[])
+    }
+
+    /// [`Server::start_configured`] with more arguments for `wasmux serve`.
+    /// The configuration file is at [`Server::config_path`], to rewrite.
+    pub fn start_configured_with(config: &str, plugins: &Path, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("wasmux.toml");
         std::fs::write(&path, config).expect("write the configuration");
-        let mut server = Self::start_with(&[
-            "--config",
-            path.to_str().expect("utf-8 path"),
-            "--plugins",
-            plugins.to_str().expect("utf-8 path"),
-        ]);
+        let mut args = vec!["--config", path.to_str().expect("utf-8 path"), "--plugins", plugins.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let mut server = Self::start_with(&args);
+        server.config = Some(path.clone());
         server.files.push(dir);
         server
+    }
+
+    /// The configuration file of a server from [`Server::start_configured`].
+    pub fn config_path(&self) -> &Path {
+        self.config.as_deref().expect("the server was started with a configuration")
     }
 
     /// Like [`Server::start_configured`], serving the guide's plugins and
