@@ -14,7 +14,6 @@
 
 mod bench;
 mod plugins;
-mod toolchain;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

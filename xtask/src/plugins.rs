@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::toolchain::{TARGET, Toolchain};
+use wasmux_toolchain::componentize;
+use wasmux_toolchain::rust::{TARGET, Toolchain};
 
 struct Plugin {
     /// The cargo package.
@@ -97,27 +98,4 @@ fn list(root: &Path, manifest: &Path) -> Result<Vec<Plugin>> {
         bail!("no plugin crates (crate-type cdylib) in {}", manifest.display());
     }
     Ok(plugins)
-}
-
-/// Wraps a core module into a component at `out`; returns false if `out`
-/// already held exactly that component (so a watching server sees no change).
-fn componentize(core: &Path, out: &Path) -> Result<bool> {
-    let module = std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
-    let component = wit_component::ComponentEncoder::default()
-        .module(&module)
-        .context("the module carries no valid WIT world (was it built with wit-bindgen?)")?
-        .validate(true)
-        .encode()
-        .context("encoding the component")?;
-    if std::fs::read(out).is_ok_and(|existing| existing == component) {
-        return Ok(false);
-    }
-    let dir = out.parent().context("output path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // Write beside and rename, so a server watching the directory never
-    // reads a half-written file.
-    let tmp = dir.join(format!(".{}.tmp", out.file_name().and_then(|n| n.to_str()).unwrap_or("plugin")));
-    std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
-    Ok(true)
 }

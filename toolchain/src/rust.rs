@@ -1,4 +1,4 @@
-//! Finding (or installing) a compiler that can build wasm32 guests.
+//! Rust plugins: finding (or installing) a compiler that can build wasm32 guests.
 //!
 //! Two routes, tried in order:
 //! 1. the rustup toolchain, when its `wasm32-unknown-unknown` target is
@@ -38,7 +38,7 @@ impl Toolchain {
         let debian = PathBuf::from("/usr/bin/rustc");
         if !debian_rustc_usable(&debian) {
             eprintln!(
-                "xtask: the rustup toolchain has no {TARGET} target and Debian's rustc-web is missing; \
+                "the rustup toolchain has no {TARGET} target and Debian's rustc-web is missing; \
                  installing rustc-web and rust-web-src with apt-get"
             );
             install_debian_packages()?;
