@@ -15,7 +15,8 @@ use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
-use wasmux::codec::{Inbound, Message, MessageCodec};
+use wasmux::codec::{Inbound, MessageCodec};
+use wasmux::message::Message;
 
 #[derive(Debug, Arbitrary)]
 struct Input {

@@ -9,7 +9,8 @@ use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio_util::codec::{Decoder, Encoder};
 use wasmux::client::guide_request;
-use wasmux::codec::{Inbound, Message, MessageCodec};
+use wasmux::codec::{Inbound, MessageCodec};
+use wasmux::message::Message;
 
 /// The request's bytes as the guide's client sends them.
 fn wire(message: &Message) -> BytesMut {

@@ -1,4 +1,4 @@
-//! One plugin call through [`Runtime::call`]: a fresh store and instance
+//! One plugin call through [`Plugin::call`]: a fresh store and instance
 //! from the pooling allocator, the request lowered into the guest, the
 //! guest's answer lifted and checked. The native handlers behind the same
 //! call are the reference: the difference is what the sandbox costs.
@@ -12,17 +12,18 @@ use std::process::ExitCode;
 
 use criterion::{Criterion, Throughput};
 use wasmux::client::guide_request;
-use wasmux::codec::Message;
-use wasmux::runtime::{CallContext, Plugin, Runtime, RuntimeSettings};
+use wasmux::message::Message;
+use wasmux::native::GUIDE_HANDLERS;
+use wasmux::registry::Plugin;
+use wasmux::runtime::{CallContext, Runtime, RuntimeSettings};
 
 fn plugins_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins")
 }
 
-/// A runtime with the plugins loaded, and what to call it in the report.
+/// The plugins loaded by one runtime, and what to call them in the report.
 struct Setup {
     label: &'static str,
-    runtime: Runtime,
     plugins: Vec<Plugin>,
 }
 
@@ -32,23 +33,22 @@ fn plugin_call(c: &mut Criterion, setups: &[Setup]) {
     // fail the benchmark (the deadline's cost is the same whatever it is).
     let mut context = CallContext::default();
     context.limits.deadline = std::time::Duration::from_secs(10);
-    let natives = wasmux::native::guide_plugins();
+    let natives: Vec<Plugin> = GUIDE_HANDLERS.iter().map(|(name, handler)| Plugin::native(name, *handler)).collect();
     let requests: [(&str, Message); 2] =
         [("search", guide_request("search", "morpheus")), ("binary-echo", guide_request("binary", "\u{1f603}"))];
 
     let mut group = c.benchmark_group("plugin call");
     group.throughput(Throughput::Elements(1));
-    let native_runtime = &setups[0].runtime;
     for (name, request) in &requests {
-        let wasm = setups.iter().flat_map(|s| s.plugins.iter().map(move |p| (s.label, &s.runtime, p)));
-        let native = natives.iter().map(|p| ("native", native_runtime, p));
-        for (backend, runtime, plugin) in wasm.chain(native) {
+        let wasm = setups.iter().flat_map(|s| s.plugins.iter().map(move |p| (s.label, p)));
+        let native = natives.iter().map(|p| ("native", p));
+        for (backend, plugin) in wasm.chain(native) {
             if plugin.name != *name {
                 continue;
             }
             group.bench_function(format!("{name} ({backend})"), |b| {
                 b.to_async(&tokio).iter(|| async {
-                    match runtime.call(plugin, black_box(request), &context).await {
+                    match plugin.call(black_box(request), &context).await {
                         Ok(answer) => black_box(answer),
                         Err(e) => panic!("plugin {name} failed: {e}"),
                     }
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
                 eprintln!("plugin_call: {} is missing: build the plugins first with `cargo xtask plugins`", path.display());
                 return ExitCode::FAILURE;
             };
-            match runtime.load(name, &bytes) {
+            match Plugin::load(&runtime, name, &bytes) {
                 Ok(plugin) => plugins.push(plugin),
                 Err(e) => {
                     eprintln!("plugin_call: cannot load {}: {e:#}", path.display());
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        setups.push(Setup { label, runtime, plugins });
+        setups.push(Setup { label, plugins });
     }
     let mut criterion = Criterion::default().configure_from_args();
     plugin_call(&mut criterion, &setups);

@@ -4,43 +4,26 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_util::codec::{Decoder, Encoder, Framed};
 use wasmux_guide::python;
 
-use crate::codec::{DecodeError, EncodeError, Inbound, Message, MessageCodec};
-use crate::wire::wire_repr;
-use crate::server::WIRE_TARGET;
-use crate::wire::{self, WireTap};
+use crate::codec::{DecodeError, EncodeError, Inbound};
+use crate::connection::TcpConnection;
+use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
 use crate::net;
 
 /// A connection to a wasmux (or any guide-protocol) server.
 pub struct Client {
-    framed: Framed<TcpStream, ClientCodec>,
+    connection: TcpConnection,
     addr: String,
     timeout: Duration,
 }
-
-/// Longest prefix of a message shown in the wire log (`-v`).
-const WIRE_LOG_LIMIT: usize = 4096;
 
 impl Client {
     /// Connects to `addr` (`host:port`, `[v6]:port`; names are resolved).
     pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Self> {
         let stream = net::connect(addr, timeout).await?;
-        Ok(Self::from_stream(stream, addr, timeout))
-    }
-
-    pub fn from_stream(stream: TcpStream, addr: &str, timeout: Duration) -> Self {
-        let codec = ClientCodec {
-            codec: MessageCodec::default(),
-            tap: WireTap::if_enabled(addr, WIRE_LOG_LIMIT),
-            peer: addr.to_owned(),
-        };
-        Self { framed: Framed::new(stream, codec), addr: addr.to_owned(), timeout }
+        Ok(Self { connection: TcpConnection::tcp(stream, addr, DEFAULT_MAX_CONTENT_LENGTH), addr: addr.to_owned(), timeout })
     }
 
     /// Sends `request` and waits for one answer.
@@ -51,12 +34,15 @@ impl Client {
 
     /// Sends a message without waiting for the answer (for pipelining).
     pub async fn send(&mut self, request: &Message) -> anyhow::Result<()> {
-        let sent = tokio::time::timeout(self.timeout, self.framed.send(request)).await;
         let addr = &self.addr;
-        match sent {
+        match self.connection.writer.queue(request) {
+            Ok(()) => {}
+            Err(EncodeError::Io(e)) => bail!("cannot send to {addr}: {}", net::explain(&e)),
+            Err(e) => bail!("cannot send to {addr}: {e}"),
+        }
+        match tokio::time::timeout(self.timeout, self.connection.writer.flush()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(EncodeError::Io(e))) => bail!("cannot send to {addr}: {}", net::explain(&e)),
-            Ok(Err(e)) => bail!("cannot send to {addr}: {e}"),
+            Ok(Err(e)) => bail!("cannot send to {addr}: {}", net::explain(&e)),
             Err(_) => bail!(
                 "cannot send to {addr}: timed out after {:?}: the server is not reading; is it overloaded or stuck?",
                 self.timeout
@@ -67,60 +53,22 @@ impl Client {
     /// Waits for the next answer.
     pub async fn receive(&mut self) -> anyhow::Result<Message> {
         let addr = &self.addr;
-        let next = tokio::time::timeout(self.timeout, self.framed.next()).await.map_err(|_| {
+        let next = tokio::time::timeout(self.timeout, self.connection.reader.next()).await.map_err(|_| {
             anyhow::anyhow!(
                 "no answer from {addr} within {:?}: the server accepted the connection but did not answer; is it a guide-protocol server, and is it overloaded or stuck?",
                 self.timeout
             )
         })?;
         match next {
-            Some(Ok(Inbound::Message(message))) => {
+            Ok(Some(Inbound::Message(message))) => {
                 tracing::debug!("received {} response from {addr}", message.header.content_type);
                 Ok(message)
             }
-            Some(Ok(Inbound::Invalid(e))) => bail!("{addr} sent an invalid message: {e}"),
-            Some(Err(DecodeError::Io(e))) => bail!("reading from {addr}: {}", net::explain(&e)),
-            Some(Err(e)) => bail!("{addr} sent an unreadable message: {e}"),
-            None => bail!("{addr} closed the connection without answering"),
+            Ok(Some(Inbound::Invalid(e))) => bail!("{addr} sent an invalid message: {e}"),
+            Err(DecodeError::Io(e)) => bail!("reading from {addr}: {}", net::explain(&e)),
+            Err(e) => bail!("{addr} sent an unreadable message: {e}"),
+            Ok(None) => bail!("{addr} closed the connection without answering"),
         }
-    }
-}
-
-/// The protocol's codec, plus the wire log: every message sent and received
-/// is shown byte for byte with `-v`, as the guide prints them.
-struct ClientCodec {
-    codec: MessageCodec,
-    /// Present when the wire log is on.
-    tap: Option<WireTap>,
-    peer: String,
-}
-
-impl Decoder for ClientCodec {
-    type Item = Inbound;
-    type Error = DecodeError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
-        wire::decode(self.tap.as_mut(), &mut self.codec, src)
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
-        match &mut self.tap {
-            Some(tap) => tap.decode_eof(&mut self.codec, src),
-            None => self.codec.decode_eof(src),
-        }
-    }
-}
-
-impl Encoder<&Message> for ClientCodec {
-    type Error = EncodeError;
-
-    fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let start = dst.len();
-        self.codec.encode(message, dst)?;
-        if self.tap.is_some() {
-            tracing::debug!(target: WIRE_TARGET, "sending {} to {}", wire_repr(&dst[start..], WIRE_LOG_LIMIT), self.peer);
-        }
-        Ok(())
     }
 }
 
@@ -150,17 +98,6 @@ pub fn describe_answer(answer: &Message) -> String {
     format!("Got response: {}", python::bytes_repr(&answer.content))
 }
 
-/// The `error` object of a wasmux error answer, if this is one:
-/// `(code, message)`.
-pub fn error_of(answer: &Message) -> Option<(String, String)> {
-    if answer.header.content_type != "text/json" {
-        return None;
-    }
-    let body: Value = serde_json::from_slice(&answer.content).ok()?;
-    let error = body.get("error")?;
-    Some((error.get("code")?.as_str()?.to_owned(), error.get("message")?.as_str()?.to_owned()))
-}
-
 /// Reads a `--content-file`, with a clear error.
 pub fn read_content(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
@@ -187,9 +124,7 @@ mod tests {
         assert_eq!(describe_answer(&result), "Got result: Follow the white rabbit. 🐰");
         let binary = Message::new("binary/custom-server-binary-type", "binary", b"First 10 bytes of request: binary\xf0\x9f\x98\x83".to_vec());
         assert_eq!(describe_answer(&binary), r"Got response: b'First 10 bytes of request: binary\xf0\x9f\x98\x83'");
-        let error = Message::error(crate::codec::ErrorCode::NoRoute, "nope");
+        let error = Message::error(crate::message::ErrorCode::NoRoute, "nope");
         assert_eq!(describe_answer(&error), "Got result: Error: nope");
-        assert_eq!(error_of(&error), Some(("no-route".into(), "nope".into())));
-        assert_eq!(error_of(&result), None);
-    }
+            }
 }

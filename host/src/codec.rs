@@ -1,4 +1,5 @@
-//! The wire format, and nothing else: bytes ⇄ [`Message`].
+//! The wire format, and nothing else: bytes ⇄ [`Message`] (the message
+//! vocabulary itself is [`crate::message`]).
 //!
 //! A message of the guide's protocol is
 //!
@@ -20,23 +21,11 @@
 //! Headers are written the way the guide's Python programs write them, so
 //! that wasmux's bytes on the wire are the guide's.
 
-use std::fmt;
-
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::Serialize;
-use serde::ser::SerializeMap;
+use bytes::{Buf, BufMut, BytesMut};
 use serde_json::{Map, Value};
 use tokio_util::codec::{Decoder, Encoder};
-use wasmux_guide::python;
 
-/// The default cap on a message's `content-length`.
-pub const DEFAULT_MAX_CONTENT_LENGTH: usize = 8 * 1024 * 1024;
-
-/// The byte order of this machine, as Python's `sys.byteorder` names it.
-pub const NATIVE_BYTEORDER: &str = if cfg!(target_endian = "little") { "little" } else { "big" };
-
-/// Header fields every message must carry; any others are extra fields.
-pub const REQUIRED_FIELDS: [&str; 4] = ["byteorder", "content-type", "content-encoding", "content-length"];
+use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, ErrorCode, Header, HeaderTooLong, Message, ProtocolError};
 
 /// Bytes of the fixed-length prefix holding the JSON header's length.
 const PREFIX_LEN: usize = 2;
@@ -45,149 +34,6 @@ const PREFIX_LEN: usize = 2;
 /// grows as bytes arrive, so a peer that announces a large message and then
 /// stalls holds little memory.
 const MAX_RESERVE_AHEAD: usize = 64 * 1024;
-
-/// The JSON header, minus `content-length` (which is the content's length).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Header {
-    pub byteorder: String,
-    pub content_type: String,
-    pub content_encoding: String,
-    /// Every other field, in the order the sender wrote them.
-    pub extra: Map<String, Value>,
-}
-
-/// One message of the protocol: a request or a response.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub header: Header,
-    pub content: Bytes,
-}
-
-impl Message {
-    /// A message from this machine (native `byteorder`) with no extra fields.
-    pub fn new(content_type: impl Into<String>, content_encoding: impl Into<String>, content: impl Into<Bytes>) -> Self {
-        Self {
-            header: Header {
-                byteorder: NATIVE_BYTEORDER.to_owned(),
-                content_type: content_type.into(),
-                content_encoding: content_encoding.into(),
-                extra: Map::new(),
-            },
-            content: content.into(),
-        }
-    }
-
-    /// The error answer the guide's client can display: `text/json` content
-    /// `{"result": "Error: …", "error": {"code": …, "message": …}}`.
-    pub fn error(code: ErrorCode, message: &str) -> Self {
-        #[derive(Serialize)]
-        struct Detail<'a> {
-            code: &'a str,
-            message: &'a str,
-        }
-        #[derive(Serialize)]
-        struct Body<'a> {
-            result: String,
-            error: Detail<'a>,
-        }
-        let body = Body { result: format!("Error: {message}"), error: Detail { code: code.as_str(), message } };
-        // Serializing a struct of strings cannot fail.
-        let content = python::to_vec(&body).unwrap_or_default();
-        Self::new("text/json", "utf-8", content)
-    }
-
-    /// The `content-length` this message announces.
-    pub fn content_length(&self) -> usize {
-        self.content.len()
-    }
-}
-
-/// The machine-readable `error.code` of an error answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// The frame could not be read: the header is not a JSON object, or its
-    /// length fields are wrong. The connection is closed after the answer.
-    BadFrame,
-    /// The header is a JSON object but a required field is missing or of
-    /// the wrong type.
-    BadHeader,
-    /// `content-length` is over the server's maximum.
-    TooLarge,
-    /// A message was started but not finished in time.
-    Timeout,
-    /// The connection ended in the middle of a message.
-    Truncated,
-    /// The content is not valid for its content-type or encoding.
-    BadRequest,
-    /// The handler does not handle this content-type or encoding.
-    Unsupported,
-    /// No route matches the content-type.
-    NoRoute,
-    /// The route names a plugin that is not loaded.
-    NoPlugin,
-    /// The plugin trapped or failed.
-    PluginFailed,
-    /// The plugin ran past its deadline.
-    PluginTimeout,
-    /// The plugin tried to use more memory than it may.
-    PluginMemory,
-    /// The plugin returned a response that cannot be sent.
-    PluginBadResponse,
-    /// The bearer token matches no tenant.
-    Unauthorized,
-    /// The tenant is over its request limits.
-    Overloaded,
-    /// Something went wrong in the server itself.
-    Internal,
-}
-
-impl ErrorCode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::BadFrame => "bad-frame",
-            Self::BadHeader => "bad-header",
-            Self::TooLarge => "too-large",
-            Self::Timeout => "timeout",
-            Self::Truncated => "truncated",
-            Self::BadRequest => "bad-request",
-            Self::Unsupported => "unsupported",
-            Self::NoRoute => "no-route",
-            Self::NoPlugin => "no-plugin",
-            Self::PluginFailed => "plugin-failed",
-            Self::PluginTimeout => "plugin-timeout",
-            Self::PluginMemory => "plugin-memory",
-            Self::PluginBadResponse => "plugin-bad-response",
-            Self::Unauthorized => "unauthorized",
-            Self::Overloaded => "overloaded",
-            Self::Internal => "internal",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What is wrong with a message, as told to its sender.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ProtocolError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ProtocolError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-
-    /// This error as an answer for the client.
-    pub fn to_message(&self) -> Message {
-        Message::error(self.code, &self.message)
-    }
-}
 
 /// One decoded unit of the byte stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,8 +60,8 @@ pub enum DecodeError {
 /// Why a message could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
-    #[error("the JSON header would be {0} bytes; the protocol allows at most 65535")]
-    HeaderTooLong(usize),
+    #[error(transparent)]
+    HeaderTooLong(#[from] HeaderTooLong),
     #[error("the header could not be serialized: {0}")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
@@ -418,28 +264,6 @@ fn describe(value: &Value) -> String {
     format!("{} ({text})", kind_of(value))
 }
 
-/// The JSON header as it goes on the wire: the required fields first, in
-/// the guide's order, then the extras.
-struct WireHeader<'a> {
-    header: &'a Header,
-    content_length: usize,
-}
-
-impl Serialize for WireHeader<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let h = self.header;
-        let mut map = serializer.serialize_map(Some(REQUIRED_FIELDS.len() + h.extra.len()))?;
-        map.serialize_entry("byteorder", &h.byteorder)?;
-        map.serialize_entry("content-type", &h.content_type)?;
-        map.serialize_entry("content-encoding", &h.content_encoding)?;
-        map.serialize_entry("content-length", &self.content_length)?;
-        for (name, value) in h.extra.iter().filter(|(name, _)| !REQUIRED_FIELDS.contains(&name.as_str())) {
-            map.serialize_entry(name, value)?;
-        }
-        map.end()
-    }
-}
-
 impl Encoder<&Message> for MessageCodec {
     type Error = EncodeError;
 
@@ -457,12 +281,11 @@ fn write_header(header: &Header, content_length: usize, dst: &mut BytesMut) -> R
     let start = dst.len();
     dst.put_u16(0);
     let mut writer = dst.writer();
-    let written = WireHeader { header, content_length }
-        .serialize(&mut serde_json::Serializer::with_formatter(&mut writer, python::PythonFormatter));
+    let written = header.write_json(content_length, &mut writer);
     let dst = writer.into_inner();
     let header_len = dst.len() - start - PREFIX_LEN;
     let prefix = match written {
-        Ok(()) => u16::try_from(header_len).map_err(|_| EncodeError::HeaderTooLong(header_len)),
+        Ok(()) => u16::try_from(header_len).map_err(|_| EncodeError::HeaderTooLong(HeaderTooLong(header_len))),
         Err(e) => Err(e.into()),
     };
     match prefix {
@@ -477,17 +300,6 @@ fn write_header(header: &Header, content_length: usize, dst: &mut BytesMut) -> R
     }
 }
 
-/// Checks that `header` can be written: that its JSON fits in the 65535
-/// bytes the 2-byte prefix can announce.
-pub fn check_encodable(header: &Header) -> Result<(), EncodeError> {
-    // JSON escaping at most sextuples a string, so short headers always fit.
-    let strings = header.byteorder.len() + header.content_type.len() + header.content_encoding.len();
-    if header.extra.is_empty() && strings < 4096 {
-        return Ok(());
-    }
-    write_header(header, usize::MAX, &mut BytesMut::new())
-}
-
 impl Encoder<Message> for MessageCodec {
     type Error = EncodeError;
 
@@ -499,6 +311,8 @@ impl Encoder<Message> for MessageCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::REQUIRED_FIELDS;
+    use bytes::Bytes;
     use serde_json::json;
 
     /// A request exactly as the guide's client writes it.
@@ -679,16 +493,6 @@ mod tests {
             Ok(Inbound::Invalid(ProtocolError::new(ErrorCode::BadHeader, "\"byteorder\" must be a string, got a number (1)")))
         );
         assert_eq!(expect_message(&items[2]).content.len(), 41);
-    }
-
-    #[test]
-    fn error_messages_are_what_the_guides_client_shows() {
-        let m = Message::error(ErrorCode::NoRoute, "no route for content-type \"x/y\"");
-        assert_eq!(m.header.content_type, "text/json");
-        assert_eq!(
-            std::str::from_utf8(&m.content).unwrap(),
-            r#"{"result": "Error: no route for content-type \"x/y\"", "error": {"code": "no-route", "message": "no route for content-type \"x/y\""}}"#
-        );
     }
 
     #[test]

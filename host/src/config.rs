@@ -44,7 +44,7 @@ use anyhow::Context as _;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::codec::DEFAULT_MAX_CONTENT_LENGTH;
+use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 use crate::router::{Routes, Split, Target};
 use crate::runtime::CallLimits;
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
@@ -363,7 +363,7 @@ mod tests {
     use super::*;
 
     fn plugin_for(settings: &Settings, tenant: &str, content_type: &str) -> Option<String> {
-        let header = crate::codec::Message::new(content_type, "binary", Vec::new()).header;
+        let header = crate::message::Message::new(content_type, "binary", Vec::new()).header;
         let tenant = settings.tenants.get(tenant)?;
         tenant.routes.resolve(content_type).map(|r| r.pick(&header).to_string())
     }

@@ -1,28 +1,51 @@
 //! wasmux: a server for the guide's framed TCP protocol whose request
 //! handlers are WebAssembly components, loaded and swapped while it runs.
 //!
-//! One request's path, each step its own module:
+//! One request's path, each step its own module, none reaching back up
+//! (`docs/architecture.md` draws it):
 //!
 //! ```text
-//! server (sockets, limits) ─▶ codec (bytes ⇄ Message) ─▶ service
-//!   ─▶ tenancy (who is asking; their limits) ─▶ router (content-type ─▶ route ─▶ plugin, A/B arm)
-//!   ─▶ registry (name ─▶ current version) ─▶ runtime (fresh instance, deadline, memory cap)
-//!   ─▶ Message ─▶ codec ─▶ bytes
+//! server (listener, handler) ─▶ connection (codec: bytes ⇄ Message, wire tap)
+//!   ─▶ service (consumed fields, errors ─▶ answers, metrics)
+//!     ─▶ tenancy (who is asking; their limits) ─▶ router (content-type ─▶ route ─▶ plugin, A/B arm)
+//!     ─▶ registry (name ─▶ current Plugin version) ─▶ runtime (fresh instance, deadline, memory cap)
+//!   ─▶ Message ─▶ connection ─▶ bytes
 //! ```
 //!
-//! Beside the path: [`config`] (TOML ─▶ validated settings), [`watcher`]
-//! (files ─▶ registry and settings updates), [`metrics`] and [`admin`]
-//! (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and socket
-//! errors), [`client`] (what `wasmux send` and the tests use), [`wire`]
-//! (each message's bytes in the `-v` log), [`native`] (the guide's
-//! handlers compiled in, for comparison), [`bench`] (the load generator of
-//! `wasmux bench`).
+//! Every step speaks [`message`]: [`message::Message`] and the error
+//! vocabulary. Beside the path: [`config`] (TOML ─▶ validated settings),
+//! [`watcher`] (files ─▶ registry and settings updates), [`metrics`] and
+//! [`admin`] (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and
+//! socket errors), [`client`] (what `wasmux send` and the tests use),
+//! [`bindings`] (the WIT contract, generated), [`native`] (the guide's
+//! handlers compiled in, for comparison).
+//!
+//! A request through the service, with a handler compiled in (no Wasm):
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use wasmux::{config::Settings, message::Message, metrics::Metrics};
+//! # use wasmux::registry::{Plugin, PluginRegistry};
+//! # use wasmux::service::Service;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let metrics = Arc::new(Metrics::new());
+//! let registry = Arc::new(PluginRegistry::new(None, Arc::clone(&metrics)));
+//! for (name, handler) in wasmux::native::GUIDE_HANDLERS {
+//!     registry.insert(Plugin::native(name, handler));
+//! }
+//! let service = Service::new(registry, Settings::guide(), metrics);
+//! let answer = service.handle(Message::new("text/json", "utf-8", r#"{"action": "search", "value": "ring"}"#)).await;
+//! assert_eq!(&answer.message.content[..], "{\"result\": \"In the caves beneath the Misty Mountains. 💍\"}".as_bytes());
+//! # });
+//! ```
 
 pub mod admin;
-pub mod bench;
+pub mod bindings;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod connection;
+pub mod message;
 pub mod metrics;
 pub mod native;
 pub mod net;

@@ -5,13 +5,14 @@
 
 use wasmux_guide::SearchError;
 
-use crate::codec::Message;
-use crate::runtime::{HandlerError, Plugin};
+use crate::bindings::HandlerError;
+use crate::message::Message;
+
+/// A handler compiled into the host, with a plugin's contract.
+pub type NativeHandler = fn(&Message) -> Result<Message, HandlerError>;
 
 /// Native `search` and `binary-echo`, under the plugins' names.
-pub fn guide_plugins() -> Vec<Plugin> {
-    vec![Plugin::native("search", search), Plugin::native("binary-echo", binary_echo)]
-}
+pub const GUIDE_HANDLERS: [(&str, NativeHandler); 2] = [("search", search), ("binary-echo", binary_echo)];
 
 fn search(request: &Message) -> Result<Message, HandlerError> {
     match wasmux_guide::search(&request.content, &request.header.content_encoding) {

@@ -1,4 +1,6 @@
-//! The plugins being served: name ─▶ the current [`Plugin`] version.
+//! The plugins being served: name ─▶ the current [`Plugin`] version, and
+//! what is known about each (its [`Version`], size, load time, how its code
+//! was had).
 //!
 //! The map is swapped whole (arc-swap), so a request looks its plugin up
 //! once, without a lock, and keeps that version to the end even if a new
@@ -8,20 +10,134 @@
 //! as `search`. Names may hold letters, digits and `-_.@`.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 
+use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::runtime::{Origin, Plugin, Runtime, Version};
+pub use crate::native::NativeHandler;
+use crate::runtime::{CallContext, LoadInfo, Origin, PluginError, Runtime, WasmHandler};
 
+/// A loaded plugin: one version of one component, compiled and linked, or
+/// a handler compiled into the host.
+pub struct Plugin {
+    pub name: String,
+    pub version: Version,
+    /// `version` as text, shared by every request's metrics labels.
+    pub version_label: Arc<str>,
+    /// Size of the component file in bytes.
+    pub size: usize,
+    pub loaded_at: SystemTime,
+    /// Time spent compiling, or reading the compiled code from a cache.
+    pub compile_time: Duration,
+    /// Whether the code was compiled for this load or found in a cache.
+    pub origin: Origin,
+    backend: Backend,
+}
+
+/// What runs a plugin's requests.
+enum Backend {
+    /// A component, linked once and instantiated per request.
+    Wasm(WasmHandler),
+    /// A handler compiled into the host: the baseline that benchmarks
+    /// compare the Wasm path against (`wasmux serve --native`), and what
+    /// the service's unit tests run.
+    Native(NativeHandler),
+}
+
+impl Plugin {
+    /// A plugin served by a native handler instead of a component.
+    pub fn native(name: &str, handler: NativeHandler) -> Self {
+        let version = Version::of(format!("native:{name}").as_bytes());
+        Self {
+            name: name.to_owned(),
+            version,
+            version_label: version.to_string().into(),
+            size: 0,
+            loaded_at: SystemTime::now(),
+            compile_time: Duration::ZERO,
+            origin: Origin::Compiled,
+            backend: Backend::Native(handler),
+        }
+    }
+
+    /// Compiles and links `bytes` as plugin `name` (CPU-heavy: call this off
+    /// the async runtime).
+    pub fn load(runtime: &Runtime, name: &str, bytes: &[u8]) -> wasmtime::Result<Self> {
+        let version = Version::of(bytes);
+        let label: Arc<str> = version.to_string().into();
+        let (handler, LoadInfo { compile_time, origin }) = runtime.load(name, &label, bytes, version.0)?;
+        Ok(Self {
+            name: name.to_owned(),
+            version,
+            version_label: label,
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            compile_time,
+            origin,
+            backend: Backend::Wasm(handler),
+        })
+    }
+
+    /// True for a native (compiled-in) handler.
+    pub fn is_native(&self) -> bool {
+        matches!(self.backend, Backend::Native(_))
+    }
+
+    /// Answers `request`.
+    pub async fn call(&self, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
+        match &self.backend {
+            Backend::Wasm(handler) => handler.call(request, context).await,
+            Backend::Native(handler) => handler(request).map_err(PluginError::Handler),
+        }
+    }
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+/// A plugin version's identity: the SHA-256 of its bytes, shown as its
+/// first 12 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version([u8; 32]);
+
+impl Version {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// All 64 hex digits.
+    pub fn full_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0[..6]))
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
 
 /// The loaded plugins, by name.
 pub struct PluginRegistry {
-    runtime: Arc<Runtime>,
+    /// Compiles and links plugin files; `None` when only native handlers
+    /// are served.
+    runtime: Option<Runtime>,
     plugins: ArcSwap<HashMap<String, Arc<Plugin>>>,
     /// The last refused file of each name: shown by the admin endpoint, and
     /// so that a watcher seeing the same broken bytes again does not compile
@@ -39,27 +155,15 @@ pub struct Refusal {
 }
 
 impl PluginRegistry {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default(), metrics: Arc::new(Metrics::new()) }
-    }
-
-    /// Counts loads and refusals in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    /// A registry that loads plugin files with `runtime` (if any) and counts
+    /// loads and refusals in `metrics`.
+    pub fn new(runtime: Option<Runtime>, metrics: Arc<Metrics>) -> Self {
+        Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default(), metrics }
     }
 
     /// The last refusal of each plugin name whose file is still refused.
     pub fn refusals(&self) -> HashMap<String, Refusal> {
         self.refused_lock().clone()
-    }
-
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
     }
 
     /// The current version of plugin `name`.
@@ -107,10 +211,10 @@ impl PluginRegistry {
         if same_as_refused || self.get(&name).is_some_and(|p| p.version == version) {
             return Ok(());
         }
-        let runtime = Arc::clone(&self.runtime);
+        let runtime = self.runtime.clone().context("this server runs native handlers only; it cannot load plugin files")?;
         let loaded = {
             let name = name.clone();
-            tokio::task::spawn_blocking(move || runtime.load(&name, &bytes)).await?
+            tokio::task::spawn_blocking(move || Plugin::load(&runtime, &name, &bytes)).await?
         };
         let plugin = match loaded {
             Ok(plugin) => {

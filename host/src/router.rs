@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::codec::Header;
+use crate::message::Header;
 
 /// The guide's behaviour: searches for `text/json`, binary echo for the rest.
 pub const GUIDE_ROUTES: [(&str, &str); 2] = [("text/json", "search"), ("*", "binary-echo")];
@@ -286,7 +286,7 @@ fn parse_pattern(pattern: &str) -> Option<Pattern<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Message;
+    use crate::message::Message;
 
     fn plugin_for(routes: &Routes, content_type: &str) -> Option<String> {
         let header = Message::new(content_type, "binary", Vec::new()).header;

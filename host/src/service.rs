@@ -1,19 +1,20 @@
-//! What the server does with one decoded request: find its tenant, admit
-//! it under the tenant's limits, route it, call the plugin, count it, and
-//! turn every failure into an error message for the client. The socket side
-//! ([`crate::server`]) never sees a plugin; this side never sees a byte
-//! stream.
+//! What the server does with one decoded request: take out the fields the
+//! host consumes, find the tenant, admit the request under the tenant's
+//! limits, route it, call the plugin, count it, and turn every failure into
+//! an error answer for the client. The socket side ([`crate::server`])
+//! never sees a plugin; this side never sees a byte stream.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::codec::{ErrorCode, Message, ProtocolError};
+use crate::bindings::HandlerError;
 use crate::config::Settings;
+use crate::message::{AUTHORIZATION_FIELD, ErrorCode, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
 use crate::registry::PluginRegistry;
-use crate::runtime::CallContext;
+use crate::runtime::{CallContext, PluginError};
 
 /// The answer to one request, and whether the connection must close after it.
 #[derive(Debug)]
@@ -29,6 +30,9 @@ pub struct Service {
     /// Swapped whole when the configuration is reloaded.
     settings: ArcSwap<Settings>,
     metrics: Arc<Metrics>,
+    /// The most memory a plugin call may be given: the instance pool was
+    /// sized for it at start-up, so a reload cannot raise it.
+    max_plugin_memory: usize,
 }
 
 /// Where a request got to, for its metrics labels.
@@ -46,9 +50,9 @@ impl Progress {
 }
 
 impl Service {
-    pub fn new(registry: Arc<PluginRegistry>, settings: Settings) -> Self {
-        let metrics = Arc::clone(registry.metrics());
-        Self { registry, settings: ArcSwap::from_pointee(settings), metrics }
+    pub fn new(registry: Arc<PluginRegistry>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let max_plugin_memory = settings.max_plugin_memory();
+        Self { registry, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory }
     }
 
     pub fn registry(&self) -> &Arc<PluginRegistry> {
@@ -64,18 +68,14 @@ impl Service {
         self.settings.load_full()
     }
 
-    /// Replaces the settings; requests already under way keep the old ones.
-    pub fn set_settings(&self, settings: Settings) {
-        self.settings.store(Arc::new(settings));
-    }
-
     /// Replaces the settings with ones read from a changed configuration
     /// file, refusing (and keeping the current ones) if they ask for more
     /// than the server was started with. Settings read only at start-up
     /// are reported as such; tenants whose limits did not change keep
-    /// their request counts.
+    /// their request counts. Requests already under way keep the old
+    /// settings.
     pub fn reload(&self, mut settings: Settings) -> anyhow::Result<()> {
-        let max_memory = self.registry.runtime().settings().max_memory;
+        let max_memory = self.max_plugin_memory;
         if let Some(tenant) = settings.tenants.iter().find(|t| t.call_limits.memory > max_memory) {
             anyhow::bail!(
                 "tenant {}: plugin-memory is {} bytes, over the {max_memory} the instance pool was sized for at start-up; restart the server to raise it",
@@ -93,7 +93,7 @@ impl Service {
         }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);
-        self.set_settings(settings);
+        self.settings.store(Arc::new(settings));
         Ok(())
     }
 
@@ -107,7 +107,7 @@ impl Service {
     }
 
     /// Answers one request. Never fails: failures become error messages.
-    pub async fn handle(&self, request: &Message) -> Answer {
+    pub async fn handle(&self, request: Message) -> Answer {
         let started = Instant::now();
         let mut progress = Progress::new();
         let outcome = self.dispatch(request, &mut progress).await;
@@ -128,10 +128,12 @@ impl Service {
         self.metrics.refused(&labels);
     }
 
-    async fn dispatch(&self, request: &Message, progress: &mut Progress) -> Result<Message, ProtocolError> {
+    async fn dispatch(&self, mut request: Message, progress: &mut Progress) -> Result<Message, ProtocolError> {
+        // Credentials are the host's business, never a plugin's.
+        let credential = request.header.extra.shift_remove(AUTHORIZATION_FIELD);
         // A full Arc, not a guard: it is held across the plugin call.
         let settings = self.settings.load_full();
-        let tenant = settings.tenants.identify(&request.header)?;
+        let tenant = settings.tenants.identify(credential.as_ref())?;
         progress.tenant = Label::from(&tenant.name);
         let _admitted = tenant.admit()?;
 
@@ -149,11 +151,183 @@ impl Service {
         progress.version = Label::from(&plugin.version_label);
 
         let context = CallContext { tenant: Arc::clone(&tenant.name), config: tenant.config_for(name), limits: tenant.call_limits };
-        self.registry.runtime().call(&plugin, request, &context).await.map_err(|error| {
-            if error.is_plugin_fault() {
+        plugin.call(&request, &context).await.map_err(|error| {
+            if is_plugin_fault(&error) {
                 tracing::warn!(plugin = %plugin.name, version = %plugin.version, tenant = %tenant.name, "plugin {} {error}", plugin.name);
             }
-            error.to_protocol_error(name)
+            to_protocol_error(&error, name)
         })
+    }
+}
+
+/// The error answer for the client when plugin `plugin` did not answer.
+fn to_protocol_error(error: &PluginError, plugin: &str) -> ProtocolError {
+    let (code, message) = match error {
+        PluginError::Handler(HandlerError::BadRequest(m)) => (ErrorCode::BadRequest, format!("bad request for plugin {plugin}: {m}")),
+        PluginError::Handler(HandlerError::Unsupported(m)) => {
+            (ErrorCode::Unsupported, format!("plugin {plugin} does not support this request: {m}"))
+        }
+        PluginError::Handler(HandlerError::Internal(m)) => (ErrorCode::PluginFailed, format!("plugin {plugin} failed: {m}")),
+        PluginError::Trap(_) | PluginError::Instantiate(_) => (ErrorCode::PluginFailed, format!("plugin {plugin} {error}")),
+        PluginError::Timeout(_) => (ErrorCode::PluginTimeout, format!("plugin {plugin} {error}")),
+        PluginError::OutOfMemory { .. } => (ErrorCode::PluginMemory, format!("plugin {plugin} {error}")),
+        PluginError::BadResponse(_) | PluginError::InvalidData(_) | PluginError::TooMuchData { .. } => {
+            (ErrorCode::PluginBadResponse, format!("plugin {plugin} {error}"))
+        }
+        PluginError::ShuttingDown => (ErrorCode::Internal, error.to_string()),
+    };
+    ProtocolError::new(code, message)
+}
+
+/// True if the fault is the plugin's (worth a warning in the log), not the
+/// request's.
+fn is_plugin_fault(error: &PluginError) -> bool {
+    !matches!(
+        error,
+        PluginError::Handler(HandlerError::BadRequest(_) | HandlerError::Unsupported(_)) | PluginError::ShuttingDown
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    use crate::native::GUIDE_HANDLERS;
+    use crate::registry::Plugin;
+    use crate::tenancy::TokenHash;
+
+    /// A service with the guide's native handlers and two of the tests' own,
+    /// under the configuration `config` (TOML).
+    fn service(config: &str) -> Service {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(PluginRegistry::new(None, Arc::clone(&metrics)));
+        for (name, handler) in GUIDE_HANDLERS {
+            registry.insert(Plugin::native(name, handler));
+        }
+        registry.insert(Plugin::native("fields", echo_fields));
+        registry.insert(Plugin::native("failing", |_| Err(HandlerError::Internal("out of luck".into()))));
+        Service::new(registry, Settings::parse(config).expect("a valid configuration"), metrics)
+    }
+
+    /// Answers with the request's extra header fields, as JSON text.
+    fn echo_fields(request: &Message) -> Result<Message, HandlerError> {
+        let names: Vec<String> = request.header.extra.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        Ok(Message::new("text/plain", "utf-8", names.join(",")))
+    }
+
+    fn search(value: &str) -> Message {
+        Message::new("text/json", "utf-8", format!(r#"{{"action": "search", "value": "{value}"}}"#))
+    }
+
+    fn with_field(mut message: Message, name: &str, value: &str) -> Message {
+        message.header.extra.insert(name.into(), Value::String(value.into()));
+        message
+    }
+
+    fn result(answer: &Answer) -> String {
+        let body: Value = serde_json::from_slice(&answer.message.content).expect("a JSON answer");
+        body["result"].as_str().expect("a result").to_owned()
+    }
+
+    fn code(answer: &Answer) -> Option<String> {
+        answer.message.as_error().map(|(code, _)| code)
+    }
+
+    fn tenants_config() -> String {
+        format!(
+            r#"
+            [tenants.default]
+            [tenants.alpha]
+            token-sha256 = "{}"
+            limits = {{ concurrent-requests = 1 }}
+            routes."text/plain" = "fields"
+            routes."x/fail" = "failing"
+            routes."x/none" = "missing"
+            "#,
+            TokenHash::of("alpha-token")
+        )
+    }
+
+    #[tokio::test]
+    async fn routes_by_content_type_to_the_guides_handlers() {
+        let service = service("");
+        let answer = service.handle(search("morpheus")).await;
+        assert_eq!(result(&answer), "Follow the white rabbit. 🐰");
+        assert!(!answer.close);
+        let answer = service.handle(Message::new("binary/x", "binary", &b"0123456789abc"[..])).await;
+        assert_eq!(&answer.message.content[..], b"First 10 bytes of request: 0123456789");
+    }
+
+    #[tokio::test]
+    async fn no_route_and_no_plugin_are_error_answers_that_keep_the_connection() {
+        let service = service(&tenants_config());
+        let token = "Bearer alpha-token";
+        let answer = service.handle(with_field(Message::new("x/none", "binary", ""), AUTHORIZATION_FIELD, token)).await;
+        assert_eq!((code(&answer).as_deref(), answer.close), (Some("no-plugin"), false));
+        let service = self::service("[routes]\n\"text/json\" = \"search\"\n");
+        let answer = service.handle(Message::new("image/png", "binary", "")).await;
+        assert_eq!((code(&answer).as_deref(), answer.close), (Some("no-route"), false));
+    }
+
+    #[tokio::test]
+    async fn tokens_pick_the_tenant_and_never_reach_the_plugin() {
+        let service = service(&tenants_config());
+        let request = with_field(with_field(Message::new("text/plain", "utf-8", "hi"), "user", "ann"), AUTHORIZATION_FIELD, "Bearer alpha-token");
+        let answer = service.handle(request).await;
+        assert_eq!(&answer.message.content[..], br#"user="ann""#, "the credential was passed on");
+
+        let answer = service.handle(with_field(search("ring"), AUTHORIZATION_FIELD, "Bearer wrong")).await;
+        assert_eq!((code(&answer).as_deref(), answer.close), (Some("unauthorized"), true));
+        // No token: the default tenant, which has the server's routes.
+        assert_eq!(result(&service.handle(search("ring")).await), "In the caves beneath the Misty Mountains. 💍");
+    }
+
+    #[tokio::test]
+    async fn plugin_failures_name_the_plugin() {
+        let service = service(&tenants_config());
+        let answer = service.handle(with_field(Message::new("x/fail", "binary", ""), AUTHORIZATION_FIELD, "Bearer alpha-token")).await;
+        assert_eq!(code(&answer).as_deref(), Some("plugin-failed"));
+        assert_eq!(result(&answer), "Error: plugin failing failed: out of luck");
+        let answer = service.handle(Message::new("text/json", "utf-8", "not json")).await;
+        assert_eq!(code(&answer).as_deref(), Some("bad-request"));
+        assert!(result(&answer).starts_with("Error: bad request for plugin search: "), "{}", result(&answer));
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_tenant_route_plugin_and_outcome() {
+        let service = service(&tenants_config());
+        service.handle(search("ring")).await;
+        service.handle(search("ring")).await;
+        service.handle(with_field(search("ring"), AUTHORIZATION_FIELD, "Bearer wrong")).await;
+        let text = service.metrics().encode();
+        let version = service.registry().get("search").map(|p| p.version.to_string()).unwrap_or_default();
+        let ok = format!(r#"wasmux_requests_total{{tenant="default",route="text/json",plugin="search",version="{version}",outcome="ok"}} 2"#);
+        assert!(text.lines().any(|line| line == ok), "{ok} not in\n{text}");
+        let refused = r#"wasmux_requests_total{tenant="",route="",plugin="",version="",outcome="unauthorized"} 1"#;
+        assert!(text.lines().any(|line| line == refused), "{refused} not in\n{text}");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_over_its_concurrent_requests_is_told_it_is_overloaded() {
+        let service = service(&tenants_config());
+        let settings = service.settings();
+        let alpha = settings.tenants.get("alpha").expect("tenant alpha");
+        let _held = alpha.admit().expect("the first request is admitted");
+        let answer = service.handle(with_field(Message::new("text/plain", "utf-8", ""), AUTHORIZATION_FIELD, "Bearer alpha-token")).await;
+        assert_eq!((code(&answer).as_deref(), answer.close), (Some("overloaded"), false));
+        assert!(result(&answer).contains("at its limit of 1 concurrent requests"), "{}", result(&answer));
+    }
+
+    #[tokio::test]
+    async fn a_reload_may_not_raise_plugin_memory_past_the_pool() {
+        let service = service("");
+        let raised = Settings::parse("[tenants.default]\nlimits = { plugin-memory = \"1 GiB\" }\n").expect("valid");
+        let error = service.reload(raised).expect_err("refused").to_string();
+        assert!(error.contains("the instance pool was sized for at start-up"), "{error}");
+        let routes = Settings::parse("[routes]\n\"*\" = \"binary-echo\"\n").expect("valid");
+        service.reload(routes).expect("accepted");
+        let answer = service.handle(search("ring")).await;
+        assert!(answer.message.content.starts_with(b"First 10 bytes of request: "), "the new routes are not in force");
     }
 }

@@ -24,16 +24,12 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::codec::{ErrorCode, Header, ProtocolError};
+use crate::message::{ErrorCode, ProtocolError};
 use crate::router::Routes;
 use crate::runtime::CallLimits;
 
 /// The tenant of requests that carry no authorization.
 pub const DEFAULT_TENANT: &str = "default";
-
-/// The header field that carries a tenant's credential. The host consumes
-/// it; plugins never see it.
-pub const AUTHORIZATION_FIELD: &str = "authorization";
 
 /// The SHA-256 of a bearer token.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -221,10 +217,11 @@ impl Tenants {
         }
     }
 
-    /// The tenant a request belongs to, by its `authorization` field.
-    pub fn identify(&self, header: &Header) -> Result<&Arc<Tenant>, ProtocolError> {
+    /// The tenant a request belongs to, by the value of its `authorization`
+    /// field (`None` if it has none).
+    pub fn identify(&self, credential: Option<&Value>) -> Result<&Arc<Tenant>, ProtocolError> {
         let unauthorized = |why: &str| ProtocolError::new(ErrorCode::Unauthorized, format!("unauthorized: {why}"));
-        let index = match header.extra.get(AUTHORIZATION_FIELD) {
+        let index = match credential {
             None => self.default.ok_or_else(|| unauthorized("this server has no default tenant; send \"authorization\": \"Bearer TOKEN\""))?,
             Some(Value::String(value)) => {
                 let token = bearer_token(value).ok_or_else(|| unauthorized("\"authorization\" must be \"Bearer TOKEN\""))?;
@@ -300,7 +297,6 @@ fn merge(spec: TenantSpec, server: &ServerDefaults<'_>) -> anyhow::Result<Tenant
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Message;
     use crate::router::Target;
 
     fn defaults() -> (Routes, BTreeMap<String, BTreeMap<String, String>>) {
@@ -313,11 +309,6 @@ mod tests {
         Tenants::build(specs, &ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: CallLimits::default() }).unwrap()
     }
 
-    fn with_auth(value: Value) -> Header {
-        let mut header = Message::new("text/json", "utf-8", Vec::new()).header;
-        header.extra.insert(AUTHORIZATION_FIELD.into(), value);
-        header
-    }
 
     fn spec(name: &str, token: Option<&str>) -> TenantSpec {
         TenantSpec { name: name.into(), token: token.map(TokenHash::of), ..TenantSpec::default() }
@@ -326,12 +317,11 @@ mod tests {
     #[test]
     fn tokens_identify_tenants() {
         let tenants = tenants(vec![spec("default", None), spec("alpha", Some("a-secret")), spec("beta", Some("b-secret"))]);
-        let no_auth = Message::new("text/json", "utf-8", Vec::new()).header;
-        assert_eq!(&*tenants.identify(&no_auth).unwrap().name, "default");
-        assert_eq!(&*tenants.identify(&with_auth("Bearer a-secret".into())).unwrap().name, "alpha");
-        assert_eq!(&*tenants.identify(&with_auth("bearer  b-secret ".into())).unwrap().name, "beta");
+        assert_eq!(&*tenants.identify(None).unwrap().name, "default");
+        assert_eq!(&*tenants.identify(Some(&"Bearer a-secret".into())).unwrap().name, "alpha");
+        assert_eq!(&*tenants.identify(Some(&"bearer  b-secret ".into())).unwrap().name, "beta");
         for bad in [Value::from("Bearer nope"), Value::from("Basic a-secret"), Value::from("a-secret"), Value::from(3)] {
-            let error = tenants.identify(&with_auth(bad.clone())).unwrap_err();
+            let error = tenants.identify(Some(&bad)).unwrap_err();
             assert_eq!(error.code, ErrorCode::Unauthorized, "{bad}");
             assert!(error.message.starts_with("unauthorized: "), "{error}");
         }
@@ -340,7 +330,7 @@ mod tests {
     #[test]
     fn without_a_default_tenant_authorization_is_required() {
         let tenants = tenants(vec![spec("alpha", Some("a"))]);
-        let error = tenants.identify(&Message::new("a/b", "binary", Vec::new()).header).unwrap_err();
+        let error = tenants.identify(None).unwrap_err();
         assert_eq!(error.code, ErrorCode::Unauthorized);
     }
 

@@ -1,6 +1,7 @@
 //! Seeing the bytes, as the guide teaches: with `-v`, `wasmux serve` and
-//! `wasmux send` log every message they receive exactly as it arrived, as
-//! Python's `repr()` prints bytes (`b'\x00g{"byteorder": …}…'`).
+//! `wasmux send` log every message they receive exactly as it arrived, and
+//! every message they send, as Python's `repr()` prints bytes
+//! (`b'\x00g{"byteorder": …}…'`), under the log target [`TARGET`].
 //!
 //! The codec consumes a message's header as soon as the header is complete,
 //! before the content has arrived, so the bytes of a message that arrives in
@@ -13,10 +14,21 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 use wasmux_guide::python;
 
-use crate::server::WIRE_TARGET;
+/// Log target of the wire log, shown with `-v`.
+pub const TARGET: &str = "wasmux::wire";
+
+/// True if the wire log is on.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::DEBUG)
+}
+
+/// Logs the bytes of a message sent to `peer`, at most `limit` of them.
+pub fn log_sent(bytes: &[u8], peer: &str, limit: usize) {
+    tracing::debug!(target: TARGET, "sending {} to {peer}", wire_repr(bytes, limit));
+}
 
 /// Records the bytes a decoder consumes, and logs each decoded message's
-/// bytes, as received, under [`WIRE_TARGET`].
+/// bytes, as received, under [`TARGET`].
 #[derive(Debug)]
 pub struct WireTap {
     /// The first `limit` bytes of the message under way.
@@ -33,7 +45,7 @@ impl WireTap {
     /// A tap for messages from `peer`, if the wire log is enabled; showing
     /// at most `limit` bytes of each message.
     pub fn if_enabled(peer: impl Display, limit: usize) -> Option<Self> {
-        tracing::enabled!(target: WIRE_TARGET, tracing::Level::DEBUG).then(|| Self::new(peer, limit))
+        enabled().then(|| Self::new(peer, limit))
     }
 
     pub fn new(peer: impl Display, limit: usize) -> Self {
@@ -56,7 +68,7 @@ impl WireTap {
 
     fn log(&self, shown: Option<String>) {
         if let Some(shown) = shown {
-            tracing::debug!(target: WIRE_TARGET, "received {shown} from {}", self.peer);
+            tracing::debug!(target: TARGET, "received {shown} from {}", self.peer);
         }
     }
 
@@ -135,14 +147,6 @@ fn redact_bearer_tokens(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     }
     out.extend_from_slice(&bytes[copied..]);
     std::borrow::Cow::Owned(out)
-}
-
-/// Decodes through `tap` if there is one, else straight through `decoder`.
-pub fn decode<D: Decoder>(tap: Option<&mut WireTap>, decoder: &mut D, src: &mut BytesMut) -> Result<Option<D::Item>, D::Error> {
-    match tap {
-        Some(tap) => tap.decode(decoder, src),
-        None => decoder.decode(src),
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{Answer, Raw, Server, message, search};
 use serde_json::json;
-use wasmux::codec::Message;
+use wasmux::message::Message;
+use wasmux::registry::Plugin;
 use wasmux::runtime::{CallContext, CallLimits, PluginError, Runtime, RuntimeSettings};
 
 /// Small limits, so that every fault is reached quickly.
@@ -190,7 +191,7 @@ fn the_memory_cap_holds_for_the_initial_memory_too() {
 fn a_lower_per_call_cap_refuses_the_initial_memory() {
     let runtime = Runtime::new(RuntimeSettings { max_concurrent_calls: 2, max_memory: 48 << 20, ..RuntimeSettings::default() }).expect("runtime");
     let bytes = std::fs::read(common::fixtures_dir().join("big-initial-memory.wasm")).expect("the fixture");
-    let plugin = runtime.load("big-initial-memory", &bytes).expect("loads under a 48 MiB pool");
+    let plugin = Plugin::load(&runtime, "big-initial-memory", &bytes).expect("loads under a 48 MiB pool");
     let request = Message::new("test/big-initial-memory", "binary", Vec::new());
     let call = |memory: usize| {
         let context = CallContext { limits: CallLimits { memory, ..CallLimits::default() }, ..CallContext::default() };
@@ -198,7 +199,7 @@ fn a_lower_per_call_cap_refuses_the_initial_memory() {
             .enable_all()
             .build()
             .expect("tokio")
-            .block_on(runtime.call(&plugin, &request, &context))
+            .block_on(plugin.call(&request, &context))
     };
     match call(16 << 20) {
         Err(error @ PluginError::OutOfMemory { asked, limit }) => {
@@ -206,7 +207,8 @@ fn a_lower_per_call_cap_refuses_the_initial_memory() {
         }
         other => panic!("expected out of memory, got {other:?}"),
     }
-    assert!(call(48 << 20).is_ok());
+    let answer = call(48 << 20).expect("the call succeeds under a 48 MiB cap");
+    assert_eq!(&answer.content[..], format!("big-initial-memory: {} bytes", 32 << 20).as_bytes());
 }
 
 #[test]

@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::Version;
+/// A component's SHA-256: the key of its compiled code.
+type Digest = [u8; 32];
 
 /// Components kept in memory; the oldest are dropped past this count.
 const MEMORY_ENTRIES: usize = 64;
@@ -39,8 +40,8 @@ pub(super) struct ComponentCache {
 
 #[derive(Default)]
 struct Memory {
-    components: HashMap<Version, Component>,
-    order: VecDeque<Version>,
+    components: HashMap<Digest, Component>,
+    order: VecDeque<Digest>,
 }
 
 impl ComponentCache {
@@ -51,21 +52,21 @@ impl ComponentCache {
     }
 
     /// The component for `bytes`, compiled only if no cache has it.
-    pub(super) fn get_or_compile(&self, engine: &Engine, version: Version, bytes: &[u8]) -> wasmtime::Result<(Component, Origin)> {
-        if let Some(component) = self.lock().components.get(&version) {
+    pub(super) fn get_or_compile(&self, engine: &Engine, digest: Digest, bytes: &[u8]) -> wasmtime::Result<(Component, Origin)> {
+        if let Some(component) = self.lock().components.get(&digest) {
             return Ok((component.clone(), Origin::Memory));
         }
-        let (component, origin) = match self.read_disk(engine, version) {
+        let (component, origin) = match self.read_disk(engine, digest) {
             Some(component) => (component, Origin::Disk),
             None => {
                 let component = Component::new(engine, bytes)?;
-                self.write_disk(version, &component);
+                self.write_disk(digest, &component);
                 (component, Origin::Compiled)
             }
         };
         let mut memory = self.lock();
-        if memory.components.insert(version, component.clone()).is_none() {
-            memory.order.push_back(version);
+        if memory.components.insert(digest, component.clone()).is_none() {
+            memory.order.push_back(digest);
         }
         while memory.order.len() > MEMORY_ENTRIES {
             if let Some(oldest) = memory.order.pop_front() {
@@ -80,13 +81,13 @@ impl ComponentCache {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn path(&self, version: Version) -> Option<PathBuf> {
+    fn path(&self, digest: Digest) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        Some(dir.join(format!("{}-{}.cwasm", version.full_hex(), self.engine_tag)))
+        Some(dir.join(format!("{}-{}.cwasm", hex::encode(digest), self.engine_tag)))
     }
 
-    fn read_disk(&self, engine: &Engine, version: Version) -> Option<Component> {
-        let path = self.path(version)?;
+    fn read_disk(&self, engine: &Engine, digest: Digest) -> Option<Component> {
+        let path = self.path(digest)?;
         if !path.is_file() {
             return None;
         }
@@ -107,8 +108,8 @@ impl ComponentCache {
         }
     }
 
-    fn write_disk(&self, version: Version, component: &Component) {
-        let Some(path) = self.path(version) else { return };
+    fn write_disk(&self, digest: Digest, component: &Component) {
+        let Some(path) = self.path(digest) else { return };
         if let Err(e) = write_atomically(&path, component) {
             tracing::warn!("cannot cache compiled code at {}: {e:#}", path.display());
         }

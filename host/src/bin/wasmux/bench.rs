@@ -27,15 +27,16 @@ use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, Encoder};
-
-use crate::client::{self, guide_request};
-use crate::codec::{DecodeError, Inbound, Message, MessageCodec};
-use crate::net;
+use tokio_util::codec::Encoder;
+use wasmux::client::{self, guide_request};
+use wasmux::codec::{DecodeError, Inbound, MessageCodec};
+use wasmux::connection::{MessageReader, TcpConnection};
+use wasmux::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
+use wasmux::net;
 
 /// Values the `search` requests cycle through: three hits and a miss, the
 /// guide's examples.
@@ -270,7 +271,7 @@ impl Case {
                 return Ok(());
             }
         }
-        if let Some((code, message)) = client::error_of(answer) {
+        if let Some((code, message)) = answer.as_error() {
             return Err(Failure::new(FailureKind::ErrorAnswer(code), message));
         }
         match &self.expect {
@@ -647,53 +648,23 @@ fn update_bar(bar: &ProgressBar, shared: &Shared) {
     bar.set_message(format!("{answered} answers, {failed} errors"));
 }
 
-/// A client connection of the load generator.
-struct Connection {
-    stream: TcpStream,
-    codec: MessageCodec,
-    buf: BytesMut,
+/// Opens a connection to the server under test.
+async fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpConnection, Failure> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(Failure::new(FailureKind::Connect, format!("cannot connect to {addr}: {}", net::explain(&e)))),
+        Err(_) => return Err(Failure::new(FailureKind::Connect, format!("cannot connect to {addr}: timed out after {timeout:?}"))),
+    };
+    Ok(TcpConnection::tcp(stream, addr, DEFAULT_MAX_CONTENT_LENGTH))
 }
 
-impl Connection {
-    async fn open(addr: SocketAddr, timeout: Duration) -> Result<Self, Failure> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(Failure::new(FailureKind::Connect, format!("cannot connect to {addr}: {}", net::explain(&e)))),
-            Err(_) => return Err(Failure::new(FailureKind::Connect, format!("cannot connect to {addr}: timed out after {timeout:?}"))),
-        };
-        // Requests are small and latency is what is measured: no Nagle delay.
-        let _ = stream.set_nodelay(true);
-        Ok(Self { stream, codec: MessageCodec::default(), buf: BytesMut::with_capacity(4096) })
-    }
-
-    /// Reads the next answer.
-    async fn answer(&mut self) -> Result<Message, Failure> {
-        read_answer(&mut self.stream, &mut self.codec, &mut self.buf).await
-    }
-}
-
-/// Reads one answer from `reader`, keeping what follows it in `buf`.
-async fn read_answer(
-    reader: &mut (impl tokio::io::AsyncRead + Unpin),
-    codec: &mut MessageCodec,
-    buf: &mut BytesMut,
-) -> Result<Message, Failure> {
-    loop {
-        match codec.decode(buf) {
-            Ok(Some(Inbound::Message(message))) => return Ok(message),
-            Ok(Some(Inbound::Invalid(e))) => return Err(Failure::new(FailureKind::BadFrame, e.to_string())),
-            Ok(None) => {}
-            Err(DecodeError::Frame(e)) => return Err(Failure::new(FailureKind::BadFrame, e.to_string())),
-            Err(DecodeError::Io(e)) => return Err(Failure::io(&e)),
-        }
-        match reader.read_buf(buf).await {
-            Ok(0) if buf.is_empty() && !codec.is_mid_message() => {
-                return Err(Failure::new(FailureKind::Closed, "the server closed the connection without answering"));
-            }
-            Ok(0) => return Err(Failure::new(FailureKind::Closed, "the server closed the connection in the middle of an answer")),
-            Ok(_) => {}
-            Err(e) => return Err(Failure::io(&e)),
-        }
+/// Reads the next answer.
+async fn read_answer<R: AsyncRead + Unpin>(reader: &mut MessageReader<R>) -> Result<Message, Failure> {
+    match reader.next().await {
+        Ok(Some(Inbound::Message(message))) => Ok(message),
+        Ok(Some(Inbound::Invalid(e))) | Err(DecodeError::Frame(e)) => Err(Failure::new(FailureKind::BadFrame, e.to_string())),
+        Err(DecodeError::Io(e)) => Err(Failure::io(&e)),
+        Ok(None) => Err(Failure::new(FailureKind::Closed, "the server closed the connection without answering")),
     }
 }
 
@@ -702,17 +673,18 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
     let plan = &shared.plan;
     let mut tally = Tally::new();
     let mut cursor = plan.mix.cursor(id);
-    let mut kept: Option<Connection> = None;
+    let mut kept: Option<TcpConnection> = None;
     while let Some(ticket) = shared.ticket() {
         let case = plan.mix.next(&mut cursor);
         let sent = Instant::now();
         let exchange = async {
             let mut connection = match kept.take() {
                 Some(connection) => connection,
-                None => Connection::open(plan.addr, plan.timeout).await?,
+                None => open(plan.addr, plan.timeout).await?,
             };
-            connection.stream.write_all(&case.bytes).await.map_err(|e| Failure::io(&e))?;
-            let answer = connection.answer().await?;
+            connection.writer.queue_encoded(&case.bytes);
+            connection.writer.flush().await.map_err(|e| Failure::io(&e))?;
+            let answer = read_answer(&mut connection.reader).await?;
             Ok::<_, Failure>((connection, answer))
         };
         let outcome = match tokio::time::timeout(plan.timeout, exchange).await {
@@ -720,7 +692,7 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
                 if plan.mode == Mode::Persistent {
                     kept = Some(connection);
                 } else if plan.reset_close {
-                    let _ = connection.stream.set_zero_linger();
+                    let _ = connection.writer.get_ref().as_ref().set_zero_linger();
                 }
                 case.check(&answer)
             }
@@ -750,7 +722,7 @@ async fn pipelined(shared: &Shared, id: usize) -> Tally {
     let mut tally = Tally::new();
     let mut cursor = plan.mix.cursor(id);
     loop {
-        let connection = match Connection::open(plan.addr, plan.timeout).await {
+        let connection = match open(plan.addr, plan.timeout).await {
             Ok(connection) => connection,
             Err(failure) => {
                 let Some(ticket) = shared.ticket() else { break };
@@ -774,16 +746,14 @@ async fn pipelined(shared: &Shared, id: usize) -> Tally {
 /// reader matches answers to requests in order and frees their slots.
 /// Running both at once means a large request never deadlocks against a
 /// server busy writing answers.
-async fn pipeline(shared: &Shared, mut connection: Connection, cursor: &mut Cursor, tally: &mut Tally) -> bool {
+async fn pipeline(shared: &Shared, connection: TcpConnection, cursor: &mut Cursor, tally: &mut Tally) -> bool {
     let plan = &shared.plan;
     let slots = Semaphore::new(plan.depth);
     let (queue, mut in_flight) = mpsc::unbounded_channel::<InFlight<'_>>();
-    let (mut reader, mut writer) = connection.stream.split();
-    let (codec, buf) = (&mut connection.codec, &mut connection.buf);
+    let TcpConnection { mut reader, mut writer } = connection;
     let outcome = {
         let slots = &slots;
         let write = async move {
-            let mut batch = BytesMut::new();
             let written = loop {
                 let Ok(permit) = slots.acquire().await else { break Ok(()) };
                 permit.forget();
@@ -792,7 +762,6 @@ async fn pipeline(shared: &Shared, mut connection: Connection, cursor: &mut Curs
                     permit.forget();
                     free += 1;
                 }
-                batch.clear();
                 let mut more = true;
                 for _ in 0..free {
                     let Some(ticket) = shared.ticket() else {
@@ -800,12 +769,10 @@ async fn pipeline(shared: &Shared, mut connection: Connection, cursor: &mut Curs
                         break;
                     };
                     let case = plan.mix.next(cursor);
-                    batch.extend_from_slice(&case.bytes);
+                    writer.queue_encoded(&case.bytes);
                     let _ = queue.send(InFlight { sent: Instant::now(), ticket, case });
                 }
-                if !batch.is_empty()
-                    && let Err(e) = writer.write_all(&batch).await
-                {
+                if let Err(e) = writer.flush().await {
                     break Err(Failure::io(&e));
                 }
                 if !more {
@@ -818,7 +785,7 @@ async fn pipeline(shared: &Shared, mut connection: Connection, cursor: &mut Curs
         };
         let read = async {
             while let Some(request) = in_flight.recv().await {
-                let answer = tokio::time::timeout_at(request.sent + plan.timeout, read_answer(&mut reader, codec, buf))
+                let answer = tokio::time::timeout_at(request.sent + plan.timeout, read_answer(&mut reader))
                     .await
                     .unwrap_or_else(|_| Err(Failure::timeout(plan.timeout)));
                 match answer {
@@ -995,7 +962,7 @@ mod tests {
         assert_eq!(case.check(&other_order), Ok(()), "the byte order is the server's own");
         let wrong = Message::new("text/json", "utf-8", &b"{\"result\": \"nope\"}"[..]);
         assert_eq!(case.check(&wrong).unwrap_err().kind, FailureKind::WrongAnswer);
-        let error = Message::error(crate::codec::ErrorCode::NoPlugin, "no plugin search is loaded");
+        let error = Message::error(wasmux::message::ErrorCode::NoPlugin, "no plugin search is loaded");
         let failure = case.check(&error).unwrap_err();
         assert_eq!(failure.kind, FailureKind::ErrorAnswer("no-plugin".into()));
         assert_eq!(failure.kind.to_string(), "error-answer:no-plugin");

@@ -1,4 +1,8 @@
-//! The `wasmux` command: `serve`, `send`, `bench`.
+//! The `wasmux` command: `serve`, `send`, `bench`, `token`. The server
+//! itself is the `wasmux` library; this binary parses the command line,
+//! composes the library's parts, and holds the load generator.
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,17 +12,18 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use wasmux::admin;
 use wasmux::client::{self, Client};
-use wasmux::codec::Message;
 use wasmux::config::Settings;
-use wasmux::registry::PluginRegistry;
+use wasmux::message::{AUTHORIZATION_FIELD, Message};
+use wasmux::metrics::Metrics;
+use wasmux::native::GUIDE_HANDLERS;
+use wasmux::registry::{Plugin, PluginRegistry};
 use wasmux::runtime::{Runtime, RuntimeSettings};
 use wasmux::service::Service;
-use tokio_util::sync::CancellationToken;
-use wasmux::admin;
-use wasmux::metrics::Metrics;
-use wasmux::tenancy::{AUTHORIZATION_FIELD, TokenHash};
+use wasmux::tenancy::TokenHash;
 use wasmux::watcher::{self, Watched};
 use wasmux::{net, server};
 
@@ -36,7 +41,7 @@ enum Command {
     /// Send one request and print the answer, as the guide's client does.
     Send(SendArgs),
     /// Load a server with requests, check every answer, report throughput and latency.
-    Bench(wasmux::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Make a tenant token and the hash that goes in the configuration.
     Token(TokenArgs),
 }
@@ -141,7 +146,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Send(args) => send(args).await,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
-            Command::Bench(args) => wasmux::bench::main(args).await,
+            Command::Bench(args) => bench::main(args).await,
         }
     });
     match outcome {
@@ -177,22 +182,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !settings.runtime.spectre_hardening {
         tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
     }
-    let registry = Arc::new(PluginRegistry::new(Arc::new(runtime)).with_metrics(Arc::new(Metrics::new())));
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
     match &args.plugins {
         Some(dir) => {
             let loaded = registry.load_dir(dir).await?;
             tracing::info!("{loaded} plugins loaded from {}", dir.display());
         }
         None if args.native => {
-            for plugin in wasmux::native::guide_plugins() {
-                tracing::info!("plugin {}: native handler", plugin.name);
-                registry.insert(plugin);
+            for (name, handler) in GUIDE_HANDLERS {
+                tracing::info!("plugin {name}: native handler");
+                registry.insert(Plugin::native(name, handler));
             }
         }
         None => tracing::warn!("no --plugins directory given: every request will be answered \"no plugin is loaded\""),
     }
     tracing::info!("{}", settings.describe_routes());
-    let service = Arc::new(Service::new(registry, settings));
+    let service = Arc::new(Service::new(registry, settings, metrics));
     service.warn_about_unloaded_targets(&service.settings());
     let _watcher = if args.no_watch {
         None
@@ -285,7 +291,7 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&args.addr, args.timeout).await?;
     let answer = client.request(&request).await?;
     println!("{}", client::describe_answer(&answer));
-    Ok(if client::error_of(&answer).is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if answer.as_error().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

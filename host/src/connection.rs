@@ -1,0 +1,374 @@
+//! A framed connection: a byte stream ⇄ [`Message`]s in both directions,
+//! with the `-v` wire tap on each. The server, `wasmux send` and
+//! `wasmux bench` all read and write messages through it; nothing else in
+//! wasmux touches a socket's bytes.
+//!
+//! The two directions are separate halves ([`MessageReader`],
+//! [`MessageWriter`]) so that a client can write requests while it reads
+//! answers (pipelining), and so that any stream (TCP, TLS) fits.
+//!
+//! Reading is one loop, [`MessageReader::read_more`]: decode what is
+//! buffered, and read more under the server's deadlines (a message must be
+//! finished within `message-timeout` of its first byte; a connection may be
+//! idle `idle-timeout` between messages), or none (clients put their own
+//! timeout around a whole exchange).
+
+use std::fmt::Display;
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::codec::{DecodeError, EncodeError, Inbound, MessageCodec};
+use crate::message::{ErrorCode, Message, ProtocolError};
+use crate::wire::{self, WireTap};
+
+/// Longest prefix of a message shown in the wire log.
+const WIRE_LOG_LIMIT: usize = 1024;
+
+/// Room each buffer starts with: a few of the guide's messages.
+const INITIAL_BUFFER: usize = 4096;
+
+/// Both halves of a connection.
+pub struct Connection<R, W> {
+    pub reader: MessageReader<R>,
+    pub writer: MessageWriter<W>,
+}
+
+/// A TCP connection's halves.
+pub type TcpConnection = Connection<OwnedReadHalf, OwnedWriteHalf>;
+
+impl TcpConnection {
+    /// Frames `stream`, refusing messages longer than `max_content_length`.
+    /// `peer` names the other side in the wire log.
+    pub fn tcp(stream: TcpStream, peer: impl Display, max_content_length: usize) -> Self {
+        // Messages are small and latency matters: no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Self::new(reader, writer, peer, max_content_length)
+    }
+}
+
+impl<R, W> Connection<R, W> {
+    pub fn new(reader: R, writer: W, peer: impl Display, max_content_length: usize) -> Self {
+        let peer = peer.to_string();
+        Self {
+            writer: MessageWriter { io: writer, buf: BytesMut::with_capacity(INITIAL_BUFFER), tap: wire::enabled().then(|| peer.clone()) },
+            reader: MessageReader {
+                io: reader,
+                codec: MessageCodec::new(max_content_length),
+                buf: BytesMut::with_capacity(INITIAL_BUFFER),
+                tap: WireTap::if_enabled(&peer, WIRE_LOG_LIMIT),
+                message_started: None,
+                last_read: Instant::now(),
+            },
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+    /// Writes `message` and waits for the next message, for clients.
+    pub async fn exchange(&mut self, message: &Message) -> Result<Option<Inbound>, ExchangeError> {
+        self.writer.queue(message)?;
+        self.writer.flush().await.map_err(ExchangeError::Write)?;
+        self.reader.next().await.map_err(ExchangeError::Read)
+    }
+}
+
+/// Why [`Connection::exchange`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Write(io::Error),
+    #[error(transparent)]
+    Read(DecodeError),
+}
+
+/// The time limits a server puts on reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadTimeouts {
+    /// To finish a message, counted from its first byte.
+    pub message: Duration,
+    /// Between messages.
+    pub idle: Duration,
+}
+
+/// What [`MessageReader::read_more`] found.
+#[derive(Debug)]
+pub enum More {
+    /// More bytes arrived.
+    Data,
+    /// The peer closed its side between messages.
+    Closed,
+    /// No message began within the idle timeout.
+    Idle,
+    /// The connection was idle when `stop_while_idle` completed.
+    Stopped,
+}
+
+/// Messages coming in, decoded.
+pub struct MessageReader<R> {
+    io: R,
+    codec: MessageCodec,
+    buf: BytesMut,
+    /// Keeps each message's bytes as they arrive, for the wire log (`-v`).
+    tap: Option<WireTap>,
+    /// When the first byte of the message under way arrived.
+    message_started: Option<Instant>,
+    /// When bytes last arrived.
+    last_read: Instant,
+}
+
+impl<R: AsyncRead + Unpin> MessageReader<R> {
+    /// The next message already buffered, without reading. A
+    /// [`DecodeError::Frame`] means the stream cannot be read further.
+    pub fn try_next(&mut self) -> Result<Option<Inbound>, DecodeError> {
+        let decoded = match &mut self.tap {
+            Some(tap) => tap.decode(&mut self.codec, &mut self.buf),
+            None => self.codec.decode(&mut self.buf),
+        };
+        if let Ok(Some(_)) = decoded {
+            self.message_started = None;
+        }
+        decoded
+    }
+
+    /// Reads until the next message; `None` when the peer closed between
+    /// messages. No deadline: callers put one around the exchange.
+    pub async fn next(&mut self) -> Result<Option<Inbound>, DecodeError> {
+        loop {
+            if let Some(inbound) = self.try_next()? {
+                return Ok(Some(inbound));
+            }
+            match self.read_more(None, std::future::pending()).await? {
+                More::Data => {}
+                More::Closed | More::Idle | More::Stopped => return Ok(None),
+            }
+        }
+    }
+
+    /// True if part of a message has arrived and not yet been decoded.
+    pub fn is_mid_message(&self) -> bool {
+        !self.buf.is_empty() || self.codec.is_mid_message()
+    }
+
+    /// Reads more bytes, under `timeouts` if given. While no message is
+    /// under way, completes early with [`More::Stopped`] if
+    /// `stop_while_idle` completes first (shutdown, or a new client needs
+    /// the place). A message not finished in time, or cut off by the peer
+    /// closing, is a [`DecodeError::Frame`].
+    pub async fn read_more(&mut self, timeouts: Option<ReadTimeouts>, stop_while_idle: impl Future<Output = ()>) -> Result<More, DecodeError> {
+        let mid_message = self.is_mid_message();
+        if mid_message && self.message_started.is_none() {
+            self.message_started = Some(self.last_read);
+        }
+        let deadline = timeouts.map(|timeouts| match self.message_started {
+            Some(started) => started + timeouts.message,
+            None => Instant::now() + timeouts.idle,
+        });
+        let sleep = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // Reading first: a connection whose next message is already
+            // here is not idle, whatever else is ready.
+            biased;
+            read = self.io.read_buf(&mut self.buf) => match read? {
+                0 => self.end_of_stream(),
+                _ => {
+                    self.last_read = Instant::now();
+                    Ok(More::Data)
+                }
+            },
+            () = sleep => match (self.message_started, timeouts) {
+                (Some(_), Some(timeouts)) => Err(DecodeError::Frame(ProtocolError::new(
+                    ErrorCode::Timeout,
+                    format!("the message was not finished within {:?} of its first byte", timeouts.message),
+                ))),
+                _ => Ok(More::Idle),
+            },
+            () = stop_while_idle, if !mid_message => Ok(More::Stopped),
+        }
+    }
+
+    /// The peer closed its side: fine between messages, an error within one.
+    fn end_of_stream(&mut self) -> Result<More, DecodeError> {
+        let decoded = match &mut self.tap {
+            Some(tap) => tap.decode_eof(&mut self.codec, &mut self.buf),
+            None => self.codec.decode_eof(&mut self.buf),
+        };
+        // Everything buffered was decoded before reading, so nothing is
+        // left to produce: the end is clean or cuts a message off.
+        decoded.map(|_| More::Closed)
+    }
+
+    /// Reads and drops whatever the peer still sends, until it closes its
+    /// side or `duration` passes. Closing a socket with unread bytes makes
+    /// the kernel reset the connection and throw away what it has not sent
+    /// yet: the answers just written, including the one that says what
+    /// went wrong.
+    pub async fn linger(&mut self, duration: Duration) {
+        let until = Instant::now() + duration;
+        loop {
+            self.buf.clear();
+            tokio::select! {
+                read = self.io.read_buf(&mut self.buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
+    }
+}
+
+/// Messages going out, encoded and buffered until [`MessageWriter::flush`].
+pub struct MessageWriter<W> {
+    io: W,
+    buf: BytesMut,
+    /// The peer's name, when the wire log is on.
+    tap: Option<String>,
+}
+
+impl<W: AsyncWrite + Unpin> MessageWriter<W> {
+    /// Appends `message` to what is to be written; on error nothing is appended.
+    pub fn queue(&mut self, message: &Message) -> Result<(), EncodeError> {
+        let start = self.buf.len();
+        MessageCodec::default().encode(message, &mut self.buf)?;
+        self.log(start);
+        Ok(())
+    }
+
+    /// Appends a message encoded beforehand (a load generator's requests).
+    pub fn queue_encoded(&mut self, bytes: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        self.log(start);
+    }
+
+    fn log(&self, start: usize) {
+        if let Some(peer) = &self.tap {
+            wire::log_sent(&self.buf[start..], peer, WIRE_LOG_LIMIT);
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes out everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.io.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Closes the writing side (a FIN): the peer reads the end of the stream.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.io.shutdown().await
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &W {
+        &self.io
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEARCH: &[u8] = b"\x00d{\"byteorder\": \"big\", \"content-type\": \"text/json\", \"content-encoding\": \"utf-8\", \"content-length\": 41}{\"action\": \"search\", \"value\": \"morpheus\"}";
+
+    const TIMEOUTS: ReadTimeouts = ReadTimeouts { message: Duration::from_secs(5), idle: Duration::from_secs(60) };
+
+    fn pair() -> (Connection<tokio::io::ReadHalf<tokio::io::DuplexStream>, tokio::io::WriteHalf<tokio::io::DuplexStream>>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (reader, writer) = tokio::io::split(ours);
+        (Connection::new(reader, writer, "peer", 1024), theirs)
+    }
+
+    #[tokio::test]
+    async fn messages_in_pieces_come_out_whole_and_in_order() {
+        let (mut conn, mut peer) = pair();
+        let two = [SEARCH, SEARCH].concat();
+        tokio::spawn(async move {
+            for chunk in two.chunks(7) {
+                peer.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        for _ in 0..2 {
+            let Some(Inbound::Message(message)) = conn.reader.next().await.unwrap() else { panic!("no message") };
+            assert_eq!(&message.content[..], br#"{"action": "search", "value": "morpheus"}"#);
+        }
+        assert!(conn.reader.next().await.unwrap().is_none(), "a clean end between messages");
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_in_the_middle_of_a_message_is_an_error() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(&SEARCH[..30]).await.unwrap();
+        drop(peer);
+        let error = conn.reader.next().await.unwrap_err();
+        assert!(matches!(&error, DecodeError::Frame(e) if e.code == ErrorCode::Truncated), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_must_be_finished_in_time_from_its_first_byte() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(&SEARCH[..30]).await.unwrap();
+        assert!(matches!(conn.reader.read_more(Some(TIMEOUTS), std::future::pending()).await, Ok(More::Data)));
+        assert!(conn.reader.try_next().unwrap().is_none());
+        let error = conn.reader.read_more(Some(TIMEOUTS), std::future::pending()).await.unwrap_err();
+        assert!(matches!(&error, DecodeError::Frame(e) if e.code == ErrorCode::Timeout), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_times_out_or_stops_but_one_mid_message_does_not_stop() {
+        let (mut conn, mut peer) = pair();
+        assert!(matches!(conn.reader.read_more(Some(TIMEOUTS), std::future::pending()).await, Ok(More::Idle)));
+        assert!(matches!(conn.reader.read_more(Some(TIMEOUTS), std::future::ready(())).await, Ok(More::Stopped)));
+        peer.write_all(&SEARCH[..30]).await.unwrap();
+        assert!(matches!(conn.reader.read_more(Some(TIMEOUTS), std::future::ready(())).await, Ok(More::Data)));
+        assert!(conn.reader.is_mid_message());
+        // Mid-message, a stop request waits: only the message timeout ends it.
+        let read = conn.reader.read_more(Some(TIMEOUTS), std::future::ready(())).await;
+        assert!(matches!(read, Err(DecodeError::Frame(ref e)) if e.code == ErrorCode::Timeout), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn queued_messages_are_written_on_flush() {
+        let (mut conn, mut peer) = pair();
+        let message = Message::new("text/json", "utf-8", &br#"{"result": "x"}"#[..]);
+        conn.writer.queue(&message).unwrap();
+        conn.writer.queue_encoded(SEARCH);
+        assert!(conn.writer.pending() > SEARCH.len());
+        conn.writer.flush().await.unwrap();
+        assert_eq!(conn.writer.pending(), 0);
+        let mut codec = MessageCodec::default();
+        let mut received = BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            peer.read_buf(&mut received).await.unwrap();
+            while let Some(Inbound::Message(m)) = codec.decode(&mut received).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got[0].content, message.content);
+        assert_eq!(got[1].header.byteorder, "big");
+    }
+}

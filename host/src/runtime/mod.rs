@@ -1,0 +1,293 @@
+//! The WebAssembly runtime, and nothing else: compile, link, instantiate,
+//! call, guard. A [`Message`] goes in, a [`Message`] (or a [`PluginError`])
+//! comes out.
+//!
+//! One [`Runtime`] owns the wasmtime engine, the linker holding the host's
+//! imports, the compiled-code cache and the epoch ticker. A
+//! [`WasmHandler`] is a compiled component that has been linked once
+//! ([`HandlerPre`], wasmtime's `InstancePre`); every call gets a fresh
+//! `Store` and instance from the pooling allocator, so no state survives
+//! from one request to the next and one request cannot see another's data.
+//!
+//! Guards on every call:
+//! - a deadline, enforced by epoch interruption: a ticker thread advances the
+//!   engine's epoch every [`EPOCH_TICK`]; at each tick a running guest yields
+//!   to the tokio scheduler (so a spinning plugin never holds a worker
+//!   thread), and past its deadline it is stopped;
+//! - a memory cap, enforced by a resource limiter that also records the
+//!   refusal so the error can say "out of memory";
+//! - a cap on what the host copies out of the guest at once (wasmtime's
+//!   hostcall fuel), so that an oversized response is refused before it is
+//!   copied, then a cap on the response's size and a check of its header
+//!   fields ([`convert`]).
+//!
+//! Plugins see only the `host` interface of the WIT world: no WASI, so no
+//! filesystem, network, clock or environment.
+
+mod cache;
+mod convert;
+mod error;
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::error::Context as _;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+use crate::bindings::{HandlerPre, host};
+use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
+use cache::ComponentCache;
+pub use cache::Origin;
+use error::{Phase, classify_failure, cut_handler_error};
+pub use error::PluginError;
+use state::CallState;
+
+/// How often the epoch advances: the granularity of deadlines, and how long
+/// a busy guest runs before it yields the thread to other tasks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Bytes of each linear memory and table reset in place (rather than
+/// decommitted) when an instance's slot is reused. A request touches a few
+/// dozen pages of a plugin's memory; with the kernel's `PAGEMAP_SCAN` only
+/// those are reset, and the next request takes no page faults on them.
+const KEEP_RESIDENT: usize = 2 << 20;
+
+/// What the host may copy out of a guest at once beyond a response's
+/// content: its content-type, encoding and header fields. A header is at
+/// most 64 KiB on the wire, but each field costs the host more than its
+/// bytes, so this leaves room for any header that can be sent.
+const HEADER_FUEL: usize = 1 << 20;
+
+/// Settings fixed for the life of the engine.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Plugin calls that may run at once; more wait their turn. Sizes the
+    /// pooling allocator.
+    pub max_concurrent_calls: u32,
+    /// The most memory any plugin instance may ever have (per-call limits
+    /// may be lower).
+    pub max_memory: usize,
+    /// Directory where compiled plugin code is kept across restarts;
+    /// `None` keeps it in memory only.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Keep wasmtime's Spectre hardening of memory bounds checks. Turning it
+    /// off halves the cost of a call (no `mprotect` per instance), but a
+    /// plugin could then read other instances' memory through speculative
+    /// side channels: only for plugins you trust.
+    pub spectre_hardening: bool,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, spectre_hardening: true }
+    }
+}
+
+/// Limits for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock time the call may take, instantiation included.
+    pub deadline: Duration,
+    /// Linear memory the instance may grow to.
+    pub memory: usize,
+    /// Largest response content the plugin may return.
+    pub max_response: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self { deadline: Duration::from_millis(100), memory: 64 << 20, max_response: DEFAULT_MAX_CONTENT_LENGTH }
+    }
+}
+
+/// Who is calling, for the plugin's log lines and configuration.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub tenant: Arc<str>,
+    /// Values the plugin reads through the `config` import.
+    pub config: Arc<BTreeMap<String, String>>,
+    pub limits: CallLimits,
+}
+
+/// The wasmtime engine, linker, cache and epoch ticker shared by every
+/// plugin. Cloning it is cheap (a reference count).
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache: ComponentCache,
+    settings: RuntimeSettings,
+    /// Bounds plugin calls in flight to what the instance pool holds, so a
+    /// burst waits instead of failing.
+    slots: Semaphore,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// How a component's code was had when it was loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadInfo {
+    /// Time spent compiling, or reading the compiled code from a cache.
+    pub compile_time: Duration,
+    /// Whether the code was compiled for this load or found in a cache.
+    pub origin: Origin,
+}
+
+/// A component compiled and linked against the host's imports, ready to
+/// answer requests, each on a fresh instance.
+pub struct WasmHandler {
+    pre: HandlerPre<CallState>,
+    runtime: Arc<Shared>,
+    /// The plugin's name and version, for its log lines.
+    plugin: Arc<str>,
+    version: Arc<str>,
+}
+
+impl Runtime {
+    pub fn new(settings: RuntimeSettings) -> wasmtime::Result<Self> {
+        let n = settings.max_concurrent_calls.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            // A component made by wit-component holds a few core instances
+            // (the module, a shim and a fixup module) and tables.
+            .max_core_instances_per_component(8)
+            .total_core_instances(n * 8)
+            .max_memories_per_component(2)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n)
+            .max_memory_size(settings.max_memory)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(true)
+            .parallel_compilation(true);
+        if !settings.spectre_hardening {
+            // Each instance's memory is reserved at its cap with no guard
+            // pages, and compiled code checks every access explicitly instead
+            // of relying on faults. Then a slot's pages stay read/write from
+            // one request to the next: with guard pages, every request pays
+            // two `mprotect` calls and a TLB flush (when the instance is made
+            // and when its slot is reset), about half of a call. The price:
+            // wasmtime turns off its Spectre hardening of those bounds
+            // checks, which relies on faults.
+            config
+                .memory_reservation(u64::try_from(settings.max_memory).unwrap_or(u64::MAX))
+                .memory_guard_size(0)
+                .guard_before_linear_memory(false)
+                .signals_based_traps(false);
+        }
+        let engine = Engine::new(&config).context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state).context("linking the host interface")?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = engine.clone();
+        let stop = Arc::clone(&ticker_stop);
+        std::thread::Builder::new()
+            .name("wasmux-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .context("starting the epoch ticker")?;
+
+        let cache = ComponentCache::new(&engine, settings.cache_dir.clone());
+        Ok(Self { shared: Arc::new(Shared { engine, linker, cache, slots: Semaphore::new(n as usize), settings, ticker_stop }) })
+    }
+
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.shared.settings
+    }
+
+    /// Compiles (unless cached) and links the component `bytes`, whose
+    /// SHA-256 is `digest` (the cache's key), for plugin `plugin` at
+    /// `version` (named in its log lines). Compiling is CPU-heavy
+    /// (milliseconds to seconds): call this off the async runtime. Fails if
+    /// `bytes` is not a component or not of the `handler` world.
+    pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: [u8; 32]) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        let (component, origin) = shared
+            .cache
+            .get_or_compile(&shared.engine, digest, bytes)
+            .context("not a valid WebAssembly component, or one outside this server's limits")?;
+        let compile_time = started.elapsed();
+        let instance_pre = shared
+            .linker
+            .instantiate_pre(&component)
+            .context("the component's imports do not match the wasmux:plugin/handler world")?;
+        let pre = HandlerPre::new(instance_pre).context("the component's exports do not match the wasmux:plugin/handler world")?;
+        let handler = WasmHandler { pre, runtime: Arc::clone(shared), plugin: plugin.into(), version: version.into() };
+        Ok((handler, LoadInfo { compile_time, origin }))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasmHandler {
+    /// Answers `request` on a fresh instance, under `context`'s limits.
+    pub async fn call(&self, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
+        let runtime = &self.runtime;
+        let _slot = runtime.slots.acquire().await.map_err(|_| PluginError::ShuttingDown)?;
+        let limits = context.limits;
+        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context.clone());
+        let mut store = Store::new(&runtime.engine, state);
+        store.limiter(|state| state);
+        // Caps what the host copies out of the guest in one go, so that a
+        // response (or a log line) claiming more than a response may hold is
+        // refused before it is copied. Guest memory alone would not bound
+        // it: a list's strings may all point at the same bytes.
+        store.set_hostcall_fuel(hostcall_fuel(limits));
+        // The first check comes one to two ticks in, so that a short call
+        // finishes without yielding; after that, one every tick.
+        store.set_epoch_deadline(2);
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // tokio's own yield, not wasmtime's generic one: tokio runs a
+                // task that yielded this way only after it has polled for I/O.
+                // With a generic yield, workers kept busy by spinning guests
+                // look for I/O only every 61 polls (its `event_interval`),
+                // each a whole tick long, and other clients wait that long.
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+            }
+        });
+
+        let handler = match self.pre.instantiate_async(&mut store).await {
+            Ok(handler) => handler,
+            Err(e) => return Err(classify_failure(e, Phase::Instantiate, store.data(), limits)),
+        };
+        match handler.call_handle(&mut store, &convert::to_request(request)).await {
+            Ok(Ok(response)) => convert::into_message(response, limits.max_response).map_err(PluginError::BadResponse),
+            Ok(Err(error)) => Err(PluginError::Handler(cut_handler_error(error))),
+            Err(e) => Err(classify_failure(e, Phase::Call, store.data(), limits)),
+        }
+    }
+}
+
+/// What the host may copy out of the guest at once under `limits`.
+fn hostcall_fuel(limits: CallLimits) -> usize {
+    limits.max_response.saturating_add(HEADER_FUEL)
+}

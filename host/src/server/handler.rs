@@ -1,0 +1,159 @@
+//! One connection's request loop: read messages, have the service answer
+//! them, write the answers in order, and decide when the connection ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::listener::MakeRoom;
+use crate::codec::{DecodeError, Inbound};
+use crate::connection::{Connection, More, ReadTimeouts};
+use crate::message::{ErrorCode, Message, ProtocolError};
+use crate::service::{Answer, Service};
+
+/// Answers pile up in the write buffer while pipelined requests are
+/// processed; past this size they are flushed before reading on.
+const MAX_PENDING_WRITE: usize = 256 * 1024;
+
+/// How long a connection refused for a lost frame keeps reading (and
+/// dropping) what the peer still sends, so that its last answers reach the
+/// peer before the close (at most the message timeout).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Serves one client connection.
+pub(super) struct Handler<R, W> {
+    pub connection: Connection<R, W>,
+    pub peer: SocketAddr,
+    pub service: Arc<Service>,
+    /// Idle connections give way to waiting clients at the connection cap.
+    pub make_room: Arc<MakeRoom>,
+    /// Cancelled at shutdown.
+    pub token: CancellationToken,
+}
+
+/// Why a connection ends.
+enum Close {
+    /// The peer closed between messages, or we are shutting down.
+    Clean,
+    /// The peer was idle too long.
+    Idle,
+    /// The peer was idle when a new client needed its place.
+    MakeRoom,
+    /// Reading or writing failed (reset, timeout on write, …).
+    Io(String),
+    /// The stream cannot be read further; the peer was told why.
+    Protocol(ProtocolError),
+    /// The sender may not go on (an unknown token); it was told why.
+    Refused,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
+    pub(super) async fn run(mut self) {
+        tracing::debug!("accepted connection from {}", self.peer);
+        let peer = self.peer;
+        match self.serve().await {
+            Close::Clean => tracing::debug!("closing connection to {peer}"),
+            Close::Idle => tracing::debug!("closing idle connection to {peer}"),
+            Close::MakeRoom => tracing::debug!("closing idle connection to {peer} to make room for a new client"),
+            Close::Io(e) => tracing::debug!("connection to {peer} failed: {e}"),
+            Close::Protocol(e) => tracing::info!("closing connection to {peer}: {e}"),
+            Close::Refused => tracing::info!("closing connection to {peer}: request refused"),
+        }
+    }
+
+    async fn serve(&mut self) -> Close {
+        loop {
+            // Answer every message already buffered, then write the answers at once.
+            loop {
+                let answer = match self.connection.reader.try_next() {
+                    Ok(None) => break,
+                    Ok(Some(Inbound::Message(request))) => {
+                        tracing::debug!("{} request ({} bytes)", request.header.content_type, request.content.len());
+                        self.service.handle(request).await
+                    }
+                    Ok(Some(Inbound::Invalid(error))) => {
+                        tracing::info!("invalid message from {}: {error}", self.peer);
+                        self.service.count_refused(&error);
+                        Answer { message: error.to_message(), close: false }
+                    }
+                    Err(DecodeError::Frame(error)) => return self.refuse(error).await,
+                    Err(DecodeError::Io(e)) => return Close::Io(e.to_string()),
+                };
+                self.queue(&answer.message);
+                if answer.close {
+                    let _ = self.flush().await;
+                    let _ = self.connection.writer.shutdown().await;
+                    return Close::Refused;
+                }
+                if self.connection.writer.pending() >= MAX_PENDING_WRITE
+                    && let Err(close) = self.flush().await
+                {
+                    return close;
+                }
+            }
+            if let Err(close) = self.flush().await {
+                return close;
+            }
+            if self.token.is_cancelled() && !self.connection.reader.is_mid_message() {
+                return Close::Clean;
+            }
+
+            let limits = &self.service.settings().limits;
+            let timeouts = ReadTimeouts { message: limits.message_timeout, idle: limits.idle_timeout };
+            let (token, make_room) = (&self.token, &self.make_room);
+            // Shutting down: idle connections close now (one in the middle
+            // of a message gets to finish it, until its timeout). At the
+            // connection cap, idle connections give way to new clients.
+            let stop_while_idle = async {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = make_room.claim() => {}
+                }
+            };
+            match self.connection.reader.read_more(Some(timeouts), stop_while_idle).await {
+                Ok(More::Data) => {}
+                Ok(More::Closed) => return Close::Clean,
+                Ok(More::Idle) => return Close::Idle,
+                Ok(More::Stopped) => return if self.token.is_cancelled() { Close::Clean } else { Close::MakeRoom },
+                Err(DecodeError::Frame(error)) => return self.refuse(error).await,
+                Err(DecodeError::Io(e)) => return Close::Io(e.to_string()),
+            }
+        }
+    }
+
+    /// Queues an answer. Only a plugin's extra header fields can make it
+    /// unsendable; then the client gets an error answer instead.
+    fn queue(&mut self, message: &Message) {
+        if let Err(e) = self.connection.writer.queue(message) {
+            tracing::warn!("cannot send an answer: {e}");
+            let error = Message::error(ErrorCode::PluginBadResponse, &format!("the plugin's answer cannot be sent: {e}"));
+            // An error answer always fits.
+            let _ = self.connection.writer.queue(&error);
+        }
+    }
+
+    /// Writes out the queued answers. A peer that does not read them within
+    /// the message timeout is dropped.
+    async fn flush(&mut self) -> Result<(), Close> {
+        let timeout = self.service.settings().limits.message_timeout;
+        match tokio::time::timeout(timeout, self.connection.writer.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Close::Io(e.to_string())),
+            Err(_) => Err(Close::Io(format!("the peer did not read its answers for {timeout:?}"))),
+        }
+    }
+
+    /// Tells the peer why its stream cannot be read further, then ends.
+    async fn refuse(&mut self, error: ProtocolError) -> Close {
+        self.service.count_refused(&error);
+        self.queue(&error.to_message());
+        if self.flush().await.is_ok() && self.connection.writer.shutdown().await.is_ok() {
+            let linger = LINGER.min(self.service.settings().limits.message_timeout);
+            self.connection.reader.linger(linger).await;
+        }
+        Close::Protocol(error)
+    }
+}

@@ -1,0 +1,126 @@
+//! Accepting connections under the connection cap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::handler::Handler;
+use crate::connection::Connection;
+use crate::service::Service;
+
+/// Accepts connections on one listening socket.
+pub(super) struct Listener {
+    pub listener: TcpListener,
+    pub service: Arc<Service>,
+    /// One permit per open connection (shared by every listener).
+    pub connections: Arc<Semaphore>,
+    /// Asked when a client waits for a place: the connection that has been
+    /// idle the longest closes. Idle connections at the cap would otherwise
+    /// keep every newcomer waiting for their idle timeout.
+    pub make_room: Arc<MakeRoom>,
+    pub token: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Requests from the accept loops, at the connection cap, for an idle
+/// connection to close.
+#[derive(Default)]
+pub(super) struct MakeRoom {
+    /// Requests not yet taken up.
+    wanted: AtomicUsize,
+    /// Wakes idle connections, the one waiting the longest first.
+    idle: Notify,
+}
+
+impl MakeRoom {
+    fn ask(&self) {
+        self.wanted.fetch_add(1, Ordering::SeqCst);
+        self.idle.notify_one();
+    }
+
+    /// Withdraws a request no connection has taken up (the place came free
+    /// another way), so that no one closes for it later.
+    fn withdraw(&self) {
+        let _ = self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Completes when this idle connection has taken up a request to make
+    /// room. Connections wait here in the order they went idle, so the one
+    /// idle the longest is woken first.
+    pub(super) async fn claim(&self) {
+        loop {
+            self.idle.notified().await;
+            // A notification left over from a request since withdrawn is
+            // not a request.
+            if self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+impl Listener {
+    pub(super) async fn run(self) {
+        let local = self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("listening on {local}");
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Usually out of file descriptors: wait, then retry.
+                        tracing::error!("accept on {local} failed: {e}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+                () = self.token.cancelled() => return,
+            };
+            backoff = Duration::from_millis(1);
+            let permit = match Arc::clone(&self.connections).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => {
+                    // At the cap: this client waits (and the next ones wait
+                    // in the listen backlog) until a connection closes.
+                    self.make_room.ask();
+                    let permit = tokio::select! {
+                        permit = Arc::clone(&self.connections).acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                        () = self.token.cancelled() => return,
+                    };
+                    self.make_room.withdraw();
+                    permit
+                }
+            };
+            let max_content_length = self.service.settings().limits.max_content_length;
+            let handler = Handler {
+                connection: Connection::tcp(stream, peer, max_content_length),
+                peer,
+                service: Arc::clone(&self.service),
+                make_room: Arc::clone(&self.make_room),
+                token: self.token.clone(),
+            };
+            let metrics = Arc::clone(self.service.metrics());
+            metrics.connection_opened();
+            self.tracker.spawn(
+                async move {
+                    handler.run().await;
+                    metrics.connection_closed();
+                    drop(permit);
+                }
+                .instrument(tracing::info_span!("conn", %peer)),
+            );
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The native socket core: listeners, one task per connection, limits and
+//! graceful shutdown. Bytes become messages in [`crate::connection`];
+//! messages become answers in [`crate::service`]. Nothing here knows about
+//! plugins.
+//!
+//! - [`listener`]: accepts connections under the connection cap; at the cap
+//!   new clients wait in the listen backlog and the connection idle the
+//!   longest is asked to make room.
+//! - [`handler`]: one connection's request loop: answers in order, batched
+//!   when pipelined requests are ready together, and when to close.
+//! - [`run`]: starts a listener per socket; on shutdown they stop
+//!   accepting, idle connections close, and requests in flight are
+//!   answered before their connection closes.
+
+mod handler;
+mod listener;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::service::Service;
+use listener::{Listener, MakeRoom};
+
+/// How long shutdown waits for requests in flight before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `service` on `listeners` until `shutdown` completes, then stops
+/// accepting, lets requests in flight finish (up to a grace period) and returns.
+pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let connections = Arc::new(Semaphore::new(service.settings().limits.max_connections));
+    let make_room = Arc::new(MakeRoom::default());
+    for listener in listeners {
+        let accept = Listener {
+            listener,
+            service: Arc::clone(&service),
+            connections: Arc::clone(&connections),
+            make_room: Arc::clone(&make_room),
+            token: token.clone(),
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(accept.run());
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("{} tasks still running after {SHUTDOWN_GRACE:?}; stopping anyway", tracker.len());
+    }
+    Ok(())
+}
