@@ -43,6 +43,20 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// What kind of value a JSON value is, in words for an error message, with
+/// Python's names for the containers: `a string`, `a list`, `an object`.
+pub fn kind_of(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Renders a JSON value the way Python's `str()` renders the decoded object,
 /// as the guide's f-strings do: `None`, `True`, `3`, `abc`, `['a', 1]`.
 pub fn str_of(value: &serde_json::Value) -> String {

@@ -60,7 +60,7 @@ pub fn search_with(
     let text = decode_text(content, encoding)?;
     let request: Value = serde_json::from_str(&text).map_err(|e| SearchError::BadJson(e.to_string()))?;
     let Value::Object(request) = request else {
-        return Err(SearchError::NotAnObject(kind_of(&request)));
+        return Err(SearchError::NotAnObject(crate::python::kind_of(&request)));
     };
     let result = search_answer(&request, find);
     let mut response = Map::with_capacity(1);
@@ -108,17 +108,6 @@ fn decode_text<'a>(content: &'a [u8], encoding: &str) -> Result<Cow<'a, str>, Se
             Ok(Cow::Owned(content.iter().map(|&b| char::from(b)).collect()))
         }
         _ => Err(SearchError::UnknownEncoding(encoding.to_owned())),
-    }
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -24,6 +24,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use serde_json::{Map, Value};
 use tokio_util::codec::{Decoder, Encoder};
+use wasmux_guide::python;
 
 use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, ErrorCode, Header, HeaderTooLong, Message, ProtocolError};
 
@@ -197,7 +198,7 @@ fn parse_header(raw: &[u8], max_content_length: usize) -> Result<(usize, Result<
     let value: Value =
         serde_json::from_str(text).map_err(|e| bad_frame(format!("the JSON header is not valid JSON: {e}")))?;
     let Value::Object(mut fields) = value else {
-        return Err(bad_frame(format!("the JSON header must be an object, got {}", kind_of(&value))));
+        return Err(bad_frame(format!("the JSON header must be an object, got {}", python::kind_of(&value))));
     };
 
     let length = match fields.shift_remove("content-length") {
@@ -239,17 +240,6 @@ fn parse_header(raw: &[u8], max_content_length: usize) -> Result<(usize, Result<
     Ok((length, header.map(|header| Header { extra: fields, ..header })))
 }
 
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A short description of a value for an error message: `a string ("12")`.
 fn describe(value: &Value) -> String {
     if value.is_null() {
@@ -261,7 +251,7 @@ fn describe(value: &Value) -> String {
         text.truncate(cut);
         text.push('…');
     }
-    format!("{} ({text})", kind_of(value))
+    format!("{} ({text})", python::kind_of(value))
 }
 
 impl Encoder<&Message> for MessageCodec {

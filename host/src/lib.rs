@@ -17,8 +17,8 @@
 //! [`watcher`] (files ─▶ registry and settings updates), [`metrics`] and
 //! [`admin`] (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and
 //! socket errors), [`client`] (what `wasmux send` and the tests use),
-//! [`bindings`] (the WIT contract, generated), [`native`] (the guide's
-//! handlers compiled in, for comparison).
+//! [`native`] (the guide's handlers compiled in, for comparison). The WIT
+//! contract's host side is generated in the crate `wasmux-bindings`.
 //!
 //! A request through the service, with a handler compiled in (no Wasm):
 //!
@@ -40,7 +40,6 @@
 //! ```
 
 pub mod admin;
-pub mod bindings;
 pub mod client;
 pub mod codec;
 pub mod config;

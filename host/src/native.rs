@@ -5,7 +5,7 @@
 
 use wasmux_guide::SearchError;
 
-use crate::bindings::HandlerError;
+use wasmux_bindings::HandlerError;
 use crate::message::Message;
 
 /// A handler compiled into the host, with a plugin's contract.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::bindings::HandlerError;
+use wasmux_bindings::HandlerError;
 use crate::config::Settings;
 use crate::message::{AUTHORIZATION_FIELD, ErrorCode, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};

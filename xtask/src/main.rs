@@ -98,6 +98,8 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Test { args } => {
             plugins::build_all(&root, true)?;
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--all-targets"]).args(&args))?;
+            // `--all-targets` leaves out documentation examples.
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--doc"]).args(&args))?;
             // The plugins' shared logic and the guests themselves, natively.
             run(Command::new(cargo())
                 .current_dir(root.join("plugins"))

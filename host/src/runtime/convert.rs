@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::bindings::{Field, Request, Response};
+use wasmux_bindings::{Field, Request, Response};
 use crate::message::{Header, Message, NATIVE_BYTEORDER, REQUIRED_FIELDS};
 
 /// The request as the plugin receives it: every extra header field, its

@@ -6,7 +6,7 @@ use wasmtime::Trap;
 
 use super::state::CallState;
 use super::{CallLimits, hostcall_fuel};
-use crate::bindings::HandlerError;
+use wasmux_bindings::HandlerError;
 
 /// Longest handler error message passed on to the client and the log; the
 /// rest is cut.

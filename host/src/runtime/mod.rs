@@ -39,7 +39,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
-use crate::bindings::{HandlerPre, host};
+use wasmux_bindings::{HandlerPre, host};
 use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
 use cache::ComponentCache;
 pub use cache::Origin;

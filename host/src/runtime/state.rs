@@ -8,8 +8,8 @@ use wasmtime::ResourceLimiter;
 
 use super::CallContext;
 use super::error::cut;
-use crate::bindings::host::{self, Level};
-use crate::bindings::types;
+use wasmux_bindings::host::{self, Level};
+use wasmux_bindings::types;
 
 /// Longest log line a plugin may write; the rest is cut.
 const MAX_LOG_LINE: usize = 1024;
