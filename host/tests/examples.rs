@@ -13,9 +13,11 @@ use common::{Finished, Process, STEP};
 
 const ECHOED: &str = "Message 1 from client.Message 2 from client.";
 
-/// An example binary. Cargo builds the examples with the tests but tells
-/// the tests nothing about them: they are in `examples/` beside `deps/`,
-/// where this test runs from. Built here if missing (`cargo test --test examples`).
+/// An example binary, from `target/PROFILE/examples/`. `cargo xtask test`
+/// builds them (`cargo build --workspace --bins --examples`) before the
+/// tests, with the features the tests are built with; `cargo test --all-targets` alone only builds
+/// them in test mode, elsewhere. Run directly (`cargo test --test
+/// examples`), this test builds them the same way first.
 fn example(name: &str) -> Command {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
@@ -25,7 +27,7 @@ fn example(name: &str) -> Command {
         if !names.iter().all(|name| dir.join(name).is_file()) {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--examples", "-p", "wasmux"])
+                .args(["build", "--workspace", "--bins", "--examples"])
                 .current_dir(common::root())
                 .status()
                 .expect("run cargo build --examples");

@@ -97,6 +97,11 @@ fn run_task(cli: Cli) -> Result<()> {
         }
         Task::Test { args } => {
             plugins::build_all(&root, true)?;
+            // The example programs the tests run, built once with the same
+            // features as the tests: a build that leaves out the bins (xtask's
+            // wit-component) unifies wasmparser's features differently and
+            // compiles wasmtime a second time.
+            run(Command::new(cargo()).current_dir(&root).args(["build", "--workspace", "--bins", "--examples"]))?;
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--all-targets"]).args(&args))?;
             // `--all-targets` leaves out documentation examples.
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--doc"]).args(&args))?;
