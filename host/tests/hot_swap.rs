@@ -89,6 +89,12 @@ impl PluginDir {
     }
 }
 
+/// The version wasmux shows for a component: 12 hex digits of its SHA-256.
+fn short_version(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(bytes)[..6])
+}
+
 fn plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(common::plugins_dir().join(format!("{name}.wasm"))).expect("built plugin")
 }
@@ -132,12 +138,16 @@ fn atomic_rename_and_in_place_write_both_swap_the_plugin() {
 #[test]
 fn no_watch_leaves_the_loaded_plugins_alone() {
     let plugins = PluginDir::new();
-    let server = plugins.serve(&["--no-watch"]);
-    let mut conn = server.connect();
+    let unwatched = plugins.serve(&["--no-watch"]);
+    // A second server watches the same directory: once it has swapped, the
+    // change has been seen and acted on by anyone watching.
+    let watched = plugins.serve(&[]);
+    let mut conn = unwatched.connect();
     plugins.replace_atomically("binary-echo.wasm", &plugin_bytes("search"));
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until_served_by(&mut watched.connect(), ServedBy::Search, &watched);
     assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
-    assert!(!server.log().contains("watching"), "{}", server.log());
+    assert!(!unwatched.log().contains("for changes"), "{}", unwatched.log());
+    assert!(watched.log().contains("for changes"), "{}", watched.log());
 }
 
 #[test]
@@ -216,6 +226,49 @@ fn deleting_a_file_unloads_its_plugin_and_restoring_it_serves_again() {
 }
 
 #[test]
+fn a_request_running_across_a_swap_finishes_on_the_version_it_started_on() {
+    let plugins = PluginDir::new();
+    std::fs::copy(common::fixtures_dir().join("spin.wasm"), plugins.file("slow.wasm")).expect("copy the spin fixture");
+    let config = plugins.file("wasmux.toml");
+    std::fs::write(&config, "[limits]\nplugin-deadline = \"60s\"\n[routes]\n\"test/slow\" = \"slow\"\n\"*\" = \"binary-echo\"\n").expect("config");
+    let server = plugins.serve(&["--config", config.to_str().expect("utf-8")]);
+    let slow = |content: &str| message(json!({"byteorder": "little", "content-type": "test/slow", "content-encoding": "utf-8"}), content.as_bytes());
+
+    // How far the fixture counts in a second here: the slow request must
+    // outlast the swap by a wide margin.
+    let started = Instant::now();
+    assert_eq!(server.connect().request(&slow("count 100000000")).content, b"spin: counted 100000000");
+    println!("counting to 100000000 took {:?}", started.elapsed());
+    let per_second = 100_000_000.0 / started.elapsed().as_secs_f64().max(0.001);
+    let n = ((per_second * 3.0) as u64).clamp(100_000_000, 40_000_000_000);
+
+    let addr = server.addr;
+    let request = slow(&format!("count {n}"));
+    let running = std::thread::spawn(move || {
+        let mut conn = Raw::connect(addr);
+        // Counting takes seconds, longer still on a busy machine.
+        conn.stream.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+        let answer = conn.request(&request);
+        (answer, Instant::now())
+    });
+    assert!(server.wait_for_log(&format!("test/slow request ({} bytes)", format!("count {n}").len()), SWAP_WAIT), "{}", server.log());
+
+    // Swap `slow` for another plugin entirely while the request runs.
+    plugins.replace_atomically("slow.wasm", &plugin_bytes("binary-echo"));
+    let mut conn = server.connect();
+    let end = Instant::now() + SWAP_WAIT;
+    while conn.request(&slow("answer")).content != b"First 10 bytes of request: answer" {
+        assert!(Instant::now() < end, "slow was not swapped; log:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let swapped = Instant::now();
+
+    let (answer, answered) = running.join().expect("the slow request's thread");
+    assert!(answered > swapped, "the slow request ended before the swap: make it slower (n = {n})");
+    assert_eq!(answer.content, format!("spin: counted {n}").into_bytes(), "the running request did not finish on its own version");
+}
+
+#[test]
 fn a_new_file_in_the_directory_is_loaded() {
     let plugins = PluginDir::new();
     let config = plugins.file("wasmux.toml");
@@ -268,9 +321,19 @@ fn compiled_code_is_reused_when_swapping_back_and_after_a_restart() {
         wait_until_served_by(&mut conn, ServedBy::Search, &server);
         plugins.replace_atomically("binary-echo.wasm", &plugin_bytes("binary-echo"));
         wait_until_served_by(&mut conn, ServedBy::Echo, &server);
-        let log = server.log();
-        let back = log.lines().rev().find(|l| l.contains("plugin binary-echo: ") && l.contains(" -> ")).unwrap_or_default();
-        assert!(back.contains("(compile 0 ms: compiled earlier)"), "swapping back compiled again: {back}\n{log}");
+        // Both swaps logged (the log is read by another thread): the second
+        // is the swap back.
+        let swaps = |log: &str| log.lines().filter(|l| l.contains("plugin binary-echo: ") && l.contains(" -> ")).map(str::to_owned).collect::<Vec<_>>();
+        let end = Instant::now() + SWAP_WAIT;
+        while swaps(&server.log()).len() < 2 {
+            assert!(Instant::now() < end, "the swap back was not logged:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let swaps = swaps(&server.log());
+        let echo = short_version(&plugin_bytes("binary-echo"));
+        let search = short_version(&plugin_bytes("search"));
+        assert!(swaps[0].contains(&format!("{echo} -> {search}")), "{swaps:?}");
+        assert!(swaps[1].ends_with(&format!("{search} -> {echo} (compile 0 ms: compiled earlier)")), "swapping back compiled again: {swaps:?}");
     }
     let server = plugins.serve(&["--cache-dir", cache_arg]);
     for name in ["search", "binary-echo"] {

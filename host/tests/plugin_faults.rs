@@ -88,9 +88,22 @@ fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
     }
     assert_logged(&server, "plugin spin ran past its deadline of 100ms");
     assert!(server.log().lines().any(|l| l.contains("WARN") && l.contains("plugin=spin")), "{}", server.log());
-    // A plugin logging in a loop is cut off after a bounded number of lines.
+    // A plugin logging in a loop is cut off after 64 lines: the 64th says
+    // so, and nothing of that call follows it.
     assert_logged(&server, "log line limit reached");
-    assert!(server.log().matches("spin: turn").count() <= 64, "a looping plugin flooded the log");
+    assert_eq!(server.log().matches("spin: turn").count(), 64, "{}", server.log());
+    assert!(server.log().contains("spin: turn 64 (log line limit reached; further lines of this request are dropped)"));
+}
+
+#[test]
+fn a_log_line_is_cut_at_1_kib() {
+    let server = Server::start_with_fixtures(CONFIG);
+    assert_eq!(server.connect().request(&ask("spin", "long-line")).content, b"spin: logged");
+    assert_logged(&server, "spin: long line x");
+    let line = server.log().lines().find(|l| l.contains("spin: long line")).map(str::to_owned).unwrap_or_default();
+    // The message, then the fields tracing appends (` plugin=spin …`).
+    let message = &line[line.find("spin: long line").unwrap_or(0)..line.find(" plugin=spin").unwrap_or(line.len())];
+    assert_eq!(message, format!("spin: long line {}… (cut)", "x".repeat(1024 - "spin: long line ".len())));
 }
 
 #[test]
@@ -99,19 +112,19 @@ fn spinning_plugins_do_not_hold_up_other_requests() {
     // requests; more spinning calls than this machine has cores.
     let server = Server::start_with_fixtures(&CONFIG.replace("plugin-deadline = \"100ms\"", "plugin-deadline = \"3s\""));
     let spinners = 2 * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
-    let started = Instant::now();
     let handles: Vec<_> = (0..spinners)
         .map(|_| {
             let addr = server.addr;
             std::thread::spawn(move || {
                 let mut conn = Raw::connect(addr);
                 let answer = conn.request(&ask("spin", "forever"));
-                (answer.error_code(), started.elapsed())
+                (answer.error_code(), Instant::now())
             })
         })
         .collect();
-    assert_logged(&server, "test/spin request");
+    let end = Instant::now() + Duration::from_secs(5);
     while server.log().matches("test/spin request").count() < spinners {
+        assert!(Instant::now() < end, "the spinners did not all start; log:\n{}", server.log());
         std::thread::sleep(Duration::from_millis(5));
     }
 
@@ -119,28 +132,27 @@ fn spinning_plugins_do_not_hold_up_other_requests() {
     // connection are answered meanwhile, not after the spinners' deadline.
     let mut conn = server.connect();
     let mut latencies = Vec::new();
-    for _ in 0..50 {
+    // Until the first spinner stops (its deadline bounds the loop).
+    while latencies.len() < 50 && handles.iter().all(|h| !h.is_finished()) {
         let sent = Instant::now();
         assert_eq!(conn.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
-        latencies.push((sent.elapsed(), started.elapsed()));
+        latencies.push(sent.elapsed());
     }
+    let answered_meanwhile = latencies.len();
     let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("spinner thread")).collect();
-    let first_spinner_done = results.iter().map(|(_, at)| *at).min().expect("spinners");
     for (code, _) in &results {
         assert_eq!(code, "plugin-timeout");
     }
-    let answered_meanwhile = latencies.iter().filter(|(_, at)| *at < first_spinner_done).count();
-    let mut each: Vec<Duration> = latencies.iter().map(|(d, _)| *d).collect();
-    each.sort();
+    latencies.sort();
     println!(
-        "{spinners} plugins spinning to a 3 s deadline; 50 normal requests: p50 {:?}, max {:?}; {answered_meanwhile} answered before the first spinner stopped",
-        each[each.len() / 2],
-        each[each.len() - 1],
+        "{spinners} plugins spinning to a 3 s deadline; {answered_meanwhile} normal requests answered meanwhile: p50 {:?}, max {:?}",
+        latencies.get(latencies.len() / 2),
+        latencies.last(),
     );
     // Not a speed goal: a server whose spinning plugins hold its threads
     // (or keep it from polling for I/O) answers few or none of them before
     // the deadline. Before plugins yielded with tokio's yield_now, 13 of 50
-    // were answered in 1.5 s here.
+    // were answered in 1.5 s here; normally all 50 take a few tens of ms.
     assert_eq!(answered_meanwhile, 50, "normal requests waited for spinning plugins to reach their deadline");
 }
 
@@ -323,4 +335,48 @@ fn a_client_pipelining_past_a_failing_plugin_gets_every_answer_in_order() {
         ["plugin-timeout", "plugin-failed", "plugin-memory", ring, "spin: answered", "plugin-failed", "plugin-memory", ring]
     );
     server.assert_serves_others();
+}
+
+#[test]
+fn a_plugin_importing_more_than_the_host_offers_is_refused() {
+    let server = Server::start_with_fixtures("[routes]\n\"*\" = \"extra-import\"\n");
+    assert_logged(&server, "plugin extra-import: refused");
+    assert_logged(&server, "wasmux:plugin/files");
+    let answer = server.connect().request(&ask("extra-import", ""));
+    assert_eq!(answer.error_code(), "no-plugin");
+}
+
+#[test]
+fn no_state_survives_between_requests_on_a_fresh_instance() {
+    let server = Server::start_with_fixtures("[routes]\n\"*\" = \"counter\"\n");
+    let mut first = server.connect();
+    let mut second = server.connect();
+    for _ in 0..5 {
+        // The fixture counts its requests in a global: every instance is new.
+        assert_eq!(first.request(&ask("counter", "")).content, b"count 1");
+        assert_eq!(second.request(&ask("counter", "")).content, b"count 1");
+    }
+}
+
+#[test]
+fn a_tenants_plugin_memory_and_deadline_override_the_servers() {
+    let config = format!(
+        "{CONFIG}\n[tenants.default]\n[tenants.tight]\ntoken-sha256 = \"{}\"\nlimits = {{ plugin-memory = \"8 MiB\", plugin-deadline = \"50ms\" }}\n",
+        wasmux::tenancy::TokenHash::of("tight")
+    );
+    let server = Server::start_with_fixtures(&config);
+    let tight = |plugin: &str, command: &str| {
+        message(
+            json!({"byteorder": "little", "content-type": format!("test/{plugin}"), "content-encoding": "utf-8", "authorization": "Bearer tight"}),
+            command.as_bytes(),
+        )
+    };
+    let mut conn = server.connect();
+    let text = conn.request(&tight("memory-hog", "grow")).json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("over its limit of 8388608"), "{text}");
+    let text = conn.request(&tight("spin", "forever")).json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("ran past its deadline of 50ms"), "{text}");
+    // The default tenant keeps the server's limits.
+    expect_error(&mut conn, "memory-hog", "grow", "plugin-memory", "over its limit of 16777216");
+    expect_error(&mut conn, "spin", "forever", "plugin-timeout", "ran past its deadline of 100ms");
 }

@@ -309,11 +309,27 @@ impl Raw {
         Answer::parse(&self.read_message())
     }
 
-    /// True if the server has closed the connection (reads end of stream).
+    /// True if the server has closed the connection: the next read finds
+    /// the end of the stream or a reset, within [`STEP`]. Bytes arriving
+    /// instead, or nothing, mean it is open.
     pub fn is_closed(&mut self) -> bool {
         let mut byte = [0; 1];
-        matches!(self.stream.read(&mut byte), Ok(0)) || matches!(self.stream.read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
+            Ok(_) => false,
+        }
     }
+}
+
+/// The value of the sample `series` (a metric's name and, if it has any,
+/// its labels exactly as written: `name{a="x",b="y"}`) in Prometheus text.
+/// Matched whole, so `wasmux_open_connections 1` is not found in `… 10`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// A message built the way the guide's Python client builds one.

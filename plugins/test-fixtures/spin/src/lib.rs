@@ -7,7 +7,10 @@
 //! - `forever` (or anything not listed): a busy loop that never ends;
 //! - `logging`: a loop that never ends and calls the host's `log` each turn,
 //!   so that most of its time is spent in host calls;
-//! - `answer`: answers `spin: answered` at once.
+//! - `answer`: answers `spin: answered` at once;
+//! - `long-line`: logs one line of 5000 characters, then answers;
+//! - `count N`: counts to N in a busy loop, then answers `spin: counted N`
+//!   (a request that takes a while, then succeeds).
 
 wit_bindgen::generate!({ world: "handler", path: "../../../wit" });
 
@@ -19,6 +22,19 @@ struct Spin;
 
 impl Guest for Spin {
     fn handle(request: Request) -> Result<Response, HandlerError> {
+        if let Some(n) = request.content.strip_prefix(b"count ") {
+            let n: u64 = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let mut turn = 0_u64;
+            while turn < n {
+                turn = black_box(turn + 1);
+            }
+            return Ok(Response {
+                content_type: "text/plain".into(),
+                content_encoding: "utf-8".into(),
+                fields: Vec::new(),
+                content: format!("spin: counted {turn}").into_bytes(),
+            });
+        }
         match request.content.as_slice() {
             b"answer" => Ok(Response {
                 content_type: "text/plain".into(),
@@ -26,6 +42,15 @@ impl Guest for Spin {
                 fields: Vec::new(),
                 content: b"spin: answered".to_vec(),
             }),
+            b"long-line" => {
+                log(Level::Info, &format!("spin: long line {}", "x".repeat(5000)));
+                Ok(Response {
+                    content_type: "text/plain".into(),
+                    content_encoding: "utf-8".into(),
+                    fields: Vec::new(),
+                    content: b"spin: logged".to_vec(),
+                })
+            }
             b"logging" => {
                 let mut turn = 0_u64;
                 loop {
