@@ -85,6 +85,15 @@ impl Server {
     /// server: compiling a plugin takes most of a second in a debug build,
     /// loading it from the cache a few milliseconds.
     pub fn start_listening(listen: &[&str], listeners: usize, args: &[&str]) -> Self {
+        Self::start_logging(listen, listeners, args, "wasmux=debug")
+    }
+
+    /// `wasmux serve --listen 127.0.0.1:0 ARGS` logging with `RUST_LOG=filter`.
+    pub fn start_with_log(filter: &str, args: &[&str]) -> Self {
+        Self::start_logging(&["127.0.0.1:0"], 1, args, filter)
+    }
+
+    fn start_logging(listen: &[&str], listeners: usize, args: &[&str], filter: &str) -> Self {
         let shared_cache = root().join("target/test-cache");
         let cache: Vec<&str> = if args.contains(&"--cache-dir") || args.contains(&"--no-cache") {
             Vec::new()
@@ -96,7 +105,7 @@ impl Server {
             .args(listen.iter().flat_map(|spec| ["--listen", spec]))
             .args(&cache)
             .args(args)
-            .env("RUST_LOG", "wasmux=debug")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -112,34 +121,45 @@ impl Server {
                 log.push('\n');
             }
         });
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        // Stdout lines come through a channel, so that waiting for them has
+        // a bound: a server that prints fewer addresses than expected (no
+        // IPv6 here, say) fails the test instead of hanging it.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, printed) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Once the test stops listening, keep draining so the server
+                // never blocks on a full pipe.
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + STEP;
+        let mut next_line = |what: &str| -> String {
+            match printed.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => line,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!("wasmux serve printed no {what} ({e}); its log:\n{}", log.lock().unwrap_or_else(|e| e.into_inner()));
+                }
+            }
+        };
         let mut addrs = Vec::new();
         while addrs.len() < listeners {
-            let mut line = String::new();
-            let read = stdout.read_line(&mut line);
-            let addr = line.trim().strip_prefix("wasmux listening on ").and_then(|a| a.parse().ok());
-            let Some(addr) = addr else {
-                let _ = child.kill();
-                std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "wasmux serve did not start ({read:?}, stdout {line:?}); its log:\n{}",
-                    log.lock().unwrap_or_else(|e| e.into_inner())
-                );
-            };
-            addrs.push(addr);
+            let line = next_line(&format!("listening address ({} of {listeners})", addrs.len() + 1));
+            match line.trim().strip_prefix("wasmux listening on ").and_then(|a| a.parse().ok()) {
+                Some(addr) => addrs.push(addr),
+                None => panic!("wasmux serve printed {line:?} where a listening address was expected"),
+            }
         }
         let addr = addrs[0];
         let mut admin = None;
         if args.contains(&"--admin") {
-            let mut line = String::new();
-            let _ = stdout.read_line(&mut line);
+            let line = next_line("admin address");
             admin = line.trim().strip_prefix("wasmux admin on http://").and_then(|a| a.parse().ok());
             assert!(admin.is_some(), "no admin address printed: {line:?}");
         }
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        });
         Self { child, addr, addrs, admin, log, files: Vec::new(), config: None }
     }
 
@@ -184,9 +204,20 @@ impl Server {
 
     /// The most memory the server process has held at once (VmHWM), in bytes.
     pub fn peak_memory(&self) -> u64 {
+        self.status_bytes("VmHWM")
+    }
+
+    /// The largest the server's address space has been (VmPeak), in bytes:
+    /// memory reserved counts here even if it was never touched.
+    pub fn peak_virtual_memory(&self) -> u64 {
+        self.status_bytes("VmPeak")
+    }
+
+    /// A `/proc/PID/status` figure given in kB, in bytes.
+    fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc/PID/status");
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
-        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM in kB");
+        let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("no {field} in /proc/PID/status"));
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{field} in kB"));
         kib * 1024
     }
 
