@@ -616,13 +616,54 @@ mod tests {
                 let whole = decode_in_chunks(&bytes, &[bytes.len().max(1)], 1024);
                 let split = decode_in_chunks(&bytes, &chunks, 1024);
                 prop_assert_eq!(&whole, &split);
-                // What decodes re-encodes and decodes to the same message.
-                for item in whole {
+            }
+
+            /// Real frames with the last one damaged (bytes changed, cut,
+            /// or added): the intact frames before it decode to exactly what
+            /// was sent, however the stream is split; whatever the damaged
+            /// bytes decode to decodes the same however split, and
+            /// re-encodes to bytes that decode to the same message.
+            #[test]
+            fn damaged_frames_do_not_disturb_the_frames_before_them(
+                messages in prop::collection::vec(message(), 1..5),
+                damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0_u8..3), 1..4),
+                chunks in prop::collection::vec(1_usize..64, 1..20),
+            ) {
+                let mut intact = BytesMut::new();
+                let mut sent = Vec::new();
+                for message in &messages[..messages.len() - 1] {
+                    if MessageCodec::new(1024).encode(message, &mut intact).is_ok() {
+                        sent.push(message.clone());
+                    }
+                }
+                let mut last = BytesMut::new();
+                prop_assume!(MessageCodec::new(1024).encode(&messages[messages.len() - 1], &mut last).is_ok());
+                let mut last = last.to_vec();
+                for (at, byte, how) in damage {
+                    if last.is_empty() {
+                        break;
+                    }
+                    let at = at.index(last.len());
+                    match how {
+                        0 => last[at] = byte,
+                        1 => last.truncate(at),
+                        _ => last.insert(at, byte),
+                    }
+                }
+                let mut stream = intact.to_vec();
+                stream.extend_from_slice(&last);
+
+                let whole = decode_in_chunks(&stream, &[stream.len().max(1)], 1024);
+                prop_assert_eq!(&whole, &decode_in_chunks(&stream, &chunks, 1024));
+                prop_assert!(whole.len() >= sent.len(), "intact frames were lost: {whole:?}");
+                for (got, want) in whole.iter().zip(&sent) {
+                    prop_assert_eq!(got, &Ok(Inbound::Message(want.clone())));
+                }
+                for item in &whole[sent.len()..] {
                     if let Ok(Inbound::Message(message)) = item {
                         let mut again = BytesMut::new();
-                        MessageCodec::new(1024).encode(&message, &mut again).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                        let decoded = decode_in_chunks(&again, &[again.len()], 1024);
-                        prop_assert_eq!(decoded, vec![Ok(Inbound::Message(message))]);
+                        MessageCodec::new(1024).encode(message, &mut again).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert_eq!(decode_in_chunks(&again, &[again.len()], 1024), vec![Ok(Inbound::Message(message.clone()))]);
                     }
                 }
             }
