@@ -85,26 +85,31 @@ impl Server {
     /// server: compiling a plugin takes most of a second in a debug build,
     /// loading it from the cache a few milliseconds.
     pub fn start_listening(listen: &[&str], listeners: usize, args: &[&str]) -> Self {
-        Self::start_logging(listen, listeners, args, "wasmux=debug")
+        Self::start_logging(listen, listeners, args, "wasmux=debug", &[])
     }
 
     /// `wasmux serve --listen 127.0.0.1:0 ARGS` logging with `RUST_LOG=filter`.
     pub fn start_with_log(filter: &str, args: &[&str]) -> Self {
-        Self::start_logging(&["127.0.0.1:0"], 1, args, filter)
+        Self::start_logging(&["127.0.0.1:0"], 1, args, filter, &[])
     }
 
-    fn start_logging(listen: &[&str], listeners: usize, args: &[&str], filter: &str) -> Self {
+    /// `wasmux serve --listen 127.0.0.1:0 ARGS` with these environment
+    /// variables set. With `XDG_CACHE_HOME` among them, the server finds
+    /// its cache directory itself.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_logging(&["127.0.0.1:0"], 1, args, "wasmux=debug", env)
+    }
+
+    fn start_logging(listen: &[&str], listeners: usize, args: &[&str], filter: &str, env: &[(&str, &str)]) -> Self {
         let shared_cache = root().join("target/test-cache");
-        let cache: Vec<&str> = if args.contains(&"--cache-dir") || args.contains(&"--no-cache") {
-            Vec::new()
-        } else {
-            vec!["--cache-dir", shared_cache.to_str().expect("utf-8 path")]
-        };
+        let chooses_cache = args.contains(&"--cache-dir") || args.contains(&"--no-cache") || env.iter().any(|(name, _)| *name == "XDG_CACHE_HOME");
+        let cache: Vec<&str> = if chooses_cache { Vec::new() } else { vec!["--cache-dir", shared_cache.to_str().expect("utf-8 path")] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmux"))
             .arg("serve")
             .args(listen.iter().flat_map(|spec| ["--listen", spec]))
             .args(&cache)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -191,8 +196,13 @@ impl Server {
     /// Like [`Server::start_configured`], serving the guide's plugins and
     /// the misbehaving test fixtures side by side.
     pub fn start_with_fixtures(config: &str) -> Self {
+        Self::start_with_fixtures_and(config, &[])
+    }
+
+    /// [`Server::start_with_fixtures`] with more arguments for `wasmux serve`.
+    pub fn start_with_fixtures_and(config: &str, extra: &[&str]) -> Self {
         let plugins = plugins_and_fixtures();
-        let mut server = Self::start_configured(config, plugins.path());
+        let mut server = Self::start_configured_with(config, plugins.path(), extra);
         server.files.push(plugins);
         server
     }
@@ -253,8 +263,14 @@ impl Server {
     /// Sends SIGTERM and waits for the process to exit; returns whether it
     /// exited successfully.
     pub fn terminate(&mut self) -> bool {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, …) and waits (up to [`STEP`]) for the
+    /// process to exit; returns whether it exited successfully.
+    pub fn stop_with(&mut self, signal: &str) -> bool {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
         let end = Instant::now() + STEP;
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
