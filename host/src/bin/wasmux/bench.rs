@@ -37,6 +37,7 @@ use wasmux::codec::{DecodeError, Inbound, MessageCodec};
 use wasmux::connection::{MessageReader, TcpConnection};
 use wasmux::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
 use wasmux::net;
+use wasmux::router::SmoothRoundRobin;
 
 /// Values the `search` requests cycle through: three hits and a miss, the
 /// guide's examples.
@@ -359,7 +360,7 @@ impl Mix {
         if total > MAX_TOTAL_WEIGHT {
             bail!("--mix {spec}: the weights add up to {total}; keep them under {MAX_TOTAL_WEIGHT}");
         }
-        Ok(Self { spec: given.join(","), kinds, schedule: smooth_round_robin(&weights) })
+        Ok(Self { spec: given.join(","), kinds, schedule: SmoothRoundRobin::new(&weights).take(total as usize).collect() })
     }
 
     /// Where a connection starts in the schedule: connections start at
@@ -385,25 +386,6 @@ struct Cursor {
     position: usize,
     /// Per kind: which of its cases comes next.
     turns: Vec<usize>,
-}
-
-/// Indices `0..weights.len()`, each as often as its weight, interleaved as
-/// evenly as possible (nginx's smooth weighted round-robin).
-fn smooth_round_robin(weights: &[u32]) -> Vec<usize> {
-    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut order = Vec::with_capacity(usize::try_from(total).unwrap_or_default());
-    for _ in 0..total {
-        for (c, &w) in current.iter_mut().zip(weights) {
-            *c += i64::from(w);
-        }
-        let Some((best, _)) = current.iter().enumerate().max_by_key(|&(i, &c)| (c, std::cmp::Reverse(i))) else {
-            break;
-        };
-        current[best] -= total;
-        order.push(best);
-    }
-    order
 }
 
 /// What went wrong with one request.
@@ -917,14 +899,6 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn weights_are_interleaved_evenly() {
-        assert_eq!(smooth_round_robin(&[1, 1]), [0, 1]);
-        assert_eq!(smooth_round_robin(&[3, 1]), [0, 0, 1, 0]);
-        assert_eq!(smooth_round_robin(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(smooth_round_robin(&[2]), [0, 0]);
-    }
 
     #[test]
     fn a_mix_sends_each_kind_by_weight_and_cycles_its_values() {
