@@ -26,6 +26,7 @@ pub mod config;
 pub mod metrics;
 pub mod native;
 pub mod net;
+pub mod oci;
 pub mod registry;
 pub mod router;
 pub mod runtime;
