@@ -19,6 +19,7 @@
 //! `wasmux bench`).
 
 pub mod admin;
+pub mod agent;
 pub mod bench;
 pub mod client;
 pub mod codec;
