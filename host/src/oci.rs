@@ -63,6 +63,9 @@ pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 * 1024 * 1024;
 /// a request per poll; far more than any server routes to.
 pub const MAX_TAGS: usize = 1000;
 
+/// How many tags' manifest digests a poll asks for at once.
+const CONCURRENT_HEADS: usize = 8;
+
 /// How long one poll may take in all, so that a registry that accepts
 /// connections and then trickles does not stall a poller for ever.
 const POLL_DEADLINE: Duration = Duration::from_secs(60);
@@ -759,7 +762,8 @@ pub enum Origin {
 /// Follows one repository: every poll lists its tags, asks each one's
 /// manifest digest, and pulls only what changed.
 ///
-/// A poll costs one `GET` of the tag list and one `HEAD` per tag; a pull
+/// A poll costs one `GET` of the tag list and one `HEAD` per tag (up to
+/// eight at once); a pull
 /// follows only when a tag's manifest digest changed, and a download only
 /// when its component changed too (a re-push of the same bytes moves the
 /// manifest, whose config carries a creation time, but not the component).
@@ -839,15 +843,26 @@ impl Poller {
             }
             self.reachable = Some(true);
         }
+        // The HEADs go out a few at a time: an unchanged poll costs about
+        // one round trip per CONCURRENT_HEADS tags.
+        let repository = &self.repository;
+        let digests: Vec<anyhow::Result<Digest>> =
+            futures::stream::iter(&plugins).map(|plugin| repository.manifest_digest(plugin)).buffered(CONCURRENT_HEADS).collect().await;
         let mut changed = false;
-        for plugin in &plugins {
-            match self.check(plugin).await {
+        for (plugin, manifest) in plugins.iter().zip(digests) {
+            let checked = match manifest {
+                Ok(manifest) => self.check(plugin, manifest).await,
+                Err(e) => Err((e, None)),
+            };
+            match checked {
                 Ok(Some(event)) => {
                     changed = true;
                     self.refused.remove(plugin.tag());
                     events.push(event);
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    self.refused.remove(plugin.tag());
+                }
                 Err((error, unusable)) => {
                     let text = format!("{error:#}");
                     let again = self.refused.get(plugin.tag()).is_some_and(|(last, _)| *last == text);
@@ -884,12 +899,11 @@ impl Poller {
         }
     }
 
-    /// Looks at one tag: `Ok(None)` when nothing changed. An error carries
+    /// Looks at one tag, now at `manifest`: `Ok(None)` when nothing changed. An error carries
     /// the manifest digest when the content itself is unusable (so that it
     /// is not pulled again until the tag moves), `None` when the transfer
     /// failed (tried again at the next poll).
-    async fn check(&mut self, plugin: &PluginTag) -> Result<Option<Event>, (anyhow::Error, Option<Digest>)> {
-        let manifest = self.repository.manifest_digest(plugin).await.map_err(|e| (e, None))?;
+    async fn check(&mut self, plugin: &PluginTag, manifest: Digest) -> Result<Option<Event>, (anyhow::Error, Option<Digest>)> {
         let seen = self.seen.get(plugin.tag()).copied();
         if seen.is_some_and(|s| s.manifest == manifest) {
             return Ok(None);
