@@ -743,7 +743,9 @@ pub enum Event {
     /// per distinct error.
     Refused { tag: PluginTag, error: String },
     /// The repository could not be listed (registry down, refused, or
-    /// answering nonsense); nothing was changed or unloaded. `serving` is
+    /// answering nonsense, which includes docker-registry's `"tags": null`
+    /// for a repository whose last tag was deleted: oci-client 0.17 cannot
+    /// read it); nothing was changed or unloaded. `serving` is
     /// how many plugins stay as they were. Reported when it starts failing,
     /// not at every poll.
     Unreachable { error: String, serving: usize },

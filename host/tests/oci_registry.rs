@@ -201,6 +201,28 @@ async fn artifacts_of_other_tools_load_and_bad_ones_are_refused() {
     assert!(format!("{error:#}").contains("over the limit"), "{error:#}");
 }
 
+/// docker-registry lists a repository whose every tag was deleted as
+/// `"tags": null`, which oci-client 0.17 cannot read. The poller then
+/// changes nothing, on the safe side: the last plugin stays loaded, and the
+/// failure is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_last_tag_keeps_the_plugin_loaded() {
+    let registry = LocalRegistry::start();
+    let name = registry.repository("last");
+    let options = Options::default();
+    let repo = Repository::open(&name, &options).expect("open");
+    let pushed = repo.push(&tag("search"), component("search")).await.expect("push");
+    let mut poller = Poller::new(Repository::open(&name, &options).expect("open"), None);
+    assert_eq!(loaded(&poller.poll().await).len(), 1);
+    delete_manifest(&registry, "last", &pushed.manifest);
+    let events = poller.poll().await;
+    assert!(
+        matches!(events.as_slice(), [Event::Unreachable { serving: 1, error }] if error.contains("null")),
+        "{events:?}"
+    );
+    assert_eq!(poller.seen().len(), 1);
+}
+
 #[test]
 fn the_registry_helper_stops_the_registry() {
     let mut registry = LocalRegistry::start();
