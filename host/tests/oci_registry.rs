@@ -298,3 +298,35 @@ async fn figures() {
         );
     }
 }
+
+/// Interoperability with `wkg` (bytecodealliance/wasm-pkg-tools), which CI
+/// does not have: `cargo install wkg --locked`, then
+/// `WKG=~/.cargo/bin/wkg cargo test -p wasmux --test oci_registry wkg -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs wkg: set WKG to its path and pass --ignored"]
+async fn components_pushed_by_wkg_load_and_ours_pull_with_wkg() {
+    let wkg = std::env::var("WKG").expect("WKG=path to the wkg binary");
+    let registry = LocalRegistry::start();
+    let addr = registry.addr.to_string();
+    let name = registry.repository("interop");
+    let options = Options::default();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&wkg).args(args).output().expect("run wkg");
+        assert!(out.status.success(), "wkg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    // wkg pushes search@fuzzy under its tag; wasmux pulls and polls it.
+    let fuzzy = plugins_dir().join("search@fuzzy.wasm");
+    run(&["oci", "push", "--insecure", &addr, &format!("{name}:search__fuzzy"), fuzzy.to_str().expect("utf-8")]);
+    let pulled = Repository::open(&name, &options).expect("open").pull(&tag("search@fuzzy")).await.expect("pull wkg's push");
+    assert_eq!(pulled.bytes, component("search@fuzzy"));
+    let mut poller = Poller::new(Repository::open(&name, &options).expect("open"), None);
+    assert_eq!(loaded(&poller.poll().await).keys().collect::<Vec<_>>(), ["search@fuzzy"]);
+
+    // wasmux pushes; wkg pulls the same bytes.
+    oci::push(&plugins_dir().join("binary-echo.wasm"), &name, &options).await.expect("push");
+    let out = tempfile::tempdir().expect("temporary directory");
+    let file = out.path().join("pulled.wasm");
+    run(&["oci", "pull", "--insecure", &addr, &format!("{name}:binary-echo"), "-o", file.to_str().expect("utf-8")]);
+    assert_eq!(std::fs::read(&file).expect("wkg's output"), component("binary-echo"));
+}
