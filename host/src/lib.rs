@@ -40,6 +40,7 @@
 //! ```
 
 pub mod admin;
+pub mod agent;
 pub mod client;
 pub mod codec;
 pub mod config;
@@ -48,6 +49,7 @@ pub mod message;
 pub mod metrics;
 pub mod native;
 pub mod net;
+pub mod oci;
 pub mod registry;
 pub mod router;
 pub mod runtime;

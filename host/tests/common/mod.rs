@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod haproxy;
+pub mod registry;
+
 /// How long any single network step in a test may take.
 pub const STEP: Duration = Duration::from_secs(10);
 

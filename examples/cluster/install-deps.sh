@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs, from Debian's archive, the programs the fleet example and its
+# tests run: haproxy (2.6 in Debian 12) and docker-registry (2.8). Only what
+# is missing is installed, with apt-get as root or through `sudo -n`, the
+# way `cargo xtask` installs the wasm toolchain.
+#
+#   examples/cluster/install-deps.sh                  # both
+#   examples/cluster/install-deps.sh docker-registry  # just one
+set -euo pipefail
+
+packages=("$@")
+[ ${#packages[@]} -gt 0 ] || packages=(haproxy docker-registry)
+
+missing=()
+for package in "${packages[@]}"; do
+    case "$package" in
+        haproxy) command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) ;;
+        docker-registry) command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry) ;;
+        *) echo "install-deps.sh: unknown package $package (haproxy, docker-registry)" >&2; exit 2 ;;
+    esac
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    apt=(apt-get)
+elif sudo -n true 2>/dev/null; then
+    apt=(sudo -n apt-get)
+else
+    echo "install-deps.sh: ${missing[*]} missing; install as root: apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+echo "install-deps.sh: installing ${missing[*]} with apt-get" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${apt[@]}" update -qq
+# The example never uses the packages' own services. Under systemd they
+# start on install: docker-registry's listens on port 5000 of every
+# interface; `systemctl disable --now docker-registry haproxy` stops them.
+"${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2
