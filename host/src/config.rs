@@ -32,6 +32,10 @@
 //!
 //! [runtime]                      # read at start-up only
 //! spectre-hardening = true       # false: faster calls, for trusted plugins only
+//!
+//! [source]                       # read at start-up only; --plugins overrides it
+//! plugins = "oci://127.0.0.1:5000/wasmux"   # or a directory
+//! poll-interval = "2s"
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +68,26 @@ pub struct ConfigFile {
     pub tenants: Option<BTreeMap<String, TenantFile>>,
     #[serde(default)]
     pub runtime: RuntimeFile,
+    #[serde(default)]
+    pub source: SourceFile,
+}
+
+/// `[source]`: where the plugins come from. Read at start-up only;
+/// `--plugins` and `--poll-interval` override it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SourceFile {
+    /// A directory of `NAME.wasm` files, or `oci://REGISTRY/REPO`.
+    pub plugins: Option<String>,
+    /// How often an OCI registry is asked for new versions.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for SourceFile {
+    fn default() -> Self {
+        Self { plugins: None, poll_interval: Duration::from_secs(2) }
+    }
 }
 
 /// `[runtime]`: how plugins are run. Read at start-up only.
@@ -212,6 +236,8 @@ pub struct Settings {
     pub limits: Limits,
     /// How plugins are run; read at start-up only.
     pub runtime: RuntimeFile,
+    /// Where plugins come from; read at start-up only.
+    pub source: SourceFile,
     /// Each tenant with its routes, plugin settings and limits merged.
     pub tenants: Tenants,
 }
@@ -264,7 +290,8 @@ impl Settings {
                 Tenants::build(specs, &server)?
             }
         };
-        Ok(Self { limits, runtime: file.runtime, tenants })
+        anyhow::ensure!(!file.source.poll_interval.is_zero(), "source.poll-interval must be longer than 0");
+        Ok(Self { limits, runtime: file.runtime, source: file.source, tenants })
     }
 
     /// The most memory any tenant's plugin calls may use: what the instance

@@ -942,13 +942,12 @@ impl Poller {
         Ok(Some(Event::Plugin { tag: plugin.clone(), component, bytes, from: Origin::Registry }))
     }
 
-    /// Serves the cache, then polls every `interval` until `cancel`,
-    /// handing every event to `on_event`. The first poll is at once.
+    /// Polls every `interval` until `cancel`, handing every event to
+    /// `on_event`. The first poll is one interval from now: a server loads
+    /// the cache ([`Poller::load_cache`]) and polls once before it starts
+    /// serving, then hands the poller to this.
     pub async fn run(mut self, interval: Duration, cancel: CancellationToken, mut on_event: impl FnMut(Event) + Send) {
-        for event in self.load_cache() {
-            on_event(event);
-        }
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -149,7 +149,8 @@ pub struct PluginRegistry {
 /// A plugin file that could not be loaded.
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    pub version: Version,
+    /// The refused bytes' version, when there were bytes to refuse.
+    pub version: Option<Version>,
     pub error: String,
     pub at: SystemTime,
 }
@@ -206,28 +207,33 @@ impl PluginRegistry {
     pub async fn load_file(&self, path: &Path) -> anyhow::Result<()> {
         let name = plugin_name(path).with_context(|| format!("{} is not named NAME.wasm", path.display()))?;
         let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+        self.load_bytes(&name, bytes, &path.display().to_string()).await
+    }
+
+    /// Compiles and links the component `bytes` (off the async runtime) and
+    /// swaps it in as plugin `name`; `source` (a file, a registry tag) is
+    /// named in the log. On error nothing changes: the version already
+    /// loaded, if any, keeps serving. Bytes that are the version already
+    /// loaded, or the version refused last, change nothing.
+    pub async fn load_bytes(&self, name: &str, bytes: Vec<u8>, source: &str) -> anyhow::Result<()> {
         let version = Version::of(&bytes);
-        let same_as_refused = self.refused_lock().get(&name).is_some_and(|r| r.version == version);
-        if same_as_refused || self.get(&name).is_some_and(|p| p.version == version) {
+        let same_as_refused = self.refused_lock().get(name).is_some_and(|r| r.version == Some(version));
+        if same_as_refused || self.get(name).is_some_and(|p| p.version == version) {
             return Ok(());
         }
         let runtime = self.runtime.clone().context("this server runs native handlers only; it cannot load plugin files")?;
         let loaded = {
-            let name = name.clone();
+            let name = name.to_owned();
             tokio::task::spawn_blocking(move || Plugin::load(&runtime, &name, &bytes)).await?
         };
         let plugin = match loaded {
             Ok(plugin) => {
-                self.refused_lock().remove(&name);
+                self.refused_lock().remove(name);
                 plugin
             }
             Err(e) => {
-                self.metrics.plugin_load_failed(&name);
-                let keeps = if self.get(&name).is_some() { "the version loaded before keeps serving" } else { "it is not loaded" };
-                let error = anyhow::Error::from(e).context(format!("plugin {name}: refused {} ({keeps})", path.display()));
-                let refusal = Refusal { version, error: format!("{error:#}"), at: SystemTime::now() };
-                self.refused_lock().insert(name.clone(), refusal);
-                return Err(error);
+                let error = anyhow::Error::from(e);
+                return Err(self.refuse(name, Some(version), &format!("{error:#}"), source));
             }
         };
         let cost = match plugin.origin {
@@ -235,12 +241,23 @@ impl PluginRegistry {
             Origin::Memory => "compile 0 ms: compiled earlier".to_owned(),
             Origin::Disk => format!("compile 0 ms: read compiled code from the cache in {} ms", plugin.compile_time.as_millis()),
         };
-        self.metrics.plugin_loaded(&name);
+        self.metrics.plugin_loaded(name);
         match self.insert(plugin) {
             Some(old) => tracing::info!("plugin {name}: {} -> {version} ({cost})", old.version),
             None => tracing::info!("plugin {name}: loaded {version} ({cost})"),
         }
         Ok(())
+    }
+
+    /// Records that what `source` offered as plugin `name` (at `version`,
+    /// if its bytes are known) cannot be loaded, and why: counted, shown by
+    /// the admin endpoint, and returned as the error to log.
+    pub fn refuse(&self, name: &str, version: Option<Version>, why: &str, source: &str) -> anyhow::Error {
+        self.metrics.plugin_load_failed(name);
+        let keeps = if self.get(name).is_some() { "the version loaded before keeps serving" } else { "it is not loaded" };
+        let error = anyhow::anyhow!("plugin {name}: refused {source} ({keeps}): {why}");
+        self.refused_lock().insert(name.to_owned(), Refusal { version, error: format!("{error:#}"), at: SystemTime::now() });
+        error
     }
 
     fn refused_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Refusal>> {
@@ -250,9 +267,14 @@ impl PluginRegistry {
     /// Unloads the plugin of a file that is gone.
     pub fn unload_file(&self, path: &Path) -> Option<Arc<Plugin>> {
         let name = plugin_name(path)?;
-        self.refused_lock().remove(&name);
-        let old = self.remove(&name)?;
-        tracing::info!("plugin {name}: unloaded {} ({} was removed)", old.version, path.display());
+        self.unload(&name, &format!("{} was removed", path.display()))
+    }
+
+    /// Unloads plugin `name` because of `why` (its source is gone).
+    pub fn unload(&self, name: &str, why: &str) -> Option<Arc<Plugin>> {
+        self.refused_lock().remove(name);
+        let old = self.remove(name)?;
+        tracing::info!("plugin {name}: unloaded {} ({why})", old.version);
         Some(old)
     }
 

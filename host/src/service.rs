@@ -88,8 +88,8 @@ impl Service {
         if (old.max_connections, old.max_concurrent_calls) != (new.max_connections, new.max_concurrent_calls) {
             tracing::warn!("limits.max-connections and limits.max-concurrent-calls take effect at the next start");
         }
-        if current.runtime != settings.runtime {
-            tracing::warn!("[runtime] settings take effect at the next start");
+        if current.runtime != settings.runtime || current.source != settings.source {
+            tracing::warn!("[runtime] and [source] settings take effect at the next start");
         }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);

@@ -100,7 +100,9 @@ async fn apply_plugin_change(path: &Path, service: &Service) {
     }
 }
 
-fn reload_config(path: &Path, service: &Service) {
+/// Reads the configuration file at `path` again and swaps it in, or logs
+/// why not (the configuration in force stays).
+pub fn reload_config(path: &Path, service: &Service) {
     if !path.exists() {
         tracing::warn!("configuration {} was removed; keeping the current configuration", path.display());
         return;

@@ -36,8 +36,10 @@ pub(super) struct Handler<R, W> {
 
 /// Why a connection ends.
 enum Close {
-    /// The peer closed between messages, or we are shutting down.
+    /// The peer closed between messages.
     Clean,
+    /// The server is shutting down and this connection is between messages.
+    Shutdown,
     /// The peer was idle too long.
     Idle,
     /// The peer was idle when a new client needed its place.
@@ -56,6 +58,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
         let peer = self.peer;
         match self.serve().await {
             Close::Clean => tracing::debug!("closing connection to {peer}"),
+            Close::Shutdown => tracing::debug!("closing connection to {peer}: shutting down"),
             Close::Idle => tracing::debug!("closing idle connection to {peer}"),
             Close::MakeRoom => tracing::debug!("closing idle connection to {peer} to make room for a new client"),
             Close::Io(e) => tracing::debug!("connection to {peer} failed: {e}"),
@@ -98,7 +101,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
                 return close;
             }
             if self.token.is_cancelled() && !self.connection.reader.is_mid_message() {
-                return Close::Clean;
+                return self.close_for_shutdown().await;
             }
 
             if !self.connection.reader.is_mid_message() {
@@ -122,7 +125,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
                 Ok(More::Data) => {}
                 Ok(More::Closed) => return Close::Clean,
                 Ok(More::Idle) => return Close::Idle,
-                Ok(More::Stopped) => return if self.token.is_cancelled() { Close::Clean } else { Close::MakeRoom },
+                Ok(More::Stopped) if self.token.is_cancelled() => return self.close_for_shutdown().await,
+                Ok(More::Stopped) => return Close::MakeRoom,
                 Err(DecodeError::Frame(error)) => return self.refuse(error).await,
                 Err(DecodeError::Io(e)) => return Close::Io(e.to_string()),
             }
@@ -149,6 +153,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
             Ok(Err(e)) => Err(Close::Io(e.to_string())),
             Err(_) => Err(Close::Io(format!("the peer did not read its answers for {timeout:?}"))),
         }
+    }
+
+    /// Closes a connection between messages because the server stops: the
+    /// peer reads the end of the stream after its last answer. Bytes it
+    /// sends meanwhile (a request the server will not read) are read and
+    /// dropped until it closes too, so that the close is not a reset: its
+    /// client sees the connection end with no answer begun, and can send
+    /// the request again elsewhere.
+    async fn close_for_shutdown(&mut self) -> Close {
+        if self.connection.writer.shutdown().await.is_ok() {
+            let linger = LINGER.min(self.service.settings().limits.message_timeout);
+            self.connection.reader.linger(linger).await;
+        }
+        Close::Shutdown
     }
 
     /// Tells the peer why its stream cannot be read further, then ends.

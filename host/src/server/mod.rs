@@ -26,12 +26,11 @@ use tokio_util::task::TaskTracker;
 use crate::service::Service;
 use listener::{Listener, MakeRoom};
 
-/// How long shutdown waits for requests in flight before giving up on them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Serves `service` on `listeners` until `shutdown` completes, then stops
-/// accepting, lets requests in flight finish (up to a grace period) and returns.
-pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// accepting, closes idle connections, lets the requests in flight finish
+/// (each connection closes after its current answer), and returns when all
+/// have, or after `drain_timeout`.
+pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>, drain_timeout: Duration) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(service.settings().limits.max_connections));
@@ -52,8 +51,10 @@ pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: i
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     token.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!("{} tasks still running after {SHUTDOWN_GRACE:?}; stopping anyway", tracker.len());
+    if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!("{} connections still open after {drain_timeout:?}; stopping anyway", tracker.len());
+    } else {
+        tracing::info!("every request answered; stopped");
     }
     Ok(())
 }

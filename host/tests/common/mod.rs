@@ -61,6 +61,8 @@ pub struct Server {
     pub addrs: Vec<SocketAddr>,
     /// The admin endpoint, when started with `--admin`.
     pub admin: Option<SocketAddr>,
+    /// HAProxy's agent check, when started with `--agent`.
+    pub agent: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     /// Files the server reads (its configuration, its plugins), kept until
     /// it stops.
@@ -168,7 +170,13 @@ impl Server {
             admin = line.trim().strip_prefix("wasmux admin on http://").and_then(|a| a.parse().ok());
             assert!(admin.is_some(), "no admin address printed: {line:?}");
         }
-        Self { child, addr, addrs, admin, log, files: Vec::new(), config: None }
+        let mut agent = None;
+        if args.contains(&"--agent") {
+            let line = next_line("agent address");
+            agent = line.trim().strip_prefix("wasmux agent on ").and_then(|a| a.parse().ok());
+            assert!(agent.is_some(), "no agent address printed: {line:?}");
+        }
+        Self { child, addr, addrs, admin, agent, log, files: Vec::new(), config: None }
     }
 
     /// `wasmux serve` with the configuration `config` (TOML) and the

@@ -3,29 +3,20 @@
 //! composes the library's parts, and holds the load generator.
 
 mod bench;
+mod push;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wasmux::admin;
 use wasmux::client::{self, Client};
-use wasmux::config::Settings;
 use wasmux::message::{AUTHORIZATION_FIELD, Message};
-use wasmux::metrics::Metrics;
-use wasmux::native::GUIDE_HANDLERS;
-use wasmux::registry::{Plugin, PluginRegistry};
-use wasmux::runtime::{Runtime, RuntimeSettings};
-use wasmux::service::Service;
 use wasmux::tenancy::TokenHash;
-use wasmux::watcher::{self, Watched};
-use wasmux::{net, server};
 
 #[derive(Parser)]
 #[command(name = "wasmux", version, about = "A server for the guide's framed TCP protocol whose handlers are hot-swappable WebAssembly components")]
@@ -37,13 +28,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the protocol, routing each request by content-type to a plugin.
-    Serve(ServeArgs),
+    Serve(serve::ServeArgs),
     /// Send one request and print the answer, as the guide's client does.
     Send(SendArgs),
     /// Load a server with requests, check every answer, report throughput and latency.
     Bench(bench::BenchArgs),
     /// Make a tenant token and the hash that goes in the configuration.
     Token(TokenArgs),
+    /// Push a plugin component to an OCI registry, in the CNCF Wasm layout.
+    Push(push::PushArgs),
 }
 
 #[derive(Args)]
@@ -51,41 +44,6 @@ struct TokenArgs {
     /// Print the hash of this existing token instead of making a new one.
     #[arg(long)]
     hash: Option<String>,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on: HOST:PORT, [IPv6]:PORT, or :PORT for every
-    /// interface. A host name listens on every address it resolves to.
-    /// Repeat to listen on several.
-    #[arg(long, short, default_value = "127.0.0.1:65432")]
-    listen: Vec<String>,
-    /// Directory of plugins: every NAME.wasm component in it is served as plugin NAME.
-    #[arg(long, short)]
-    plugins: Option<PathBuf>,
-    /// Configuration file (TOML): routes, limits, plugin settings.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Serve /metrics, /plugins and /healthz over HTTP on this address (a
-    /// bare port means 127.0.0.1:PORT).
-    #[arg(long)]
-    admin: Option<String>,
-    /// Do not watch the plugin directory and the configuration file for changes.
-    #[arg(long)]
-    no_watch: bool,
-    /// Directory for compiled plugin code, so restarts do not compile again.
-    #[arg(long, env = "WASMUX_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Do not cache compiled plugin code on disk.
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_cache: bool,
-    /// Serve the guide's search and binary-echo handlers compiled into the
-    /// host instead of plugins: the native baseline for benchmarks.
-    #[arg(long, conflicts_with = "plugins")]
-    native: bool,
-    /// Log each connection and show every message's bytes, as the guide prints them.
-    #[arg(long, short)]
-    verbose: bool,
 }
 
 #[derive(Args)]
@@ -130,7 +88,7 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Serve(args) => args.verbose,
         Command::Send(args) => args.verbose,
-        Command::Token(_) => false,
+        Command::Token(_) | Command::Push(_) => false,
         Command::Bench(_) => false,
     };
     init_logging(verbose);
@@ -143,7 +101,8 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Push(args) => push::push(args).await.map(|()| ExitCode::SUCCESS),
             Command::Send(args) => send(args).await,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::main(args).await,
@@ -165,106 +124,6 @@ fn init_logging(verbose: bool) {
     // wire bytes (`-v`) as plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = match &args.config {
-        Some(path) => Settings::load(path)?,
-        None => Settings::guide(),
-    };
-    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
-    let runtime = Runtime::new(RuntimeSettings {
-        max_concurrent_calls: settings.limits.max_concurrent_calls,
-        max_memory: settings.max_plugin_memory(),
-        cache_dir,
-        spectre_hardening: settings.runtime.spectre_hardening,
-    })?;
-    if !settings.runtime.spectre_hardening {
-        tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
-    }
-    let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
-    match &args.plugins {
-        Some(dir) => {
-            let loaded = registry.load_dir(dir).await?;
-            tracing::info!("{loaded} plugins loaded from {}", dir.display());
-        }
-        None if args.native => {
-            for (name, handler) in GUIDE_HANDLERS {
-                tracing::info!("plugin {name}: native handler");
-                registry.insert(Plugin::native(name, handler));
-            }
-        }
-        None => tracing::warn!("no --plugins directory given: every request will be answered \"no plugin is loaded\""),
-    }
-    tracing::info!("{}", settings.describe_routes());
-    let service = Arc::new(Service::new(registry, settings, metrics));
-    service.warn_about_unloaded_targets(&service.settings());
-    let _watcher = if args.no_watch {
-        None
-    } else {
-        let watched = Watched { plugins: args.plugins.clone(), config: args.config.clone() };
-        Some(watcher::watch(watched, Arc::clone(&service))?)
-    };
-
-    let mut listeners = Vec::new();
-    for spec in &args.listen {
-        listeners.extend(net::bind_all(spec).await?);
-    }
-    let admin_listeners = match &args.admin {
-        Some(spec) => net::bind_all(&admin::admin_address(spec)).await?,
-        None => Vec::new(),
-    };
-    for listener in &listeners {
-        // On stdout, so scripts (and the tests) can find a port chosen by the OS.
-        println!("wasmux listening on {}", listener.local_addr()?);
-    }
-    for listener in &admin_listeners {
-        println!("wasmux admin on http://{}", listener.local_addr()?);
-    }
-
-    let shutdown = CancellationToken::new();
-    let admin = (!admin_listeners.is_empty())
-        .then(|| tokio::spawn(admin::run(admin_listeners, Arc::clone(&service), shutdown.clone().cancelled_owned())));
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        signal.cancel();
-    });
-    server::run(listeners, service, shutdown.cancelled_owned()).await?;
-    if let Some(admin) = admin {
-        admin.await??;
-    }
-    Ok(())
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = interrupt.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("wasmux"))
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {

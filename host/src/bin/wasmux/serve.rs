@@ -1,0 +1,297 @@
+//! `wasmux serve`: the library's parts composed into a server. Settings and
+//! the runtime first, then the plugins (a directory, an OCI registry, or
+//! the native handlers), the service, the watcher, the listeners, the
+//! admin endpoint and HAProxy's agent; then serving until a signal.
+//!
+//! Signals: SIGTERM drains (the agent answers `drain`, the server keeps
+//! accepting for `--drain-delay` so that HAProxy notices, then stops
+//! accepting, answers the requests in flight and closes each connection at
+//! a message boundary, within `--drain-timeout`); SIGINT (Ctrl-C) does the
+//! same without the delay; SIGHUP reloads the configuration file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use wasmux::agent::{Agent, AgentState};
+use wasmux::config::Settings;
+use wasmux::metrics::Metrics;
+use wasmux::native::GUIDE_HANDLERS;
+use wasmux::oci;
+use wasmux::registry::{Plugin, PluginRegistry};
+use wasmux::runtime::{Runtime, RuntimeSettings};
+use wasmux::service::Service;
+use wasmux::watcher::{self, Watched};
+use wasmux::{admin, net, server};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on: HOST:PORT, [IPv6]:PORT, or :PORT for every
+    /// interface. A host name listens on every address it resolves to.
+    /// Repeat to listen on several.
+    #[arg(long, short, default_value = "127.0.0.1:65432")]
+    listen: Vec<String>,
+    /// Where plugins come from: a directory (every NAME.wasm component in it
+    /// is served as plugin NAME) or an OCI registry repository,
+    /// oci://REGISTRY/REPO (every tag is a plugin). Overrides the
+    /// configuration's [source] plugins.
+    #[arg(long, short)]
+    plugins: Option<String>,
+    /// How often an OCI registry is asked for new plugin versions.
+    /// Overrides the configuration's [source] poll-interval (default 2s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    poll_interval: Option<Duration>,
+    /// Configuration file (TOML): routes, limits, tenants, plugin settings.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Serve /metrics, /plugins and /healthz over HTTP on this address (a
+    /// bare port means 127.0.0.1:PORT).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Answer HAProxy's agent check on this address (a bare port means
+    /// 127.0.0.1:PORT): `up ready`, or `drain` once SIGTERM arrives.
+    #[arg(long)]
+    agent: Option<String>,
+    /// On SIGTERM, keep accepting connections this long while the agent
+    /// answers `drain`, so that HAProxy stops sending new ones first
+    /// (default: 2s with --agent, else 0s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_delay: Option<Duration>,
+    /// After it stops accepting, how long the server waits for the requests
+    /// in flight before it exits anyway.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Do not watch the plugin directory and the configuration file for changes.
+    #[arg(long)]
+    no_watch: bool,
+    /// Directory for compiled plugin code (and plugins pulled from a
+    /// registry), so restarts do not compile or pull again.
+    #[arg(long, env = "WASMUX_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not cache compiled plugin code on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// Serve the guide's search and binary-echo handlers compiled into the
+    /// host instead of plugins: the native baseline for benchmarks.
+    #[arg(long, conflicts_with = "plugins")]
+    native: bool,
+    /// Log each connection and show every message's bytes, as the guide prints them.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// Where the plugins come from.
+enum Source {
+    Dir(PathBuf),
+    Registry(String),
+    Native,
+    Nothing,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = match &args.config {
+        Some(path) => Settings::load(path)?,
+        None => Settings::guide(),
+    };
+    let source = match args.plugins.clone().or_else(|| settings.source.plugins.clone()) {
+        Some(spec) if spec.starts_with(oci::SCHEME) => Source::Registry(spec),
+        Some(dir) => Source::Dir(PathBuf::from(dir)),
+        None if args.native => Source::Native,
+        None => Source::Nothing,
+    };
+    let poll_interval = args.poll_interval.unwrap_or(settings.source.poll_interval);
+    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
+    let runtime = Runtime::new(RuntimeSettings {
+        max_concurrent_calls: settings.limits.max_concurrent_calls,
+        max_memory: settings.max_plugin_memory(),
+        cache_dir: cache_dir.clone(),
+        spectre_hardening: settings.runtime.spectre_hardening,
+    })?;
+    if !settings.runtime.spectre_hardening {
+        tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
+    let stop = CancellationToken::new();
+    let mut poller = None;
+    match &source {
+        Source::Dir(dir) => {
+            let loaded = registry.load_dir(dir).await?;
+            tracing::info!("{loaded} plugins loaded from {}", dir.display());
+        }
+        Source::Registry(spec) => {
+            poller = Some(first_pull(spec, cache_dir.as_deref(), &registry).await?);
+        }
+        Source::Native => {
+            for (name, handler) in GUIDE_HANDLERS {
+                tracing::info!("plugin {name}: native handler");
+                registry.insert(Plugin::native(name, handler));
+            }
+        }
+        Source::Nothing => tracing::warn!("no plugins given (--plugins DIR or oci://REGISTRY/REPO): every request will be answered \"no plugin is loaded\""),
+    }
+    tracing::info!("{}", settings.describe_routes());
+    let service = Arc::new(Service::new(Arc::clone(&registry), settings, metrics));
+    service.warn_about_unloaded_targets(&service.settings());
+    if let Some(poller) = poller {
+        tokio::spawn(follow(poller, poll_interval, registry, stop.clone()));
+    }
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        let plugins = match &source {
+            Source::Dir(dir) => Some(dir.clone()),
+            _ => None,
+        };
+        Some(watcher::watch(Watched { plugins, config: args.config.clone() }, Arc::clone(&service))?)
+    };
+
+    let mut listeners = Vec::new();
+    for spec in &args.listen {
+        listeners.extend(net::bind_all(spec).await?);
+    }
+    let admin_listeners = match &args.admin {
+        Some(spec) => net::bind_all(&admin::admin_address(spec)).await?,
+        None => Vec::new(),
+    };
+    let agent_state = AgentState::new();
+    let agent = match &args.agent {
+        Some(spec) => {
+            let addr = net::resolve(&admin::admin_address(spec)).await?.into_iter().next().context("--agent: no address")?;
+            let agent = Agent::bind(addr, Arc::clone(&agent_state)).await;
+            Some(agent.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the agent check: {}", net::explain(&e)))?)
+        }
+        None => None,
+    };
+    for listener in &listeners {
+        // On stdout, so scripts (and the tests) can find a port chosen by the OS.
+        println!("wasmux listening on {}", listener.local_addr()?);
+    }
+    for listener in &admin_listeners {
+        println!("wasmux admin on http://{}", listener.local_addr()?);
+    }
+    if let Some(agent) = &agent {
+        println!("wasmux agent on {}", agent.local_addr()?);
+    }
+
+    let admin = (!admin_listeners.is_empty()).then(|| tokio::spawn(admin::run(admin_listeners, Arc::clone(&service), stop.clone().cancelled_owned())));
+    // The agent answers until the process exits: while it says `drain`,
+    // HAProxy keeps this server out of rotation.
+    let agent_stop = CancellationToken::new();
+    let agent = agent.map(|agent| tokio::spawn(agent.serve(agent_stop.clone())));
+    let drain_delay = args.drain_delay.unwrap_or(if args.agent.is_some() { Duration::from_secs(2) } else { Duration::ZERO });
+    let shutdown = stop.clone();
+    tokio::spawn(handle_signals(shutdown, agent_state, drain_delay, args.config.clone(), Arc::clone(&service)));
+
+    server::run(listeners, service, stop.clone().cancelled_owned(), args.drain_timeout).await?;
+    stop.cancel();
+    if let Some(admin) = admin {
+        admin.await??;
+    }
+    agent_stop.cancel();
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
+    Ok(())
+}
+
+/// Loads what the registry's cache holds, then polls the registry once, so
+/// that the server starts with its plugins; a registry that cannot be
+/// reached leaves the server serving what it had cached.
+async fn first_pull(spec: &str, cache_dir: Option<&Path>, registry: &PluginRegistry) -> anyhow::Result<oci::Poller> {
+    let repository = oci::Repository::open(spec, &oci::Options::default())?;
+    let name = repository.name();
+    let cache = cache_dir.map(|dir| oci::Cache::new(&dir.join("oci"), &name));
+    let mut poller = oci::Poller::new(repository, cache);
+    for event in poller.load_cache() {
+        apply(&name, event, registry).await;
+    }
+    for event in poller.poll().await {
+        apply(&name, event, registry).await;
+    }
+    tracing::info!("{} plugins loaded from {spec}", registry.list().len());
+    Ok(poller)
+}
+
+/// Polls the registry until `stop`, loading what changed.
+async fn follow(poller: oci::Poller, interval: Duration, registry: Arc<PluginRegistry>, stop: CancellationToken) {
+    let name = poller.repository().name();
+    // The poller hands events over as they come; loading (compiling) them
+    // happens here, one at a time, not inside the poller.
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let polling = tokio::spawn(poller.run(interval, stop, move |event| {
+        let _ = events.send(event);
+    }));
+    while let Some(event) = received.recv().await {
+        apply(&name, event, &registry).await;
+    }
+    let _ = polling.await;
+}
+
+/// Applies one event of the registry `repository` to the plugins served.
+async fn apply(repository: &str, event: oci::Event, registry: &PluginRegistry) {
+    match event {
+        oci::Event::Plugin { tag, bytes, from, .. } => {
+            let source = match from {
+                oci::Origin::Registry => format!("{repository}:{}", tag.tag()),
+                oci::Origin::Cache => format!("{repository}:{} (from the local cache)", tag.tag()),
+            };
+            if let Err(e) = registry.load_bytes(tag.name(), bytes, &source).await {
+                tracing::error!("{e:#}");
+            }
+        }
+        oci::Event::Removed { tag } => {
+            registry.unload(tag.name(), &format!("the tag {} is gone from {repository}", tag.tag()));
+        }
+        oci::Event::Refused { tag, error } => {
+            let error = registry.refuse(tag.name(), None, &error, &format!("{repository}:{}", tag.tag()));
+            tracing::error!("{error:#}");
+        }
+        oci::Event::Unreachable { error, serving } => {
+            tracing::warn!("{repository} cannot be reached ({error}); serving the {serving} plugins pulled before, from the local cache");
+        }
+        oci::Event::Reachable => tracing::info!("{repository} can be reached again"),
+    }
+}
+
+/// SIGTERM: drain, then stop. SIGINT: stop. SIGHUP: reload the configuration.
+async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_delay: Duration, config: Option<PathBuf>, service: Arc<Service>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::warn!("cannot listen for SIGTERM and SIGHUP; Ctrl-C still stops the server");
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: stopping");
+                break;
+            }
+            _ = terminate.recv() => {
+                agent.set_draining();
+                if !drain_delay.is_zero() {
+                    tracing::info!("SIGTERM: draining; the agent answers `drain`, still accepting for {drain_delay:?}");
+                    tokio::time::sleep(drain_delay).await;
+                }
+                break;
+            }
+            _ = hangup.recv() => match &config {
+                Some(path) => watcher::reload_config(path, &service),
+                None => tracing::info!("SIGHUP: no --config file to reload"),
+            },
+        }
+    }
+    stop.cancel();
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasmux"))
+}
