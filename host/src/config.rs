@@ -30,8 +30,12 @@
 //! routes."text/json" = { split = { "search" = 90, "search@fuzzy" = 10 }, sticky = "user" }
 //! plugins."search@fuzzy" = { match = "prefix" }
 //!
+//! [admin]
+//! token-sha256 = "…"             # the admin endpoint's bearer token
+//!
 //! [runtime]                      # read at start-up only
 //! spectre-hardening = true       # false: faster calls, for trusted plugins only
+//! cache-max-size = "1 GiB"       # compiled code kept on disk
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,10 +47,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytesize::ByteSize;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
+use crate::files::{self, Links};
 use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 use crate::router::{Routes, Split, Target};
-use crate::runtime::CallLimits;
+use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 /// The file as written.
@@ -64,6 +70,8 @@ pub struct ConfigFile {
     pub tenants: Option<BTreeMap<String, TenantFile>>,
     #[serde(default)]
     pub runtime: RuntimeFile,
+    #[serde(default)]
+    pub admin: AdminFile,
 }
 
 /// `[runtime]`: how plugins are run. Read at start-up only.
@@ -72,12 +80,22 @@ pub struct ConfigFile {
 pub struct RuntimeFile {
     /// wasmtime's Spectre hardening of memory bounds checks (on by default).
     pub spectre_hardening: bool,
+    /// The most the compiled-code cache directory may hold.
+    pub cache_max_size: ByteSize,
 }
 
 impl Default for RuntimeFile {
     fn default() -> Self {
-        Self { spectre_hardening: true }
+        Self { spectre_hardening: true, cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE) }
     }
+}
+
+/// `[admin]`: the admin endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminFile {
+    /// Hex SHA-256 of the bearer token the admin endpoint asks for.
+    pub token_sha256: Option<String>,
 }
 
 /// A route's target as written: a plugin name, or an experiment.

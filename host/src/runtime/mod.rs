@@ -75,6 +75,9 @@ pub struct RuntimeSettings {
     /// Directory where compiled plugin code is kept across restarts;
     /// `None` keeps it in memory only.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// The most the compiled code in `cache_dir` may take; the least
+    /// recently used is evicted first.
+    pub cache_max_size: u64,
     /// Keep wasmtime's Spectre hardening of memory bounds checks. Turning it
     /// off halves the cost of a call (no `mprotect` per instance), but a
     /// plugin could then read other instances' memory through speculative
@@ -84,14 +87,19 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, spectre_hardening: true }
+        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, cache_max_size: DEFAULT_CACHE_MAX_SIZE, spectre_hardening: true }
     }
 }
+
+/// The default bound of the compiled-code cache directory: a few hundred
+/// plugin versions of a few megabytes of code each.
+pub const DEFAULT_CACHE_MAX_SIZE: u64 = 1 << 30;
 
 /// Limits for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallLimits {
-    /// Wall-clock time the call may take, instantiation included.
+    /// Wall-clock time the call may take, the wait for an instance slot
+    /// and instantiation included.
     pub deadline: Duration,
     /// Linear memory the instance may grow to.
     pub memory: usize,
@@ -208,7 +216,7 @@ impl Runtime {
             })
             .context("starting the epoch ticker")?;
 
-        let cache = ComponentCache::new(&engine, settings.cache_dir.clone());
+        let cache = ComponentCache::new(&engine, settings.cache_dir.clone(), settings.cache_max_size);
         Ok(Self { shared: Arc::new(Shared { engine, linker, cache, slots: Semaphore::new(n as usize), settings, ticker_stop }) })
     }
 

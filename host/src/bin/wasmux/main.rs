@@ -177,6 +177,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
         max_memory: settings.max_plugin_memory(),
         cache_dir,
+        cache_max_size: settings.runtime.cache_max_size.as_u64(),
         spectre_hardening: settings.runtime.spectre_hardening,
     })?;
     if !settings.runtime.spectre_hardening {
