@@ -187,7 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
     match &args.plugins {
         Some(dir) => {
-            let loaded = registry.load_dir(dir).await?;
+            let loaded = registry.load_dir(dir, settings.limits.max_plugin_size).await?;
             tracing::info!("{loaded} plugins loaded from {}", dir.display());
         }
         None if args.native => {
