@@ -236,3 +236,71 @@ fn a_token_made_by_wasmux_token_admits_its_tenant() {
     assert_eq!(send(&token), format!("Got result: {MORPHEUS}"));
     assert!(send("not-it").starts_with("Got result: Error: unauthorized"));
 }
+
+// ---- Fairness ----
+
+/// A request of the spin fixture, which spins until its deadline
+/// (`logging`: and logs each turn).
+fn spin(how: &str) -> Vec<u8> {
+    message(json!({"byteorder": "little", "content-type": "test/spin", "content-encoding": "binary"}), how.as_bytes())
+}
+
+fn outcome(answer: &Answer) -> String {
+    answer.json().get("error").and_then(|e| e["code"].as_str()).unwrap_or("ok").to_owned()
+}
+
+/// Anonymous clients flood the server with requests that spin to their
+/// deadline; the default tenant, given no limits, is held to half the
+/// instance slots, so a tenant with a token is still answered in time.
+#[test]
+fn an_anonymous_flood_leaves_slots_for_the_tenants_with_tokens() {
+    let server = Server::start_with_fixtures(&format!(
+        "[limits]\nmax-concurrent-calls = 4\n[routes]\n\"test/spin\" = \"spin\"\n\"text/json\" = \"search\"\n\
+         [tenants.default]\nlimits = {{ plugin-deadline = \"3s\" }}\n\
+         [tenants.alpha]\ntoken-sha256 = \"{}\"\n",
+        wasmux::tenancy::TokenHash::of("alpha-token")
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let mut conn = server.connect();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let outcome = outcome(&conn.request(&spin("forever")));
+                let _ = tx.send(outcome.clone());
+                outcome
+            })
+        })
+        .collect();
+    // A refusal means the default tenant's slots are all spinning now.
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("an answer to the flood");
+    assert_eq!(first, "overloaded", "the default tenant took every slot it asked for:\n{}", server.log());
+    let answer = server.connect().request(&search_with("morpheus", bearer("alpha-token")));
+    assert_eq!(answer.result(), MORPHEUS, "alpha was not served beside the flood");
+
+    // The default tenant's own requests spun to their deadline or were
+    // refused at once: none waited behind the others.
+    let outcomes: Vec<String> = flood.into_iter().map(|t| t.join().expect("flood thread")).collect();
+    assert!(outcomes.iter().all(|o| o == "plugin-timeout" || o == "overloaded"), "{outcomes:?}");
+}
+
+/// The wait for an instance slot counts against the plugin deadline: a
+/// request that found no free slot within its deadline is answered
+/// `overloaded` then, not run whenever a slot comes free.
+#[test]
+fn a_request_that_waited_its_whole_deadline_for_a_slot_is_not_run() {
+    let server = Server::start_with_fixtures(&format!(
+        "[limits]\nmax-concurrent-calls = 1\n[routes]\n\"test/spin\" = \"spin\"\n\"text/json\" = \"search\"\n\
+         [tenants.default]\nlimits = {{ plugin-deadline = \"3s\" }}\n\
+         [tenants.alpha]\ntoken-sha256 = \"{}\"\nlimits = {{ plugin-deadline = \"300ms\" }}\n",
+        wasmux::tenancy::TokenHash::of("alpha-token")
+    ));
+    let mut spinner = server.connect();
+    spinner.send(&spin("logging"));
+    assert!(server.wait_for_log("spin: turn 1", Duration::from_secs(20)), "{}", server.log());
+    // The only slot is taken for 3 s.
+    let answer = server.connect().request(&search_with("morpheus", bearer("alpha-token")));
+    assert_eq!(outcome(&answer), "overloaded", "{:?}", answer.json());
+    assert!(answer.result().contains("no instance slot came free within its deadline of 300ms"), "{}", answer.result());
+    drop(spinner);
+}

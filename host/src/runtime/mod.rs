@@ -10,7 +10,10 @@
 //! from one request to the next and one request cannot see another's data.
 //!
 //! Guards on every call:
-//! - a deadline, enforced by epoch interruption: a ticker thread advances the
+//! - a deadline, counted from when the call asks for an instance slot (so a
+//!   call that waited for one runs only for what is left; one that waited
+//!   its whole deadline is not started) and enforced by epoch
+//!   interruption: a ticker thread advances the
 //!   engine's epoch every [`EPOCH_TICK`]; at each tick a running guest yields
 //!   to the tokio scheduler (so a spinning plugin never holds a worker
 //!   thread), and past its deadline it is stopped;
@@ -257,9 +260,17 @@ impl WasmHandler {
     /// Answers `request` on a fresh instance, under `context`'s limits.
     pub async fn call(&self, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
         let runtime = &self.runtime;
-        let _slot = runtime.slots.acquire().await.map_err(|_| PluginError::ShuttingDown)?;
         let limits = context.limits;
-        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context.clone());
+        // The wait for a slot counts against the deadline: behind a flood,
+        // a request is answered when its time is up, not whenever a slot
+        // comes free.
+        let deadline = Instant::now() + limits.deadline;
+        let _slot = match tokio::time::timeout_at(deadline.into(), runtime.slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(PluginError::ShuttingDown),
+            Err(_) => return Err(PluginError::NoSlot(limits.deadline)),
+        };
+        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context.clone(), deadline);
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|state| state);
         // Caps what the host copies out of the guest in one go, so that a
