@@ -58,6 +58,13 @@ impl TokenHash {
         }
         Some(Self(bytes))
     }
+
+    /// True if this hash is one of `hashes`: compared with every one of
+    /// them in constant time, so timing tells nothing of the token.
+    pub fn is_among(&self, hashes: &[TokenHash]) -> bool {
+        let found = hashes.iter().fold(subtle::Choice::from(0), |found, hash| found | hash.0.ct_eq(&self.0));
+        bool::from(found)
+    }
 }
 
 impl fmt::Display for TokenHash {
@@ -279,7 +286,7 @@ impl Tenants {
 }
 
 /// `Bearer TOKEN` ─▶ `TOKEN` (the scheme is case-insensitive).
-fn bearer_token(value: &str) -> Option<&str> {
+pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

@@ -221,3 +221,9 @@ fn an_empty_configuration_file_is_refused_at_start() {
     let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:0", "--config", config.to_str().expect("utf-8")]));
     assert!(line.contains("the file is empty") && line.contains("leave out --config"), "{line}");
 }
+
+#[test]
+fn the_admin_endpoint_does_not_listen_off_loopback_without_a_token() {
+    let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"]));
+    assert!(line.contains("(off loopback) without a token"), "{line}");
+}

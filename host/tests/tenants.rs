@@ -304,3 +304,40 @@ fn a_request_that_waited_its_whole_deadline_for_a_slot_is_not_run() {
     assert!(answer.result().contains("no instance slot came free within its deadline of 300ms"), "{}", answer.result());
     drop(spinner);
 }
+
+// ---- The admin endpoint's token ----
+
+#[test]
+fn the_admin_endpoint_asks_for_its_token_and_a_reload_rotates_it() {
+    let config = |token: &str| format!("[admin]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of(token));
+    let server = serve_config(&config("first-admin-token"));
+    for path in ["/metrics", "/plugins"] {
+        assert_eq!(server.admin_get(path).0, 401, "{path} without a token");
+        assert_eq!(server.admin_get_with_token(path, Some("wrong")).0, 401, "{path} with a wrong token");
+        assert_eq!(server.admin_get_with_token(path, Some("first-admin-token")).0, 200, "{path} with the token");
+    }
+    assert_eq!(server.admin_get("/healthz"), (200, "ok\n".to_owned()), "health checks need no token");
+
+    std::fs::write(server.config_path(), config("second-admin-token")).expect("rewrite config");
+    assert!(server.wait_for_log("reloaded", Duration::from_secs(5)), "{}", server.log());
+    assert_eq!(server.admin_get_with_token("/metrics", Some("first-admin-token")).0, 401);
+    assert_eq!(server.admin_get_with_token("/metrics", Some("second-admin-token")).0, 200);
+}
+
+#[test]
+fn off_loopback_the_admin_endpoint_needs_a_token_file_or_configured_token() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "file-admin-token\n").expect("write the token");
+    let plugins = common::plugins_dir();
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.to_str().expect("utf-8"),
+        "--admin",
+        "0.0.0.0:0",
+        "--admin-token-file",
+        token_file.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(server.admin_get("/metrics").0, 401);
+    assert_eq!(server.admin_get_with_token("/metrics", Some("file-admin-token")).0, 200);
+}

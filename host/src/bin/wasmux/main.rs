@@ -67,9 +67,13 @@ struct ServeArgs {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Serve /metrics, /plugins and /healthz over HTTP on this address (a
-    /// bare port means 127.0.0.1:PORT).
+    /// bare port means 127.0.0.1:PORT). Off loopback it needs a token.
     #[arg(long)]
     admin: Option<String>,
+    /// A file holding the admin endpoint's bearer token (on its first line);
+    /// the configuration's [admin] token-sha256 is the other way to set one.
+    #[arg(long, env = "WASMUX_ADMIN_TOKEN_FILE", requires = "admin")]
+    admin_token_file: Option<PathBuf>,
     /// Do not watch the plugin directory and the configuration file for changes.
     #[arg(long)]
     no_watch: bool,
@@ -216,6 +220,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(spec) => net::bind_all(&admin::admin_address(spec)).await?,
         None => Vec::new(),
     };
+    let admin_token = args.admin_token_file.as_deref().map(admin::read_token_file).transpose()?;
+    let admin_access = admin::Access::new(&admin_listeners, admin_token, &service.settings())?;
     for listener in &listeners {
         // On stdout, so scripts (and the tests) can find a port chosen by the OS.
         println!("wasmux listening on {}", listener.local_addr()?);
@@ -226,7 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let admin = (!admin_listeners.is_empty())
-        .then(|| tokio::spawn(admin::run(admin_listeners, Arc::clone(&service), shutdown.clone().cancelled_owned())));
+        .then(|| tokio::spawn(admin::run(admin_listeners, Arc::clone(&service), admin_access, shutdown.clone().cancelled_owned())));
     let signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
