@@ -77,6 +77,17 @@ impl PluginDir {
         Server::start_with(&args)
     }
 
+    /// Serves these plugins with the configuration `text`, written to
+    /// `wasmux.toml` in a directory of its own: returned with its path, to
+    /// rewrite it.
+    fn serve_configured(&self, text: &str) -> (Server, tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("config dir");
+        let config = dir.path().join("wasmux.toml");
+        std::fs::write(&config, text).expect("config");
+        let server = self.serve(&["--config", config.to_str().expect("utf-8")]);
+        (server, dir, config)
+    }
+
     /// Replaces `name` the way deploy tools do: write beside, rename over.
     fn replace_atomically(&self, name: &str, bytes: &[u8]) {
         let tmp = self.file(&format!(".{name}.tmp"));
@@ -232,10 +243,7 @@ fn a_new_file_in_the_directory_is_loaded() {
 #[test]
 fn configuration_changes_are_applied_and_invalid_ones_refused() {
     let plugins = PluginDir::new();
-    let dir = tempfile::tempdir().expect("config dir");
-    let config = dir.path().join("wasmux.toml");
-    std::fs::write(&config, "[routes]\n\"*\" = \"binary-echo\"\n").expect("config");
-    let server = plugins.serve(&["--config", config.to_str().expect("utf-8")]);
+    let (server, dir, config) = plugins.serve_configured("[routes]\n\"*\" = \"binary-echo\"\n");
     let mut conn = server.connect();
     assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
 
@@ -370,10 +378,7 @@ fn anonymous_outcome(server: &Server) -> String {
 #[test]
 fn an_emptied_or_cut_short_configuration_is_refused_and_tokens_stay_required() {
     let plugins = PluginDir::new();
-    let dir = tempfile::tempdir().expect("config dir");
-    let config = dir.path().join("wasmux.toml");
-    std::fs::write(&config, token_only_config()).expect("config");
-    let server = plugins.serve(&["--config", config.to_str().expect("utf-8")]);
+    let (server, _dir, config) = plugins.serve_configured(&token_only_config());
     assert_eq!(anonymous_outcome(&server), "unauthorized");
 
     std::fs::write(&config, "").expect("empty the config");
@@ -426,10 +431,7 @@ fn a_configuration_behind_swapped_links_is_followed() {
 #[test]
 fn a_fifo_a_device_or_a_huge_file_does_not_wedge_the_watcher() {
     let plugins = PluginDir::new();
-    let dir = tempfile::tempdir().expect("config dir");
-    let config = dir.path().join("wasmux.toml");
-    std::fs::write(&config, "[routes]\n\"*\" = \"binary-echo\"\n").expect("config");
-    let server = plugins.serve(&["--config", config.to_str().expect("utf-8")]);
+    let (server, _dir, config) = plugins.serve_configured("[routes]\n\"*\" = \"binary-echo\"\n");
     let mut conn = server.connect();
     assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
 

@@ -249,17 +249,24 @@ fn outcome(answer: &Answer) -> String {
     answer.json().get("error").and_then(|e| e["code"].as_str()).unwrap_or("ok").to_owned()
 }
 
+/// A server with `calls` instance slots, the spin fixture on `test/spin`,
+/// search on `text/json`, a default tenant whose calls may spin for 3 s,
+/// and tenant alpha (token `alpha-token`) with `alpha_limits`.
+fn spin_server(calls: u32, alpha_limits: &str) -> Server {
+    Server::start_with_fixtures(&format!(
+        "[limits]\nmax-concurrent-calls = {calls}\n[routes]\n\"test/spin\" = \"spin\"\n\"text/json\" = \"search\"\n\
+         [tenants.default]\nlimits = {{ plugin-deadline = \"3s\" }}\n\
+         [tenants.alpha]\ntoken-sha256 = \"{}\"\nlimits = {{ {alpha_limits} }}\n",
+        wasmux::tenancy::TokenHash::of("alpha-token")
+    ))
+}
+
 /// Anonymous clients flood the server with requests that spin to their
 /// deadline; the default tenant, given no limits, is held to half the
 /// instance slots, so a tenant with a token is still answered in time.
 #[test]
 fn an_anonymous_flood_leaves_slots_for_the_tenants_with_tokens() {
-    let server = Server::start_with_fixtures(&format!(
-        "[limits]\nmax-concurrent-calls = 4\n[routes]\n\"test/spin\" = \"spin\"\n\"text/json\" = \"search\"\n\
-         [tenants.default]\nlimits = {{ plugin-deadline = \"3s\" }}\n\
-         [tenants.alpha]\ntoken-sha256 = \"{}\"\n",
-        wasmux::tenancy::TokenHash::of("alpha-token")
-    ));
+    let server = spin_server(4, "");
     let (tx, rx) = std::sync::mpsc::channel();
     let flood: Vec<_> = (0..8)
         .map(|_| {
@@ -289,12 +296,7 @@ fn an_anonymous_flood_leaves_slots_for_the_tenants_with_tokens() {
 /// `overloaded` then, not run whenever a slot comes free.
 #[test]
 fn a_request_that_waited_its_whole_deadline_for_a_slot_is_not_run() {
-    let server = Server::start_with_fixtures(&format!(
-        "[limits]\nmax-concurrent-calls = 1\n[routes]\n\"test/spin\" = \"spin\"\n\"text/json\" = \"search\"\n\
-         [tenants.default]\nlimits = {{ plugin-deadline = \"3s\" }}\n\
-         [tenants.alpha]\ntoken-sha256 = \"{}\"\nlimits = {{ plugin-deadline = \"300ms\" }}\n",
-        wasmux::tenancy::TokenHash::of("alpha-token")
-    ));
+    let server = spin_server(1, "plugin-deadline = \"300ms\"");
     let mut spinner = server.connect();
     spinner.send(&spin("logging"));
     assert!(server.wait_for_log("spin: turn 1", Duration::from_secs(20)), "{}", server.log());
