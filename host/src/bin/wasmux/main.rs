@@ -72,7 +72,7 @@ struct ServeArgs {
     admin: Option<String>,
     /// A file holding the admin endpoint's bearer token (on its first line);
     /// the configuration's [admin] token-sha256 is the other way to set one.
-    #[arg(long, env = "WASMUX_ADMIN_TOKEN_FILE", requires = "admin")]
+    #[arg(long, env = "WASMUX_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
     /// Do not watch the plugin directory and the configuration file for changes.
     #[arg(long)]
@@ -220,7 +220,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(spec) => net::bind_all(&admin::admin_address(spec)).await?,
         None => Vec::new(),
     };
-    let admin_token = args.admin_token_file.as_deref().map(admin::read_token_file).transpose()?;
+    // Read only for an endpoint that is served: a token file set in the
+    // environment does not stop a server without one.
+    let admin_token = match (&args.admin, &args.admin_token_file) {
+        (Some(_), Some(path)) => Some(admin::read_token_file(path)?),
+        _ => None,
+    };
     let admin_access = admin::Access::new(&admin_listeners, admin_token, &service.settings())?;
     for listener in &listeners {
         // On stdout, so scripts (and the tests) can find a port chosen by the OS.
