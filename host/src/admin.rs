@@ -5,23 +5,88 @@
 //!   last error of each plugin file that was refused;
 //! - `/healthz`: `ok` while the server runs.
 //!
-//! Keep it on loopback (the default when only a port is given): it tells
-//! anyone who can reach it what the server runs.
+//! `/metrics` and `/plugins` tell whoever can reach them what the server
+//! runs, for whom. With a token (`[admin] token-sha256` in the
+//! configuration, or `wasmux serve --admin-token-file`), they ask for
+//! `Authorization: Bearer TOKEN`, compared by its SHA-256 in constant time;
+//! `/healthz` never does, so health checks need no secret. Without a token
+//! the endpoint may only listen on loopback ([`Access::new`] refuses
+//! anything else), and if a reload removes the only token while it listens
+//! elsewhere, it refuses every request rather than open up.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use anyhow::Context as _;
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Json};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::config::Settings;
+use crate::files::{self, Links};
 use crate::runtime::Origin;
 use crate::service::Service;
+use crate::tenancy::{TokenHash, bearer_token};
+
+/// Who may read the admin endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    /// The hash of the token read from `--admin-token-file` at start-up; the
+    /// configuration's `[admin] token-sha256` is read at each request, so a
+    /// reload can rotate it.
+    file_token: Option<TokenHash>,
+    /// True when a listener is off loopback: then a token is required.
+    exposed: bool,
+}
+
+impl Access {
+    /// Access to an endpoint on `listeners`, refused if one of them is off
+    /// loopback and neither `file_token` nor `settings` gives a token.
+    pub fn new(listeners: &[TcpListener], file_token: Option<TokenHash>, settings: &Settings) -> anyhow::Result<Self> {
+        let mut exposed = Vec::new();
+        for listener in listeners {
+            let addr = listener.local_addr()?;
+            if !addr.ip().to_canonical().is_loopback() {
+                exposed.push(addr.to_string());
+            }
+        }
+        anyhow::ensure!(
+            exposed.is_empty() || file_token.is_some() || settings.admin_token.is_some(),
+            "the admin endpoint would listen on {} (off loopback) without a token: anyone who can reach it would see \
+             the plugins, tenants and traffic. Give it one (--admin-token-file FILE, or [admin] token-sha256 from \
+             `wasmux token`), or listen on loopback (--admin PORT)",
+            exposed.join(", ")
+        );
+        Ok(Self { file_token, exposed: !exposed.is_empty() })
+    }
+}
+
+/// Reads an admin token from `path`: the token itself, on its first line,
+/// kept only as its SHA-256.
+pub fn read_token_file(path: &Path) -> anyhow::Result<TokenHash> {
+    let bytes = files::read_regular(path, 4096, Links::Follow).with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    let text = String::from_utf8(bytes).ok().with_context(|| format!("the admin token file {} is not text", path.display()))?;
+    let token = text.lines().next().map(str::trim).unwrap_or_default();
+    anyhow::ensure!(!token.is_empty(), "the admin token file {} is empty", path.display());
+    let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(path)?);
+    if mode & 0o004 != 0 {
+        tracing::warn!("the admin token file {} may be read by any user (mode {:o}); chmod o-r it", path.display(), mode & 0o7777);
+    }
+    Ok(TokenHash::of(token))
+}
+
+#[derive(Clone)]
+struct AdminState {
+    service: Arc<Service>,
+    access: Access,
+}
 
 /// `9090` or `:9090`-less port numbers mean loopback; anything else is an
 /// address as `--listen` takes it.
@@ -29,11 +94,19 @@ pub fn admin_address(spec: &str) -> String {
     if spec.parse::<u16>().is_ok() { format!("127.0.0.1:{spec}") } else { spec.to_owned() }
 }
 
-/// Serves the admin endpoint on `listeners` until `shutdown` completes.
-pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// Serves the admin endpoint on `listeners` to those `access` lets in,
+/// until `shutdown` completes.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    service: Arc<Service>,
+    access: Access,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AdminState { service: Arc::clone(&service), access };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/plugins", get(plugins))
+        .route_layer(middleware::from_fn_with_state(state, authorize))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(service);
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
@@ -47,6 +120,24 @@ pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: i
         server.await??;
     }
     Ok(())
+}
+
+/// Lets a request through if it carries a token the endpoint accepts, or
+/// if no token is set and the endpoint listens on loopback only.
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let tokens: Vec<TokenHash> = state.access.file_token.into_iter().chain(state.service.settings().admin_token).collect();
+    if tokens.is_empty() {
+        if state.access.exposed {
+            let why = "forbidden: the admin endpoint listens off loopback and its token was removed from the configuration\n";
+            return (StatusCode::FORBIDDEN, why).into_response();
+        }
+        return next.run(request).await;
+    }
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(bearer_token);
+    match presented {
+        Some(token) if TokenHash::of(token).is_among(&tokens) => next.run(request).await,
+        _ => (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized: send Authorization: Bearer TOKEN\n").into_response(),
+    }
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {

@@ -4,6 +4,13 @@
 //! server. The file may be reloaded while serving: a new [`Settings`] is
 //! built and swapped in whole, or refused whole with the reason.
 //!
+//! An empty file is refused, at start-up and on reload, rather than read as
+//! the built-in configuration: a file is empty for a moment while a writer
+//! rewrites it in place, and the built-in configuration serves requests
+//! without a token. For the same reason a reload without a `[tenants]`
+//! section is refused while the running configuration requires a token
+//! ([`Settings::check_reload_of`]).
+//!
 //! ```toml
 //! [limits]
 //! max-content-length = "8 MiB"   # larger messages are refused
@@ -13,6 +20,7 @@
 //! plugin-deadline = "100ms"      # per plugin call
 //! plugin-memory = "64 MiB"       # per plugin instance
 //! max-response = "8 MiB"         # largest content a plugin may return
+//! max-plugin-size = "64 MiB"     # larger plugin files are not read
 //!
 //! [routes]                       # replaces the guide's routes when present
 //! "text/json" = "search"
@@ -30,8 +38,12 @@
 //! routes."text/json" = { split = { "search" = 90, "search@fuzzy" = 10 }, sticky = "user" }
 //! plugins."search@fuzzy" = { match = "prefix" }
 //!
+//! [admin]
+//! token-sha256 = "…"             # the admin endpoint's bearer token
+//!
 //! [runtime]                      # read at start-up only
 //! spectre-hardening = true       # false: faster calls, for trusted plugins only
+//! cache-max-size = "1 GiB"       # compiled code kept on disk
 //!
 //! [source]                       # read at start-up only; --plugins overrides it
 //! plugins = "oci://127.0.0.1:5000/wasmux"   # or a directory
@@ -47,10 +59,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytesize::ByteSize;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
+use crate::files::{self, Links};
 use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 use crate::router::{Routes, Split, Target};
-use crate::runtime::CallLimits;
+use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 /// The file as written.
@@ -68,6 +82,8 @@ pub struct ConfigFile {
     pub tenants: Option<BTreeMap<String, TenantFile>>,
     #[serde(default)]
     pub runtime: RuntimeFile,
+    #[serde(default)]
+    pub admin: AdminFile,
     #[serde(default)]
     pub source: SourceFile,
 }
@@ -96,12 +112,22 @@ impl Default for SourceFile {
 pub struct RuntimeFile {
     /// wasmtime's Spectre hardening of memory bounds checks (on by default).
     pub spectre_hardening: bool,
+    /// The most the compiled-code cache directory may hold.
+    pub cache_max_size: ByteSize,
 }
 
 impl Default for RuntimeFile {
     fn default() -> Self {
-        Self { spectre_hardening: true }
+        Self { spectre_hardening: true, cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE) }
     }
+}
+
+/// `[admin]`: the admin endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminFile {
+    /// Hex SHA-256 of the bearer token the admin endpoint asks for.
+    pub token_sha256: Option<String>,
 }
 
 /// A route's target as written: a plugin name, or an experiment.
@@ -180,6 +206,7 @@ pub struct LimitsFile {
     pub plugin_deadline: Duration,
     pub plugin_memory: ByteSize,
     pub max_response: ByteSize,
+    pub max_plugin_size: ByteSize,
 }
 
 impl Default for LimitsFile {
@@ -194,6 +221,7 @@ impl Default for LimitsFile {
             plugin_deadline: limits.call.deadline,
             plugin_memory: ByteSize::b(limits.call.memory as u64),
             max_response: ByteSize::b(limits.call.max_response as u64),
+            max_plugin_size: ByteSize::b(limits.max_plugin_size),
         }
     }
 }
@@ -215,6 +243,8 @@ pub struct Limits {
     pub max_concurrent_calls: u32,
     /// Limits for each plugin call.
     pub call: CallLimits,
+    /// Largest plugin file read; a larger one is refused unread.
+    pub max_plugin_size: u64,
 }
 
 impl Default for Limits {
@@ -226,9 +256,17 @@ impl Default for Limits {
             max_connections: 1024,
             max_concurrent_calls: 256,
             call: CallLimits::default(),
+            max_plugin_size: DEFAULT_MAX_PLUGIN_SIZE,
         }
     }
 }
+
+/// The default of `max-plugin-size`: room for components that carry a
+/// language runtime (an 18 MiB Python or a 12 MiB JavaScript component).
+pub const DEFAULT_MAX_PLUGIN_SIZE: u64 = 64 << 20;
+
+/// The largest configuration file read.
+pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
 
 /// Everything a running server reads per request, validated.
 #[derive(Debug)]
@@ -240,6 +278,14 @@ pub struct Settings {
     pub source: SourceFile,
     /// Each tenant with its routes, plugin settings and limits merged.
     pub tenants: Tenants,
+    /// True when the file has no `[tenants]` section, so every request is
+    /// the `default` tenant's without the file saying so.
+    pub implicit_tenants: bool,
+    /// The SHA-256 of the admin endpoint's bearer token.
+    pub admin_token: Option<TokenHash>,
+    /// The SHA-256 of the file's text, when read from a file: tells a
+    /// watcher whether the file changed since.
+    pub source_sha256: Option<[u8; 32]>,
 }
 
 impl Settings {
@@ -260,10 +306,38 @@ impl Settings {
         tenants.join("; ")
     }
 
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file; an empty one is refused.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+        Self::from_text(&read_text(path)?).with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+
+    /// Validates the text of a configuration file (from [`read_text`]); an
+    /// empty one is refused.
+    pub fn from_text(text: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !text.trim().is_empty(),
+            "the file is empty. It is not read as the built-in configuration, which serves requests without a token: \
+             a file is empty for a moment while it is rewritten in place. To run with the built-in configuration, \
+             leave out --config, or write a comment in the file"
+        );
+        let mut settings = Self::parse(text)?;
+        settings.source_sha256 = Some(Sha256::digest(text.as_bytes()).into());
+        Ok(settings)
+    }
+
+    /// Refuses these settings as a reload of `running` if they would serve
+    /// requests without a token where `running` requires one, without the
+    /// file saying so: a file with no `[tenants]` section, such as a file
+    /// cut short while being written. A file that means it says
+    /// `[tenants.default]`.
+    pub fn check_reload_of(&self, running: &Settings) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(self.implicit_tenants && !running.tenants.has_default()),
+            "it has no [tenants] section, so every request would be served without a token, where the running \
+             configuration requires one (a file cut short while being written looks like this). To serve requests \
+             without a token, say so with a [tenants.default] table"
+        );
+        Ok(())
     }
 
     /// Parses and validates configuration text.
@@ -279,7 +353,13 @@ impl Settings {
             None => Routes::guide(),
         };
         let plugin_config = plugin_values(file.plugins);
-        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: limits.call };
+        let server = ServerDefaults {
+            routes: &routes,
+            plugin_config: &plugin_config,
+            call_limits: limits.call,
+            max_concurrent_calls: limits.max_concurrent_calls,
+        };
+        let implicit_tenants = file.tenants.is_none();
         let tenants = match file.tenants {
             None => Tenants::only_default(&server)?,
             Some(tenants) => {
@@ -290,8 +370,13 @@ impl Settings {
                 Tenants::build(specs, &server)?
             }
         };
+        let admin_token = match &file.admin.token_sha256 {
+            Some(hex) => Some(TokenHash::from_hex(hex).context("[admin] token-sha256 must be 64 hex digits (see `wasmux token`)")?),
+            None => None,
+        };
+        anyhow::ensure!(file.runtime.cache_max_size.as_u64() > 0, "runtime.cache-max-size must be more than 0 bytes; use --no-cache to keep no code on disk");
         anyhow::ensure!(!file.source.poll_interval.is_zero(), "source.poll-interval must be longer than 0");
-        Ok(Self { limits, runtime: file.runtime, source: file.source, tenants })
+        Ok(Self { limits, runtime: file.runtime, source: file.source, tenants, implicit_tenants, admin_token, source_sha256: None })
     }
 
     /// The most memory any tenant's plugin calls may use: what the instance
@@ -299,6 +384,13 @@ impl Settings {
     pub fn max_plugin_memory(&self) -> usize {
         self.tenants.iter().map(|t| t.call_limits.memory).max().unwrap_or(self.limits.call.memory)
     }
+}
+
+/// The text of the configuration file at `path`: a regular file (a FIFO
+/// or a device is not opened), at most [`MAX_CONFIG_SIZE`], in UTF-8.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = files::read_regular(path, MAX_CONFIG_SIZE, Links::Follow).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
 fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
@@ -370,6 +462,7 @@ fn validate_limits(file: &LimitsFile) -> anyhow::Result<Limits> {
     anyhow::ensure!(file.max_connections > 0, "limits.max-connections must be at least 1");
     anyhow::ensure!(file.max_concurrent_calls > 0, "limits.max-concurrent-calls must be at least 1");
     let memory = size("plugin-memory", file.plugin_memory)?;
+    let max_plugin_size = size("max-plugin-size", file.max_plugin_size)? as u64;
     anyhow::ensure!(memory >= 64 * 1024, "limits.plugin-memory must be at least 64 KiB, one WebAssembly page");
     Ok(Limits {
         max_content_length: size("max-content-length", file.max_content_length)?,
@@ -382,6 +475,7 @@ fn validate_limits(file: &LimitsFile) -> anyhow::Result<Limits> {
             memory,
             max_response: size("max-response", file.max_response)?,
         },
+        max_plugin_size,
     })
 }
 
@@ -396,12 +490,55 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_is_the_guide() {
+    fn no_keys_is_the_guide() {
         let settings = Settings::parse("").unwrap();
         let default = settings.tenants.get("default").unwrap();
         assert_eq!(default.routes, Routes::guide());
         assert_eq!(settings.limits, Limits::default());
         assert!(settings.tenants.has_default());
+        assert_eq!(default.limits, TenantLimits::default(), "a lone default tenant has the whole server");
+        assert_eq!(Settings::from_text("# the built-in configuration\n").unwrap().limits, Limits::default());
+    }
+
+    #[test]
+    fn an_empty_file_is_refused() {
+        for text in ["", " \n\t\n"] {
+            let error = format!("{:#}", Settings::from_text(text).unwrap_err());
+            assert!(error.contains("the file is empty"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_reload_may_not_drop_token_authentication_by_omission() {
+        let hash = TokenHash::of("alpha-token");
+        let running = Settings::parse(&format!("[tenants.alpha]\ntoken-sha256 = \"{hash}\"\n")).unwrap();
+        let cut_short = Settings::parse("[limits]\nplugin-deadline = \"1s\"\n").unwrap();
+        let error = format!("{:#}", cut_short.check_reload_of(&running).unwrap_err());
+        assert!(error.contains("no [tenants] section"), "{error}");
+        let explicit = Settings::parse("[tenants.default]\n").unwrap();
+        explicit.check_reload_of(&running).expect("said explicitly");
+        let open = Settings::guide();
+        cut_short.check_reload_of(&open).expect("the running configuration required no token either");
+    }
+
+    #[test]
+    fn the_default_tenant_gets_half_the_calls_beside_other_tenants() {
+        let hash = TokenHash::of("alpha-token");
+        let settings = Settings::parse(&format!(
+            "[limits]\nmax-concurrent-calls = 10\n[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.limits.concurrent_requests.map(NonZeroU32::get), Some(5));
+        assert_eq!(settings.tenants.get("alpha").unwrap().limits, TenantLimits::default());
+        let settings = Settings::parse(&format!(
+            "[tenants.default]\nlimits = {{ concurrent-requests = 9 }}\n[tenants.alpha]\ntoken-sha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.limits.concurrent_requests.map(NonZeroU32::get), Some(9), "configured limits win");
+        let alone = Settings::parse("[tenants.default]\n").unwrap();
+        assert_eq!(alone.tenants.get("default").unwrap().limits, TenantLimits::default());
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!
 //! Every step speaks [`message`]: [`message::Message`] and the error
 //! vocabulary. Beside the path: [`config`] (TOML ─▶ validated settings),
-//! [`watcher`] (files ─▶ registry and settings updates), [`metrics`] and
+//! [`watcher`] (files ─▶ registry and settings updates), [`files`] (reading
+//! files others may have put in place), [`metrics`] and
 //! [`admin`] (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and
 //! socket errors), [`client`] (what `wasmux send` and the tests use),
 //! [`native`] (the guide's handlers compiled in, for comparison). The WIT
@@ -45,6 +46,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod files;
 pub mod message;
 pub mod metrics;
 pub mod native;

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
+use crate::files::{self, Links};
 use crate::message::Message;
 use crate::metrics::Metrics;
 pub use crate::native::NativeHandler;
@@ -204,9 +205,20 @@ impl PluginRegistry {
     /// runtime) and swaps it in under the file's name. On error nothing
     /// changes: the version already loaded, if any, keeps serving. A file
     /// whose bytes are the version already loaded changes nothing either.
-    pub async fn load_file(&self, path: &Path) -> anyhow::Result<()> {
+    ///
+    /// Only a regular file (or a link to one) of at most `max_size` bytes is
+    /// read: a FIFO, a device or a directory named `NAME.wasm` is refused
+    /// without being opened, so it cannot hold up the caller.
+    pub async fn load_file(&self, path: &Path, max_size: u64) -> anyhow::Result<()> {
         let name = plugin_name(path).with_context(|| format!("{} is not named NAME.wasm", path.display()))?;
-        let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || files::read_regular(&path, max_size, Links::Follow)).await?
+        };
+        let bytes = bytes.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::FileTooLarge { " (limits.max-plugin-size)" } else { "" };
+            anyhow::anyhow!("plugin {name}: skipped {}: {e}{hint}", path.display())
+        })?;
         self.load_bytes(&name, bytes, &path.display().to_string()).await
     }
 
@@ -278,12 +290,13 @@ impl PluginRegistry {
         Some(old)
     }
 
-    /// Loads every `NAME.wasm` in `dir`. A file that fails to load is logged
-    /// and skipped; the rest still load. Returns how many loaded.
-    pub async fn load_dir(&self, dir: &Path) -> anyhow::Result<usize> {
+    /// Loads every `NAME.wasm` in `dir` of at most `max_size` bytes. A file
+    /// that fails to load is logged and skipped; the rest still load.
+    /// Returns how many loaded.
+    pub async fn load_dir(&self, dir: &Path, max_size: u64) -> anyhow::Result<usize> {
         let mut loaded = 0;
         for path in plugin_files(dir)? {
-            match self.load_file(&path).await {
+            match self.load_file(&path, max_size).await {
                 Ok(_) => loaded += 1,
                 Err(e) => tracing::error!("{e:#}"),
             }
@@ -292,12 +305,13 @@ impl PluginRegistry {
     }
 }
 
-/// The `NAME.wasm` files in `dir`, sorted.
+/// The entries of `dir` named `NAME.wasm`, sorted: files, and whatever
+/// else is so named, for [`PluginRegistry::load_file`] to refuse aloud.
 pub fn plugin_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the plugin directory {}", dir.display()))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.is_file() && plugin_name(path).is_some())
+        .filter(|path| plugin_name(path).is_some())
         .collect();
     files.sort();
     Ok(files)

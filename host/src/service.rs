@@ -174,6 +174,7 @@ fn to_protocol_error(error: &PluginError, plugin: &str) -> ProtocolError {
         PluginError::BadResponse(_) | PluginError::InvalidData(_) | PluginError::TooMuchData { .. } => {
             (ErrorCode::PluginBadResponse, format!("plugin {plugin} {error}"))
         }
+        PluginError::NoSlot(_) => (ErrorCode::Overloaded, format!("plugin {plugin} {error}; retry later")),
         PluginError::ShuttingDown => (ErrorCode::Internal, error.to_string()),
     };
     ProtocolError::new(code, message)
@@ -184,7 +185,7 @@ fn to_protocol_error(error: &PluginError, plugin: &str) -> ProtocolError {
 fn is_plugin_fault(error: &PluginError) -> bool {
     !matches!(
         error,
-        PluginError::Handler(HandlerError::BadRequest(_) | HandlerError::Unsupported(_)) | PluginError::ShuttingDown
+        PluginError::Handler(HandlerError::BadRequest(_) | HandlerError::Unsupported(_)) | PluginError::NoSlot(_) | PluginError::ShuttingDown
     )
 }
 

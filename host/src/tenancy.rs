@@ -12,6 +12,12 @@
 //! flight, requests per second, plugin deadline and memory. A tenant over
 //! its limits is answered `overloaded` at once, so it cannot queue work in
 //! front of others.
+//!
+//! Beside other tenants, the `default` tenant (anyone who can connect) is
+//! held to half of the server's concurrent plugin calls unless its own
+//! `concurrent-requests` says otherwise, so anonymous clients cannot take
+//! every instance slot from the tenants who have tokens. A server with no
+//! other tenant leaves it the whole pool, as the guide's server would.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -51,6 +57,13 @@ impl TokenHash {
             *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
         }
         Some(Self(bytes))
+    }
+
+    /// True if this hash is one of `hashes`: compared with every one of
+    /// them in constant time, so timing tells nothing of the token.
+    pub fn is_among(&self, hashes: &[TokenHash]) -> bool {
+        let found = hashes.iter().fold(subtle::Choice::from(0), |found, hash| found | hash.0.ct_eq(&self.0));
+        bool::from(found)
     }
 }
 
@@ -174,11 +187,26 @@ pub struct ServerDefaults<'a> {
     pub routes: &'a Routes,
     pub plugin_config: &'a BTreeMap<String, BTreeMap<String, String>>,
     pub call_limits: CallLimits,
+    /// Plugin calls the server runs at once (`max-concurrent-calls`).
+    pub max_concurrent_calls: u32,
+}
+
+impl ServerDefaults<'_> {
+    /// The `default` tenant's concurrent requests when other tenants share
+    /// the server and its configuration sets none: half the instance slots.
+    pub fn default_tenant_share(&self) -> NonZeroU32 {
+        NonZeroU32::new(self.max_concurrent_calls / 2).unwrap_or(NonZeroU32::MIN)
+    }
 }
 
 impl Tenants {
     /// Merges each tenant's spec with the server's defaults.
-    pub fn build(specs: Vec<TenantSpec>, server: &ServerDefaults<'_>) -> anyhow::Result<Self> {
+    pub fn build(mut specs: Vec<TenantSpec>, server: &ServerDefaults<'_>) -> anyhow::Result<Self> {
+        if specs.iter().any(|spec| spec.name != DEFAULT_TENANT)
+            && let Some(default) = specs.iter_mut().find(|spec| spec.name == DEFAULT_TENANT)
+        {
+            default.limits.concurrent_requests.get_or_insert(server.default_tenant_share());
+        }
         let mut tenants = Self::default();
         for spec in specs {
             let index = tenants.list.len();
@@ -258,7 +286,7 @@ impl Tenants {
 }
 
 /// `Bearer TOKEN` ─▶ `TOKEN` (the scheme is case-insensitive).
-fn bearer_token(value: &str) -> Option<&str> {
+pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -306,7 +334,7 @@ mod tests {
 
     fn tenants(specs: Vec<TenantSpec>) -> Tenants {
         let (routes, plugin_config) = defaults();
-        Tenants::build(specs, &ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: CallLimits::default() }).unwrap()
+        Tenants::build(specs, &ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: CallLimits::default(), max_concurrent_calls: 256 }).unwrap()
     }
 
 
@@ -337,7 +365,7 @@ mod tests {
     #[test]
     fn configuration_mistakes_are_refused() {
         let (routes, plugin_config) = defaults();
-        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: CallLimits::default() };
+        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: CallLimits::default(), max_concurrent_calls: 256 };
         let error = Tenants::build(vec![spec("alpha", None)], &server).unwrap_err().to_string();
         assert!(error.contains("alpha has no token-sha256"), "{error}");
         let error = Tenants::build(vec![spec("alpha", Some("x")), spec("beta", Some("x"))], &server).unwrap_err().to_string();

@@ -208,3 +208,22 @@ fn a_connection_reset_by_the_peer() {
     let _ = crasher.join();
     assert_starts_with(&line, &format!("wasmux: reading from {addr}: connection reset by peer: "));
 }
+
+// ---- Refusing to start open ----
+
+/// An empty configuration file is refused at start-up too: read as the
+/// built-in configuration it would serve requests without a token.
+#[test]
+fn an_empty_configuration_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("wasmux.toml");
+    std::fs::write(&config, "\n").expect("write");
+    let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:0", "--config", config.to_str().expect("utf-8")]));
+    assert!(line.contains("the file is empty") && line.contains("leave out --config"), "{line}");
+}
+
+#[test]
+fn the_admin_endpoint_does_not_listen_off_loopback_without_a_token() {
+    let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"]));
+    assert!(line.contains("(off loopback) without a token"), "{line}");
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{Answer, Raw, Server, message};
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 /// How long a test waits for a swap before failing. The benchmark
 /// (`cargo bench --bench swap`) measures how long swaps really take.
@@ -74,6 +75,17 @@ impl PluginDir {
         let mut args = vec!["--plugins", self.path().to_str().expect("utf-8 path")];
         args.extend_from_slice(extra);
         Server::start_with(&args)
+    }
+
+    /// Serves these plugins with the configuration `text`, written to
+    /// `wasmux.toml` in a directory of its own: returned with its path, to
+    /// rewrite it.
+    fn serve_configured(&self, text: &str) -> (Server, tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("config dir");
+        let config = dir.path().join("wasmux.toml");
+        std::fs::write(&config, text).expect("config");
+        let server = self.serve(&["--config", config.to_str().expect("utf-8")]);
+        (server, dir, config)
     }
 
     /// Replaces `name` the way deploy tools do: write beside, rename over.
@@ -284,10 +296,7 @@ fn a_new_file_in_the_directory_is_loaded() {
 #[test]
 fn configuration_changes_are_applied_and_invalid_ones_refused() {
     let plugins = PluginDir::new();
-    let dir = tempfile::tempdir().expect("config dir");
-    let config = dir.path().join("wasmux.toml");
-    std::fs::write(&config, "[routes]\n\"*\" = \"binary-echo\"\n").expect("config");
-    let server = plugins.serve(&["--config", config.to_str().expect("utf-8")]);
+    let (server, dir, config) = plugins.serve_configured("[routes]\n\"*\" = \"binary-echo\"\n");
     let mut conn = server.connect();
     assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
 
@@ -414,4 +423,98 @@ fn no_request_fails_while_the_plugin_is_rewritten_under_load() {
     let swaps = server.log().lines().filter(|l| l.contains("plugin binary-echo: ") && l.contains(" -> ")).count();
     assert!(swaps >= 10, "only {swaps} swaps logged for 30 rewrites:\n{}", server.log());
     assert!(server.connect().request(&common::search("ring")).result() == RING);
+}
+
+/// A configuration that requires a token, and the request without one.
+fn token_only_config() -> String {
+    format!("[tenants.alpha]\ntoken-sha256 = \"{}\"\n", hex::encode(Sha256::digest(b"alpha-token")))
+}
+
+fn anonymous_outcome(server: &Server) -> String {
+    let answer = server.connect().request(&common::search("ring"));
+    answer.json()["error"]["code"].as_str().unwrap_or("ok").to_owned()
+}
+
+/// Emptying the file in place (what `cat > file` and slow editors do first)
+/// or cutting it short before its `[tenants]` must not switch token
+/// authentication off: the running configuration stays.
+#[test]
+fn an_emptied_or_cut_short_configuration_is_refused_and_tokens_stay_required() {
+    let plugins = PluginDir::new();
+    let (server, _dir, config) = plugins.serve_configured(&token_only_config());
+    assert_eq!(anonymous_outcome(&server), "unauthorized");
+
+    std::fs::write(&config, "").expect("empty the config");
+    assert!(server.wait_for_log("the file is empty", SWAP_WAIT), "{}", server.log());
+    assert_eq!(anonymous_outcome(&server), "unauthorized", "an empty file let requests without a token in");
+
+    std::fs::write(&config, "[limits]\nplugin-deadline = \"1s\"\n").expect("cut the config short");
+    assert!(server.wait_for_log("no [tenants] section", SWAP_WAIT), "{}", server.log());
+    assert_eq!(anonymous_outcome(&server), "unauthorized", "a file cut short let requests without a token in");
+
+    // Saying so explicitly is applied.
+    std::fs::write(&config, format!("[tenants.default]\n{}", token_only_config())).expect("config");
+    assert!(server.wait_for_log("reloaded", SWAP_WAIT), "{}", server.log());
+    assert_eq!(anonymous_outcome(&server), "ok");
+}
+
+/// A ConfigMap as Kubernetes mounts it: `wasmux.toml -> ..data/wasmux.toml`,
+/// `..data -> ..v1`; an update makes `..v2` and swaps `..data` atomically.
+#[test]
+fn a_configuration_behind_swapped_links_is_followed() {
+    let plugins = PluginDir::new();
+    let dir = tempfile::tempdir().expect("config dir");
+    let version = |name: &str, text: &str| {
+        std::fs::create_dir(dir.path().join(name)).expect("version dir");
+        std::fs::write(dir.path().join(name).join("wasmux.toml"), text).expect("config");
+    };
+    version("..v1", "[routes]\n\"*\" = \"binary-echo\"\n");
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).expect("link ..data");
+    std::os::unix::fs::symlink("..data/wasmux.toml", dir.path().join("wasmux.toml")).expect("link the config");
+    let server = plugins.serve(&["--config", dir.path().join("wasmux.toml").to_str().expect("utf-8")]);
+    let mut conn = server.connect();
+    assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
+
+    version("..v2", "[routes]\n\"binary/*\" = \"search\"\n\"*\" = \"binary-echo\"\n");
+    std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).expect("link ..data_tmp");
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap ..data");
+    std::fs::remove_dir_all(dir.path().join("..v1")).expect("remove the old version");
+    wait_until_served_by(&mut conn, ServedBy::Search, &server);
+
+    // And once more, now that the file resolves into ..v2.
+    version("..v3", "[routes]\n\"*\" = \"binary-echo\"\n");
+    std::os::unix::fs::symlink("..v3", dir.path().join("..data_tmp")).expect("link ..data_tmp");
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap ..data");
+    wait_until_served_by(&mut conn, ServedBy::Echo, &server);
+}
+
+/// A FIFO named like a plugin used to block the watcher for good; a link to
+/// a device or a huge file was read whole. Each is skipped with a log line,
+/// and later changes are still applied.
+#[test]
+fn a_fifo_a_device_or_a_huge_file_does_not_wedge_the_watcher() {
+    let plugins = PluginDir::new();
+    let (server, _dir, config) = plugins.serve_configured("[routes]\n\"*\" = \"binary-echo\"\n");
+    let mut conn = server.connect();
+    assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
+
+    let fifo = plugins.file("x.wasm");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    // The configuration changes after the FIFO appeared, and is applied.
+    std::fs::write(&config, "[routes]\n\"binary/*\" = \"search\"\n\"*\" = \"binary-echo\"\n").expect("config");
+    wait_until_served_by(&mut conn, ServedBy::Search, &server);
+    assert!(server.wait_for_log("x.wasm: a FIFO, not a regular file", SWAP_WAIT), "{}", server.log());
+
+    std::os::unix::fs::symlink("/dev/zero", plugins.file("zero.wasm")).expect("link to a device");
+    assert!(server.wait_for_log("zero.wasm: a character device, not a regular file", SWAP_WAIT), "{}", server.log());
+
+    let huge = std::fs::File::create(plugins.file("huge.wasm")).expect("create");
+    huge.set_len(1 << 30).expect("a sparse 1 GiB file");
+    drop(huge);
+    // Over the default max-plugin-size of 64 MiB: refused by its size, unread.
+    assert!(server.wait_for_log("over the limit of 67108864 (limits.max-plugin-size)", SWAP_WAIT), "{}", server.log());
+
+    std::fs::write(&config, "[routes]\n\"*\" = \"binary-echo\"\n").expect("config");
+    wait_until_served_by(&mut conn, ServedBy::Echo, &server);
 }

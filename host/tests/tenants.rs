@@ -252,3 +252,110 @@ fn a_token_made_by_wasmux_token_admits_its_tenant() {
     assert_eq!(send(&token), format!("Got result: {MORPHEUS}"));
     assert!(send("not-it").starts_with("Got result: Error: unauthorized"));
 }
+
+// ---- Fairness ----
+
+/// A request of the spin fixture, which spins until its deadline
+/// (`logging`: and logs each turn).
+fn spin(how: &str) -> Vec<u8> {
+    message(json!({"byteorder": "little", "content-type": "test/spin", "content-encoding": "binary"}), how.as_bytes())
+}
+
+fn outcome(answer: &Answer) -> String {
+    answer.json().get("error").and_then(|e| e["code"].as_str()).unwrap_or("ok").to_owned()
+}
+
+/// A server with `calls` instance slots, the spin fixture on `test/spin`,
+/// search on `text/json`, a default tenant whose calls may spin for 3 s,
+/// and tenant alpha (token `alpha-token`) with `alpha_limits`.
+fn spin_server(calls: u32, alpha_limits: &str) -> Server {
+    Server::start_with_fixtures(&format!(
+        "[limits]\nmax-concurrent-calls = {calls}\n[routes]\n\"test/spin\" = \"spin\"\n\"text/json\" = \"search\"\n\
+         [tenants.default]\nlimits = {{ plugin-deadline = \"3s\" }}\n\
+         [tenants.alpha]\ntoken-sha256 = \"{}\"\nlimits = {{ {alpha_limits} }}\n",
+        wasmux::tenancy::TokenHash::of("alpha-token")
+    ))
+}
+
+/// Anonymous clients flood the server with requests that spin to their
+/// deadline; the default tenant, given no limits, is held to half the
+/// instance slots, so a tenant with a token is still answered in time.
+#[test]
+fn an_anonymous_flood_leaves_slots_for_the_tenants_with_tokens() {
+    let server = spin_server(4, "");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let mut conn = server.connect();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let outcome = outcome(&conn.request(&spin("forever")));
+                let _ = tx.send(outcome.clone());
+                outcome
+            })
+        })
+        .collect();
+    // A refusal means the default tenant's slots are all spinning now.
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("an answer to the flood");
+    assert_eq!(first, "overloaded", "the default tenant took every slot it asked for:\n{}", server.log());
+    let answer = server.connect().request(&search_with("morpheus", bearer("alpha-token")));
+    assert_eq!(answer.result(), MORPHEUS, "alpha was not served beside the flood");
+
+    // The default tenant's own requests spun to their deadline or were
+    // refused at once: none waited behind the others.
+    let outcomes: Vec<String> = flood.into_iter().map(|t| t.join().expect("flood thread")).collect();
+    assert!(outcomes.iter().all(|o| o == "plugin-timeout" || o == "overloaded"), "{outcomes:?}");
+}
+
+/// The wait for an instance slot counts against the plugin deadline: a
+/// request that found no free slot within its deadline is answered
+/// `overloaded` then, not run whenever a slot comes free.
+#[test]
+fn a_request_that_waited_its_whole_deadline_for_a_slot_is_not_run() {
+    let server = spin_server(1, "plugin-deadline = \"300ms\"");
+    let mut spinner = server.connect();
+    spinner.send(&spin("logging"));
+    assert!(server.wait_for_log("spin: turn 1", Duration::from_secs(20)), "{}", server.log());
+    // The only slot is taken for 3 s.
+    let answer = server.connect().request(&search_with("morpheus", bearer("alpha-token")));
+    assert_eq!(outcome(&answer), "overloaded", "{:?}", answer.json());
+    assert!(answer.result().contains("no instance slot came free within its deadline of 300ms"), "{}", answer.result());
+    drop(spinner);
+}
+
+// ---- The admin endpoint's token ----
+
+#[test]
+fn the_admin_endpoint_asks_for_its_token_and_a_reload_rotates_it() {
+    let config = |token: &str| format!("[admin]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of(token));
+    let server = serve_config(&config("first-admin-token"));
+    for path in ["/metrics", "/plugins"] {
+        assert_eq!(server.admin_get(path).0, 401, "{path} without a token");
+        assert_eq!(server.admin_get_with_token(path, Some("wrong")).0, 401, "{path} with a wrong token");
+        assert_eq!(server.admin_get_with_token(path, Some("first-admin-token")).0, 200, "{path} with the token");
+    }
+    assert_eq!(server.admin_get("/healthz"), (200, "ok\n".to_owned()), "health checks need no token");
+
+    std::fs::write(server.config_path(), config("second-admin-token")).expect("rewrite config");
+    assert!(server.wait_for_log("reloaded", Duration::from_secs(5)), "{}", server.log());
+    assert_eq!(server.admin_get_with_token("/metrics", Some("first-admin-token")).0, 401);
+    assert_eq!(server.admin_get_with_token("/metrics", Some("second-admin-token")).0, 200);
+}
+
+#[test]
+fn off_loopback_the_admin_endpoint_needs_a_token_file_or_configured_token() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "file-admin-token\n").expect("write the token");
+    let plugins = common::plugins_dir();
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.to_str().expect("utf-8"),
+        "--admin",
+        "0.0.0.0:0",
+        "--admin-token-file",
+        token_file.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(server.admin_get("/metrics").0, 401);
+    assert_eq!(server.admin_get_with_token("/metrics", Some("file-admin-token")).0, 200);
+}

@@ -36,6 +36,10 @@ pub enum PluginError {
     /// The guest handed the host more bytes at once than a response may hold.
     #[error("handed the host more than {limit} bytes at once (a response may carry {max_response} bytes of content)")]
     TooMuchData { limit: usize, max_response: usize },
+    /// No instance slot came free within the call's deadline (the server
+    /// is at `max-concurrent-calls`): the plugin was not started.
+    #[error("was not started: no instance slot came free within its deadline of {0:?}, the server is at its limit of concurrent plugin calls")]
+    NoSlot(Duration),
     #[error("the server is shutting down")]
     ShuttingDown,
 }

@@ -10,7 +10,10 @@
 //! from one request to the next and one request cannot see another's data.
 //!
 //! Guards on every call:
-//! - a deadline, enforced by epoch interruption: a ticker thread advances the
+//! - a deadline, counted from when the call asks for an instance slot (so a
+//!   call that waited for one runs only for what is left; one that waited
+//!   its whole deadline is not started) and enforced by epoch
+//!   interruption: a ticker thread advances the
 //!   engine's epoch every [`EPOCH_TICK`]; at each tick a running guest yields
 //!   to the tokio scheduler (so a spinning plugin never holds a worker
 //!   thread), and past its deadline it is stopped;
@@ -75,6 +78,9 @@ pub struct RuntimeSettings {
     /// Directory where compiled plugin code is kept across restarts;
     /// `None` keeps it in memory only.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// The most the compiled code in `cache_dir` may take; the least
+    /// recently used is evicted first.
+    pub cache_max_size: u64,
     /// Keep wasmtime's Spectre hardening of memory bounds checks. Turning it
     /// off halves the cost of a call (no `mprotect` per instance), but a
     /// plugin could then read other instances' memory through speculative
@@ -84,14 +90,19 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, spectre_hardening: true }
+        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, cache_max_size: DEFAULT_CACHE_MAX_SIZE, spectre_hardening: true }
     }
 }
+
+/// The default bound of the compiled-code cache directory: a few hundred
+/// plugin versions of a few megabytes of code each.
+pub const DEFAULT_CACHE_MAX_SIZE: u64 = 1 << 30;
 
 /// Limits for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallLimits {
-    /// Wall-clock time the call may take, instantiation included.
+    /// Wall-clock time the call may take, the wait for an instance slot
+    /// and instantiation included.
     pub deadline: Duration,
     /// Linear memory the instance may grow to.
     pub memory: usize,
@@ -208,7 +219,7 @@ impl Runtime {
             })
             .context("starting the epoch ticker")?;
 
-        let cache = ComponentCache::new(&engine, settings.cache_dir.clone());
+        let cache = ComponentCache::new(&engine, settings.cache_dir.clone(), settings.cache_max_size);
         Ok(Self { shared: Arc::new(Shared { engine, linker, cache, slots: Semaphore::new(n as usize), settings, ticker_stop }) })
     }
 
@@ -249,9 +260,17 @@ impl WasmHandler {
     /// Answers `request` on a fresh instance, under `context`'s limits.
     pub async fn call(&self, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
         let runtime = &self.runtime;
-        let _slot = runtime.slots.acquire().await.map_err(|_| PluginError::ShuttingDown)?;
         let limits = context.limits;
-        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context.clone());
+        // The wait for a slot counts against the deadline: behind a flood,
+        // a request is answered when its time is up, not whenever a slot
+        // comes free.
+        let deadline = Instant::now() + limits.deadline;
+        let _slot = match tokio::time::timeout_at(deadline.into(), runtime.slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(PluginError::ShuttingDown),
+            Err(_) => return Err(PluginError::NoSlot(limits.deadline)),
+        };
+        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context.clone(), deadline);
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|state| state);
         // Caps what the host copies out of the guest in one go, so that a

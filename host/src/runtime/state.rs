@@ -32,8 +32,8 @@ pub(super) struct CallState {
 }
 
 impl CallState {
-    pub fn new(plugin: Arc<str>, version: Arc<str>, context: CallContext) -> Self {
-        let deadline = Instant::now() + context.limits.deadline;
+    /// State for a call that must end by `deadline`.
+    pub fn new(plugin: Arc<str>, version: Arc<str>, context: CallContext, deadline: Instant) -> Self {
         Self { plugin, version, context, deadline, memory_in_use: 0, memory_refused: None, log_lines: 0 }
     }
 }

@@ -298,10 +298,17 @@ impl Server {
 
     /// `GET path` on the admin endpoint: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_get_with_token(path, None)
+    }
+
+    /// `GET path` on the admin endpoint, with `Authorization: Bearer TOKEN`
+    /// if a token is given: (status code, body).
+    pub fn admin_get_with_token(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let addr = self.admin.expect("the server was started with --admin");
         let mut stream = TcpStream::connect_timeout(&addr, STEP).expect("connect to the admin endpoint");
         stream.set_read_timeout(Some(STEP)).expect("read timeout");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send HTTP request");
+        let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n").expect("send HTTP request");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read HTTP response");
         let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

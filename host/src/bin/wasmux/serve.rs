@@ -48,9 +48,13 @@ pub struct ServeArgs {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Serve /metrics, /plugins and /healthz over HTTP on this address (a
-    /// bare port means 127.0.0.1:PORT).
+    /// bare port means 127.0.0.1:PORT). Off loopback it needs a token.
     #[arg(long)]
     admin: Option<String>,
+    /// A file holding the admin endpoint's bearer token (on its first line);
+    /// the configuration's [admin] token-sha256 is the other way to set one.
+    #[arg(long, env = "WASMUX_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Answer HAProxy's agent check on this address (a bare port means
     /// 127.0.0.1:PORT): `up ready`, or `drain` once SIGTERM arrives.
     #[arg(long)]
@@ -108,6 +112,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
         max_memory: settings.max_plugin_memory(),
         cache_dir: cache_dir.clone(),
+        cache_max_size: settings.runtime.cache_max_size.as_u64(),
         spectre_hardening: settings.runtime.spectre_hardening,
     })?;
     if !settings.runtime.spectre_hardening {
@@ -119,7 +124,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut poller = None;
     match &source {
         Source::Dir(dir) => {
-            let loaded = registry.load_dir(dir).await?;
+            let loaded = registry.load_dir(dir, settings.limits.max_plugin_size).await?;
             tracing::info!("{loaded} plugins loaded from {}", dir.display());
         }
         Source::Registry(spec) => {
@@ -157,6 +162,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(spec) => net::bind_all(&admin::admin_address(spec)).await?,
         None => Vec::new(),
     };
+    // Read only for an endpoint that is served: a token file set in the
+    // environment does not stop a server without one.
+    let admin_token = match (&args.admin, &args.admin_token_file) {
+        (Some(_), Some(path)) => Some(admin::read_token_file(path)?),
+        _ => None,
+    };
+    let admin_access = admin::Access::new(&admin_listeners, admin_token, &service.settings())?;
     let agent_state = AgentState::new();
     let agent = match &args.agent {
         Some(spec) => {
@@ -177,7 +189,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("wasmux agent on {}", agent.local_addr()?);
     }
 
-    let admin = (!admin_listeners.is_empty()).then(|| tokio::spawn(admin::run(admin_listeners, Arc::clone(&service), stop.clone().cancelled_owned())));
+    let admin = (!admin_listeners.is_empty())
+        .then(|| tokio::spawn(admin::run(admin_listeners, Arc::clone(&service), admin_access, stop.clone().cancelled_owned())));
     // The agent answers until the process exits: while it says `drain`,
     // HAProxy keeps this server out of rotation.
     let agent_stop = CancellationToken::new();
@@ -281,7 +294,7 @@ async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_d
                 break;
             }
             _ = hangup.recv() => match &config {
-                Some(path) => watcher::reload_config(path, &service),
+                Some(path) => watcher::reload_now(path, &service).await,
                 None => tracing::info!("SIGHUP: no --config file to reload"),
             },
         }
