@@ -312,7 +312,9 @@ impl Auth {
     }
 }
 
-/// One OCI repository holding plugins: `127.0.0.1:5000/wasmux`.
+/// One OCI repository holding plugins: `127.0.0.1:5000/wasmux`. Cloning it
+/// is cheap (the HTTP client is shared).
+#[derive(Clone)]
 pub struct Repository {
     /// The repository, with a placeholder tag that is never used.
     reference: Reference,
@@ -847,9 +849,14 @@ impl Poller {
         }
         // The HEADs go out a few at a time: an unchanged poll costs about
         // one round trip per CONCURRENT_HEADS tags.
-        let repository = &self.repository;
-        let digests: Vec<anyhow::Result<Digest>> =
-            futures::stream::iter(&plugins).map(|plugin| repository.manifest_digest(plugin)).buffered(CONCURRENT_HEADS).collect().await;
+        // Each lookup owns what it uses: a future borrowing from the poller
+        // through a closure is not provably `Send`, and the poller runs in
+        // a spawned task.
+        let lookups = plugins.clone().into_iter().map(|plugin| {
+            let repository = self.repository.clone();
+            async move { repository.manifest_digest(&plugin).await }
+        });
+        let digests: Vec<anyhow::Result<Digest>> = futures::stream::iter(lookups).buffered(CONCURRENT_HEADS).collect().await;
         let mut changed = false;
         for (plugin, manifest) in plugins.iter().zip(digests) {
             let checked = match manifest {
