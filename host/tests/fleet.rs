@@ -36,12 +36,18 @@ fn push(file: &std::path::Path, target: &str) {
 }
 
 /// A server of the fleet: its plugins from `repository`, its own cache, an
-/// agent, on `listen`.
-fn start_server(repository: &str, listen: &str, agent: &str, cache: &std::path::Path) -> Server {
+/// agent, on `listen`. Its configuration is in `dir`.
+fn start_server(repository: &str, listen: &str, agent: &str, dir: &std::path::Path) -> Server {
+    // This test is about drains and swaps, not deadlines: on a loaded CI
+    // machine, a server compiling a new version can hold the cores longer
+    // than the default 100 ms a call may take.
+    let config = dir.join("wasmux.toml");
+    std::fs::write(&config, "[limits]\nplugin-deadline = \"10s\"\n").expect("write the configuration");
     let plugins = format!("oci://{repository}");
+    let cache = dir.join("cache");
     let args = [
         "--plugins", &plugins, "--poll-interval", "500ms", "--agent", agent, "--drain-delay", "1500ms",
-        "--cache-dir", cache.to_str().expect("utf-8"),
+        "--config", config.to_str().expect("utf-8"), "--cache-dir", cache.to_str().expect("utf-8"),
     ];
     Server::start_listening(&[listen], 1, &args)
 }
@@ -104,7 +110,7 @@ fn a_fleet_drains_restarts_and_switches_versions_without_losing_a_request() {
     let addrs: [SocketAddr; 3] = [servers[0].addr, servers[1].addr, servers[2].addr];
     let agents: [u16; 3] = [0, 1, 2].map(|i: usize| servers[i].agent.expect("an agent").port());
     let lb = LoadBalancer::start(addrs, agents);
-    for name in ["s1", "s2", "s3"] {
+    for name in ["wasmux1", "wasmux2", "wasmux3"] {
         lb.wait_for_status(name, "UP", common::STEP);
     }
     for server in &servers {
@@ -140,7 +146,7 @@ fn a_fleet_drains_restarts_and_switches_versions_without_losing_a_request() {
     wait_for_answers(200);
     // ... and comes back on the same ports.
     servers[1] = start_server(&repository, &listen, &agent, caches[1].path());
-    lb.wait_for_status("s2", "UP", common::STEP);
+    lb.wait_for_status("wasmux2", "UP", common::STEP);
     wait_for_answers(200);
 
     // A new version of `search` is pushed.
