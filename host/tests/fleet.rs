@@ -177,3 +177,21 @@ fn a_fleet_drains_restarts_and_switches_versions_without_losing_a_request() {
     );
     assert_eq!(wrong, 0, "failed or wrong answers: {:?}", errors.lock().unwrap_or_else(|e| e.into_inner()));
 }
+
+#[test]
+fn a_server_starts_from_its_cache_when_the_registry_is_down() {
+    let mut registry = LocalRegistry::start();
+    let repository = registry.repository("cached");
+    let plugins = common::plugins_dir();
+    push(&plugins.join("search.wasm"), &repository);
+    let dir = tempfile::tempdir().expect("a server dir");
+    {
+        let server = start_server(&repository, "127.0.0.1:0", "127.0.0.1:0", dir.path());
+        assert_eq!(server.connect().request(&search("morpheus")).result(), RABBIT);
+    }
+    registry.stop();
+    let server = start_server(&repository, "127.0.0.1:0", "127.0.0.1:0", dir.path());
+    assert!(server.wait_for_log("cannot be reached", common::STEP), "{}", server.log());
+    assert!(server.log().contains("serving the 1 plugins pulled before, from the local cache"), "{}", server.log());
+    assert_eq!(server.connect().request(&search("morpheus")).result(), RABBIT);
+}

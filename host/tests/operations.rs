@@ -164,3 +164,16 @@ fn the_admin_endpoint_lists_every_plugin_and_counts_refusals() {
     assert_eq!(metric(&metrics, r#"wasmux_plugin_load_failures_total{plugin="big-initial-memory"}"#), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, r#"wasmux_plugin_loads_total{plugin="search"}"#), Some(1.0), "{metrics}");
 }
+
+#[test]
+fn sighup_reloads_the_configuration() {
+    // Not watched: only SIGHUP makes the server read the file again.
+    let server = Server::start_configured_with("[routes]\n\"*\" = \"binary-echo\"\n", &common::plugins_dir(), &["--no-watch"]);
+    let mut conn = server.connect();
+    assert!(conn.request(&search("ring")).content.starts_with(b"First 10 bytes of request: "));
+    std::fs::write(server.config_path(), "[routes]\n\"*\" = \"search\"\n").expect("rewrite the configuration");
+    let status = std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().expect("kill -HUP");
+    assert!(status.success());
+    assert!(server.wait_for_log("reloaded", common::STEP), "{}", server.log());
+    assert_eq!(conn.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+}
