@@ -3,8 +3,9 @@
 //! ([`wasmux::agent`]) per server: the protocol health check, the agent's
 //! drain, and no request lost while a server stops.
 //!
-//! Until `wasmux serve --agent` exists, the agents run in this test's own
-//! tokio runtime; the load balancer cannot tell the difference.
+//! The agents run in this test's own tokio runtime, so that the test can
+//! set each one's state directly; `host/tests/fleet.rs` drives the same
+//! through `wasmux serve --agent` and SIGTERM.
 
 mod common;
 
