@@ -130,7 +130,7 @@ impl Service {
 
     async fn dispatch(&self, mut request: Message, progress: &mut Progress) -> Result<Message, ProtocolError> {
         // Credentials are the host's business, never a plugin's.
-        let credential = request.header.extra.shift_remove(AUTHORIZATION_FIELD);
+        let credential = request.header.take_field(AUTHORIZATION_FIELD);
         // A full Arc, not a guard: it is held across the plugin call.
         let settings = self.settings.load_full();
         let tenant = settings.tenants.identify(credential.as_ref())?;
@@ -281,6 +281,14 @@ mod tests {
         assert_eq!((code(&answer).as_deref(), answer.close), (Some("unauthorized"), true));
         // No token: the default tenant, which has the server's routes.
         assert_eq!(result(&service.handle(search("ring")).await), "In the caves beneath the Misty Mountains. 💍");
+    }
+
+    #[tokio::test]
+    async fn the_credential_is_taken_out_whatever_the_case_of_its_name() {
+        let service = service(&tenants_config());
+        let request = with_field(with_field(Message::new("text/plain", "utf-8", "hi"), "user", "ann"), "Authorization", "Bearer alpha-token");
+        let answer = service.handle(request).await;
+        assert_eq!(&answer.message.content[..], br#"user="ann""#, "not alpha's route, or the credential was passed on");
     }
 
     #[tokio::test]
