@@ -54,5 +54,6 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod tenancy;
+pub mod throttle;
 pub mod watcher;
 pub mod wire;

@@ -15,6 +15,7 @@ use crate::message::{AUTHORIZATION_FIELD, ErrorCode, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
 use crate::registry::PluginRegistry;
 use crate::runtime::{CallContext, PluginError};
+use crate::throttle::LogThrottle;
 
 /// The answer to one request, and whether the connection must close after it.
 #[derive(Debug)]
@@ -33,6 +34,9 @@ pub struct Service {
     /// The most memory a plugin call may be given: the instance pool was
     /// sized for it at start-up, so a reload cannot raise it.
     max_plugin_memory: usize,
+    /// Log lines that requests cause (refusals, plugins failing on them),
+    /// rate-limited server-wide.
+    request_log: LogThrottle,
 }
 
 /// Where a request got to, for its metrics labels.
@@ -52,7 +56,14 @@ impl Progress {
 impl Service {
     pub fn new(registry: Arc<PluginRegistry>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let max_plugin_memory = settings.max_plugin_memory();
-        Self { registry, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory }
+        Self { registry, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default() }
+    }
+
+    /// The server-wide budget of log lines that peers cause: every line a
+    /// request, a refused message or a connection can make the server
+    /// write goes through it.
+    pub fn request_log(&self) -> &LogThrottle {
+        &self.request_log
     }
 
     pub fn registry(&self) -> &Arc<PluginRegistry> {
@@ -153,7 +164,9 @@ impl Service {
         let context = CallContext { tenant: Arc::clone(&tenant.name), config: tenant.config_for(name), limits: tenant.call_limits };
         plugin.call(&request, &context).await.map_err(|error| {
             if is_plugin_fault(&error) {
-                tracing::warn!(plugin = %plugin.name, version = %plugin.version, tenant = %tenant.name, "plugin {} {error}", plugin.name);
+                self.request_log.log(|| {
+                    tracing::warn!(plugin = %plugin.name, version = %plugin.version, tenant = %tenant.name, "plugin {} {error}", plugin.name);
+                });
             }
             to_protocol_error(&error, name)
         })
