@@ -109,6 +109,15 @@ impl MessageCodec {
         Self { max_content_length, state: State::Header }
     }
 
+    /// The content length of the message under way, once its header has
+    /// been read and until its content is complete.
+    pub fn content_length(&self) -> Option<usize> {
+        match self.state {
+            State::Content { length, .. } => Some(length),
+            State::Header | State::Skip { .. } => None,
+        }
+    }
+
     /// True if part of a message has been consumed but not yet produced:
     /// together with a non-empty read buffer, this says a message is under way.
     pub fn is_mid_message(&self) -> bool {

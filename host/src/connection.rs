@@ -12,15 +12,25 @@
 //! finished within `message-timeout` of its first byte; a connection may be
 //! idle `idle-timeout` between messages), or none (clients put their own
 //! timeout around a whole exchange).
+//!
+//! Memory: a connection's read buffer grows with the message under way
+//! and goes back to a few KiB once the connection is between messages, so
+//! idle connections hold little whatever they sent before. On a server, a
+//! message whose content is longer than [`FREE_BUFFER`] draws its length
+//! from a server-wide [`BufferBudget`] before its content is read: when the
+//! budget is spent, the connection waits, not reading (and TCP stops its
+//! peer sending), instead of the server growing.
 
 use std::fmt::Display;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -33,6 +43,13 @@ const WIRE_LOG_LIMIT: usize = 1024;
 
 /// Room each buffer starts with: a few of the guide's messages.
 const INITIAL_BUFFER: usize = 4096;
+
+/// Buffer a connection may hold without drawing on the [`BufferBudget`]; a
+/// buffer that grew past it is given back once the connection is between
+/// messages (a read buffer) or has written everything (a write buffer).
+/// The guide's messages come nowhere near it; a header of the largest size
+/// the protocol allows (64 KiB) nearly fills it.
+pub const FREE_BUFFER: usize = 64 * 1024;
 
 /// Both halves of a connection.
 pub struct Connection<R, W> {
@@ -66,7 +83,79 @@ impl<R, W> Connection<R, W> {
                 tap: WireTap::if_enabled(&peer, WIRE_LOG_LIMIT),
                 message_started: None,
                 last_read: Instant::now(),
+                grown: false,
+                drawn: None,
             },
+        }
+    }
+
+    /// Makes messages longer than [`FREE_BUFFER`] draw their length from
+    /// `budget` before their content is read, waiting while it is spent
+    /// (servers; clients read without one).
+    pub fn with_budget(mut self, budget: Arc<BufferBudget>) -> Self {
+        self.reader.drawn = Some(Drawn { budget, held: None });
+        self
+    }
+}
+
+/// The content all connections may be reading at once, in bytes
+/// (`max-buffered`), not counting the first [`FREE_BUFFER`] of each. A
+/// message draws its whole length when its header has been read, and gives
+/// it back when its connection is between messages again; while the budget
+/// is spent it waits, not reading, and TCP stops its peer sending.
+///
+/// Drawing a message's whole length at once, rather than as its bytes
+/// arrive, means that two connections can never each hold part of the
+/// budget while both wait for more: waiters are served in turn (the
+/// semaphore is fair), as earlier messages finish.
+#[derive(Debug)]
+pub struct BufferBudget {
+    /// One permit a KiB.
+    kib: Arc<Semaphore>,
+    total_kib: usize,
+}
+
+impl BufferBudget {
+    pub fn new(bytes: usize) -> Arc<Self> {
+        let total_kib = bytes.div_ceil(1024).clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Self { kib: Arc::new(Semaphore::new(total_kib)), total_kib })
+    }
+
+    /// Bytes not drawn by any connection now.
+    pub fn available(&self) -> usize {
+        self.kib.available_permits() * 1024
+    }
+}
+
+/// What one reader has drawn from the [`BufferBudget`]; given back when
+/// dropped.
+struct Drawn {
+    budget: Arc<BufferBudget>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Drawn {
+    /// KiB of budget a message of `length` bytes needs. A message longer
+    /// than the whole budget needs the whole budget, so that it can be read
+    /// once the others have given theirs back.
+    fn needed(&self, length: usize) -> usize {
+        length.saturating_sub(FREE_BUFFER).div_ceil(1024).min(self.budget.total_kib)
+    }
+
+    fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Waits until what is drawn covers a message of `length` bytes.
+    async fn cover(&mut self, length: usize) {
+        let Some(more) = self.needed(length).checked_sub(self.held()).filter(|&more| more > 0) else { return };
+        let more = u32::try_from(more).unwrap_or(u32::MAX);
+        // The semaphore is never closed.
+        if let Ok(permit) = Arc::clone(&self.budget.kib).acquire_many_owned(more).await {
+            match &mut self.held {
+                Some(held) => held.merge(permit),
+                None => self.held = Some(permit),
+            }
         }
     }
 }
@@ -124,6 +213,12 @@ pub struct MessageReader<R> {
     message_started: Option<Instant>,
     /// When bytes last arrived.
     last_read: Instant,
+    /// The buffer grew past [`FREE_BUFFER`] since the connection was last
+    /// between messages.
+    grown: bool,
+    /// What the messages under way have drawn from the server's budget, if
+    /// it has one.
+    drawn: Option<Drawn>,
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
@@ -169,6 +264,14 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         if mid_message && self.message_started.is_none() {
             self.message_started = Some(self.last_read);
         }
+        if !mid_message && self.grown {
+            self.give_back();
+        }
+        self.draw_for_content().await;
+        if self.buf.len() == self.buf.capacity() {
+            self.buf.reserve(INITIAL_BUFFER);
+        }
+        self.grown |= self.buf.capacity() > FREE_BUFFER;
         let deadline = timeouts.map(|timeouts| match self.message_started {
             Some(started) => started + timeouts.message,
             None => Instant::now() + timeouts.idle,
@@ -198,6 +301,36 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 _ => Ok(More::Idle),
             },
             () = stop_while_idle, if !mid_message => Ok(More::Stopped),
+        }
+    }
+
+    /// Before the content of a message is read, draws its length from the
+    /// budget, waiting while the budget is spent. The wait is the server's,
+    /// not the peer's: it does not count against the message's deadline.
+    async fn draw_for_content(&mut self) {
+        let (Some(drawn), Some(length)) = (&mut self.drawn, self.codec.content_length()) else { return };
+        let more = drawn.needed(length).saturating_sub(drawn.held());
+        if more == 0 {
+            return;
+        }
+        let waiting = Instant::now();
+        drawn.cover(length).await;
+        let waited = waiting.elapsed();
+        if waited > Duration::from_millis(1) {
+            tracing::debug!("waited {waited:?} for {more} KiB of the read budget");
+        }
+        if let Some(started) = &mut self.message_started {
+            *started += waited;
+        }
+    }
+
+    /// Between messages: a buffer that grew for a big message goes back to
+    /// its first size, and what it drew from the budget is given back.
+    fn give_back(&mut self) {
+        self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+        self.grown = false;
+        if let Some(drawn) = &mut self.drawn {
+            drawn.held = None;
         }
     }
 
@@ -272,6 +405,9 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         if !self.buf.is_empty() {
             self.io.write_all(&self.buf).await?;
             self.buf.clear();
+            if self.buf.capacity() > FREE_BUFFER {
+                self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+            }
         }
         Ok(())
     }

@@ -96,8 +96,8 @@ impl Service {
         }
         let current = self.settings();
         let (old, new) = (&current.limits, &settings.limits);
-        if (old.max_connections, old.max_concurrent_calls) != (new.max_connections, new.max_concurrent_calls) {
-            tracing::warn!("limits.max-connections and limits.max-concurrent-calls take effect at the next start");
+        if (old.max_connections, old.max_concurrent_calls, old.max_buffered) != (new.max_connections, new.max_concurrent_calls, new.max_buffered) {
+            tracing::warn!("limits.max-connections, limits.max-concurrent-calls and limits.max-buffered take effect at the next start");
         }
         if current.runtime != settings.runtime {
             tracing::warn!("[runtime] settings take effect at the next start");

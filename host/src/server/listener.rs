@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::handler::Handler;
-use crate::connection::Connection;
+use crate::connection::{BufferBudget, Connection};
 use crate::service::Service;
 
 /// Accepts connections on one listening socket.
@@ -20,6 +20,8 @@ pub(super) struct Listener {
     pub service: Arc<Service>,
     /// One permit per open connection (shared by every listener).
     pub connections: Arc<Semaphore>,
+    /// What all connections' read buffers may hold together (shared).
+    pub budget: Arc<BufferBudget>,
     /// Asked when a client waits for a place: the connection that has been
     /// idle the longest closes. Idle connections at the cap would otherwise
     /// keep every newcomer waiting for their idle timeout.
@@ -105,7 +107,7 @@ impl Listener {
             };
             let max_content_length = self.service.settings().limits.max_content_length;
             let handler = Handler {
-                connection: Connection::tcp(stream, peer, max_content_length),
+                connection: Connection::tcp(stream, peer, max_content_length).with_budget(Arc::clone(&self.budget)),
                 peer,
                 service: Arc::clone(&self.service),
                 make_room: Arc::clone(&self.make_room),

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::BufferBudget;
 use crate::service::Service;
 use listener::{Listener, MakeRoom};
 
@@ -34,13 +35,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let connections = Arc::new(Semaphore::new(service.settings().limits.max_connections));
+    let limits = &service.settings().limits;
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let budget = BufferBudget::new(limits.max_buffered);
     let make_room = Arc::new(MakeRoom::default());
     for listener in listeners {
         let accept = Listener {
             listener,
             service: Arc::clone(&service),
             connections: Arc::clone(&connections),
+            budget: Arc::clone(&budget),
             make_room: Arc::clone(&make_room),
             token: token.clone(),
             tracker: tracker.clone(),
