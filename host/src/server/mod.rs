@@ -6,12 +6,15 @@
 //! - [`listener`]: accepts connections under the connection cap; at the cap
 //!   new clients wait in the listen backlog and the connection idle the
 //!   longest is asked to make room.
+//! - [`descriptors`]: the open-file limit, raised at start, and the
+//!   connection cap kept below it.
 //! - [`handler`]: one connection's request loop: answers in order, batched
 //!   when pipelined requests are ready together, and when to close.
 //! - [`run`]: starts a listener per socket; on shutdown they stop
 //!   accepting, idle connections close, and requests in flight are
 //!   answered before their connection closes.
 
+mod descriptors;
 mod handler;
 mod listener;
 
@@ -25,18 +28,28 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::BufferBudget;
 use crate::service::Service;
+pub use descriptors::{RESERVED as RESERVED_DESCRIPTORS, raise_open_file_limit};
 use listener::{Listener, MakeRoom};
 
 /// How long shutdown waits for requests in flight before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `service` on `listeners` until `shutdown` completes, then stops
-/// accepting, lets requests in flight finish (up to a grace period) and returns.
-pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// accepting, lets requests in flight finish (up to a grace period) and
+/// returns.
+///
+/// Call it once everything else the server keeps open is open: the
+/// connection cap is kept below the open-file limit with room for what is
+/// open then, and [`RESERVED_DESCRIPTORS`] more.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    service: Arc<Service>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limits = &service.settings().limits;
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Arc::new(Semaphore::new(descriptors::connection_cap(limits.max_connections)));
     let budget = BufferBudget::new(limits.max_buffered);
     let make_room = Arc::new(MakeRoom::default());
     for listener in listeners {

@@ -85,13 +85,35 @@ impl Server {
     /// server: compiling a plugin takes most of a second in a debug build,
     /// loading it from the cache a few milliseconds.
     pub fn start_listening(listen: &[&str], listeners: usize, args: &[&str]) -> Self {
+        Self::start_command(listen, listeners, args, |_| {})
+    }
+
+    /// `wasmux serve ARGS` under the open-file limits `soft` and `hard`.
+    pub fn start_with_open_file_limit(soft: u64, hard: u64, args: &[&str]) -> Self {
+        Self::start_command(&["127.0.0.1:0"], 1, args, |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe, and the closure
+            // touches nothing else of the parent's between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                });
+            }
+        })
+    }
+
+    /// [`Server::start_listening`], with the command adjusted by `adjust`
+    /// before it starts.
+    pub fn start_command(listen: &[&str], listeners: usize, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
         let shared_cache = root().join("target/test-cache");
         let cache: Vec<&str> = if args.contains(&"--cache-dir") || args.contains(&"--no-cache") {
             Vec::new()
         } else {
             vec!["--cache-dir", shared_cache.to_str().expect("utf-8 path")]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmux"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+        command
             .arg("serve")
             .args(listen.iter().flat_map(|spec| ["--listen", spec]))
             .args(&cache)
@@ -99,9 +121,9 @@ impl Server {
             .env("RUST_LOG", "wasmux=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wasmux serve");
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("start wasmux serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
@@ -184,10 +206,13 @@ impl Server {
 
     /// The most memory the server process has held at once (VmHWM), in bytes.
     pub fn peak_memory(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc/PID/status");
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
-        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM in kB");
-        kib * 1024
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// The memory the server process holds now (VmRSS), in bytes: unlike
+    /// [`Server::peak_memory`], it goes down when the server gives memory back.
+    pub fn resident_memory(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:") * 1024
     }
 
     /// Asserts that the server answers a normal request on a new connection
@@ -257,6 +282,13 @@ impl Server {
     }
 }
 
+/// A `kB` figure of `/proc/PID/status`, by its label (`"VmRSS:"`).
+fn proc_status_kib(pid: u32, label: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{label} in /proc/PID/status"));
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{label} in kB"))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if self.is_running() && !self.terminate() {
@@ -301,6 +333,12 @@ impl Raw {
         bytes.resize(start + content_len, 0);
         self.stream.read_exact(&mut bytes[start..])?;
         Ok(bytes)
+    }
+
+    /// Sends a message and reads the answer's bytes, or says why not.
+    pub fn try_read_message_after(&mut self, message: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.stream.write_all(message)?;
+        self.try_read_message()
     }
 
     /// Sends a message and reads the answer, decoded.

@@ -168,6 +168,11 @@ fn init_logging(verbose: bool) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    match server::raise_open_file_limit() {
+        Ok((before, now)) if now > before => tracing::info!("open-file limit raised from {before} to {now}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let settings = match &args.config {
         Some(path) => Settings::load(path)?,
         None => Settings::guide(),
