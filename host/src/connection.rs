@@ -71,6 +71,26 @@ impl TcpConnection {
     }
 }
 
+/// A client's connection, plain or TLS (`wasmux send`, `wasmux bench`): the
+/// stream's type is erased, which costs a virtual call per read or write.
+pub type ClientConnection = Connection<Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>>;
+
+impl ClientConnection {
+    /// Frames a plain TCP stream.
+    pub fn plain(stream: TcpStream, peer: impl Display, max_content_length: usize) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Self::new(Box::new(reader), Box::new(writer), peer, max_content_length)
+    }
+
+    /// Frames a TLS stream (the handshake done).
+    pub fn tls(stream: tokio_rustls::client::TlsStream<TcpStream>, peer: impl Display, max_content_length: usize) -> Self {
+        let _ = stream.get_ref().0.set_nodelay(true);
+        let (reader, writer) = tokio::io::split(stream);
+        Self::new(Box::new(reader), Box::new(writer), peer, max_content_length)
+    }
+}
+
 impl<R, W> Connection<R, W> {
     pub fn new(reader: R, writer: W, peer: impl Display, max_content_length: usize) -> Self {
         let peer = peer.to_string();
@@ -286,7 +306,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             // Reading first: a connection whose next message is already
             // here is not idle, whatever else is ready.
             biased;
-            read = self.io.read_buf(&mut self.buf) => match read? {
+            read = self.io.read_buf(&mut self.buf) => match read.or_else(eof_as_end)? {
                 0 => self.end_of_stream(),
                 _ => {
                     self.last_read = Instant::now();
@@ -363,6 +383,12 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             }
         }
     }
+}
+
+/// A TLS peer that closed without a close_notify has closed: the
+/// protocol's own lengths say whether a message was cut off.
+fn eof_as_end(error: io::Error) -> io::Result<usize> {
+    if error.kind() == io::ErrorKind::UnexpectedEof { Ok(0) } else { Err(error) }
 }
 
 /// Messages going out, encoded and buffered until [`MessageWriter::flush`].

@@ -55,5 +55,6 @@ pub mod server;
 pub mod service;
 pub mod tenancy;
 pub mod throttle;
+pub mod tls;
 pub mod watcher;
 pub mod wire;

@@ -3,9 +3,9 @@
 //! messages become answers in [`crate::service`]. Nothing here knows about
 //! plugins.
 //!
-//! - [`listener`]: accepts connections under the connection cap; at the cap
-//!   new clients wait in the listen backlog and the connection idle the
-//!   longest is asked to make room.
+//! - [`listener`]: accepts connections under the connection cap (and runs
+//!   the TLS handshake when serving TLS); at the cap new clients wait in the
+//!   listen backlog and the connection idle the longest is asked to make room.
 //! - [`descriptors`]: the open-file limit, raised at start, and the
 //!   connection cap kept below it.
 //! - [`handler`]: one connection's request loop: answers in order, batched
@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,15 +35,16 @@ use listener::{Listener, MakeRoom};
 /// How long shutdown waits for requests in flight before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `service` on `listeners` until `shutdown` completes, then stops
-/// accepting, lets requests in flight finish (up to a grace period) and
-/// returns.
+/// Serves `service` on `listeners` (over TLS if `tls` is given) until
+/// `shutdown` completes, then stops accepting, lets requests in flight
+/// finish (up to a grace period) and returns.
 ///
 /// Call it once everything else the server keeps open is open: the
 /// connection cap is kept below the open-file limit with room for what is
 /// open then, and [`RESERVED_DESCRIPTORS`] more.
 pub async fn run(
     listeners: Vec<TcpListener>,
+    tls: Option<TlsAcceptor>,
     service: Arc<Service>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -55,6 +57,7 @@ pub async fn run(
     for listener in listeners {
         let accept = Listener {
             listener,
+            tls: tls.clone(),
             service: Arc::clone(&service),
             connections: Arc::clone(&connections),
             budget: Arc::clone(&budget),

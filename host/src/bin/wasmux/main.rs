@@ -24,6 +24,7 @@ use wasmux::registry::{Plugin, PluginRegistry};
 use wasmux::runtime::{Runtime, RuntimeSettings};
 use wasmux::service::Service;
 use wasmux::tenancy::TokenHash;
+use wasmux::tls::{self, TlsClient};
 use wasmux::watcher::{self, Watched};
 use wasmux::{net, server};
 
@@ -79,6 +80,13 @@ struct ServeArgs {
     /// Do not cache compiled plugin code on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Serve TLS on every listener, with this certificate chain (PEM, the
+    /// server's certificate first).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Serve the guide's search and binary-echo handlers compiled into the
     /// host instead of plugins: the native baseline for benchmarks.
     #[arg(long, conflicts_with = "plugins")]
@@ -120,9 +128,30 @@ struct SendArgs {
     /// Give up after this long without an answer.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Show the bytes sent and received, as the guide prints them.
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// How a client reaches a TLS server (`send`, `bench`).
+#[derive(Args, Clone, Debug)]
+pub struct TlsArgs {
+    /// Connect over TLS; the server's certificate must be valid for the
+    /// address's host.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the CA certificates of this PEM file instead of the system's.
+    #[arg(long, requires = "tls", value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS client for `addr`, if --tls was given.
+    pub fn client(&self, addr: &str) -> anyhow::Result<Option<TlsClient>> {
+        self.tls.then(|| TlsClient::new(addr, self.ca.as_deref())).transpose()
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,6 +202,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let settings = match &args.config {
         Some(path) => Settings::load(path)?,
         None => Settings::guide(),
@@ -224,6 +257,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // On stdout, so scripts (and the tests) can find a port chosen by the OS.
         println!("wasmux listening on {}", listener.local_addr()?);
     }
+    if tls.is_some() {
+        tracing::info!("serving TLS on every listener");
+    } else if service.settings().tenants.has_tokens() {
+        for addr in listeners.iter().filter_map(|l| l.local_addr().ok()).filter(|addr| !addr.ip().is_loopback()) {
+            tracing::warn!(
+                "{addr} is not a loopback address and serves plain TCP: tenants' bearer tokens would cross the network readable; serve with --tls-cert and --tls-key"
+            );
+        }
+    }
     for listener in &admin_listeners {
         println!("wasmux admin on http://{}", listener.local_addr()?);
     }
@@ -236,7 +278,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         signal.cancel();
     });
-    server::run(listeners, service, shutdown.cancelled_owned()).await?;
+    server::run(listeners, tls, service, shutdown.cancelled_owned()).await?;
     if let Some(admin) = admin {
         admin.await??;
     }
@@ -293,7 +335,8 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         request.header.extra.insert(name.to_owned(), value);
     }
-    let mut client = Client::connect(&args.addr, args.timeout).await?;
+    let tls = args.tls.client(&args.addr)?;
+    let mut client = Client::connect(&args.addr, tls.as_ref(), args.timeout).await?;
     let answer = client.request(&request).await?;
     println!("{}", client::describe_answer(&answer));
     Ok(if answer.as_error().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
