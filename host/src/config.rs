@@ -10,7 +10,7 @@
 //! message-timeout = "10s"        # to finish a message once it has begun
 //! idle-timeout = "60s"           # between messages on a kept-alive connection
 //! max-connections = 1024         # more wait in the listen backlog
-//! max-buffered = "256 MiB"       # read buffers of all connections together
+//! max-buffered = "256 MiB"       # content all connections may be reading at once
 //! plugin-deadline = "100ms"      # per plugin call
 //! plugin-memory = "64 MiB"       # per plugin instance
 //! max-response = "8 MiB"         # largest content a plugin may return
@@ -189,9 +189,9 @@ pub struct Limits {
     /// Connections served at once; further ones wait in the listen backlog.
     /// Read at start-up only.
     pub max_connections: usize,
-    /// Bytes the read buffers of all connections may hold together beyond
-    /// their first 64 KiB each; past it, connections wait before reading
-    /// more. Read at start-up only.
+    /// The content all connections may be reading at once (messages of
+    /// up to 64 KiB do not count); past it, connections wait before
+    /// reading more. Read at start-up only.
     pub max_buffered: usize,
     /// Plugin calls in flight at once; sizes the instance pool. Read at
     /// start-up only.

@@ -14,12 +14,13 @@
 //! timeout around a whole exchange).
 //!
 //! Memory: a connection's read buffer grows with the message under way
-//! and goes back to a few KiB once the connection is between messages, so
-//! idle connections hold little whatever they sent before. On a server, a
+//! and goes back to a few KiB once that message is done, so idle
+//! connections hold little whatever they sent before. On a server, a
 //! message whose content is longer than [`FREE_BUFFER`] draws its length
-//! from a server-wide [`BufferBudget`] before its content is read: when the
-//! budget is spent, the connection waits, not reading (and TCP stops its
-//! peer sending), instead of the server growing.
+//! from a server-wide [`BufferBudget`] before its content is read, and gives
+//! it back once the message has been handled: when the budget is spent, the
+//! connection waits, not reading (and TCP stops its peer sending), instead
+//! of the server growing.
 
 use std::fmt::Display;
 use std::io;
@@ -45,8 +46,8 @@ const WIRE_LOG_LIMIT: usize = 1024;
 const INITIAL_BUFFER: usize = 4096;
 
 /// Buffer a connection may hold without drawing on the [`BufferBudget`]; a
-/// buffer that grew past it is given back once the connection is between
-/// messages (a read buffer) or has written everything (a write buffer).
+/// buffer that grew past it is given back once the message it grew for is
+/// done (a read buffer) or once everything is written (a write buffer).
 /// The guide's messages come nowhere near it; a header of the largest size
 /// the protocol allows (64 KiB) nearly fills it.
 pub const FREE_BUFFER: usize = 64 * 1024;
@@ -104,6 +105,7 @@ impl<R, W> Connection<R, W> {
                 message_started: None,
                 last_read: Instant::now(),
                 grown: false,
+                outgrown: false,
                 drawn: None,
             },
         }
@@ -121,8 +123,9 @@ impl<R, W> Connection<R, W> {
 /// The content all connections may be reading at once, in bytes
 /// (`max-buffered`), not counting the first [`FREE_BUFFER`] of each. A
 /// message draws its whole length when its header has been read, and gives
-/// it back when its connection is between messages again; while the budget
-/// is spent it waits, not reading, and TCP stops its peer sending.
+/// it back when its connection next reads (by then the message has been
+/// handled); while the budget is spent it waits, not reading, and TCP stops
+/// its peer sending.
 ///
 /// Drawing a message's whole length at once, rather than as its bytes
 /// arrive, means that two connections can never each hold part of the
@@ -164,6 +167,18 @@ impl Drawn {
 
     fn held(&self) -> usize {
         self.held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Gives `kib` of what is held back to the budget.
+    fn give_back(&mut self, kib: usize) {
+        if kib == 0 {
+            return;
+        }
+        if kib >= self.held() {
+            self.held = None;
+        } else if let Some(held) = &mut self.held {
+            drop(held.split(kib));
+        }
     }
 
     /// Waits until what is drawn covers a message of `length` bytes.
@@ -233,9 +248,12 @@ pub struct MessageReader<R> {
     message_started: Option<Instant>,
     /// When bytes last arrived.
     last_read: Instant,
-    /// The buffer grew past [`FREE_BUFFER`] since the connection was last
-    /// between messages.
+    /// The buffer grew past [`FREE_BUFFER`] since it was last given back.
     grown: bool,
+    /// It grew for a message that has been decoded since: it goes back to
+    /// its first size before the next read, unless it holds more than
+    /// [`FREE_BUFFER`] of what follows.
+    outgrown: bool,
     /// What the messages under way have drawn from the server's budget, if
     /// it has one.
     drawn: Option<Drawn>,
@@ -251,6 +269,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         };
         if let Ok(Some(_)) = decoded {
             self.message_started = None;
+            self.outgrown |= self.grown;
         }
         decoded
     }
@@ -284,7 +303,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         if mid_message && self.message_started.is_none() {
             self.message_started = Some(self.last_read);
         }
-        if !mid_message && self.grown {
+        if self.outgrown && self.buf.len() <= FREE_BUFFER {
             self.give_back();
         }
         self.draw_for_content().await;
@@ -324,15 +343,21 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
-    /// Before the content of a message is read, draws its length from the
-    /// budget, waiting while the budget is spent. The wait is the server's,
-    /// not the peer's: it does not count against the message's deadline.
+    /// Holds what the message under way needs of the budget, and no more:
+    /// what earlier messages drew goes back (they have been handled by the
+    /// time their connection reads again), and before the content of a
+    /// message is read its length is drawn, waiting while the budget is
+    /// spent. The wait is the server's, not the peer's: it does not count
+    /// against the message's deadline.
     async fn draw_for_content(&mut self) {
-        let (Some(drawn), Some(length)) = (&mut self.drawn, self.codec.content_length()) else { return };
-        let more = drawn.needed(length).saturating_sub(drawn.held());
-        if more == 0 {
+        let Some(drawn) = &mut self.drawn else { return };
+        let length = self.codec.content_length().unwrap_or(0);
+        let (needed, held) = (drawn.needed(length), drawn.held());
+        if needed <= held {
+            drawn.give_back(held - needed);
             return;
         }
+        let more = needed - held;
         let waiting = Instant::now();
         drawn.cover(length).await;
         let waited = waiting.elapsed();
@@ -344,14 +369,15 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
-    /// Between messages: a buffer that grew for a big message goes back to
-    /// its first size, and what it drew from the budget is given back.
+    /// After a big message: the buffer goes back to its first size (what
+    /// follows the message, at most [`FREE_BUFFER`], is copied over). The
+    /// big allocation is freed with the message's content.
     fn give_back(&mut self) {
-        self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+        let mut fresh = BytesMut::with_capacity(INITIAL_BUFFER.max(self.buf.len()));
+        fresh.extend_from_slice(&self.buf);
+        self.buf = fresh;
         self.grown = false;
-        if let Some(drawn) = &mut self.drawn {
-            drawn.held = None;
-        }
+        self.outgrown = false;
     }
 
     /// The peer closed its side: fine between messages, an error within one.
@@ -510,6 +536,72 @@ mod tests {
         // Mid-message, a stop request waits: only the message timeout ends it.
         let read = conn.reader.read_more(Some(TIMEOUTS), std::future::ready(())).await;
         assert!(matches!(read, Err(DecodeError::Frame(ref e)) if e.code == ErrorCode::Timeout), "{read:?}");
+    }
+
+    /// A message of `length` bytes of content.
+    fn big(length: usize) -> Vec<u8> {
+        let header = format!(r#"{{"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": {length}}}"#);
+        let mut bytes = u16::try_from(header.len()).unwrap().to_be_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + length, b'z');
+        bytes
+    }
+
+    /// A reader over a duplex stream, with a budget, for messages up to 1 MiB.
+    fn budgeted(budget: &Arc<BufferBudget>) -> (Connection<tokio::io::ReadHalf<tokio::io::DuplexStream>, tokio::io::WriteHalf<tokio::io::DuplexStream>>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (reader, writer) = tokio::io::split(ours);
+        (Connection::new(reader, writer, "peer", 1 << 20).with_budget(Arc::clone(budget)), theirs)
+    }
+
+    /// Reads until a message is decoded.
+    async fn read_message<R: AsyncRead + Unpin>(reader: &mut MessageReader<R>) -> Message {
+        loop {
+            if let Some(Inbound::Message(message)) = reader.try_next().unwrap() {
+                return message;
+            }
+            reader.read_more(Some(TIMEOUTS), std::future::pending()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_big_message_draws_on_the_budget_and_gives_its_buffer_back() {
+        let budget = BufferBudget::new(1 << 20);
+        let (mut conn, mut peer) = budgeted(&budget);
+        tokio::spawn(async move { peer.write_all(&big(600 << 10)).await });
+        let message = read_message(&mut conn.reader).await;
+        assert_eq!(message.content.len(), 600 << 10);
+        assert!(conn.reader.buf.capacity() >= 600 << 10 || conn.reader.grown);
+        assert!(budget.available() <= (1 << 20) - (500 << 10), "{} bytes of the budget left", budget.available());
+        drop(message);
+        // Reading again: the buffer and the budget are given back first.
+        let read = conn.reader.read_more(Some(TIMEOUTS), std::future::ready(())).await;
+        assert!(matches!(read, Ok(More::Stopped | More::Closed)), "{read:?}");
+        assert_eq!(conn.reader.buf.capacity(), INITIAL_BUFFER);
+        assert_eq!(budget.available(), 1 << 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_over_what_is_left_of_the_budget_waits_for_it() {
+        let budget = BufferBudget::new(1 << 20);
+        let (mut first, mut first_peer) = budgeted(&budget);
+        let (mut second, mut second_peer) = budgeted(&budget);
+        let message = big(700 << 10);
+        // The first message's header: it draws 700 KiB less the free 64 KiB.
+        first_peer.write_all(&message[..200]).await.unwrap();
+        first.reader.read_more(Some(TIMEOUTS), std::future::pending()).await.unwrap();
+        assert!(first.reader.try_next().unwrap().is_none());
+        assert_eq!(first.reader.codec.content_length(), Some(700 << 10));
+        first.reader.draw_for_content().await;
+        assert_eq!(budget.available(), (1 << 20) - (636 << 10));
+        // The second cannot draw as much: it waits, not reading.
+        tokio::spawn(async move { second_peer.write_all(&message).await });
+        let waited = tokio::time::timeout(Duration::from_millis(200), read_message(&mut second.reader)).await;
+        assert!(waited.is_err(), "read a message the budget had no room for");
+        // The first gives its part back: the second goes on.
+        drop(first);
+        drop(first_peer);
+        assert_eq!(read_message(&mut second.reader).await.content.len(), 700 << 10);
     }
 
     #[tokio::test]
