@@ -9,7 +9,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Raw, Server, message, search};
+use common::{Raw, Server, message, raw, search};
 use serde_json::json;
 
 /// Short timeouts, so that the tests that wait for them stay fast.
@@ -20,13 +20,6 @@ message-timeout = "300ms"
 idle-timeout = "2s"
 "#;
 
-/// The bytes of a message whose header is `header` exactly as written.
-fn raw(header: &[u8], content: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(header.len()).expect("a header under 64 KiB").to_be_bytes().to_vec();
-    out.extend_from_slice(header);
-    out.extend_from_slice(content);
-    out
-}
 
 /// A header of the guide's four fields with `content-length` written as `length`.
 fn with_length(length: &str) -> Vec<u8> {
@@ -387,17 +380,6 @@ fn a_peer_that_never_reads_its_answers_is_dropped() {
     assert!(received < 32_000_000, "the server wrote every answer to a peer that did not read");
 }
 
-/// Reads with a short timeout; true if nothing came (the peer is waiting).
-fn nothing_arrives(conn: &mut Raw, within: Duration) -> bool {
-    conn.stream.set_read_timeout(Some(within)).expect("read timeout");
-    let mut byte = [0; 1];
-    let waiting = match conn.stream.read(&mut byte) {
-        Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        Ok(_) => false,
-    };
-    conn.stream.set_read_timeout(Some(common::STEP)).expect("read timeout");
-    waiting
-}
 
 #[test]
 fn at_the_connection_cap_new_clients_wait_instead_of_failing() {
@@ -416,7 +398,7 @@ fn at_the_connection_cap_new_clients_wait_instead_of_failing() {
     // is not served while both places are busy...
     let mut third = server.connect();
     third.send(&request);
-    assert!(nothing_arrives(&mut third, Duration::from_millis(500)), "a client over the cap was served");
+    assert!(third.nothing_arrives(Duration::from_millis(500)), "a client over the cap was served");
 
     // ... and is served once a place is free: the first finishes its
     // message, gets its answer, and, idle now, gives its place up.

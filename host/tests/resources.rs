@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use common::{Raw, Server};
@@ -74,14 +74,6 @@ fn big_requests_at_once(server: &Server, clients: usize) -> u64 {
     server.peak_memory().saturating_sub(before)
 }
 
-/// Reads with a short timeout; true if nothing came (the peer is waiting).
-fn nothing_arrives(conn: &mut Raw, within: Duration) -> bool {
-    conn.stream.set_read_timeout(Some(within)).expect("read timeout");
-    let mut byte = [0; 1];
-    let waiting = matches!(conn.stream.read(&mut byte), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
-    conn.stream.set_read_timeout(Some(common::STEP)).expect("read timeout");
-    waiting
-}
 
 #[test]
 fn a_server_wide_budget_makes_big_messages_wait_their_turn() {
@@ -102,7 +94,7 @@ fn a_server_wide_budget_makes_big_messages_wait_their_turn() {
         let request = request.clone();
         move || writer.write_all(&request).is_ok()
     });
-    assert!(nothing_arrives(&mut second, Duration::from_millis(500)), "a message over the budget was read and answered");
+    assert!(second.nothing_arrives(Duration::from_millis(500)), "a message over the budget was read and answered");
     // Small messages do not draw on the budget.
     server.assert_serves_others();
     // The first finishes: its answer, then the second's.

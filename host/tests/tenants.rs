@@ -246,12 +246,7 @@ fn the_credential_is_read_and_hidden_however_its_name_is_spelled_and_its_value_e
         wasmux::tenancy::TokenHash::of("very-secret-token")
     );
     let server = Server::start_configured_with(&config, plugins.path(), &["-v"]);
-    let raw = |header: &str| {
-        let mut bytes = u16::try_from(header.len()).expect("short header").to_be_bytes().to_vec();
-        bytes.extend_from_slice(header.as_bytes());
-        bytes.extend_from_slice(b"12345");
-        bytes
-    };
+    let raw = |header: &str| common::raw(header.as_bytes(), b"12345");
     let fields = r#""byteorder": "big", "content-type": "a/b", "content-encoding": "binary", "content-length": 5, "user": "ann""#;
     let mut conn = server.connect();
     for credential in [

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Finished, Process, STEP, Server};
+use common::{Finished, Process, STEP, Server, wasmux};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -68,11 +68,6 @@ fn serve_tls(certs: &Certificates, args: &[&str]) -> Server {
     Server::start_with(&all)
 }
 
-fn wasmux(args: &[&str]) -> Finished {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
-    command.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1");
-    Process::run(&mut command, STEP)
-}
 
 #[test]
 fn wasmux_send_over_tls() {

@@ -347,11 +347,36 @@ impl Raw {
         Answer::parse(&self.read_message())
     }
 
+    /// Reads with a short timeout; true if nothing came (the server is
+    /// making this peer wait).
+    pub fn nothing_arrives(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).expect("read timeout");
+        let mut byte = [0; 1];
+        let waiting = matches!(self.stream.read(&mut byte), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        self.stream.set_read_timeout(Some(STEP)).expect("read timeout");
+        waiting
+    }
+
     /// True if the server has closed the connection (reads end of stream).
     pub fn is_closed(&mut self) -> bool {
         let mut byte = [0; 1];
         matches!(self.stream.read(&mut byte), Ok(0)) || matches!(self.stream.read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
+}
+
+/// The bytes of a message whose header is `header` exactly as written.
+pub fn raw(header: &[u8], content: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(header.len()).expect("a header under 64 KiB").to_be_bytes().to_vec();
+    out.extend_from_slice(header);
+    out.extend_from_slice(content);
+    out
+}
+
+/// Runs `wasmux ARGS` to its end (logging nothing unless asked).
+pub fn wasmux(args: &[&str]) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1");
+    Process::run(&mut command, STEP)
 }
 
 /// A message built the way the guide's Python client builds one.
