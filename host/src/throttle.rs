@@ -73,7 +73,7 @@ mod tests {
         let first = written.load(Ordering::Relaxed) as u64;
         let suppressed = throttle.window.lock().unwrap().suppressed;
         // Each second's lines (one second, unless the loop was very slow).
-        assert!(first >= u64::from(LINES_PER_SECOND) && first % u64::from(LINES_PER_SECOND) == 0, "{first} lines");
+        assert!(first >= u64::from(LINES_PER_SECOND) && first.is_multiple_of(u64::from(LINES_PER_SECOND)), "{first} lines");
         assert!(suppressed > 0 && suppressed <= 1000 - first, "{suppressed} suppressed");
         // A second later the count is reported and lines go through again.
         throttle.window.lock().unwrap().started -= Duration::from_secs(1);
