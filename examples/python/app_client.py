@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """The guide's application client: sends one request and prints the answer.
 
-    usage: app_client.py <host> <port> <action> <value>
+    usage: app_client.py [--tls] [--ca FILE] <host> <port> <action> <value>
 
 The action `search` sends a `text/json` search for <value>; any other action
 sends <action><value> as binary (`binary/custom-client-binary-type`).
+
+With --tls the connection is wrapped with Python's `ssl` module, as the guide
+suggests for anything beyond a trusted network: the server's certificate must
+be valid for <host> and signed by a CA the system trusts, or by one in FILE
+(--ca).
 """
 
 import selectors
 import socket
+import ssl
 import sys
 import traceback
 
@@ -23,12 +29,16 @@ def create_request(action, value):
     return dict(type="binary/custom-client-binary-type", encoding="binary", content=bytes(action + value, encoding="utf-8"))
 
 
-def start_connection(host, port, request):
+def start_connection(host, port, request, tls=None):
     addr = (host, port)
     print("starting connection to", addr)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
+    if tls is not None:
+        # The handshake cannot finish before the connection is up: the
+        # message runs it from the selector loop (ClientMessage.handshake).
+        sock = tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
     # connect_ex() returns EINPROGRESS instead of raising: the selector says
     # when the connection is up (writable) or has failed.
     sock.connect_ex(addr)
@@ -37,14 +47,32 @@ def start_connection(host, port, request):
     sel.register(sock, events, data=message)
 
 
+def parse_options(args):
+    """Takes --tls and --ca FILE out of args; returns the TLS context, or None."""
+    tls, ca = False, None
+    while args and args[0].startswith("--"):
+        option = args.pop(0)
+        if option == "--tls":
+            tls = True
+        elif option == "--ca" and args:
+            ca = args.pop(0)
+        else:
+            return None, False
+    if ca is not None and not tls:
+        return None, False
+    return (ssl.create_default_context(cafile=ca) if tls else None), True
+
+
 def main():
-    if len(sys.argv) != 5:
-        print(f"usage: {sys.argv[0]} <host> <port> <action> <value>")
+    args = sys.argv[1:]
+    tls, ok = parse_options(args)
+    if not ok or len(args) != 4:
+        print(f"usage: {sys.argv[0]} [--tls] [--ca FILE] <host> <port> <action> <value>")
         sys.exit(1)
 
-    host, port = sys.argv[1], int(sys.argv[2])
-    action, value = sys.argv[3], sys.argv[4]
-    start_connection(host, port, create_request(action, value))
+    host, port = args[0], int(args[1])
+    action, value = args[2], args[3]
+    start_connection(host, port, create_request(action, value), tls)
 
     failed = False
     try:

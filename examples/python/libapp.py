@@ -20,6 +20,7 @@ library only, so that wasmux can be checked against it.
 import io
 import json
 import selectors
+import ssl
 import struct
 import sys
 
@@ -59,8 +60,13 @@ class Message:
         try:
             # Should be ready to read.
             data = self.sock.recv(4096)
-        except BlockingIOError:
-            # Resource temporarily unavailable (errno EWOULDBLOCK): try later.
+            # TLS: what is already decrypted is not in the socket any more,
+            # so the selector will not report it: take it now.
+            while isinstance(self.sock, ssl.SSLSocket) and data and self.sock.pending():
+                data += self.sock.recv(self.sock.pending())
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # Resource temporarily unavailable (errno EWOULDBLOCK), or TLS
+            # bytes that hold no data yet (a session ticket): try later.
             pass
         else:
             if data:
@@ -74,7 +80,7 @@ class Message:
         try:
             # Should be ready to write.
             sent = self.sock.send(self._send_buffer)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # Resource temporarily unavailable (errno EWOULDBLOCK): try later.
             return 0
         self._send_buffer = self._send_buffer[sent:]
@@ -238,6 +244,27 @@ class ClientMessage(Message):
         self.request = request
         self._request_queued = False
         self.response = None
+        self._handshake_pending = isinstance(sock, ssl.SSLSocket)
+
+    def process_events(self, mask):
+        if self._handshake_pending:
+            self.handshake()
+        else:
+            super().process_events(mask)
+
+    def handshake(self):
+        """TLS: runs the handshake, a step each time the socket is ready,
+        before the request is written."""
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_selector_events_mask("r")
+        except ssl.SSLWantWriteError:
+            self._set_selector_events_mask("w")
+        else:
+            self._handshake_pending = False
+            print(f"{self.sock.version()} connection to", self.addr)
+            self._set_selector_events_mask("rw")
 
     def content_pending(self):
         return self.response is None

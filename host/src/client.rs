@@ -8,22 +8,35 @@ use serde_json::Value;
 use wasmux_guide::python;
 
 use crate::codec::{DecodeError, EncodeError, Inbound};
-use crate::connection::TcpConnection;
+use crate::connection::ClientConnection;
 use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
 use crate::net;
+use crate::tls::TlsClient;
 
 /// A connection to a wasmux (or any guide-protocol) server.
 pub struct Client {
-    connection: TcpConnection,
+    connection: ClientConnection,
     addr: String,
     timeout: Duration,
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port`, `[v6]:port`; names are resolved).
-    pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// Connects to `addr` (`host:port`, `[v6]:port`; names are resolved),
+    /// over TLS if `tls` is given.
+    pub async fn connect(addr: &str, tls: Option<&TlsClient>, timeout: Duration) -> anyhow::Result<Self> {
         let stream = net::connect(addr, timeout).await?;
-        Ok(Self { connection: TcpConnection::tcp(stream, addr, DEFAULT_MAX_CONTENT_LENGTH), addr: addr.to_owned(), timeout })
+        let connection = match tls {
+            None => ClientConnection::plain(stream, addr, DEFAULT_MAX_CONTENT_LENGTH),
+            Some(tls) => {
+                let stream = match tokio::time::timeout(timeout, tls.connect(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => bail!("TLS handshake with {addr} failed: {e}"),
+                    Err(_) => bail!("TLS handshake with {addr} failed: no answer within {timeout:?}; does it serve TLS?"),
+                };
+                ClientConnection::tls(stream, addr, DEFAULT_MAX_CONTENT_LENGTH)
+            }
+        };
+        Ok(Self { connection, addr: addr.to_owned(), timeout })
     }
 
     /// Sends `request` and waits for one answer.

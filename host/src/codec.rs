@@ -18,15 +18,25 @@
 //! maximum before anything is reserved, and a header whose frame is intact
 //! but whose fields are wrong yields [`Inbound::Invalid`] (the content is
 //! skipped, the connection can go on) rather than an error that ends it.
+//! Nor does it let a header mean two things: a name given twice in an object
+//! is a lost frame (`bad-frame`), at any depth, and the names of the fields
+//! the host reads ([`CONSUMED_FIELDS`](crate::message::CONSUMED_FIELDS)) are matched without regard to case,
+//! so `"Content-Length"` beside `"content-length"` is given twice too.
 //! Headers are written the way the guide's Python programs write them, so
 //! that wasmux's bytes on the wire are the guide's.
 
+use std::fmt;
+
 use bytes::{Buf, BufMut, BytesMut};
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
 use tokio_util::codec::{Decoder, Encoder};
 use wasmux_guide::python;
 
-use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, ErrorCode, Header, HeaderTooLong, Message, ProtocolError};
+use crate::message::{
+    DEFAULT_MAX_CONTENT_LENGTH, ErrorCode, Header, HeaderTooLong, Message, ProtocolError, consumed_field,
+};
 
 /// Bytes of the fixed-length prefix holding the JSON header's length.
 const PREFIX_LEN: usize = 2;
@@ -97,6 +107,15 @@ impl Default for MessageCodec {
 impl MessageCodec {
     pub fn new(max_content_length: usize) -> Self {
         Self { max_content_length, state: State::Header }
+    }
+
+    /// The content length of the message under way, once its header has
+    /// been read and until its content is complete.
+    pub fn content_length(&self) -> Option<usize> {
+        match self.state {
+            State::Content { length, .. } => Some(length),
+            State::Header | State::Skip { .. } => None,
+        }
     }
 
     /// True if part of a message has been consumed but not yet produced:
@@ -195,8 +214,10 @@ fn parse_header(raw: &[u8], max_content_length: usize) -> Result<(usize, Result<
         .map_err(|e| bad_frame(format!("the JSON header is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
     // serde_json refuses nesting deeper than 128 levels, and the header is at
     // most 64 KiB, so neither the stack nor memory is at risk here.
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| bad_frame(format!("the JSON header is not valid JSON: {e}")))?;
+    let value = parse_strict(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => bad_frame(format!("the JSON header is ambiguous: {e}")),
+        _ => bad_frame(format!("the JSON header is not valid JSON: {e}")),
+    })?;
     let Value::Object(mut fields) = value else {
         return Err(bad_frame(format!("the JSON header must be an object, got {}", python::kind_of(&value))));
     };
@@ -238,6 +259,104 @@ fn parse_header(raw: &[u8], max_content_length: usize) -> Result<(usize, Result<
         })
     })();
     Ok((length, header.map(|header| Header { extra: fields, ..header })))
+}
+
+/// Parses JSON text as [`Value`] does, but refuses an object that gives a
+/// name twice (serde_json keeps the last one silently, as Python's
+/// `json.loads` does). In the outermost object, the names of the fields the
+/// host consumes are matched without regard to case and spelled as the host
+/// spells them.
+fn parse_strict(text: &str) -> serde_json::Result<Value> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = Strict { outermost: true }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+/// The [`Visitor`] of [`parse_strict`].
+#[derive(Clone, Copy)]
+struct Strict {
+    outermost: bool,
+}
+
+impl Strict {
+    const INNER: Self = Self { outermost: false };
+}
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut values = Vec::new();
+        while let Some(value) = seq.next_element_seed(Self::INNER)? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let consumed = if self.outermost { consumed_field(&name) } else { None };
+            let name = consumed.map_or(name, str::to_owned);
+            let value = map.next_value_seed(Self::INNER)?;
+            match fields.entry(name) {
+                Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+                Entry::Occupied(entry) if consumed.is_some() => {
+                    return Err(de::Error::custom(format_args!(
+                        "\"{}\" is given more than once (in any case: the server reads it)",
+                        entry.key()
+                    )));
+                }
+                Entry::Occupied(entry) => {
+                    return Err(de::Error::custom(format_args!("\"{}\" is given more than once", entry.key())));
+                }
+            }
+        }
+        Ok(Value::Object(fields))
+    }
 }
 
 /// A short description of a value for an error message: `a string ("12")`.
@@ -301,7 +420,7 @@ impl Encoder<Message> for MessageCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::REQUIRED_FIELDS;
+    use crate::message::AUTHORIZATION_FIELD;
     use bytes::Bytes;
     use serde_json::json;
 
@@ -461,6 +580,39 @@ mod tests {
     }
 
     #[test]
+    fn a_name_given_twice_loses_the_frame() {
+        let fields = r#""byteorder": "big", "content-type": "x", "content-encoding": "binary""#;
+        let twice = |more: &str| error_of(&raw(&format!("{{{fields}, {more}}}"), b"hello"));
+        // serde_json (and Python) would read 5 bytes: the last one wins.
+        let error = twice(r#""content-length": 0, "content-length": 5"#);
+        assert!(error.contains("the JSON header is ambiguous: \"content-length\" is given more than once"), "{error}");
+        let error = twice(r#""Content-Length": 0, "content-length": 5"#);
+        assert!(error.contains("\"content-length\" is given more than once (in any case"), "{error}");
+        let error = twice(r#""content-length": 5, "Authorization": "Bearer a", "AUTHORIZATION": "Bearer b""#);
+        assert!(error.contains("\"authorization\" is given more than once"), "{error}");
+        let error = twice(r#""content-length": 5, "user": "ann", "user": "bob""#);
+        assert!(error.contains("\"user\" is given more than once"), "{error}");
+        let error = twice(r#""content-length": 5, "deep": [{"a": 1, "a": 2}]"#);
+        assert!(error.contains("\"a\" is given more than once"), "{error}");
+        let error = twice(r#""content-length": 5, "Byteorder": "little""#);
+        assert!(error.contains("\"byteorder\" is given more than once"), "{error}");
+    }
+
+    #[test]
+    fn the_names_of_fields_the_host_reads_are_matched_in_any_case() {
+        let bytes = raw(
+            r#"{"BYTEORDER": "big", "Content-Type": "text/json", "content-Encoding": "utf-8", "Content-Length": 2, "Authorization": "Bearer t", "User": "ann", "user": "bob"}"#,
+            b"{}",
+        );
+        let items = decode_all(&bytes);
+        let m = expect_message(&items[0]);
+        assert_eq!((m.header.byteorder.as_str(), m.header.content_type.as_str(), m.header.content_encoding.as_str()), ("big", "text/json", "utf-8"));
+        assert_eq!(&m.content[..], b"{}");
+        // Other names keep their spelling; only the host's own are its.
+        assert_eq!(m.header.extra.keys().collect::<Vec<_>>(), [AUTHORIZATION_FIELD, "User", "user"]);
+    }
+
+    #[test]
     fn truncated_streams_are_errors() {
         assert!(error_of(b"\x00").contains("2-byte header length"));
         assert!(error_of(&GUIDE_SEARCH[..20]).contains("in the JSON header (18 of 100 bytes)"));
@@ -521,7 +673,7 @@ mod tests {
         }
 
         fn header() -> impl Strategy<Value = Header> {
-            let extra_name = any::<String>().prop_filter("not a required field", |name| !REQUIRED_FIELDS.contains(&name.as_str()));
+            let extra_name = any::<String>().prop_filter("not a field the host reads", |name| consumed_field(name).is_none());
             (any::<String>(), any::<String>(), any::<String>(), prop::collection::vec((extra_name, json_value()), 0..5)).prop_map(
                 |(byteorder, content_type, content_encoding, extra)| Header {
                     byteorder,

@@ -17,6 +17,7 @@
 //! message-timeout = "10s"        # to finish a message once it has begun
 //! idle-timeout = "60s"           # between messages on a kept-alive connection
 //! max-connections = 1024         # more wait in the listen backlog
+//! max-buffered = "256 MiB"       # content all connections may be reading at once
 //! plugin-deadline = "100ms"      # per plugin call
 //! plugin-memory = "64 MiB"       # per plugin instance
 //! max-response = "8 MiB"         # largest content a plugin may return
@@ -201,6 +202,7 @@ pub struct LimitsFile {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_buffered: ByteSize,
     pub max_concurrent_calls: u32,
     #[serde(with = "humantime_serde")]
     pub plugin_deadline: Duration,
@@ -217,6 +219,7 @@ impl Default for LimitsFile {
             message_timeout: limits.message_timeout,
             idle_timeout: limits.idle_timeout,
             max_connections: limits.max_connections,
+            max_buffered: ByteSize::b(limits.max_buffered as u64),
             max_concurrent_calls: limits.max_concurrent_calls,
             plugin_deadline: limits.call.deadline,
             plugin_memory: ByteSize::b(limits.call.memory as u64),
@@ -238,6 +241,10 @@ pub struct Limits {
     /// Connections served at once; further ones wait in the listen backlog.
     /// Read at start-up only.
     pub max_connections: usize,
+    /// The content all connections may be reading at once (messages of
+    /// up to 64 KiB do not count); past it, connections wait before
+    /// reading more. Read at start-up only.
+    pub max_buffered: usize,
     /// Plugin calls in flight at once; sizes the instance pool. Read at
     /// start-up only.
     pub max_concurrent_calls: u32,
@@ -254,6 +261,7 @@ impl Default for Limits {
             message_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_buffered: 256 << 20,
             max_concurrent_calls: 256,
             call: CallLimits::default(),
             max_plugin_size: DEFAULT_MAX_PLUGIN_SIZE,
@@ -464,11 +472,20 @@ fn validate_limits(file: &LimitsFile) -> anyhow::Result<Limits> {
     let memory = size("plugin-memory", file.plugin_memory)?;
     let max_plugin_size = size("max-plugin-size", file.max_plugin_size)? as u64;
     anyhow::ensure!(memory >= 64 * 1024, "limits.plugin-memory must be at least 64 KiB, one WebAssembly page");
+    let max_content_length = size("max-content-length", file.max_content_length)?;
+    let max_buffered = size("max-buffered", file.max_buffered)?;
+    anyhow::ensure!(
+        max_buffered >= max_content_length,
+        "limits.max-buffered ({}) must be at least limits.max-content-length ({})",
+        file.max_buffered,
+        file.max_content_length
+    );
     Ok(Limits {
-        max_content_length: size("max-content-length", file.max_content_length)?,
+        max_content_length,
         message_timeout: time("message-timeout", file.message_timeout)?,
         idle_timeout: time("idle-timeout", file.idle_timeout)?,
         max_connections: file.max_connections,
+        max_buffered,
         max_concurrent_calls: file.max_concurrent_calls,
         call: CallLimits {
             deadline: time("plugin-deadline", file.plugin_deadline)?,

@@ -12,15 +12,26 @@
 //! finished within `message-timeout` of its first byte; a connection may be
 //! idle `idle-timeout` between messages), or none (clients put their own
 //! timeout around a whole exchange).
+//!
+//! Memory: a connection's read buffer grows with the message under way
+//! and goes back to a few KiB once that message is done, so idle
+//! connections hold little whatever they sent before. On a server, a
+//! message whose content is longer than [`FREE_BUFFER`] draws its length
+//! from a server-wide [`BufferBudget`] before its content is read, and gives
+//! it back once the message has been handled: when the budget is spent, the
+//! connection waits, not reading (and TCP stops its peer sending), instead
+//! of the server growing.
 
 use std::fmt::Display;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -33,6 +44,13 @@ const WIRE_LOG_LIMIT: usize = 1024;
 
 /// Room each buffer starts with: a few of the guide's messages.
 const INITIAL_BUFFER: usize = 4096;
+
+/// Buffer a connection may hold without drawing on the [`BufferBudget`]; a
+/// buffer that grew past it is given back once the message it grew for is
+/// done (a read buffer) or once everything is written (a write buffer).
+/// The guide's messages come nowhere near it; a header of the largest size
+/// the protocol allows (64 KiB) nearly fills it.
+pub const FREE_BUFFER: usize = 64 * 1024;
 
 /// Both halves of a connection.
 pub struct Connection<R, W> {
@@ -54,6 +72,26 @@ impl TcpConnection {
     }
 }
 
+/// A client's connection, plain or TLS (`wasmux send`, `wasmux bench`): the
+/// stream's type is erased, which costs a virtual call per read or write.
+pub type ClientConnection = Connection<Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>>;
+
+impl ClientConnection {
+    /// Frames a plain TCP stream.
+    pub fn plain(stream: TcpStream, peer: impl Display, max_content_length: usize) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Self::new(Box::new(reader), Box::new(writer), peer, max_content_length)
+    }
+
+    /// Frames a TLS stream (the handshake done).
+    pub fn tls(stream: tokio_rustls::client::TlsStream<TcpStream>, peer: impl Display, max_content_length: usize) -> Self {
+        let _ = stream.get_ref().0.set_nodelay(true);
+        let (reader, writer) = tokio::io::split(stream);
+        Self::new(Box::new(reader), Box::new(writer), peer, max_content_length)
+    }
+}
+
 impl<R, W> Connection<R, W> {
     pub fn new(reader: R, writer: W, peer: impl Display, max_content_length: usize) -> Self {
         let peer = peer.to_string();
@@ -66,7 +104,93 @@ impl<R, W> Connection<R, W> {
                 tap: WireTap::if_enabled(&peer, WIRE_LOG_LIMIT),
                 message_started: None,
                 last_read: Instant::now(),
+                grown: false,
+                outgrown: false,
+                drawn: None,
             },
+        }
+    }
+
+    /// Makes messages longer than [`FREE_BUFFER`] draw their length from
+    /// `budget` before their content is read, waiting while it is spent
+    /// (servers; clients read without one).
+    pub fn with_budget(mut self, budget: Arc<BufferBudget>) -> Self {
+        self.reader.drawn = Some(Drawn { budget, held: None });
+        self
+    }
+}
+
+/// The content all connections may be reading at once, in bytes
+/// (`max-buffered`), not counting the first [`FREE_BUFFER`] of each. A
+/// message draws its whole length when its header has been read, and gives
+/// it back when its connection next reads (by then the message has been
+/// handled); while the budget is spent it waits, not reading, and TCP stops
+/// its peer sending.
+///
+/// Drawing a message's whole length at once, rather than as its bytes
+/// arrive, means that two connections can never each hold part of the
+/// budget while both wait for more: waiters are served in turn (the
+/// semaphore is fair), as earlier messages finish.
+#[derive(Debug)]
+pub struct BufferBudget {
+    /// One permit a KiB.
+    kib: Arc<Semaphore>,
+    total_kib: usize,
+}
+
+impl BufferBudget {
+    pub fn new(bytes: usize) -> Arc<Self> {
+        let total_kib = bytes.div_ceil(1024).clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Self { kib: Arc::new(Semaphore::new(total_kib)), total_kib })
+    }
+
+    /// Bytes not drawn by any connection now.
+    pub fn available(&self) -> usize {
+        self.kib.available_permits() * 1024
+    }
+}
+
+/// What one reader has drawn from the [`BufferBudget`]; given back when
+/// dropped.
+struct Drawn {
+    budget: Arc<BufferBudget>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Drawn {
+    /// KiB of budget a message of `length` bytes needs. A message longer
+    /// than the whole budget needs the whole budget, so that it can be read
+    /// once the others have given theirs back.
+    fn needed(&self, length: usize) -> usize {
+        length.saturating_sub(FREE_BUFFER).div_ceil(1024).min(self.budget.total_kib)
+    }
+
+    fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Gives `kib` of what is held back to the budget.
+    fn give_back(&mut self, kib: usize) {
+        if kib == 0 {
+            return;
+        }
+        if kib >= self.held() {
+            self.held = None;
+        } else if let Some(held) = &mut self.held {
+            drop(held.split(kib));
+        }
+    }
+
+    /// Waits until what is drawn covers a message of `length` bytes.
+    async fn cover(&mut self, length: usize) {
+        let Some(more) = self.needed(length).checked_sub(self.held()).filter(|&more| more > 0) else { return };
+        let more = u32::try_from(more).unwrap_or(u32::MAX);
+        // The semaphore is never closed.
+        if let Ok(permit) = Arc::clone(&self.budget.kib).acquire_many_owned(more).await {
+            match &mut self.held {
+                Some(held) => held.merge(permit),
+                None => self.held = Some(permit),
+            }
         }
     }
 }
@@ -124,6 +248,15 @@ pub struct MessageReader<R> {
     message_started: Option<Instant>,
     /// When bytes last arrived.
     last_read: Instant,
+    /// The buffer grew past [`FREE_BUFFER`] since it was last given back.
+    grown: bool,
+    /// It grew for a message that has been decoded since: it goes back to
+    /// its first size before the next read, unless it holds more than
+    /// [`FREE_BUFFER`] of what follows.
+    outgrown: bool,
+    /// What the messages under way have drawn from the server's budget, if
+    /// it has one.
+    drawn: Option<Drawn>,
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
@@ -136,6 +269,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         };
         if let Ok(Some(_)) = decoded {
             self.message_started = None;
+            self.outgrown |= self.grown;
         }
         decoded
     }
@@ -169,6 +303,14 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         if mid_message && self.message_started.is_none() {
             self.message_started = Some(self.last_read);
         }
+        if self.outgrown && self.buf.len() <= FREE_BUFFER {
+            self.give_back();
+        }
+        self.draw_for_content().await;
+        if self.buf.len() == self.buf.capacity() {
+            self.buf.reserve(INITIAL_BUFFER);
+        }
+        self.grown |= self.buf.capacity() > FREE_BUFFER;
         let deadline = timeouts.map(|timeouts| match self.message_started {
             Some(started) => started + timeouts.message,
             None => Instant::now() + timeouts.idle,
@@ -183,7 +325,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             // Reading first: a connection whose next message is already
             // here is not idle, whatever else is ready.
             biased;
-            read = self.io.read_buf(&mut self.buf) => match read? {
+            read = self.io.read_buf(&mut self.buf) => match read.or_else(eof_as_end)? {
                 0 => self.end_of_stream(),
                 _ => {
                     self.last_read = Instant::now();
@@ -199,6 +341,43 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             },
             () = stop_while_idle, if !mid_message => Ok(More::Stopped),
         }
+    }
+
+    /// Holds what the message under way needs of the budget, and no more:
+    /// what earlier messages drew goes back (they have been handled by the
+    /// time their connection reads again), and before the content of a
+    /// message is read its length is drawn, waiting while the budget is
+    /// spent. The wait is the server's, not the peer's: it does not count
+    /// against the message's deadline.
+    async fn draw_for_content(&mut self) {
+        let Some(drawn) = &mut self.drawn else { return };
+        let length = self.codec.content_length().unwrap_or(0);
+        let (needed, held) = (drawn.needed(length), drawn.held());
+        if needed <= held {
+            drawn.give_back(held - needed);
+            return;
+        }
+        let more = needed - held;
+        let waiting = Instant::now();
+        drawn.cover(length).await;
+        let waited = waiting.elapsed();
+        if waited > Duration::from_millis(1) {
+            tracing::debug!("waited {waited:?} for {more} KiB of the read budget");
+        }
+        if let Some(started) = &mut self.message_started {
+            *started += waited;
+        }
+    }
+
+    /// After a big message: the buffer goes back to its first size (what
+    /// follows the message, at most [`FREE_BUFFER`], is copied over). The
+    /// big allocation is freed with the message's content.
+    fn give_back(&mut self) {
+        let mut fresh = BytesMut::with_capacity(INITIAL_BUFFER.max(self.buf.len()));
+        fresh.extend_from_slice(&self.buf);
+        self.buf = fresh;
+        self.grown = false;
+        self.outgrown = false;
     }
 
     /// The peer closed its side: fine between messages, an error within one.
@@ -230,6 +409,12 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             }
         }
     }
+}
+
+/// A TLS peer that closed without a close_notify has closed: the
+/// protocol's own lengths say whether a message was cut off.
+fn eof_as_end(error: io::Error) -> io::Result<usize> {
+    if error.kind() == io::ErrorKind::UnexpectedEof { Ok(0) } else { Err(error) }
 }
 
 /// Messages going out, encoded and buffered until [`MessageWriter::flush`].
@@ -272,6 +457,9 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         if !self.buf.is_empty() {
             self.io.write_all(&self.buf).await?;
             self.buf.clear();
+            if self.buf.capacity() > FREE_BUFFER {
+                self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+            }
         }
         Ok(())
     }
@@ -348,6 +536,72 @@ mod tests {
         // Mid-message, a stop request waits: only the message timeout ends it.
         let read = conn.reader.read_more(Some(TIMEOUTS), std::future::ready(())).await;
         assert!(matches!(read, Err(DecodeError::Frame(ref e)) if e.code == ErrorCode::Timeout), "{read:?}");
+    }
+
+    /// A message of `length` bytes of content.
+    fn big(length: usize) -> Vec<u8> {
+        let header = format!(r#"{{"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": {length}}}"#);
+        let mut bytes = u16::try_from(header.len()).unwrap().to_be_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + length, b'z');
+        bytes
+    }
+
+    /// A reader over a duplex stream, with a budget, for messages up to 1 MiB.
+    fn budgeted(budget: &Arc<BufferBudget>) -> (Connection<tokio::io::ReadHalf<tokio::io::DuplexStream>, tokio::io::WriteHalf<tokio::io::DuplexStream>>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (reader, writer) = tokio::io::split(ours);
+        (Connection::new(reader, writer, "peer", 1 << 20).with_budget(Arc::clone(budget)), theirs)
+    }
+
+    /// Reads until a message is decoded.
+    async fn read_message<R: AsyncRead + Unpin>(reader: &mut MessageReader<R>) -> Message {
+        loop {
+            if let Some(Inbound::Message(message)) = reader.try_next().unwrap() {
+                return message;
+            }
+            reader.read_more(Some(TIMEOUTS), std::future::pending()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_big_message_draws_on_the_budget_and_gives_its_buffer_back() {
+        let budget = BufferBudget::new(1 << 20);
+        let (mut conn, mut peer) = budgeted(&budget);
+        tokio::spawn(async move { peer.write_all(&big(600 << 10)).await });
+        let message = read_message(&mut conn.reader).await;
+        assert_eq!(message.content.len(), 600 << 10);
+        assert!(conn.reader.buf.capacity() >= 600 << 10 || conn.reader.grown);
+        assert!(budget.available() <= (1 << 20) - (500 << 10), "{} bytes of the budget left", budget.available());
+        drop(message);
+        // Reading again: the buffer and the budget are given back first.
+        let read = conn.reader.read_more(Some(TIMEOUTS), std::future::ready(())).await;
+        assert!(matches!(read, Ok(More::Stopped | More::Closed)), "{read:?}");
+        assert_eq!(conn.reader.buf.capacity(), INITIAL_BUFFER);
+        assert_eq!(budget.available(), 1 << 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_over_what_is_left_of_the_budget_waits_for_it() {
+        let budget = BufferBudget::new(1 << 20);
+        let (mut first, mut first_peer) = budgeted(&budget);
+        let (mut second, mut second_peer) = budgeted(&budget);
+        let message = big(700 << 10);
+        // The first message's header: it draws 700 KiB less the free 64 KiB.
+        first_peer.write_all(&message[..200]).await.unwrap();
+        first.reader.read_more(Some(TIMEOUTS), std::future::pending()).await.unwrap();
+        assert!(first.reader.try_next().unwrap().is_none());
+        assert_eq!(first.reader.codec.content_length(), Some(700 << 10));
+        first.reader.draw_for_content().await;
+        assert_eq!(budget.available(), (1 << 20) - (636 << 10));
+        // The second cannot draw as much: it waits, not reading.
+        tokio::spawn(async move { second_peer.write_all(&message).await });
+        let waited = tokio::time::timeout(Duration::from_millis(200), read_message(&mut second.reader)).await;
+        assert!(waited.is_err(), "read a message the budget had no room for");
+        // The first gives its part back: the second goes on.
+        drop(first);
+        drop(first_peer);
+        assert_eq!(read_message(&mut second.reader).await.content.len(), 700 << 10);
     }
 
     #[tokio::test]

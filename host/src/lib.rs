@@ -58,5 +58,7 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod tenancy;
+pub mod throttle;
+pub mod tls;
 pub mod watcher;
 pub mod wire;

@@ -30,6 +30,16 @@ pub const REQUIRED_FIELDS: [&str; 4] = ["byteorder", "content-type", "content-en
 /// The host consumes it; plugins never see it, and logs never show it.
 pub const AUTHORIZATION_FIELD: &str = "authorization";
 
+/// The header fields the host reads. Their names are matched without regard
+/// to ASCII case (`"Authorization"` is the credential), so that no spelling
+/// of one can reach a plugin, or a client, as something else.
+pub const CONSUMED_FIELDS: [&str; 5] = ["byteorder", "content-type", "content-encoding", "content-length", AUTHORIZATION_FIELD];
+
+/// The canonical name of a field the host consumes, if `name` is one in any case.
+pub fn consumed_field(name: &str) -> Option<&'static str> {
+    CONSUMED_FIELDS.into_iter().find(|field| field.eq_ignore_ascii_case(name))
+}
+
 /// The longest JSON header the 2-byte length prefix can announce.
 pub const MAX_HEADER_LEN: usize = u16::MAX as usize;
 
@@ -96,6 +106,16 @@ impl Message {
 }
 
 impl Header {
+    /// Takes the field `name` out of the extra fields, whatever the case of
+    /// its name.
+    pub fn take_field(&mut self, name: &str) -> Option<Value> {
+        if let Some(value) = self.extra.shift_remove(name) {
+            return Some(value);
+        }
+        let spelled = self.extra.keys().find(|key| key.eq_ignore_ascii_case(name))?.clone();
+        self.extra.shift_remove(&spelled)
+    }
+
     /// Writes this header as JSON the way the guide's Python programs do
     /// (`json.dumps`): the required fields first, in the guide's order, with
     /// `content-length`, then the extra fields in their order.
@@ -152,7 +172,10 @@ impl Serialize for JsonHeader<'_> {
         map.serialize_entry("content-type", &h.content_type)?;
         map.serialize_entry("content-encoding", &h.content_encoding)?;
         map.serialize_entry("content-length", &self.content_length)?;
-        for (name, value) in h.extra.iter().filter(|(name, _)| !REQUIRED_FIELDS.contains(&name.as_str())) {
+        // An extra field spelled like a required one, in any case, would give
+        // the reader two values for it: it is left out.
+        let required = |name: &str| REQUIRED_FIELDS.iter().any(|field| field.eq_ignore_ascii_case(name));
+        for (name, value) in h.extra.iter().filter(|(name, _)| !required(name)) {
             map.serialize_entry(name, value)?;
         }
         map.end()

@@ -33,6 +33,11 @@ fn split(spec: &str) -> anyhow::Result<(&str, u16)> {
     Ok((host, port))
 }
 
+/// The host part of `spec` (`HOST:PORT`, `[IPv6]:PORT`): a name or an address.
+pub fn host(spec: &str) -> anyhow::Result<&str> {
+    split(spec).map(|(host, _)| host)
+}
+
 /// Resolves `spec` to socket addresses (getaddrinfo for names), without
 /// duplicates, in the resolver's order. An empty host gives the unspecified
 /// addresses (every interface) of both families.

@@ -15,6 +15,7 @@ use crate::message::{AUTHORIZATION_FIELD, ErrorCode, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
 use crate::registry::PluginRegistry;
 use crate::runtime::{CallContext, PluginError};
+use crate::throttle::LogThrottle;
 
 /// The answer to one request, and whether the connection must close after it.
 #[derive(Debug)]
@@ -33,6 +34,9 @@ pub struct Service {
     /// The most memory a plugin call may be given: the instance pool was
     /// sized for it at start-up, so a reload cannot raise it.
     max_plugin_memory: usize,
+    /// Log lines that requests cause (refusals, plugins failing on them),
+    /// rate-limited server-wide.
+    request_log: LogThrottle,
 }
 
 /// Where a request got to, for its metrics labels.
@@ -52,7 +56,14 @@ impl Progress {
 impl Service {
     pub fn new(registry: Arc<PluginRegistry>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let max_plugin_memory = settings.max_plugin_memory();
-        Self { registry, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory }
+        Self { registry, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default() }
+    }
+
+    /// The server-wide budget of log lines that peers cause: every line a
+    /// request, a refused message or a connection can make the server
+    /// write goes through it.
+    pub fn request_log(&self) -> &LogThrottle {
+        &self.request_log
     }
 
     pub fn registry(&self) -> &Arc<PluginRegistry> {
@@ -85,8 +96,8 @@ impl Service {
         }
         let current = self.settings();
         let (old, new) = (&current.limits, &settings.limits);
-        if (old.max_connections, old.max_concurrent_calls) != (new.max_connections, new.max_concurrent_calls) {
-            tracing::warn!("limits.max-connections and limits.max-concurrent-calls take effect at the next start");
+        if (old.max_connections, old.max_concurrent_calls, old.max_buffered) != (new.max_connections, new.max_concurrent_calls, new.max_buffered) {
+            tracing::warn!("limits.max-connections, limits.max-concurrent-calls and limits.max-buffered take effect at the next start");
         }
         if current.runtime != settings.runtime || current.source != settings.source {
             tracing::warn!("[runtime] and [source] settings take effect at the next start");
@@ -130,7 +141,7 @@ impl Service {
 
     async fn dispatch(&self, mut request: Message, progress: &mut Progress) -> Result<Message, ProtocolError> {
         // Credentials are the host's business, never a plugin's.
-        let credential = request.header.extra.shift_remove(AUTHORIZATION_FIELD);
+        let credential = request.header.take_field(AUTHORIZATION_FIELD);
         // A full Arc, not a guard: it is held across the plugin call.
         let settings = self.settings.load_full();
         let tenant = settings.tenants.identify(credential.as_ref())?;
@@ -153,7 +164,9 @@ impl Service {
         let context = CallContext { tenant: Arc::clone(&tenant.name), config: tenant.config_for(name), limits: tenant.call_limits };
         plugin.call(&request, &context).await.map_err(|error| {
             if is_plugin_fault(&error) {
-                tracing::warn!(plugin = %plugin.name, version = %plugin.version, tenant = %tenant.name, "plugin {} {error}", plugin.name);
+                self.request_log.log(|| {
+                    tracing::warn!(plugin = %plugin.name, version = %plugin.version, tenant = %tenant.name, "plugin {} {error}", plugin.name);
+                });
             }
             to_protocol_error(&error, name)
         })
@@ -282,6 +295,14 @@ mod tests {
         assert_eq!((code(&answer).as_deref(), answer.close), (Some("unauthorized"), true));
         // No token: the default tenant, which has the server's routes.
         assert_eq!(result(&service.handle(search("ring")).await), "In the caves beneath the Misty Mountains. 💍");
+    }
+
+    #[tokio::test]
+    async fn the_credential_is_taken_out_whatever_the_case_of_its_name() {
+        let service = service(&tenants_config());
+        let request = with_field(with_field(Message::new("text/plain", "utf-8", "hi"), "user", "ann"), "Authorization", "Bearer alpha-token");
+        let answer = service.handle(request).await;
+        assert_eq!(&answer.message.content[..], br#"user="ann""#, "not alpha's route, or the credential was passed on");
     }
 
     #[tokio::test]

@@ -283,6 +283,11 @@ impl Tenants {
     pub fn has_default(&self) -> bool {
         self.default.is_some()
     }
+
+    /// True if some tenant has a token (which must then not cross a network in plain text).
+    pub fn has_tokens(&self) -> bool {
+        !self.tokens.is_empty()
+    }
 }
 
 /// `Bearer TOKEN` ─▶ `TOKEN` (the scheme is case-insensitive).

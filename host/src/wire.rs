@@ -7,12 +7,25 @@
 //! before the content has arrived, so the bytes of a message that arrives in
 //! pieces are gone from the read buffer by the time the message is decoded.
 //! [`WireTap`] keeps them as the decoder consumes them.
+//!
+//! Credentials never reach the log: the header is decoded and the raw JSON
+//! of its `authorization` field's value (the name in any case, the value
+//! however escaped) is shown as `"Bearer ***"`.
 
-use std::fmt::Display;
+use std::borrow::Cow;
+use std::fmt::{self, Display};
+use std::ops::Range;
 
 use bytes::BytesMut;
+use serde::de::{Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use tokio_util::codec::Decoder;
 use wasmux_guide::python;
+
+use crate::message::AUTHORIZATION_FIELD;
+
+/// Bytes of the fixed-length prefix holding the JSON header's length.
+const PREFIX_LEN: usize = 2;
 
 /// Log target of the wire log, shown with `-v`.
 pub const TARGET: &str = "wasmux::wire";
@@ -80,8 +93,14 @@ impl WireTap {
         decode: impl FnOnce(&mut BytesMut) -> Result<Option<T>, E>,
     ) -> (Result<Option<T>, E>, Option<String>) {
         // Decoders only take bytes from the front of the buffer: copy the
-        // front (no more than will be shown), see how much went, keep that.
-        let room = self.limit.saturating_sub(self.head.len());
+        // front (no more than will be shown, but the whole header, which is
+        // decoded to hide credentials), see how much went, keep that.
+        let mut prefix = self.head.iter().chain(src.iter()).copied();
+        let keep = match (prefix.next(), prefix.next()) {
+            (Some(high), Some(low)) => PREFIX_LEN + usize::from(u16::from_be_bytes([high, low])),
+            _ => PREFIX_LEN,
+        };
+        let room = self.limit.max(keep).saturating_sub(self.head.len());
         let front = src[..room.min(src.len())].to_vec();
         let before = src.len();
         let decoded = decode(src);
@@ -102,7 +121,7 @@ impl WireTap {
     /// The bytes of the message just completed, as the guide prints them;
     /// the tap starts over for the next message.
     fn take(&mut self) -> String {
-        let text = display_bytes(&self.head, self.total);
+        let text = display_bytes(&self.head, self.total, self.limit);
         self.head.clear();
         self.total = 0;
         text
@@ -110,20 +129,86 @@ impl WireTap {
 }
 
 /// A message's bytes as the guide prints them (`b'\x00g{"byteorder": …}…'`),
-/// cut after `limit` bytes, with bearer tokens blanked out so that logs
-/// never hold credentials.
+/// cut after `limit` bytes, with the credential hidden.
 pub fn wire_repr(bytes: &[u8], limit: usize) -> String {
-    display_bytes(&bytes[..bytes.len().min(limit)], bytes.len())
+    display_bytes(bytes, bytes.len(), limit)
 }
 
-/// `head` (the start of a message of `total` bytes) as the wire log shows it.
-fn display_bytes(head: &[u8], total: usize) -> String {
-    let shown = python::bytes_repr(&redact_bearer_tokens(head));
-    if total > head.len() { format!("{shown}… ({total} bytes in all)") } else { shown }
+/// `head` (the start of a message of `total` bytes, its whole header at
+/// least) as the wire log shows it: the credential hidden, then cut after
+/// `limit` bytes.
+fn display_bytes(head: &[u8], total: usize, limit: usize) -> String {
+    let redacted = redact(head);
+    let shown = &redacted[..redacted.len().min(limit)];
+    let text = python::bytes_repr(shown);
+    if shown.len() < redacted.len() || total > head.len() { format!("{text}… ({total} bytes in all)") } else { text }
 }
 
-/// Replaces the token of every `Bearer TOKEN` with `***`.
-fn redact_bearer_tokens(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+/// `message` with the value of its header's `authorization` field replaced.
+fn redact(message: &[u8]) -> Cow<'_, [u8]> {
+    let Some(&[high, low]) = message.get(..PREFIX_LEN) else { return Cow::Borrowed(message) };
+    let end = PREFIX_LEN + usize::from(u16::from_be_bytes([high, low]));
+    let Some(header) = message.get(PREFIX_LEN..end) else { return redact_raw(message) };
+    let Some(spans) = std::str::from_utf8(header).ok().and_then(|text| credential_spans(text).ok()) else {
+        // Not a JSON object, so the server reads no credential from it; a
+        // broken client may still have put one there.
+        return redact_raw(message);
+    };
+    if spans.is_empty() {
+        return Cow::Borrowed(message);
+    }
+    let mut out = Vec::with_capacity(message.len());
+    out.extend_from_slice(&message[..PREFIX_LEN]);
+    let mut copied = 0;
+    for (span, replacement) in spans {
+        out.extend_from_slice(&header[copied..span.start]);
+        out.extend_from_slice(replacement.as_bytes());
+        copied = span.end;
+    }
+    out.extend_from_slice(&header[copied..]);
+    out.extend_from_slice(&message[end..]);
+    Cow::Owned(out)
+}
+
+/// Where in the JSON object `header` the values of its `authorization`
+/// fields (the name in any case) are, in order, each with what to show
+/// instead: `"Bearer ***"` for a bearer credential, `"***"` for anything else.
+fn credential_spans(header: &str) -> serde_json::Result<Vec<(Range<usize>, &'static str)>> {
+    struct Fields<'a>(&'a str);
+
+    impl<'de> Visitor<'de> for Fields<'de> {
+        type Value = Vec<(Range<usize>, &'static str)>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut spans = Vec::new();
+            while let Some((name, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                if !name.eq_ignore_ascii_case(AUTHORIZATION_FIELD) {
+                    continue;
+                }
+                let raw = value.get();
+                // The raw value is a slice of the header text.
+                let start = (raw.as_ptr() as usize).wrapping_sub(self.0.as_ptr() as usize);
+                if start.checked_add(raw.len()).is_none_or(|end| end > self.0.len()) {
+                    return Err(serde::de::Error::custom("a raw value outside the header"));
+                }
+                let bearer = serde_json::from_str::<String>(raw)
+                    .is_ok_and(|value| value.trim_start().get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")));
+                spans.push((start..start + raw.len(), if bearer { "\"Bearer ***\"" } else { "\"***\"" }));
+            }
+            Ok(spans)
+        }
+    }
+
+    serde_json::Deserializer::from_str(header).deserialize_map(Fields(header))
+}
+
+/// For bytes that are not a JSON header: replaces the token of every
+/// `Bearer TOKEN` written plainly with `***`.
+fn redact_raw(bytes: &[u8]) -> Cow<'_, [u8]> {
     const SCHEME: &[u8] = b"bearer ";
     let starts: Vec<usize> = bytes
         .windows(SCHEME.len())
@@ -132,7 +217,7 @@ fn redact_bearer_tokens(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         .map(|(i, _)| i + SCHEME.len())
         .collect();
     if starts.is_empty() {
-        return std::borrow::Cow::Borrowed(bytes);
+        return Cow::Borrowed(bytes);
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut copied = 0;
@@ -146,7 +231,7 @@ fn redact_bearer_tokens(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         copied = end;
     }
     out.extend_from_slice(&bytes[copied..]);
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -154,12 +239,62 @@ mod tests {
     use super::*;
     use crate::codec::MessageCodec;
 
+    /// A message whose JSON header is `header` exactly as written.
+    fn framed(header: &str, content: &[u8]) -> Vec<u8> {
+        let mut out = u16::try_from(header.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(content);
+        out
+    }
+
+    fn shown_header(header: &str) -> String {
+        let shown = wire_repr(&framed(header, b"hi"), 4096);
+        assert!(shown.ends_with("}hi'"), "{shown}");
+        shown
+    }
+
     #[test]
-    fn wire_repr_hides_bearer_tokens() {
-        assert_eq!(
-            wire_repr(br#"{"authorization": "Bearer s3cret", "x": "BEARER two"}"#, 100),
-            r#"b'{"authorization": "Bearer ***", "x": "BEARER ***"}'"#
-        );
+    fn the_credential_is_hidden_however_it_is_written() {
+        let plain = shown_header(r#"{"authorization": "Bearer s3cret", "x": "y"}"#);
+        assert!(plain.contains(r#"{"authorization": "Bearer ***", "x": "y"}"#), "{plain}");
+        for header in [
+            // Escapes that the decoder reads as a space, as letters, as the name.
+            r#"{"authorization": "Bearer\u0020s3cret"}"#,
+            r#"{"authorization": "Bearer \u0073\u0033cret"}"#,
+            r#"{"authorization":"bearer s3cret\"still\\s3cret"}"#,
+            r#"{"Authorization": "Bearer s3cret"}"#,
+            r#"{"AUTHORIZATION" :  "Bearer s3cret" }"#,
+            r#"{"\u0061uthorization": "Bearer s3cret"}"#,
+            r#"{"authorization": ["Bearer", "s3cret"]}"#,
+            r#"{"authorization": {"token": "s3cret"}}"#,
+            r#"{"authorization": "s3cret"}"#,
+        ] {
+            let shown = shown_header(header);
+            assert!(!shown.contains("s3cret") && !shown.contains("\\u0073"), "{header} shown as {shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        let both = shown_header(r#"{"authorization": "Bearer one1", "n": 1, "Authorization": "Bearer two2"}"#);
+        assert!(both.contains(r#""authorization": "Bearer ***", "n": 1, "Authorization": "Bearer ***""#), "{both}");
+    }
+
+    #[test]
+    fn other_fields_and_the_content_are_shown_as_sent() {
+        let shown = shown_header(r#"{"user": "Bearer of news", "x-authorization": "kept"}"#);
+        assert!(shown.contains(r#""user": "Bearer of news", "x-authorization": "kept""#), "{shown}");
+    }
+
+    #[test]
+    fn a_header_that_is_not_json_hides_plain_bearer_tokens() {
+        let shown = wire_repr(&framed(r#"{"authorization": "Bearer s3cret""#, b""), 4096);
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn a_credential_past_the_cut_is_hidden_before_cutting() {
+        let header = format!(r#"{{"pad": "{}", "authorization": "Bearer s3cret"}}"#, "p".repeat(40));
+        let limit = header.find("s3cret").unwrap() + 2 + 3;
+        let shown = wire_repr(&framed(&header, b""), limit);
+        assert!(!shown.contains("s3c"), "{shown}");
     }
 
     #[test]
@@ -217,6 +352,22 @@ mod tests {
         let expected = format!("b'\\x00d{{\"b'… ({} bytes in all)", SEARCH.len());
         assert_eq!(shown(&bytes, 5), std::slice::from_ref(&expected));
         assert_eq!(shown(&[SEARCH], 5), [expected]);
+    }
+
+    #[test]
+    fn the_tap_keeps_the_whole_header_to_hide_the_credential() {
+        let header = format!(
+            r#"{{"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": 2, "pad": "{}", "Authorization": "Bearer\u0020s3cret"}}"#,
+            "p".repeat(200)
+        );
+        let message = framed(&header, b"hi");
+        let limit = message.len() - 4;
+        for chunk in [1, 7, message.len()] {
+            let chunks: Vec<&[u8]> = message.chunks(chunk).collect();
+            let shown = shown(&chunks, limit);
+            assert_eq!(shown.len(), 1);
+            assert!(!shown[0].contains("s3cret") && shown[0].contains("Bearer ***"), "{}", shown[0]);
+        }
     }
 
     #[test]

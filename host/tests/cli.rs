@@ -9,14 +9,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Finished, Process, Raw, STEP, Server, search};
-
-/// `wasmux ARGS`, with no log filter from the environment.
-fn wasmux(args: &[&str]) -> Finished {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
-    command.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1");
-    Process::run(&mut command, STEP)
-}
+use common::{Finished, Process, Raw, STEP, Server, search, wasmux};
 
 /// `wasmux serve --native ARGS`, logging nothing but errors.
 fn wasmux_serve(args: &[&str]) -> Finished {

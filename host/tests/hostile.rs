@@ -9,7 +9,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Raw, Server, message, search};
+use common::{Raw, Server, message, raw, search};
 use serde_json::json;
 
 /// Short timeouts, so that the tests that wait for them stay fast.
@@ -20,13 +20,6 @@ message-timeout = "300ms"
 idle-timeout = "2s"
 "#;
 
-/// The bytes of a message whose header is `header` exactly as written.
-fn raw(header: &[u8], content: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(header.len()).expect("a header under 64 KiB").to_be_bytes().to_vec();
-    out.extend_from_slice(header);
-    out.extend_from_slice(content);
-    out
-}
 
 /// A header of the guide's four fields with `content-length` written as `length`.
 fn with_length(length: &str) -> Vec<u8> {
@@ -103,11 +96,22 @@ fn a_battery_of_malformed_messages() {
         ("2^64 length", with_length("18446744073709551616"), Expect::Closed("bad-frame", "non-negative integer")),
         ("one byte over the maximum", with_length("1048577"), Expect::Closed("too-large", "over this server's limit of 1048576 bytes")),
         ("deeply nested header", raw(deep_header.as_bytes(), b""), Expect::Closed("bad-frame", "recursion limit exceeded")),
-        // A repeated field counts as its last value, as in Python's json.loads.
+        // A field given twice is ambiguous (Python's json.loads would keep
+        // the last): the frame is lost.
         (
-            "content-length twice, the last over the maximum",
-            raw(br#"{"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 2, "content-length": 2000000}"#, b"{}"),
-            Expect::Closed("too-large", "\"content-length\" 2000000 is over"),
+            "content-length twice",
+            raw(br#"{"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 0, "content-length": 5}"#, b"hello"),
+            Expect::Closed("bad-frame", "the JSON header is ambiguous: \"content-length\" is given more than once"),
+        ),
+        (
+            "content-length twice, in different case",
+            raw(br#"{"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8", "Content-Length": 0, "content-length": 5}"#, b"hello"),
+            Expect::Closed("bad-frame", "\"content-length\" is given more than once (in any case"),
+        ),
+        (
+            "an extra field twice",
+            raw(br#"{"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 2, "user": "a", "user": "b"}"#, b"{}"),
+            Expect::Closed("bad-frame", "\"user\" is given more than once"),
         ),
         // The frame is intact: the answer, and the connection goes on.
         (
@@ -141,6 +145,15 @@ fn a_battery_of_malformed_messages() {
     for (what, bytes, expect) in cases {
         check(&server, what, &bytes, expect);
     }
+}
+
+#[test]
+fn the_names_of_the_fields_the_server_reads_are_matched_in_any_case() {
+    let server = Server::start_configured(CONFIG, &common::plugins_dir());
+    let content = br#"{"action": "search", "value": "morpheus"}"#;
+    let header = format!(r#"{{"Byteorder": "big", "Content-Type": "text/json", "CONTENT-ENCODING": "utf-8", "Content-Length": {}}}"#, content.len());
+    let answer = server.connect().request(&raw(header.as_bytes(), content));
+    assert_eq!(answer.result(), "Follow the white rabbit. 🐰");
 }
 
 #[test]
@@ -378,17 +391,6 @@ fn a_peer_that_never_reads_its_answers_is_dropped() {
     assert!(received < 32_000_000, "the server wrote every answer to a peer that did not read");
 }
 
-/// Reads with a short timeout; true if nothing came (the peer is waiting).
-fn nothing_arrives(conn: &mut Raw, within: Duration) -> bool {
-    conn.stream.set_read_timeout(Some(within)).expect("read timeout");
-    let mut byte = [0; 1];
-    let waiting = match conn.stream.read(&mut byte) {
-        Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        Ok(_) => false,
-    };
-    conn.stream.set_read_timeout(Some(common::STEP)).expect("read timeout");
-    waiting
-}
 
 #[test]
 fn at_the_connection_cap_new_clients_wait_instead_of_failing() {
@@ -411,7 +413,7 @@ fn at_the_connection_cap_new_clients_wait_instead_of_failing() {
     // is not served while both places are busy...
     let mut third = server.connect();
     third.send(&search("morpheus"));
-    assert!(nothing_arrives(&mut third, Duration::from_millis(300)), "a client over the cap was served");
+    assert!(third.nothing_arrives(Duration::from_millis(300)), "a client over the cap was served");
 
     // ... and is served once a place is free: the calls end at their
     // deadline, and the connection then idle the longest gives its place up.

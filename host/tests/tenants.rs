@@ -359,3 +359,35 @@ fn off_loopback_the_admin_endpoint_needs_a_token_file_or_configured_token() {
     assert_eq!(server.admin_get("/metrics").0, 401);
     assert_eq!(server.admin_get_with_token("/metrics", Some("file-admin-token")).0, 200);
 }
+
+#[test]
+fn the_credential_is_read_and_hidden_however_its_name_is_spelled_and_its_value_escaped() {
+    // No default tenant: a request is answered only if its credential is read.
+    let plugins = common::plugins_and_fixtures();
+    let config = format!(
+        "[routes]\n\"*\" = \"echo-fields\"\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n",
+        wasmux::tenancy::TokenHash::of("very-secret-token")
+    );
+    let server = Server::start_configured_with(&config, plugins.path(), &["-v"]);
+    let raw = |header: &str| common::raw(header.as_bytes(), b"12345");
+    let fields = r#""byteorder": "big", "content-type": "a/b", "content-encoding": "binary", "content-length": 5, "user": "ann""#;
+    let mut conn = server.connect();
+    for credential in [
+        r#""Authorization": "Bearer very-secret-token""#,
+        r#""AUTHORIZATION": "Bearer\u0020very-secret-token""#,
+        r#""authorization": "bearer \u0076ery-secret-token""#,
+    ] {
+        let answer = conn.request(&raw(&format!("{{{fields}, {credential}}}")));
+        assert_eq!(answer.json()["fields"], json!([["user", "\"ann\""]]), "{credential}: {}", answer.json());
+    }
+    // Given twice, in two spellings: which one counts? Neither: the frame is lost.
+    let answer = conn.request(&raw(&format!(r#"{{{fields}, "authorization": "Bearer x", "Authorization": "Bearer very-secret-token"}}"#)));
+    assert_eq!(answer.error_code(), "bad-frame");
+    assert!(conn.is_closed());
+
+    assert!(server.wait_for_log("\"AUTHORIZATION\": \"Bearer ***\"", common::STEP), "{}", server.log());
+    let log = server.log();
+    for secret in ["very-secret-token", "\\u0020very", "\\u0076ery"] {
+        assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+    }
+}

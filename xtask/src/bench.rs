@@ -165,12 +165,22 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let results = Results { pinning: &pinning, subjects: &subjects, cells: &cells, cold_startup, python_note: python.as_deref(), load };
     let markdown = render_markdown(root, options, &results)?;
     let md_path = root.join(&options.out).join("benchmarks.md");
+    // Sections measured by hand follow the marker; they stay.
+    let kept = std::fs::read_to_string(&md_path).ok().and_then(|old| old.find(KEPT_MARKER).map(|at| old[at..].to_owned()));
+    let markdown = match kept {
+        Some(kept) => format!("{markdown}\n{kept}"),
+        None => markdown,
+    };
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     let svg_path = root.join(&options.out).join("benchmarks.svg");
     std::fs::write(&svg_path, render_svg(&subjects, &cells, options)).with_context(|| format!("writing {}", svg_path.display()))?;
     eprintln!("xtask: wrote {} and {}", md_path.display(), svg_path.display());
     Ok(())
 }
+
+/// What follows this line in `benchmarks.md` was measured by hand and is
+/// kept when the file is written again.
+const KEPT_MARKER: &str = "<!-- measured by hand: cargo xtask bench keeps what follows -->";
 
 /// Runs `wasmux bench --json` once.
 fn bench(wasmux: &Path, pinning: &Pinning, subject: &Subject, mode: &str, options: &Options) -> Result<Value> {

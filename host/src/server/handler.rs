@@ -23,6 +23,11 @@ const MAX_PENDING_WRITE: usize = 256 * 1024;
 /// peer before the close (at most the message timeout).
 const LINGER: Duration = Duration::from_secs(2);
 
+/// Invalid messages in a row after which a connection is closed: a peer
+/// that sends nothing else is broken or hostile, and each of its messages
+/// costs an answer (and, rate-limited, a log line).
+pub const MAX_INVALID_IN_A_ROW: u32 = 32;
+
 /// Serves one client connection.
 pub(super) struct Handler<R, W> {
     pub connection: Connection<R, W>,
@@ -56,29 +61,39 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
     pub(super) async fn run(mut self) {
         tracing::debug!("accepted connection from {}", self.peer);
         let peer = self.peer;
+        let service = Arc::clone(&self.service);
+        let log = service.request_log();
         match self.serve().await {
             Close::Clean => tracing::debug!("closing connection to {peer}"),
             Close::Shutdown => tracing::debug!("closing connection to {peer}: shutting down"),
             Close::Idle => tracing::debug!("closing idle connection to {peer}"),
             Close::MakeRoom => tracing::debug!("closing idle connection to {peer} to make room for a new client"),
             Close::Io(e) => tracing::debug!("connection to {peer} failed: {e}"),
-            Close::Protocol(e) => tracing::info!("closing connection to {peer}: {e}"),
-            Close::Refused => tracing::info!("closing connection to {peer}: request refused"),
+            Close::Protocol(e) => log.log(|| tracing::info!("closing connection to {peer}: {e}")),
+            Close::Refused => log.log(|| tracing::info!("closing connection to {peer}: request refused")),
         }
     }
 
     async fn serve(&mut self) -> Close {
+        let mut invalid_in_a_row = 0;
         loop {
             // Answer every message already buffered, then write the answers at once.
             loop {
                 let answer = match self.connection.reader.try_next() {
                     Ok(None) => break,
                     Ok(Some(Inbound::Message(request))) => {
+                        invalid_in_a_row = 0;
                         tracing::debug!("{} request ({} bytes)", request.header.content_type, request.content.len());
                         self.service.handle(request).await
                     }
                     Ok(Some(Inbound::Invalid(error))) => {
-                        tracing::info!("invalid message from {}: {error}", self.peer);
+                        invalid_in_a_row += 1;
+                        if invalid_in_a_row >= MAX_INVALID_IN_A_ROW {
+                            let message = format!("{error}; closing the connection after {MAX_INVALID_IN_A_ROW} invalid messages in a row");
+                            return self.refuse(ProtocolError::new(error.code, message)).await;
+                        }
+                        let peer = self.peer;
+                        self.service.request_log().log(|| tracing::info!("invalid message from {peer}: {error}"));
                         self.service.count_refused(&error);
                         Answer { message: error.to_message(), close: false }
                     }

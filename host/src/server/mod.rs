@@ -3,15 +3,18 @@
 //! messages become answers in [`crate::service`]. Nothing here knows about
 //! plugins.
 //!
-//! - [`listener`]: accepts connections under the connection cap; at the cap
-//!   new clients wait in the listen backlog and the connection idle the
-//!   longest is asked to make room.
+//! - [`listener`]: accepts connections under the connection cap (and runs
+//!   the TLS handshake when serving TLS); at the cap new clients wait in the
+//!   listen backlog and the connection idle the longest is asked to make room.
+//! - [`descriptors`]: the open-file limit, raised at start, and the
+//!   connection cap kept below it.
 //! - [`handler`]: one connection's request loop: answers in order, batched
 //!   when pipelined requests are ready together, and when to close.
 //! - [`run`]: starts a listener per socket; on shutdown they stop
 //!   accepting, idle connections close, and requests in flight are
 //!   answered before their connection closes.
 
+mod descriptors;
 mod handler;
 mod listener;
 
@@ -20,26 +23,43 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::BufferBudget;
 use crate::service::Service;
+pub use descriptors::{RESERVED as RESERVED_DESCRIPTORS, raise_open_file_limit};
 use listener::{Listener, MakeRoom};
 
-/// Serves `service` on `listeners` until `shutdown` completes, then stops
-/// accepting, closes idle connections, lets the requests in flight finish
-/// (each connection closes after its current answer), and returns when all
-/// have, or after `drain_timeout`.
-pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()>, drain_timeout: Duration) -> anyhow::Result<()> {
+/// Serves `service` on `listeners` (over TLS if `tls` is given) until
+/// `shutdown` completes, then stops accepting, closes idle connections, lets
+/// the requests in flight finish (each connection closes after its current
+/// answer), and returns when all have, or after `drain_timeout`.
+///
+/// Call it once everything else the server keeps open is open: the
+/// connection cap is kept below the open-file limit with room for what is
+/// open then, and [`RESERVED_DESCRIPTORS`] more.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    tls: Option<TlsAcceptor>,
+    service: Arc<Service>,
+    shutdown: impl Future<Output = ()>,
+    drain_timeout: Duration,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let connections = Arc::new(Semaphore::new(service.settings().limits.max_connections));
+    let limits = &service.settings().limits;
+    let connections = Arc::new(Semaphore::new(descriptors::connection_cap(limits.max_connections)));
+    let budget = BufferBudget::new(limits.max_buffered);
     let make_room = Arc::new(MakeRoom::default());
     for listener in listeners {
         let accept = Listener {
             listener,
+            tls: tls.clone(),
             service: Arc::clone(&service),
             connections: Arc::clone(&connections),
+            budget: Arc::clone(&budget),
             make_room: Arc::clone(&make_room),
             token: token.clone(),
             tracker: tracker.clone(),

@@ -90,26 +90,45 @@ impl Server {
     /// server: compiling a plugin takes most of a second in a debug build,
     /// loading it from the cache a few milliseconds.
     pub fn start_listening(listen: &[&str], listeners: usize, args: &[&str]) -> Self {
-        Self::start_logging(listen, listeners, args, "wasmux=debug", &[])
+        Self::start_logging(listen, listeners, args, "wasmux=debug", &[], |_| {})
     }
 
     /// `wasmux serve --listen 127.0.0.1:0 ARGS` logging with `RUST_LOG=filter`.
     pub fn start_with_log(filter: &str, args: &[&str]) -> Self {
-        Self::start_logging(&["127.0.0.1:0"], 1, args, filter, &[])
+        Self::start_logging(&["127.0.0.1:0"], 1, args, filter, &[], |_| {})
     }
 
     /// `wasmux serve --listen 127.0.0.1:0 ARGS` with these environment
     /// variables set. With `XDG_CACHE_HOME` among them, the server finds
     /// its cache directory itself.
     pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Self {
-        Self::start_logging(&["127.0.0.1:0"], 1, args, "wasmux=debug", env)
+        Self::start_logging(&["127.0.0.1:0"], 1, args, "wasmux=debug", env, |_| {})
     }
 
-    fn start_logging(listen: &[&str], listeners: usize, args: &[&str], filter: &str, env: &[(&str, &str)]) -> Self {
+    /// `wasmux serve ARGS` under the open-file limits `soft` and `hard`.
+    pub fn start_with_open_file_limit(soft: u64, hard: u64, args: &[&str]) -> Self {
+        Self::start_logging(&["127.0.0.1:0"], 1, args, "wasmux=debug", &[], |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe, and the closure
+            // touches nothing else of the parent's between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                });
+            }
+        })
+    }
+
+    /// [`Server::start_listening`] logging with `RUST_LOG=filter`, with
+    /// these environment variables, the command adjusted by `adjust`
+    /// before it starts.
+    fn start_logging(listen: &[&str], listeners: usize, args: &[&str], filter: &str, env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Self {
         let shared_cache = root().join("target/test-cache");
         let chooses_cache = args.contains(&"--cache-dir") || args.contains(&"--no-cache") || env.iter().any(|(name, _)| *name == "XDG_CACHE_HOME");
         let cache: Vec<&str> = if chooses_cache { Vec::new() } else { vec!["--cache-dir", shared_cache.to_str().expect("utf-8 path")] };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmux"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+        command
             .arg("serve")
             .args(listen.iter().flat_map(|spec| ["--listen", spec]))
             .args(&cache)
@@ -118,9 +137,9 @@ impl Server {
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wasmux serve");
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("start wasmux serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
@@ -226,6 +245,12 @@ impl Server {
     /// The most memory the server process has held at once (VmHWM), in bytes.
     pub fn peak_memory(&self) -> u64 {
         self.status_bytes("VmHWM")
+    }
+
+    /// The memory the server process holds now (VmRSS), in bytes: unlike
+    /// [`Server::peak_memory`], it goes down when the server gives memory back.
+    pub fn resident_memory(&self) -> u64 {
+        self.status_bytes("VmRSS")
     }
 
     /// The largest the server's address space has been (VmPeak), in bytes:
@@ -368,10 +393,26 @@ impl Raw {
         Ok(bytes)
     }
 
+    /// Sends a message and reads the answer's bytes, or says why not.
+    pub fn try_read_message_after(&mut self, message: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.stream.write_all(message)?;
+        self.try_read_message()
+    }
+
     /// Sends a message and reads the answer, decoded.
     pub fn request(&mut self, message: &[u8]) -> Answer {
         self.send(message);
         Answer::parse(&self.read_message())
+    }
+
+    /// Reads with a short timeout; true if nothing came (the server is
+    /// making this peer wait).
+    pub fn nothing_arrives(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).expect("read timeout");
+        let mut byte = [0; 1];
+        let waiting = matches!(self.stream.read(&mut byte), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        self.stream.set_read_timeout(Some(STEP)).expect("read timeout");
+        waiting
     }
 
     /// True if the server has closed the connection: the next read finds
@@ -395,6 +436,21 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         let (name, value) = line.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok()).flatten()
     })
+}
+
+/// The bytes of a message whose header is `header` exactly as written.
+pub fn raw(header: &[u8], content: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(header.len()).expect("a header under 64 KiB").to_be_bytes().to_vec();
+    out.extend_from_slice(header);
+    out.extend_from_slice(content);
+    out
+}
+
+/// Runs `wasmux ARGS` to its end (logging nothing unless asked).
+pub fn wasmux(args: &[&str]) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1");
+    Process::run(&mut command, STEP)
 }
 
 /// A message built the way the guide's Python client builds one.

@@ -34,10 +34,13 @@ use tokio::time::Instant;
 use tokio_util::codec::Encoder;
 use wasmux::client::{self, guide_request};
 use wasmux::codec::{DecodeError, Inbound, MessageCodec};
-use wasmux::connection::{MessageReader, TcpConnection};
+use wasmux::connection::{ClientConnection, MessageReader};
 use wasmux::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
 use wasmux::net;
 use wasmux::router::SmoothRoundRobin;
+use wasmux::tls::TlsClient;
+
+use crate::TlsArgs;
 
 /// Values the `search` requests cycle through: three hits and a miss, the
 /// guide's examples.
@@ -126,6 +129,8 @@ pub struct BenchArgs {
     /// A request without an answer after this long counts as a timeout.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print the report as JSON (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -168,6 +173,8 @@ pub struct Plan {
     pub timeout: Duration,
     /// Close connect-mode connections with a reset (SO_LINGER 0).
     pub reset_close: bool,
+    /// Connect over TLS.
+    pub tls: Option<TlsClient>,
 }
 
 impl Plan {
@@ -215,6 +222,7 @@ impl Plan {
             mix,
             timeout: args.timeout,
             reset_close: args.reset_close,
+            tls: args.tls.client(&args.addr)?,
         })
     }
 }
@@ -630,14 +638,25 @@ fn update_bar(bar: &ProgressBar, shared: &Shared) {
     bar.set_message(format!("{answered} answers, {failed} errors"));
 }
 
-/// Opens a connection to the server under test.
-async fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpConnection, Failure> {
+/// Opens a connection to the server under test (TLS too, if planned).
+async fn open(plan: &Plan) -> Result<ClientConnection, Failure> {
+    let (addr, timeout) = (plan.addr, plan.timeout);
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(Failure::new(FailureKind::Connect, format!("cannot connect to {addr}: {}", net::explain(&e)))),
         Err(_) => return Err(Failure::new(FailureKind::Connect, format!("cannot connect to {addr}: timed out after {timeout:?}"))),
     };
-    Ok(TcpConnection::tcp(stream, addr, DEFAULT_MAX_CONTENT_LENGTH))
+    if plan.reset_close && plan.mode == Mode::Connect {
+        let _ = stream.set_zero_linger();
+    }
+    let Some(tls) = &plan.tls else {
+        return Ok(ClientConnection::plain(stream, addr, DEFAULT_MAX_CONTENT_LENGTH));
+    };
+    match tokio::time::timeout(timeout, tls.connect(stream)).await {
+        Ok(Ok(stream)) => Ok(ClientConnection::tls(stream, addr, DEFAULT_MAX_CONTENT_LENGTH)),
+        Ok(Err(e)) => Err(Failure::new(FailureKind::Connect, format!("TLS handshake with {addr} failed: {e}"))),
+        Err(_) => Err(Failure::new(FailureKind::Connect, format!("TLS handshake with {addr}: no answer within {timeout:?}"))),
+    }
 }
 
 /// Reads the next answer.
@@ -655,14 +674,14 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
     let plan = &shared.plan;
     let mut tally = Tally::new();
     let mut cursor = plan.mix.cursor(id);
-    let mut kept: Option<TcpConnection> = None;
+    let mut kept: Option<ClientConnection> = None;
     while let Some(ticket) = shared.ticket() {
         let case = plan.mix.next(&mut cursor);
         let sent = Instant::now();
         let exchange = async {
             let mut connection = match kept.take() {
                 Some(connection) => connection,
-                None => open(plan.addr, plan.timeout).await?,
+                None => open(plan).await?,
             };
             connection.writer.queue_encoded(&case.bytes);
             connection.writer.flush().await.map_err(|e| Failure::io(&e))?;
@@ -671,10 +690,10 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
         };
         let outcome = match tokio::time::timeout(plan.timeout, exchange).await {
             Ok(Ok((connection, answer))) => {
+                // In connect mode the connection closes here (with a
+                // reset if asked: its linger was set when it was opened).
                 if plan.mode == Mode::Persistent {
                     kept = Some(connection);
-                } else if plan.reset_close {
-                    let _ = connection.writer.get_ref().as_ref().set_zero_linger();
                 }
                 case.check(&answer)
             }
@@ -704,7 +723,7 @@ async fn pipelined(shared: &Shared, id: usize) -> Tally {
     let mut tally = Tally::new();
     let mut cursor = plan.mix.cursor(id);
     loop {
-        let connection = match open(plan.addr, plan.timeout).await {
+        let connection = match open(plan).await {
             Ok(connection) => connection,
             Err(failure) => {
                 let Some(ticket) = shared.ticket() else { break };
@@ -728,11 +747,11 @@ async fn pipelined(shared: &Shared, id: usize) -> Tally {
 /// reader matches answers to requests in order and frees their slots.
 /// Running both at once means a large request never deadlocks against a
 /// server busy writing answers.
-async fn pipeline(shared: &Shared, connection: TcpConnection, cursor: &mut Cursor, tally: &mut Tally) -> bool {
+async fn pipeline(shared: &Shared, connection: ClientConnection, cursor: &mut Cursor, tally: &mut Tally) -> bool {
     let plan = &shared.plan;
     let slots = Semaphore::new(plan.depth);
     let (queue, mut in_flight) = mpsc::unbounded_channel::<InFlight<'_>>();
-    let TcpConnection { mut reader, mut writer } = connection;
+    let ClientConnection { mut reader, mut writer } = connection;
     let outcome = {
         let slots = &slots;
         let write = async move {
@@ -818,6 +837,8 @@ pub struct Report {
     pub mix: String,
     /// Connect mode: connections were closed with a reset.
     pub reset_close: bool,
+    /// Over TLS.
+    pub tls: bool,
     /// The measured window (after the warm-up), in seconds.
     pub seconds: f64,
     /// Right answers in the measured window.
@@ -856,6 +877,7 @@ impl Report {
             connections: plan.connections,
             mix: plan.mix.spec.clone(),
             reset_close: plan.reset_close && plan.mode == Mode::Connect,
+            tls: plan.tls.is_some(),
             seconds,
             ok: tally.ok,
             errors: tally.errors.values().map(|e| e.count).sum(),
@@ -880,7 +902,8 @@ impl fmt::Display for Report {
             Mode::Connect if self.reset_close => "connect (closed with a reset)".into(),
             mode => mode.to_string(),
         };
-        writeln!(f, "{}: {mode}, {} connections, mix {}, {:.1} s", self.target, self.connections, self.mix, self.seconds)?;
+        let tls = if self.tls { ", TLS" } else { "" };
+        writeln!(f, "{}: {mode}{tls}, {} connections, mix {}, {:.1} s", self.target, self.connections, self.mix, self.seconds)?;
         writeln!(f, "  requests    {} answered right, {} errors", self.ok, self.errors)?;
         writeln!(f, "  throughput  {:.0} requests/s", self.requests_per_second)?;
         let l = &self.latency_ms;

@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 use wasmux::client::{self, Client};
 use wasmux::message::{AUTHORIZATION_FIELD, Message};
 use wasmux::tenancy::TokenHash;
+use wasmux::tls::TlsClient;
 
 #[derive(Parser)]
 #[command(name = "wasmux", version, about = "A server for the guide's framed TCP protocol whose handlers are hot-swappable WebAssembly components")]
@@ -78,9 +79,30 @@ struct SendArgs {
     /// Give up after this long without an answer.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Show the bytes sent and received, as the guide prints them.
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// How a client reaches a TLS server (`send`, `bench`).
+#[derive(Args, Clone, Debug)]
+pub struct TlsArgs {
+    /// Connect over TLS; the server's certificate must be valid for the
+    /// address's host.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the CA certificates of this PEM file instead of the system's.
+    #[arg(long, requires = "tls", value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS client for `addr`, if --tls was given.
+    pub fn client(&self, addr: &str) -> anyhow::Result<Option<TlsClient>> {
+        self.tls.then(|| TlsClient::new(addr, self.ca.as_deref())).transpose()
+    }
 }
 
 fn main() -> ExitCode {
@@ -147,7 +169,8 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         request.header.extra.insert(name.to_owned(), value);
     }
-    let mut client = Client::connect(&args.addr, args.timeout).await?;
+    let tls = args.tls.client(&args.addr)?;
+    let mut client = Client::connect(&args.addr, tls.as_ref(), args.timeout).await?;
     let answer = client.request(&request).await?;
     println!("{}", client::describe_answer(&answer));
     Ok(if answer.as_error().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })

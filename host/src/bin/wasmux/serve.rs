@@ -25,7 +25,7 @@ use wasmux::registry::{Plugin, PluginRegistry};
 use wasmux::runtime::{Runtime, RuntimeSettings};
 use wasmux::service::Service;
 use wasmux::watcher::{self, Watched};
-use wasmux::{admin, net, server};
+use wasmux::{admin, net, server, tls};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -78,6 +78,13 @@ pub struct ServeArgs {
     /// Do not cache compiled plugin code on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Serve TLS on every listener, with this certificate chain (PEM, the
+    /// server's certificate first).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Serve the guide's search and binary-echo handlers compiled into the
     /// host instead of plugins: the native baseline for benchmarks.
     #[arg(long, conflicts_with = "plugins")]
@@ -96,6 +103,15 @@ enum Source {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    match server::raise_open_file_limit() {
+        Ok((before, now)) if now > before => tracing::info!("open-file limit raised from {before} to {now}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let settings = match &args.config {
         Some(path) => Settings::load(path)?,
         None => Settings::guide(),
@@ -182,6 +198,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // On stdout, so scripts (and the tests) can find a port chosen by the OS.
         println!("wasmux listening on {}", listener.local_addr()?);
     }
+    if tls.is_some() {
+        tracing::info!("serving TLS on every listener");
+    } else if service.settings().tenants.has_tokens() {
+        for addr in listeners.iter().filter_map(|l| l.local_addr().ok()).filter(|addr| !addr.ip().is_loopback()) {
+            tracing::warn!(
+                "{addr} is not a loopback address and serves plain TCP: tenants' bearer tokens would cross the network readable; serve with --tls-cert and --tls-key"
+            );
+        }
+    }
     for listener in &admin_listeners {
         println!("wasmux admin on http://{}", listener.local_addr()?);
     }
@@ -199,7 +224,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = stop.clone();
     tokio::spawn(handle_signals(shutdown, agent_state, drain_delay, args.config.clone(), Arc::clone(&service)));
 
-    server::run(listeners, service, stop.clone().cancelled_owned(), args.drain_timeout).await?;
+    server::run(listeners, tls, service, stop.clone().cancelled_owned(), args.drain_timeout).await?;
     stop.cancel();
     if let Some(admin) = admin {
         admin.await??;

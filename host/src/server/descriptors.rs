@@ -1,0 +1,82 @@
+//! File descriptors. Every connection takes one, and so do the listeners,
+//! the admin endpoint and its clients, plugin and configuration files being
+//! read, the compiled-code cache, wasmtime's memory images and tokio itself.
+//! A server out of descriptors cannot accept: a new client waits in the
+//! listen backlog until it gives up, however idle the connections holding
+//! them. So the soft open-file limit (often 1024) is raised to the hard one
+//! at start, and the connection cap is kept below it with room for the rest:
+//! at the cap, the connection idle the longest makes room instead.
+
+use std::io;
+
+/// Descriptors kept free for what the server opens after it starts
+/// (plugin and configuration files, cache entries, admin clients, the
+/// watcher), beyond those already open when it computes its cap.
+pub const RESERVED: usize = 64;
+
+/// Raises the soft limit on open files to the hard limit. Returns the soft
+/// limit before and after.
+pub fn raise_open_file_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur))
+}
+
+/// The soft limit on open files (`None`: unlimited or unknown).
+fn open_file_limit() -> Option<usize> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    usize::try_from(limit.rlim_cur).ok()
+}
+
+/// Descriptors open now (`None` where `/proc/self/fd` cannot tell).
+fn open_descriptors() -> Option<usize> {
+    // Reading the directory takes a descriptor of its own, counted too.
+    std::fs::read_dir("/proc/self/fd").ok().map(|entries| entries.count().saturating_sub(1))
+}
+
+/// The connection cap: `configured`, or lower when the open-file limit
+/// leaves no room for that many connections beside the descriptors open
+/// now and [`RESERVED`] more.
+pub(super) fn connection_cap(configured: usize) -> usize {
+    let Some(limit) = open_file_limit() else { return configured };
+    let in_use = open_descriptors().unwrap_or(0);
+    let room = limit.saturating_sub(in_use + RESERVED);
+    if room >= configured {
+        return configured;
+    }
+    let cap = room.max(1);
+    tracing::warn!(
+        "serving at most {cap} connections, not max-connections = {configured}: the open-file limit is {limit} \
+         ({in_use} in use, {RESERVED} kept for files); raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve more"
+    );
+    cap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_leaves_room_under_the_limit() {
+        let Some(limit) = open_file_limit() else { return };
+        assert_eq!(connection_cap(1), 1);
+        let cap = connection_cap(usize::MAX);
+        assert!(cap + RESERVED <= limit, "cap {cap} with limit {limit}");
+        assert!(cap >= 1);
+    }
+}
