@@ -15,7 +15,9 @@
 //! Every step speaks [`message`]: [`message::Message`] and the error
 //! vocabulary. Beside the path: [`config`] (TOML ─▶ validated settings),
 //! [`watcher`] (files ─▶ registry and settings updates), [`metrics`] and
-//! [`admin`] (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and
+//! [`admin`] (`/metrics`, `/plugins`, `/experiments`, the live page,
+//! `/healthz`), [`experiments`] (each split arm's counts and how the arms
+//! compare), [`net`] (addresses and
 //! socket errors), [`client`] (what `wasmux send` and the tests use),
 //! [`native`] (the guide's handlers compiled in, for comparison). The WIT
 //! contract's host side is generated in the crate `wasmux-bindings`.
@@ -44,6 +46,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod experiments;
 pub mod message;
 pub mod metrics;
 pub mod native;
