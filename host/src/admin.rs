@@ -3,6 +3,11 @@
 //! - `/metrics`: every metric, in Prometheus text format;
 //! - `/plugins`: the loaded plugins, their versions and load times, and the
 //!   last error of each plugin file that was refused;
+//! - `/experiments`: every split route of every tenant, arm by arm, and how
+//!   each arm compares with the first ([`crate::experiments::Report`]);
+//! - `/`: a live page of the experiments, charts drawn in the browser from
+//!   `/experiments` (HTML, CSS and JavaScript built into the binary: no
+//!   build step, nothing fetched from elsewhere);
 //! - `/healthz`: `ok` while the server runs.
 //!
 //! Keep it on loopback (the default when only a port is given): it tells
@@ -15,13 +20,19 @@ use std::time::SystemTime;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{IntoResponse, Json};
+use axum::response::{Html, IntoResponse, Json};
 use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::experiments::Report;
 use crate::runtime::Origin;
 use crate::service::Service;
+
+/// The live page of the experiments, and what it loads.
+const PAGE: &str = include_str!("admin/page.html");
+const PAGE_SCRIPT: &str = include_str!("admin/page.js");
+const PAGE_STYLE: &str = include_str!("admin/page.css");
 
 /// `9090` or `:9090`-less port numbers mean loopback; anything else is an
 /// address as `--listen` takes it.
@@ -32,6 +43,10 @@ pub fn admin_address(spec: &str) -> String {
 /// Serves the admin endpoint on `listeners` until `shutdown` completes.
 pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/page.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], PAGE_SCRIPT) }))
+        .route("/page.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], PAGE_STYLE) }))
+        .route("/experiments", get(experiments))
         .route("/metrics", get(metrics))
         .route("/plugins", get(plugins))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -47,6 +62,10 @@ pub async fn run(listeners: Vec<TcpListener>, service: Arc<Service>, shutdown: i
         server.await??;
     }
     Ok(())
+}
+
+async fn experiments(State(service): State<Arc<Service>>) -> Json<Report> {
+    Json(service.experiments())
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {

@@ -1,8 +1,9 @@
-//! The `wasmux` command: `serve`, `send`, `bench`, `token`. The server
+//! The `wasmux` command: `serve`, `send`, `bench`, `experiments`, `token`. The server
 //! itself is the `wasmux` library; this binary parses the command line,
 //! composes the library's parts, and holds the load generator.
 
 mod bench;
+mod experiments;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ enum Command {
     Send(SendArgs),
     /// Load a server with requests, check every answer, report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Show a running server's A/B experiments: each arm's numbers, and whether arms differ.
+    Experiments(experiments::ExperimentsArgs),
     /// Make a tenant token and the hash that goes in the configuration.
     Token(TokenArgs),
 }
@@ -66,8 +69,8 @@ struct ServeArgs {
     /// Configuration file (TOML): routes, limits, plugin settings.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Serve /metrics, /plugins and /healthz over HTTP on this address (a
-    /// bare port means 127.0.0.1:PORT).
+    /// Serve /metrics, /plugins, /experiments, the experiments' live page (/)
+    /// and /healthz over HTTP on this address (a bare port means 127.0.0.1:PORT).
     #[arg(long)]
     admin: Option<String>,
     /// Do not watch the plugin directory and the configuration file for changes.
@@ -131,7 +134,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.verbose,
         Command::Send(args) => args.verbose,
         Command::Token(_) => false,
-        Command::Bench(_) => false,
+        Command::Bench(_) | Command::Experiments(_) => false,
     };
     init_logging(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             Command::Send(args) => send(args).await,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::main(args).await,
+            Command::Experiments(args) => experiments::main(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match outcome {

@@ -1,0 +1,189 @@
+// The live page of wasmux's experiments: reads /experiments every few
+// seconds and draws each split route's arms side by side, with charts of
+// their recent windows in inline SVG. No library, nothing fetched but
+// /experiments.
+"use strict";
+
+const REFRESH_MS = 2000;
+const COLOURS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2"];
+const SVG = "http://www.w3.org/2000/svg";
+
+/// An element with attributes and children (strings become text, never HTML).
+function el(tag, attributes, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes || {})) {
+    if (name === "style") node.style.cssText = value;
+    else node.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+function svg(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const count = (n) => n.toLocaleString("en-US");
+const percent = (rate, digits = 1) => (rate === null || rate === undefined ? "–" : (rate * 100).toFixed(digits) + "%");
+const ms = (value) => (value === null || value === undefined ? "–" : value < 1 ? value.toFixed(3) : value < 10 ? value.toFixed(2) : value.toFixed(1));
+const points = (d) => (d >= 0 ? "+" : "") + (d * 100).toFixed(1);
+
+function duration(seconds) {
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+/// "hit: +19.7 points (95% CI +16.2 to +23.1)", as `wasmux experiments` says it.
+function verdict(name, difference) {
+  if (difference.ci95 === null) {
+    return el("p", { class: "verdict unclear" }, `${name}: no requests on one side yet`);
+  }
+  const [low, high] = difference.ci95;
+  const significant = difference.significant;
+  return el(
+    "p",
+    { class: "verdict " + (significant ? "significant" : "unclear") },
+    `${name}: ${percent(difference.first_rate)} → ${percent(difference.rate)}, ${points(difference.difference)} points (95% CI ${points(low)} to ${points(high)})`,
+    el("span", { class: "tag" }, significant ? "significant" : "not significant"),
+  );
+}
+
+function armPanel(arm, index, windowSeconds) {
+  const last = arm.series.requests.length - 1;
+  const perSecond = last >= 0 ? arm.series.requests[last] / windowSeconds : 0;
+  const rows = [
+    ["weight", String(arm.weight)],
+    ["requests", count(arm.requests)],
+    ["requests/s now", perSecond.toFixed(1)],
+    ["errors", `${percent(arm.requests ? arm.errors / arm.requests : null, 2)} (${count(arm.errors)})`],
+  ];
+  for (const [code, n] of Object.entries(arm.errors_by_code)) rows.push([`  ${code}`, count(n)]);
+  const latency = arm.latency_ms;
+  rows.push(["p50 / p90 / p99 ms", latency ? `${ms(latency.p50)} / ${ms(latency.p90)} / ${ms(latency.p99)}` : "–"]);
+  for (const [name, n] of Object.entries(arm.outcomes)) {
+    rows.push([name, `${percent(arm.requests ? n / arm.requests : null)} (${count(n)})`]);
+  }
+  return el(
+    "div",
+    { class: "arm", style: `--colour: ${COLOURS[index % COLOURS.length]}` },
+    el("h4", {}, arm.plugin),
+    el("span", { class: "version" }, arm.version ? `version ${arm.version}` : "not loaded"),
+    el("dl", {}, rows.map(([term, value]) => [el("dt", {}, term), el("dd", {}, value)])),
+  );
+}
+
+/// A line chart of one value per window for each arm; `null` leaves a gap.
+function chart(title, lines, format, windowSeconds) {
+  const width = 320, height = 150, left = 44, right = 8, top = 8, bottom = 20;
+  const values = lines.flatMap((line) => line.values.filter((v) => v !== null));
+  const length = Math.max(1, ...lines.map((line) => line.values.length));
+  let max = Math.max(0, ...values);
+  max = max > 0 ? niceCeiling(max) : 1;
+  const x = (i) => left + (length <= 1 ? 0 : (i / (length - 1)) * (width - left - right));
+  const y = (v) => top + (1 - v / max) * (height - top - bottom);
+  const drawing = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
+  for (const fraction of [0, 0.5, 1]) {
+    const v = max * fraction;
+    drawing.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: y(v), y2: y(v) }));
+    drawing.append(svg("text", { class: "label", x: left - 4, y: y(v) + 3, "text-anchor": "end" }, format(v)));
+  }
+  const span = Math.round(((length - 1) * windowSeconds) / 60);
+  drawing.append(svg("text", { class: "label", x: left, y: height - 4 }, length > 1 ? `−${span > 0 ? span + " min" : Math.round((length - 1) * windowSeconds) + " s"}` : ""));
+  drawing.append(svg("text", { class: "label", x: width - right, y: height - 4, "text-anchor": "end" }, "now"));
+  lines.forEach((line) => {
+    let run = [];
+    const flush = () => {
+      if (run.length === 1) run.push(run[0]);
+      if (run.length) drawing.append(svg("polyline", { points: run.join(" "), stroke: line.colour, "data-arm": line.name }));
+      run = [];
+    };
+    line.values.forEach((v, i) => (v === null ? flush() : run.push(`${x(i).toFixed(1)},${y(v).toFixed(1)}`)));
+    flush();
+  });
+  return el("div", { class: "chart" }, el("h5", {}, title), drawing);
+}
+
+/// 1, 2 or 5 times a power of ten, at least `v`.
+function niceCeiling(v) {
+  const power = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const step of [1, 2, 5, 10]) if (step * power >= v) return step * power;
+  return 10 * power;
+}
+
+const ratio = (numerators, denominators) => numerators.map((n, i) => (denominators[i] ? n / denominators[i] : null));
+
+function routeSection(route, windowSeconds) {
+  const arms = route.arms;
+  const split = arms.map((arm) => `${arm.plugin} ${arm.weight}`).join(" / ");
+  const meta = [`split ${split}`];
+  meta.push(route.sticky ? `sticky on ${route.sticky}` : "interleaved (no sticky field)");
+  meta.push(`counting since ${route.since.replace("T", " ").replace("Z", " UTC")} (${duration(route.seconds)})`);
+
+  const verdicts = [];
+  for (const arm of arms.slice(1)) {
+    const versus = arm.against_first;
+    if (!versus) continue;
+    const lines = Object.entries(versus.outcomes).map(([name, d]) => verdict(`${name} rate`, d));
+    lines.push(verdict("error rate", versus.error_rate));
+    verdicts.push(el("p", {}, el("strong", {}, `${arm.plugin} against ${versus.against}`)), lines);
+  }
+
+  const colour = (i) => COLOURS[i % COLOURS.length];
+  const perArm = (values) => arms.map((arm, i) => ({ name: arm.plugin, colour: colour(i), values: values(arm) }));
+  const charts = [
+    chart("requests per second", perArm((a) => a.series.requests.map((n) => n / windowSeconds)), (v) => v.toFixed(v < 10 ? 1 : 0), windowSeconds),
+    chart("error rate", perArm((a) => ratio(a.series.errors, a.series.requests)), (v) => percent(v, v < 0.1 ? 1 : 0), windowSeconds),
+    chart("p99 latency, ms", perArm((a) => a.series.p99_ms), ms, windowSeconds),
+  ];
+  const names = [...new Set(arms.flatMap((arm) => Object.keys(arm.series.outcomes)))].sort();
+  for (const name of names) {
+    const values = (a) => ratio(a.series.outcomes[name] || a.series.requests.map(() => 0), a.series.requests);
+    charts.push(chart(`${name} rate`, perArm(values), (v) => percent(v, 0), windowSeconds));
+  }
+
+  return el(
+    "section",
+    { class: "route" },
+    el("h3", {}, `route ${route.route}`),
+    el("p", { class: "meta" }, meta.join(" · ")),
+    el("div", { class: "arms" }, arms.map((arm, i) => armPanel(arm, i, windowSeconds))),
+    el("div", { class: "verdicts" }, verdicts),
+    el("div", { class: "charts" }, charts),
+    el("div", { class: "legend" }, arms.map((arm, i) => el("span", { style: `--colour: ${colour(i)}` }, arm.plugin))),
+  );
+}
+
+function render(report) {
+  const main = document.getElementById("experiments");
+  const sections = report.tenants.map((tenant) =>
+    el("section", { class: "tenant" }, el("h2", {}, `tenant ${tenant.tenant}`), tenant.routes.map((route) => routeSection(route, report.window_seconds))),
+  );
+  if (sections.length === 0) {
+    sections.push(el("p", { class: "empty" }, "No route has a split. Give a route a target like { split = { \"search\" = 50, \"search@fuzzy\" = 50 } } in the configuration."));
+  }
+  main.replaceChildren(...sections);
+}
+
+async function refresh() {
+  const status = document.getElementById("status");
+  try {
+    const response = await fetch("experiments", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    render(await response.json());
+    status.className = "";
+    status.textContent = `updated ${new Date().toLocaleTimeString()} · every ${REFRESH_MS / 1000} s`;
+  } catch (error) {
+    status.className = "failed";
+    status.textContent = `cannot read /experiments: ${error.message}; retrying`;
+  }
+  setTimeout(refresh, REFRESH_MS);
+}
+
+refresh();
