@@ -35,14 +35,6 @@ fn bearer(token: &str) -> Value {
     json!({"authorization": format!("Bearer {token}")})
 }
 
-/// The 12-digit version `/plugins` shows for `plugin`.
-fn plugin_version(server: &Server, plugin: &str) -> String {
-    let (_, plugins) = server.admin_get("/plugins");
-    let plugins: Value = serde_json::from_str(&plugins).expect("/plugins is JSON");
-    let entry = plugins.as_array().and_then(|all| all.iter().find(|p| p["name"] == plugin));
-    entry.and_then(|p| p["version"].as_str()).unwrap_or_else(|| panic!("{plugin} not in /plugins: {plugins}")).to_owned()
-}
-
 #[test]
 fn the_example_configuration_serves_two_tenants_and_an_experiment() {
     let plugins = common::plugins_dir();
@@ -75,7 +67,7 @@ fn the_example_configuration_serves_two_tenants_and_an_experiment() {
     // Per-arm numbers in /metrics: every alpha request counted on its arm.
     let (status, metrics) = server.admin_get("/metrics");
     assert_eq!(status, 200);
-    let version = |plugin: &str| plugin_version(&server, plugin);
+    let version = |plugin: &str| server.plugin_version(plugin);
     let count = |tenant: &str, plugin: &str| {
         let series = format!(r#"wasmux_requests_total{{tenant="{tenant}",route="text/json",plugin="{plugin}",version="{}",outcome="ok"}}"#, version(plugin));
         metric(&metrics, &series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
@@ -97,7 +89,7 @@ fn requests_are_counted_in_metrics_with_the_default_configuration() {
     let (status, metrics) = server.admin_get("/metrics");
     assert_eq!(status, 200);
     let labels = |route: &str, plugin: &str| {
-        format!(r#"{{tenant="default",route="{route}",plugin="{plugin}",version="{}",outcome="ok"}}"#, plugin_version(&server, plugin))
+        format!(r#"{{tenant="default",route="{route}",plugin="{plugin}",version="{}",outcome="ok"}}"#, server.plugin_version(plugin))
     };
     let series = |name: &str, route: &str, plugin: &str| format!("{name}{}", labels(route, plugin));
     assert_eq!(metric(&metrics, &series("wasmux_requests_total", "text/json", "search")), Some(3.0), "{metrics}");
