@@ -111,7 +111,7 @@ fn search_arms_count_hits_and_misses_and_the_difference_is_called_significant() 
         "search@fuzzy against search:",
         "  hit rate    50.0% -> 75.0%: +25.0 points (95% CI +11.6 to +37.2), significant",
         "  miss rate   50.0% -> 25.0%: -25.0 points (95% CI -37.2 to -11.6), significant",
-        "  error rate  0.0% -> 0.0%: +0.0 points (95% CI -3.7 to +3.7), not significant",
+        "  error rate  0.00% -> 0.00%: +0.00 points (95% CI -3.70 to +3.70), not significant",
     ] {
         assert!(run.stdout.iter().any(|line| line == expected), "no line {expected:?} in\n{printed}");
     }

@@ -5,6 +5,9 @@
 "use strict";
 
 const REFRESH_MS = 2000;
+/// The charts' time axis: at least a minute, growing with the history the
+/// server keeps (up to five minutes).
+const CHART_SECONDS = 60;
 const COLOURS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2"];
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -15,7 +18,7 @@ function el(tag, attributes, ...children) {
     if (name === "style") node.style.cssText = value;
     else node.setAttribute(name, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child !== null && child !== undefined) node.append(child);
   }
   return node;
@@ -31,7 +34,11 @@ function svg(tag, attributes, text) {
 const count = (n) => n.toLocaleString("en-US");
 const percent = (rate, digits = 1) => (rate === null || rate === undefined ? "–" : (rate * 100).toFixed(digits) + "%");
 const ms = (value) => (value === null || value === undefined ? "–" : value < 1 ? value.toFixed(3) : value < 10 ? value.toFixed(2) : value.toFixed(1));
-const points = (d) => (d >= 0 ? "+" : "") + (d * 100).toFixed(1);
+/// Percentage points with a sign, never "-0.0".
+function points(d, digits) {
+  const text = (d * 100).toFixed(digits);
+  return (Number(text) === 0 ? "+" + text.replace("-", "") : (d > 0 ? "+" : "") + text);
+}
 
 function duration(seconds) {
   const s = Math.floor(seconds);
@@ -40,8 +47,9 @@ function duration(seconds) {
   return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
 }
 
-/// "hit: +19.7 points (95% CI +16.2 to +23.1)", as `wasmux experiments` says it.
-function verdict(name, difference) {
+/// "hit rate: 60.0% → 79.8%, +19.8 points (95% CI +16.2 to +23.1)", as
+/// `wasmux experiments` says it; `digits` after the decimal point.
+function verdict(name, difference, digits) {
   if (difference.ci95 === null) {
     return el("p", { class: "verdict unclear" }, `${name}: no requests on one side yet`);
   }
@@ -50,7 +58,7 @@ function verdict(name, difference) {
   return el(
     "p",
     { class: "verdict " + (significant ? "significant" : "unclear") },
-    `${name}: ${percent(difference.first_rate)} → ${percent(difference.rate)}, ${points(difference.difference)} points (95% CI ${points(low)} to ${points(high)})`,
+    `${name}: ${percent(difference.first_rate, digits)} → ${percent(difference.rate, digits)}, ${points(difference.difference, digits)} points (95% CI ${points(low, digits)} to ${points(high, digits)})`,
     el("span", { class: "tag" }, significant ? "significant" : "not significant"),
   );
 }
@@ -84,9 +92,11 @@ function chart(title, lines, format, windowSeconds) {
   const width = 320, height = 150, left = 44, right = 8, top = 8, bottom = 20;
   const values = lines.flatMap((line) => line.values.filter((v) => v !== null));
   const length = Math.max(1, ...lines.map((line) => line.values.length));
+  const slots = Math.max(length, Math.round(CHART_SECONDS / windowSeconds));
   let max = Math.max(0, ...values);
   max = max > 0 ? niceCeiling(max) : 1;
-  const x = (i) => left + (length <= 1 ? 0 : (i / (length - 1)) * (width - left - right));
+  // The newest window at the right edge ("now"), older ones to its left.
+  const x = (i) => width - right - ((length - 1 - i) / (slots - 1)) * (width - left - right);
   const y = (v) => top + (1 - v / max) * (height - top - bottom);
   const drawing = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
   for (const fraction of [0, 0.5, 1]) {
@@ -94,8 +104,7 @@ function chart(title, lines, format, windowSeconds) {
     drawing.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: y(v), y2: y(v) }));
     drawing.append(svg("text", { class: "label", x: left - 4, y: y(v) + 3, "text-anchor": "end" }, format(v)));
   }
-  const span = Math.round(((length - 1) * windowSeconds) / 60);
-  drawing.append(svg("text", { class: "label", x: left, y: height - 4 }, length > 1 ? `−${span > 0 ? span + " min" : Math.round((length - 1) * windowSeconds) + " s"}` : ""));
+  drawing.append(svg("text", { class: "label", x: left, y: height - 4 }, `−${Math.round(((slots - 1) * windowSeconds) / 60)} min`));
   drawing.append(svg("text", { class: "label", x: width - right, y: height - 4, "text-anchor": "end" }, "now"));
   lines.forEach((line) => {
     let run = [];
@@ -130,8 +139,8 @@ function routeSection(route, windowSeconds) {
   for (const arm of arms.slice(1)) {
     const versus = arm.against_first;
     if (!versus) continue;
-    const lines = Object.entries(versus.outcomes).map(([name, d]) => verdict(`${name} rate`, d));
-    lines.push(verdict("error rate", versus.error_rate));
+    const lines = Object.entries(versus.outcomes).map(([name, d]) => verdict(`${name} rate`, d, 1));
+    lines.push(verdict("error rate", versus.error_rate, 2));
     verdicts.push(el("p", {}, el("strong", {}, `${arm.plugin} against ${versus.against}`)), lines);
   }
 

@@ -59,7 +59,7 @@ async fn get(address: &str, path: &str, timeout: Duration) -> anyhow::Result<Vec
 }
 
 /// Every route's table and comparisons.
-pub fn render(report: &Report) -> String {
+fn render(report: &Report) -> String {
     let mut out = String::new();
     let routes: Vec<(&str, &RouteReport)> =
         report.tenants.iter().flat_map(|tenant| tenant.routes.iter().map(move |route| (tenant.tenant.as_str(), route))).collect();
@@ -117,15 +117,16 @@ fn render_route(out: &mut String, tenant: &str, route: &RouteReport) {
     for arm in route.arms.iter().skip(1) {
         let Some(versus) = &arm.against_first else { continue };
         let _ = writeln!(out, "\n{} against {}:", arm.plugin, versus.against);
-        let lines: Vec<(String, &Difference)> = versus
+        // Error rates are small: two decimals.
+        let lines: Vec<(String, &Difference, usize)> = versus
             .outcomes
             .iter()
-            .map(|(name, d)| (format!("{name} rate"), d))
-            .chain(std::iter::once(("error rate".to_owned(), &versus.error_rate)))
+            .map(|(name, d)| (format!("{name} rate"), d, 1))
+            .chain(std::iter::once(("error rate".to_owned(), &versus.error_rate, 2)))
             .collect();
-        let width = lines.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-        for (name, difference) in lines {
-            let _ = writeln!(out, "  {name:<width$}  {}", describe(difference));
+        let width = lines.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0);
+        for (name, difference, digits) in lines {
+            let _ = writeln!(out, "  {name:<width$}  {}", describe(difference, digits));
         }
     }
 }
@@ -138,24 +139,26 @@ fn rate_and_count(arm: &ArmReport, count: u64, digits: usize) -> String {
     format!("{:.digits$}% ({count})", count as f64 * 100.0 / arm.requests as f64)
 }
 
-/// `60.0% -> 79.8%: +19.8 points (95% CI +16.2 to +23.1), significant`.
-pub fn describe(difference: &Difference) -> String {
+/// `60.0% -> 79.8%: +19.8 points (95% CI +16.2 to +23.1), significant`,
+/// with `digits` after the decimal point.
+fn describe(difference: &Difference, digits: usize) -> String {
     let (Some(first), Some(rate), Some(d), Some([low, high])) = (difference.first_rate, difference.rate, difference.difference, difference.ci95) else {
         return "no requests on one side yet".to_owned();
     };
     let verdict = if difference.significant { "significant" } else { "not significant" };
+    let points = |fraction: f64| {
+        let text = format!("{:+.digits$}", fraction * 100.0);
+        // Rounded to zero, a negative difference reads "+0.0", not "-0.0".
+        if text.trim_start_matches(['+', '-']).trim_start_matches(['0', '.']).is_empty() { text.replacen('-', "+", 1) } else { text }
+    };
     format!(
-        "{:.1}% -> {:.1}%: {} points (95% CI {} to {}), {verdict}",
+        "{:.digits$}% -> {:.digits$}%: {} points (95% CI {} to {}), {verdict}",
         first * 100.0,
         rate * 100.0,
-        signed_points(d),
-        signed_points(low),
-        signed_points(high)
+        points(d),
+        points(low),
+        points(high)
     )
-}
-
-fn signed_points(fraction: f64) -> String {
-    format!("{:+.1}", fraction * 100.0)
 }
 
 /// Columns padded to their widest cell: text to the left in the first two,
