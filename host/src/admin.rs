@@ -3,13 +3,20 @@
 //! - `/metrics`: every metric, in Prometheus text format;
 //! - `/plugins`: the loaded plugins, their versions and load times, and the
 //!   last error of each plugin file that was refused;
+//! - `/experiments`: every split route of every tenant, arm by arm, and how
+//!   each arm compares with the first ([`crate::experiments::Report`]);
+//! - `/`: a live page of the experiments, charts drawn in the browser from
+//!   `/experiments` (HTML, CSS and JavaScript built into the binary: no
+//!   build step, nothing fetched from elsewhere);
 //! - `/healthz`: `ok` while the server runs.
 //!
-//! `/metrics` and `/plugins` tell whoever can reach them what the server
-//! runs, for whom. With a token (`[admin] token-sha256` in the
-//! configuration, or `wasmux serve --admin-token-file`), they ask for
+//! `/metrics`, `/plugins` and `/experiments` tell whoever can reach them
+//! what the server runs, for whom. With a token (`[admin] token-sha256` in
+//! the configuration, or `wasmux serve --admin-token-file`), they ask for
 //! `Authorization: Bearer TOKEN`, compared by its SHA-256 in constant time;
-//! `/healthz` never does, so health checks need no secret. Without a token
+//! `/healthz` never does, so health checks need no secret, and neither does
+//! the page, which holds no data (it asks its user for the token when
+//! `/experiments` wants one, and keeps it for the browser tab only). Without a token
 //! the endpoint may only listen on loopback ([`Access::new`] refuses
 //! anything else), and if a reload removes the only token while it listens
 //! elsewhere, it refuses every request rather than open up.
@@ -24,13 +31,14 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::files::{self, Links};
+use crate::experiments::Report;
 use crate::runtime::Origin;
 use crate::service::Service;
 use crate::tenancy::{TokenHash, bearer_token};
@@ -71,6 +79,12 @@ impl Access {
 /// Reads an admin token from `path`: the token itself, on its first line,
 /// kept only as its SHA-256.
 pub fn read_token_file(path: &Path) -> anyhow::Result<TokenHash> {
+    read_token(path).map(|token| TokenHash::of(&token))
+}
+
+/// The admin token written on the first line of `path`, for a client of
+/// the endpoint (`wasmux experiments`) or [`read_token_file`].
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
     let bytes = files::read_regular(path, 4096, Links::Follow).with_context(|| format!("cannot read the admin token file {}", path.display()))?;
     let text = String::from_utf8(bytes).ok().with_context(|| format!("the admin token file {} is not text", path.display()))?;
     let token = text.lines().next().map(str::trim).unwrap_or_default();
@@ -79,7 +93,7 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<TokenHash> {
     if mode & 0o004 != 0 {
         tracing::warn!("the admin token file {} may be read by any user (mode {:o}); chmod o-r it", path.display(), mode & 0o7777);
     }
-    Ok(TokenHash::of(token))
+    Ok(token.to_owned())
 }
 
 #[derive(Clone)]
@@ -87,6 +101,11 @@ struct AdminState {
     service: Arc<Service>,
     access: Access,
 }
+
+/// The live page of the experiments, and what it loads.
+const PAGE: &str = include_str!("admin/page.html");
+const PAGE_SCRIPT: &str = include_str!("admin/page.js");
+const PAGE_STYLE: &str = include_str!("admin/page.css");
 
 /// `9090` or `:9090`-less port numbers mean loopback; anything else is an
 /// address as `--listen` takes it.
@@ -104,10 +123,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = AdminState { service: Arc::clone(&service), access };
     let app = Router::new()
+        .route("/experiments", get(experiments))
         .route("/metrics", get(metrics))
         .route("/plugins", get(plugins))
         .route_layer(middleware::from_fn_with_state(state, authorize))
+        // Neither health checks nor the page (code, no data: it asks for
+        // the token itself when /experiments wants one) need a token.
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/page.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], PAGE_SCRIPT) }))
+        .route("/page.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], PAGE_STYLE) }))
         .with_state(service);
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let mut servers = Vec::new();
@@ -138,6 +163,10 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         Some(token) if TokenHash::of(token).is_among(&tokens) => next.run(request).await,
         _ => (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized: send Authorization: Bearer TOKEN\n").into_response(),
     }
+}
+
+async fn experiments(State(service): State<Arc<Service>>) -> Json<Report> {
+    Json(service.experiments())
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {

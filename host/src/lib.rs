@@ -16,7 +16,9 @@
 //! vocabulary. Beside the path: [`config`] (TOML ─▶ validated settings),
 //! [`watcher`] (files ─▶ registry and settings updates), [`files`] (reading
 //! files others may have put in place), [`metrics`] and
-//! [`admin`] (`/metrics`, `/plugins`, `/healthz`), [`net`] (addresses and
+//! [`admin`] (`/metrics`, `/plugins`, `/experiments`, the live page,
+//! `/healthz`), [`experiments`] (each split arm's counts and how the arms
+//! compare), [`net`] (addresses and
 //! socket errors), [`client`] (what `wasmux send` and the tests use),
 //! [`native`] (the guide's handlers compiled in, for comparison). The WIT
 //! contract's host side is generated in the crate `wasmux-bindings`.
@@ -46,6 +48,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod experiments;
 pub mod files;
 pub mod message;
 pub mod metrics;

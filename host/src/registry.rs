@@ -23,7 +23,7 @@ use crate::files::{self, Links};
 use crate::message::Message;
 use crate::metrics::Metrics;
 pub use crate::native::NativeHandler;
-use crate::runtime::{CallContext, LoadInfo, Origin, PluginError, Runtime, WasmHandler};
+use crate::runtime::{CallContext, LoadInfo, Origin, Outcomes, PluginError, Runtime, WasmHandler};
 
 /// A loaded plugin: one version of one component, compiled and linked, or
 /// a handler compiled into the host.
@@ -91,11 +91,12 @@ impl Plugin {
         matches!(self.backend, Backend::Native(_))
     }
 
-    /// Answers `request`.
-    pub async fn call(&self, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
+    /// Answers `request`; with the answer, the outcomes the plugin counted
+    /// (native handlers count none).
+    pub async fn call(&self, request: &Message, context: &CallContext) -> Result<(Message, Outcomes), PluginError> {
         match &self.backend {
             Backend::Wasm(handler) => handler.call(request, context).await,
-            Backend::Native(handler) => handler(request).map_err(PluginError::Handler),
+            Backend::Native(handler) => handler(request).map(|message| (message, Outcomes::default())).map_err(PluginError::Handler),
         }
     }
 }

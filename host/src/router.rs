@@ -8,7 +8,8 @@
 //! A route's target is one plugin, or an experiment: a [`Split`] of traffic
 //! between plugins (or versions of one, `search` and `search@fuzzy`) by
 //! weight, optionally sticky on a header field so that one user always sees
-//! the same arm.
+//! the same arm. Each split carries its [`Experiment`], where the service
+//! counts what each arm's requests did.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::experiments::{ArmRef, Experiment};
 use crate::message::Header;
 
 /// The guide's behaviour: searches for `text/json`, binary echo for the rest.
@@ -69,6 +71,9 @@ pub struct Split {
     /// take turns by smooth weighted round-robin.
     sticky: Option<String>,
     turns: Mutex<SmoothRoundRobin>,
+    /// What each arm's requests did, since the split was made (or since a
+    /// reload that changed it).
+    experiment: Arc<Experiment>,
 }
 
 /// nginx's smooth weighted round-robin: indices `0..weights.len()`, each as
@@ -128,30 +133,61 @@ impl Split {
         if sticky.as_deref().is_some_and(|f| f.trim().is_empty()) {
             return Err(RouteError::BadSplit("the sticky field name is empty".into()));
         }
+        Ok(Self::with_experiment(arms, total, sticky, None))
+    }
+
+    fn with_experiment(arms: Vec<(Arc<str>, u32)>, total: u64, sticky: Option<String>, experiment: Option<Arc<Experiment>>) -> Self {
         let weights: Vec<u32> = arms.iter().map(|(_, weight)| *weight).collect();
-        Ok(Self { arms, total, sticky, turns: Mutex::new(SmoothRoundRobin::new(&weights)) })
+        let experiment = experiment.unwrap_or_else(|| Arc::new(Experiment::new(&arms)));
+        Self { turns: Mutex::new(SmoothRoundRobin::new(&weights)), arms, total, sticky, experiment }
+    }
+
+    /// The same split with an experiment of its own, counting from now.
+    pub fn fresh(&self) -> Self {
+        Self::with_experiment(self.arms.clone(), self.total, self.sticky.clone(), None)
+    }
+
+    /// The same split carrying on `previous`'s experiment, if `previous` is
+    /// the same split (arms, weights and sticky field): a reload that did
+    /// not change a split keeps its counts.
+    fn continuing(&self, previous: &Split) -> Option<Self> {
+        (self == previous).then(|| Self::with_experiment(self.arms.clone(), self.total, self.sticky.clone(), Some(Arc::clone(&previous.experiment))))
+    }
+
+    pub fn experiment(&self) -> &Experiment {
+        &self.experiment
+    }
+
+    /// The header field that keeps a sender on one arm, if any.
+    pub fn sticky(&self) -> Option<&str> {
+        self.sticky.as_deref()
     }
 
     /// The arm for a request.
     pub fn pick(&self, header: &Header) -> &Arc<str> {
+        &self.arms[self.pick_arm(header)].0
+    }
+
+    /// The index of the arm for a request.
+    fn pick_arm(&self, header: &Header) -> usize {
         if let Some(value) = self.sticky.as_deref().and_then(|field| header.extra.get(field)) {
             return self.arm_at(stable_hash(value) % self.total);
         }
         // The state stays consistent even if a holder panicked.
         let turn = self.turns.lock().unwrap_or_else(|e| e.into_inner()).next();
         // `total > 0`, so some arm has a weight and there is a turn.
-        &self.arms[turn.unwrap_or(0)].0
+        turn.unwrap_or(0)
     }
 
-    fn arm_at(&self, mut point: u64) -> &Arc<str> {
-        for (name, weight) in &self.arms {
+    fn arm_at(&self, mut point: u64) -> usize {
+        for (index, (_, weight)) in self.arms.iter().enumerate() {
             if point < u64::from(*weight) {
-                return name;
+                return index;
             }
             point -= u64::from(*weight);
         }
         // `point < total` and the weights sum to `total`.
-        &self.arms[self.arms.len() - 1].0
+        self.arms.len() - 1
     }
 }
 
@@ -176,12 +212,28 @@ pub struct Route {
     pub target: Target,
 }
 
+/// Where a request goes.
+#[derive(Debug)]
+pub struct Choice<'a> {
+    pub plugin: &'a Arc<str>,
+    /// For a split, the arm of its experiment the request counts in.
+    pub arm: Option<ArmRef>,
+}
+
 impl Route {
     /// The plugin for this request.
     pub fn pick(&self, header: &Header) -> &Arc<str> {
+        self.choose(header).plugin
+    }
+
+    /// The plugin for this request, and for a split, its arm.
+    pub fn choose(&self, header: &Header) -> Choice<'_> {
         match &self.target {
-            Target::Plugin(name) => name,
-            Target::Split(split) => split.pick(header),
+            Target::Plugin(name) => Choice { plugin: name, arm: None },
+            Target::Split(split) => {
+                let index = split.pick_arm(header);
+                Choice { plugin: &split.arms[index].0, arm: split.experiment.arm(index) }
+            }
         }
     }
 }
@@ -285,6 +337,53 @@ impl Routes {
     /// The names of every plugin some route points at.
     pub fn targets(&self) -> impl Iterator<Item = &str> {
         self.iter().flat_map(|route| route.target.plugins()).map(|name| &**name)
+    }
+
+    /// Every split route, with its split.
+    pub fn splits(&self) -> impl Iterator<Item = (&Route, &Split)> {
+        self.iter().filter_map(|route| match &route.target {
+            Target::Split(split) => Some((route, &**split)),
+            Target::Plugin(_) => None,
+        })
+    }
+
+    /// The same table with experiments of its own for its splits: what each
+    /// tenant gets of the server's routes, so that tenants are counted apart.
+    pub fn with_own_experiments(&self) -> Self {
+        let mut routes = self.clone();
+        routes.replace_splits(|_, split| Some(split.fresh()));
+        routes
+    }
+
+    /// Keeps the experiment of every split that `previous` has, unchanged,
+    /// on the same pattern: a reload that does not touch a split goes on
+    /// counting where it was.
+    pub fn keep_experiments_from(&mut self, previous: &Routes) {
+        self.replace_splits(|pattern, split| match previous.route_of(pattern).map(|route| &route.target) {
+            Some(Target::Split(old)) => split.continuing(old),
+            _ => None,
+        });
+    }
+
+    /// The route of a normalized pattern, as [`Route::pattern`] shows it.
+    fn route_of(&self, pattern: &str) -> Option<&Route> {
+        match parse_pattern(pattern)? {
+            Pattern::Any => self.fallback.as_ref(),
+            Pattern::Type(ty) => self.by_type.get(ty),
+            Pattern::Exact(ty) => self.exact.get(ty),
+        }
+    }
+
+    /// Replaces each split by what `replace` makes of it (pattern, split),
+    /// if anything.
+    fn replace_splits(&mut self, replace: impl Fn(&str, &Split) -> Option<Split>) {
+        for route in self.exact.values_mut().chain(self.by_type.values_mut()).chain(self.fallback.iter_mut()) {
+            if let Target::Split(split) = &route.target
+                && let Some(replaced) = replace(&route.pattern, split)
+            {
+                route.target = Target::Split(Arc::new(replaced));
+            }
+        }
     }
 }
 
@@ -440,6 +539,33 @@ mod tests {
         }
         // A value that is not a string is hashed as its JSON text.
         assert_eq!(&**even.pick(&header_with("user", Value::from(7))), "a");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_experiment_of_a_split_it_leaves_alone() {
+        let table = |weight: u32| {
+            let mut routes = Routes::default();
+            routes.add("text/json", Target::Split(Arc::new(split(&[("a", 1), ("b", weight)], None)))).unwrap();
+            routes.add("*", Target::Split(Arc::new(split(&[("c", 1), ("d", 1)], Some("user"))))).unwrap();
+            routes.add("image/*", Target::plugin("e")).unwrap();
+            routes
+        };
+        let experiment = |routes: &Routes, pattern: &str| -> *const Experiment {
+            routes.splits().find(|(route, _)| &*route.pattern == pattern).map_or(std::ptr::null(), |(_, split)| split.experiment())
+        };
+        let old = table(1);
+        let mut same = table(1);
+        same.keep_experiments_from(&old);
+        assert_eq!(experiment(&same, "text/json"), experiment(&old, "text/json"));
+        let mut changed = table(2);
+        changed.keep_experiments_from(&old);
+        assert_ne!(experiment(&changed, "text/json"), experiment(&old, "text/json"), "new weights, new experiment");
+        assert_eq!(experiment(&changed, "*"), experiment(&old, "*"), "the other split was left alone");
+        // A tenant's copy of the server's routes counts on its own.
+        let own = old.with_own_experiments();
+        assert_eq!(own, old);
+        assert_ne!(experiment(&own, "*"), experiment(&old, "*"));
+        assert_eq!(old.splits().count(), 2);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the server does with one decoded request: take out the fields the
 //! host consumes, find the tenant, admit the request under the tenant's
-//! limits, route it, call the plugin, count it, and turn every failure into
-//! an error answer for the client. The socket side ([`crate::server`])
+//! limits, route it, call the plugin, count it (and, on a split, count it
+//! in its arm's experiment), and turn every failure into an error answer
+//! for the client. The socket side ([`crate::server`])
 //! never sees a plugin; this side never sees a byte stream.
 
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use arc_swap::ArcSwap;
 
 use wasmux_bindings::HandlerError;
 use crate::config::Settings;
+use crate::experiments::{ArmRef, Entry, Report, Served};
 use crate::message::{AUTHORIZATION_FIELD, ErrorCode, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
 use crate::registry::PluginRegistry;
-use crate::runtime::{CallContext, PluginError};
+use crate::runtime::{CallContext, Outcomes, PluginError};
 use crate::throttle::LogThrottle;
 
 /// The answer to one request, and whether the connection must close after it.
@@ -39,17 +41,22 @@ pub struct Service {
     request_log: LogThrottle,
 }
 
-/// Where a request got to, for its metrics labels.
+/// Where a request got to, for its metrics labels and its experiment.
 struct Progress {
     tenant: Label,
     route: Label,
     plugin: Label,
     version: Label,
+    /// The split arm it was sent to, if its route is a split.
+    arm: Option<ArmRef>,
+    /// What the plugin counted with the `outcome` import.
+    outcomes: Outcomes,
 }
 
 impl Progress {
     fn new() -> Self {
-        Self { tenant: Label::Static(""), route: Label::Static(""), plugin: Label::Static(""), version: Label::Static("") }
+        let empty = Label::Static("");
+        Self { tenant: empty.clone(), route: empty.clone(), plugin: empty.clone(), version: empty, arm: None, outcomes: Outcomes::default() }
     }
 }
 
@@ -122,19 +129,24 @@ impl Service {
         let started = Instant::now();
         let mut progress = Progress::new();
         let outcome = self.dispatch(request, &mut progress).await;
-        let (message, outcome, close) = match outcome {
-            Ok(message) => (message, Label::Static("ok"), false),
-            Err(error) => (error.to_message(), Label::Static(error.code.as_str()), error.code == ErrorCode::Unauthorized),
+        let (message, error, close) = match outcome {
+            Ok(message) => (message, None, false),
+            Err(error) => (error.to_message(), Some(error.code.as_str()), error.code == ErrorCode::Unauthorized),
         };
-        let Progress { tenant, route, plugin, version } = progress;
-        self.metrics.request(&RequestLabels { tenant, route, plugin, version, outcome }, started.elapsed());
+        let elapsed = started.elapsed();
+        let Progress { tenant, route, plugin, version, arm, outcomes } = progress;
+        if let Some(arm) = arm {
+            arm.record(Served { version: version.as_str(), error, latency: elapsed }, outcomes.iter());
+        }
+        let outcome = Label::Static(error.unwrap_or("ok"));
+        self.metrics.request(&RequestLabels { tenant, route, plugin, version, outcome }, elapsed);
         Answer { message, close }
     }
 
     /// Counts a message refused before it could be dispatched (bad header,
     /// bad frame, timeout).
     pub fn count_refused(&self, error: &ProtocolError) {
-        let Progress { tenant, route, plugin, version } = Progress::new();
+        let Progress { tenant, route, plugin, version, .. } = Progress::new();
         let labels = RequestLabels { tenant, route, plugin, version, outcome: Label::Static(error.code.as_str()) };
         self.metrics.refused(&labels);
     }
@@ -153,7 +165,9 @@ impl Service {
             ProtocolError::new(ErrorCode::NoRoute, format!("no route for content-type \"{content_type}\""))
         })?;
         progress.route = Label::from(&route.pattern);
-        let name = route.pick(&request.header);
+        let choice = route.choose(&request.header);
+        let name = choice.plugin;
+        progress.arm = choice.arm;
         progress.plugin = Label::from(name);
         let plugin = self
             .registry
@@ -162,14 +176,31 @@ impl Service {
         progress.version = Label::from(&plugin.version_label);
 
         let context = CallContext { tenant: Arc::clone(&tenant.name), config: tenant.config_for(name), limits: tenant.call_limits };
-        plugin.call(&request, &context).await.map_err(|error| {
+        let (answer, outcomes) = plugin.call(&request, &context).await.map_err(|error| {
             if is_plugin_fault(&error) {
                 self.request_log.log(|| {
                     tracing::warn!(plugin = %plugin.name, version = %plugin.version, tenant = %tenant.name, "plugin {} {error}", plugin.name);
                 });
             }
             to_protocol_error(&error, name)
-        })
+        })?;
+        progress.outcomes = outcomes;
+        Ok(answer)
+    }
+
+    /// Every split route of every tenant in the settings in force: what each
+    /// arm did, and how it compares with the first.
+    pub fn experiments(&self) -> Report {
+        let settings = self.settings();
+        let entries = settings.tenants.iter().flat_map(|tenant| {
+            tenant.routes.splits().map(move |(route, split)| Entry {
+                tenant: &tenant.name,
+                route: &route.pattern,
+                sticky: split.sticky(),
+                experiment: split.experiment(),
+            })
+        });
+        Report::new(entries, |plugin| self.registry.get(plugin).map(|p| p.version.to_string()))
     }
 }
 
@@ -328,6 +359,28 @@ mod tests {
         assert!(text.lines().any(|line| line == ok), "{ok} not in\n{text}");
         let refused = r#"wasmux_requests_total{tenant="",route="",plugin="",version="",outcome="unauthorized"} 1"#;
         assert!(text.lines().any(|line| line == refused), "{refused} not in\n{text}");
+    }
+
+    #[tokio::test]
+    async fn requests_on_a_split_are_counted_in_their_arm_per_tenant() {
+        let config = format!("[routes]\n\"text/json\" = {{ split = {{ \"search\" = 1, \"failing\" = 1 }} }}\n{}", tenants_config());
+        let service = service(&config);
+        for _ in 0..4 {
+            service.handle(search("ring")).await;
+        }
+        service.handle(with_field(search("ring"), AUTHORIZATION_FIELD, "Bearer alpha-token")).await;
+        let report = service.experiments();
+        let counts: Vec<(&str, &str, &str, u64, u64)> = report
+            .tenants
+            .iter()
+            .flat_map(|t| t.routes.iter().flat_map(move |r| r.arms.iter().map(move |a| (&*t.tenant, &*r.route, &*a.plugin, a.requests, a.errors))))
+            .collect();
+        assert_eq!(
+            counts,
+            [("alpha", "text/json", "failing", 1, 1), ("alpha", "text/json", "search", 0, 0), ("default", "text/json", "failing", 2, 2), ("default", "text/json", "search", 2, 0)]
+        );
+        let failing = &report.tenants[1].routes[0].arms[0];
+        assert_eq!(failing.errors_by_code, std::collections::BTreeMap::from([("plugin-failed".to_owned(), 2)]));
     }
 
     #[tokio::test]

@@ -232,15 +232,19 @@ impl Tenants {
         Self::build(vec![TenantSpec { name: DEFAULT_TENANT.into(), ..TenantSpec::default() }], server)
     }
 
-    /// Keeps the request counts of tenants whose name and limits did not
-    /// change since `previous`, so that a reload does not reset them.
+    /// Keeps what `previous` counted, so that a reload does not reset it:
+    /// the request counts of tenants whose name and limits did not change,
+    /// and the experiments of their splits that did not change.
     pub fn keep_counts_from(&mut self, previous: &Tenants) {
         for tenant in &mut self.list {
-            let Some(old) = previous.list.iter().find(|old| old.name == tenant.name && old.limits == tenant.limits) else {
+            let Some(old) = previous.list.iter().find(|old| old.name == tenant.name) else {
                 continue;
             };
             if let Some(tenant) = Arc::get_mut(tenant) {
-                tenant.admission = Arc::clone(&old.admission);
+                if old.limits == tenant.limits {
+                    tenant.admission = Arc::clone(&old.admission);
+                }
+                tenant.routes.keep_experiments_from(&old.routes);
             }
         }
     }
@@ -298,7 +302,8 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 }
 
 fn merge(spec: TenantSpec, server: &ServerDefaults<'_>) -> anyhow::Result<Tenant> {
-    let mut routes = server.routes.clone();
+    // Each tenant counts its own requests in a server-wide split.
+    let mut routes = server.routes.with_own_experiments();
     for route in spec.routes.iter() {
         routes.set_route(&route.pattern, route.target.clone())?;
     }

@@ -219,7 +219,7 @@ fn a_lower_per_call_cap_refuses_the_initial_memory() {
         }
         other => panic!("expected out of memory, got {other:?}"),
     }
-    let answer = call(48 << 20).expect("the call succeeds under a 48 MiB cap");
+    let (answer, _) = call(48 << 20).expect("the call succeeds under a 48 MiB cap");
     assert_eq!(&answer.content[..], format!("big-initial-memory: {} bytes", 32 << 20).as_bytes());
 }
 

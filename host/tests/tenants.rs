@@ -35,14 +35,6 @@ fn bearer(token: &str) -> Value {
     json!({"authorization": format!("Bearer {token}")})
 }
 
-/// The 12-digit version `/plugins` shows for `plugin`.
-fn plugin_version(server: &Server, plugin: &str) -> String {
-    let (_, plugins) = server.admin_get("/plugins");
-    let plugins: Value = serde_json::from_str(&plugins).expect("/plugins is JSON");
-    let entry = plugins.as_array().and_then(|all| all.iter().find(|p| p["name"] == plugin));
-    entry.and_then(|p| p["version"].as_str()).unwrap_or_else(|| panic!("{plugin} not in /plugins: {plugins}")).to_owned()
-}
-
 #[test]
 fn the_example_configuration_serves_two_tenants_and_an_experiment() {
     let plugins = common::plugins_dir();
@@ -75,7 +67,7 @@ fn the_example_configuration_serves_two_tenants_and_an_experiment() {
     // Per-arm numbers in /metrics: every alpha request counted on its arm.
     let (status, metrics) = server.admin_get("/metrics");
     assert_eq!(status, 200);
-    let version = |plugin: &str| plugin_version(&server, plugin);
+    let version = |plugin: &str| server.plugin_version(plugin);
     let count = |tenant: &str, plugin: &str| {
         let series = format!(r#"wasmux_requests_total{{tenant="{tenant}",route="text/json",plugin="{plugin}",version="{}",outcome="ok"}}"#, version(plugin));
         metric(&metrics, &series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
@@ -97,7 +89,7 @@ fn requests_are_counted_in_metrics_with_the_default_configuration() {
     let (status, metrics) = server.admin_get("/metrics");
     assert_eq!(status, 200);
     let labels = |route: &str, plugin: &str| {
-        format!(r#"{{tenant="default",route="{route}",plugin="{plugin}",version="{}",outcome="ok"}}"#, plugin_version(&server, plugin))
+        format!(r#"{{tenant="default",route="{route}",plugin="{plugin}",version="{}",outcome="ok"}}"#, server.plugin_version(plugin))
     };
     let series = |name: &str, route: &str, plugin: &str| format!("{name}{}", labels(route, plugin));
     assert_eq!(metric(&metrics, &series("wasmux_requests_total", "text/json", "search")), Some(3.0), "{metrics}");
@@ -329,12 +321,28 @@ fn a_request_that_waited_its_whole_deadline_for_a_slot_is_not_run() {
 fn the_admin_endpoint_asks_for_its_token_and_a_reload_rotates_it() {
     let config = |token: &str| format!("[admin]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of(token));
     let server = serve_config(&config("first-admin-token"));
-    for path in ["/metrics", "/plugins"] {
+    for path in ["/metrics", "/plugins", "/experiments"] {
         assert_eq!(server.admin_get(path).0, 401, "{path} without a token");
         assert_eq!(server.admin_get_with_token(path, Some("wrong")).0, 401, "{path} with a wrong token");
         assert_eq!(server.admin_get_with_token(path, Some("first-admin-token")).0, 200, "{path} with the token");
     }
     assert_eq!(server.admin_get("/healthz"), (200, "ok\n".to_owned()), "health checks need no token");
+    // The page holds no data: it asks for the token when /experiments does.
+    let (status, page) = server.admin_get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"token\""), "the page has no token form:\n{page}");
+
+    // `wasmux experiments` sends the token from the file it is given.
+    let admin = server.admin.expect("admin address").to_string();
+    let without = common::wasmux(&["experiments", "--admin", &admin]);
+    assert!(!without.status.success(), "{without:?}");
+    assert!(without.stderr.contains("401") && without.stderr.contains("--admin-token-file"), "{}", without.stderr);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "first-admin-token\n").expect("write the token");
+    let with = common::wasmux(&["experiments", "--admin", &admin, "--admin-token-file", token_file.to_str().expect("utf-8")]);
+    assert!(with.status.success(), "{}", with.stderr);
+    assert_eq!(with.stdout, ["no route has a split: no experiment is running"]);
 
     std::fs::write(server.config_path(), config("second-admin-token")).expect("rewrite config");
     assert!(server.wait_for_log("reloaded", Duration::from_secs(5)), "{}", server.log());

@@ -5,8 +5,11 @@
 //! - [`rust`]: a compiler that can build `wasm32-unknown-unknown` guests,
 //!   found on this machine or installed;
 //! - [`componentize`]: a core module carrying its WIT world (as wit-bindgen
-//!   leaves it) wrapped into a component, written atomically.
+//!   leaves it) wrapped into a component, written atomically;
+//! - [`debian`]: Debian packages installed with apt-get, for these and for
+//!   the tests (headless Chromium, for the admin page's test).
 
+pub mod debian;
 pub mod rust;
 
 use std::path::Path;

@@ -14,6 +14,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::debian::which;
+
 pub const TARGET: &str = "wasm32-unknown-unknown";
 
 /// The oldest Debian rustc that builds the plugins (edition 2024).
@@ -118,14 +120,6 @@ fn find_linker(host_sysroot: &Path) -> Result<PathBuf> {
     )
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// True if `rustc` is a Debian rustc that knows the wasm32 target, is new
 /// enough, and has the library source next to it.
 fn debian_rustc_usable(rustc: &Path) -> bool {
@@ -153,31 +147,11 @@ fn debian_rustc_usable(rustc: &Path) -> bool {
 }
 
 fn install_debian_packages() -> Result<()> {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let apt = |args: &[&str]| -> Result<()> {
-        let mut command = if is_root {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.args(["-n", "apt-get"]);
-            sudo
-        };
-        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        let status = command.status().context("could not run apt-get")?;
-        if !status.success() {
-            bail!(
-                "`apt-get {}` failed ({status}). Install the wasm toolchain by hand: either \
-                 `rustup target add {TARGET}`, or (Debian 12) \
-                 `apt-get install rustc-web rust-web-src` as root",
-                args.join(" ")
-            );
-        }
-        Ok(())
-    };
-    apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "rustc-web", "rust-web-src"])
+    crate::debian::install(&["rustc-web", "rust-web-src"]).with_context(|| {
+        format!(
+            "cannot install Debian's rustc-web and rust-web-src; install the wasm toolchain by hand: \
+             either `rustup target add {TARGET}`, or (Debian 12) \
+             `apt-get install rustc-web rust-web-src` as root"
+        )
+    })
 }

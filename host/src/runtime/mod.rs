@@ -25,11 +25,14 @@
 //!   fields ([`convert`]).
 //!
 //! Plugins see only the `host` interface of the WIT world: no WASI, so no
-//! filesystem, network, clock or environment.
+//! filesystem, network, clock or environment. The linker defines its newest
+//! version (`wasmux:plugin/host@0.1.1`); wasmtime resolves an import of an
+//! older 0.1.x to it, so plugins built against an older WIT keep loading.
 
 mod cache;
 mod convert;
 mod error;
+mod outcomes;
 mod state;
 
 use std::collections::BTreeMap;
@@ -49,6 +52,7 @@ pub use cache::Origin;
 use error::{Phase, classify_failure, cut_handler_error};
 pub use error::PluginError;
 use state::CallState;
+pub use outcomes::{MAX_OUTCOME_NAME, MAX_OUTCOMES_PER_CALL, Outcomes, invalid_outcome_name};
 
 /// How often the epoch advances: the granularity of deadlines, and how long
 /// a busy guest runs before it yields the thread to other tasks.
@@ -257,8 +261,9 @@ impl Drop for Shared {
 }
 
 impl WasmHandler {
-    /// Answers `request` on a fresh instance, under `context`'s limits.
-    pub async fn call(&self, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
+    /// Answers `request` on a fresh instance, under `context`'s limits; with
+    /// the answer, the outcomes the plugin counted.
+    pub async fn call(&self, request: &Message, context: &CallContext) -> Result<(Message, Outcomes), PluginError> {
         let runtime = &self.runtime;
         let limits = context.limits;
         // The wait for a slot counts against the deadline: behind a flood,
@@ -299,7 +304,9 @@ impl WasmHandler {
             Err(e) => return Err(classify_failure(e, Phase::Instantiate, store.data(), limits)),
         };
         match handler.call_handle(&mut store, &convert::to_request(request)).await {
-            Ok(Ok(response)) => convert::into_message(response, limits.max_response).map_err(PluginError::BadResponse),
+            Ok(Ok(response)) => convert::into_message(response, limits.max_response)
+                .map(|message| (message, std::mem::take(&mut store.data_mut().outcomes)))
+                .map_err(PluginError::BadResponse),
             Ok(Err(error)) => Err(PluginError::Handler(cut_handler_error(error))),
             Err(e) => Err(classify_failure(e, Phase::Call, store.data(), limits)),
         }

@@ -1,5 +1,5 @@
 //! What a `Store` holds for one call, and the host's side of the imports a
-//! plugin may call: `log` and `config`.
+//! plugin may call: `log`, `config` and `outcome`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,6 +8,7 @@ use wasmtime::ResourceLimiter;
 
 use super::CallContext;
 use super::error::cut;
+use super::outcomes::Outcomes;
 use wasmux_bindings::host::{self, Level};
 use wasmux_bindings::types;
 
@@ -29,12 +30,27 @@ pub(super) struct CallState {
     /// Set when the limiter refused a memory growth: the bytes asked for.
     pub memory_refused: Option<usize>,
     log_lines: u32,
+    /// What the plugin counted with `outcome`, handed back with its answer.
+    pub outcomes: Outcomes,
+    /// Set once a refused outcome was logged, so a plugin calling in a loop
+    /// writes one line per request.
+    outcome_refused: bool,
 }
 
 impl CallState {
     /// State for a call that must end by `deadline`.
     pub fn new(plugin: Arc<str>, version: Arc<str>, context: CallContext, deadline: Instant) -> Self {
-        Self { plugin, version, context, deadline, memory_in_use: 0, memory_refused: None, log_lines: 0 }
+        Self {
+            plugin,
+            version,
+            context,
+            deadline,
+            memory_in_use: 0,
+            memory_refused: None,
+            log_lines: 0,
+            outcomes: Outcomes::default(),
+            outcome_refused: false,
+        }
     }
 }
 
@@ -82,5 +98,13 @@ impl host::Host for CallState {
     fn config(&mut self, key: String) -> Option<String> {
         self.context.config.get(&key).cloned()
     }
-}
 
+    fn outcome(&mut self, name: String) {
+        if let Err(why) = self.outcomes.count(name)
+            && !std::mem::replace(&mut self.outcome_refused, true)
+        {
+            let (plugin, version, tenant) = (&*self.plugin, &*self.version, &*self.context.tenant);
+            tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{why} (further refusals of this request are not logged)");
+        }
+    }
+}

@@ -341,6 +341,14 @@ impl Server {
         (status, body)
     }
 
+    /// The 12-digit version `/plugins` shows for `plugin`.
+    pub fn plugin_version(&self, plugin: &str) -> String {
+        let (_, plugins) = self.admin_get("/plugins");
+        let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("/plugins is JSON");
+        let entry = plugins.as_array().and_then(|all| all.iter().find(|p| p["name"] == plugin));
+        entry.and_then(|p| p["version"].as_str()).unwrap_or_else(|| panic!("{plugin} not in /plugins: {plugins}")).to_owned()
+    }
+
     /// A raw connection to the server.
     pub fn connect(&self) -> Raw {
         Raw::connect(self.addr)

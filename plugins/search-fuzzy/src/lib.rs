@@ -4,11 +4,15 @@
 //! The configuration key `match` (set per tenant under
 //! `[tenants.NAME.plugins."search@fuzzy"]`) chooses how a query matches a
 //! dictionary key: `case-insensitive`, `prefix`, or `prefix,case-insensitive`
-//! (the default). Answers are the guide's answers otherwise.
+//! (the default). Answers are the guide's answers otherwise. Each lookup
+//! counts the outcome `hit` or `miss`, as `search` does, so the two can be
+//! compared.
 
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 
 use wasmux::plugin::host::{self, Level};
+use std::cell::Cell;
+
 use wasmux_guide::SearchError;
 
 struct SearchFuzzy;
@@ -54,13 +58,19 @@ impl Matching {
 impl Guest for SearchFuzzy {
     fn handle(request: Request) -> Result<Response, HandlerError> {
         let matching = Matching::configured();
-        match wasmux_guide::search_with(&request.content, &request.content_encoding, |q| matching.find(q)) {
-            Ok(content) => Ok(Response {
-                content_type: "text/json".into(),
-                content_encoding: "utf-8".into(),
-                fields: Vec::new(),
-                content,
-            }),
+        let found = Cell::new(None);
+        let lookup = |query: &str| {
+            let answer = matching.find(query);
+            found.set(Some(answer.is_some()));
+            answer
+        };
+        match wasmux_guide::search_with(&request.content, &request.content_encoding, lookup) {
+            Ok(content) => {
+                if let Some(hit) = found.get() {
+                    host::outcome(if hit { "hit" } else { "miss" });
+                }
+                Ok(Response { content_type: "text/json".into(), content_encoding: "utf-8".into(), fields: Vec::new(), content })
+            }
             Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::Unsupported(e.to_string())),
             Err(e) => Err(HandlerError::BadRequest(e.to_string())),
         }

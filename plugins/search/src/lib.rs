@@ -3,22 +3,32 @@
 //! Answers `{"action": "search", "value": …}` from the guide's dictionary
 //! with `{"result": …}` as `text/json` in UTF-8, exactly as the guide's
 //! server does; any other action gets the guide's `Error: invalid action`.
+//! Each lookup counts the outcome `hit` or `miss`, for A/B experiments.
 
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 
+use std::cell::Cell;
+
+use wasmux::plugin::host::outcome;
 use wasmux_guide::SearchError;
 
 struct Search;
 
 impl Guest for Search {
     fn handle(request: Request) -> Result<Response, HandlerError> {
-        match wasmux_guide::search(&request.content, &request.content_encoding) {
-            Ok(content) => Ok(Response {
-                content_type: "text/json".into(),
-                content_encoding: "utf-8".into(),
-                fields: Vec::new(),
-                content,
-            }),
+        let found = Cell::new(None);
+        let lookup = |query: &str| {
+            let answer = wasmux_guide::lookup(query);
+            found.set(Some(answer.is_some()));
+            answer
+        };
+        match wasmux_guide::search_with(&request.content, &request.content_encoding, lookup) {
+            Ok(content) => {
+                if let Some(hit) = found.get() {
+                    outcome(if hit { "hit" } else { "miss" });
+                }
+                Ok(Response { content_type: "text/json".into(), content_encoding: "utf-8".into(), fields: Vec::new(), content })
+            }
             Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::Unsupported(e.to_string())),
             Err(e) => Err(HandlerError::BadRequest(e.to_string())),
         }

@@ -34,8 +34,9 @@ use tokio::time::Instant;
 use tokio_util::codec::Encoder;
 use wasmux::client::{self, guide_request};
 use wasmux::codec::{DecodeError, Inbound, MessageCodec};
+use serde_json::Value;
 use wasmux::connection::{ClientConnection, MessageReader};
-use wasmux::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
+use wasmux::message::{AUTHORIZATION_FIELD, DEFAULT_MAX_CONTENT_LENGTH, Message};
 use wasmux::net;
 use wasmux::router::SmoothRoundRobin;
 use wasmux::tls::TlsClient;
@@ -131,6 +132,18 @@ pub struct BenchArgs {
     pub timeout: Duration,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Send "authorization": "Bearer TOKEN" with every request, to load a tenant.
+    #[arg(long, env = "WASMUX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// An extra header field for every request, NAME=VALUE; VALUE is JSON
+    /// if it parses as JSON, else a string.
+    #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
+    pub fields: Vec<String>,
+    /// Send at most this many requests per second, all connections
+    /// together (a tenant's limit, a realistic load); default: as fast as
+    /// the server answers.
+    #[arg(long)]
+    pub rate: Option<std::num::NonZeroU32>,
     /// Print the report as JSON (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -175,6 +188,8 @@ pub struct Plan {
     pub reset_close: bool,
     /// Connect over TLS.
     pub tls: Option<TlsClient>,
+    /// Requests per second, all connections together, if limited.
+    pub rate: Option<std::num::NonZeroU32>,
 }
 
 impl Plan {
@@ -206,7 +221,15 @@ impl Plan {
             }
             None => None,
         };
-        let mix = Mix::parse(&args.mix, custom)?;
+        let mut fields = Vec::new();
+        if let Some(token) = &args.token {
+            fields.push((AUTHORIZATION_FIELD.to_owned(), Value::String(format!("Bearer {token}"))));
+        }
+        for field in &args.fields {
+            let (name, value) = field.split_once('=').with_context(|| format!("--field {field}: write NAME=VALUE"))?;
+            fields.push((name.to_owned(), serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()))));
+        }
+        let mix = Mix::parse(&args.mix, custom, &fields)?;
         let addr = *net::resolve(&args.addr)
             .await?
             .first()
@@ -223,6 +246,7 @@ impl Plan {
             timeout: args.timeout,
             reset_close: args.reset_close,
             tls: args.tls.client(&args.addr)?,
+            rate: args.rate,
         })
     }
 }
@@ -245,21 +269,24 @@ pub enum Expect {
 }
 
 impl Case {
-    fn new(request: &Message, expect: Expect) -> anyhow::Result<Self> {
+    /// `request` with the extra header `fields`, encoded.
+    fn new(request: &Message, expect: Expect, fields: &[(String, Value)]) -> anyhow::Result<Self> {
+        let mut request = request.clone();
+        request.header.extra.extend(fields.iter().cloned());
         let mut bytes = BytesMut::new();
-        MessageCodec::default().encode(request, &mut bytes).context("the custom request cannot be encoded")?;
+        MessageCodec::default().encode(&request, &mut bytes).context("the custom request cannot be encoded")?;
         Ok(Self { bytes: bytes.freeze(), expect })
     }
 
     /// The guide client's search for `value`, and the guide server's answer.
-    fn search(value: &str) -> anyhow::Result<Self> {
+    fn search(value: &str, fields: &[(String, Value)]) -> anyhow::Result<Self> {
         let request = guide_request("search", value);
         let content = wasmux_guide::search(&request.content, "utf-8").map_err(|e| anyhow::anyhow!("{e}"))?;
-        Self::new(&request, Expect::Exact { content_type: "text/json".into(), content_encoding: "utf-8".into(), content: content.into() })
+        Self::new(&request, Expect::Exact { content_type: "text/json".into(), content_encoding: "utf-8".into(), content: content.into() }, fields)
     }
 
     /// The guide client's binary request (`binary` + `value`), and the answer.
-    fn binary(value: &str) -> anyhow::Result<Self> {
+    fn binary(value: &str, fields: &[(String, Value)]) -> anyhow::Result<Self> {
         let request = guide_request("binary", value);
         let content = wasmux_guide::binary_echo(&request.content);
         Self::new(
@@ -269,6 +296,7 @@ impl Case {
                 content_encoding: "binary".into(),
                 content: content.into(),
             },
+            fields,
         )
     }
 
@@ -320,8 +348,8 @@ const MAX_TOTAL_WEIGHT: u32 = 10_000;
 
 impl Mix {
     /// Parses `search=3,binary=1,custom=1` (a kind without `=N` has weight 1).
-    /// `custom` needs the custom request.
-    pub fn parse(spec: &str, custom: Option<Message>) -> anyhow::Result<Self> {
+    /// `custom` needs the custom request. Every request carries `fields`.
+    pub fn parse(spec: &str, custom: Option<Message>, fields: &[(String, Value)]) -> anyhow::Result<Self> {
         let mut kinds = Vec::new();
         let mut weights = Vec::new();
         let mut names = Vec::new();
@@ -345,13 +373,13 @@ impl Mix {
                 continue;
             }
             let cases = match name {
-                "search" => SEARCH_VALUES.iter().map(|v| Case::search(v)).collect::<anyhow::Result<Vec<_>>>()?,
-                "binary" => BINARY_VALUES.iter().map(|v| Case::binary(v)).collect::<anyhow::Result<Vec<_>>>()?,
+                "search" => SEARCH_VALUES.iter().map(|v| Case::search(v, fields)).collect::<anyhow::Result<Vec<_>>>()?,
+                "binary" => BINARY_VALUES.iter().map(|v| Case::binary(v, fields)).collect::<anyhow::Result<Vec<_>>>()?,
                 "custom" => {
                     let Some(request) = &custom else {
                         bail!("--mix {spec}: custom requests need --content-type (and --content or --content-file)");
                     };
-                    vec![Case::new(request, Expect::NotAnError)?]
+                    vec![Case::new(request, Expect::NotAnError, fields)?]
                 }
                 other => bail!("--mix {spec}: unknown request kind \"{other}\" (use search, binary or custom)"),
             };
@@ -509,14 +537,20 @@ struct Shared {
     deadline: Option<Instant>,
     /// Measured requests handed out so far (for `Stop::Requests`).
     issued: AtomicU64,
+    /// Paces all connections together under `--rate`.
+    pace: Option<governor::DefaultDirectRateLimiter>,
     /// Requests answered so far, right or wrong, and errors: for the progress bar.
     answered: AtomicU64,
     failed: AtomicU64,
 }
 
 impl Shared {
-    /// May another request be sent, and is it measured?
-    fn ticket(&self) -> Option<Ticket> {
+    /// May another request be sent, and is it measured? Under `--rate`,
+    /// waits for its turn first.
+    async fn ticket(&self) -> Option<Ticket> {
+        if let Some(pace) = &self.pace {
+            pace.until_ready().await;
+        }
         let now = Instant::now();
         if now < self.window_start {
             return Some(Ticket::Warmup);
@@ -559,6 +593,8 @@ pub async fn run(plan: &Plan, progress: bool) -> Report {
         window_start,
         deadline,
         issued: AtomicU64::new(0),
+        // A burst of one: requests spread evenly over each second.
+        pace: plan.rate.map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(std::num::NonZeroU32::MIN))),
         answered: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
@@ -675,7 +711,7 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
     let mut tally = Tally::new();
     let mut cursor = plan.mix.cursor(id);
     let mut kept: Option<ClientConnection> = None;
-    while let Some(ticket) = shared.ticket() {
+    while let Some(ticket) = shared.ticket().await {
         let case = plan.mix.next(&mut cursor);
         let sent = Instant::now();
         let exchange = async {
@@ -726,7 +762,7 @@ async fn pipelined(shared: &Shared, id: usize) -> Tally {
         let connection = match open(plan).await {
             Ok(connection) => connection,
             Err(failure) => {
-                let Some(ticket) = shared.ticket() else { break };
+                let Some(ticket) = shared.ticket().await else { break };
                 shared.record(&mut tally, ticket, Instant::now(), Err(failure));
                 tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
                 continue;
@@ -765,7 +801,7 @@ async fn pipeline(shared: &Shared, connection: ClientConnection, cursor: &mut Cu
                 }
                 let mut more = true;
                 for _ in 0..free {
-                    let Some(ticket) = shared.ticket() else {
+                    let Some(ticket) = shared.ticket().await else {
                         more = false;
                         break;
                     };
@@ -925,7 +961,7 @@ mod tests {
 
     #[test]
     fn a_mix_sends_each_kind_by_weight_and_cycles_its_values() {
-        let mix = Mix::parse("search=3, binary", None).unwrap();
+        let mix = Mix::parse("search=3, binary", None, &[]).unwrap();
         assert_eq!(mix.spec, "search=3,binary=1");
         let mut cursor = mix.cursor(0);
         let sent: Vec<_> = (0..8).map(|_| mix.next(&mut cursor).bytes.clone()).collect();
@@ -940,18 +976,18 @@ mod tests {
 
     #[test]
     fn bad_mixes_are_explained() {
-        let error = |spec: &str| Mix::parse(spec, None).unwrap_err().to_string();
+        let error = |spec: &str| Mix::parse(spec, None, &[]).unwrap_err().to_string();
         assert!(error("search=1,search=2").contains("search is given twice"));
         assert!(error("search=0").contains("no request kind has a weight above 0"));
         assert!(error("search=9000,binary=9000").contains("keep them under"));
         assert!(error("custom").contains("need --content-type"));
         let custom = Message::new("a/b", "binary", &b"x"[..]);
-        assert!(Mix::parse("search", Some(custom)).unwrap_err().to_string().contains("add custom=N"));
+        assert!(Mix::parse("search", Some(custom), &[]).unwrap_err().to_string().contains("add custom=N"));
     }
 
     #[test]
     fn answers_are_checked() {
-        let case = Case::search("morpheus").unwrap();
+        let case = Case::search("morpheus", &[]).unwrap();
         let right = Message::new("text/json", "utf-8", "{\"result\": \"Follow the white rabbit. \u{1f430}\"}".as_bytes());
         assert_eq!(case.check(&right), Ok(()));
         let mut other_order = right.clone();
@@ -965,7 +1001,7 @@ mod tests {
         assert_eq!(failure.kind.to_string(), "error-answer:no-plugin");
         assert_eq!(failure.detail, "no plugin search is loaded");
 
-        let custom = Case::new(&Message::new("a/b", "binary", &b"x"[..]), Expect::NotAnError).unwrap();
+        let custom = Case::new(&Message::new("a/b", "binary", &b"x"[..]), Expect::NotAnError, &[]).unwrap();
         assert_eq!(custom.check(&wrong), Ok(()));
         assert!(custom.check(&error).is_err());
     }

@@ -1,8 +1,9 @@
-//! The `wasmux` command: `serve`, `send`, `bench`, `token`. The server
+//! The `wasmux` command: `serve`, `send`, `bench`, `experiments`, `token`. The server
 //! itself is the `wasmux` library; this binary parses the command line,
 //! composes the library's parts, and holds the load generator.
 
 mod bench;
+mod experiments;
 mod push;
 mod serve;
 
@@ -34,6 +35,8 @@ enum Command {
     Send(SendArgs),
     /// Load a server with requests, check every answer, report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Show a running server's A/B experiments: each arm's numbers, and whether arms differ.
+    Experiments(experiments::ExperimentsArgs),
     /// Make a tenant token and the hash that goes in the configuration.
     Token(TokenArgs),
     /// Push a plugin component to an OCI registry, in the CNCF Wasm layout.
@@ -111,7 +114,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.verbose,
         Command::Send(args) => args.verbose,
         Command::Token(_) | Command::Push(_) => false,
-        Command::Bench(_) => false,
+        Command::Bench(_) | Command::Experiments(_) => false,
     };
     init_logging(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             Command::Send(args) => send(args).await,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::main(args).await,
+            Command::Experiments(args) => experiments::main(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match outcome {

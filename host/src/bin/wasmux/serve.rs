@@ -47,8 +47,9 @@ pub struct ServeArgs {
     /// Configuration file (TOML): routes, limits, tenants, plugin settings.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Serve /metrics, /plugins and /healthz over HTTP on this address (a
-    /// bare port means 127.0.0.1:PORT). Off loopback it needs a token.
+    /// Serve /metrics, /plugins, /experiments, the experiments' live page (/)
+    /// and /healthz over HTTP on this address (a bare port means
+    /// 127.0.0.1:PORT). Off loopback it needs a token.
     #[arg(long)]
     admin: Option<String>,
     /// A file holding the admin endpoint's bearer token (on its first line);

@@ -1,0 +1,188 @@
+//! `wasmux experiments`: what a running server's `/experiments` says, as a
+//! table per split route and a line per comparison of an arm with the first.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use wasmux::admin::{admin_address, read_token};
+use wasmux::experiments::{ArmReport, Difference, Report, RouteReport};
+use wasmux::net;
+
+/// Largest `/experiments` answer read.
+const MAX_ANSWER: u64 = 64 << 20;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExperimentsArgs {
+    /// The server's admin endpoint (`wasmux serve --admin`): HOST:PORT, or a
+    /// bare port for 127.0.0.1.
+    #[arg(long, default_value = "9090")]
+    pub admin: String,
+    /// The admin token, on the first line of this file, if the endpoint
+    /// has one (the file `wasmux serve --admin-token-file` reads).
+    #[arg(long, env = "WASMUX_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Print the server's JSON as it came instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this long without an answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn main(args: ExperimentsArgs) -> anyhow::Result<()> {
+    let address = admin_address(&args.admin);
+    let token = args.admin_token_file.as_deref().map(read_token).transpose()?;
+    let body = tokio::time::timeout(args.timeout, get(&address, "/experiments", token.as_deref(), args.timeout))
+        .await
+        .with_context(|| format!("no answer from the admin endpoint {address} within {:?}", args.timeout))??;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    let report: Report = serde_json::from_slice(&body).with_context(|| format!("{address}/experiments did not answer the JSON of an experiments report"))?;
+    print!("{}", render(&report));
+    Ok(())
+}
+
+/// `GET path` over HTTP/1.0, so that the answer comes whole (never chunked)
+/// and the server closes the connection after it; the body, if the status
+/// is 200.
+async fn get(address: &str, path: &str, token: Option<&str>, timeout: Duration) -> anyhow::Result<Vec<u8>> {
+    let mut stream = net::connect(address, timeout).await.with_context(|| format!("no admin endpoint at {address} (is `wasmux serve --admin` running?)"))?;
+    let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}\r\n").as_bytes()).await.context("sending the request")?;
+    let mut answer = Vec::new();
+    (&mut stream).take(MAX_ANSWER).read_to_end(&mut answer).await.context("reading the answer")?;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").context("the admin endpoint answered something that is not HTTP")?;
+    let head = String::from_utf8_lossy(&answer[..split]);
+    let status = head.lines().next().unwrap_or_default();
+    let code = status.split_whitespace().nth(1);
+    if code == Some("401") {
+        bail!("{address}{path} answered \"{status}\": the endpoint has an admin token; give it with --admin-token-file FILE");
+    }
+    if code != Some("200") {
+        bail!("{address}{path} answered \"{status}\"");
+    }
+    Ok(answer[split + 4..].to_vec())
+}
+
+/// Every route's table and comparisons.
+fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let routes: Vec<(&str, &RouteReport)> =
+        report.tenants.iter().flat_map(|tenant| tenant.routes.iter().map(move |route| (tenant.tenant.as_str(), route))).collect();
+    if routes.is_empty() {
+        out.push_str("no route has a split: no experiment is running\n");
+    }
+    for (i, (tenant, route)) in routes.into_iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        render_route(&mut out, tenant, route);
+    }
+    out
+}
+
+fn render_route(out: &mut String, tenant: &str, route: &RouteReport) {
+    let split: Vec<String> = route.arms.iter().map(|arm| format!("{} {}", arm.plugin, arm.weight)).collect();
+    let sticky = route.sticky.as_deref().map_or_else(|| "interleaved".to_owned(), |field| format!("sticky on {field}"));
+    let _ = writeln!(out, "tenant {tenant}, route {}: split {} ({sticky})", route.route, split.join(" / "));
+    let _ = writeln!(out, "counting since {} ({})", route.since, humantime::format_duration(Duration::from_secs(route.seconds as u64)));
+    out.push('\n');
+
+    let names: Vec<&String> = {
+        let mut names: Vec<&String> = route.arms.iter().flat_map(|arm| arm.outcomes.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let mut header: Vec<String> = ["arm", "version", "weight", "requests", "errors", "p50 ms", "p90 ms", "p99 ms"].map(str::to_owned).to_vec();
+    header.extend(names.iter().map(|name| name.to_string()));
+    let mut rows = vec![header];
+    for arm in &route.arms {
+        let latency = |pick: fn(&wasmux::experiments::Percentiles) -> f64| arm.latency_ms.as_ref().map_or_else(|| "-".to_owned(), |l| format!("{:.3}", pick(l)));
+        let mut row = vec![
+            arm.plugin.clone(),
+            arm.version.clone().unwrap_or_else(|| "-".into()),
+            arm.weight.to_string(),
+            arm.requests.to_string(),
+            rate_and_count(arm, arm.errors, 2),
+            latency(|l| l.p50),
+            latency(|l| l.p90),
+            latency(|l| l.p99),
+        ];
+        row.extend(names.iter().map(|name| rate_and_count(arm, arm.outcomes.get(*name).copied().unwrap_or(0), 1)));
+        rows.push(row);
+    }
+    table(out, &rows);
+
+    for arm in &route.arms {
+        if !arm.errors_by_code.is_empty() {
+            let codes: Vec<String> = arm.errors_by_code.iter().map(|(code, n)| format!("{code} {n}")).collect();
+            let _ = writeln!(out, "errors of {}: {}", arm.plugin, codes.join(", "));
+        }
+    }
+    for arm in route.arms.iter().skip(1) {
+        let Some(versus) = &arm.against_first else { continue };
+        let _ = writeln!(out, "\n{} against {}:", arm.plugin, versus.against);
+        // Error rates are small: two decimals.
+        let lines: Vec<(String, &Difference, usize)> = versus
+            .outcomes
+            .iter()
+            .map(|(name, d)| (format!("{name} rate"), d, 1))
+            .chain(std::iter::once(("error rate".to_owned(), &versus.error_rate, 2)))
+            .collect();
+        let width = lines.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0);
+        for (name, difference, digits) in lines {
+            let _ = writeln!(out, "  {name:<width$}  {}", describe(difference, digits));
+        }
+    }
+}
+
+/// `60.0% (724)`.
+fn rate_and_count(arm: &ArmReport, count: u64, digits: usize) -> String {
+    if arm.requests == 0 {
+        return "-".to_owned();
+    }
+    format!("{:.digits$}% ({count})", count as f64 * 100.0 / arm.requests as f64)
+}
+
+/// `60.0% -> 79.8%: +19.8 points (95% CI +16.2 to +23.1), significant`,
+/// with `digits` after the decimal point.
+fn describe(difference: &Difference, digits: usize) -> String {
+    let (Some(first), Some(rate), Some(d), Some([low, high])) = (difference.first_rate, difference.rate, difference.difference, difference.ci95) else {
+        return "no requests on one side yet".to_owned();
+    };
+    let verdict = if difference.significant { "significant" } else { "not significant" };
+    let points = |fraction: f64| {
+        let text = format!("{:+.digits$}", fraction * 100.0);
+        // Rounded to zero, a negative difference reads "+0.0", not "-0.0".
+        if text.trim_start_matches(['+', '-']).trim_start_matches(['0', '.']).is_empty() { text.replacen('-', "+", 1) } else { text }
+    };
+    format!(
+        "{:.digits$}% -> {:.digits$}%: {} points (95% CI {} to {}), {verdict}",
+        first * 100.0,
+        rate * 100.0,
+        points(d),
+        points(low),
+        points(high)
+    )
+}
+
+/// Columns padded to their widest cell: text to the left in the first two,
+/// numbers to the right after.
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().filter_map(|row| row.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| if c < 2 { format!("{cell:<w$}", w = widths[c]) } else { format!("{cell:>w$}", w = widths[c]) })
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+}
