@@ -4,6 +4,11 @@
 //! with `{"result": …}` as `text/json` in UTF-8, exactly as the guide's
 //! server does; any other action gets the guide's `Error: invalid action`.
 
+/// Requests fit in the initial memory (see build.rs): no memory growth.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();
+
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 
 use wasmux_guide::SearchError;
