@@ -15,8 +15,42 @@
 //! plugin using this allocator never grows memory, and the host does no
 //! virtual-memory operation per instance.
 //!
-//! Use: `#[global_allocator] static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();`
+//! Use, in the plugin:
+//!
+//! ```ignore
+//! #[cfg(target_arch = "wasm32")]
+//! #[global_allocator]
+//! static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();
+//! ```
+//!
+//! and in its `build.rs` (with `initial-heap` among its build-dependencies
+//! too), so that the initial memory covers a request:
+//!
+//! ```ignore
+//! fn main() {
+//!     initial_heap::link_initial_memory(initial_heap::INITIAL_MEMORY);
+//! }
+//! ```
 #![no_std]
+
+#[cfg(not(target_arch = "wasm32"))]
+extern crate std;
+
+/// The initial memory the guide's plugins are linked with: 1 MiB of Rust
+/// stack (the wasm32 default), the static data, and about 950 KiB of heap,
+/// more than a request of theirs allocates. A plugin that allocates more
+/// per request wants a larger one; each 64 KiB page of it is reset (only if
+/// touched) when an instance is retired.
+pub const INITIAL_MEMORY: usize = 2 << 20;
+
+/// For a plugin's build script: links its `cdylib` with an initial memory
+/// of `bytes` (a multiple of 64 KiB) when it is built for wasm32.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn link_initial_memory(bytes: usize) {
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("wasm32") {
+        std::println!("cargo::rustc-link-arg-cdylib=--initial-memory={bytes}");
+    }
+}
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
