@@ -90,6 +90,15 @@ impl Plugin {
         matches!(self.backend, Backend::Native(_))
     }
 
+    /// Called when this version stops being the current one (swapped out
+    /// or unloaded): its idle instances are retired, and those of requests
+    /// still running on it are when they end.
+    pub fn retire(&self) {
+        if let Backend::Wasm(handler) = &self.backend {
+            handler.retire();
+        }
+    }
+
     /// Answers `request`.
     pub async fn call(&self, request: &Message, context: &CallContext) -> Result<Message, PluginError> {
         match &self.backend {
@@ -161,6 +170,11 @@ impl PluginRegistry {
         Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default(), metrics }
     }
 
+    /// The runtime that runs the plugin files, if this registry loads any.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.as_ref()
+    }
+
     /// The last refusal of each plugin name whose file is still refused.
     pub fn refusals(&self) -> HashMap<String, Refusal> {
         self.refused_lock().clone()
@@ -178,7 +192,8 @@ impl PluginRegistry {
         all
     }
 
-    /// Makes `plugin` the current version of its name; returns the one it replaced.
+    /// Makes `plugin` the current version of its name; returns the one it
+    /// replaced, retired.
     pub fn insert(&self, plugin: Plugin) -> Option<Arc<Plugin>> {
         let plugin = Arc::new(plugin);
         let old = self.plugins.rcu(|current| {
@@ -186,7 +201,7 @@ impl PluginRegistry {
             next.insert(plugin.name.clone(), Arc::clone(&plugin));
             next
         });
-        old.get(&plugin.name).cloned()
+        retired(old.get(&plugin.name))
     }
 
     /// Unloads plugin `name`; requests already running on it finish.
@@ -196,7 +211,7 @@ impl PluginRegistry {
             next.remove(name);
             next
         });
-        old.get(name).cloned()
+        retired(old.get(name))
     }
 
     /// Reads, compiles and links the component at `path` (off the async
@@ -268,6 +283,13 @@ impl PluginRegistry {
         }
         Ok(loaded)
     }
+}
+
+/// The version a swap or an unload replaced, after retiring its instances.
+fn retired(old: Option<&Arc<Plugin>>) -> Option<Arc<Plugin>> {
+    let old = old.cloned()?;
+    old.retire();
+    Some(old)
 }
 
 /// The `NAME.wasm` files in `dir`, sorted.

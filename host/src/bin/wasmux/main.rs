@@ -173,16 +173,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Settings::guide(),
     };
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
-    let runtime = Runtime::new(RuntimeSettings {
+    let metrics = Arc::new(Metrics::new());
+    let runtime_settings = RuntimeSettings {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
         max_memory: settings.max_plugin_memory(),
         cache_dir,
         spectre_hardening: settings.runtime.spectre_hardening,
-    })?;
+    };
+    // The metrics count the instances the runtime creates and retires.
+    let runtime = Runtime::with_events(runtime_settings, Arc::clone(&metrics) as _)?;
     if !settings.runtime.spectre_hardening {
         tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
     }
-    let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
     match &args.plugins {
         Some(dir) => {
@@ -231,7 +233,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         signal.cancel();
     });
-    server::run(listeners, service, shutdown.cancelled_owned()).await?;
+    server::run(listeners, Arc::clone(&service), shutdown.cancelled_owned()).await?;
+    if let Some(runtime) = service.registry().runtime() {
+        runtime.shutdown();
+    }
     if let Some(admin) = admin {
         admin.await??;
     }
