@@ -42,19 +42,33 @@
 //! [admin]
 //! token-sha256 = "…"             # the admin endpoint's bearer token
 //!
-//! [runtime]                      # read at start-up only
-//! spectre-hardening = true       # false: faster calls, for trusted plugins only
-//! cache-max-size = "1 GiB"       # compiled code kept on disk
+//! [runtime]
+//! spectre-hardening = true       # false: faster calls, for trusted plugins only (read at start-up)
+//! cache-max-size = "1 GiB"       # compiled code kept on disk (read at start-up)
+//! reuse = { requests = 64, idle = "1s" }   # every plugin: an instance serves up to 64 requests
+//!
+//! [runtime.plugins."search@fuzzy"]  # one plugin's own: replaces the [runtime] reuse
+//! reuse = { requests = "1..64" }    # a random count per instance, 1 to 64
 //!
 //! [source]                       # read at start-up only; --plugins overrides it
 //! plugins = "oci://127.0.0.1:5000/wasmux"   # or a directory
 //! poll-interval = "2s"
 //! ```
+//!
+//! How plugins are *run* (instance reuse) is set per plugin under
+//! `[runtime.plugins.NAME]`, beside the server-wide `[runtime]`, and not in
+//! `[plugins.NAME]`: those tables are the values a plugin reads through its
+//! `config` import, any key allowed, so a `reuse` there would be the
+//! plugin's business. It is per plugin, not per route, because an instance
+//! belongs to one plugin version whichever route (or arm of a split) sent
+//! the request, and because whether a plugin tolerates reuse is a property
+//! of its code.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -65,7 +79,7 @@ use sha2::{Digest as _, Sha256};
 use crate::files::{self, Links};
 use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 use crate::router::{Routes, Split, Target};
-use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE};
+use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE, Reuse, ReuseCount};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 /// The file as written.
@@ -107,19 +121,25 @@ impl Default for SourceFile {
     }
 }
 
-/// `[runtime]`: how plugins are run. Read at start-up only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// `[runtime]`: how plugins are run.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RuntimeFile {
     /// wasmtime's Spectre hardening of memory bounds checks (on by default).
+    /// Read at start-up only.
     pub spectre_hardening: bool,
     /// The most the compiled-code cache directory may hold.
     pub cache_max_size: ByteSize,
+    /// Instance reuse for every plugin; without it, a fresh instance per
+    /// request.
+    pub reuse: Option<ReuseFile>,
+    /// `[runtime.plugins.NAME]`: one plugin's own settings.
+    pub plugins: BTreeMap<String, PluginRuntimeFile>,
 }
 
 impl Default for RuntimeFile {
     fn default() -> Self {
-        Self { spectre_hardening: true, cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE) }
+        Self { spectre_hardening: true, cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE), reuse: None, plugins: BTreeMap::new() }
     }
 }
 
@@ -129,6 +149,90 @@ impl Default for RuntimeFile {
 pub struct AdminFile {
     /// Hex SHA-256 of the bearer token the admin endpoint asks for.
     pub token_sha256: Option<String>,
+}
+
+/// `[runtime.plugins.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginRuntimeFile {
+    /// Replaces `[runtime] reuse` for this plugin.
+    pub reuse: Option<ReuseFile>,
+}
+
+/// `reuse = { requests = N, idle = "1s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ReuseFile {
+    /// Requests an instance serves: a number (1 is a fresh instance per
+    /// request), or `"LOW..HIGH"`, a random count per instance.
+    pub requests: RequestsFile,
+    /// How long an idle instance is kept (default 1 s).
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a number of requests (at least 1), or a range \"LOW..HIGH\" such as \"1..64\"")]
+pub enum RequestsFile {
+    Count(u32),
+    Range(String),
+}
+
+/// `[runtime]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Read at start-up only.
+    pub spectre_hardening: bool,
+    /// The most the compiled-code cache directory may hold; read at
+    /// start-up only.
+    pub cache_max_size: ByteSize,
+    /// Reloaded with the rest of the file.
+    pub reuse: ReusePolicy,
+}
+
+/// How long each plugin's instances serve.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReusePolicy {
+    /// For every plugin without its own.
+    every: Reuse,
+    /// By plugin name.
+    plugins: BTreeMap<String, Reuse>,
+}
+
+impl ReusePolicy {
+    pub fn for_plugin(&self, name: &str) -> Reuse {
+        self.plugins.get(name).copied().unwrap_or(self.every)
+    }
+}
+
+fn runtime_config(file: RuntimeFile) -> anyhow::Result<RuntimeConfig> {
+    let every = match file.reuse {
+        Some(reuse) => validate_reuse(reuse).context("[runtime] reuse")?,
+        None => Reuse::FRESH,
+    };
+    let mut plugins = BTreeMap::new();
+    for (name, plugin) in file.plugins {
+        if let Some(reuse) = plugin.reuse {
+            plugins.insert(name.clone(), validate_reuse(reuse).with_context(|| format!("[runtime.plugins.\"{name}\"] reuse"))?);
+        }
+    }
+    Ok(RuntimeConfig { spectre_hardening: file.spectre_hardening, cache_max_size: file.cache_max_size, reuse: ReusePolicy { every, plugins } })
+}
+
+fn validate_reuse(file: ReuseFile) -> anyhow::Result<Reuse> {
+    let at_least_one = |n: u32| NonZeroU32::new(n).context("requests must be at least 1 (1: a fresh instance per request)");
+    let requests = match file.requests {
+        RequestsFile::Count(n) => ReuseCount::Fixed(at_least_one(n)?),
+        RequestsFile::Range(text) => {
+            let bounds = text.split_once("..").and_then(|(low, high)| Some((low.trim().parse::<u32>().ok()?, high.trim().parse::<u32>().ok()?)));
+            let (low, high) = bounds.with_context(|| format!("requests = \"{text}\": write a range as \"LOW..HIGH\", such as \"1..64\""))?;
+            anyhow::ensure!(low <= high, "requests = \"{text}\": the low end is above the high end");
+            ReuseCount::Between(at_least_one(low)?, at_least_one(high)?)
+        }
+    };
+    let idle = file.idle.unwrap_or(Reuse::DEFAULT_IDLE);
+    anyhow::ensure!(!idle.is_zero(), "idle must be longer than 0");
+    Ok(Reuse { requests, idle })
 }
 
 /// A route's target as written: a plugin name, or an experiment.
@@ -280,8 +384,8 @@ pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
 #[derive(Debug)]
 pub struct Settings {
     pub limits: Limits,
-    /// How plugins are run; read at start-up only.
-    pub runtime: RuntimeFile,
+    /// How plugins are run.
+    pub runtime: RuntimeConfig,
     /// Where plugins come from; read at start-up only.
     pub source: SourceFile,
     /// Each tenant with its routes, plugin settings and limits merged.
@@ -294,7 +398,14 @@ pub struct Settings {
     /// The SHA-256 of the file's text, when read from a file: tells a
     /// watcher whether the file changed since.
     pub source_sha256: Option<[u8; 32]>,
+    /// Different for every `Settings` built, increasing: a reused instance
+    /// serves only requests under the settings it was made under (a
+    /// plugin may keep what it read through `config` in a global).
+    pub generation: u64,
 }
+
+/// The next [`Settings::generation`].
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl Settings {
     /// The built-in configuration: the guide's routes, default limits, and
@@ -384,7 +495,17 @@ impl Settings {
         };
         anyhow::ensure!(file.runtime.cache_max_size.as_u64() > 0, "runtime.cache-max-size must be more than 0 bytes; use --no-cache to keep no code on disk");
         anyhow::ensure!(!file.source.poll_interval.is_zero(), "source.poll-interval must be longer than 0");
-        Ok(Self { limits, runtime: file.runtime, source: file.source, tenants, implicit_tenants, admin_token, source_sha256: None })
+        let runtime = runtime_config(file.runtime)?;
+        Ok(Self {
+            limits,
+            runtime,
+            source: file.source,
+            tenants,
+            implicit_tenants,
+            admin_token,
+            source_sha256: None,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// The most memory any tenant's plugin calls may use: what the instance
@@ -636,6 +757,46 @@ mod tests {
         assert!(error.contains("weight above 0"), "{error}");
         let error = format!("{:#}", Settings::parse("[routes]\n\"*\" = 3\n").unwrap_err());
         assert!(error.contains("a plugin name, or { split"), "{error}");
+    }
+
+    #[test]
+    fn reuse_for_every_plugin_and_per_plugin() {
+        let settings = Settings::parse(
+            r#"
+            [runtime]
+            reuse = { requests = 64, idle = "250ms" }
+            [runtime.plugins."search@fuzzy"]
+            reuse = { requests = "1..8" }
+            [runtime.plugins.counter]
+            reuse = { requests = 1 }
+            "#,
+        )
+        .unwrap();
+        let reuse = &settings.runtime.reuse;
+        let n = |n| NonZeroU32::new(n).unwrap();
+        assert_eq!(reuse.for_plugin("search"), Reuse { requests: ReuseCount::Fixed(n(64)), idle: Duration::from_millis(250) });
+        assert_eq!(reuse.for_plugin("search@fuzzy"), Reuse { requests: ReuseCount::Between(n(1), n(8)), idle: Reuse::DEFAULT_IDLE });
+        assert!(reuse.for_plugin("counter").is_fresh());
+        assert!(Settings::parse("").unwrap().runtime.reuse.for_plugin("search").is_fresh(), "reuse is opt-in");
+        assert!(settings.generation < Settings::parse("").unwrap().generation, "each Settings built has a newer generation");
+    }
+
+    #[test]
+    fn reuse_mistakes_are_refused() {
+        for (runtime, error) in [
+            ("reuse = { requests = 0 }", "requests must be at least 1"),
+            ("reuse = { requests = \"5..2\" }", "the low end is above the high end"),
+            ("reuse = { requests = \"1-64\" }", "write a range as \"LOW..HIGH\""),
+            ("reuse = { requests = \"0..4\" }", "requests must be at least 1"),
+            ("reuse = { requests = 4, idle = \"0s\" }", "idle must be longer than 0"),
+            ("reuse = { idle = \"1s\" }", "missing field `requests`"),
+            ("reuse = { requests = -1 }", "a number of requests (at least 1), or a range"),
+            ("[runtime.plugins.x]\nreuse = { requests = 0 }", "[runtime.plugins.\"x\"] reuse"),
+            ("[runtime.plugins.x]\nrequests = 3", "unknown field `requests`"),
+        ] {
+            let error_text = format!("{:#}", Settings::parse(&format!("[runtime]\n{runtime}\n")).unwrap_err());
+            assert!(error_text.contains(error), "{runtime}: {error_text}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::runtime::{InstanceEvents, Retirement};
+
 /// A label value: a static string or a shared one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Label {
@@ -71,6 +73,17 @@ struct PluginLabels {
     plugin: Label,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RetiredLabels {
+    plugin: Label,
+    cause: Label,
+}
+
+/// Requests served per instance: 1 to 65536, by powers of two.
+fn instance_requests_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 17))
+}
+
 /// Request latency buckets, in seconds: 50 µs to 5 s.
 const DURATION_BUCKETS: [f64; 16] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -87,6 +100,9 @@ pub struct Metrics {
     loads: Family<PluginLabels, Counter>,
     load_failures: Family<PluginLabels, Counter>,
     connections: Gauge,
+    instances_created: Family<PluginLabels, Counter>,
+    instances_retired: Family<RetiredLabels, Counter>,
+    instance_requests: Family<PluginLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -112,7 +128,22 @@ impl Metrics {
         registry.register("wasmux_plugin_loads", "Plugin versions loaded (at start-up or swapped in)", loads.clone());
         registry.register("wasmux_plugin_load_failures", "Plugin files refused (not a component, wrong world, …)", load_failures.clone());
         registry.register("wasmux_open_connections", "Client connections open now", connections.clone());
-        Self { registry, requests, durations, loads, load_failures, connections }
+        let instances_created = Family::<PluginLabels, Counter>::default();
+        let instances_retired = Family::<RetiredLabels, Counter>::default();
+        let instance_requests =
+            Family::<PluginLabels, Histogram, fn() -> Histogram>::new_with_constructor(instance_requests_histogram);
+        registry.register("wasmux_instances_created", "Plugin instances created, by plugin", instances_created.clone());
+        registry.register(
+            "wasmux_instances_retired",
+            "Plugin instances retired, by plugin and cause (count, idle, trap, timeout, memory, bad-response, host-error, dropped, swap, reload, evicted, shutdown)",
+            instances_retired.clone(),
+        );
+        registry.register(
+            "wasmux_instance_requests",
+            "Requests each plugin instance served in its life, observed when it is retired",
+            instance_requests.clone(),
+        );
+        Self { registry, requests, durations, loads, load_failures, connections, instances_created, instances_retired, instance_requests }
     }
 
     /// Counts one answered request, and how long it took.
@@ -144,11 +175,26 @@ impl Metrics {
     }
 
     /// Everything, in the Prometheus text exposition format.
+    ///
+    /// (Instances are counted through [`InstanceEvents`], which the
+    /// runtime calls.)
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl InstanceEvents for Metrics {
+    fn created(&self, plugin: &Arc<str>) {
+        self.instances_created.get_or_create(&PluginLabels { plugin: Label::from(plugin) }).inc();
+    }
+
+    fn retired(&self, plugin: &Arc<str>, cause: Retirement, served: u32) {
+        let labels = RetiredLabels { plugin: Label::from(plugin), cause: Label::Static(cause.as_str()) };
+        self.instances_retired.get_or_create(&labels).inc();
+        self.instance_requests.get_or_create(&PluginLabels { plugin: Label::from(plugin) }).observe(f64::from(served));
     }
 }
 
@@ -178,6 +224,27 @@ mod tests {
         assert!(text.contains("wasmux_request_duration_seconds_bucket{"), "{text}");
         assert!(text.contains("wasmux_open_connections 1"), "{text}");
         assert!(text.contains(r#"wasmux_plugin_loads_total{plugin="search"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn instances_are_counted_by_plugin_and_cause() {
+        let metrics = Metrics::new();
+        let plugin: Arc<str> = "counter".into();
+        metrics.created(&plugin);
+        metrics.created(&plugin);
+        metrics.retired(&plugin, Retirement::Count, 3);
+        metrics.retired(&plugin, Retirement::Trap, 1);
+        let text = metrics.encode();
+        for line in [
+            r#"wasmux_instances_created_total{plugin="counter"} 2"#,
+            r#"wasmux_instances_retired_total{plugin="counter",cause="count"} 1"#,
+            r#"wasmux_instances_retired_total{plugin="counter",cause="trap"} 1"#,
+            r#"wasmux_instance_requests_sum{plugin="counter"} 4.0"#,
+            r#"wasmux_instance_requests_count{plugin="counter"} 2"#,
+            r#"wasmux_instance_requests_bucket{le="2.0",plugin="counter"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

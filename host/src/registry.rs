@@ -91,6 +91,15 @@ impl Plugin {
         matches!(self.backend, Backend::Native(_))
     }
 
+    /// Called when this version stops being the current one (swapped out
+    /// or unloaded): its idle instances are retired, and those of requests
+    /// still running on it are when they end.
+    pub fn retire(&self) {
+        if let Backend::Wasm(handler) = &self.backend {
+            handler.retire();
+        }
+    }
+
     /// Answers `request`; with the answer, the outcomes the plugin counted
     /// (native handlers count none).
     pub async fn call(&self, request: &Message, context: &CallContext) -> Result<(Message, Outcomes), PluginError> {
@@ -164,6 +173,11 @@ impl PluginRegistry {
         Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default(), metrics }
     }
 
+    /// The runtime that runs the plugin files, if this registry loads any.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.as_ref()
+    }
+
     /// The last refusal of each plugin name whose file is still refused.
     pub fn refusals(&self) -> HashMap<String, Refusal> {
         self.refused_lock().clone()
@@ -181,7 +195,8 @@ impl PluginRegistry {
         all
     }
 
-    /// Makes `plugin` the current version of its name; returns the one it replaced.
+    /// Makes `plugin` the current version of its name; returns the one it
+    /// replaced, retired.
     pub fn insert(&self, plugin: Plugin) -> Option<Arc<Plugin>> {
         let plugin = Arc::new(plugin);
         let old = self.plugins.rcu(|current| {
@@ -189,7 +204,7 @@ impl PluginRegistry {
             next.insert(plugin.name.clone(), Arc::clone(&plugin));
             next
         });
-        old.get(&plugin.name).cloned()
+        retired(old.get(&plugin.name))
     }
 
     /// Unloads plugin `name`; requests already running on it finish.
@@ -199,7 +214,7 @@ impl PluginRegistry {
             next.remove(name);
             next
         });
-        old.get(name).cloned()
+        retired(old.get(name))
     }
 
     /// Reads, compiles and links the component at `path` (off the async
@@ -304,6 +319,13 @@ impl PluginRegistry {
         }
         Ok(loaded)
     }
+}
+
+/// The version a swap or an unload replaced, after retiring its instances.
+fn retired(old: Option<&Arc<Plugin>>) -> Option<Arc<Plugin>> {
+    let old = old.cloned()?;
+    old.retire();
+    Some(old)
 }
 
 /// The entries of `dir` named `NAME.wasm`, sorted: files, and whatever

@@ -91,7 +91,7 @@ impl Service {
     /// than the server was started with. Settings read only at start-up
     /// are reported as such; tenants whose limits did not change keep
     /// their request counts. Requests already under way keep the old
-    /// settings.
+    /// settings; reused instances made under them are retired.
     pub fn reload(&self, mut settings: Settings) -> anyhow::Result<()> {
         let max_memory = self.max_plugin_memory;
         if let Some(tenant) = settings.tenants.iter().find(|t| t.call_limits.memory > max_memory) {
@@ -106,12 +106,18 @@ impl Service {
         if (old.max_connections, old.max_concurrent_calls, old.max_buffered) != (new.max_connections, new.max_concurrent_calls, new.max_buffered) {
             tracing::warn!("limits.max-connections, limits.max-concurrent-calls and limits.max-buffered take effect at the next start");
         }
-        if current.runtime != settings.runtime || current.source != settings.source {
-            tracing::warn!("[runtime] and [source] settings take effect at the next start");
+        let (old, new) = (&current.runtime, &settings.runtime);
+        if old.spectre_hardening != new.spectre_hardening || old.cache_max_size != new.cache_max_size || current.source != settings.source {
+            tracing::warn!("[runtime] spectre-hardening and cache-max-size, and [source], take effect at the next start");
         }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);
+        let generation = settings.generation;
         self.settings.store(Arc::new(settings));
+        // Instances made under the old settings serve no further request.
+        if let Some(runtime) = self.registry.runtime() {
+            runtime.retire_generations_before(generation);
+        }
         Ok(())
     }
 
@@ -175,7 +181,13 @@ impl Service {
             .ok_or_else(|| ProtocolError::new(ErrorCode::NoPlugin, format!("no plugin {name} is loaded")))?;
         progress.version = Label::from(&plugin.version_label);
 
-        let context = CallContext { tenant: Arc::clone(&tenant.name), config: tenant.config_for(name), limits: tenant.call_limits };
+        let context = CallContext {
+            tenant: Arc::clone(&tenant.name),
+            config: tenant.config_for(name),
+            limits: tenant.call_limits,
+            reuse: settings.runtime.reuse.for_plugin(name),
+            generation: settings.generation,
+        };
         let (answer, outcomes) = plugin.call(&request, &context).await.map_err(|error| {
             if is_plugin_fault(&error) {
                 self.request_log.log(|| {

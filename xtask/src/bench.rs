@@ -1,10 +1,15 @@
 //! `cargo xtask bench`: the comparison behind `docs/benchmarks.md`, in one
 //! go on one machine.
 //!
-//! It builds the plugins and the release server, starts three servers of the
+//! It builds the plugins and the release server, starts servers of the
 //! guide's protocol on their own loopback ports:
 //!
-//! - `wasmux serve --plugins target/plugins` (the Wasm components),
+//! - `wasmux serve` with the Wasm components `search` and `binary-echo`: a
+//!   fresh instance per request (the default), with instances reused
+//!   (`[runtime] reuse`), and with Spectre hardening off;
+//! - the same with `search` written in JavaScript or Python, when such a
+//!   component is there (`target/plugins/search-js.wasm`,
+//!   `target/plugins/search-py.wasm`, or the paths given), fresh and reused;
 //! - `wasmux serve --native` (the same two handlers compiled in: the ceiling
 //!   for wasmux's framing and scheduling),
 //! - the guide's Python app-server (`examples/python/app_server.py`), if it
@@ -12,11 +17,16 @@
 //!   in `connect` mode only,
 //!
 //! then drives each with `wasmux bench --json` in each mode, rounds
-//! interleaved so that a slow moment of the machine hits every server alike,
-//! and writes the table (`docs/benchmarks.md`) and the chart
-//! (`docs/benchmarks.svg`). With two or more cores, the servers and the load
-//! generator are pinned to separate halves of them with `taskset`.
+//! interleaved so that a slow moment of the machine hits every server alike.
+//! After the rounds it measures each server's cost per request in each mode
+//! with a fixed number of requests: its CPU time (from
+//! `/proc/PID/task/*/schedstat`), and its system calls (`strace -c -f`
+//! attached to it, when strace is installed). It writes the table
+//! (`docs/benchmarks.md`, with the notes of `bench-notes.md`) and the chart
+//! (`docs/benchmarks.svg`). With two or more cores, the servers and the
+//! load generator are pinned to separate halves of them with `taskset`.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -36,6 +46,15 @@ pub struct Options {
     pub mix: String,
     pub pin: bool,
     pub python_server: PathBuf,
+    /// A `search` component in JavaScript, measured when the file exists.
+    pub search_js: PathBuf,
+    /// A `search` component in Python, measured when the file exists.
+    pub search_py: PathBuf,
+    /// Requests an instance serves in the reuse rows.
+    pub reuse: u32,
+    /// Requests per server and mode for the cost (CPU, system calls)
+    /// measurement; 0 skips it.
+    pub cost_requests: u64,
     pub out: PathBuf,
 }
 
@@ -45,6 +64,8 @@ const MODES: [&str; 3] = ["connect", "persistent", "pipelined"];
 struct Subject {
     /// Short name for the table.
     name: &'static str,
+    /// The row whose ratio it is judged against (the native server, or the
+    /// Wasm server for rows with plugins in other languages).
     /// What it is, for the table.
     what: String,
     addr: String,
@@ -113,34 +134,64 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let pinning = Pinning::plan(options.pin);
     eprintln!("xtask: {}", pinning.describe());
 
-    let cache = root.join("target/bench-cache");
-    let _ = std::fs::remove_dir_all(&cache);
-    let plugins = root.join("target/plugins");
-    let plugin_args = ["--plugins".as_ref(), plugins.as_os_str(), "--cache-dir".as_ref(), cache.as_os_str()];
+    let work = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let cache = work.join("cache");
+    let built = root.join("target/plugins");
+    // Only the two plugins the load asks for: other components in
+    // target/plugins (a 12 MB JavaScript one) would slow every start-up.
+    let rust = plugin_dir(&work.join("rust"), &built.join("search.wasm"), &built)?;
+    let config = |name: &str, text: String| -> Result<PathBuf> {
+        let path = work.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let unhardened = config("unhardened.toml", "[runtime]\nspectre-hardening = false\n".into())?;
+    let reused = config("reuse.toml", format!("[runtime]\nreuse = {{ requests = {}, idle = \"1s\" }}\n", options.reuse))?;
+    let wasm = |dir: &Path, config: Option<&Path>| {
+        let mut args = vec![OsString::from("--plugins"), dir.into(), "--cache-dir".into(), cache.clone().into()];
+        if let Some(config) = config {
+            args.extend([OsString::from("--config"), config.into()]);
+        }
+        args
+    };
     // Once with an empty compiled-code cache, to show what the cache saves.
-    let cold = Subject::wasmux(&wasmux, &pinning, &plugin_args, "wasm", "wasmux, Wasm plugins")?;
+    let cold = Subject::wasmux(&wasmux, &pinning, &wasm(&rust, None), "wasm", "wasmux, Wasm plugins")?;
     let cold_startup = cold.startup;
     drop(cold);
-    // The same, without wasmtime's Spectre hardening of bounds checks (for
-    // trusted plugins only): what the hardening costs.
-    let unhardened = root.join("target/bench-unhardened.toml");
-    std::fs::write(&unhardened, "[runtime]\nspectre-hardening = false\n")?;
-    let mut unhardened_args = plugin_args.to_vec();
-    unhardened_args.extend(["--config".as_ref(), unhardened.as_os_str()]);
+    let reuse_what = format!("Wasm, instances reused (requests = {})", options.reuse);
     let mut subjects = vec![
-        Subject::wasmux(&wasmux, &pinning, &plugin_args, "wasm", "wasmux, Wasm plugins")?,
-        Subject::wasmux(&wasmux, &pinning, &unhardened_args, "wasm-unhardened", "Wasm, Spectre hardening off")?,
-        Subject::wasmux(&wasmux, &pinning, &["--native".as_ref()], "native", "wasmux --native")?,
+        Subject::wasmux(&wasmux, &pinning, &wasm(&rust, None), "wasm", "wasmux, Wasm plugins, a fresh instance per request")?,
+        Subject::wasmux(&wasmux, &pinning, &wasm(&rust, Some(&reused)), "wasm-reuse", &reuse_what)?,
+        // Without wasmtime's Spectre hardening of bounds checks (for trusted
+        // plugins only): what the hardening costs.
+        Subject::wasmux(&wasmux, &pinning, &wasm(&rust, Some(&unhardened)), "wasm-unhardened", "Wasm, Spectre hardening off")?,
+        Subject::wasmux(&wasmux, &pinning, &["--native".into()], "native", "wasmux --native")?,
     ];
+    let mut notes = Vec::new();
+    let languages: [(&Path, &str, [&'static str; 2]); 2] =
+        [(&options.search_js, "JavaScript", ["js", "js-reuse"]), (&options.search_py, "Python", ["py", "py-reuse"])];
+    for (component, language, [fresh, reuse]) in languages {
+        let component = root.join(component);
+        if !component.is_file() {
+            notes.push(format!("no `search` in {language} ({} is missing), so none was measured", component.display()));
+            continue;
+        }
+        let dir = plugin_dir(&work.join(fresh), &component, &built)?;
+        let what = format!("Wasm, search in {language}, binary-echo in Rust");
+        subjects.push(Subject::wasmux(&wasmux, &pinning, &wasm(&dir, None), fresh, &format!("{what}, fresh"))?);
+        subjects.push(Subject::wasmux(&wasmux, &pinning, &wasm(&dir, Some(&reused)), reuse, &format!("{what}, reused"))?);
+    }
     let python_path = root.join(&options.python_server);
-    let python = if python_path.is_file() {
+    if python_path.is_file() {
         subjects.push(Subject::python(&python_path, &pinning)?);
-        None
     } else {
-        let note = format!("{} is missing, so the Python server was not measured", options.python_server.display());
+        notes.push(format!("{} is missing, so the Python server was not measured", options.python_server.display()));
+    }
+    for note in &notes {
         eprintln!("xtask: {note}");
-        Some(note)
-    };
+    }
 
     let load_before = load_average();
     let mut cells: Vec<Cell> = Vec::new();
@@ -148,7 +199,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         for mode in MODES {
             for subject in subjects.iter_mut().filter(|s| s.modes.contains(&mode)) {
                 eprintln!("xtask: round {round}/{}: {} in {mode} mode", options.rounds, subject.name);
-                let report = bench(&wasmux, &pinning, subject, mode, options)?;
+                let report = bench(&wasmux, &pinning, subject, mode, options, None)?;
                 let figures = Figures::of(&report);
                 eprintln!("xtask:   {:.0} requests/s, p99 {:.3} ms, {} errors", figures.rps, figures.p99, figures.errors);
                 match cells.iter_mut().find(|c| c.server == subject.name && c.mode == mode) {
@@ -159,10 +210,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             }
         }
     }
+    let costs = if options.cost_requests > 0 { measure_costs(&wasmux, &pinning, &mut subjects, options, &work)? } else { Costs::default() };
 
     std::fs::create_dir_all(root.join(&options.out))?;
     let load = format!("{load_before} before, {} after", load_average());
-    let results = Results { pinning: &pinning, subjects: &subjects, cells: &cells, cold_startup, python_note: python.as_deref(), load };
+    let results = Results { pinning: &pinning, subjects: &subjects, cells: &cells, costs: &costs, cold_startup, notes: &notes, load };
     let markdown = render_markdown(root, options, &results)?;
     let md_path = root.join(&options.out).join("benchmarks.md");
     // Sections measured by hand follow the marker; they stay.
@@ -182,12 +234,158 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 /// kept when the file is written again.
 const KEPT_MARKER: &str = "<!-- measured by hand: cargo xtask bench keeps what follows -->";
 
-/// Runs `wasmux bench --json` once.
-fn bench(wasmux: &Path, pinning: &Pinning, subject: &Subject, mode: &str, options: &Options) -> Result<Value> {
+/// A plugin directory at `dir` serving `search` (the component at `search`)
+/// and the Rust `binary-echo` from `built`.
+fn plugin_dir(dir: &Path, search: &Path, built: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for (from, name) in [(search.to_path_buf(), "search.wasm"), (built.join("binary-echo.wasm"), "binary-echo.wasm")] {
+        std::fs::copy(&from, dir.join(name)).with_context(|| format!("copying {} into {}", from.display(), dir.display()))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// What one server costs per request in one mode.
+struct Cost {
+    server: &'static str,
+    mode: &'static str,
+    /// CPU time of the server (all its threads), in microseconds.
+    cpu_us: f64,
+    /// System calls per request, or why they were not counted.
+    syscalls: Result<Syscalls, String>,
+}
+
+/// `strace -c -f` over a known number of requests.
+struct Syscalls {
+    per_request: f64,
+    /// The most frequent calls, per request, most frequent first.
+    top: Vec<(String, f64)>,
+}
+
+#[derive(Default)]
+struct Costs {
+    list: Vec<Cost>,
+    requests: u64,
+    /// Why no system calls were counted, if none were.
+    strace_note: Option<String>,
+}
+
+impl Costs {
+    fn of(&self, server: &str, mode: &str) -> Option<&Cost> {
+        self.list.iter().find(|c| c.server == server && c.mode == mode)
+    }
+}
+
+/// For every server and mode: CPU time per request over
+/// `options.cost_requests` requests, then as many again under `strace -c
+/// -f` (which slows every system call, so that run is not timed).
+fn measure_costs(wasmux: &Path, pinning: &Pinning, subjects: &mut [Subject], options: &Options, work: &Path) -> Result<Costs> {
+    let n = options.cost_requests;
+    let strace = Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success());
+    let mut costs = Costs { list: Vec::new(), requests: n, strace_note: None };
+    if !strace {
+        let note = "strace is not installed here (apt-get install strace), so system calls were not counted";
+        eprintln!("xtask: {note}");
+        costs.strace_note = Some(note.into());
+    }
+    for mode in MODES {
+        for subject in subjects.iter_mut().filter(|s| s.modes.contains(&mode)) {
+            eprintln!("xtask: cost of {} in {mode} mode: {n} requests", subject.name);
+            let pid = subject.process.child.id();
+            let before = cpu_time(pid);
+            bench(wasmux, pinning, subject, mode, options, Some(n))?;
+            let cpu_us = cpu_time(pid).saturating_sub(before) as f64 / 1e3 / n as f64;
+            let syscalls = if strace {
+                let summary = work.join(format!("strace-{}-{mode}.txt", subject.name));
+                count_syscalls(wasmux, pinning, subject, mode, options, &summary).unwrap_or_else(|e| Err(format!("{e:#}")))
+            } else {
+                Err("strace is not installed".into())
+            };
+            subject.process.check_alive()?;
+            costs.list.push(Cost { server: subject.name, mode, cpu_us, syscalls });
+        }
+    }
+    Ok(costs)
+}
+
+/// CPU time of every thread of process `pid` so far, in nanoseconds.
+fn cpu_time(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()))
+        .sum()
+}
+
+/// `options.cost_requests` requests under `strace -c -f -p PID`, which
+/// writes its summary to `summary`.
+fn count_syscalls(
+    wasmux: &Path,
+    pinning: &Pinning,
+    subject: &Subject,
+    mode: &str,
+    options: &Options,
+    summary: &Path,
+) -> Result<Result<Syscalls, String>> {
+    let pid = subject.process.child.id().to_string();
+    let mut strace = Command::new("strace")
+        .args(["-c", "-f", "-o"])
+        .arg(summary)
+        .args(["-p", &pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting strace")?;
+    let stderr = strace.stderr.take().context("piped stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    // strace says when it has attached to the process and its threads.
+    let attached = lines.by_ref().map_while(Result::ok).any(|line| line.contains("attached"));
+    std::thread::spawn(move || lines.for_each(drop));
+    if !attached {
+        let _ = strace.wait();
+        return Ok(Err("strace could not attach to the server (is ptrace allowed?)".into()));
+    }
+    let run = bench(wasmux, pinning, subject, mode, options, Some(options.cost_requests));
+    let _ = Command::new("kill").args(["-INT", &strace.id().to_string()]).status();
+    let _ = strace.wait();
+    run?;
+    let text = std::fs::read_to_string(summary).with_context(|| format!("reading {}", summary.display()))?;
+    Ok(parse_strace_summary(&text, options.cost_requests).ok_or_else(|| format!("no strace summary in {}", summary.display())))
+}
+
+/// The table `strace -c` writes: `% time, seconds, usecs/call, calls,
+/// [errors,] syscall`, one line a call, then a `total` line.
+fn parse_strace_summary(text: &str, requests: u64) -> Option<Syscalls> {
+    let mut calls: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let name = *fields.last()?;
+            if fields.len() < 5 || name == "total" || fields[0].parse::<f64>().is_err() {
+                return None;
+            }
+            Some((name.to_owned(), fields[3].parse().ok()?))
+        })
+        .collect();
+    if calls.is_empty() || requests == 0 {
+        return None;
+    }
+    calls.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let per = |n: u64| n as f64 / requests as f64;
+    let total: u64 = calls.iter().map(|(_, n)| n).sum();
+    Some(Syscalls { per_request: per(total), top: calls.into_iter().take(6).map(|(name, n)| (name, per(n))).collect() })
+}
+
+/// Runs `wasmux bench --json` once: for the options' duration, or for
+/// `requests` requests without a warm-up.
+fn bench(wasmux: &Path, pinning: &Pinning, subject: &Subject, mode: &str, options: &Options, requests: Option<u64>) -> Result<Value> {
     let mut command = pinning.command(wasmux, Side::LoadGenerator);
     command.args(["bench", &subject.addr, "--json", "--mode", mode]);
-    command.args(["--connections", &options.connections.to_string()]);
-    command.args(["--duration", &options.duration, "--warmup", &options.warmup, "--mix", &options.mix]);
+    command.args(["--connections", &options.connections.to_string(), "--mix", &options.mix]);
+    match requests {
+        Some(n) => command.args(["--requests", &n.to_string()]),
+        None => command.args(["--duration", &options.duration, "--warmup", &options.warmup]),
+    };
     command.args(["--depth", &options.depth.to_string()]);
     if mode == "connect" {
         // Otherwise the load generator's own TIME_WAIT sockets are what is measured.
@@ -306,7 +504,7 @@ impl Drop for Process {
 }
 
 impl Subject {
-    fn wasmux(program: &Path, pinning: &Pinning, args: &[&std::ffi::OsStr], name: &'static str, what: &str) -> Result<Self> {
+    fn wasmux(program: &Path, pinning: &Pinning, args: &[OsString], name: &'static str, what: &str) -> Result<Self> {
         let mut command = pinning.command(program, Side::Server);
         command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).env("RUST_LOG", "warn");
         let (process, addr, startup) = Process::start(command, what, "wasmux listening on ")?;
@@ -382,14 +580,33 @@ struct Results<'a> {
     pinning: &'a Pinning,
     subjects: &'a [Subject],
     cells: &'a [Cell],
+    costs: &'a Costs,
     /// Start-up of the Wasm server with an empty compiled-code cache.
     cold_startup: Duration,
-    python_note: Option<&'a str>,
+    /// What was not measured, and why.
+    notes: &'a [String],
     load: String,
 }
 
+/// The targets of issue 12: (what, server, mode, least ratio to native).
+const TARGETS: [(&str, &str, &str, f64); 5] = [
+    ("reuse, persistent connections", "wasm-reuse", "persistent", 0.90),
+    ("reuse, pipelined", "wasm-reuse", "pipelined", 0.60),
+    ("a fresh instance per request, persistent connections", "wasm", "persistent", 0.60),
+    ("one connection per request, fresh instances", "wasm", "connect", 0.95),
+    ("one connection per request, reuse", "wasm-reuse", "connect", 0.95),
+];
+
+/// The p99 latency the Rust plugins should stay under on persistent
+/// connections, in milliseconds.
+const P99_TARGET_MS: f64 = 1.0;
+
+/// What was measured and why the figures are what they are: the leads
+/// tried on the fresh path, kept by hand beside this file.
+const NOTES: &str = include_str!("bench-notes.md");
+
 fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Result<String> {
-    let &Results { pinning, subjects, cells, cold_startup, python_note, ref load } = results;
+    let &Results { pinning, subjects, cells, costs, cold_startup, notes, ref load } = results;
     let mut md = String::new();
     let find = |server: &str, mode: &str| cells.iter().find(|c| c.server == server && c.mode == mode);
     writeln!(md, "# Benchmarks")?;
@@ -408,7 +625,7 @@ fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Res
         "- The Wasm server started in {:.0} ms with an empty compiled-code cache; the figure above is with the cache filled.",
         cold_startup.as_secs_f64() * 1e3
     )?;
-    if let Some(note) = python_note {
+    for note in notes {
         writeln!(md, "- {note}.")?;
     }
     writeln!(md)?;
@@ -441,6 +658,10 @@ fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Res
         }
     }
     writeln!(md)?;
+    render_costs(&mut md, subjects, costs)?;
+    render_targets(&mut md, cells, costs)?;
+    md.push_str(NOTES);
+    writeln!(md)?;
     writeln!(md, "## The machine")?;
     writeln!(md)?;
     writeln!(md, "| | |")?;
@@ -455,18 +676,87 @@ fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Res
     writeln!(md, "```sh")?;
     writeln!(
         md,
-        "cargo xtask bench --duration {} --warmup {} --connections {} --depth {} --rounds {} --mix {}",
-        options.duration, options.warmup, options.connections, options.depth, options.rounds, options.mix
+        "cargo xtask bench --duration {} --warmup {} --connections {} --depth {} --rounds {} --mix {} --reuse {} --cost-requests {}",
+        options.duration, options.warmup, options.connections, options.depth, options.rounds, options.mix, options.reuse, options.cost_requests
     )?;
     writeln!(md, "```")?;
     Ok(md)
 }
 
+fn render_costs(md: &mut String, subjects: &[Subject], costs: &Costs) -> Result<()> {
+    if costs.list.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## Cost per request")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Each server after the rounds, in each mode: {} requests (no warm-up), its CPU time (all threads, from `/proc/PID/task/*/schedstat`) divided by the requests; then as many again under `strace -c -f` attached to it, its system calls divided by the requests. \"vs native, CPU\" is native's CPU per request over the row's: the throughput ratio the server would reach if it alone limited throughput. System calls include the epoch ticker's sleep (one a millisecond, however many requests).",
+        costs.requests
+    )?;
+    if let Some(note) = &costs.strace_note {
+        writeln!(md)?;
+        writeln!(md, "{note}.")?;
+    }
+    writeln!(md)?;
+    writeln!(md, "| server | mode | CPU µs/request | vs native, CPU | system calls/request | most frequent, per request |")?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | --- |")?;
+    for mode in MODES {
+        let native = costs.of("native", mode).map(|c| c.cpu_us);
+        for s in subjects {
+            let Some(cost) = costs.of(s.name, mode) else { continue };
+            let ratio = native.map(|n| format!("{:.2}×", n / cost.cpu_us)).unwrap_or_default();
+            let (calls, top) = match &cost.syscalls {
+                Ok(calls) => {
+                    let top: Vec<String> = calls.top.iter().map(|(name, n)| format!("{name} {n:.2}")).collect();
+                    (format!("{:.2}", calls.per_request), top.join(", "))
+                }
+                Err(why) => ("—".to_owned(), why.clone()),
+            };
+            writeln!(md, "| {} | {mode} | {:.1} | {ratio} | {calls} | {top} |", s.name, cost.cpu_us)?;
+        }
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+fn render_targets(md: &mut String, cells: &[Cell], costs: &Costs) -> Result<()> {
+    let rps = |server: &str, mode: &str| cells.iter().find(|c| c.server == server && c.mode == mode).and_then(Cell::median);
+    let cpu = |server: &str, mode: &str| costs.of(server, mode).map(|c| c.cpu_us);
+    writeln!(md, "## Targets")?;
+    writeln!(md)?;
+    writeln!(md, "Issue 12's targets, as ratios to the native server in this run (requests/s from the table above; CPU from the cost table).")?;
+    writeln!(md)?;
+    writeln!(md, "| target | wanted | requests/s ratio | CPU ratio | met (requests/s) |")?;
+    writeln!(md, "| --- | ---: | ---: | ---: | --- |")?;
+    for (what, server, mode, wanted) in TARGETS {
+        let ratio = rps(server, mode).zip(rps("native", mode)).map(|(row, native)| row.rps / native.rps);
+        let cpu_ratio = cpu(server, mode).zip(cpu("native", mode)).map(|(row, native)| native / row);
+        let show = |r: Option<f64>| r.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into());
+        let met = match ratio {
+            Some(r) if r >= wanted => "yes",
+            Some(_) => "no",
+            None => "not measured",
+        };
+        writeln!(md, "| {what} | ≥ {wanted:.2}× | {} | {} | {met} |", show(ratio), show(cpu_ratio))?;
+    }
+    for server in ["wasm", "wasm-reuse"] {
+        if let Some(f) = rps(server, "persistent") {
+            let met = if f.p99 < P99_TARGET_MS { "yes" } else { "no" };
+            writeln!(md, "| p99 of {server}, persistent | < {P99_TARGET_MS:.0} ms | {:.3} ms | | {met} |", f.p99)?;
+        }
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
 /// A grouped bar chart, by hand: requests/s and p99 latency per mode,
 /// one bar per server.
 fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String {
-    const COLORS: [&str; 4] = ["#4c72b0", "#8172b3", "#dd8452", "#55a868"];
-    let (width, height) = (900.0, 380.0);
+    const COLORS: [&str; 8] = ["#4c72b0", "#64b5cd", "#8172b3", "#dd8452", "#55a868", "#c44e52", "#937860", "#da8bc3"];
+    const LEGEND_COLUMNS: usize = 4;
+    let legend_rows = subjects.len().div_ceil(LEGEND_COLUMNS) as f64;
+    let (width, height) = (900.0, 350.0 + 16.0 * legend_rows);
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -501,9 +791,10 @@ fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String
         }
     }
     for (i, s) in subjects.iter().enumerate() {
-        let x = 20.0 + i as f64 * 220.0;
-        let _ = writeln!(svg, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, height - 36.0, COLORS[i % COLORS.len()]);
-        let _ = writeln!(svg, r#"<text x="{}" y="{}">{}</text>"#, x + 18.0, height - 26.0, xml_escape(&s.what));
+        let x = 20.0 + (i % LEGEND_COLUMNS) as f64 * 220.0;
+        let y = 330.0 + (i / LEGEND_COLUMNS) as f64 * 16.0;
+        let _ = writeln!(svg, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, y - 10.0, COLORS[i % COLORS.len()]);
+        let _ = writeln!(svg, r#"<text x="{}" y="{y}">{}</text>"#, x + 18.0, xml_escape(s.name));
     }
     let _ = writeln!(
         svg,
@@ -521,4 +812,27 @@ fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String
 
 fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strace_summaries_are_read_per_request() {
+        let text = "\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 61.02    0.120000           6     20000           sendto
+ 30.51    0.060000           2     20800       800 recvfrom
+  8.47    0.016667           8      2000           clock_nanosleep
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.196667           4     42800       800 total
+";
+        let calls = parse_strace_summary(text, 10000).expect("a summary");
+        assert!((calls.per_request - 4.28).abs() < 1e-9, "{}", calls.per_request);
+        let top: Vec<(&str, f64)> = calls.top.iter().map(|(name, n)| (name.as_str(), *n)).collect();
+        assert_eq!(top, [("recvfrom", 2.08), ("sendto", 2.0), ("clock_nanosleep", 0.2)]);
+        assert!(parse_strace_summary("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n", 10).is_none());
+    }
 }

@@ -8,9 +8,10 @@
 //! - `cargo xtask test` builds the plugins and runs every test.
 //! - `cargo xtask serve [ARGS]` builds the plugins and the release server and
 //!   starts it with the default plugins.
-//! - `cargo xtask bench` builds both, compares the Wasm plugins, the native
-//!   handlers and the guide's Python server under load, and writes
-//!   `docs/benchmarks.md` and `docs/benchmarks.svg`.
+//! - `cargo xtask bench` builds both, compares the Wasm plugins (fresh
+//!   instances and reused ones), the native handlers and the guide's Python
+//!   server under load, counts each one's CPU time and system calls per
+//!   request, and writes `docs/benchmarks.md` and `docs/benchmarks.svg`.
 
 mod bench;
 mod plugins;
@@ -73,6 +74,18 @@ enum Task {
         /// The guide's Python app-server (run as `python3 PATH HOST PORT`).
         #[arg(long, default_value = "examples/python/app_server.py")]
         python_server: PathBuf,
+        /// A `search` component written in JavaScript: rows of its own when the file exists.
+        #[arg(long, default_value = "target/plugins/search-js.wasm")]
+        search_js: PathBuf,
+        /// A `search` component written in Python: rows of its own when the file exists.
+        #[arg(long, default_value = "target/plugins/search-py.wasm")]
+        search_py: PathBuf,
+        /// Requests an instance serves in the reuse rows (`[runtime] reuse = { requests = N }`).
+        #[arg(long, default_value_t = 1000)]
+        reuse: u32,
+        /// Requests per server and mode for the CPU and system-call counts; 0 skips them.
+        #[arg(long, default_value_t = 20000)]
+        cost_requests: u64,
         /// Where benchmarks.md and benchmarks.svg go.
         #[arg(long, default_value = "docs")]
         out: PathBuf,
@@ -125,8 +138,22 @@ fn run_task(cli: Cli) -> Result<()> {
                 .arg(&plugins)
                 .args(&args))?;
         }
-        Task::Bench { duration, warmup, connections, depth, rounds, mix, no_pin, python_server, out } => {
-            let options = bench::Options { duration, warmup, connections, depth, rounds: rounds.max(1), mix, pin: !no_pin, python_server, out };
+        Task::Bench { duration, warmup, connections, depth, rounds, mix, no_pin, python_server, search_js, search_py, reuse, cost_requests, out } => {
+            let options = bench::Options {
+                duration,
+                warmup,
+                connections,
+                depth,
+                rounds: rounds.max(1),
+                mix,
+                pin: !no_pin,
+                python_server,
+                search_js,
+                search_py,
+                reuse: reuse.max(1),
+                cost_requests,
+                out,
+            };
             bench::run(&root, &options)?;
         }
     }

@@ -5,9 +5,11 @@
 //! One [`Runtime`] owns the wasmtime engine, the linker holding the host's
 //! imports, the compiled-code cache and the epoch ticker. A
 //! [`WasmHandler`] is a compiled component that has been linked once
-//! ([`HandlerPre`], wasmtime's `InstancePre`); every call gets a fresh
-//! `Store` and instance from the pooling allocator, so no state survives
-//! from one request to the next and one request cannot see another's data.
+//! ([`HandlerPre`], wasmtime's `InstancePre`). By default every call gets
+//! a fresh `Store` and instance from the pooling allocator, so no state
+//! survives from one request to the next and one request cannot see
+//! another's data. With bounded reuse ([`Reuse`]) an instance serves a few
+//! requests of one tenant, one at a time (`pool.rs`).
 //!
 //! Guards on every call:
 //! - a deadline, counted from when the call asks for an instance slot (so a
@@ -33,6 +35,7 @@ mod cache;
 mod convert;
 mod error;
 mod outcomes;
+mod pool;
 mod state;
 
 use std::collections::BTreeMap;
@@ -40,7 +43,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
@@ -51,6 +53,8 @@ use cache::ComponentCache;
 pub use cache::Origin;
 use error::{Phase, classify_failure, cut_handler_error};
 pub use error::PluginError;
+use pool::{InstancePool, PoolKey};
+pub use pool::{InstanceEvents, Retirement, Reuse, ReuseCount, Unobserved};
 use state::CallState;
 pub use outcomes::{MAX_OUTCOME_NAME, MAX_OUTCOMES_PER_CALL, Outcomes, invalid_outcome_name};
 
@@ -120,13 +124,19 @@ impl Default for CallLimits {
     }
 }
 
-/// Who is calling, for the plugin's log lines and configuration.
+/// Who is calling, for the plugin's log lines and configuration, and
+/// under which settings.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
     pub tenant: Arc<str>,
     /// Values the plugin reads through the `config` import.
     pub config: Arc<BTreeMap<String, String>>,
     pub limits: CallLimits,
+    /// How long an instance may serve (one request by default).
+    pub reuse: Reuse,
+    /// The settings' generation: an instance serves only requests under
+    /// the settings it was made under.
+    pub generation: u64,
 }
 
 /// The wasmtime engine, linker, cache and epoch ticker shared by every
@@ -141,9 +151,10 @@ struct Shared {
     linker: Linker<CallState>,
     cache: ComponentCache,
     settings: RuntimeSettings,
-    /// Bounds plugin calls in flight to what the instance pool holds, so a
-    /// burst waits instead of failing.
-    slots: Semaphore,
+    /// The live instances. Each holds a slot of wasmtime's pool, so calls
+    /// in flight are bounded by what that pool holds: a burst waits
+    /// instead of failing.
+    pool: Arc<InstancePool>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -157,17 +168,27 @@ pub struct LoadInfo {
 }
 
 /// A component compiled and linked against the host's imports, ready to
-/// answer requests, each on a fresh instance.
+/// answer requests.
 pub struct WasmHandler {
     pre: HandlerPre<CallState>,
     runtime: Arc<Shared>,
+    /// This load's identity in the instance pool.
+    load: u64,
     /// The plugin's name and version, for its log lines.
     plugin: Arc<str>,
     version: Arc<str>,
 }
 
+/// How often the epoch ticker retires instances left idle too long, in ticks.
+const IDLE_SWEEP_TICKS: u32 = 100;
+
 impl Runtime {
     pub fn new(settings: RuntimeSettings) -> wasmtime::Result<Self> {
+        Self::with_events(settings, Arc::new(Unobserved))
+    }
+
+    /// A runtime that tells `events` of every instance created and retired.
+    pub fn with_events(settings: RuntimeSettings, events: Arc<dyn InstanceEvents>) -> wasmtime::Result<Self> {
         let n = settings.max_concurrent_calls.max(1);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
@@ -210,25 +231,43 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         host::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state).context("linking the host interface")?;
 
+        let pool = Arc::new(InstancePool::new(n as usize, events));
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.clone();
         let stop = Arc::clone(&ticker_stop);
+        let sweep = Arc::clone(&pool);
         std::thread::Builder::new()
             .name("wasmux-epoch".into())
             .spawn(move || {
+                let mut ticks = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     ticker.increment_epoch();
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(IDLE_SWEEP_TICKS) {
+                        sweep.retire_expired();
+                    }
                 }
             })
             .context("starting the epoch ticker")?;
 
         let cache = ComponentCache::new(&engine, settings.cache_dir.clone(), settings.cache_max_size);
-        Ok(Self { shared: Arc::new(Shared { engine, linker, cache, slots: Semaphore::new(n as usize), settings, ticker_stop }) })
+        Ok(Self { shared: Arc::new(Shared { engine, linker, cache, pool, settings, ticker_stop }) })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
         &self.shared.settings
+    }
+
+    /// After a reload of the settings: instances made under generations
+    /// before `generation` serve no further request.
+    pub fn retire_generations_before(&self, generation: u64) {
+        self.shared.pool.retire_generations_before(generation);
+    }
+
+    /// At shutdown: idle instances are retired, and no instance is kept.
+    pub fn shutdown(&self) {
+        self.shared.pool.close();
     }
 
     /// Compiles (unless cached) and links the component `bytes`, whose
@@ -249,7 +288,8 @@ impl Runtime {
             .instantiate_pre(&component)
             .context("the component's imports do not match the wasmux:plugin/handler world")?;
         let pre = HandlerPre::new(instance_pre).context("the component's exports do not match the wasmux:plugin/handler world")?;
-        let handler = WasmHandler { pre, runtime: Arc::clone(shared), plugin: plugin.into(), version: version.into() };
+        let load = shared.pool.register_load();
+        let handler = WasmHandler { pre, runtime: Arc::clone(shared), load, plugin: plugin.into(), version: version.into() };
         Ok((handler, LoadInfo { compile_time, origin }))
     }
 }
@@ -261,31 +301,57 @@ impl Drop for Shared {
 }
 
 impl WasmHandler {
-    /// Answers `request` on a fresh instance, under `context`'s limits; with
-    /// the answer, the outcomes the plugin counted.
+    /// Answers `request` under `context`'s limits: with reuse on, on an
+    /// idle instance of this load, tenant and settings generation if there
+    /// is one; on a fresh instance otherwise.
+    /// With the answer, the outcomes the plugin counted.
     pub async fn call(&self, request: &Message, context: &CallContext) -> Result<(Message, Outcomes), PluginError> {
-        let runtime = &self.runtime;
+        let pool = &self.runtime.pool;
         let limits = context.limits;
         // The wait for a slot counts against the deadline: behind a flood,
         // a request is answered when its time is up, not whenever a slot
         // comes free.
         let deadline = Instant::now() + limits.deadline;
-        let _slot = match tokio::time::timeout_at(deadline.into(), runtime.slots.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => return Err(PluginError::ShuttingDown),
-            Err(_) => return Err(PluginError::NoSlot(limits.deadline)),
+        let key = PoolKey { load: self.load, tenant: Arc::clone(&context.tenant), generation: context.generation };
+        let reused = if context.reuse.is_fresh() { None } else { pool.take(&key) };
+        let mut lease = match reused {
+            Some(mut lease) => {
+                begin_call(&mut lease.instance().store, context, deadline);
+                lease
+            }
+            None => {
+                let permit = match tokio::time::timeout_at(deadline.into(), pool.permit()).await {
+                    Ok(permit) => permit?,
+                    Err(_) => return Err(PluginError::NoSlot(limits.deadline)),
+                };
+                let mut store = self.new_store();
+                // Before instantiating: the deadline counts instantiation.
+                begin_call(&mut store, context, deadline);
+                let handler = match self.pre.instantiate_async(&mut store).await {
+                    Ok(handler) => handler,
+                    Err(e) => return Err(classify_failure(e, Phase::Instantiate, store.data(), limits)),
+                };
+                pool.lease(key, store, handler, context.reuse, permit)
+            }
         };
-        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context.clone(), deadline);
-        let mut store = Store::new(&runtime.engine, state);
+        let instance = lease.instance();
+        let result = match instance.handler.call_handle(&mut instance.store, &convert::to_request(request)).await {
+            Ok(Ok(response)) => convert::into_message(response, limits.max_response)
+                .map(|message| (message, std::mem::take(&mut instance.store.data_mut().outcomes)))
+                .map_err(PluginError::BadResponse),
+            Ok(Err(error)) => Err(PluginError::Handler(cut_handler_error(error))),
+            Err(e) => Err(classify_failure(e, Phase::Call, instance.store.data(), limits)),
+        };
+        lease.end(Retirement::after(&result));
+        result
+    }
+
+    /// A store for a new instance of this plugin, with its limiter and its
+    /// deadline's callback.
+    fn new_store(&self) -> Store<CallState> {
+        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version));
+        let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
-        // Caps what the host copies out of the guest in one go, so that a
-        // response (or a log line) claiming more than a response may hold is
-        // refused before it is copied. Guest memory alone would not bound
-        // it: a list's strings may all point at the same bytes.
-        store.set_hostcall_fuel(hostcall_fuel(limits));
-        // The first check comes one to two ticks in, so that a short call
-        // finishes without yielding; after that, one every tick.
-        store.set_epoch_deadline(2);
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
@@ -298,19 +364,36 @@ impl WasmHandler {
                 Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
-
-        let handler = match self.pre.instantiate_async(&mut store).await {
-            Ok(handler) => handler,
-            Err(e) => return Err(classify_failure(e, Phase::Instantiate, store.data(), limits)),
-        };
-        match handler.call_handle(&mut store, &convert::to_request(request)).await {
-            Ok(Ok(response)) => convert::into_message(response, limits.max_response)
-                .map(|message| (message, std::mem::take(&mut store.data_mut().outcomes)))
-                .map_err(PluginError::BadResponse),
-            Ok(Err(error)) => Err(PluginError::Handler(cut_handler_error(error))),
-            Err(e) => Err(classify_failure(e, Phase::Call, store.data(), limits)),
-        }
+        store
     }
+
+    /// At a hot swap or unload of this version: its idle instances are
+    /// retired, and those of calls in flight are when the calls end.
+    pub fn retire(&self) {
+        self.runtime.pool.retire_load(self.load);
+    }
+}
+
+impl Drop for WasmHandler {
+    fn drop(&mut self) {
+        self.runtime.pool.forget_load(self.load);
+    }
+}
+
+/// Sets what one request may use, for each request an instance serves: the
+/// caller, the deadline, the log lines, the copy cap (hostcall fuel), the
+/// epoch deadline. The limiter's count of memory in use stays: it is the
+/// memory the instance holds.
+fn begin_call(store: &mut Store<CallState>, context: &CallContext, deadline: Instant) {
+    store.data_mut().begin(context, deadline);
+    // Caps what the host copies out of the guest in one go, so that a
+    // response (or a log line) claiming more than a response may hold is
+    // refused before it is copied. Guest memory alone would not bound
+    // it: a list's strings may all point at the same bytes.
+    store.set_hostcall_fuel(hostcall_fuel(context.limits));
+    // The first check comes one to two ticks in, so that a short call
+    // finishes without yielding; after that, one every tick.
+    store.set_epoch_deadline(2);
 }
 
 /// What the host may copy out of the guest at once under `limits`.

@@ -18,14 +18,17 @@ const MAX_LOG_LINE: usize = 1024;
 /// Log lines a plugin may write per request; the rest are dropped.
 const MAX_LOG_LINES_PER_CALL: u32 = 64;
 
-/// The store's data for one call.
+/// The store's data: the instance's, and the current call's.
 pub(super) struct CallState {
     /// The plugin's name and version, for its log lines.
     pub plugin: Arc<str>,
     pub version: Arc<str>,
+    /// The current call's caller, plugin values and limits.
     pub context: CallContext,
     pub deadline: Instant,
-    /// Linear memory of all the instance's memories together.
+    /// Linear memory of all the instance's memories together. It belongs to
+    /// the instance, not to one call: it stays when a reused instance
+    /// begins its next call.
     memory_in_use: usize,
     /// Set when the limiter refused a memory growth: the bytes asked for.
     pub memory_refused: Option<usize>,
@@ -38,19 +41,30 @@ pub(super) struct CallState {
 }
 
 impl CallState {
-    /// State for a call that must end by `deadline`.
-    pub fn new(plugin: Arc<str>, version: Arc<str>, context: CallContext, deadline: Instant) -> Self {
+    pub fn new(plugin: Arc<str>, version: Arc<str>) -> Self {
+        let context = CallContext::default();
         Self {
             plugin,
             version,
             context,
-            deadline,
+            deadline: Instant::now(),
             memory_in_use: 0,
             memory_refused: None,
             log_lines: 0,
             outcomes: Outcomes::default(),
             outcome_refused: false,
         }
+    }
+
+    /// Starts a call under `context` that must end by `deadline`, with a
+    /// clean slate for what the previous call on this instance did.
+    pub fn begin(&mut self, context: &CallContext, deadline: Instant) {
+        self.context = context.clone();
+        self.deadline = deadline;
+        self.memory_refused = None;
+        self.log_lines = 0;
+        self.outcomes = Outcomes::default();
+        self.outcome_refused = false;
     }
 }
 

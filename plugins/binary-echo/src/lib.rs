@@ -2,6 +2,11 @@
 //! `First 10 bytes of request: ` and the first ten bytes of its content, as
 //! `binary/custom-server-binary-type`.
 
+/// Requests fit in the initial memory (see build.rs): no memory growth.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();
+
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 
 

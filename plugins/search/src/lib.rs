@@ -5,6 +5,11 @@
 //! server does; any other action gets the guide's `Error: invalid action`.
 //! Each lookup counts the outcome `hit` or `miss`, for A/B experiments.
 
+/// Requests fit in the initial memory (see build.rs): no memory growth.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();
+
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 
 use std::cell::Cell;

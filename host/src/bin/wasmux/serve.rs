@@ -125,17 +125,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let poll_interval = args.poll_interval.unwrap_or(settings.source.poll_interval);
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
-    let runtime = Runtime::new(RuntimeSettings {
+    let metrics = Arc::new(Metrics::new());
+    let runtime_settings = RuntimeSettings {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
         max_memory: settings.max_plugin_memory(),
         cache_dir: cache_dir.clone(),
         cache_max_size: settings.runtime.cache_max_size.as_u64(),
         spectre_hardening: settings.runtime.spectre_hardening,
-    })?;
+    };
+    // The metrics count the instances the runtime creates and retires.
+    let runtime = Runtime::with_events(runtime_settings, Arc::clone(&metrics) as _)?;
     if !settings.runtime.spectre_hardening {
         tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
     }
-    let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
     let stop = CancellationToken::new();
     let mut poller = None;
@@ -225,8 +227,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = stop.clone();
     tokio::spawn(handle_signals(shutdown, agent_state, drain_delay, args.config.clone(), Arc::clone(&service)));
 
-    server::run(listeners, tls, service, stop.clone().cancelled_owned(), args.drain_timeout).await?;
+    server::run(listeners, tls, Arc::clone(&service), stop.clone().cancelled_owned(), args.drain_timeout).await?;
     stop.cancel();
+    if let Some(runtime) = service.registry().runtime() {
+        runtime.shutdown();
+    }
     if let Some(admin) = admin {
         admin.await??;
     }
