@@ -178,6 +178,27 @@ fn outcomes_are_bounded_per_request_and_per_arm_and_errors_count_none() {
     assert!(!log.contains(r#"dropped "j""#), "a second refusal of one request was logged:\n{log}");
 }
 
+/// With instance reuse, one instance answers both requests; each starts
+/// with nothing counted: the per-request bound and its log line apply to
+/// each request again.
+#[test]
+fn a_reused_instance_counts_each_requests_outcomes_afresh() {
+    let config = "[routes]\n\"text/plain\" = { split = { \"outcomes\" = 1 } }\n[runtime]\nreuse = { requests = 100 }\n";
+    let server = Server::start_with_fixtures_and(config, &["--admin", "127.0.0.1:0"]);
+    let mut conn = server.connect();
+    let request = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"a b c d e f g h i");
+    for _ in 0..2 {
+        assert_eq!(conn.request(&request).content, b"counted 9");
+    }
+    let (_, metrics) = server.admin_get("/metrics");
+    assert_eq!(common::metric(&metrics, r#"wasmux_instances_created_total{plugin="outcomes"}"#), Some(1.0), "{metrics}");
+    let report = experiments(&server);
+    let arm = &route(&report, "default", "text/plain")["arms"][0];
+    let expected: serde_json::Map<String, Value> = ["a", "b", "c", "d", "e", "f", "g", "h"].iter().map(|name| (name.to_string(), json!(2))).collect();
+    assert_eq!(arm["outcomes"], Value::Object(expected));
+    assert_eq!(server.log().matches(r#"dropped "i""#).count(), 2, "{}", server.log());
+}
+
 /// Waits until the log says the configuration was reloaded `times` times.
 fn wait_for_reloads(server: &Server, times: usize) {
     let end = Instant::now() + common::STEP;
