@@ -173,6 +173,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_memory: settings.max_plugin_memory(),
         cache_dir,
         spectre_hardening: settings.runtime.spectre_hardening,
+        // Prototype (issue 11): the config's [runtime] keys are not wired yet.
+        pool: Default::default(),
     })?;
     if !settings.runtime.spectre_hardening {
         tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");

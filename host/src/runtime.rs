@@ -20,8 +20,11 @@
 //!   copied, then a cap on the response's size and a check of its header
 //!   fields.
 //!
-//! Plugins see only the `host` interface of the WIT world: no WASI, so no
-//! filesystem, network, clock or environment.
+//! Plugins see the `host` interface of the WIT world and, if they import it
+//! (Python and JavaScript plugins do), the WASI 0.2 subset of [`wasi`]:
+//! stdout and stderr as log lines, clocks and random numbers, and nothing
+//! outside (no filesystem, network, environment or arguments). A plugin
+//! loaded with WASI refused, or a Rust plugin, links without it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,6 +42,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::codec::{self, ErrorCode, Header, Message, ProtocolError};
 
 mod cache;
+mod wasi;
 
 use cache::ComponentCache;
 pub use cache::Origin;
@@ -95,13 +99,53 @@ pub struct RuntimeSettings {
     /// plugin could then read other instances' memory through speculative
     /// side channels: only for plugins you trust.
     pub spectre_hardening: bool,
+    /// What one plugin instance may hold; sizes the pooling allocator.
+    pub pool: PoolLimits,
 }
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, spectre_hardening: true }
+        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, spectre_hardening: true, pool: PoolLimits::default() }
     }
 }
+
+/// What one plugin instance may hold, for the pooling allocator, which sets
+/// its slots aside when the engine is made. A component needing more is
+/// refused at load with the limit and its setting named.
+///
+/// The defaults fit the components of all three languages with room:
+/// a Rust plugin made by wit-component needs 3 core instances, 1 memory and
+/// 1 table; componentize-py 0.25.1 (Python 3.14 in the component) 38 core
+/// instances, 3 memories and 5 tables; componentize-js 0.23.0 6 core
+/// instances, 2 memories and 4 tables. Raising a limit costs address space
+/// (memories, tables), not resident memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// `[runtime] max-core-instances-per-plugin`.
+    pub core_instances: u32,
+    /// `[runtime] max-memories-per-plugin`.
+    pub memories: u32,
+    /// `[runtime] max-tables-per-plugin`.
+    pub tables: u32,
+    /// `[runtime] max-table-elements`: the most elements of one table.
+    pub table_elements: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self { core_instances: 64, memories: 4, tables: 8, table_elements: 100_000 }
+    }
+}
+
+/// The settings that raise each pooling limit a component may exceed, by
+/// the words of wasmtime's refusal (its error type is private, so its text
+/// is all there is to match).
+const POOL_SETTINGS: [(&str, &str); 4] = [
+    ("core module instances", "max-core-instances-per-plugin"),
+    ("linear memories", "max-memories-per-plugin"),
+    (" tables,", "max-tables-per-plugin"),
+    ("table does not fit", "max-table-elements"),
+];
 
 /// Limits for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +176,10 @@ pub struct CallContext {
 /// The wasmtime engine, linker and epoch ticker shared by every plugin.
 pub struct Runtime {
     engine: Engine,
+    /// The host interface only: what Rust plugins import.
     linker: Linker<CallState>,
+    /// The host interface and the WASI subset.
+    wasi_linker: Linker<CallState>,
     cache: ComponentCache,
     settings: RuntimeSettings,
     /// Bounds plugin calls in flight to what the instance pool holds, so a
@@ -144,15 +191,22 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(settings: RuntimeSettings) -> wasmtime::Result<Self> {
         let n = settings.max_concurrent_calls.max(1);
+        let limits = settings.pool;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
-            // A component made by wit-component holds a few core instances
-            // (the module, a shim and a fixup module) and tables.
-            .max_core_instances_per_component(8)
-            .total_core_instances(n * 8)
-            .max_memories_per_component(2)
-            .total_memories(n * 2)
-            .total_tables(n * 4)
+            .max_core_instances_per_component(limits.core_instances)
+            .total_core_instances(n.saturating_mul(limits.core_instances))
+            .max_memories_per_component(limits.memories)
+            .max_tables_per_component(limits.tables)
+            // Every call may hold its plugin's most; the slots cost address
+            // space, and pages only when used.
+            .total_memories(n.saturating_mul(limits.memories))
+            .total_tables(n.saturating_mul(limits.tables))
+            .table_elements(limits.table_elements)
+            // An interpreter's instance state (its functions, globals and
+            // tables' descriptions) is larger than a Rust plugin's.
+            .max_core_instance_size(16 << 20)
+            .max_component_instance_size(16 << 20)
             .total_stacks(n)
             .max_memory_size(settings.max_memory)
             .linear_memory_keep_resident(KEEP_RESIDENT)
@@ -185,6 +239,12 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmux::plugin::host::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
             .context("linking the host interface")?;
+        // The same with the WASI subset, for plugins that import it. A
+        // component importing WASI 0.2.x links against wasmtime-wasi's 0.2
+        // whatever its patch version (wasmtime matches 0.2.9 and 0.2.12
+        // imports with its own 0.2 definitions).
+        let mut wasi_linker = linker.clone();
+        wasmtime_wasi::p2::add_to_linker_async(&mut wasi_linker).context("linking WASI")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.clone();
@@ -200,7 +260,7 @@ impl Runtime {
             .context("starting the epoch ticker")?;
 
         let cache = ComponentCache::new(&engine, settings.cache_dir.clone());
-        Ok(Self { engine, linker, cache, slots: Semaphore::new(n as usize), settings, ticker_stop })
+        Ok(Self { engine, linker, wasi_linker, cache, slots: Semaphore::new(n as usize), settings, ticker_stop })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
@@ -212,15 +272,35 @@ impl Runtime {
     /// runtime. Fails if `bytes` is not a component or not of the `handler`
     /// world.
     pub fn load(&self, name: &str, bytes: &[u8]) -> wasmtime::Result<Plugin> {
+        self.load_with(name, bytes, true)
+    }
+
+    /// [`Runtime::load`]; with `allow_wasi` false, a component importing
+    /// WASI is refused (`[plugins.NAME] wasi = false`).
+    pub fn load_with(&self, name: &str, bytes: &[u8], allow_wasi: bool) -> wasmtime::Result<Plugin> {
         let version = Version::of(bytes);
         let started = Instant::now();
-        let (component, origin) = self
-            .cache
-            .get_or_compile(&self.engine, version, bytes)
-            .context("not a valid WebAssembly component, or one outside this server's limits")?;
+        let (component, origin) = match self.cache.get_or_compile(&self.engine, version, bytes) {
+            Ok(compiled) => compiled,
+            Err(e) => return Err(explain_pool_refusal(e, self.settings.pool)),
+        };
         let compile_time = started.elapsed();
-        let instance_pre = self
-            .linker
+        let wasi_imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(import, _)| import.to_owned())
+            .filter(|import| import.starts_with("wasi:"))
+            .collect();
+        let linker = match (wasi_imports.is_empty(), allow_wasi) {
+            (true, _) => &self.linker,
+            (false, true) => &self.wasi_linker,
+            (false, false) => wasmtime::bail!(
+                "the component imports WASI ({}), which this server refuses for plugin {name} \
+                 (set wasi = true under [plugins.{name}] to allow the subset, or build the plugin without WASI)",
+                wasi_imports.join(", ")
+            ),
+        };
+        let instance_pre = linker
             .instantiate_pre(&component)
             .context("the component's imports do not match the wasmux:plugin/handler world")?;
         let pre = HandlerPre::new(instance_pre)
@@ -253,6 +333,7 @@ impl Runtime {
             memory_in_use: 0,
             memory_refused: None,
             log_lines: 0,
+            wasi: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
@@ -533,6 +614,37 @@ struct CallState {
     /// Set when the limiter refused a memory growth: the bytes asked for.
     memory_refused: Option<usize>,
     log_lines: u32,
+    /// The WASI context, made on the guest's first WASI call.
+    wasi: Option<Box<wasi::GuestWasi>>,
+}
+
+impl wasmtime_wasi::WasiView for CallState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        let wasi = self
+            .wasi
+            .get_or_insert_with(|| Box::new(wasi::GuestWasi::new(&self.plugin, self.version, &self.context.tenant)));
+        wasmtime_wasi::WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
+    }
+}
+
+/// A component the pooling allocator refused, with the setting that raises
+/// the limit it exceeds named.
+fn explain_pool_refusal(error: wasmtime::Error, limits: PoolLimits) -> wasmtime::Error {
+    let text = format!("{error:#}");
+    for (words, setting) in POOL_SETTINGS {
+        if text.contains(words) {
+            let now = match setting {
+                "max-core-instances-per-plugin" => limits.core_instances.to_string(),
+                "max-memories-per-plugin" => limits.memories.to_string(),
+                "max-tables-per-plugin" => limits.tables.to_string(),
+                _ => limits.table_elements.to_string(),
+            };
+            return error.context(format!(
+                "the component needs more than this server's pool allows: raise [runtime] {setting} (now {now})"
+            ));
+        }
+    }
+    error.context("not a valid WebAssembly component, or one outside this server's limits")
 }
 
 impl ResourceLimiter for CallState {

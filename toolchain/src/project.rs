@@ -112,7 +112,8 @@ impl Project {
         let manifest = dir.join(language.manifest());
         let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
         let mut project = parse_manifest(language, &text).with_context(|| format!("in {}", manifest.display()))?;
-        project.dir = dir.to_path_buf();
+        // Absolute, since the tools run in other directories.
+        project.dir = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
         check_plugin_name(&project.name).with_context(|| format!("in {}", manifest.display()))?;
         if !project.dir.join("wit").is_dir() {
             bail!("{} has no wit/ directory with the plugin world (`wasmux new` writes one)", dir.display());
@@ -283,6 +284,7 @@ pub fn build_project(dir: &Path, out_dir: &Path) -> Result<PathBuf> {
 /// server watching `out_dir` sees whole files and no spurious changes.
 pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     let project = Project::open(dir)?;
+    let out_dir = &std::path::absolute(out_dir).with_context(|| format!("resolving {}", out_dir.display()))?;
     let out = out_dir.join(format!("{}.wasm", project.name));
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     match project.language {
