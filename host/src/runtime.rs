@@ -113,12 +113,13 @@ impl Default for RuntimeSettings {
 /// its slots aside when the engine is made. A component needing more is
 /// refused at load with the limit and its setting named.
 ///
-/// The defaults fit the components of all three languages with room:
-/// a Rust plugin made by wit-component needs 3 core instances, 1 memory and
-/// 1 table; componentize-py 0.25.1 (Python 3.14 in the component) 38 core
-/// instances, 3 memories and 5 tables; componentize-js 0.23.0 6 core
-/// instances, 2 memories and 4 tables. Raising a limit costs address space
-/// (memories, tables), not resident memory.
+/// The defaults fit the components of all three languages with room
+/// (measured by loading each with one limit at 1, `cargo bench --bench
+/// plugin_languages`): a Rust plugin fits every limit at 1; componentize-py
+/// 0.25.1 needs 14 core instances, 1 memory and 2 tables (38 core instances
+/// when built with `--stub-wasi`, whose stubs are modules too);
+/// componentize-js 0.23.0 4 core instances, 1 memory and 2 tables. Raising
+/// a limit costs address space (memories, tables), not resident memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolLimits {
     /// `[runtime] max-core-instances-per-plugin`.
