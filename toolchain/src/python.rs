@@ -91,7 +91,11 @@ impl ComponentizePy {
             .current_dir(app_dir)
             // componentize-py adds the site-packages of an active virtual
             // environment to the plugin's path; the plugin's are its own.
-            .env_remove("VIRTUAL_ENV");
+            .env_remove("VIRTUAL_ENV")
+            // Its errors are anyhow errors: without these, a Rust backtrace
+            // of the tool follows the Python error the user needs.
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
         if !wasi {
             command.arg("--stub-wasi");
         }
