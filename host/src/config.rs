@@ -29,6 +29,7 @@
 //!
 //! [plugins.search]               # read by the plugin with the `config` import
 //! greeting = "hello"
+//! wasi = false                   # the one key the host takes: refuse WASI to this plugin (start-up only)
 //!
 //! [tenants.default]              # requests without authorization
 //!
@@ -44,6 +45,10 @@
 //! [runtime]                      # read at start-up only
 //! spectre-hardening = true       # false: faster calls, for trusted plugins only
 //! cache-max-size = "1 GiB"       # compiled code kept on disk
+//! max-core-instances-per-plugin = 64   # the instance pool's shape: what one
+//! max-memories-per-plugin = 2          # plugin instance may hold (the
+//! max-tables-per-plugin = 4            # defaults fit Rust, Python and
+//! max-table-elements = 100000          # JavaScript plugins)
 //!
 //! [source]                       # read at start-up only; --plugins overrides it
 //! plugins = "oci://127.0.0.1:5000/wasmux"   # or a directory
@@ -64,7 +69,7 @@ use sha2::{Digest as _, Sha256};
 use crate::files::{self, Links};
 use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 use crate::router::{Routes, Split, Target};
-use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE};
+use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE, PoolLimits};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 /// The file as written.
@@ -114,13 +119,58 @@ pub struct RuntimeFile {
     pub spectre_hardening: bool,
     /// The most the compiled-code cache directory may hold.
     pub cache_max_size: ByteSize,
+    /// Core instances one plugin instance may hold (a Python plugin has 14).
+    pub max_core_instances_per_plugin: u32,
+    /// Linear memories one plugin instance may hold.
+    pub max_memories_per_plugin: u32,
+    /// Tables one plugin instance may hold.
+    pub max_tables_per_plugin: u32,
+    /// Elements one table may start with or grow to.
+    pub max_table_elements: u32,
 }
 
 impl Default for RuntimeFile {
     fn default() -> Self {
-        Self { spectre_hardening: true, cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE) }
+        let pool = PoolLimits::default();
+        Self {
+            spectre_hardening: true,
+            cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE),
+            max_core_instances_per_plugin: pool.core_instances,
+            max_memories_per_plugin: pool.memories,
+            max_tables_per_plugin: pool.tables,
+            max_table_elements: u32::try_from(pool.table_elements).unwrap_or(u32::MAX),
+        }
     }
 }
+
+impl RuntimeFile {
+    /// The instance pool's shape these settings ask for.
+    pub fn pool_limits(&self) -> PoolLimits {
+        PoolLimits {
+            core_instances: self.max_core_instances_per_plugin,
+            memories: self.max_memories_per_plugin,
+            tables: self.max_tables_per_plugin,
+            table_elements: self.max_table_elements as usize,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.cache_max_size.as_u64() > 0, "runtime.cache-max-size must be more than 0 bytes; use --no-cache to keep no code on disk");
+        for (key, value) in [
+            ("max-core-instances-per-plugin", self.max_core_instances_per_plugin),
+            ("max-memories-per-plugin", self.max_memories_per_plugin),
+            ("max-tables-per-plugin", self.max_tables_per_plugin),
+            ("max-table-elements", self.max_table_elements),
+        ] {
+            anyhow::ensure!(value > 0, "runtime.{key} must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The key of a `[plugins.NAME]` table the host takes for itself: the
+/// plugin never sees it through `config`.
+pub const WASI_KEY: &str = "wasi";
 
 /// `[admin]`: the admin endpoint.
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +326,9 @@ pub struct Settings {
     pub runtime: RuntimeFile,
     /// Where plugins come from; read at start-up only.
     pub source: SourceFile,
+    /// Plugins refused WASI (`[plugins.NAME] wasi = false`); read at
+    /// start-up only.
+    pub wasi_refused: BTreeSet<String>,
     /// Each tenant with its routes, plugin settings and limits merged.
     pub tenants: Tenants,
     /// True when the file has no `[tenants]` section, so every request is
@@ -352,7 +405,9 @@ impl Settings {
             Some(table) => build_routes(table).context("in [routes]")?,
             None => Routes::guide(),
         };
-        let plugin_config = plugin_values(file.plugins);
+        let mut plugins = file.plugins;
+        let wasi_refused = take_wasi_settings(&mut plugins)?;
+        let plugin_config = plugin_values(plugins);
         let server = ServerDefaults {
             routes: &routes,
             plugin_config: &plugin_config,
@@ -374,9 +429,9 @@ impl Settings {
             Some(hex) => Some(TokenHash::from_hex(hex).context("[admin] token-sha256 must be 64 hex digits (see `wasmux token`)")?),
             None => None,
         };
-        anyhow::ensure!(file.runtime.cache_max_size.as_u64() > 0, "runtime.cache-max-size must be more than 0 bytes; use --no-cache to keep no code on disk");
+        file.runtime.validate()?;
         anyhow::ensure!(!file.source.poll_interval.is_zero(), "source.poll-interval must be longer than 0");
-        Ok(Self { limits, runtime: file.runtime, source: file.source, tenants, implicit_tenants, admin_token, source_sha256: None })
+        Ok(Self { limits, runtime: file.runtime, source: file.source, wasi_refused, tenants, implicit_tenants, admin_token, source_sha256: None })
     }
 
     /// The most memory any tenant's plugin calls may use: what the instance
@@ -408,6 +463,22 @@ fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
     Ok(routes)
 }
 
+/// Takes `wasi` out of each `[plugins.NAME]` table; returns the plugins
+/// that may not import WASI.
+fn take_wasi_settings(plugins: &mut BTreeMap<String, BTreeMap<String, ConfigValue>>) -> anyhow::Result<BTreeSet<String>> {
+    let mut refused = BTreeSet::new();
+    for (name, values) in plugins.iter_mut() {
+        match values.remove(WASI_KEY) {
+            None | Some(ConfigValue::Boolean(true)) => {}
+            Some(ConfigValue::Boolean(false)) => {
+                refused.insert(name.clone());
+            }
+            Some(_) => anyhow::bail!("[plugins.{name}] wasi must be true or false (it is the host's setting, not a value for the plugin)"),
+        }
+    }
+    Ok(refused)
+}
+
 fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> BTreeMap<String, BTreeMap<String, String>> {
     plugins
         .into_iter()
@@ -435,6 +506,9 @@ fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
         }
         None => None,
     };
+    if let Some(plugin) = file.plugins.iter().find_map(|(plugin, values)| values.contains_key(WASI_KEY).then_some(plugin)) {
+        anyhow::bail!("plugins.\"{plugin}\".wasi: whether a plugin may import WASI is decided for the whole server, under [plugins.{plugin}]");
+    }
     Ok(TenantSpec {
         name: name.to_owned(),
         token,
@@ -619,6 +693,30 @@ mod tests {
         assert!(error.contains("weight above 0"), "{error}");
         let error = format!("{:#}", Settings::parse("[routes]\n\"*\" = 3\n").unwrap_err());
         assert!(error.contains("a plugin name, or { split"), "{error}");
+    }
+
+    #[test]
+    fn wasi_is_the_hosts_key() {
+        let settings = Settings::parse("[plugins.py]\nwasi = false\ngreeting = \"hi\"\n[plugins.js]\nwasi = true\n").unwrap();
+        assert_eq!(settings.wasi_refused, BTreeSet::from(["py".to_owned()]));
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.config_for("py").get("greeting").map(String::as_str), Some("hi"));
+        assert_eq!(default.config_for("py").get("wasi"), None);
+        assert_eq!(default.config_for("js").get("wasi"), None);
+        let error = format!("{:#}", Settings::parse("[plugins.py]\nwasi = \"no\"\n").unwrap_err());
+        assert!(error.contains("[plugins.py] wasi must be true or false"), "{error}");
+        let error = format!("{:#}", Settings::parse("[tenants.a]\nplugins.py = { wasi = false }\n").unwrap_err());
+        assert!(error.contains("under [plugins.py]"), "{error}");
+    }
+
+    #[test]
+    fn pool_limits_from_the_runtime_table() {
+        let settings = Settings::parse("[runtime]\nmax-core-instances-per-plugin = 40\nmax-table-elements = 7\n").unwrap();
+        let pool = settings.runtime.pool_limits();
+        assert_eq!((pool.core_instances, pool.memories, pool.tables, pool.table_elements), (40, 2, 4, 7));
+        assert_eq!(Settings::guide().runtime.pool_limits(), PoolLimits::default());
+        let error = format!("{:#}", Settings::parse("[runtime]\nmax-tables-per-plugin = 0\n").unwrap_err());
+        assert!(error.contains("runtime.max-tables-per-plugin must be at least 1"), "{error}");
     }
 
     #[test]

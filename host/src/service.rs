@@ -91,6 +91,9 @@ impl Service {
         if current.runtime != settings.runtime || current.source != settings.source {
             tracing::warn!("[runtime] and [source] settings take effect at the next start");
         }
+        if current.wasi_refused != settings.wasi_refused {
+            tracing::warn!("[plugins.NAME] wasi takes effect at the next start");
+        }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);
         self.settings.store(Arc::new(settings));

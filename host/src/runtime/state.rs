@@ -1,40 +1,102 @@
 //! What a `Store` holds for one call, and the host's side of the imports a
-//! plugin may call: `log` and `config`.
+//! plugin may call: `log` and `config` (and, through [`super::wasi`], the
+//! WASI subset).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 
 use super::CallContext;
 use super::error::cut;
+use super::wasi::GuestWasi;
 use wasmux_bindings::host::{self, Level};
 use wasmux_bindings::types;
 
 /// Longest log line a plugin may write; the rest is cut.
-const MAX_LOG_LINE: usize = 1024;
+pub(super) const MAX_LOG_LINE: usize = 1024;
 
-/// Log lines a plugin may write per request; the rest are dropped.
-const MAX_LOG_LINES_PER_CALL: u32 = 64;
+/// Log lines a plugin may write per request, through `log` and WASI's
+/// stdout and stderr together; the rest are dropped.
+pub(super) const MAX_LOG_LINES_PER_CALL: u32 = 64;
 
 /// The store's data for one call.
 pub(super) struct CallState {
-    /// The plugin's name and version, for its log lines.
-    pub plugin: Arc<str>,
-    pub version: Arc<str>,
+    /// The plugin's log for this call (its name and version are there too).
+    pub log: Arc<CallLog>,
     pub context: CallContext,
     pub deadline: Instant,
     /// Linear memory of all the instance's memories together.
     memory_in_use: usize,
     /// Set when the limiter refused a memory growth: the bytes asked for.
     pub memory_refused: Option<usize>,
-    log_lines: u32,
+    /// The most elements a table may grow to (`[runtime]
+    /// max-table-elements`, what the pool's table slots hold).
+    max_table_elements: usize,
+    /// The WASI context, made on the guest's first WASI call: a plugin that
+    /// imports no WASI (every Rust plugin) never pays for it.
+    wasi: Option<Box<GuestWasi>>,
 }
 
 impl CallState {
     /// State for a call that must end by `deadline`.
-    pub fn new(plugin: Arc<str>, version: Arc<str>, context: CallContext, deadline: Instant) -> Self {
-        Self { plugin, version, context, deadline, memory_in_use: 0, memory_refused: None, log_lines: 0 }
+    pub fn new(plugin: Arc<str>, version: Arc<str>, context: CallContext, deadline: Instant, max_table_elements: usize) -> Self {
+        let log = Arc::new(CallLog::new(plugin, version, Arc::clone(&context.tenant)));
+        Self { log, context, deadline, memory_in_use: 0, memory_refused: None, max_table_elements, wasi: None }
+    }
+}
+
+/// One call's log lines, whichever way the plugin writes them (the `log`
+/// import, WASI's stdout and stderr), counted against one cap.
+pub(super) struct CallLog {
+    pub plugin: Arc<str>,
+    pub version: Arc<str>,
+    pub tenant: Arc<str>,
+    /// Lines written so far (shared with the WASI streams, which live
+    /// outside the store's data).
+    lines: AtomicU32,
+}
+
+impl CallLog {
+    pub fn new(plugin: Arc<str>, version: Arc<str>, tenant: Arc<str>) -> Self {
+        Self { plugin, version, tenant, lines: AtomicU32::new(0) }
+    }
+
+    /// Logs `message` at `level` as the plugin's, cut to [`MAX_LOG_LINE`];
+    /// past [`MAX_LOG_LINES_PER_CALL`] lines, drops it (the last one kept
+    /// says so).
+    pub fn line(&self, level: Level, mut message: String) {
+        let n = self.lines.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if n > MAX_LOG_LINES_PER_CALL {
+            return;
+        }
+        cut(&mut message, MAX_LOG_LINE);
+        if n == MAX_LOG_LINES_PER_CALL {
+            message.push_str(" (log line limit reached; further lines of this request are dropped)");
+        }
+        let (plugin, version, tenant) = (&*self.plugin, &*self.version, &*self.tenant);
+        match level {
+            Level::Trace => tracing::trace!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Debug => tracing::debug!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Info => tracing::info!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Warn => tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Error => tracing::error!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+        }
+    }
+
+    /// Lines written so far, kept or not.
+    #[cfg(test)]
+    pub fn written(&self) -> u32 {
+        self.lines.load(Ordering::Relaxed)
+    }
+}
+
+impl wasmtime_wasi::WasiView for CallState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        let log = &self.log;
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(Arc::clone(log))));
+        wasmtime_wasi::WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
     }
 }
 
@@ -52,7 +114,7 @@ impl ResourceLimiter for CallState {
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= self.max_table_elements)
     }
 }
 
@@ -60,23 +122,7 @@ impl types::Host for CallState {}
 
 impl host::Host for CallState {
     fn log(&mut self, level: Level, message: String) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES_PER_CALL {
-            return;
-        }
-        let mut message = message;
-        cut(&mut message, MAX_LOG_LINE);
-        if self.log_lines == MAX_LOG_LINES_PER_CALL {
-            message.push_str(" (log line limit reached; further lines of this request are dropped)");
-        }
-        let (plugin, version, tenant) = (&*self.plugin, &*self.version, &*self.context.tenant);
-        match level {
-            Level::Trace => tracing::trace!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Debug => tracing::debug!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Info => tracing::info!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Warn => tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Error => tracing::error!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-        }
+        self.log.line(level, message);
     }
 
     fn config(&mut self, key: String) -> Option<String> {

@@ -6,10 +6,8 @@
 //! dictionary key: `case-insensitive`, `prefix`, or `prefix,case-insensitive`
 //! (the default). Answers are the guide's answers otherwise.
 
-wit_bindgen::generate!({ world: "handler", path: "../../wit" });
-
-use wasmux::plugin::host::{self, Level};
 use wasmux_guide::SearchError;
+use wasmux_sdk::{Guest, HandlerError, Level, Request, Response, export};
 
 struct SearchFuzzy;
 
@@ -23,7 +21,7 @@ struct Matching {
 impl Matching {
     /// Reads the `match` setting; an unknown word is logged and ignored.
     fn configured() -> Self {
-        let Some(setting) = host::config("match") else {
+        let Some(setting) = wasmux_sdk::config("match") else {
             return Self { prefix: true, case_insensitive: true };
         };
         let mut matching = Self { prefix: false, case_insensitive: false };
@@ -32,7 +30,7 @@ impl Matching {
                 "prefix" => matching.prefix = true,
                 "case-insensitive" => matching.case_insensitive = true,
                 "exact" => {}
-                other => host::log(Level::Warn, &format!("ignoring unknown match mode {other:?}")),
+                other => wasmux_sdk::log(Level::Warn, &format!("ignoring unknown match mode {other:?}")),
             }
         }
         matching
@@ -55,14 +53,9 @@ impl Guest for SearchFuzzy {
     fn handle(request: Request) -> Result<Response, HandlerError> {
         let matching = Matching::configured();
         match wasmux_guide::search_with(&request.content, &request.content_encoding, |q| matching.find(q)) {
-            Ok(content) => Ok(Response {
-                content_type: "text/json".into(),
-                content_encoding: "utf-8".into(),
-                fields: Vec::new(),
-                content,
-            }),
-            Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::Unsupported(e.to_string())),
-            Err(e) => Err(HandlerError::BadRequest(e.to_string())),
+            Ok(content) => Ok(Response::new("text/json", "utf-8", content)),
+            Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::unsupported(e)),
+            Err(e) => Err(HandlerError::bad_request(e)),
         }
     }
 }

@@ -22,7 +22,7 @@ use wasmux::metrics::Metrics;
 use wasmux::native::GUIDE_HANDLERS;
 use wasmux::oci;
 use wasmux::registry::{Plugin, PluginRegistry};
-use wasmux::runtime::{Runtime, RuntimeSettings};
+use wasmux::runtime::{CompileMode, Runtime, RuntimeSettings};
 use wasmux::service::Service;
 use wasmux::watcher::{self, Watched};
 use wasmux::{admin, net, server};
@@ -100,6 +100,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Settings::load(path)?,
         None => Settings::guide(),
     };
+    serve_with(args, settings, CompileMode::Serve).await
+}
+
+/// Serves under `settings` (read from `args.config`, or made by the
+/// caller), compiling plugins as `compile` says.
+pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMode) -> anyhow::Result<()> {
     let source = match args.plugins.clone().or_else(|| settings.source.plugins.clone()) {
         Some(spec) if spec.starts_with(oci::SCHEME) => Source::Registry(spec),
         Some(dir) => Source::Dir(PathBuf::from(dir)),
@@ -107,19 +113,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Source::Nothing,
     };
     let poll_interval = args.poll_interval.unwrap_or(settings.source.poll_interval);
-    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
+    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(|| wasmux_toolchain::default_cache_dir().ok()) };
     let runtime = Runtime::new(RuntimeSettings {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
         max_memory: settings.max_plugin_memory(),
         cache_dir: cache_dir.clone(),
         cache_max_size: settings.runtime.cache_max_size.as_u64(),
         spectre_hardening: settings.runtime.spectre_hardening,
+        pool: settings.runtime.pool_limits(),
+        compile,
     })?;
     if !settings.runtime.spectre_hardening {
         tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
     }
     let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
+    let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)).refusing_wasi_to(settings.wasi_refused.clone()));
     let stop = CancellationToken::new();
     let mut poller = None;
     match &source {
@@ -300,11 +308,4 @@ async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_d
         }
     }
     stop.cancel();
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("wasmux"))
 }
