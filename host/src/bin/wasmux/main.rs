@@ -1,8 +1,14 @@
-//! The `wasmux` command: `serve`, `send`, `bench`, `token`, `push`. The
-//! server itself is the `wasmux` library; this binary parses the command
-//! line, composes the library's parts, and holds the load generator.
+//! The `wasmux` command: `serve`, `send`, `bench`, `token`, `push`, and the
+//! plugin author's `new`, `build`, `dev` and `call`. The server itself is
+//! the `wasmux` library, and building plugins is `wasmux-toolchain`'s; this
+//! binary parses the command line, composes their parts, and holds the load
+//! generator.
 
 mod bench;
+mod build;
+mod call;
+mod dev;
+mod new;
 mod push;
 mod serve;
 
@@ -37,6 +43,14 @@ enum Command {
     Token(TokenArgs),
     /// Push a plugin component to an OCI registry, in the CNCF Wasm layout.
     Push(push::PushArgs),
+    /// Write a new plugin project (Rust, Python or JavaScript) from a template.
+    New(new::NewArgs),
+    /// Build a plugin project into a component, DIR/dist/NAME.wasm.
+    Build(build::BuildArgs),
+    /// Build and serve a plugin project; rebuild and swap it in on every save.
+    Dev(dev::DevArgs),
+    /// Run one request on a plugin component, with no server, and print the answer.
+    Call(call::CallArgs),
 }
 
 #[derive(Args)]
@@ -88,9 +102,15 @@ fn main() -> ExitCode {
     let filter = match &cli.command {
         Command::Serve(args) => log_filter(args.verbose),
         Command::Send(args) => log_filter(args.verbose),
-        Command::Token(_) | Command::Push(_) | Command::Bench(_) => log_filter(false),
+        Command::Dev(args) => log_filter(args.verbose),
+        // The plugin's lines, and warnings. (Not `trace`: that would turn on
+        // the trace checks of every crate logging through `log`, Cranelift's
+        // too, and slow compiling down.)
+        Command::Call(_) => "wasmux=warn,wasmux::plugin=info",
+        Command::Token(_) | Command::Push(_) | Command::Bench(_) | Command::New(_) | Command::Build(_) => log_filter(false),
     };
-    init_logging(filter, true);
+    // `call` prints one request's log lines: no time, no module.
+    init_logging(filter, !matches!(cli.command, Command::Call(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -105,6 +125,10 @@ fn main() -> ExitCode {
             Command::Send(args) => send(args).await,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::main(args).await,
+            Command::New(args) => new::new(args).map(|()| ExitCode::SUCCESS),
+            Command::Build(args) => build::build(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Dev(args) => dev::dev(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Call(args) => call::call(args).await,
         }
     });
     match outcome {

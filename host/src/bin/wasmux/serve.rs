@@ -95,6 +95,29 @@ enum Source {
     Nothing,
 }
 
+impl ServeArgs {
+    /// What `wasmux dev` serves with: the plugins in `plugins` (watched),
+    /// on `listen`, with the configuration file `config` if any.
+    pub fn dev(listen: Vec<String>, plugins: &Path, config: Option<PathBuf>, verbose: bool) -> Self {
+        Self {
+            listen,
+            plugins: Some(plugins.display().to_string()),
+            poll_interval: None,
+            config,
+            admin: None,
+            admin_token_file: None,
+            agent: None,
+            drain_delay: None,
+            drain_timeout: Duration::from_secs(10),
+            no_watch: false,
+            cache_dir: None,
+            no_cache: false,
+            native: false,
+            verbose,
+        }
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = match &args.config {
         Some(path) => Settings::load(path)?,
