@@ -88,7 +88,11 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     })?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
-    registry.load_bytes(&name, bytes, &args.file.display().to_string()).await?;
+    // One line: wasmparser's messages spread what they expected over
+    // several (`expected=[\n    0x0, …]`).
+    if let Err(e) = registry.load_bytes(&name, bytes, &args.file.display().to_string()).await {
+        anyhow::bail!("{}", one_line(&format!("{e:#}")));
+    }
     let service = Service::new(registry, settings, metrics);
 
     let content = match (&args.content, &args.content_file) {
@@ -100,4 +104,9 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     crate::add_fields(&mut request, &args.fields)?;
     let answer = service.handle(request).await;
     Ok(crate::print_answer(&answer.message))
+}
+
+/// `text` with every run of whitespace that holds a line break made one space.
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
 }
