@@ -221,7 +221,7 @@ impl Write for LogWriter {
 #[test]
 fn a_pool_too_small_names_the_setting_to_raise() {
     let cases = [
-        ("search", PoolLimits { core_instances: 1, ..PoolLimits::default() }, "max-core-instances-per-plugin (now 1)"),
+        ("search", PoolLimits { table_elements: 1, ..PoolLimits::default() }, "max-table-elements (now 1)"),
         ("search-py", PoolLimits { core_instances: 8, ..PoolLimits::default() }, "max-core-instances-per-plugin (now 8)"),
         ("search-py", PoolLimits { tables: 1, ..PoolLimits::default() }, "max-tables-per-plugin (now 1)"),
         ("search-js", PoolLimits { table_elements: 10, ..PoolLimits::default() }, "max-table-elements (now 10)"),

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod languages;
+
 /// What `cargo xtask bench` was asked for.
 pub struct Options {
     pub duration: String,
@@ -165,6 +167,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let results = Results { pinning: &pinning, subjects: &subjects, cells: &cells, cold_startup, python_note: python.as_deref(), load };
     let markdown = render_markdown(root, options, &results)?;
     let md_path = root.join(&options.out).join("benchmarks.md");
+    // `cargo xtask bench-languages`'s section stays as it was.
+    let markdown = match std::fs::read_to_string(&md_path).ok().as_deref().and_then(|text| section(text, languages::HEADING)) {
+        Some(kept) => with_section(&markdown, languages::HEADING, kept),
+        None => markdown,
+    };
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     let svg_path = root.join(&options.out).join("benchmarks.svg");
     std::fs::write(&svg_path, render_svg(&subjects, &cells, options)).with_context(|| format!("writing {}", svg_path.display()))?;
@@ -367,6 +374,30 @@ fn machine(root: &Path) -> Vec<(String, String)> {
     ]
 }
 
+/// The section of `markdown` under the level-2 `heading`, up to the next
+/// level-2 heading or the end.
+fn section<'a>(markdown: &'a str, heading: &str) -> Option<&'a str> {
+    let start = markdown.find(&format!("\n{heading}\n"))? + 1;
+    let rest = &markdown[start..];
+    let end = rest[heading.len()..].find("\n## ").map(|i| heading.len() + i + 1).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// `markdown` with the section under `heading` replaced by `new` (which
+/// starts with that heading), or with `new` added at the end.
+fn with_section(markdown: &str, heading: &str, new: &str) -> String {
+    let new = format!("{}\n", new.trim_end());
+    match section(markdown, heading) {
+        Some(old) => {
+            let start = old.as_ptr() as usize - markdown.as_ptr() as usize;
+            let end = start + old.len();
+            let gap = if end < markdown.len() { "\n" } else { "" };
+            format!("{}{new}{gap}{}", &markdown[..start], &markdown[end..])
+        }
+        None => format!("{}\n\n{new}", markdown.trim_end()),
+    }
+}
+
 /// Everything a run measured, for the report.
 struct Results<'a> {
     pinning: &'a Pinning,
@@ -511,4 +542,29 @@ fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String
 
 fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{section, with_section};
+
+    const HEADING: &str = "## Plugins by language";
+
+    #[test]
+    fn a_section_is_replaced_between_its_neighbours() {
+        let md = "# Benchmarks\n\n## The load\n\nold load\n\n## Plugins by language\n\nold\n\n## Reproduce\n\nsh\n";
+        assert_eq!(section(md, HEADING), Some("## Plugins by language\n\nold\n\n"));
+        let new = with_section(md, HEADING, "## Plugins by language\n\nnew\n");
+        assert_eq!(new, "# Benchmarks\n\n## The load\n\nold load\n\n## Plugins by language\n\nnew\n\n## Reproduce\n\nsh\n");
+    }
+
+    #[test]
+    fn a_missing_section_is_added_at_the_end_and_a_last_one_replaced() {
+        let md = "# Benchmarks\n\n## The load\n";
+        assert_eq!(section(md, HEADING), None);
+        let added = with_section(md, HEADING, "## Plugins by language\n\nfirst\n");
+        assert_eq!(added, "# Benchmarks\n\n## The load\n\n## Plugins by language\n\nfirst\n");
+        let replaced = with_section(&added, HEADING, "## Plugins by language\n\nsecond\n");
+        assert_eq!(replaced, "# Benchmarks\n\n## The load\n\n## Plugins by language\n\nsecond\n");
+    }
 }

@@ -5,7 +5,11 @@
 //!   WebAssembly component at `target/plugins/NAME.wasm` (test fixtures at
 //!   `target/test-plugins/NAME.wasm`), installing the wasm toolchain first if
 //!   this machine lacks it.
-//! - `cargo xtask test` builds the plugins and runs every test.
+//!   With `--examples`, also builds the guide's search in each language
+//!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) with
+//!   `wasmux build` into `target/lang-plugins/`.
+//! - `cargo xtask test` builds the plugins (with the examples) and runs
+//!   every test.
 //! - `cargo xtask serve [ARGS]` builds the plugins and the release server and
 //!   starts it with the default plugins.
 //! - `cargo xtask bench` builds both, compares the Wasm plugins, the native
@@ -35,6 +39,10 @@ enum Task {
         /// Build the plugins without optimizations (faster to build, slower to run).
         #[arg(long)]
         debug: bool,
+        /// Also build the guide's search in each language with `wasmux build`
+        /// (installing componentize-py and componentize-js the first time).
+        #[arg(long)]
+        examples: bool,
     },
     /// Build the plugins, then run every test of the host and the plugins.
     Test {
@@ -77,6 +85,36 @@ enum Task {
         #[arg(long, default_value = "docs")]
         out: PathBuf,
     },
+    /// What a plugin costs in each language: `wasmux new` to the first answer
+    /// (fresh and warm), a one-line change under `wasmux dev`, component size,
+    /// compile time, a fresh-instance call, and the search's requests per
+    /// second next to the guide's Python server; written into the section
+    /// "Plugins by language" of docs/benchmarks.md.
+    BenchLanguages {
+        /// Measured time per run.
+        #[arg(long, default_value = "5s")]
+        duration: String,
+        /// Warm-up before each run.
+        #[arg(long, default_value = "1s")]
+        warmup: String,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Runs per server and mode; the table shows the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// One-line changes measured per language under `wasmux dev`.
+        #[arg(long, default_value_t = 3)]
+        changes: u32,
+        /// Do not pin servers and load generator to separate cores.
+        #[arg(long)]
+        no_pin: bool,
+        /// The guide's Python app-server (run as `python3 PATH HOST PORT`).
+        #[arg(long, default_value = "examples/python/app_server.py")]
+        python_server: PathBuf,
+        /// Where benchmarks.md is.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -92,8 +130,12 @@ fn main() -> std::process::ExitCode {
 fn run_task(cli: Cli) -> Result<()> {
     let root = workspace_root();
     match cli.task {
-        Task::Plugins { debug } => {
+        Task::Plugins { debug, examples } => {
             plugins::build_all(&root, !debug)?;
+            if examples {
+                run(Command::new(cargo()).current_dir(&root).args(["build", "--workspace", "--bins", "--examples"]))?;
+                plugins::build_examples(&root)?;
+            }
         }
         Task::Test { args } => {
             plugins::build_all(&root, true)?;
@@ -106,6 +148,9 @@ fn run_task(cli: Cli) -> Result<()> {
             // wit-component) unifies wasmparser's features differently and
             // compiles wasmtime a second time.
             run(Command::new(cargo()).current_dir(&root).args(["build", "--workspace", "--bins", "--examples"]))?;
+            // The guide's search in each language, built once for every
+            // test that serves them.
+            plugins::build_examples(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--all-targets"]).args(&args))?;
             // `--all-targets` leaves out documentation examples.
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--doc"]).args(&args))?;
@@ -128,6 +173,19 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Bench { duration, warmup, connections, depth, rounds, mix, no_pin, python_server, out } => {
             let options = bench::Options { duration, warmup, connections, depth, rounds: rounds.max(1), mix, pin: !no_pin, python_server, out };
             bench::run(&root, &options)?;
+        }
+        Task::BenchLanguages { duration, warmup, connections, rounds, changes, no_pin, python_server, out } => {
+            let options = bench::languages::Options {
+                duration,
+                warmup,
+                connections,
+                rounds: rounds.max(1),
+                changes: changes.max(1),
+                pin: !no_pin,
+                python_server,
+                out,
+            };
+            bench::languages::run(&root, &options)?;
         }
     }
     Ok(())

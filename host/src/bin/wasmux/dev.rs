@@ -37,6 +37,10 @@ pub struct DevArgs {
     /// the plugin.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Compile each new version from scratch instead of reusing the
+    /// machine code of the functions that did not change (for comparing).
+    #[arg(long)]
+    no_incremental: bool,
     /// Show every message's bytes.
     #[arg(long, short)]
     pub verbose: bool,
@@ -63,7 +67,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         tracing::warn!("serving without plugin {} until a build succeeds; fix the source and save", project.name);
     }
     tokio::spawn(rebuild_on_change(changes, project, out_dir.clone(), options));
-    serve::serve_with(ServeArgs::dev(args.listen, &out_dir, args.config, args.verbose), settings, CompileMode::Incremental).await
+    let compile = if args.no_incremental { CompileMode::Serve } else { CompileMode::Incremental };
+    serve::serve_with(ServeArgs::dev(args.listen, &out_dir, args.config, args.verbose), settings, compile).await
 }
 
 /// Rebuilds after each batch of changes (those that came during a build
