@@ -238,9 +238,11 @@ fn dev_changes(wasmux: &Path, dir: &Path, name: &str, lang: &str, fresh: &Fresh,
     let original = std::fs::read_to_string(&source)?;
     let mut measured = Vec::new();
     for i in 0..count {
-        let word = if i % 2 == 0 { "Howdy" } else { "Hello" };
+        // A greeting not served before (in either mode), so that no cache
+        // holds the version.
+        let word = format!("{} {i}", if incremental { "Howdy" } else { "Hey" });
         let edited = original.replace("Hello, ", &format!("{word}, "));
-        if edited == original && word != "Hello" {
+        if edited == original {
             bail!("{} has no \"Hello, \" to change", source.display());
         }
         let saved = Instant::now();
@@ -407,7 +409,7 @@ fn render(
     writeln!(md)?;
     writeln!(
         md,
-        "`wasmux dev` serving the warm project; the greeting's line is saved changed ({} times, alternately), and the time is from the save to the first answer that shows the change (the rebuild, the new version compiled and swapped in; the connection-per-request client sees no error). **Incremental** is `wasmux dev` as it runs: Cranelift's incremental cache, in memory, keeps every function it compiled, and a new version reuses those whose code did not change. **Whole** is the same with `--no-incremental`: every version compiled from scratch.",
+        "`wasmux dev` serving the warm project; the greeting's line is saved changed ({} times, each time to a greeting not served before, so no cache holds the new version), and the time is from the save to the first answer that shows the change (the rebuild, the new version compiled and swapped in; the connection-per-request client sees no error). **Incremental** is `wasmux dev` as it runs: Cranelift's incremental cache, in memory, keeps every function it compiled, and a new version reuses those whose code did not change. **Whole** is the same with `--no-incremental`: every version compiled from scratch.",
         options.changes
     )?;
     writeln!(md)?;
