@@ -188,6 +188,8 @@ struct PluginInfo {
     compile_ms: Option<f64>,
     /// `compiled`, `memory-cache` or `disk-cache`.
     code_from: Option<&'static str>,
+    /// Whether the component imports the WASI subset.
+    wasi: Option<bool>,
     last_error: Option<LastError>,
 }
 
@@ -223,6 +225,7 @@ async fn plugins(State(service): State<Arc<Service>>) -> Json<Vec<PluginInfo>> {
                     Origin::Memory => "memory-cache",
                     Origin::Disk => "disk-cache",
                 }),
+                wasi: Some(plugin.imports_wasi),
                 last_error,
             },
         );
@@ -240,6 +243,7 @@ async fn plugins(State(service): State<Arc<Service>>) -> Json<Vec<PluginInfo>> {
                 loaded_at: None,
                 compile_ms: None,
                 code_from: None,
+                wasi: None,
                 last_error: Some(LastError { message: refusal.error, at: timestamp(refusal.at) }),
             },
         );

@@ -30,6 +30,7 @@
 //!
 //! [plugins.search]               # read by the plugin with the `config` import
 //! greeting = "hello"
+//! wasi = false                   # the one key the host takes: refuse WASI to this plugin (start-up only)
 //!
 //! [tenants.default]              # requests without authorization
 //!
@@ -45,6 +46,10 @@
 //! [runtime]
 //! spectre-hardening = true       # false: faster calls, for trusted plugins only (read at start-up)
 //! cache-max-size = "1 GiB"       # compiled code kept on disk (read at start-up)
+//! max-core-instances-per-plugin = 64   # the instance pool's shape: what one
+//! max-memories-per-plugin = 2          # plugin instance may hold (the
+//! max-tables-per-plugin = 4            # defaults fit Rust, Python and
+//! max-table-elements = 100000          # JavaScript plugins; read at start-up)
 //! reuse = { requests = 64, idle = "1s" }   # every plugin: an instance serves up to 64 requests
 //!
 //! [runtime.plugins."search@fuzzy"]  # one plugin's own: replaces the [runtime] reuse
@@ -79,7 +84,7 @@ use sha2::{Digest as _, Sha256};
 use crate::files::{self, Links};
 use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 use crate::router::{Routes, Split, Target};
-use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE, Reuse, ReuseCount};
+use crate::runtime::{CallLimits, DEFAULT_CACHE_MAX_SIZE, PoolLimits, Reuse, ReuseCount};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 /// The file as written.
@@ -130,6 +135,14 @@ pub struct RuntimeFile {
     pub spectre_hardening: bool,
     /// The most the compiled-code cache directory may hold.
     pub cache_max_size: ByteSize,
+    /// Core instances one plugin instance may hold (a Python plugin has 14).
+    pub max_core_instances_per_plugin: u32,
+    /// Linear memories one plugin instance may hold.
+    pub max_memories_per_plugin: u32,
+    /// Tables one plugin instance may hold.
+    pub max_tables_per_plugin: u32,
+    /// Elements one table may start with or grow to.
+    pub max_table_elements: u32,
     /// Instance reuse for every plugin; without it, a fresh instance per
     /// request.
     pub reuse: Option<ReuseFile>,
@@ -139,9 +152,48 @@ pub struct RuntimeFile {
 
 impl Default for RuntimeFile {
     fn default() -> Self {
-        Self { spectre_hardening: true, cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE), reuse: None, plugins: BTreeMap::new() }
+        let pool = PoolLimits::default();
+        Self {
+            spectre_hardening: true,
+            cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE),
+            max_core_instances_per_plugin: pool.core_instances,
+            max_memories_per_plugin: pool.memories,
+            max_tables_per_plugin: pool.tables,
+            max_table_elements: u32::try_from(pool.table_elements).unwrap_or(u32::MAX),
+            reuse: None,
+            plugins: BTreeMap::new(),
+        }
     }
 }
+
+impl RuntimeFile {
+    /// The instance pool's shape these settings ask for.
+    pub fn pool_limits(&self) -> PoolLimits {
+        PoolLimits {
+            core_instances: self.max_core_instances_per_plugin,
+            memories: self.max_memories_per_plugin,
+            tables: self.max_tables_per_plugin,
+            table_elements: self.max_table_elements as usize,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.cache_max_size.as_u64() > 0, "runtime.cache-max-size must be more than 0 bytes; use --no-cache to keep no code on disk");
+        for (key, value) in [
+            ("max-core-instances-per-plugin", self.max_core_instances_per_plugin),
+            ("max-memories-per-plugin", self.max_memories_per_plugin),
+            ("max-tables-per-plugin", self.max_tables_per_plugin),
+            ("max-table-elements", self.max_table_elements),
+        ] {
+            anyhow::ensure!(value > 0, "runtime.{key} must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The key of a `[plugins.NAME]` table the host takes for itself: the
+/// plugin never sees it through `config`.
+pub const WASI_KEY: &str = "wasi";
 
 /// `[admin]`: the admin endpoint.
 #[derive(Debug, Default, Deserialize)]
@@ -186,8 +238,17 @@ pub struct RuntimeConfig {
     /// The most the compiled-code cache directory may hold; read at
     /// start-up only.
     pub cache_max_size: ByteSize,
+    /// The instance pool's shape; read at start-up only.
+    pub pool: PoolLimits,
     /// Reloaded with the rest of the file.
     pub reuse: ReusePolicy,
+}
+
+impl RuntimeConfig {
+    /// The instance pool's shape these settings ask for.
+    pub fn pool_limits(&self) -> PoolLimits {
+        self.pool
+    }
 }
 
 /// How long each plugin's instances serve.
@@ -206,6 +267,8 @@ impl ReusePolicy {
 }
 
 fn runtime_config(file: RuntimeFile) -> anyhow::Result<RuntimeConfig> {
+    file.validate()?;
+    let pool = file.pool_limits();
     let every = match file.reuse {
         Some(reuse) => validate_reuse(reuse).context("[runtime] reuse")?,
         None => Reuse::FRESH,
@@ -216,7 +279,7 @@ fn runtime_config(file: RuntimeFile) -> anyhow::Result<RuntimeConfig> {
             plugins.insert(name.clone(), validate_reuse(reuse).with_context(|| format!("[runtime.plugins.\"{name}\"] reuse"))?);
         }
     }
-    Ok(RuntimeConfig { spectre_hardening: file.spectre_hardening, cache_max_size: file.cache_max_size, reuse: ReusePolicy { every, plugins } })
+    Ok(RuntimeConfig { spectre_hardening: file.spectre_hardening, cache_max_size: file.cache_max_size, pool, reuse: ReusePolicy { every, plugins } })
 }
 
 fn validate_reuse(file: ReuseFile) -> anyhow::Result<Reuse> {
@@ -388,6 +451,9 @@ pub struct Settings {
     pub runtime: RuntimeConfig,
     /// Where plugins come from; read at start-up only.
     pub source: SourceFile,
+    /// Plugins refused WASI (`[plugins.NAME] wasi = false`); read at
+    /// start-up only.
+    pub wasi_refused: BTreeSet<String>,
     /// Each tenant with its routes, plugin settings and limits merged.
     pub tenants: Tenants,
     /// True when the file has no `[tenants]` section, so every request is
@@ -471,7 +537,9 @@ impl Settings {
             Some(table) => build_routes(table).context("in [routes]")?,
             None => Routes::guide(),
         };
-        let plugin_config = plugin_values(file.plugins);
+        let mut plugins = file.plugins;
+        let wasi_refused = take_wasi_settings(&mut plugins)?;
+        let plugin_config = plugin_values(plugins);
         let server = ServerDefaults {
             routes: &routes,
             plugin_config: &plugin_config,
@@ -493,13 +561,13 @@ impl Settings {
             Some(hex) => Some(TokenHash::from_hex(hex).context("[admin] token-sha256 must be 64 hex digits (see `wasmux token`)")?),
             None => None,
         };
-        anyhow::ensure!(file.runtime.cache_max_size.as_u64() > 0, "runtime.cache-max-size must be more than 0 bytes; use --no-cache to keep no code on disk");
         anyhow::ensure!(!file.source.poll_interval.is_zero(), "source.poll-interval must be longer than 0");
         let runtime = runtime_config(file.runtime)?;
         Ok(Self {
             limits,
             runtime,
             source: file.source,
+            wasi_refused,
             tenants,
             implicit_tenants,
             admin_token,
@@ -537,6 +605,22 @@ fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
     Ok(routes)
 }
 
+/// Takes `wasi` out of each `[plugins.NAME]` table; returns the plugins
+/// that may not import WASI.
+fn take_wasi_settings(plugins: &mut BTreeMap<String, BTreeMap<String, ConfigValue>>) -> anyhow::Result<BTreeSet<String>> {
+    let mut refused = BTreeSet::new();
+    for (name, values) in plugins.iter_mut() {
+        match values.remove(WASI_KEY) {
+            None | Some(ConfigValue::Boolean(true)) => {}
+            Some(ConfigValue::Boolean(false)) => {
+                refused.insert(name.clone());
+            }
+            Some(_) => anyhow::bail!("[plugins.{name}] wasi must be true or false (it is the host's setting, not a value for the plugin)"),
+        }
+    }
+    Ok(refused)
+}
+
 fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> BTreeMap<String, BTreeMap<String, String>> {
     plugins
         .into_iter()
@@ -564,6 +648,9 @@ fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
         }
         None => None,
     };
+    if let Some(plugin) = file.plugins.iter().find_map(|(plugin, values)| values.contains_key(WASI_KEY).then_some(plugin)) {
+        anyhow::bail!("plugins.\"{plugin}\".wasi: whether a plugin may import WASI is decided for the whole server, under [plugins.{plugin}]");
+    }
     Ok(TenantSpec {
         name: name.to_owned(),
         token,
@@ -797,6 +884,30 @@ mod tests {
             let error_text = format!("{:#}", Settings::parse(&format!("[runtime]\n{runtime}\n")).unwrap_err());
             assert!(error_text.contains(error), "{runtime}: {error_text}");
         }
+    }
+
+    #[test]
+    fn wasi_is_the_hosts_key() {
+        let settings = Settings::parse("[plugins.py]\nwasi = false\ngreeting = \"hi\"\n[plugins.js]\nwasi = true\n").unwrap();
+        assert_eq!(settings.wasi_refused, BTreeSet::from(["py".to_owned()]));
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.config_for("py").get("greeting").map(String::as_str), Some("hi"));
+        assert_eq!(default.config_for("py").get("wasi"), None);
+        assert_eq!(default.config_for("js").get("wasi"), None);
+        let error = format!("{:#}", Settings::parse("[plugins.py]\nwasi = \"no\"\n").unwrap_err());
+        assert!(error.contains("[plugins.py] wasi must be true or false"), "{error}");
+        let error = format!("{:#}", Settings::parse("[tenants.a]\nplugins.py = { wasi = false }\n").unwrap_err());
+        assert!(error.contains("under [plugins.py]"), "{error}");
+    }
+
+    #[test]
+    fn pool_limits_from_the_runtime_table() {
+        let settings = Settings::parse("[runtime]\nmax-core-instances-per-plugin = 40\nmax-table-elements = 7\n").unwrap();
+        let pool = settings.runtime.pool_limits();
+        assert_eq!((pool.core_instances, pool.memories, pool.tables, pool.table_elements), (40, 2, 4, 7));
+        assert_eq!(Settings::guide().runtime.pool_limits(), PoolLimits::default());
+        let error = format!("{:#}", Settings::parse("[runtime]\nmax-tables-per-plugin = 0\n").unwrap_err());
+        assert!(error.contains("runtime.max-tables-per-plugin must be at least 1"), "{error}");
     }
 
     #[test]

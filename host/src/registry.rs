@@ -9,7 +9,7 @@
 //! A plugin's name is its file's name without `.wasm`: `search.wasm` serves
 //! as `search`. Names may hold letters, digits and `-_.@`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use crate::files::{self, Links};
 use crate::message::Message;
 use crate::metrics::Metrics;
 pub use crate::native::NativeHandler;
-use crate::runtime::{CallContext, LoadInfo, Origin, Outcomes, PluginError, Runtime, WasmHandler};
+use crate::runtime::{CallContext, LoadInfo, Origin, Outcomes, PluginError, Runtime, Wasi, WasmHandler};
 
 /// A loaded plugin: one version of one component, compiled and linked, or
 /// a handler compiled into the host.
@@ -39,6 +39,8 @@ pub struct Plugin {
     pub compile_time: Duration,
     /// Whether the code was compiled for this load or found in a cache.
     pub origin: Origin,
+    /// Whether the component imports the WASI subset.
+    pub imports_wasi: bool,
     backend: Backend,
 }
 
@@ -64,16 +66,18 @@ impl Plugin {
             loaded_at: SystemTime::now(),
             compile_time: Duration::ZERO,
             origin: Origin::Compiled,
+            imports_wasi: false,
             backend: Backend::Native(handler),
         }
     }
 
     /// Compiles and links `bytes` as plugin `name` (CPU-heavy: call this off
-    /// the async runtime).
-    pub fn load(runtime: &Runtime, name: &str, bytes: &[u8]) -> wasmtime::Result<Self> {
+    /// the async runtime); a component importing WASI is refused if `wasi`
+    /// says so.
+    pub fn load(runtime: &Runtime, name: &str, bytes: &[u8], wasi: Wasi) -> wasmtime::Result<Self> {
         let version = Version::of(bytes);
         let label: Arc<str> = version.to_string().into();
-        let (handler, LoadInfo { compile_time, origin }) = runtime.load(name, &label, bytes, version.0)?;
+        let (handler, LoadInfo { compile_time, origin, imports_wasi }) = runtime.load(name, &label, bytes, version.0, wasi)?;
         Ok(Self {
             name: name.to_owned(),
             version,
@@ -82,6 +86,7 @@ impl Plugin {
             loaded_at: SystemTime::now(),
             compile_time,
             origin,
+            imports_wasi,
             backend: Backend::Wasm(handler),
         })
     }
@@ -154,6 +159,9 @@ pub struct PluginRegistry {
     /// so that a watcher seeing the same broken bytes again does not compile
     /// and log them again.
     refused: Mutex<HashMap<String, Refusal>>,
+    /// Plugins whose components may not import WASI (`[plugins.NAME] wasi
+    /// = false`, read at start-up).
+    wasi_refused: BTreeSet<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -170,7 +178,14 @@ impl PluginRegistry {
     /// A registry that loads plugin files with `runtime` (if any) and counts
     /// loads and refusals in `metrics`.
     pub fn new(runtime: Option<Runtime>, metrics: Arc<Metrics>) -> Self {
-        Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default(), metrics }
+        Self { runtime, plugins: ArcSwap::default(), refused: Mutex::default(), wasi_refused: BTreeSet::new(), metrics }
+    }
+
+    /// This registry, refusing components that import WASI for the plugins
+    /// named in `plugins`.
+    pub fn refusing_wasi_to(mut self, plugins: BTreeSet<String>) -> Self {
+        self.wasi_refused = plugins;
+        self
     }
 
     /// The runtime that runs the plugin files, if this registry loads any.
@@ -250,9 +265,10 @@ impl PluginRegistry {
             return Ok(());
         }
         let runtime = self.runtime.clone().context("this server runs native handlers only; it cannot load plugin files")?;
+        let wasi = if self.wasi_refused.contains(name) { Wasi::Refused } else { Wasi::Allowed };
         let loaded = {
             let name = name.to_owned();
-            tokio::task::spawn_blocking(move || Plugin::load(&runtime, &name, &bytes)).await?
+            tokio::task::spawn_blocking(move || Plugin::load(&runtime, &name, &bytes, wasi)).await?
         };
         let plugin = match loaded {
             Ok(plugin) => {

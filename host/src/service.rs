@@ -107,8 +107,11 @@ impl Service {
             tracing::warn!("limits.max-connections, limits.max-concurrent-calls and limits.max-buffered take effect at the next start");
         }
         let (old, new) = (&current.runtime, &settings.runtime);
-        if old.spectre_hardening != new.spectre_hardening || old.cache_max_size != new.cache_max_size || current.source != settings.source {
-            tracing::warn!("[runtime] spectre-hardening and cache-max-size, and [source], take effect at the next start");
+        if (old.spectre_hardening, old.cache_max_size, old.pool) != (new.spectre_hardening, new.cache_max_size, new.pool) || current.source != settings.source {
+            tracing::warn!("[runtime] settings other than reuse, and [source], take effect at the next start");
+        }
+        if current.wasi_refused != settings.wasi_refused {
+            tracing::warn!("[plugins.NAME] wasi takes effect at the next start");
         }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);

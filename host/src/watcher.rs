@@ -17,6 +17,9 @@
 //! hold up either for long: files are read without blocking
 //! ([`crate::files`]).
 //!
+//! [`watch_sources`] watches a plugin project's source for `wasmux dev`,
+//! which rebuilds it into the plugin directory this watcher serves from.
+//!
 //! The configuration may be reached through symbolic links, as Kubernetes
 //! mounts a ConfigMap: `config -> ..data/config`, where `..data` is a link
 //! to a directory, replaced atomically by a new one. So both the directory
@@ -98,6 +101,33 @@ pub fn watch(watched: Watched, service: Arc<Service>) -> anyhow::Result<Watcher>
         tokio::spawn(apply_config_changes(config_rx, config, running, service, Arc::downgrade(&debouncer)));
     }
     Ok(Watcher { _debouncer: debouncer })
+}
+
+/// Watches the tree under `dir`, recursively: each batch of changed paths
+/// that `wanted` keeps (a plugin project's build inputs) comes out of the
+/// receiver, debounced like plugin files. Dropping the [`Watcher`] stops it.
+pub fn watch_sources(
+    dir: &Path,
+    wanted: impl Fn(&Path) -> bool + Send + 'static,
+) -> anyhow::Result<(Watcher, mpsc::UnboundedReceiver<Vec<PathBuf>>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| match result {
+        Ok(events) => {
+            let paths: Vec<PathBuf> = events
+                .into_iter()
+                .filter(|e| !matches!(e.event.kind, EventKind::Access(_)))
+                .flat_map(|e| e.event.paths)
+                .filter(|path| wanted(path))
+                .collect();
+            if !paths.is_empty() {
+                let _ = tx.send(paths);
+            }
+        }
+        Err(errors) => errors.iter().for_each(|e| tracing::error!("watching files failed: {e}")),
+    })
+    .context("cannot start watching files")?;
+    debouncer.watch(dir, RecursiveMode::Recursive).with_context(|| format!("cannot watch {}", dir.display()))?;
+    Ok((Watcher { _debouncer: Arc::new(Mutex::new(debouncer)) }, rx))
 }
 
 fn watch_dir(debouncer: &Mutex<FileWatcher>, dir: &Path) -> anyhow::Result<()> {

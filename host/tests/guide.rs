@@ -1,11 +1,14 @@
 //! The guide's transcript against a real `wasmux serve` with the default
 //! plugins: the same answers, header fields and bytes as the guide's server.
+//! The search plugin in each language (Rust, Python, JavaScript, each built
+//! with `wasmux build`) gives the same six answers.
 
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::{Server, binary, message, search};
+use common::{Server, binary, lang_plugin, message, plugins_dir, search};
 use serde_json::json;
 
 /// The guide's server answers in its machine's byte order; so do we.
@@ -24,6 +27,33 @@ fn guide_answer(content_type: &str, encoding: &str, content: &[u8]) -> Vec<u8> {
 #[test]
 fn the_guides_six_requests_byte_for_byte() {
     assert_guide_answers(&Server::start());
+}
+
+#[test]
+fn the_rust_search_built_by_wasmux_build_answers_the_six_requests() {
+    assert_guide_answers(&serving_search_from("search"));
+}
+
+#[test]
+fn the_python_search_answers_the_six_requests_byte_for_byte() {
+    assert_guide_answers(&serving_search_from("search-py"));
+}
+
+#[test]
+fn the_javascript_search_answers_the_six_requests_byte_for_byte() {
+    assert_guide_answers(&serving_search_from("search-js"));
+}
+
+/// A server whose `search` is the component `target/lang-plugins/FILE.wasm`
+/// (binary requests go to the Rust `binary-echo`). A Python or JavaScript
+/// component takes a while to compile the first time (in a debug build),
+/// before the server listens.
+fn serving_search_from(file: &str) -> Server {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::copy(lang_plugin(file), dir.path().join("search.wasm")).expect("copy the search plugin");
+    std::fs::copy(plugins_dir().join("binary-echo.wasm"), dir.path().join("binary-echo.wasm")).expect("copy binary-echo");
+    let plugins = dir.path().to_str().expect("utf-8 path").to_owned();
+    Server::start_slow(&["--plugins", &plugins], Duration::from_secs(300)).keeping(dir)
 }
 
 #[test]

@@ -14,7 +14,7 @@ use common::{Answer, Raw, Server, message, search};
 use serde_json::json;
 use wasmux::message::Message;
 use wasmux::registry::Plugin;
-use wasmux::runtime::{CallContext, CallLimits, PluginError, Runtime, RuntimeSettings};
+use wasmux::runtime::{CallContext, CallLimits, PluginError, Runtime, RuntimeSettings, Wasi};
 
 /// Small limits, so that every fault is reached quickly.
 const CONFIG: &str = r#"
@@ -203,7 +203,7 @@ fn the_memory_cap_holds_for_the_initial_memory_too() {
 fn a_lower_per_call_cap_refuses_the_initial_memory() {
     let runtime = Runtime::new(RuntimeSettings { max_concurrent_calls: 2, max_memory: 48 << 20, ..RuntimeSettings::default() }).expect("runtime");
     let bytes = std::fs::read(common::fixtures_dir().join("big-initial-memory.wasm")).expect("the fixture");
-    let plugin = Plugin::load(&runtime, "big-initial-memory", &bytes).expect("loads under a 48 MiB pool");
+    let plugin = Plugin::load(&runtime, "big-initial-memory", &bytes, Wasi::Allowed).expect("loads under a 48 MiB pool");
     let request = Message::new("test/big-initial-memory", "binary", Vec::new());
     let call = |memory: usize| {
         let context = CallContext { limits: CallLimits { memory, ..CallLimits::default() }, ..CallContext::default() };

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
-/// `apt-get update`, then `apt-get install -y PACKAGES`.
+/// `apt-get update`, then `apt-get install -y PACKAGES`; on failure, what
+/// apt-get printed.
 pub fn install(packages: &[&str]) -> Result<()> {
     let is_root = Command::new("id")
         .arg("-u")
@@ -22,11 +23,7 @@ pub fn install(packages: &[&str]) -> Result<()> {
             sudo
         };
         command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        let status = command.status().context("could not run apt-get")?;
-        if !status.success() {
-            bail!("`apt-get {}` failed ({status})", args.join(" "));
-        }
-        Ok(())
+        crate::run_quietly(&format!("run apt-get {} (as root, or with sudo -n)", args.join(" ")), &mut command)
     };
     apt(&["update", "-qq"])?;
     apt(&[&["install", "-y", "-qq"], packages].concat())

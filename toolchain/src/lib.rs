@@ -4,17 +4,108 @@
 //!
 //! - [`rust`]: a compiler that can build `wasm32-unknown-unknown` guests,
 //!   found on this machine or installed;
+//! - [`python`], [`javascript`]: componentize-py and componentize-js at
+//!   pinned versions, installed once into the cache directory;
+//! - [`project`]: a plugin project of any of the three languages, found
+//!   from its own manifest, built into `OUT/NAME.wasm` ([`build_project`]),
+//!   or written from the templates in this binary ([`new_project`]);
 //! - [`componentize`]: a core module carrying its WIT world (as wit-bindgen
 //!   leaves it) wrapped into a component, written atomically;
 //! - [`debian`]: Debian packages installed with apt-get, for these and for
 //!   the tests (headless Chromium, for the admin page's test).
 
 pub mod debian;
+pub mod javascript;
+pub mod project;
+pub mod python;
 pub mod rust;
+mod templates;
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
 
 use anyhow::{Context, Result};
+
+pub use project::{BuildOptions, Language, Project, build_project, build_project_with, new_project};
+
+/// The WIT world every plugin implements, as embedded in this binary; `wasmux
+/// new` writes it into each project.
+pub const WIT: &str = include_str!("../../wit/wasmux.wit");
+
+/// The world's name in [`WIT`].
+pub const WORLD: &str = "handler";
+
+/// Where wasmux keeps what it installed and built for plugins:
+/// `$WASMUX_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmux`, else
+/// `~/.cache/wasmux` (the server keeps compiled plugin code there too).
+pub fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("WASMUX_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .context("no cache directory: set WASMUX_CACHE_DIR, XDG_CACHE_HOME or HOME")?;
+    Ok(base.join("wasmux"))
+}
+
+/// A tool of the build failed. Its own messages (the compiler's errors) went
+/// to standard error as it ran, so this error only names the tool: the
+/// caller prints it as one line, not as a stack of wrappers around them.
+#[derive(Debug)]
+pub struct ToolFailed {
+    /// What ran, e.g. `cargo build` or `componentize-py`.
+    pub tool: String,
+    pub status: ExitStatus,
+}
+
+impl fmt::Display for ToolFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed ({}); its messages are above", self.tool, self.status)
+    }
+}
+
+impl std::error::Error for ToolFailed {}
+
+/// Runs a build tool with its standard error shown as it runs (so the user
+/// sees the compiler's own messages) and its standard output kept; fails
+/// with [`ToolFailed`] if it fails. Returns what it wrote to standard output.
+fn run_tool(tool: &str, command: &mut Command) -> Result<Vec<u8>> {
+    run_tool_with(tool, command, true)
+}
+
+/// [`run_tool`]; with `show_stdout`, what the tool printed on standard
+/// output is shown when it fails (cargo's is JSON for us, not for people).
+fn run_tool_with(tool: &str, command: &mut Command, show_stdout: bool) -> Result<Vec<u8>> {
+    command.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::inherit());
+    let output = command.output().with_context(|| format!("could not run {tool} ({:?})", command.get_program()))?;
+    if !output.status.success() {
+        // What the tool printed on standard output may be the message.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if show_stdout && !stdout.trim().is_empty() {
+            eprintln!("{}", stdout.trim_end());
+        }
+        return Err(ToolFailed { tool: tool.to_owned(), status: output.status }.into());
+    }
+    Ok(output.stdout)
+}
+
+/// Runs a step of an installation quietly: its output is shown only if it
+/// fails, in the error.
+fn run_quietly(what: &str, command: &mut Command) -> Result<()> {
+    command.stdin(std::process::Stdio::null());
+    let output = command.output().with_context(|| format!("could not run {:?} to {what}", command.get_program()))?;
+    if !output.status.success() {
+        let mut text = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        if text.is_empty() {
+            text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        }
+        anyhow::bail!("could not {what} ({}):\n{text}", output.status);
+    }
+    Ok(())
+}
 
 /// Wraps the core module at `core` into a component at `out`; returns false
 /// if `out` already held exactly that component (so a server watching the

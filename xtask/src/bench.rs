@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod languages;
+
 /// What `cargo xtask bench` was asked for.
 pub struct Options {
     pub duration: String,
@@ -129,6 +131,10 @@ impl Cell {
 
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     crate::plugins::build_all(root, true)?;
+    // The search in JavaScript and Python, built by `wasmux build` (the
+    // debug binary) as `cargo xtask test` builds them.
+    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "-p", "wasmux", "--bin", "wasmux"]))?;
+    crate::plugins::build_examples(root)?;
     crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux"]))?;
     let wasmux = root.join("target/release/wasmux");
     let pinning = Pinning::plan(options.pin);
@@ -217,12 +223,19 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let results = Results { pinning: &pinning, subjects: &subjects, cells: &cells, costs: &costs, cold_startup, notes: &notes, load };
     let markdown = render_markdown(root, options, &results)?;
     let md_path = root.join(&options.out).join("benchmarks.md");
-    // Sections measured by hand follow the marker; they stay.
-    let kept = std::fs::read_to_string(&md_path).ok().and_then(|old| old.find(KEPT_MARKER).map(|at| old[at..].to_owned()));
-    let markdown = match kept {
-        Some(kept) => format!("{markdown}\n{kept}"),
-        None => markdown,
-    };
+    // What was measured otherwise stays: `cargo xtask bench-languages`'s
+    // section, and the sections measured by hand after the marker.
+    let old = std::fs::read_to_string(&md_path).unwrap_or_default();
+    let kept = old.find(KEPT_MARKER).map(|at| &old[at..]);
+    let mut markdown = markdown;
+    if let Some(languages) = section(&old, languages::HEADING)
+        && !kept.is_some_and(|kept| kept.contains(languages.trim_end()))
+    {
+        markdown = with_section(&markdown, languages::HEADING, languages);
+    }
+    if let Some(kept) = kept {
+        markdown = format!("{}\n\n{kept}", markdown.trim_end());
+    }
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     let svg_path = root.join(&options.out).join("benchmarks.svg");
     std::fs::write(&svg_path, render_svg(&subjects, &cells, options)).with_context(|| format!("writing {}", svg_path.display()))?;
@@ -575,6 +588,30 @@ fn machine(root: &Path) -> Vec<(String, String)> {
     ]
 }
 
+/// The section of `markdown` under the level-2 `heading`, up to the next
+/// level-2 heading or the end.
+fn section<'a>(markdown: &'a str, heading: &str) -> Option<&'a str> {
+    let start = markdown.find(&format!("\n{heading}\n"))? + 1;
+    let rest = &markdown[start..];
+    let end = rest[heading.len()..].find("\n## ").map(|i| heading.len() + i + 1).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// `markdown` with the section under `heading` replaced by `new` (which
+/// starts with that heading), or with `new` added at the end.
+fn with_section(markdown: &str, heading: &str, new: &str) -> String {
+    let new = format!("{}\n", new.trim_end());
+    match section(markdown, heading) {
+        Some(old) => {
+            let start = old.as_ptr() as usize - markdown.as_ptr() as usize;
+            let end = start + old.len();
+            let gap = if end < markdown.len() { "\n" } else { "" };
+            format!("{}{new}{gap}{}", &markdown[..start], &markdown[end..])
+        }
+        None => format!("{}\n\n{new}", markdown.trim_end()),
+    }
+}
+
 /// Everything a run measured, for the report.
 struct Results<'a> {
     pinning: &'a Pinning,
@@ -818,6 +855,8 @@ fn xml_escape(text: &str) -> String {
 mod tests {
     use super::*;
 
+    const HEADING: &str = "## Plugins by language";
+
     #[test]
     fn strace_summaries_are_read_per_request() {
         let text = "\
@@ -834,5 +873,23 @@ mod tests {
         let top: Vec<(&str, f64)> = calls.top.iter().map(|(name, n)| (name.as_str(), *n)).collect();
         assert_eq!(top, [("recvfrom", 2.08), ("sendto", 2.0), ("clock_nanosleep", 0.2)]);
         assert!(parse_strace_summary("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n", 10).is_none());
+    }
+
+    #[test]
+    fn a_section_is_replaced_between_its_neighbours() {
+        let md = "# Benchmarks\n\n## The load\n\nold load\n\n## Plugins by language\n\nold\n\n## Reproduce\n\nsh\n";
+        assert_eq!(section(md, HEADING), Some("## Plugins by language\n\nold\n\n"));
+        let new = with_section(md, HEADING, "## Plugins by language\n\nnew\n");
+        assert_eq!(new, "# Benchmarks\n\n## The load\n\nold load\n\n## Plugins by language\n\nnew\n\n## Reproduce\n\nsh\n");
+    }
+
+    #[test]
+    fn a_missing_section_is_added_at_the_end_and_a_last_one_replaced() {
+        let md = "# Benchmarks\n\n## The load\n";
+        assert_eq!(section(md, HEADING), None);
+        let added = with_section(md, HEADING, "## Plugins by language\n\nfirst\n");
+        assert_eq!(added, "# Benchmarks\n\n## The load\n\n## Plugins by language\n\nfirst\n");
+        let replaced = with_section(&added, HEADING, "## Plugins by language\n\nsecond\n");
+        assert_eq!(replaced, "# Benchmarks\n\n## The load\n\n## Plugins by language\n\nsecond\n");
     }
 }

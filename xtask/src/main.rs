@@ -5,7 +5,11 @@
 //!   WebAssembly component at `target/plugins/NAME.wasm` (test fixtures at
 //!   `target/test-plugins/NAME.wasm`), installing the wasm toolchain first if
 //!   this machine lacks it.
-//! - `cargo xtask test` builds the plugins and runs every test.
+//!   With `--examples`, also builds the guide's search in each language
+//!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) with
+//!   `wasmux build` into `target/lang-plugins/`.
+//! - `cargo xtask test` builds the plugins (with the examples) and runs
+//!   every test.
 //! - `cargo xtask serve [ARGS]` builds the plugins and the release server and
 //!   starts it with the default plugins.
 //! - `cargo xtask bench` builds both, compares the Wasm plugins (fresh
@@ -36,6 +40,10 @@ enum Task {
         /// Build the plugins without optimizations (faster to build, slower to run).
         #[arg(long)]
         debug: bool,
+        /// Also build the guide's search in each language with `wasmux build`
+        /// (installing componentize-py and componentize-js the first time).
+        #[arg(long)]
+        examples: bool,
     },
     /// Build the plugins, then run every test of the host and the plugins.
     Test {
@@ -75,10 +83,10 @@ enum Task {
         #[arg(long, default_value = "examples/python/app_server.py")]
         python_server: PathBuf,
         /// A `search` component written in JavaScript: rows of its own when the file exists.
-        #[arg(long, default_value = "target/plugins/search-js.wasm")]
+        #[arg(long, default_value = "target/lang-plugins/search-js.wasm")]
         search_js: PathBuf,
         /// A `search` component written in Python: rows of its own when the file exists.
-        #[arg(long, default_value = "target/plugins/search-py.wasm")]
+        #[arg(long, default_value = "target/lang-plugins/search-py.wasm")]
         search_py: PathBuf,
         /// Requests an instance serves in the reuse rows (`[runtime] reuse = { requests = N }`).
         #[arg(long, default_value_t = 1000)]
@@ -87,6 +95,36 @@ enum Task {
         #[arg(long, default_value_t = 20000)]
         cost_requests: u64,
         /// Where benchmarks.md and benchmarks.svg go.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
+    /// What a plugin costs in each language: `wasmux new` to the first answer
+    /// (fresh and warm), a one-line change under `wasmux dev`, component size,
+    /// compile time, a fresh-instance call, and the search's requests per
+    /// second next to the guide's Python server; written into the section
+    /// "Plugins by language" of docs/benchmarks.md.
+    BenchLanguages {
+        /// Measured time per run.
+        #[arg(long, default_value = "5s")]
+        duration: String,
+        /// Warm-up before each run.
+        #[arg(long, default_value = "1s")]
+        warmup: String,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Runs per server and mode; the table shows the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// One-line changes measured per language under `wasmux dev`.
+        #[arg(long, default_value_t = 3)]
+        changes: u32,
+        /// Do not pin servers and load generator to separate cores.
+        #[arg(long)]
+        no_pin: bool,
+        /// The guide's Python app-server (run as `python3 PATH HOST PORT`).
+        #[arg(long, default_value = "examples/python/app_server.py")]
+        python_server: PathBuf,
+        /// Where benchmarks.md is.
         #[arg(long, default_value = "docs")]
         out: PathBuf,
     },
@@ -105,8 +143,12 @@ fn main() -> std::process::ExitCode {
 fn run_task(cli: Cli) -> Result<()> {
     let root = workspace_root();
     match cli.task {
-        Task::Plugins { debug } => {
+        Task::Plugins { debug, examples } => {
             plugins::build_all(&root, !debug)?;
+            if examples {
+                run(Command::new(cargo()).current_dir(&root).args(["build", "--workspace", "--bins", "--examples"]))?;
+                plugins::build_examples(&root)?;
+            }
         }
         Task::Test { args } => {
             plugins::build_all(&root, true)?;
@@ -119,6 +161,9 @@ fn run_task(cli: Cli) -> Result<()> {
             // wit-component) unifies wasmparser's features differently and
             // compiles wasmtime a second time.
             run(Command::new(cargo()).current_dir(&root).args(["build", "--workspace", "--bins", "--examples"]))?;
+            // The guide's search in each language, built once for every
+            // test that serves them.
+            plugins::build_examples(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--all-targets"]).args(&args))?;
             // `--all-targets` leaves out documentation examples.
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--doc"]).args(&args))?;
@@ -155,6 +200,19 @@ fn run_task(cli: Cli) -> Result<()> {
                 out,
             };
             bench::run(&root, &options)?;
+        }
+        Task::BenchLanguages { duration, warmup, connections, rounds, changes, no_pin, python_server, out } => {
+            let options = bench::languages::Options {
+                duration,
+                warmup,
+                connections,
+                rounds: rounds.max(1),
+                changes: changes.max(1),
+                pin: !no_pin,
+                python_server,
+                out,
+            };
+            bench::languages::run(&root, &options)?;
         }
     }
     Ok(())

@@ -64,6 +64,32 @@ pub fn build_all(root: &Path, release: bool) -> Result<()> {
     Ok(())
 }
 
+/// The guide's search in each language, as a newcomer builds a plugin:
+/// `wasmux build` (the debug binary, built before) of `plugins/search`,
+/// `examples/plugins/search-py` and `examples/plugins/search-js` into
+/// `target/lang-plugins/`. The tools and build output are kept in the
+/// test cache (`target/test-cache`, as `WASMUX_CACHE_DIR`) that the tests
+/// use too; the Rust plugin reuses `target/wasm`, where
+/// [`build_all`] built it.
+pub fn build_examples(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let wasmux = root.join("target/debug/wasmux");
+    let out = root.join("target/lang-plugins");
+    for dir in ["plugins/search", "examples/plugins/search-py", "examples/plugins/search-js"] {
+        let mut build = Command::new(&wasmux);
+        build
+            .arg("build")
+            .arg(root.join(dir))
+            .arg("--out")
+            .arg(&out)
+            .env("WASMUX_CACHE_DIR", root.join("target/test-cache"))
+            .env("CARGO_TARGET_DIR", root.join("target/wasm"));
+        crate::run(&mut build).with_context(|| format!("building {dir}"))?;
+    }
+    eprintln!("xtask: example plugins ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// The plugin crates: `cdylib` packages of the plugins workspace.
 fn list(root: &Path, manifest: &Path) -> Result<Vec<Plugin>> {
     let out = Command::new(crate::cargo())

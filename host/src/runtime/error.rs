@@ -65,11 +65,15 @@ pub(super) fn classify_failure(error: wasmtime::Error, phase: Phase, state: &Cal
     if let Some(asked) = state.memory_refused {
         return PluginError::OutOfMemory { asked, limit: limits.memory };
     }
+    // WASI's `exit` (a Python `sys.exit`, a JavaScript `process.exit`).
+    if let Some(wasmtime_wasi::I32Exit(status)) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return PluginError::Trap(format!("exited with status {status} (the plugin called exit)"));
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginError::Timeout(limits.deadline),
         Some(&trap) => {
             if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
-                tracing::debug!(plugin = %state.plugin, version = %state.version, "trap backtrace:\n{backtrace}");
+                tracing::debug!(plugin = %state.log.plugin, version = %state.log.version, "trap backtrace:\n{backtrace}");
             }
             PluginError::Trap(describe_trap(trap))
         }

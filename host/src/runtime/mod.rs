@@ -26,26 +26,38 @@
 //!   copied, then a cap on the response's size and a check of its header
 //!   fields ([`convert`]).
 //!
-//! Plugins see only the `host` interface of the WIT world: no WASI, so no
-//! filesystem, network, clock or environment. The linker defines its newest
-//! version (`wasmux:plugin/host@0.1.1`); wasmtime resolves an import of an
-//! older 0.1.x to it, so plugins built against an older WIT keep loading.
+//! Plugins see the `host` interface of the WIT world and, if they import
+//! it (Python and JavaScript plugins do), the WASI 0.2 subset of [`wasi`]:
+//! stdout and stderr as log lines, clocks and random numbers, and nothing
+//! outside (no filesystem, network, environment or arguments). A component
+//! that imports no WASI (every Rust plugin) is linked without it; one that
+//! does is refused if its plugin may not have it (`[plugins.NAME] wasi =
+//! false`). The linker defines the newest version of the `host` interface
+//! (`wasmux:plugin/host@0.1.1`); wasmtime resolves an import of an older
+//! 0.1.x to it, so plugins built against an older WIT keep loading.
+//!
+//! The instance pool is shaped by [`PoolLimits`] (`pooling`), fixed when
+//! the runtime is made; a component over them is refused at load with the
+//! limit and the setting that raises it named. Instances are reused, when
+//! the settings ask for it, by [`pool`].
 
 mod cache;
 mod convert;
 mod error;
 mod outcomes;
 mod pool;
+mod pooling;
 mod state;
+mod wasi;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context as _;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store, UpdateDeadline};
 
 use wasmux_bindings::{HandlerPre, host};
 use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
@@ -55,6 +67,7 @@ use error::{Phase, classify_failure, cut_handler_error};
 pub use error::PluginError;
 use pool::{InstancePool, PoolKey};
 pub use pool::{InstanceEvents, Retirement, Reuse, ReuseCount, Unobserved};
+pub use pooling::PoolLimits;
 use state::CallState;
 pub use outcomes::{MAX_OUTCOME_NAME, MAX_OUTCOMES_PER_CALL, Outcomes, invalid_outcome_name};
 
@@ -94,12 +107,38 @@ pub struct RuntimeSettings {
     /// plugin could then read other instances' memory through speculative
     /// side channels: only for plugins you trust.
     pub spectre_hardening: bool,
+    /// What one plugin instance may hold; shapes the instance pool.
+    pub pool: PoolLimits,
+    /// How plugins are compiled.
+    pub compile: CompileMode,
 }
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { max_concurrent_calls: 256, max_memory: 64 << 20, cache_dir: None, cache_max_size: DEFAULT_CACHE_MAX_SIZE, spectre_hardening: true }
+        Self {
+            max_concurrent_calls: 256,
+            max_memory: 64 << 20,
+            cache_dir: None,
+            cache_max_size: DEFAULT_CACHE_MAX_SIZE,
+            spectre_hardening: true,
+            pool: PoolLimits::default(),
+            compile: CompileMode::Serve,
+        }
     }
+}
+
+/// How plugins are compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileMode {
+    /// Each version compiled whole (or read from the compiled-code cache).
+    Serve,
+    /// For a server that swaps in one rebuilt version after another
+    /// (`wasmux dev`): Cranelift keeps each function it compiled, in
+    /// memory, and a new version reuses those whose code did not change.
+    /// A Python or JavaScript plugin is an interpreter whose code is the
+    /// same from one build to the next (the program is data), so a
+    /// rebuild compiles in a fraction of the first build's time.
+    Incremental,
 }
 
 /// The default bound of the compiled-code cache directory: a few hundred
@@ -148,7 +187,11 @@ pub struct Runtime {
 
 struct Shared {
     engine: Engine,
+    /// The host interface only: what a component importing no WASI is
+    /// linked with.
     linker: Linker<CallState>,
+    /// The host interface and the WASI subset.
+    wasi_linker: Linker<CallState>,
     cache: ComponentCache,
     settings: RuntimeSettings,
     /// The live instances. Each holds a slot of wasmtime's pool, so calls
@@ -165,12 +208,23 @@ pub struct LoadInfo {
     pub compile_time: Duration,
     /// Whether the code was compiled for this load or found in a cache.
     pub origin: Origin,
+    /// Whether the component imports WASI (and was linked with the subset).
+    pub imports_wasi: bool,
+}
+
+/// Whether a plugin may import the WASI subset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wasi {
+    Allowed,
+    /// `[plugins.NAME] wasi = false`: a component importing WASI is refused.
+    Refused,
 }
 
 /// A component compiled and linked against the host's imports, ready to
 /// answer requests.
 pub struct WasmHandler {
     pre: HandlerPre<CallState>,
+    imports_wasi: bool,
     runtime: Arc<Shared>,
     /// This load's identity in the instance pool.
     load: u64,
@@ -190,18 +244,8 @@ impl Runtime {
     /// A runtime that tells `events` of every instance created and retired.
     pub fn with_events(settings: RuntimeSettings, events: Arc<dyn InstanceEvents>) -> wasmtime::Result<Self> {
         let n = settings.max_concurrent_calls.max(1);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(n)
-            // A component made by wit-component holds a few core instances
-            // (the module, a shim and a fixup module) and tables.
-            .max_core_instances_per_component(8)
-            .total_core_instances(n * 8)
-            .max_memories_per_component(2)
-            .total_memories(n * 2)
-            .total_tables(n * 4)
-            .total_stacks(n)
-            .max_memory_size(settings.max_memory)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
+        let mut pool = settings.pool.pool(n, settings.max_memory);
+        pool.linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT)
             .pagemap_scan(wasmtime::Enabled::Auto);
 
@@ -211,6 +255,9 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .memory_init_cow(true)
             .parallel_compilation(true);
+        if settings.compile == CompileMode::Incremental {
+            config.enable_incremental_compilation(Arc::new(FunctionCache::default()))?;
+        }
         if !settings.spectre_hardening {
             // Each instance's memory is reserved at its cap with no guard
             // pages, and compiled code checks every access explicitly instead
@@ -230,6 +277,10 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         host::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state).context("linking the host interface")?;
+        // The same with the WASI subset. A component importing WASI 0.2.x
+        // links against wasmtime-wasi's 0.2 whatever its patch version.
+        let mut wasi_linker = linker.clone();
+        wasmtime_wasi::p2::add_to_linker_async(&mut wasi_linker).context("linking WASI")?;
 
         let pool = Arc::new(InstancePool::new(n as usize, events));
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -252,7 +303,7 @@ impl Runtime {
             .context("starting the epoch ticker")?;
 
         let cache = ComponentCache::new(&engine, settings.cache_dir.clone(), settings.cache_max_size);
-        Ok(Self { shared: Arc::new(Shared { engine, linker, cache, pool, settings, ticker_stop }) })
+        Ok(Self { shared: Arc::new(Shared { engine, linker, wasi_linker, cache, pool, settings, ticker_stop }) })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
@@ -274,23 +325,67 @@ impl Runtime {
     /// SHA-256 is `digest` (the cache's key), for plugin `plugin` at
     /// `version` (named in its log lines). Compiling is CPU-heavy
     /// (milliseconds to seconds): call this off the async runtime. Fails if
-    /// `bytes` is not a component or not of the `handler` world.
-    pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: [u8; 32]) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
+    /// `bytes` is not a component, is not of the `handler` world, needs
+    /// more than the instance pool holds, or imports WASI where `wasi`
+    /// refuses it.
+    pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: [u8; 32], wasi: Wasi) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
         let shared = &self.shared;
         let started = Instant::now();
-        let (component, origin) = shared
-            .cache
-            .get_or_compile(&shared.engine, digest, bytes)
-            .context("not a valid WebAssembly component, or one outside this server's limits")?;
+        let (component, origin) = match shared.cache.get_or_compile(&shared.engine, digest, bytes) {
+            Ok(compiled) => compiled,
+            Err(e) => return Err(pooling::explain_refusal(e, shared.settings.pool)),
+        };
         let compile_time = started.elapsed();
-        let instance_pre = shared
-            .linker
+        let wasi_imports = wasi_imports(&shared.engine, &component);
+        let linker = match (wasi_imports.is_empty(), wasi) {
+            (true, _) => &shared.linker,
+            (false, Wasi::Allowed) => &shared.wasi_linker,
+            (false, Wasi::Refused) => wasmtime::bail!(
+                "the component imports WASI ({}), which the configuration refuses to plugin {plugin} \
+                 ([plugins.{plugin}] wasi = false): build it without WASI, or allow the subset",
+                wasi_imports.join(", ")
+            ),
+        };
+        let instance_pre = linker
             .instantiate_pre(&component)
-            .context("the component's imports do not match the wasmux:plugin/handler world")?;
+            .context("the component's imports do not match the wasmux:plugin/handler world (and the WASI 0.2 subset)")?;
         let pre = HandlerPre::new(instance_pre).context("the component's exports do not match the wasmux:plugin/handler world")?;
+        let imports_wasi = !wasi_imports.is_empty();
         let load = shared.pool.register_load();
-        let handler = WasmHandler { pre, runtime: Arc::clone(shared), load, plugin: plugin.into(), version: version.into() };
-        Ok((handler, LoadInfo { compile_time, origin }))
+        let handler = WasmHandler { pre, imports_wasi, runtime: Arc::clone(shared), load, plugin: plugin.into(), version: version.into() };
+        Ok((handler, LoadInfo { compile_time, origin, imports_wasi }))
+    }
+}
+
+/// The WASI interfaces `component` imports, e.g. `wasi:cli/stdout@0.2.3`.
+fn wasi_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| name.starts_with("wasi:"))
+        .collect()
+}
+
+/// Cranelift's incremental cache, in memory ([`CompileMode::Incremental`]):
+/// each compiled function by the hash of its code and the compiler's
+/// settings (Cranelift's key). Kept for the life of the runtime; a
+/// development server's few versions of one plugin share most functions.
+#[derive(Debug, Default)]
+struct FunctionCache {
+    functions: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Arc<[u8]>>>,
+}
+
+impl wasmtime::CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        functions.get(key).map(|code| std::borrow::Cow::Owned(code.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        functions.insert(key.to_vec(), value.into());
+        true
     }
 }
 
@@ -303,15 +398,33 @@ impl Drop for Shared {
 impl WasmHandler {
     /// Answers `request` under `context`'s limits: with reuse on, on an
     /// idle instance of this load, tenant and settings generation if there
-    /// is one; on a fresh instance otherwise.
-    /// With the answer, the outcomes the plugin counted.
+    /// is one; on a fresh instance otherwise. With the answer, the outcomes
+    /// the plugin counted.
     pub async fn call(&self, request: &Message, context: &CallContext) -> Result<(Message, Outcomes), PluginError> {
-        let pool = &self.runtime.pool;
         let limits = context.limits;
         // The wait for a slot counts against the deadline: behind a flood,
         // a request is answered when its time is up, not whenever a slot
         // comes free.
         let deadline = Instant::now() + limits.deadline;
+        let call = self.call_by(request, context, deadline);
+        if !self.imports_wasi {
+            return call.await;
+        }
+        // Epoch interruption stops a guest that runs past its deadline; a
+        // guest waiting in a WASI call (a clock's pollable) runs no code to
+        // interrupt, so its wait is bounded here. Dropping the call drops
+        // its lease, which retires the instance. The host's own imports
+        // never wait.
+        match tokio::time::timeout_at((deadline + 2 * EPOCH_TICK).into(), call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(PluginError::Timeout(limits.deadline)),
+        }
+    }
+
+    /// [`WasmHandler::call`], on an instance leased from the pool.
+    async fn call_by(&self, request: &Message, context: &CallContext, deadline: Instant) -> Result<(Message, Outcomes), PluginError> {
+        let pool = &self.runtime.pool;
+        let limits = context.limits;
         let key = PoolKey { load: self.load, tenant: Arc::clone(&context.tenant), generation: context.generation };
         let reused = if context.reuse.is_fresh() { None } else { pool.take(&key) };
         let mut lease = match reused {
@@ -324,7 +437,7 @@ impl WasmHandler {
                     Ok(permit) => permit?,
                     Err(_) => return Err(PluginError::NoSlot(limits.deadline)),
                 };
-                let mut store = self.new_store();
+                let mut store = self.new_store(context);
                 // Before instantiating: the deadline counts instantiation.
                 begin_call(&mut store, context, deadline);
                 let handler = match self.pre.instantiate_async(&mut store).await {
@@ -348,8 +461,9 @@ impl WasmHandler {
 
     /// A store for a new instance of this plugin, with its limiter and its
     /// deadline's callback.
-    fn new_store(&self) -> Store<CallState> {
-        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version));
+    fn new_store(&self, context: &CallContext) -> Store<CallState> {
+        let max_table_elements = self.runtime.settings.pool.table_elements;
+        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context, max_table_elements);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_callback(|store| {
@@ -365,6 +479,11 @@ impl WasmHandler {
             }
         });
         store
+    }
+
+    /// Whether the component imports WASI.
+    pub fn imports_wasi(&self) -> bool {
+        self.imports_wasi
     }
 
     /// At a hot swap or unload of this version: its idle instances are

@@ -186,7 +186,7 @@ pub(super) struct Instance {
 
 impl Instance {
     fn plugin(&self) -> &Arc<str> {
-        &self.store.data().plugin
+        &self.store.data().log.plugin
     }
 }
 

@@ -1,7 +1,9 @@
 //! What a `Store` holds for one call, and the host's side of the imports a
-//! plugin may call: `log`, `config` and `outcome`.
+//! plugin may call: `log`, `config` and `outcome` (and, through
+//! [`super::wasi`], the WASI subset).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
@@ -9,20 +11,22 @@ use wasmtime::ResourceLimiter;
 use super::CallContext;
 use super::error::cut;
 use super::outcomes::Outcomes;
+use super::wasi::GuestWasi;
 use wasmux_bindings::host::{self, Level};
 use wasmux_bindings::types;
 
 /// Longest log line a plugin may write; the rest is cut.
-const MAX_LOG_LINE: usize = 1024;
+pub(super) const MAX_LOG_LINE: usize = 1024;
 
-/// Log lines a plugin may write per request; the rest are dropped.
-const MAX_LOG_LINES_PER_CALL: u32 = 64;
+/// Log lines a plugin may write per request, through `log` and WASI's
+/// stdout and stderr together; the rest are dropped.
+pub(super) const MAX_LOG_LINES_PER_CALL: u32 = 64;
 
 /// The store's data: the instance's, and the current call's.
 pub(super) struct CallState {
-    /// The plugin's name and version, for its log lines.
-    pub plugin: Arc<str>,
-    pub version: Arc<str>,
+    /// The plugin's log for the current call (its name, version and
+    /// tenant are there too; an instance serves one tenant).
+    pub log: Arc<CallLog>,
     /// The current call's caller, plugin values and limits.
     pub context: CallContext,
     pub deadline: Instant,
@@ -32,27 +36,34 @@ pub(super) struct CallState {
     memory_in_use: usize,
     /// Set when the limiter refused a memory growth: the bytes asked for.
     pub memory_refused: Option<usize>,
-    log_lines: u32,
     /// What the plugin counted with `outcome`, handed back with its answer.
     pub outcomes: Outcomes,
     /// Set once a refused outcome was logged, so a plugin calling in a loop
     /// writes one line per request.
     outcome_refused: bool,
+    /// The most elements a table may grow to (`[runtime]
+    /// max-table-elements`, what the pool's table slots hold).
+    max_table_elements: usize,
+    /// The WASI context, made on the guest's first WASI call: a plugin that
+    /// imports no WASI (every Rust plugin) never pays for it.
+    wasi: Option<Box<GuestWasi>>,
 }
 
 impl CallState {
-    pub fn new(plugin: Arc<str>, version: Arc<str>) -> Self {
-        let context = CallContext::default();
+    /// The state of a new instance of `plugin` at `version`, serving
+    /// `context`'s tenant; [`CallState::begin`] starts each call.
+    pub fn new(plugin: Arc<str>, version: Arc<str>, context: &CallContext, max_table_elements: usize) -> Self {
+        let log = Arc::new(CallLog::new(plugin, version, Arc::clone(&context.tenant)));
         Self {
-            plugin,
-            version,
-            context,
+            log,
+            context: context.clone(),
             deadline: Instant::now(),
             memory_in_use: 0,
             memory_refused: None,
-            log_lines: 0,
             outcomes: Outcomes::default(),
             outcome_refused: false,
+            max_table_elements,
+            wasi: None,
         }
     }
 
@@ -62,9 +73,67 @@ impl CallState {
         self.context = context.clone();
         self.deadline = deadline;
         self.memory_refused = None;
-        self.log_lines = 0;
+        self.log.begin();
         self.outcomes = Outcomes::default();
         self.outcome_refused = false;
+    }
+}
+
+/// One call's log lines, whichever way the plugin writes them (the `log`
+/// import, WASI's stdout and stderr), counted against one cap.
+pub(super) struct CallLog {
+    pub plugin: Arc<str>,
+    pub version: Arc<str>,
+    pub tenant: Arc<str>,
+    /// Lines written so far (shared with the WASI streams, which live
+    /// outside the store's data).
+    lines: AtomicU32,
+}
+
+impl CallLog {
+    pub fn new(plugin: Arc<str>, version: Arc<str>, tenant: Arc<str>) -> Self {
+        Self { plugin, version, tenant, lines: AtomicU32::new(0) }
+    }
+
+    /// A new call on the instance: its lines are counted from 0.
+    pub fn begin(&self) {
+        self.lines.store(0, Ordering::Relaxed);
+    }
+
+    /// Logs `message` at `level` as the plugin's, cut to [`MAX_LOG_LINE`];
+    /// past [`MAX_LOG_LINES_PER_CALL`] lines, drops it (the last one kept
+    /// says so).
+    pub fn line(&self, level: Level, mut message: String) {
+        let n = self.lines.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if n > MAX_LOG_LINES_PER_CALL {
+            return;
+        }
+        cut(&mut message, MAX_LOG_LINE);
+        if n == MAX_LOG_LINES_PER_CALL {
+            message.push_str(" (log line limit reached; further lines of this request are dropped)");
+        }
+        let (plugin, version, tenant) = (&*self.plugin, &*self.version, &*self.tenant);
+        match level {
+            Level::Trace => tracing::trace!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Debug => tracing::debug!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Info => tracing::info!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Warn => tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+            Level::Error => tracing::error!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
+        }
+    }
+
+    /// Lines written so far, kept or not.
+    #[cfg(test)]
+    pub fn written(&self) -> u32 {
+        self.lines.load(Ordering::Relaxed)
+    }
+}
+
+impl wasmtime_wasi::WasiView for CallState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        let log = &self.log;
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(Arc::clone(log))));
+        wasmtime_wasi::WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
     }
 }
 
@@ -82,7 +151,7 @@ impl ResourceLimiter for CallState {
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= self.max_table_elements)
     }
 }
 
@@ -90,23 +159,7 @@ impl types::Host for CallState {}
 
 impl host::Host for CallState {
     fn log(&mut self, level: Level, message: String) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES_PER_CALL {
-            return;
-        }
-        let mut message = message;
-        cut(&mut message, MAX_LOG_LINE);
-        if self.log_lines == MAX_LOG_LINES_PER_CALL {
-            message.push_str(" (log line limit reached; further lines of this request are dropped)");
-        }
-        let (plugin, version, tenant) = (&*self.plugin, &*self.version, &*self.context.tenant);
-        match level {
-            Level::Trace => tracing::trace!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Debug => tracing::debug!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Info => tracing::info!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Warn => tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-            Level::Error => tracing::error!(target: "wasmux::plugin", %plugin, %version, %tenant, "{message}"),
-        }
+        self.log.line(level, message);
     }
 
     fn config(&mut self, key: String) -> Option<String> {
@@ -117,7 +170,7 @@ impl host::Host for CallState {
         if let Err(why) = self.outcomes.count(name)
             && !std::mem::replace(&mut self.outcome_refused, true)
         {
-            let (plugin, version, tenant) = (&*self.plugin, &*self.version, &*self.context.tenant);
+            let (plugin, version, tenant) = (&*self.log.plugin, &*self.log.version, &*self.log.tenant);
             tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{why} (further refusals of this request are not logged)");
         }
     }

@@ -93,6 +93,35 @@ impl Server {
         Self::start_logging(listen, listeners, args, "wasmux=debug", &[], |_| {})
     }
 
+    /// `wasmux serve --listen 127.0.0.1:0 ARGS`, allowing it `within` to
+    /// start listening: for plugins that take seconds to compile the first
+    /// time (Python, JavaScript), before the shared cache has them.
+    pub fn start_slow(args: &[&str], within: Duration) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(Self::cache_args(args, &[])).args(args).env("RUST_LOG", "wasmux=debug");
+        Self::launch(command, 1, args, within)
+    }
+
+    /// `wasmux dev DIR --listen 127.0.0.1:0` with the test cache, allowing
+    /// `within` for the first build.
+    pub fn start_dev(dir: &Path, within: Duration) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+        command.arg("dev").arg(dir).args(["--listen", "127.0.0.1:0"]).envs(tool_env()).env("RUST_LOG", "wasmux=debug");
+        Self::launch(command, 1, &[], within)
+    }
+
+    /// Keeps `dir` (the server's plugins, say) until the server stops.
+    pub fn keeping(mut self, dir: tempfile::TempDir) -> Self {
+        self.files.push(dir);
+        self
+    }
+
+    /// The shared cache unless `args` or `env` choose one.
+    fn cache_args(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+        let chooses_cache = args.contains(&"--cache-dir") || args.contains(&"--no-cache") || env.iter().any(|(name, _)| *name == "XDG_CACHE_HOME");
+        if chooses_cache { Vec::new() } else { vec!["--cache-dir".into(), test_cache().display().to_string()] }
+    }
+
     /// `wasmux serve --listen 127.0.0.1:0 ARGS` logging with `RUST_LOG=filter`.
     pub fn start_with_log(filter: &str, args: &[&str]) -> Self {
         Self::start_logging(&["127.0.0.1:0"], 1, args, filter, &[], |_| {})
@@ -124,21 +153,23 @@ impl Server {
     /// these environment variables, the command adjusted by `adjust`
     /// before it starts.
     fn start_logging(listen: &[&str], listeners: usize, args: &[&str], filter: &str, env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Self {
-        let shared_cache = root().join("target/test-cache");
-        let chooses_cache = args.contains(&"--cache-dir") || args.contains(&"--no-cache") || env.iter().any(|(name, _)| *name == "XDG_CACHE_HOME");
-        let cache: Vec<&str> = if chooses_cache { Vec::new() } else { vec!["--cache-dir", shared_cache.to_str().expect("utf-8 path")] };
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
         command
             .arg("serve")
             .args(listen.iter().flat_map(|spec| ["--listen", spec]))
-            .args(&cache)
+            .args(Self::cache_args(args, env))
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", filter)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", filter);
         adjust(&mut command);
+        Self::launch(command, listeners, args, STEP)
+    }
+
+    /// Starts `command` (a `wasmux serve` or `wasmux dev`) and waits, up to
+    /// `within`, for it to announce `listeners` addresses (and its admin
+    /// endpoint and agent, if `args` ask for them).
+    fn launch(mut command: Command, listeners: usize, args: &[&str], within: Duration) -> Self {
+        command.env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start wasmux serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
@@ -162,7 +193,7 @@ impl Server {
                 let _ = lines.send(line);
             }
         });
-        let deadline = Instant::now() + STEP;
+        let deadline = Instant::now() + within;
         let mut next_line = |what: &str| -> String {
             match printed.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => line,
@@ -170,7 +201,7 @@ impl Server {
                     let _ = child.kill();
                     let _ = child.wait();
                     std::thread::sleep(Duration::from_millis(200));
-                    panic!("wasmux serve printed no {what} ({e}); its log:\n{}", log.lock().unwrap_or_else(|e| e.into_inner()));
+                    panic!("wasmux printed no {what} ({e}); its log:\n{}", log.lock().unwrap_or_else(|e| e.into_inner()));
                 }
             }
         };
@@ -179,7 +210,7 @@ impl Server {
             let line = next_line(&format!("listening address ({} of {listeners})", addrs.len() + 1));
             match line.trim().strip_prefix("wasmux listening on ").and_then(|a| a.parse().ok()) {
                 Some(addr) => addrs.push(addr),
-                None => panic!("wasmux serve printed {line:?} where a listening address was expected"),
+                None => panic!("wasmux printed {line:?} where a listening address was expected"),
             }
         }
         let addr = addrs[0];
@@ -362,6 +393,35 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The cache directory of every `wasmux` the tests run (test servers'
+/// compiled code; `wasmux build`'s tools and Rust target directory): shared
+/// by the tests of a run, so that each is installed, built or compiled once.
+pub fn test_cache() -> PathBuf {
+    root().join("target/test-cache")
+}
+
+/// The environment for `wasmux build`, `call` and `dev` in tests: the
+/// shared cache, and no log filter or colours from outside.
+pub fn tool_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![("WASMUX_CACHE_DIR", test_cache().into_os_string()), ("NO_COLOR", "1".into())]
+}
+
+/// `wasmux ARGS` with [`tool_env`], run to its end within `within`.
+pub fn wasmux_tool(args: &[&std::ffi::OsStr], within: Duration) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(args).envs(tool_env()).env_remove("RUST_LOG");
+    Process::run(&mut command, within)
+}
+
+/// The search plugins of each language that `cargo xtask test` builds
+/// with `wasmux build` (`plugins/search`, `examples/plugins/search-py`,
+/// `examples/plugins/search-js`): `target/lang-plugins/NAME.wasm`.
+pub fn lang_plugin(name: &str) -> PathBuf {
+    let path = root().join("target/lang-plugins").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is not built: run `cargo xtask plugins --examples` (or `cargo xtask test`) first", path.display());
+    path
 }
 
 /// A blocking loopback connection that reads and writes raw bytes.

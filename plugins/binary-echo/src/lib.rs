@@ -7,19 +7,13 @@
 #[global_allocator]
 static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();
 
-wit_bindgen::generate!({ world: "handler", path: "../../wit" });
-
+use wasmux_sdk::{Guest, HandlerError, Request, Response, export};
 
 struct BinaryEcho;
 
 impl Guest for BinaryEcho {
     fn handle(request: Request) -> Result<Response, HandlerError> {
-        Ok(Response {
-            content_type: wasmux_guide::BINARY_RESPONSE_TYPE.into(),
-            content_encoding: "binary".into(),
-            fields: Vec::new(),
-            content: wasmux_guide::binary_echo(&request.content),
-        })
+        Ok(Response::new(wasmux_guide::BINARY_RESPONSE_TYPE, "binary", wasmux_guide::binary_echo(&request.content)))
     }
 }
 

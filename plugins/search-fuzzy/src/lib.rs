@@ -8,12 +8,10 @@
 //! counts the outcome `hit` or `miss`, as `search` does, so the two can be
 //! compared.
 
-wit_bindgen::generate!({ world: "handler", path: "../../wit" });
-
-use wasmux::plugin::host::{self, Level};
 use std::cell::Cell;
 
 use wasmux_guide::SearchError;
+use wasmux_sdk::{Guest, HandlerError, Level, Request, Response, export, outcome};
 
 struct SearchFuzzy;
 
@@ -27,7 +25,7 @@ struct Matching {
 impl Matching {
     /// Reads the `match` setting; an unknown word is logged and ignored.
     fn configured() -> Self {
-        let Some(setting) = host::config("match") else {
+        let Some(setting) = wasmux_sdk::config("match") else {
             return Self { prefix: true, case_insensitive: true };
         };
         let mut matching = Self { prefix: false, case_insensitive: false };
@@ -36,7 +34,7 @@ impl Matching {
                 "prefix" => matching.prefix = true,
                 "case-insensitive" => matching.case_insensitive = true,
                 "exact" => {}
-                other => host::log(Level::Warn, &format!("ignoring unknown match mode {other:?}")),
+                other => wasmux_sdk::log(Level::Warn, &format!("ignoring unknown match mode {other:?}")),
             }
         }
         matching
@@ -67,12 +65,12 @@ impl Guest for SearchFuzzy {
         match wasmux_guide::search_with(&request.content, &request.content_encoding, lookup) {
             Ok(content) => {
                 if let Some(hit) = found.get() {
-                    host::outcome(if hit { "hit" } else { "miss" });
+                    outcome(if hit { "hit" } else { "miss" });
                 }
-                Ok(Response { content_type: "text/json".into(), content_encoding: "utf-8".into(), fields: Vec::new(), content })
+                Ok(Response::new("text/json", "utf-8", content))
             }
-            Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::Unsupported(e.to_string())),
-            Err(e) => Err(HandlerError::BadRequest(e.to_string())),
+            Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::unsupported(e)),
+            Err(e) => Err(HandlerError::bad_request(e)),
         }
     }
 }

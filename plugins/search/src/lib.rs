@@ -10,12 +10,10 @@
 #[global_allocator]
 static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();
 
-wit_bindgen::generate!({ world: "handler", path: "../../wit" });
-
 use std::cell::Cell;
 
-use wasmux::plugin::host::outcome;
 use wasmux_guide::SearchError;
+use wasmux_sdk::{Guest, HandlerError, Request, Response, export, outcome};
 
 struct Search;
 
@@ -32,10 +30,10 @@ impl Guest for Search {
                 if let Some(hit) = found.get() {
                     outcome(if hit { "hit" } else { "miss" });
                 }
-                Ok(Response { content_type: "text/json".into(), content_encoding: "utf-8".into(), fields: Vec::new(), content })
+                Ok(Response::new("text/json", "utf-8", content))
             }
-            Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::Unsupported(e.to_string())),
-            Err(e) => Err(HandlerError::BadRequest(e.to_string())),
+            Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::unsupported(e)),
+            Err(e) => Err(HandlerError::bad_request(e)),
         }
     }
 }

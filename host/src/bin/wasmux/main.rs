@@ -1,9 +1,15 @@
-//! The `wasmux` command: `serve`, `send`, `bench`, `experiments`, `token`. The server
-//! itself is the `wasmux` library; this binary parses the command line,
-//! composes the library's parts, and holds the load generator.
+//! The `wasmux` command: `serve`, `send`, `bench`, `experiments`, `token`,
+//! `push`, and the plugin author's `new`, `build`, `dev` and `call`. The
+//! server itself is the `wasmux` library, and building plugins is
+//! `wasmux-toolchain`'s; this binary parses the command line, composes
+//! their parts, and holds the load generator.
 
 mod bench;
+mod build;
+mod call;
+mod dev;
 mod experiments;
+mod new;
 mod push;
 mod serve;
 
@@ -41,6 +47,14 @@ enum Command {
     Token(TokenArgs),
     /// Push a plugin component to an OCI registry, in the CNCF Wasm layout.
     Push(push::PushArgs),
+    /// Write a new plugin project (Rust, Python or JavaScript) from a template.
+    New(new::NewArgs),
+    /// Build a plugin project into a component, DIR/dist/NAME.wasm.
+    Build(build::BuildArgs),
+    /// Build and serve a plugin project; rebuild and swap it in on every save.
+    Dev(dev::DevArgs),
+    /// Run one request on a plugin component, with no server, and print the answer.
+    Call(call::CallArgs),
 }
 
 #[derive(Args)]
@@ -110,13 +124,18 @@ impl TlsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let verbose = match &cli.command {
-        Command::Serve(args) => args.verbose,
-        Command::Send(args) => args.verbose,
-        Command::Token(_) | Command::Push(_) => false,
-        Command::Bench(_) | Command::Experiments(_) => false,
+    let filter = match &cli.command {
+        Command::Serve(args) => log_filter(args.verbose),
+        Command::Send(args) => log_filter(args.verbose),
+        Command::Dev(args) => log_filter(args.verbose),
+        // The plugin's lines, and warnings. (Not `trace`: that would turn on
+        // the trace checks of every crate logging through `log`, Cranelift's
+        // too, and slow compiling down.)
+        Command::Call(_) => "wasmux=warn,wasmux::plugin=info",
+        Command::Token(_) | Command::Push(_) | Command::Bench(_) | Command::Experiments(_) | Command::New(_) | Command::Build(_) => log_filter(false),
     };
-    init_logging(verbose);
+    // `call` prints one request's log lines: no time, no module.
+    init_logging(filter, !matches!(cli.command, Command::Call(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -132,24 +151,42 @@ fn main() -> ExitCode {
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::main(args).await,
             Command::Experiments(args) => experiments::main(args).await.map(|()| ExitCode::SUCCESS),
+            Command::New(args) => new::new(args).map(|()| ExitCode::SUCCESS),
+            Command::Build(args) => build::build(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Dev(args) => dev::dev(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Call(args) => call::call(args).await,
         }
     });
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("wasmux: {e:#}");
+            match e.downcast_ref::<wasmux_toolchain::ToolFailed>() {
+                // The tool's own messages (the compiler's errors) are above:
+                // one line, not a stack of wrappers around them.
+                Some(failed) => eprintln!("wasmux: {failed}"),
+                None => eprintln!("wasmux: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(verbose: bool) {
-    let default = if verbose { "wasmux=debug,wasmux::wire=debug" } else { "wasmux=info" };
+/// The log filter of `serve`, `send` and `dev`, with or without `-v`.
+fn log_filter(verbose: bool) -> &'static str {
+    if verbose { "wasmux=debug,wasmux::wire=debug" } else { "wasmux=info" }
+}
+
+fn init_logging(default: &str, full: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only on a terminal: a log sent to a file or a pipe shows the
     // wire bytes (`-v`) as plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if full {
+        log.init();
+    } else {
+        log.without_time().with_target(false).init();
+    }
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -168,16 +205,29 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(token) = &args.token {
         request.header.extra.insert(AUTHORIZATION_FIELD.to_owned(), Value::String(format!("Bearer {token}")));
     }
-    for field in &args.fields {
+    add_fields(&mut request, &args.fields)?;
+    let tls = args.tls.client(&args.addr)?;
+    let mut client = Client::connect(&args.addr, tls.as_ref(), args.timeout).await?;
+    let answer = client.request(&request).await?;
+    Ok(print_answer(&answer))
+}
+
+/// Adds each `--field NAME=VALUE` to `request`'s header: VALUE is JSON if
+/// it parses as JSON, else a string (`wasmux send` and `wasmux call`).
+fn add_fields(request: &mut Message, fields: &[String]) -> anyhow::Result<()> {
+    for field in fields {
         let (name, value) = field.split_once('=').with_context(|| format!("--field {field}: write NAME=VALUE"))?;
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         request.header.extra.insert(name.to_owned(), value);
     }
-    let tls = args.tls.client(&args.addr)?;
-    let mut client = Client::connect(&args.addr, tls.as_ref(), args.timeout).await?;
-    let answer = client.request(&request).await?;
-    println!("{}", client::describe_answer(&answer));
-    Ok(if answer.as_error().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(())
+}
+
+/// Prints an answer as the guide's client does (`wasmux send` and `wasmux
+/// call`); the exit code is a failure for an error answer.
+fn print_answer(answer: &Message) -> ExitCode {
+    println!("{}", client::describe_answer(answer));
+    if answer.as_error().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use wasmux::metrics::Metrics;
 use wasmux::native::GUIDE_HANDLERS;
 use wasmux::oci;
 use wasmux::registry::{Plugin, PluginRegistry};
-use wasmux::runtime::{Runtime, RuntimeSettings};
+use wasmux::runtime::{CompileMode, Runtime, RuntimeSettings};
 use wasmux::service::Service;
 use wasmux::watcher::{self, Watched};
 use wasmux::{admin, net, server, tls};
@@ -103,7 +103,42 @@ enum Source {
     Nothing,
 }
 
+impl ServeArgs {
+    /// What `wasmux dev` serves with: the plugins in `plugins` (watched),
+    /// on `listen`, with the configuration file `config` if any.
+    pub fn dev(listen: Vec<String>, plugins: &Path, config: Option<PathBuf>, verbose: bool) -> Self {
+        Self {
+            listen,
+            plugins: Some(plugins.display().to_string()),
+            poll_interval: None,
+            config,
+            admin: None,
+            admin_token_file: None,
+            agent: None,
+            drain_delay: None,
+            drain_timeout: Duration::from_secs(10),
+            no_watch: false,
+            cache_dir: None,
+            no_cache: false,
+            tls_cert: None,
+            tls_key: None,
+            native: false,
+            verbose,
+        }
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = match &args.config {
+        Some(path) => Settings::load(path)?,
+        None => Settings::guide(),
+    };
+    serve_with(args, settings, CompileMode::Serve).await
+}
+
+/// Serves under `settings` (read from `args.config`, or made by the
+/// caller), compiling plugins as `compile` says.
+pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMode) -> anyhow::Result<()> {
     match server::raise_open_file_limit() {
         Ok((before, now)) if now > before => tracing::info!("open-file limit raised from {before} to {now}"),
         Ok(_) => {}
@@ -113,10 +148,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
-    let settings = match &args.config {
-        Some(path) => Settings::load(path)?,
-        None => Settings::guide(),
-    };
     let source = match args.plugins.clone().or_else(|| settings.source.plugins.clone()) {
         Some(spec) if spec.starts_with(oci::SCHEME) => Source::Registry(spec),
         Some(dir) => Source::Dir(PathBuf::from(dir)),
@@ -124,7 +155,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Source::Nothing,
     };
     let poll_interval = args.poll_interval.unwrap_or(settings.source.poll_interval);
-    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(default_cache_dir) };
+    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(|| wasmux_toolchain::default_cache_dir().ok()) };
     let metrics = Arc::new(Metrics::new());
     let runtime_settings = RuntimeSettings {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
@@ -132,13 +163,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache_dir: cache_dir.clone(),
         cache_max_size: settings.runtime.cache_max_size.as_u64(),
         spectre_hardening: settings.runtime.spectre_hardening,
+        pool: settings.runtime.pool_limits(),
+        compile,
     };
     // The metrics count the instances the runtime creates and retires.
     let runtime = Runtime::with_events(runtime_settings, Arc::clone(&metrics) as _)?;
     if !settings.runtime.spectre_hardening {
         tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
     }
-    let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)));
+    let registry = Arc::new(PluginRegistry::new(Some(runtime), Arc::clone(&metrics)).refusing_wasi_to(settings.wasi_refused.clone()));
     let stop = CancellationToken::new();
     let mut poller = None;
     match &source {
@@ -331,11 +364,4 @@ async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_d
         }
     }
     stop.cancel();
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("wasmux"))
 }

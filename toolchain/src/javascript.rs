@@ -1,0 +1,123 @@
+//! JavaScript plugins: componentize-js at a pinned version, installed once
+//! from npm into a folder of the cache directory.
+//!
+//! The folder holds a `package.json` naming componentize-js 0.23.0, the
+//! `package-lock.json` that pins every package below it (both embedded in
+//! this binary, so `npm ci` installs the same tree everywhere), and
+//! `build.mjs`, the script that calls `componentize()`. It is made beside
+//! its final place and renamed into it when complete.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The componentize-js release every JavaScript plugin is built with.
+pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
+const PACKAGE_JSON: &str = include_str!("javascript/package.json");
+const PACKAGE_LOCK: &str = include_str!("javascript/package-lock.json");
+const BUILD_SCRIPT: &str = include_str!("javascript/build.mjs");
+
+/// componentize-js's WASI features, each of which a plugin may keep or
+/// drop. `http` and `fetch-event` are always dropped (a plugin has no
+/// network); the other three need the host's WASI subset.
+const WASI_FEATURES: [&str; 3] = ["stdio", "random", "clocks"];
+const ALWAYS_DISABLED: [&str; 2] = ["http", "fetch-event"];
+
+/// componentize-js, installed.
+#[derive(Debug, Clone)]
+pub struct ComponentizeJs {
+    node: PathBuf,
+    script: PathBuf,
+}
+
+impl ComponentizeJs {
+    /// The installation in `cache_dir`, made first if missing (one line on
+    /// standard error says so; it takes about 25 s and needs npm's
+    /// registry). Later calls run offline.
+    pub fn find_or_install(cache_dir: &Path) -> Result<Self> {
+        let node = find_node()?;
+        let dir = cache_dir.join("toolchains").join(format!("componentize-js-{COMPONENTIZE_JS_VERSION}"));
+        let script = dir.join("build.mjs");
+        if script.is_file() && dir.join("node_modules/@bytecodealliance/componentize-js/package.json").is_file() {
+            // The script is ours: keep it current with this binary.
+            crate::write_if_changed(&script, BUILD_SCRIPT.as_bytes())?;
+            return Ok(Self { node, script });
+        }
+        let npm = find_npm()?;
+        eprintln!(
+            "wasmux: installing componentize-js {COMPONENTIZE_JS_VERSION} from npm into {} (once; later builds run offline)",
+            dir.display()
+        );
+        let parent = dir.parent().context("cache directory has no parent")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let partial = parent.join(format!(".componentize-js-{COMPONENTIZE_JS_VERSION}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        let installed = (|| -> Result<()> {
+            std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+            std::fs::write(partial.join("package.json"), PACKAGE_JSON)?;
+            std::fs::write(partial.join("package-lock.json"), PACKAGE_LOCK)?;
+            std::fs::write(partial.join("build.mjs"), BUILD_SCRIPT)?;
+            crate::run_quietly(
+                &format!("install componentize-js {COMPONENTIZE_JS_VERSION} from npm"),
+                Command::new(&npm)
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&partial),
+            )
+        })();
+        if let Err(e) = installed {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&partial, &dir) {
+            let _ = std::fs::remove_dir_all(&partial);
+            if !script.is_file() {
+                return Err(e).with_context(|| format!("moving the new installation to {}", dir.display()));
+            }
+        }
+        Ok(Self { node, script })
+    }
+
+    /// Builds the ES module `source` into the component `out`, for `world`
+    /// of the WIT in `wit`. With `wasi`, `console.log` (stdio),
+    /// `Math.random` / `crypto` (random) and `Date.now` (clocks) work
+    /// through the host's WASI subset; without it the component imports no
+    /// WASI at all, and those fail or trap.
+    pub fn componentize(&self, source: &Path, wit: &Path, world: &str, wasi: bool, out: &Path) -> Result<()> {
+        let mut disabled: Vec<&str> = ALWAYS_DISABLED.to_vec();
+        if !wasi {
+            disabled.extend(WASI_FEATURES);
+        }
+        let disabled = serde_json::to_string(&disabled)?;
+        let mut command = Command::new(&self.node);
+        command.arg(&self.script).arg(source).arg(wit).arg(world).arg(out).arg(disabled);
+        if let Some(dir) = source.parent() {
+            command.current_dir(dir);
+        }
+        crate::run_tool("componentize-js", &mut command)?;
+        if !out.is_file() {
+            bail!("componentize-js reported success but wrote no {}", out.display());
+        }
+        Ok(())
+    }
+}
+
+/// Node.js, installed from Debian's packages if missing.
+fn find_node() -> Result<PathBuf> {
+    if let Some(node) = crate::debian::which("node").or_else(|| crate::debian::which("nodejs")) {
+        return Ok(node);
+    }
+    eprintln!("wasmux: no node on PATH; installing Debian's nodejs and npm with apt-get");
+    crate::debian::install(&["nodejs", "npm"]).context("JavaScript plugins are built with componentize-js, a Node.js package")?;
+    crate::debian::which("node").or_else(|| crate::debian::which("nodejs")).context("apt-get installed nodejs, but node is not on PATH")
+}
+
+fn find_npm() -> Result<PathBuf> {
+    if let Some(npm) = crate::debian::which("npm") {
+        return Ok(npm);
+    }
+    eprintln!("wasmux: no npm on PATH; installing Debian's npm with apt-get");
+    crate::debian::install(&["npm"]).context("componentize-js is installed from npm")?;
+    crate::debian::which("npm").context("apt-get installed npm, but it is not on PATH")
+}

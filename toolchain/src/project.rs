@@ -1,0 +1,510 @@
+//! A plugin project: a directory whose own manifest says its language and
+//! name. Each ecosystem's manifest is the project file, so a project is an
+//! ordinary crate, Python project or npm package that its own tools (cargo,
+//! an IDE, `npm test`) understand too:
+//!
+//! | language | manifest | plugin name | wasmux settings |
+//! | --- | --- | --- | --- |
+//! | Rust | `Cargo.toml` | `[package] name` | `[package.metadata.wasmux] plugin-name` |
+//! | Python | `pyproject.toml` | `[project] name` | `[tool.wasmux] plugin-name`, `module` (default `app`), `wasi` (default true) |
+//! | JavaScript | `package.json` | `name` | `"wasmux": {"plugin-name", "wasi"}`; the module is `main` (default `app.js`) |
+//!
+//! Every project has its WIT world in `wit/`. [`build_project`] turns a
+//! project into `OUT/NAME.wasm`; [`new_project`] writes one from the
+//! templates embedded in this binary.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::javascript::ComponentizeJs;
+use crate::python::ComponentizePy;
+use crate::rust::{TARGET, Toolchain};
+use crate::{WORLD, templates};
+
+/// A plugin's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    Rust,
+    Python,
+    JavaScript,
+}
+
+impl Language {
+    /// Every language, in the order detection tries their manifests.
+    pub const ALL: [Language; 3] = [Language::Rust, Language::Python, Language::JavaScript];
+
+    /// The file that makes a directory a project of this language.
+    pub fn manifest(self) -> &'static str {
+        match self {
+            Self::Rust => "Cargo.toml",
+            Self::Python => "pyproject.toml",
+            Self::JavaScript => "package.json",
+        }
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Rust => "rust",
+            Self::Python => "python",
+            Self::JavaScript => "js",
+        })
+    }
+}
+
+impl FromStr for Language {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "rust" | "rs" => Ok(Self::Rust),
+            "python" | "py" => Ok(Self::Python),
+            "js" | "javascript" | "node" => Ok(Self::JavaScript),
+            _ => bail!("unknown language {s:?}: use rust, python or js"),
+        }
+    }
+}
+
+/// A plugin project, as its manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub language: Language,
+    /// The plugin's name when served: the component is `NAME.wasm`.
+    pub name: String,
+    /// Python: the module defining `WitWorld`; JavaScript: the module file
+    /// (relative to `dir`); Rust: empty (cargo knows).
+    pub entry: String,
+    /// Whether the component may import the host's WASI subset (Python and
+    /// JavaScript; Rust plugins never need it).
+    pub wasi: bool,
+}
+
+impl Project {
+    /// Reads the project in `dir` from its manifest. With manifests of more
+    /// than one language, the one with a wasmux section wins.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let found: Vec<Language> = Language::ALL.into_iter().filter(|l| dir.join(l.manifest()).is_file()).collect();
+        let language = match found.as_slice() {
+            [] => bail!(
+                "{} is not a plugin project: it has no Cargo.toml, pyproject.toml or package.json (`wasmux new NAME` makes one)",
+                dir.display()
+            ),
+            [one] => *one,
+            several => {
+                let marked: Vec<Language> = several.iter().copied().filter(|&l| has_wasmux_section(dir, l)).collect();
+                match marked.as_slice() {
+                    [one] => *one,
+                    _ => bail!(
+                        "{} has {}: say which is the plugin with a wasmux section in it ([package.metadata.wasmux], [tool.wasmux] or \"wasmux\": {{}})",
+                        dir.display(),
+                        several.iter().map(|l| l.manifest()).collect::<Vec<_>>().join(" and ")
+                    ),
+                }
+            }
+        };
+        let manifest = dir.join(language.manifest());
+        let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+        let mut project = parse_manifest(language, &text).with_context(|| format!("in {}", manifest.display()))?;
+        // Absolute, since the tools run in other directories.
+        project.dir = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
+        check_plugin_name(&project.name).with_context(|| format!("in {}", manifest.display()))?;
+        if !project.dir.join("wit").is_dir() {
+            bail!("{} has no wit/ directory with the plugin world (`wasmux new` writes one)", dir.display());
+        }
+        Ok(project)
+    }
+
+    /// The WIT directory.
+    pub fn wit_dir(&self) -> PathBuf {
+        self.dir.join("wit")
+    }
+
+    /// Whether a change to `path` (inside the project) calls for a rebuild:
+    /// sources, manifests and WIT, not build output, dependencies or
+    /// editors' files.
+    pub fn is_build_input(&self, path: &Path) -> bool {
+        let Ok(relative) = path.strip_prefix(&self.dir) else {
+            return false;
+        };
+        let mut parts = relative.components().map(|c| c.as_os_str().to_string_lossy());
+        let Some(first) = parts.next() else {
+            return false;
+        };
+        if matches!(first.as_ref(), "target" | "dist" | "node_modules" | "__pycache__" | "wit_world") {
+            return false;
+        }
+        let name = relative.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        if name.starts_with('.') || name.ends_with('~') || name.ends_with(".swp") || relative.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
+            return false;
+        }
+        let extension = relative.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+        match self.language {
+            Language::Rust => matches!(extension.as_str(), "rs" | "toml" | "lock" | "wit"),
+            Language::Python => matches!(extension.as_str(), "py" | "toml" | "wit"),
+            Language::JavaScript => matches!(extension.as_str(), "js" | "mjs" | "json" | "wit"),
+        }
+    }
+}
+
+fn parse_manifest(language: Language, text: &str) -> Result<Project> {
+    let project = |name: &str, entry: String, wasi: bool| Project {
+        dir: PathBuf::new(),
+        language,
+        name: name.to_owned(),
+        entry,
+        wasi,
+    };
+    match language {
+        Language::Rust => {
+            let manifest: toml::Table = toml::from_str(text)?;
+            let package = manifest.get("package").and_then(|p| p.as_table()).context("no [package] section")?;
+            let name = match package.get("metadata").and_then(|m| m.get("wasmux")).and_then(|w| w.get("plugin-name")) {
+                Some(name) => name.as_str().context("[package.metadata.wasmux] plugin-name is not a string")?,
+                None => package.get("name").and_then(|n| n.as_str()).context("[package] has no name")?,
+            };
+            Ok(project(name, String::new(), false))
+        }
+        Language::Python => {
+            let manifest: toml::Table = toml::from_str(text)?;
+            let wasmux = manifest.get("tool").and_then(|t| t.get("wasmux"));
+            let setting = |key: &str| wasmux.and_then(|w| w.get(key));
+            let name = match setting("plugin-name") {
+                Some(name) => name.as_str().context("[tool.wasmux] plugin-name is not a string")?,
+                None => manifest
+                    .get("project")
+                    .and_then(|p| p.get("name"))
+                    .and_then(|n| n.as_str())
+                    .context("no [project] name (nor [tool.wasmux] plugin-name)")?,
+            };
+            let module = match setting("module") {
+                Some(module) => module.as_str().context("[tool.wasmux] module is not a string")?,
+                None => "app",
+            };
+            if module.is_empty() || !module.split('.').all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_')) {
+                bail!("[tool.wasmux] module {module:?} is not a Python module name");
+            }
+            let wasi = match setting("wasi") {
+                Some(wasi) => wasi.as_bool().context("[tool.wasmux] wasi is not true or false")?,
+                None => true,
+            };
+            Ok(project(name, module.to_owned(), wasi))
+        }
+        Language::JavaScript => {
+            let manifest: Value = serde_json::from_str(text)?;
+            let wasmux = &manifest["wasmux"];
+            let name = match &wasmux["plugin-name"] {
+                Value::Null => manifest["name"].as_str().context("no \"name\" (nor \"wasmux\": {\"plugin-name\"})")?,
+                name => name.as_str().context("\"wasmux\": {\"plugin-name\"} is not a string")?,
+            };
+            // An npm scope is no part of the plugin's name.
+            let name = name.rsplit('/').next().unwrap_or(name);
+            let main = match &manifest["main"] {
+                Value::Null => "app.js",
+                main => main.as_str().context("\"main\" is not a string")?,
+            };
+            let wasi = match &wasmux["wasi"] {
+                Value::Null => true,
+                wasi => wasi.as_bool().context("\"wasmux\": {\"wasi\"} is not true or false")?,
+            };
+            Ok(project(name, main.to_owned(), wasi))
+        }
+    }
+}
+
+fn has_wasmux_section(dir: &Path, language: Language) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(language.manifest())) else {
+        return false;
+    };
+    match language {
+        Language::Rust => toml::from_str::<toml::Table>(&text)
+            .is_ok_and(|m| m.get("package").and_then(|p| p.get("metadata")).and_then(|m| m.get("wasmux")).is_some()),
+        Language::Python => toml::from_str::<toml::Table>(&text).is_ok_and(|m| m.get("tool").and_then(|t| t.get("wasmux")).is_some()),
+        Language::JavaScript => serde_json::from_str::<Value>(&text).is_ok_and(|m| m.get("wasmux").is_some()),
+    }
+}
+
+/// A plugin's name becomes a file name, `NAME.wasm`, in a directory the
+/// server watches.
+fn check_plugin_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) || name.len() > 128 {
+        bail!("{name:?} cannot be a plugin's name (it names the file NAME.wasm: no slashes, no leading dot)");
+    }
+    Ok(())
+}
+
+/// Where and how [`build_project_with`] builds.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Where installed tools and shared build output live
+    /// ([`crate::default_cache_dir`]).
+    pub cache_dir: PathBuf,
+    /// The cargo target directory for Rust projects: `CARGO_TARGET_DIR` if
+    /// set, else one shared by every project, `CACHE/rust-target`, so that
+    /// the standard library built for wasm32 (`-Zbuild-std`) and the SDK's
+    /// dependencies are built once for all of them.
+    pub rust_target_dir: Option<PathBuf>,
+}
+
+impl BuildOptions {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self { cache_dir, rust_target_dir: None }
+    }
+
+    fn rust_target_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.rust_target_dir {
+            return dir.clone();
+        }
+        match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => self.cache_dir.join("rust-target"),
+        }
+    }
+}
+
+/// Builds the project in `dir` into `out_dir/NAME.wasm` with the default
+/// cache directory; returns that path. See [`build_project_with`].
+pub fn build_project(dir: &Path, out_dir: &Path) -> Result<PathBuf> {
+    build_project_with(dir, out_dir, &BuildOptions::new(crate::default_cache_dir()?))
+}
+
+/// Builds the project in `dir` into `out_dir/NAME.wasm`; returns that path.
+///
+/// Installs the language's tools first if this machine lacks them (one
+/// line on standard error says so). The tools' own messages (compiler
+/// errors) go to standard error as they come; a failed tool is a
+/// [`crate::ToolFailed`] error that only names it. The component is written
+/// beside its final name and renamed, and not at all if unchanged, so a
+/// server watching `out_dir` sees whole files and no spurious changes.
+pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
+    let project = Project::open(dir)?;
+    let out_dir = &std::path::absolute(out_dir).with_context(|| format!("resolving {}", out_dir.display()))?;
+    let out = out_dir.join(format!("{}.wasm", project.name));
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    match project.language {
+        Language::Rust => {
+            let core = build_rust(&project, options)?;
+            crate::componentize(&core, &out)?;
+        }
+        Language::Python => {
+            let tool = ComponentizePy::find_or_install(&options.cache_dir)?;
+            let scratch = Scratch::new(out_dir, &project.name);
+            tool.componentize(&project.dir, &project.entry, &project.wit_dir(), WORLD, project.wasi, &scratch.0)?;
+            scratch.publish(&out)?;
+        }
+        Language::JavaScript => {
+            let tool = ComponentizeJs::find_or_install(&options.cache_dir)?;
+            let source = project.dir.join(&project.entry);
+            if !source.is_file() {
+                bail!("{} does not exist (package.json's \"main\")", source.display());
+            }
+            let scratch = Scratch::new(out_dir, &project.name);
+            tool.componentize(&source, &project.wit_dir(), WORLD, project.wasi, &scratch.0)?;
+            scratch.publish(&out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// A tool's output file beside the component, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(out_dir: &Path, name: &str) -> Self {
+        Self(out_dir.join(format!(".{name}.{}.build", std::process::id())))
+    }
+
+    fn publish(&self, out: &Path) -> Result<()> {
+        let bytes = std::fs::read(&self.0).with_context(|| format!("reading {}", self.0.display()))?;
+        crate::write_if_changed(out, &bytes)?;
+        Ok(())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `cargo build --release` for wasm32; returns the core module.
+fn build_rust(project: &Project, options: &BuildOptions) -> Result<PathBuf> {
+    let toolchain = Toolchain::find_or_install()?;
+    let manifest = project.dir.join("Cargo.toml");
+    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    build
+        .args(["build", "--release", "--lib", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", options.rust_target_dir());
+    toolchain.configure(&mut build);
+    let stdout = crate::run_tool_with("cargo build", &mut build, false)?;
+    cdylib_artifact(&stdout, &manifest)
+        .with_context(|| format!("cargo built no library for {}: is `crate-type = [\"cdylib\"]` under [lib]?", manifest.display()))
+}
+
+/// The `.wasm` of the package at `manifest`, from cargo's JSON messages.
+fn cdylib_artifact(messages: &[u8], manifest: &Path) -> Option<PathBuf> {
+    let manifest = manifest.canonicalize().unwrap_or_else(|_| manifest.to_path_buf());
+    String::from_utf8_lossy(messages)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| m["manifest_path"].as_str().is_some_and(|p| Path::new(p) == manifest))
+        .filter(|m| m["target"]["crate_types"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib")))
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == "wasm") && f.components().any(|c| c.as_os_str() == TARGET))
+}
+
+/// Writes a new project `name` in `language` into `dir` (which must not
+/// exist, or be empty), from the templates embedded in this binary; returns
+/// the files written, relative to `dir`.
+pub fn new_project(name: &str, language: Language, dir: &Path) -> Result<Vec<PathBuf>> {
+    check_new_name(name)?;
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).with_context(|| format!("{} exists and is not a directory", dir.display()))?;
+        if entries.next().is_some() {
+            bail!("{} exists and is not empty: choose another directory with --dir", dir.display());
+        }
+    }
+    let mut written = Vec::new();
+    for file in templates::files(language) {
+        let path = dir.join(file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, templates::render(file.text, name)).with_context(|| format!("writing {}", path.display()))?;
+        written.push(PathBuf::from(file.path));
+    }
+    Ok(written)
+}
+
+/// A new project's name is a crate, Python project and npm package name as
+/// well as a plugin's: lower-case letters, digits, `-` and `_`, starting
+/// with a letter.
+fn check_new_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if !valid {
+        bail!("{name:?} cannot name a plugin project: use lower-case letters, digits, - and _, starting with a letter (e.g. hello-world)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_by_name() {
+        assert_eq!("rust".parse::<Language>().ok(), Some(Language::Rust));
+        assert_eq!("Py".parse::<Language>().ok(), Some(Language::Python));
+        assert_eq!("javascript".parse::<Language>().ok(), Some(Language::JavaScript));
+        assert!("go".parse::<Language>().is_err());
+    }
+
+    #[test]
+    fn every_template_opens_as_its_language_with_its_name() {
+        for language in Language::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let project_dir = dir.path().join("hello");
+            let files = new_project("hello-there", language, &project_dir).unwrap();
+            assert!(files.iter().any(|f| f == Path::new("wit/wasmux.wit")));
+            assert!(files.iter().any(|f| f == Path::new("README.md")));
+            assert!(files.iter().any(|f| f == Path::new(".gitignore")));
+            let project = Project::open(&project_dir).unwrap();
+            assert_eq!((project.language, project.name.as_str()), (language, "hello-there"));
+            assert_eq!(std::fs::read_to_string(project_dir.join("wit/wasmux.wit")).unwrap(), crate::WIT);
+            for file in &files {
+                let text = std::fs::read_to_string(project_dir.join(file)).unwrap();
+                assert!(!text.contains("{{"), "{} keeps a placeholder", file.display());
+            }
+            // Nothing refers back to this repository.
+            for file in &files {
+                let text = std::fs::read_to_string(project_dir.join(file)).unwrap();
+                assert!(!text.contains("../../"), "{} has a path out of the project", file.display());
+            }
+        }
+    }
+
+    #[test]
+    fn new_refuses_bad_names_and_full_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "Hello", "1st", "a/b", "search@fuzzy", "a b"] {
+            assert!(new_project(bad, Language::Rust, &dir.path().join("x")).is_err(), "{bad:?}");
+        }
+        std::fs::write(dir.path().join("taken"), "").unwrap();
+        let error = new_project("hello", Language::Python, dir.path()).unwrap_err();
+        assert!(error.to_string().contains("not empty"), "{error}");
+    }
+
+    fn manifest(language: Language, text: &str) -> Result<Project> {
+        parse_manifest(language, text)
+    }
+
+    #[test]
+    fn names_and_settings_from_each_manifest() {
+        let rust = manifest(Language::Rust, "[package]\nname = \"search-fuzzy\"\n[package.metadata.wasmux]\nplugin-name = \"search@fuzzy\"\n").unwrap();
+        assert_eq!(rust.name, "search@fuzzy");
+        let python = manifest(Language::Python, "[project]\nname = \"s\"\n[tool.wasmux]\nmodule = \"pkg.app\"\nwasi = false\n").unwrap();
+        assert_eq!((python.name.as_str(), python.entry.as_str(), python.wasi), ("s", "pkg.app", false));
+        let python = manifest(Language::Python, "[project]\nname = \"s\"\n").unwrap();
+        assert_eq!((python.entry.as_str(), python.wasi), ("app", true));
+        assert!(manifest(Language::Python, "[project]\nname = \"s\"\n[tool.wasmux]\nmodule = \"a-b\"\n").is_err());
+        let js = manifest(Language::JavaScript, r#"{"name": "@me/search", "main": "src/index.js", "wasmux": {"wasi": false}}"#).unwrap();
+        assert_eq!((js.name.as_str(), js.entry.as_str(), js.wasi), ("search", "src/index.js", false));
+        let js = manifest(Language::JavaScript, r#"{"name": "x", "wasmux": {"plugin-name": "search@js"}}"#).unwrap();
+        assert_eq!((js.name.as_str(), js.entry.as_str(), js.wasi), ("search@js", "app.js", true));
+        assert!(manifest(Language::JavaScript, r#"{"version": "1"}"#).is_err());
+        assert!(manifest(Language::Rust, "[workspace]\n").is_err());
+    }
+
+    #[test]
+    fn several_manifests_need_a_wasmux_section() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("wit")).unwrap();
+        std::fs::write(dir.path().join("package.json"), r#"{"name": "tools"}"#).unwrap();
+        std::fs::write(dir.path().join("pyproject.toml"), "[project]\nname = \"p\"\n").unwrap();
+        assert!(Project::open(dir.path()).is_err());
+        std::fs::write(dir.path().join("pyproject.toml"), "[project]\nname = \"p\"\n[tool.wasmux]\n").unwrap();
+        assert_eq!(Project::open(dir.path()).unwrap().language, Language::Python);
+        assert!(Project::open(&dir.path().join("nowhere")).is_err());
+    }
+
+    #[test]
+    fn build_inputs() {
+        let project = Project { dir: PathBuf::from("/p"), language: Language::Python, name: "x".into(), entry: "app".into(), wasi: true };
+        assert!(project.is_build_input(Path::new("/p/app.py")));
+        assert!(project.is_build_input(Path::new("/p/wit/wasmux.wit")));
+        assert!(!project.is_build_input(Path::new("/p/dist/x.wasm")));
+        assert!(!project.is_build_input(Path::new("/p/.app.py.swp")));
+        assert!(!project.is_build_input(Path::new("/p/__pycache__/app.cpython-311.pyc")));
+        assert!(!project.is_build_input(Path::new("/elsewhere/app.py")));
+    }
+
+    #[test]
+    fn finds_the_cdylib_among_cargo_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("Cargo.toml");
+        std::fs::write(&manifest, "").unwrap();
+        let manifest = manifest.canonicalize().unwrap();
+        let messages = format!(
+            "{}\n{}\nnot json\n",
+            serde_json::json!({"reason": "compiler-artifact", "manifest_path": "/elsewhere/Cargo.toml", "target": {"crate_types": ["cdylib"]}, "filenames": ["/t/wasm32-unknown-unknown/release/other.wasm"]}),
+            serde_json::json!({"reason": "compiler-artifact", "manifest_path": manifest, "target": {"crate_types": ["cdylib"]}, "filenames": ["/t/wasm32-unknown-unknown/release/hello.wasm"]}),
+        );
+        assert_eq!(
+            cdylib_artifact(messages.as_bytes(), &manifest),
+            Some(PathBuf::from("/t/wasm32-unknown-unknown/release/hello.wasm"))
+        );
+        assert_eq!(cdylib_artifact(b"", &manifest), None);
+    }
+}

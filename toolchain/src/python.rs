@@ -1,0 +1,133 @@
+//! Python plugins: componentize-py at a pinned version, installed once from
+//! PyPI into a virtual environment in the cache directory.
+//!
+//! The environment is built beside its final place and renamed into it when
+//! complete, so an interrupted installation is never taken for a finished
+//! one. The tool then runs as `ENV/bin/python -c …` (not through the
+//! `componentize-py` script, whose `#!` line names the directory it was
+//! installed in): a virtual environment's interpreter finds its packages
+//! from its own location, wherever the directory was renamed to.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+/// The componentize-py release every Python plugin is built with.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// Runs componentize-py's command line from its Python package.
+const RUN_TOOL: &str = "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())";
+
+/// componentize-py, installed.
+#[derive(Debug, Clone)]
+pub struct ComponentizePy {
+    /// The virtual environment's interpreter.
+    python: PathBuf,
+}
+
+impl ComponentizePy {
+    /// The installation in `cache_dir`, made first if missing (one line on
+    /// standard error says so; it takes about 10 s and needs PyPI). Later
+    /// calls run offline.
+    pub fn find_or_install(cache_dir: &Path) -> Result<Self> {
+        let env = cache_dir.join("toolchains").join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
+        let python = env.join("bin/python");
+        if python.is_file() {
+            return Ok(Self { python });
+        }
+        let base = find_python()?;
+        eprintln!(
+            "wasmux: installing componentize-py {COMPONENTIZE_PY_VERSION} from PyPI into {} (once; later builds run offline)",
+            env.display()
+        );
+        let parent = env.parent().context("cache directory has no parent")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let partial = parent.join(format!(".componentize-py-{COMPONENTIZE_PY_VERSION}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        let installed = make_venv(&base, &partial).and_then(|()| {
+            crate::run_quietly(
+                &format!("install componentize-py=={COMPONENTIZE_PY_VERSION} from PyPI"),
+                Command::new(partial.join("bin/python")).args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    &format!("componentize-py=={COMPONENTIZE_PY_VERSION}"),
+                ]),
+            )
+        });
+        if let Err(e) = installed {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&partial, &env) {
+            let _ = std::fs::remove_dir_all(&partial);
+            // Another build installed it meanwhile: use theirs.
+            if !python.is_file() {
+                return Err(e).with_context(|| format!("moving the new environment to {}", env.display()));
+            }
+        }
+        Ok(Self { python })
+    }
+
+    /// Builds the module `module` of `app_dir` (its `WitWorld` class) into
+    /// the component `out`, for `world` of the WIT in `wit`. Without `wasi`,
+    /// every WASI import becomes a trapping stub (`--stub-wasi`): the
+    /// component then runs on a host that offers no WASI, but `print`
+    /// traps and the random seed is fixed when the component is built.
+    pub fn componentize(&self, app_dir: &Path, module: &str, wit: &Path, world: &str, wasi: bool, out: &Path) -> Result<()> {
+        let mut command = Command::new(&self.python);
+        command
+            .args(["-c", RUN_TOOL, "-d"])
+            .arg(wit)
+            .args(["-w", world, "componentize"])
+            .arg("-p")
+            .arg(app_dir)
+            .arg("-o")
+            .arg(out)
+            .current_dir(app_dir)
+            // componentize-py adds the site-packages of an active virtual
+            // environment to the plugin's path; the plugin's are its own.
+            .env_remove("VIRTUAL_ENV")
+            // Its errors are anyhow errors: without these, a Rust backtrace
+            // of the tool follows the Python error the user needs.
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
+        if !wasi {
+            command.arg("--stub-wasi");
+        }
+        command.arg(module);
+        // It prints "Component built successfully" on standard output.
+        crate::run_tool("componentize-py", &mut command)?;
+        Ok(())
+    }
+}
+
+/// A Python 3 interpreter to make the virtual environment with.
+fn find_python() -> Result<PathBuf> {
+    if let Some(python) = crate::debian::which("python3") {
+        return Ok(python);
+    }
+    eprintln!("wasmux: no python3 on PATH; installing Debian's python3 and python3-venv with apt-get");
+    crate::debian::install(&["python3", "python3-venv"]).context("Python plugins are built with componentize-py, a Python package")?;
+    crate::debian::which("python3").context("apt-get installed python3, but it is not on PATH")
+}
+
+/// `python -m venv DIR`, installing Debian's `python3-venv` if this Python
+/// lacks `ensurepip` (Debian splits it out).
+fn make_venv(python: &Path, dir: &Path) -> Result<()> {
+    let venv = |dir: &Path| crate::run_quietly("make a Python virtual environment", Command::new(python).args(["-m", "venv"]).arg(dir));
+    match venv(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if format!("{e:#}").contains("ensurepip") => {
+            let _ = std::fs::remove_dir_all(dir);
+            eprintln!("wasmux: this Python cannot make virtual environments; installing Debian's python3-venv with apt-get");
+            crate::debian::install(&["python3-venv"]).context("componentize-py is installed into a virtual environment")?;
+            venv(dir)
+        }
+        Err(e) => Err(e),
+    }
+}

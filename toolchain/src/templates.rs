@@ -1,0 +1,60 @@
+//! The files `wasmux new` writes, embedded in the binary: one template per
+//! language, each answering any request with `Hello, ` + its content + `!`,
+//! plus the WIT world and, for Rust, a copy of `wasmux-sdk`.
+//!
+//! `{{name}}` in a template stands for the project's name.
+
+use crate::Language;
+
+/// A file of a new project: its path in the project, and its text.
+pub(crate) struct File {
+    pub path: &'static str,
+    pub text: &'static str,
+}
+
+const fn file(path: &'static str, text: &'static str) -> File {
+    File { path, text }
+}
+
+const RUST: &[File] = &[
+    file("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+    file("Cargo.lock", include_str!("../templates/rust/Cargo.lock")),
+    file("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    file("README.md", include_str!("../templates/rust/README.md")),
+    file(".gitignore", include_str!("../templates/rust/gitignore")),
+    // The SDK as this repository has it: the manifest has no workspace
+    // inheritance, and `path: "../wit"` finds the project's own WIT.
+    file("sdk/Cargo.toml", include_str!("../../sdk/Cargo.toml")),
+    file("sdk/src/lib.rs", include_str!("../../sdk/src/lib.rs")),
+];
+
+const PYTHON: &[File] = &[
+    file("pyproject.toml", include_str!("../templates/python/pyproject.toml")),
+    file("app.py", include_str!("../templates/python/app.py")),
+    file("test_app.py", include_str!("../templates/python/test_app.py")),
+    file("README.md", include_str!("../templates/python/README.md")),
+    file(".gitignore", include_str!("../templates/python/gitignore")),
+];
+
+const JAVASCRIPT: &[File] = &[
+    file("package.json", include_str!("../templates/js/package.json")),
+    file("app.js", include_str!("../templates/js/app.js")),
+    file("app.test.js", include_str!("../templates/js/app.test.js")),
+    file("README.md", include_str!("../templates/js/README.md")),
+    file(".gitignore", include_str!("../templates/js/gitignore")),
+];
+
+/// Every file of a new project in `language`, the WIT world included.
+pub(crate) fn files(language: Language) -> impl Iterator<Item = File> {
+    let own = match language {
+        Language::Rust => RUST,
+        Language::Python => PYTHON,
+        Language::JavaScript => JAVASCRIPT,
+    };
+    own.iter().map(|f| File { path: f.path, text: f.text }).chain(std::iter::once(File { path: "wit/wasmux.wit", text: crate::WIT }))
+}
+
+/// A template's text for the project `name`.
+pub(crate) fn render(text: &str, name: &str) -> String {
+    text.replace("{{name}}", name)
+}

@@ -1,0 +1,499 @@
+//! `cargo xtask bench-languages`: what writing a plugin costs in each
+//! language, measured with the release `wasmux` as a newcomer runs it, and
+//! written into the section "Plugins by language" of `docs/benchmarks.md`
+//! (the rest of the file is `cargo xtask bench`'s):
+//!
+//! - `wasmux new` ─▶ `build` ─▶ `call` (the first answer) on a fresh
+//!   machine: an empty wasmux cache (so componentize-py, componentize-js
+//!   and the Rust standard library for wasm32 are installed or built), an
+//!   empty cargo home, pip cache and npm cache (so crates.io, PyPI and npm
+//!   are downloaded from); then again for a new project on the now warm
+//!   machine;
+//! - a one-line change saved under `wasmux dev` until the server answers
+//!   with it, with incremental compilation (the default) and without;
+//! - each component's size, compile time, pool needs and the cost of one
+//!   call on a fresh instance (`cargo bench --bench plugin_languages`);
+//! - requests per second for the guide's search in each language, next to
+//!   the guide's Python server, in the same run.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Cell, Figures, Pinning, Subject, load_average, machine};
+
+/// What `cargo xtask bench-languages` was asked for.
+pub struct Options {
+    pub duration: String,
+    pub warmup: String,
+    pub connections: u32,
+    pub rounds: u32,
+    /// One-line changes measured per language under `wasmux dev`.
+    pub changes: u32,
+    pub pin: bool,
+    pub python_server: PathBuf,
+    pub out: PathBuf,
+}
+
+/// The heading of the section this writes.
+pub const HEADING: &str = "## Plugins by language";
+
+const LANGUAGES: [(&str, &str); 3] = [("rust", "Rust"), ("python", "Python"), ("js", "JavaScript")];
+
+/// Where a project's greeting is, per language (the line the change edits).
+fn source_file(lang: &str) -> &'static str {
+    match lang {
+        "rust" => "src/lib.rs",
+        "python" => "app.py",
+        _ => "app.js",
+    }
+}
+
+/// A bound for anything one step may take (a fresh install included).
+/// Requests a reused instance serves in the reuse rows (as `cargo xtask
+/// bench` measures them).
+const REUSE_REQUESTS: u32 = 1000;
+
+const STEP: Duration = Duration::from_secs(1200);
+
+pub fn run(root: &Path, options: &Options) -> Result<()> {
+    crate::plugins::build_all(root, true)?;
+    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux"]))?;
+    let wasmux = root.join("target/release/wasmux");
+    let work = root.join("target/bench-languages");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let fresh = Fresh::new(&work)?;
+    let load_before = load_average();
+
+    // From nothing to a first answer: fresh, then warm.
+    let mut first = Vec::new();
+    for (lang, _) in LANGUAGES {
+        eprintln!("xtask: {lang}: new -> first answer on a fresh machine");
+        let cold = new_to_answer(&wasmux, &work, &format!("first-{lang}"), lang, &fresh)?;
+        eprintln!("xtask: {lang}: new -> first answer on a warm machine");
+        let warm = new_to_answer(&wasmux, &work, &format!("hello-{lang}"), lang, &fresh)?;
+        first.push((lang, cold, warm));
+    }
+
+    // A one-line change under `wasmux dev`.
+    let mut changes = Vec::new();
+    for (lang, _) in LANGUAGES {
+        let dir = work.join(format!("hello-{lang}"));
+        eprintln!("xtask: {lang}: one-line changes under wasmux dev");
+        let incremental = dev_changes(&wasmux, &dir, &format!("hello-{lang}"), lang, &fresh, options.changes, true)?;
+        let full = dev_changes(&wasmux, &dir, &format!("hello-{lang}"), lang, &fresh, options.changes, false)?;
+        changes.push((lang, incremental, full));
+    }
+
+    // The guide's search in each language, built with `wasmux build`.
+    let lang_plugins = work.join("lang-plugins");
+    for dir in ["plugins/search", "examples/plugins/search-py", "examples/plugins/search-js"] {
+        let mut build = Command::new(&wasmux);
+        build.arg("build").arg(root.join(dir)).arg("--out").arg(&lang_plugins).env("CARGO_TARGET_DIR", root.join("target/wasm"));
+        fresh.apply(&mut build);
+        crate::run(&mut build)?;
+    }
+
+    // Size, compile time, pool needs, one call on a fresh instance.
+    eprintln!("xtask: components: size, compile time, fresh-instance call");
+    let mut components: Vec<PathBuf> = LANGUAGES.iter().map(|(lang, _)| work.join(format!("hello-{lang}/dist/hello-{lang}.wasm"))).collect();
+    components.extend(["search", "search-py", "search-js"].map(|name| lang_plugins.join(format!("{name}.wasm"))));
+    let table = Command::new(crate::cargo())
+        .current_dir(root)
+        .args(["bench", "--locked", "-p", "wasmux", "--bench", "plugin_languages", "--"])
+        .args(&components)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the plugin_languages bench")?;
+    if !table.status.success() {
+        bail!("the plugin_languages bench failed ({})", table.status);
+    }
+    let component_table = String::from_utf8_lossy(&table.stdout).into_owned();
+
+    // Requests per second for the search in each language.
+    let throughput = throughput(root, &wasmux, &work, &lang_plugins, options)?;
+
+    let load = format!("{load_before} before, {} after", load_average());
+    let section = render(root, options, &first, &changes, &component_table, &throughput, &load)?;
+    let path = root.join(&options.out).join("benchmarks.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    std::fs::write(&path, super::with_section(&existing, HEADING, &section)).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask: wrote the section \"Plugins by language\" of {}", path.display());
+    Ok(())
+}
+
+/// The environment of a fresh machine: an empty wasmux cache, cargo home,
+/// pip cache and npm cache (all under `work`). Debian's packages (python3,
+/// nodejs, npm, rustc-web) stay installed: they are the machine's.
+struct Fresh {
+    cache: PathBuf,
+    cargo_home: PathBuf,
+    npm_cache: PathBuf,
+}
+
+impl Fresh {
+    fn new(work: &Path) -> Result<Self> {
+        let fresh = Self { cache: work.join("cache"), cargo_home: work.join("cargo-home"), npm_cache: work.join("npm-cache") };
+        for dir in [&fresh.cache, &fresh.cargo_home, &fresh.npm_cache] {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(fresh)
+    }
+
+    fn apply(&self, command: &mut Command) {
+        command
+            .env("WASMUX_CACHE_DIR", &self.cache)
+            .env("CARGO_HOME", &self.cargo_home)
+            .env("PIP_NO_CACHE_DIR", "1")
+            .env("npm_config_cache", &self.npm_cache)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUST_LOG");
+    }
+}
+
+/// How long each step from nothing to the first answer took.
+struct FirstAnswer {
+    new: Duration,
+    build: Duration,
+    call: Duration,
+}
+
+impl FirstAnswer {
+    fn total(&self) -> Duration {
+        self.new + self.build + self.call
+    }
+}
+
+/// `wasmux new NAME --lang LANG`, `wasmux build`, `wasmux call … --content
+/// world`, timed; the answer is checked.
+fn new_to_answer(wasmux: &Path, work: &Path, name: &str, lang: &str, fresh: &Fresh) -> Result<FirstAnswer> {
+    let dir = work.join(name);
+    let step = |args: &[&std::ffi::OsStr]| -> Result<(Duration, String)> {
+        let mut command = Command::new(wasmux);
+        command.args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
+        fresh.apply(&mut command);
+        let started = Instant::now();
+        let output = command.output().with_context(|| format!("running wasmux {args:?}"))?;
+        let took = started.elapsed();
+        if !output.status.success() {
+            bail!("wasmux {args:?} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stdout));
+        }
+        Ok((took, String::from_utf8_lossy(&output.stdout).into_owned()))
+    };
+    let (new, _) = step(&["new".as_ref(), name.as_ref(), "--lang".as_ref(), lang.as_ref(), "--dir".as_ref(), dir.as_os_str()])?;
+    let (build, _) = step(&["build".as_ref(), dir.as_os_str()])?;
+    let component = dir.join("dist").join(format!("{name}.wasm"));
+    let (call, answer) = step(&["call".as_ref(), component.as_os_str(), "--content".as_ref(), "world".as_ref()])?;
+    if answer.trim() != "Got response: b'Hello, world!'" {
+        bail!("{name} answered {answer:?}");
+    }
+    Ok(FirstAnswer { new, build, call })
+}
+
+/// One one-line change under `wasmux dev`: from saving it to the first
+/// answer that shows it, and what the compile took of that.
+struct Change {
+    to_serving: Duration,
+    compile_ms: Option<f64>,
+}
+
+/// Runs `wasmux dev` on the project `dir` and saves `count` one-line
+/// changes, one after another, each timed until the server answers with it.
+fn dev_changes(wasmux: &Path, dir: &Path, name: &str, lang: &str, fresh: &Fresh, count: u32, incremental: bool) -> Result<Vec<Change>> {
+    let mut command = Command::new(wasmux);
+    command.arg("dev").arg(dir).args(["--listen", "127.0.0.1:0"]);
+    if !incremental {
+        command.arg("--no-incremental");
+    }
+    fresh.apply(&mut command);
+    command.env("RUST_LOG", "wasmux=info").env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting wasmux dev")?;
+    let guard = KillOnDrop(&mut child);
+    let stdout = guard.0.stdout.take().context("piped stdout")?;
+    let stderr = guard.0.stderr.take().context("piped stderr")?;
+    let (lines, received) = mpsc::channel::<String>();
+    let out_lines = lines.clone();
+    std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(out_lines.send(l))));
+    std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(lines.send(l))));
+    let wait_for = |what: &dyn Fn(&str) -> bool| -> Result<String> {
+        let end = Instant::now() + STEP;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) if what(&line) => return Ok(line),
+                Ok(_) => {}
+                Err(e) => bail!("wasmux dev: nothing awaited came ({e})"),
+            }
+        }
+    };
+    let listening = wait_for(&|l| l.starts_with("wasmux listening on "))?;
+    let addr = listening.trim_start_matches("wasmux listening on ").trim().to_owned();
+    if greeting(&addr)? != "Hello, world!" {
+        bail!("{name} does not say hello under wasmux dev");
+    }
+    let source = dir.join(source_file(lang));
+    let original = std::fs::read_to_string(&source)?;
+    let mut measured = Vec::new();
+    for i in 0..count {
+        // A greeting not served before (in either mode), so that no cache
+        // holds the version.
+        let word = format!("{} {i}", if incremental { "Howdy" } else { "Hey" });
+        let edited = original.replace("Hello, ", &format!("{word}, "));
+        if edited == original {
+            bail!("{} has no \"Hello, \" to change", source.display());
+        }
+        let saved = Instant::now();
+        std::fs::write(&source, &edited)?;
+        let swap = wait_for(&|l| {
+            if l.contains("Built ") && l.contains(" in ") {
+                return false;
+            }
+            l.contains(&format!("plugin {name}: ")) && l.contains(" -> ")
+        });
+        // The build line comes before the swap; read both in order.
+        let swap = swap?;
+        let compile_ms = swap.split("(compile ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok());
+        let expected = format!("{word}, world!");
+        let end = Instant::now() + STEP;
+        loop {
+            if greeting(&addr)? == expected {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("{name} never answered {expected:?}");
+            }
+        }
+        let to_serving = saved.elapsed();
+        measured.push(Change { to_serving, compile_ms });
+        eprintln!("xtask:   {:.2} s to serving (compile {compile_ms:?} ms)", to_serving.as_secs_f64());
+    }
+    std::fs::write(&source, &original)?;
+    drop(guard);
+    Ok(measured)
+}
+
+/// Kills the child when dropped, so that a failed measurement leaves no
+/// `wasmux dev` behind.
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The content of the answer to `world` as text/plain, on a new connection.
+fn greeting(addr: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let header = r#"{"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8", "content-length": 5}"#;
+    let mut request = (header.len() as u16).to_be_bytes().to_vec();
+    request.extend_from_slice(header.as_bytes());
+    request.extend_from_slice(b"world");
+    stream.write_all(&request)?;
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length)?;
+    let mut header = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut header)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)?;
+    let mut content = vec![0u8; header["content-length"].as_u64().unwrap_or(0) as usize];
+    stream.read_exact(&mut content)?;
+    Ok(String::from_utf8_lossy(&content).into_owned())
+}
+
+/// Requests per second of the guide's search in each language and of the
+/// guide's Python server, rounds interleaved.
+fn throughput(root: &Path, wasmux: &Path, work: &Path, lang_plugins: &Path, options: &Options) -> Result<(Vec<Subject>, Vec<Cell>, String)> {
+    let pinning = Pinning::plan(options.pin);
+    let bench_options = super::Options {
+        duration: options.duration.clone(),
+        warmup: options.warmup.clone(),
+        connections: options.connections,
+        depth: 1,
+        rounds: options.rounds,
+        mix: "search=1".into(),
+        pin: options.pin,
+        python_server: options.python_server.clone(),
+        search_js: PathBuf::new(),
+        search_py: PathBuf::new(),
+        reuse: REUSE_REQUESTS,
+        cost_requests: 0,
+        out: options.out.clone(),
+    };
+    let cache = work.join("serve-cache");
+    // Reused instances: the instance policy of the issue on instance reuse.
+    let reuse = work.join("reuse.toml");
+    std::fs::write(&reuse, format!("[runtime]\nreuse = {{ requests = {REUSE_REQUESTS}, idle = \"1s\" }}\n"))?;
+    let mut subjects = Vec::new();
+    for (name, file, what, reused) in [
+        ("search-rust", "search", "wasmux, the Rust search", false),
+        ("search-python", "search-py", "wasmux, the Python search (componentize-py)", false),
+        ("search-js", "search-js", "wasmux, the JavaScript search (componentize-js)", false),
+        ("search-rust-reuse", "search", "wasmux, the Rust search, instances reused", true),
+        ("search-python-reuse", "search-py", "wasmux, the Python search, instances reused", true),
+        ("search-js-reuse", "search-js", "wasmux, the JavaScript search, instances reused", true),
+    ] {
+        let dir = work.join(format!("serve-{file}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(lang_plugins.join(format!("{file}.wasm")), dir.join("search.wasm"))?;
+        let mut args: Vec<OsString> = vec!["--plugins".into(), dir.into(), "--cache-dir".into(), cache.clone().into()];
+        if reused {
+            args.extend(["--config".into(), reuse.clone().into()]);
+        }
+        subjects.push(Subject::wasmux(wasmux, &pinning, &args, name, what)?);
+    }
+    let python = root.join(&options.python_server);
+    if python.is_file() {
+        subjects.push(Subject::python(&python, &pinning)?);
+    }
+    let mut cells: Vec<Cell> = Vec::new();
+    for round in 1..=options.rounds {
+        for mode in ["connect", "persistent"] {
+            for subject in subjects.iter_mut().filter(|s| s.modes.contains(&mode)) {
+                eprintln!("xtask: round {round}/{}: {} in {mode} mode", options.rounds, subject.name);
+                let report = super::bench(wasmux, &pinning, subject, mode, &bench_options, None)?;
+                let figures = Figures::of(&report);
+                eprintln!("xtask:   {:.0} requests/s, p99 {:.3} ms, {} errors", figures.rps, figures.p99, figures.errors);
+                match cells.iter_mut().find(|c| c.server == subject.name && c.mode == mode) {
+                    Some(cell) => cell.rounds.push(figures),
+                    None => cells.push(Cell { server: subject.name, mode, rounds: vec![figures] }),
+                }
+                subject.process.check_alive()?;
+            }
+        }
+    }
+    Ok((subjects, cells, pinning.describe().to_owned()))
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+fn render(
+    root: &Path,
+    options: &Options,
+    first: &[(&str, FirstAnswer, FirstAnswer)],
+    changes: &[(&str, Vec<Change>, Vec<Change>)],
+    component_table: &str,
+    throughput: &(Vec<Subject>, Vec<Cell>, String),
+    load: &str,
+) -> Result<String> {
+    let name_of = |lang: &str| LANGUAGES.iter().find(|(l, _)| *l == lang).map(|(_, n)| *n).unwrap_or("?");
+    let mut md = String::new();
+    writeln!(md, "{HEADING}")?;
+    writeln!(md)?;
+    writeln!(md, "Written by `cargo xtask bench-languages` with the release `wasmux`, on the machine below; run it again to measure yours.")?;
+    writeln!(md)?;
+    writeln!(md, "### From nothing to a first answer")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "`wasmux new hello --lang L`, `wasmux build`, `wasmux call dist/hello.wasm --content world`. **Fresh**: an empty wasmux cache, cargo home, pip cache and npm cache, so the first build downloads and installs componentize-py 0.25.1 (PyPI), componentize-js 0.23.0 (npm), or the crates the Rust template needs (crates.io) and builds the Rust standard library for wasm32; Debian's python3, nodejs, npm and rustc-web were already installed (`wasmux build` installs them with apt-get when missing; that is not in these figures). **Warm**: a second new project on the same machine. `call` includes compiling the new component (nothing is cached for it)."
+    )?;
+    writeln!(md)?;
+    writeln!(md, "| language | fresh: total | new | build | call | warm: total | new | build | call |")?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    for (lang, cold, warm) in first {
+        writeln!(
+            md,
+            "| {} | **{}** | {} | {} | {} | **{}** | {} | {} | {} |",
+            name_of(lang),
+            seconds(cold.total()),
+            seconds(cold.new),
+            seconds(cold.build),
+            seconds(cold.call),
+            seconds(warm.total()),
+            seconds(warm.new),
+            seconds(warm.build),
+            seconds(warm.call)
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(md, "### A one-line change under `wasmux dev`")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "`wasmux dev` serving the warm project; the greeting's line is saved changed ({} times, each time to a greeting not served before, so no cache holds the new version), and the time is from the save to the first answer that shows the change (the rebuild, the new version compiled and swapped in; the connection-per-request client sees no error). **Incremental** is `wasmux dev` as it runs: Cranelift's incremental cache, in memory, keeps every function it compiled, and a new version reuses those whose code did not change. **Whole** is the same with `--no-incremental`: every version compiled from scratch.",
+        options.changes
+    )?;
+    writeln!(md)?;
+    writeln!(md, "| language | change to serving, incremental (median) | its compile (median) | whole (median) | its compile (median) | target |")?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | --- |")?;
+    for (lang, incremental, full) in changes {
+        let to_serving = |c: &[Change]| median(c.iter().map(|c| c.to_serving.as_secs_f64()).collect());
+        let compile = |c: &[Change]| median(c.iter().filter_map(|c| c.compile_ms).collect());
+        let target = if *lang == "rust" { 3.0 } else { 10.0 };
+        let shown = |v: Option<f64>, unit: &str| v.map(|v| if unit == "s" { format!("{v:.2} s") } else { format!("{v:.0} ms") }).unwrap_or_else(|| "—".into());
+        let met = match to_serving(incremental) {
+            Some(v) if v <= target => format!("≤ {target:.0} s: met"),
+            Some(_) => format!("≤ {target:.0} s: **not met**"),
+            None => "—".into(),
+        };
+        writeln!(
+            md,
+            "| {} | **{}** | {} | {} | {} | {met} |",
+            name_of(lang),
+            shown(to_serving(incremental), "s"),
+            shown(compile(incremental), "ms"),
+            shown(to_serving(full), "s"),
+            shown(compile(full), "ms"),
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(md, "### The components")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Each template's `hello` and the guide's search in each language, built with `wasmux build`: size, compile time (whole, no cache), what each needs from the instance pool (each limit at 1 in turn; `≤ 1` means it fits), and one call on a fresh instance (`cargo bench --bench plugin_languages`, one core, averaged)."
+    )?;
+    writeln!(md)?;
+    md.push_str(component_table.trim_end());
+    writeln!(md)?;
+    writeln!(md)?;
+    let (subjects, cells, pinning) = throughput;
+    writeln!(md, "### Requests per second: the guide's search in each language")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "`wasmux bench --mix search=1` (the guide's searches only, every answer checked byte for byte), {} connections, {} per run after a {} warm-up, {} rounds interleaved, median round shown; {}. Each plugin is served twice: on a **fresh instance** per request (the default), and with **instances reused** (`[runtime] reuse = {{ requests = {REUSE_REQUESTS} }}`, the opt-in policy of [Instance reuse](../README.md#instance-reuse)); a fresh interpreter instance costs milliseconds, so reuse is what a Python or JavaScript plugin needs. The guide's server closes each connection after answering, so it is measured in connect mode only.",
+        options.connections, options.duration, options.warmup, options.rounds, pinning
+    )?;
+    writeln!(md)?;
+    writeln!(md, "| server | mode | requests/s | range over rounds | p50 ms | p99 ms | errors | vs the guide's server (connect) |")?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    let python = cells.iter().find(|c| c.server == "python" && c.mode == "connect").and_then(Cell::median);
+    for mode in ["connect", "persistent"] {
+        for s in subjects {
+            let Some(cell) = cells.iter().find(|c| c.server == s.name && c.mode == mode) else { continue };
+            let Some(m) = cell.median() else { continue };
+            let (low, high) = cell.range();
+            let ratio = python.as_ref().map(|p| format!("{:.2}×", m.rps / p.rps)).unwrap_or_default();
+            writeln!(md, "| {} | {mode} | {:.0} | {:.0}–{:.0} | {:.3} | {:.3} | {} | {ratio} |", s.what, m.rps, low, high, m.p50, m.p99, cell.errors())?;
+        }
+    }
+    writeln!(md)?;
+    writeln!(md, "Machine: {}; load average (1, 5, 15 min) {load}.", machine(root).iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))?;
+    writeln!(md)?;
+    writeln!(md, "```sh")?;
+    writeln!(
+        md,
+        "cargo xtask bench-languages --duration {} --warmup {} --connections {} --rounds {} --changes {}",
+        options.duration, options.warmup, options.connections, options.rounds, options.changes
+    )?;
+    writeln!(md, "```")?;
+    Ok(md)
+}
