@@ -477,6 +477,33 @@ fn render(
         }
     }
     writeln!(md)?;
+    // The issue's target: the Python and JavaScript search at least as fast
+    // as the guide's server, in the same run.
+    if let Some(guide) = &python {
+        let verdicts: Vec<String> = ["search-python", "search-js"]
+            .iter()
+            .filter_map(|name| {
+                let subject = subjects.iter().find(|s| s.name == *name)?;
+                let best = ["connect", "persistent"]
+                    .iter()
+                    .filter_map(|mode| cells.iter().find(|c| c.server == *name && c.mode == *mode).and_then(Cell::median))
+                    .map(|m| m.rps)
+                    .fold(0.0, f64::max);
+                Some(format!("{} {best:.0}/s ({:.2}×)", subject.what, best / guide.rps))
+            })
+            .collect();
+        let met = ["search-python", "search-js"].iter().all(|name| {
+            cells.iter().filter(|c| c.server == *name).filter_map(Cell::median).any(|m| m.rps >= guide.rps)
+        });
+        writeln!(
+            md,
+            "Target (at least the guide's server's requests/s for the Python and JavaScript search, same run): **{}**: {} against {:.0}/s, at one fresh instance per request.",
+            if met { "met" } else { "not met" },
+            verdicts.join(", "),
+            guide.rps
+        )?;
+        writeln!(md)?;
+    }
     writeln!(md, "Machine: {}; load average (1, 5, 15 min) {load}.", machine(root).iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))?;
     writeln!(md)?;
     writeln!(md, "```sh")?;
