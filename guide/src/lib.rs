@@ -8,7 +8,7 @@ pub mod python;
 
 mod search;
 
-pub use search::{SearchError, entries, lookup, search, search_answer, search_with};
+pub use search::{SearchError, Searched, entries, lookup, search, search_answer, search_reporting, search_with};
 
 /// Content-type of the guide's binary responses.
 pub const BINARY_RESPONSE_TYPE: &str = "binary/custom-server-binary-type";

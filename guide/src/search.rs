@@ -68,6 +68,39 @@ pub fn search_with(
     python::to_vec(&response).map_err(|e| SearchError::BadJson(e.to_string()))
 }
 
+/// What [`search_reporting`] found besides the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Searched {
+    /// The response content, as [`search`] returns it.
+    pub content: Vec<u8>,
+    /// Whether the dictionary had the value; `None` when nothing was looked
+    /// up (another action, or a value that is not a string).
+    pub found: Option<bool>,
+}
+
+impl Searched {
+    /// `hit` or `miss`, the outcome an A/B experiment counts, if a lookup
+    /// was made.
+    pub fn outcome(&self) -> Option<&'static str> {
+        self.found.map(|found| if found { "hit" } else { "miss" })
+    }
+}
+
+/// [`search_with`], telling also whether the lookup found the value.
+pub fn search_reporting(
+    content: &[u8],
+    encoding: &str,
+    find: impl Fn(&str) -> Option<&'static str>,
+) -> Result<Searched, SearchError> {
+    let found = std::cell::Cell::new(None);
+    let content = search_with(content, encoding, |query| {
+        let answer = find(query);
+        found.set(Some(answer.is_some()));
+        answer
+    })?;
+    Ok(Searched { content, found: found.get() })
+}
+
 /// The `result` text for a decoded request object, as the guide computes it,
 /// with `find` doing the dictionary lookup (so variants can match otherwise).
 pub fn search_answer(request: &Map<String, Value>, find: impl Fn(&str) -> Option<&'static str>) -> String {
@@ -114,6 +147,18 @@ fn decode_text<'a>(content: &'a [u8], encoding: &str) -> Result<Cow<'a, str>, Se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_reports_whether_it_found_the_value() {
+        let report = |body: &str| search_reporting(body.as_bytes(), "utf-8", lookup).map(|s| (s.found, s.outcome()));
+        assert_eq!(report(r#"{"action": "search", "value": "morpheus"}"#), Ok((Some(true), Some("hit"))));
+        assert_eq!(report(r#"{"action": "search", "value": "neo"}"#), Ok((Some(false), Some("miss"))));
+        // Nothing looked up: another action, or a value that is no string.
+        assert_eq!(report(r#"{"action": "find", "value": "morpheus"}"#), Ok((None, None)));
+        assert_eq!(report(r#"{"action": "search", "value": 7}"#), Ok((None, None)));
+        let answer = search_reporting(br#"{"action": "search", "value": "ring"}"#, "utf-8", lookup).map(|s| s.content);
+        assert_eq!(answer, search(br#"{"action": "search", "value": "ring"}"#, "utf-8"));
+    }
 
     fn answer(request: &str) -> String {
         String::from_utf8(search(request.as_bytes(), "utf-8").unwrap()).unwrap()

@@ -8,8 +8,6 @@
 //! counts the outcome `hit` or `miss`, as `search` does, so the two can be
 //! compared.
 
-use std::cell::Cell;
-
 use wasmux_guide::SearchError;
 use wasmux_sdk::{Guest, HandlerError, Level, Request, Response, export, outcome};
 
@@ -56,18 +54,12 @@ impl Matching {
 impl Guest for SearchFuzzy {
     fn handle(request: Request) -> Result<Response, HandlerError> {
         let matching = Matching::configured();
-        let found = Cell::new(None);
-        let lookup = |query: &str| {
-            let answer = matching.find(query);
-            found.set(Some(answer.is_some()));
-            answer
-        };
-        match wasmux_guide::search_with(&request.content, &request.content_encoding, lookup) {
-            Ok(content) => {
-                if let Some(hit) = found.get() {
-                    outcome(if hit { "hit" } else { "miss" });
+        match wasmux_guide::search_reporting(&request.content, &request.content_encoding, |query| matching.find(query)) {
+            Ok(searched) => {
+                if let Some(name) = searched.outcome() {
+                    outcome(name);
                 }
-                Ok(Response::new("text/json", "utf-8", content))
+                Ok(Response::new("text/json", "utf-8", searched.content))
             }
             Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::unsupported(e)),
             Err(e) => Err(HandlerError::bad_request(e)),

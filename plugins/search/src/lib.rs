@@ -10,8 +10,6 @@
 #[global_allocator]
 static HEAP: initial_heap::InitialHeap = initial_heap::InitialHeap::new();
 
-use std::cell::Cell;
-
 use wasmux_guide::SearchError;
 use wasmux_sdk::{Guest, HandlerError, Request, Response, export, outcome};
 
@@ -19,18 +17,12 @@ struct Search;
 
 impl Guest for Search {
     fn handle(request: Request) -> Result<Response, HandlerError> {
-        let found = Cell::new(None);
-        let lookup = |query: &str| {
-            let answer = wasmux_guide::lookup(query);
-            found.set(Some(answer.is_some()));
-            answer
-        };
-        match wasmux_guide::search_with(&request.content, &request.content_encoding, lookup) {
-            Ok(content) => {
-                if let Some(hit) = found.get() {
-                    outcome(if hit { "hit" } else { "miss" });
+        match wasmux_guide::search_reporting(&request.content, &request.content_encoding, wasmux_guide::lookup) {
+            Ok(searched) => {
+                if let Some(name) = searched.outcome() {
+                    outcome(name);
                 }
-                Ok(Response::new("text/json", "utf-8", content))
+                Ok(Response::new("text/json", "utf-8", searched.content))
             }
             Err(e @ SearchError::UnknownEncoding(_)) => Err(HandlerError::unsupported(e)),
             Err(e) => Err(HandlerError::bad_request(e)),
