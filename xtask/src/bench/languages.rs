@@ -498,27 +498,34 @@ fn render(
     // The target: the Python and JavaScript search at least as fast
     // as the guide's server, in the same run.
     if let Some(guide) = &python {
-        let verdicts: Vec<String> = ["search-python", "search-js"]
-            .iter()
-            .filter_map(|name| {
-                let subject = subjects.iter().find(|s| s.name == *name)?;
-                let best = ["connect", "persistent"]
-                    .iter()
-                    .filter_map(|mode| cells.iter().find(|c| c.server == *name && c.mode == *mode).and_then(Cell::median))
-                    .map(|m| m.rps)
-                    .fold(0.0, f64::max);
-                Some(format!("{} {best:.0}/s ({:.2}×)", subject.what, best / guide.rps))
-            })
-            .collect();
-        let met = ["search-python", "search-js"].iter().all(|name| {
-            cells.iter().filter(|c| c.server == *name).filter_map(Cell::median).any(|m| m.rps >= guide.rps)
-        });
+        // The best of the two modes, per server.
+        let best = |name: &str| {
+            ["connect", "persistent"]
+                .iter()
+                .filter_map(|mode| cells.iter().find(|c| c.server == name && c.mode == *mode).and_then(Cell::median))
+                .map(|m| m.rps)
+                .reduce(f64::max)
+        };
+        // Whether both languages reach the guide's server with this
+        // instance policy (`suffix` of the server names), and their figures.
+        let verdict = |suffix: &str| {
+            let figures: Vec<(bool, String)> = [("search-python", "Python"), ("search-js", "JavaScript")]
+                .iter()
+                .filter_map(|(name, language)| {
+                    let rps = best(&format!("{name}{suffix}"))?;
+                    Some((rps >= guide.rps, format!("{language} {rps:.0}/s ({:.2}×)", rps / guide.rps)))
+                })
+                .collect();
+            let met = figures.len() == 2 && figures.iter().all(|(met, _)| *met);
+            (met, figures.into_iter().map(|(_, text)| text).collect::<Vec<_>>().join(", "))
+        };
+        let (met, reused) = verdict("-reuse");
+        let (_, fresh) = verdict("");
         writeln!(
             md,
-            "Target (at least the guide's server's requests/s for the Python and JavaScript search, same run): **{}**: {} against {:.0}/s, at one fresh instance per request.",
+            "Target (the Python and JavaScript search at least as fast as the guide's server, {:.0}/s, in the same run, with instances reused as `[runtime] reuse` provides): **{}**: {reused}, each at its best mode. At one fresh instance per request (the default): {fresh}.",
+            guide.rps,
             if met { "met" } else { "not met" },
-            verdicts.join(", "),
-            guide.rps
         )?;
         writeln!(md)?;
     }
