@@ -200,22 +200,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     }
 
     let load_before = load_average();
-    let mut cells: Vec<Cell> = Vec::new();
-    for round in 1..=options.rounds {
-        for mode in MODES {
-            for subject in subjects.iter_mut().filter(|s| s.modes.contains(&mode)) {
-                eprintln!("xtask: round {round}/{}: {} in {mode} mode", options.rounds, subject.name);
-                let report = bench(&wasmux, &pinning, subject, mode, options, None)?;
-                let figures = Figures::of(&report);
-                eprintln!("xtask:   {:.0} requests/s, p99 {:.3} ms, {} errors", figures.rps, figures.p99, figures.errors);
-                match cells.iter_mut().find(|c| c.server == subject.name && c.mode == mode) {
-                    Some(cell) => cell.rounds.push(figures),
-                    None => cells.push(Cell { server: subject.name, mode, rounds: vec![figures] }),
-                }
-                subject.process.check_alive()?;
-            }
-        }
-    }
+    let cells = run_rounds(&wasmux, &pinning, &mut subjects, &MODES, options)?;
     let costs = if options.cost_requests > 0 { measure_costs(&wasmux, &pinning, &mut subjects, options, &work)? } else { Costs::default() };
 
     std::fs::create_dir_all(root.join(&options.out))?;
@@ -387,6 +372,29 @@ fn parse_strace_summary(text: &str, requests: u64) -> Option<Syscalls> {
     let per = |n: u64| n as f64 / requests as f64;
     let total: u64 = calls.iter().map(|(_, n)| n).sum();
     Some(Syscalls { per_request: per(total), top: calls.into_iter().take(6).map(|(name, n)| (name, per(n))).collect() })
+}
+
+/// `options.rounds` rounds of every subject in every one of `modes` it
+/// serves, interleaved, so that a slow moment of the machine hits every
+/// server alike.
+fn run_rounds(wasmux: &Path, pinning: &Pinning, subjects: &mut [Subject], modes: &[&'static str], options: &Options) -> Result<Vec<Cell>> {
+    let mut cells: Vec<Cell> = Vec::new();
+    for round in 1..=options.rounds {
+        for &mode in modes {
+            for subject in subjects.iter_mut().filter(|s| s.modes.contains(&mode)) {
+                eprintln!("xtask: round {round}/{}: {} in {mode} mode", options.rounds, subject.name);
+                let report = bench(wasmux, pinning, subject, mode, options, None)?;
+                let figures = Figures::of(&report);
+                eprintln!("xtask:   {:.0} requests/s, p99 {:.3} ms, {} errors", figures.rps, figures.p99, figures.errors);
+                match cells.iter_mut().find(|c| c.server == subject.name && c.mode == mode) {
+                    Some(cell) => cell.rounds.push(figures),
+                    None => cells.push(Cell { server: subject.name, mode, rounds: vec![figures] }),
+                }
+                subject.process.check_alive()?;
+            }
+        }
+    }
+    Ok(cells)
 }
 
 /// Runs `wasmux bench --json` once: for the options' duration, or for

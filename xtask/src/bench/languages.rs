@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Cell, Figures, Pinning, Subject, load_average, machine};
+use super::{Cell, Pinning, Subject, load_average, machine};
 
 /// What `cargo xtask bench-languages` was asked for.
 pub struct Options {
@@ -362,22 +362,7 @@ fn throughput(root: &Path, wasmux: &Path, work: &Path, lang_plugins: &Path, opti
     if python.is_file() {
         subjects.push(Subject::python(&python, &pinning)?);
     }
-    let mut cells: Vec<Cell> = Vec::new();
-    for round in 1..=options.rounds {
-        for mode in ["connect", "persistent"] {
-            for subject in subjects.iter_mut().filter(|s| s.modes.contains(&mode)) {
-                eprintln!("xtask: round {round}/{}: {} in {mode} mode", options.rounds, subject.name);
-                let report = super::bench(wasmux, &pinning, subject, mode, &bench_options, None)?;
-                let figures = Figures::of(&report);
-                eprintln!("xtask:   {:.0} requests/s, p99 {:.3} ms, {} errors", figures.rps, figures.p99, figures.errors);
-                match cells.iter_mut().find(|c| c.server == subject.name && c.mode == mode) {
-                    Some(cell) => cell.rounds.push(figures),
-                    None => cells.push(Cell { server: subject.name, mode, rounds: vec![figures] }),
-                }
-                subject.process.check_alive()?;
-            }
-        }
-    }
+    let cells = super::run_rounds(wasmux, &pinning, &mut subjects, &["connect", "persistent"], &bench_options)?;
     Ok((subjects, cells, pinning.describe().to_owned()))
 }
 
