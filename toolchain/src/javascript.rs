@@ -50,12 +50,8 @@ impl ComponentizeJs {
             "wasmux: installing componentize-js {COMPONENTIZE_JS_VERSION} from npm into {} (once; later builds run offline)",
             dir.display()
         );
-        let parent = dir.parent().context("cache directory has no parent")?;
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        let partial = parent.join(format!(".componentize-js-{COMPONENTIZE_JS_VERSION}.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&partial);
-        let installed = (|| -> Result<()> {
-            std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        crate::install_into(&dir, &script, |partial| {
+            std::fs::create_dir_all(partial).with_context(|| format!("creating {}", partial.display()))?;
             std::fs::write(partial.join("package.json"), PACKAGE_JSON)?;
             std::fs::write(partial.join("package-lock.json"), PACKAGE_LOCK)?;
             std::fs::write(partial.join("build.mjs"), BUILD_SCRIPT)?;
@@ -63,19 +59,9 @@ impl ComponentizeJs {
                 &format!("install componentize-js {COMPONENTIZE_JS_VERSION} from npm"),
                 Command::new(&npm)
                     .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                    .current_dir(&partial),
+                    .current_dir(partial),
             )
-        })();
-        if let Err(e) = installed {
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
-        }
-        if let Err(e) = std::fs::rename(&partial, &dir) {
-            let _ = std::fs::remove_dir_all(&partial);
-            if !script.is_file() {
-                return Err(e).with_context(|| format!("moving the new installation to {}", dir.display()));
-            }
-        }
+        })?;
         Ok(Self { node, script })
     }
 

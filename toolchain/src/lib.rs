@@ -107,6 +107,29 @@ fn run_quietly(what: &str, command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Installs a tool into `dir` once: `install` fills a temporary folder
+/// beside it, which is then renamed into place, so a build interrupted
+/// halfway leaves nothing that looks installed. If another build installed
+/// it meanwhile (`ready` exists after a failed rename), that one is used.
+fn install_into(dir: &Path, ready: &Path, install: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().context("cache directory has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = parent.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    if let Err(e) = install(&partial) {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&partial, dir) {
+        let _ = std::fs::remove_dir_all(&partial);
+        if !ready.exists() {
+            return Err(e).with_context(|| format!("moving the new installation to {}", dir.display()));
+        }
+    }
+    Ok(())
+}
+
 /// Wraps the core module at `core` into a component at `out`; returns false
 /// if `out` already held exactly that component (so a server watching the
 /// directory sees no change).

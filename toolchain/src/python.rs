@@ -41,11 +41,8 @@ impl ComponentizePy {
             "wasmux: installing componentize-py {COMPONENTIZE_PY_VERSION} from PyPI into {} (once; later builds run offline)",
             env.display()
         );
-        let parent = env.parent().context("cache directory has no parent")?;
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        let partial = parent.join(format!(".componentize-py-{COMPONENTIZE_PY_VERSION}.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&partial);
-        let installed = make_venv(&base, &partial).and_then(|()| {
+        crate::install_into(&env, &python, |partial| {
+            make_venv(&base, partial)?;
             crate::run_quietly(
                 &format!("install componentize-py=={COMPONENTIZE_PY_VERSION} from PyPI"),
                 Command::new(partial.join("bin/python")).args([
@@ -58,18 +55,7 @@ impl ComponentizePy {
                     &format!("componentize-py=={COMPONENTIZE_PY_VERSION}"),
                 ]),
             )
-        });
-        if let Err(e) = installed {
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
-        }
-        if let Err(e) = std::fs::rename(&partial, &env) {
-            let _ = std::fs::remove_dir_all(&partial);
-            // Another build installed it meanwhile: use theirs.
-            if !python.is_file() {
-                return Err(e).with_context(|| format!("moving the new environment to {}", env.display()));
-            }
-        }
+        })?;
         Ok(Self { python })
     }
 
