@@ -15,7 +15,7 @@ use criterion::{Criterion, Throughput};
 use wasmux::client::guide_request;
 use wasmux::message::Message;
 use wasmux::native::GUIDE_HANDLERS;
-use wasmux::registry::Plugin;
+use wasmux::plugins::Plugin;
 use wasmux::runtime::{CallContext, Reuse, ReuseCount, Runtime, RuntimeSettings, Wasi};
 
 fn plugins_dir() -> PathBuf {
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
                 eprintln!("plugin_call: {} is missing: build the plugins first with `cargo xtask plugins`", path.display());
                 return ExitCode::FAILURE;
             };
-            match Plugin::load(&runtime, name, &bytes, Wasi::Allowed) {
+            match Plugin::load(&runtime, name, wasmux::digest::Digest::of(&bytes), &bytes, Wasi::Allowed) {
                 Ok(plugin) => plugins.push(plugin),
                 Err(e) => {
                     eprintln!("plugin_call: cannot load {}: {e:#}", path.display());

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use wasmux::client::guide_request;
 use wasmux::message::Message;
-use wasmux::registry::Plugin;
-use wasmux::runtime::{CallContext, PoolLimits, Runtime, RuntimeSettings, Wasi};
+use wasmux::plugins::Plugin;
+use wasmux::runtime::{CallContext, AllocatorLimits, Runtime, RuntimeSettings, Wasi};
 
 fn main() {
     let files: Vec<PathBuf> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).map(PathBuf::from).collect();
@@ -25,9 +25,9 @@ fn main() {
     for file in files {
         let bytes = std::fs::read(&file).expect("a readable component");
         let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let needs = |limits: PoolLimits, what: &str| -> String {
-            let runtime = Runtime::new(RuntimeSettings { max_concurrent_calls: 1, pool: limits, ..RuntimeSettings::default() }).expect("a runtime");
-            match Plugin::load(&runtime, &name, &bytes, Wasi::Allowed) {
+        let needs = |limits: AllocatorLimits, what: &str| -> String {
+            let runtime = Runtime::new(RuntimeSettings { max_concurrent_calls: 1, allocator: limits, ..RuntimeSettings::default() }).expect("a runtime");
+            match Plugin::load(&runtime, &name, wasmux::digest::Digest::of(&bytes), &bytes, Wasi::Allowed) {
                 Ok(_) => "≤ 1".into(),
                 Err(e) => {
                     let text = format!("{e:#}");
@@ -41,15 +41,15 @@ fn main() {
         };
         // Each limit at 1, the others far above any plugin's needs: the
         // refusal says what the component needs.
-        let big = PoolLimits::for_one_instance();
-        let instances = needs(PoolLimits { core_instances: 1, ..big }, "instances");
-        let memories = needs(PoolLimits { memories: 1, ..big }, "memories");
-        let tables = needs(PoolLimits { tables: 1, ..big }, "tables");
-        let elements = needs(PoolLimits { table_elements: 1, ..big }, "table elements");
+        let big = AllocatorLimits::for_one_instance();
+        let instances = needs(AllocatorLimits { core_instances: 1, ..big }, "instances");
+        let memories = needs(AllocatorLimits { memories: 1, ..big }, "memories");
+        let tables = needs(AllocatorLimits { tables: 1, ..big }, "tables");
+        let elements = needs(AllocatorLimits { table_elements: 1, ..big }, "table elements");
 
         let runtime = Runtime::new(RuntimeSettings { max_concurrent_calls: 4, ..RuntimeSettings::default() }).expect("a runtime");
         let started = Instant::now();
-        let plugin = match Plugin::load(&runtime, &name, &bytes, Wasi::Allowed) {
+        let plugin = match Plugin::load(&runtime, &name, wasmux::digest::Digest::of(&bytes), &bytes, Wasi::Allowed) {
             Ok(plugin) => plugin,
             Err(e) => {
                 println!("| {name} | refused: {e:#} |");

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::files::{self, Links};
 use crate::experiments::Report;
-use crate::runtime::Origin;
+use crate::runtime::CodeOrigin;
 use crate::service::Service;
 use crate::tenancy::{TokenHash, bearer_token};
 
@@ -204,26 +204,26 @@ fn timestamp(at: SystemTime) -> String {
 }
 
 async fn plugins(State(service): State<Arc<Service>>) -> Json<Vec<PluginInfo>> {
-    let registry = service.registry();
-    let mut refusals = registry.refusals();
+    let plugins = service.plugins();
+    let mut refusals = plugins.refusals();
     let mut all: BTreeMap<String, PluginInfo> = BTreeMap::new();
-    for plugin in registry.list() {
+    for plugin in plugins.list() {
         let last_error = refusals.remove(&plugin.name).map(|r| LastError { message: r.error, at: timestamp(r.at) });
         all.insert(
             plugin.name.clone(),
             PluginInfo {
                 name: plugin.name.clone(),
                 loaded: true,
-                version: Some(plugin.version.to_string()),
-                sha256: Some(plugin.version.full_hex()),
+                version: Some(plugin.version.short()),
+                sha256: Some(plugin.version.hex()),
                 native: plugin.is_native(),
                 size: Some(plugin.size),
                 loaded_at: Some(timestamp(plugin.loaded_at)),
                 compile_ms: Some(plugin.compile_time.as_secs_f64() * 1e3),
                 code_from: Some(match plugin.origin {
-                    Origin::Compiled => "compiled",
-                    Origin::Memory => "memory-cache",
-                    Origin::Disk => "disk-cache",
+                    CodeOrigin::Compiled => "compiled",
+                    CodeOrigin::Memory => "memory-cache",
+                    CodeOrigin::Disk => "disk-cache",
                 }),
                 wasi: Some(plugin.imports_wasi),
                 last_error,

@@ -28,11 +28,11 @@
 //! ```
 //! # use std::sync::Arc;
 //! # use wasmux::{config::Settings, message::Message, metrics::Metrics};
-//! # use wasmux::registry::{Plugin, PluginRegistry};
+//! # use wasmux::plugins::{Plugin, Plugins};
 //! # use wasmux::service::Service;
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let metrics = Arc::new(Metrics::new());
-//! let registry = Arc::new(PluginRegistry::new(None, Arc::clone(&metrics)));
+//! let registry = Arc::new(Plugins::new(None, Arc::clone(&metrics)));
 //! for (name, handler) in wasmux::native::GUIDE_HANDLERS {
 //!     registry.insert(Plugin::native(name, handler));
 //! }
@@ -49,17 +49,19 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod experiments;
-pub mod files;
+pub mod digest;
+pub use wasmux_files as files;
 pub mod message;
 pub mod metrics;
 pub mod native;
 pub mod net;
-pub mod oci;
-pub mod registry;
+pub mod plugins;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod tenancy;
 pub mod throttle;
 pub mod tls;

@@ -182,6 +182,19 @@ impl Serialize for JsonHeader<'_> {
     }
 }
 
+/// Why a handler answered no response: what the WIT contract's
+/// `handler-error` says (a plugin returns it), in the host's own terms, so
+/// that the service and the native handlers need not know the bindings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerError {
+    /// The request is malformed for this handler.
+    BadRequest(String),
+    /// The handler does not support what was asked (an encoding, say).
+    Unsupported(String),
+    /// The handler failed.
+    Internal(String),
+}
+
 /// The machine-readable `error.code` of an error answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {

@@ -5,8 +5,7 @@
 
 use wasmux_guide::SearchError;
 
-use wasmux_bindings::HandlerError;
-use crate::message::Message;
+use crate::message::{HandlerError, Message};
 
 /// A handler compiled into the host, with a plugin's contract.
 pub type NativeHandler = fn(&Message) -> Result<Message, HandlerError>;

@@ -10,13 +10,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use wasmux_bindings::HandlerError;
 use crate::config::Settings;
 use crate::experiments::{ArmRef, Entry, Report, Served};
-use crate::message::{AUTHORIZATION_FIELD, ErrorCode, Message, ProtocolError};
+use crate::message::{AUTHORIZATION_FIELD, ErrorCode, HandlerError, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
-use crate::registry::PluginRegistry;
-use crate::runtime::{CallContext, Outcomes, PluginError};
+use crate::plugins::Plugins;
+use crate::runtime::{CallContext, CallLimits, Outcomes, PluginError};
 use crate::throttle::LogThrottle;
 
 /// The answer to one request, and whether the connection must close after it.
@@ -29,7 +28,7 @@ pub struct Answer {
 
 /// Routes requests to plugins under the current settings.
 pub struct Service {
-    registry: Arc<PluginRegistry>,
+    plugins: Arc<Plugins>,
     /// Swapped whole when the configuration is reloaded.
     settings: ArcSwap<Settings>,
     metrics: Arc<Metrics>,
@@ -61,9 +60,9 @@ impl Progress {
 }
 
 impl Service {
-    pub fn new(registry: Arc<PluginRegistry>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(plugins: Arc<Plugins>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let max_plugin_memory = settings.max_plugin_memory();
-        Self { registry, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default() }
+        Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default() }
     }
 
     /// The server-wide budget of log lines that peers cause: every line a
@@ -73,8 +72,8 @@ impl Service {
         &self.request_log
     }
 
-    pub fn registry(&self) -> &Arc<PluginRegistry> {
-        &self.registry
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.plugins
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -94,11 +93,11 @@ impl Service {
     /// settings; reused instances made under them are retired.
     pub fn reload(&self, mut settings: Settings) -> anyhow::Result<()> {
         let max_memory = self.max_plugin_memory;
-        if let Some(tenant) = settings.tenants.iter().find(|t| t.call_limits.memory > max_memory) {
+        if let Some(tenant) = settings.tenants.iter().find(|t| t.plugin_memory > max_memory) {
             anyhow::bail!(
                 "tenant {}: plugin-memory is {} bytes, over the {max_memory} the instance pool was sized for at start-up; restart the server to raise it",
                 tenant.name,
-                tenant.call_limits.memory
+                tenant.plugin_memory
             );
         }
         let current = self.settings();
@@ -107,7 +106,7 @@ impl Service {
             tracing::warn!("limits.max-connections, limits.max-concurrent-calls and limits.max-buffered take effect at the next start");
         }
         let (old, new) = (&current.runtime, &settings.runtime);
-        if (old.spectre_hardening, old.cache_max_size, old.pool) != (new.spectre_hardening, new.cache_max_size, new.pool) || current.source != settings.source {
+        if (old.spectre_hardening, old.cache_max_size, old.allocator) != (new.spectre_hardening, new.cache_max_size, new.allocator) || current.source != settings.source {
             tracing::warn!("[runtime] settings other than reuse, and [source], take effect at the next start");
         }
         if current.wasi_refused != settings.wasi_refused {
@@ -118,7 +117,7 @@ impl Service {
         let generation = settings.generation;
         self.settings.store(Arc::new(settings));
         // Instances made under the old settings serve no further request.
-        if let Some(runtime) = self.registry.runtime() {
+        if let Some(runtime) = self.plugins.runtime() {
             runtime.retire_generations_before(generation);
         }
         Ok(())
@@ -127,7 +126,7 @@ impl Service {
     /// Logs every route target that no loaded plugin answers.
     pub fn warn_about_unloaded_targets(&self, settings: &Settings) {
         for target in settings.plugin_targets() {
-            if self.registry.get(target).is_none() {
+            if self.plugins.get(target).is_none() {
                 tracing::warn!("a route points at plugin {target}, which is not loaded");
             }
         }
@@ -179,7 +178,7 @@ impl Service {
         progress.arm = choice.arm;
         progress.plugin = Label::from(name);
         let plugin = self
-            .registry
+            .plugins
             .get(name)
             .ok_or_else(|| ProtocolError::new(ErrorCode::NoPlugin, format!("no plugin {name} is loaded")))?;
         progress.version = Label::from(&plugin.version_label);
@@ -187,14 +186,14 @@ impl Service {
         let context = CallContext {
             tenant: Arc::clone(&tenant.name),
             config: tenant.config_for(name),
-            limits: tenant.call_limits,
+            limits: CallLimits { deadline: tenant.plugin_deadline, memory: tenant.plugin_memory, ..settings.limits.call },
             reuse: settings.runtime.reuse.for_plugin(name),
             generation: settings.generation,
         };
         let (answer, outcomes) = plugin.call(&request, &context).await.map_err(|error| {
             if is_plugin_fault(&error) {
                 self.request_log.log(|| {
-                    tracing::warn!(plugin = %plugin.name, version = %plugin.version, tenant = %tenant.name, "plugin {} {error}", plugin.name);
+                    tracing::warn!(plugin = %plugin.name, version = %plugin.version_label, tenant = %tenant.name, "plugin {} {error}", plugin.name);
                 });
             }
             to_protocol_error(&error, name)
@@ -215,7 +214,7 @@ impl Service {
                 experiment: split.experiment(),
             })
         });
-        Report::new(entries, |plugin| self.registry.get(plugin).map(|p| p.version.to_string()))
+        Report::new(entries, |plugin| self.plugins.get(plugin).map(|p| p.version.short()))
     }
 }
 
@@ -254,20 +253,20 @@ mod tests {
     use serde_json::Value;
 
     use crate::native::GUIDE_HANDLERS;
-    use crate::registry::Plugin;
+    use crate::plugins::Plugin;
     use crate::tenancy::TokenHash;
 
     /// A service with the guide's native handlers and two of the tests' own,
     /// under the configuration `config` (TOML).
     fn service(config: &str) -> Service {
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(PluginRegistry::new(None, Arc::clone(&metrics)));
+        let plugins = Arc::new(Plugins::new(None, Arc::clone(&metrics)));
         for (name, handler) in GUIDE_HANDLERS {
-            registry.insert(Plugin::native(name, handler));
+            plugins.insert(Plugin::native(name, handler));
         }
-        registry.insert(Plugin::native("fields", echo_fields));
-        registry.insert(Plugin::native("failing", |_| Err(HandlerError::Internal("out of luck".into()))));
-        Service::new(registry, Settings::parse(config).expect("a valid configuration"), metrics)
+        plugins.insert(Plugin::native("fields", echo_fields));
+        plugins.insert(Plugin::native("failing", |_| Err(HandlerError::Internal("out of luck".into()))));
+        Service::new(plugins, Settings::parse(config).expect("a valid configuration"), metrics)
     }
 
     /// Answers with the request's extra header fields, as JSON text.
@@ -369,7 +368,7 @@ mod tests {
         service.handle(search("ring")).await;
         service.handle(with_field(search("ring"), AUTHORIZATION_FIELD, "Bearer wrong")).await;
         let text = service.metrics().encode();
-        let version = service.registry().get("search").map(|p| p.version.to_string()).unwrap_or_default();
+        let version = service.plugins().get("search").map(|p| p.version.short()).unwrap_or_default();
         let ok = format!(r#"wasmux_requests_total{{tenant="default",route="text/json",plugin="search",version="{version}",outcome="ok"}} 2"#);
         assert!(text.lines().any(|line| line == ok), "{ok} not in\n{text}");
         let refused = r#"wasmux_requests_total{tenant="",route="",plugin="",version="",outcome="unauthorized"} 1"#;

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
@@ -32,7 +33,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::message::{ErrorCode, ProtocolError};
 use crate::router::Routes;
-use crate::runtime::CallLimits;
 
 /// The tenant of requests that carry no authorization.
 pub const DEFAULT_TENANT: &str = "default";
@@ -101,7 +101,7 @@ pub struct TenantSpec {
     pub plugin_config: BTreeMap<String, BTreeMap<String, String>>,
     pub limits: TenantLimits,
     /// Overrides of the server's per-call limits.
-    pub plugin_deadline: Option<std::time::Duration>,
+    pub plugin_deadline: Option<Duration>,
     pub plugin_memory: Option<usize>,
 }
 
@@ -110,7 +110,10 @@ pub struct Tenant {
     pub name: Arc<str>,
     pub routes: Routes,
     plugin_config: HashMap<String, Arc<BTreeMap<String, String>>>,
-    pub call_limits: CallLimits,
+    /// How long one of its plugin calls may take, and the memory it may
+    /// grow to: the server's, or the tenant's own.
+    pub plugin_deadline: Duration,
+    pub plugin_memory: usize,
     pub limits: TenantLimits,
     /// Shared with the tenant of the same name and limits in the previous
     /// configuration, so a reload does not reset the counts.
@@ -186,7 +189,10 @@ pub struct Tenants {
 pub struct ServerDefaults<'a> {
     pub routes: &'a Routes,
     pub plugin_config: &'a BTreeMap<String, BTreeMap<String, String>>,
-    pub call_limits: CallLimits,
+    /// The server's plugin call deadline and memory, for tenants that set
+    /// none of their own.
+    pub plugin_deadline: Duration,
+    pub plugin_memory: usize,
     /// Plugin calls the server runs at once (`max-concurrent-calls`).
     pub max_concurrent_calls: u32,
 }
@@ -311,11 +317,6 @@ fn merge(spec: TenantSpec, server: &ServerDefaults<'_>) -> anyhow::Result<Tenant
     for (plugin, values) in spec.plugin_config {
         plugin_config.entry(plugin).or_default().extend(values);
     }
-    let call_limits = CallLimits {
-        deadline: spec.plugin_deadline.unwrap_or(server.call_limits.deadline),
-        memory: spec.plugin_memory.unwrap_or(server.call_limits.memory),
-        ..server.call_limits
-    };
     let name: Arc<str> = spec.name.into();
     for plugin in plugin_config.keys() {
         if !routes.targets().any(|target| target == plugin) {
@@ -327,7 +328,8 @@ fn merge(spec: TenantSpec, server: &ServerDefaults<'_>) -> anyhow::Result<Tenant
         name,
         routes,
         plugin_config: plugin_config.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
-        call_limits,
+        plugin_deadline: spec.plugin_deadline.unwrap_or(server.plugin_deadline),
+        plugin_memory: spec.plugin_memory.unwrap_or(server.plugin_memory),
         limits: spec.limits,
     })
 }
@@ -344,7 +346,7 @@ mod tests {
 
     fn tenants(specs: Vec<TenantSpec>) -> Tenants {
         let (routes, plugin_config) = defaults();
-        Tenants::build(specs, &ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: CallLimits::default(), max_concurrent_calls: 256 }).unwrap()
+        Tenants::build(specs, &ServerDefaults { routes: &routes, plugin_config: &plugin_config, plugin_deadline: Duration::from_millis(100), plugin_memory: 64 << 20, max_concurrent_calls: 256 }).unwrap()
     }
 
 
@@ -375,7 +377,7 @@ mod tests {
     #[test]
     fn configuration_mistakes_are_refused() {
         let (routes, plugin_config) = defaults();
-        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, call_limits: CallLimits::default(), max_concurrent_calls: 256 };
+        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, plugin_deadline: Duration::from_millis(100), plugin_memory: 64 << 20, max_concurrent_calls: 256 };
         let error = Tenants::build(vec![spec("alpha", None)], &server).unwrap_err().to_string();
         assert!(error.contains("alpha has no token-sha256"), "{error}");
         let error = Tenants::build(vec![spec("alpha", Some("x")), spec("beta", Some("x"))], &server).unwrap_err().to_string();
@@ -402,10 +404,10 @@ mod tests {
         assert_eq!(alpha.routes.resolve("x/y").map(|r| r.target.to_string()).as_deref(), Some("binary-echo"));
         let config = alpha.config_for("search");
         assert_eq!((config["a"].as_str(), config["b"].as_str()), ("server", "alpha"));
-        assert_eq!(alpha.call_limits.deadline, std::time::Duration::from_millis(5));
+        assert_eq!(alpha.plugin_deadline, Duration::from_millis(5));
         let default = tenants.get("default").unwrap();
         assert_eq!(default.config_for("search")["b"], "server");
-        assert_eq!(default.call_limits, CallLimits::default());
+        assert_eq!((default.plugin_deadline, default.plugin_memory), (Duration::from_millis(100), 64 << 20));
     }
 
     #[test]

@@ -20,6 +20,15 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client};
 
 use crate::net;
 
+/// Makes ring the process's default rustls provider, for the clients that
+/// build their own configuration from it (oci-client's HTTPS, through
+/// reqwest built without a provider of its own). Idempotent.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already: ring, by an earlier
+    // call (it is the only one this program is built with).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -144,17 +144,15 @@ pub fn componentize(core: &Path, out: &Path) -> Result<bool> {
     write_if_changed(out, &component)
 }
 
-/// Writes `bytes` to `out` unless it already holds them, beside and then
-/// renamed, so that a server watching the directory never reads a
-/// half-written file. Returns whether it wrote.
+/// Writes `bytes` to `out` unless it already holds them, whole or not at
+/// all ([`wasmux_files::write_atomically`]), so that a server watching the
+/// directory never reads a half-written file. Returns whether it wrote.
 pub fn write_if_changed(out: &Path, bytes: &[u8]) -> Result<bool> {
     if std::fs::read(out).is_ok_and(|existing| existing == bytes) {
         return Ok(false);
     }
     let dir = out.parent().context("output path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", out.file_name().and_then(|n| n.to_str()).unwrap_or("plugin")));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    wasmux_files::write_atomically(out, 0o644, |file| std::io::Write::write_all(file, bytes)).with_context(|| format!("writing {}", out.display()))?;
     Ok(true)
 }

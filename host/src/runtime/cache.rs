@@ -31,15 +31,15 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::files::{self, Links};
+use crate::files::{self, Links, TEMP_PREFIX};
 
 /// A component's SHA-256: the key of its compiled code.
-type Digest = [u8; 32];
+use crate::digest::Digest;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -55,9 +55,8 @@ const HEADER_LEN: usize = MAGIC.len() + MAC_LEN;
 const KEY_FILE: &str = "key";
 const KEY_LEN: usize = 32;
 
-/// Names of entries, and of files being written (random after the prefix).
+/// Names of entries (files being written begin with [`TEMP_PREFIX`]).
 const ENTRY_SUFFIX: &str = ".cwasm";
-const TEMP_PREFIX: &str = ".tmp-";
 
 /// A file being written that is older than this was left by a process that
 /// stopped half-way; eviction removes it.
@@ -65,7 +64,7 @@ const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 /// Where a component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum CodeOrigin {
     /// Compiled just now.
     Compiled,
     /// Compiled earlier by this process.
@@ -124,19 +123,19 @@ impl ComponentCache {
     }
 
     /// The component for `bytes`, compiled only if no cache has it.
-    pub(super) fn get_or_compile(&self, engine: &Engine, digest: Digest, bytes: &[u8]) -> wasmtime::Result<(Component, Origin)> {
+    pub(super) fn get_or_compile(&self, engine: &Engine, digest: Digest, bytes: &[u8]) -> wasmtime::Result<(Component, CodeOrigin)> {
         if let Some(component) = self.lock().components.get(&digest) {
-            return Ok((component.clone(), Origin::Memory));
+            return Ok((component.clone(), CodeOrigin::Memory));
         }
         let from_disk = self.disk.as_ref().and_then(|disk| disk.read(engine, &self.engine_tag, &digest));
         let (component, origin) = match from_disk {
-            Some(component) => (component, Origin::Disk),
+            Some(component) => (component, CodeOrigin::Disk),
             None => {
                 let component = Component::new(engine, bytes)?;
                 if let Some(disk) = &self.disk {
                     disk.write(&self.engine_tag, &digest, &component);
                 }
-                (component, Origin::Compiled)
+                (component, CodeOrigin::Compiled)
             }
         };
         let mut memory = self.lock();
@@ -172,17 +171,17 @@ impl DiskCache {
     }
 
     fn path(&self, engine_tag: &str, digest: &Digest) -> PathBuf {
-        self.dir.join(format!("{}-{engine_tag}{ENTRY_SUFFIX}", hex::encode(digest)))
+        self.dir.join(format!("{}-{engine_tag}{ENTRY_SUFFIX}", digest.hex()))
     }
 
     /// The MAC of `code`, compiled by an engine of `engine_tag` from the
     /// source whose SHA-256 is `digest`.
     fn mac(&self, engine_tag: &str, digest: &Digest, code: &[u8]) -> HmacSha256 {
         // HMAC takes a key of any length; a 32-byte one cannot be refused.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         mac.update(MAGIC);
         mac.update(engine_tag.as_bytes());
-        mac.update(digest);
+        mac.update(&digest.bytes());
         mac.update(code);
         mac
     }
@@ -268,17 +267,11 @@ impl DiskCache {
             return Ok(false);
         }
         let mac = self.mac(engine_tag, digest, &code).finalize().into_bytes();
-        // A new file (O_CREAT|O_EXCL, mode 0600) of a random name: no one
-        // can plant a link at it beforehand.
-        let mut file = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&self.dir).context("cannot create a file")?;
-        file.write_all(MAGIC)?;
-        file.write_all(&mac)?;
-        file.write_all(&code)?;
-        // On disk before the name points at it, so a crash leaves the old
-        // entry or the new one, never a name for half a file.
-        file.as_file().sync_all()?;
-        file.persist(path)?;
-        sync_dir(&self.dir)?;
+        files::write_atomically(path, 0o600, |file| {
+            file.write_all(MAGIC)?;
+            file.write_all(&mac)?;
+            file.write_all(&code)
+        })?;
         Ok(true)
     }
 
@@ -328,17 +321,12 @@ fn read_or_create_key(dir: &Path) -> anyhow::Result<[u8; KEY_LEN]> {
     }
     let mut key = [0; KEY_LEN];
     getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("cannot make a key: {e}"))?;
-    let mut file = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir).context("cannot create a key")?;
-    file.write_all(&key)?;
-    file.as_file().sync_all()?;
-    match file.persist_noclobber(&path) {
-        Ok(_) => {
-            sync_dir(dir)?;
-            Ok(key)
-        }
+    // Written to a new file and linked into place only if no key is there.
+    if files::create_atomically(&path, 0o600, |file| file.write_all(&key)).with_context(|| format!("cannot create the key {}", path.display()))? {
+        Ok(key)
+    } else {
         // Another server made one meanwhile.
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => read_key(&path).with_context(|| format!("key {}", path.display())),
-        Err(e) => Err(e.error).with_context(|| format!("cannot create the key {}", path.display())),
+        read_key(&path).with_context(|| format!("key {}", path.display()))
     }
 }
 
@@ -357,10 +345,6 @@ fn read_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
     }
     let bytes = files::read_capped(&file, &metadata, KEY_LEN as u64)?;
     bytes.try_into().map_err(|bytes: Vec<u8>| refuse(format!("holds {} bytes, not {KEY_LEN}", bytes.len())))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Removes entries of `dir`, least recently modified first, until they
@@ -417,7 +401,7 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     fn digest(n: u8) -> Digest {
-        [n; 32]
+        Digest::from_bytes([n; 32])
     }
 
     fn entries(dir: &Path) -> Vec<PathBuf> {
@@ -440,9 +424,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let cache_dir = dir.path().join("cache");
         let (_, origin) = cache(&engine, &cache_dir).get_or_compile(&engine, digest(1), EMPTY_COMPONENT).expect("compiles");
-        assert_eq!(origin, Origin::Compiled);
+        assert_eq!(origin, CodeOrigin::Compiled);
         let (_, origin) = cache(&engine, &cache_dir).get_or_compile(&engine, digest(1), EMPTY_COMPONENT).expect("loads");
-        assert_eq!(origin, Origin::Disk);
+        assert_eq!(origin, CodeOrigin::Disk);
         let mode = |path: &Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode(&cache_dir), 0o700);
         assert_eq!(mode(&cache_dir.join(KEY_FILE)), 0o600);

@@ -5,8 +5,10 @@ use std::time::Duration;
 use wasmtime::Trap;
 
 use super::state::CallState;
-use super::{CallLimits, hostcall_fuel};
-use wasmux_bindings::HandlerError;
+use super::call::{CallLimits, hostcall_fuel};
+use super::call_log::cut;
+use crate::message::HandlerError;
+use wasmux_bindings::HandlerError as WitHandlerError;
 
 /// Longest handler error message passed on to the client and the log; the
 /// rest is cut.
@@ -111,26 +113,18 @@ fn one_line(error: &wasmtime::Error) -> String {
     text
 }
 
-/// Cuts `text` to at most `limit` bytes (on a character boundary), marking the cut.
-pub(super) fn cut(text: &mut String, limit: usize) {
-    if text.len() > limit {
-        let at = (0..=limit).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-        text.truncate(at);
-        text.push_str("… (cut)");
-    }
-}
-
-/// A handler error with its message cut to [`MAX_ERROR_TEXT`]: it goes into
-/// an error answer and the log, and the plugin chose its length.
-pub(super) fn cut_handler_error(error: HandlerError) -> HandlerError {
+/// The handler error a plugin returned, in the host's terms, its message
+/// cut to [`MAX_ERROR_TEXT`]: it goes into an error answer and the log, and
+/// the plugin chose its length.
+pub(super) fn handler_error(error: WitHandlerError) -> HandlerError {
     let cut_message = |mut message: String| {
         cut(&mut message, MAX_ERROR_TEXT);
         message
     };
     match error {
-        HandlerError::BadRequest(m) => HandlerError::BadRequest(cut_message(m)),
-        HandlerError::Unsupported(m) => HandlerError::Unsupported(cut_message(m)),
-        HandlerError::Internal(m) => HandlerError::Internal(cut_message(m)),
+        WitHandlerError::BadRequest(m) => HandlerError::BadRequest(cut_message(m)),
+        WitHandlerError::Unsupported(m) => HandlerError::Unsupported(cut_message(m)),
+        WitHandlerError::Internal(m) => HandlerError::Internal(cut_message(m)),
     }
 }
 

@@ -9,7 +9,7 @@
 //! a fresh `Store` and instance from the pooling allocator, so no state
 //! survives from one request to the next and one request cannot see
 //! another's data. With bounded reuse ([`Reuse`]) an instance serves a few
-//! requests of one tenant, one at a time (`pool.rs`).
+//! requests of one tenant, one at a time (`reuse.rs`).
 //!
 //! Guards on every call:
 //! - a deadline, counted from when the call asks for an instance slot (so a
@@ -36,21 +36,22 @@
 //! (`wasmux:plugin/host@0.1.1`); wasmtime resolves an import of an older
 //! 0.1.x to it, so plugins built against an older WIT keep loading.
 //!
-//! The instance pool is shaped by [`PoolLimits`] (`pooling`), fixed when
-//! the runtime is made; a component over them is refused at load with the
-//! limit and the setting that raises it named. Instances are reused, when
-//! the settings ask for it, by [`pool`].
+//! wasmtime's pooling allocator is shaped by [`AllocatorLimits`]
+//! (`allocator.rs`), fixed when the runtime is made; a component over them
+//! is refused at load with the limit and the setting that raises it named.
+//! Instances are reused, when the settings ask for it, by [`reuse`].
 
+mod allocator;
 mod cache;
+mod call;
+mod call_log;
 mod convert;
 mod error;
 mod outcomes;
-mod pool;
-mod pooling;
+mod reuse;
 mod state;
 mod wasi;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -60,14 +61,17 @@ use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store, UpdateDeadline};
 
 use wasmux_bindings::{HandlerPre, host};
-use crate::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
+use crate::digest::Digest;
+use crate::message::Message;
 use cache::ComponentCache;
-pub use cache::Origin;
-use error::{Phase, classify_failure, cut_handler_error};
+pub use cache::CodeOrigin;
+use error::{Phase, classify_failure, handler_error};
 pub use error::PluginError;
-use pool::{InstancePool, PoolKey};
-pub use pool::{InstanceEvents, Retirement, Reuse, ReuseCount, Unobserved};
-pub use pooling::PoolLimits;
+use reuse::{Instances, ReuseKey};
+pub use reuse::{InstanceEvents, Retirement, Reuse, ReuseCount, Unobserved};
+pub use allocator::AllocatorLimits;
+pub use call::{CallContext, CallLimits};
+use call::hostcall_fuel;
 use state::CallState;
 pub use outcomes::{MAX_OUTCOME_NAME, MAX_OUTCOMES_PER_CALL, Outcomes, invalid_outcome_name};
 
@@ -80,12 +84,6 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// dozen pages of a plugin's memory; with the kernel's `PAGEMAP_SCAN` only
 /// those are reset, and the next request takes no page faults on them.
 const KEEP_RESIDENT: usize = 2 << 20;
-
-/// What the host may copy out of a guest at once beyond a response's
-/// content: its content-type, encoding and header fields. A header is at
-/// most 64 KiB on the wire, but each field costs the host more than its
-/// bytes, so this leaves room for any header that can be sent.
-const HEADER_FUEL: usize = 1 << 20;
 
 /// Settings fixed for the life of the engine.
 #[derive(Debug, Clone)]
@@ -108,7 +106,7 @@ pub struct RuntimeSettings {
     /// side channels: only for plugins you trust.
     pub spectre_hardening: bool,
     /// What one plugin instance may hold; shapes the instance pool.
-    pub pool: PoolLimits,
+    pub allocator: AllocatorLimits,
     /// How plugins are compiled.
     pub compile: CompileMode,
 }
@@ -121,7 +119,7 @@ impl Default for RuntimeSettings {
             cache_dir: None,
             cache_max_size: DEFAULT_CACHE_MAX_SIZE,
             spectre_hardening: true,
-            pool: PoolLimits::default(),
+            allocator: AllocatorLimits::default(),
             compile: CompileMode::Serve,
         }
     }
@@ -145,39 +143,6 @@ pub enum CompileMode {
 /// plugin versions of a few megabytes of code each.
 pub const DEFAULT_CACHE_MAX_SIZE: u64 = 1 << 30;
 
-/// Limits for one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallLimits {
-    /// Wall-clock time the call may take, the wait for an instance slot
-    /// and instantiation included.
-    pub deadline: Duration,
-    /// Linear memory the instance may grow to.
-    pub memory: usize,
-    /// Largest response content the plugin may return.
-    pub max_response: usize,
-}
-
-impl Default for CallLimits {
-    fn default() -> Self {
-        Self { deadline: Duration::from_millis(100), memory: 64 << 20, max_response: DEFAULT_MAX_CONTENT_LENGTH }
-    }
-}
-
-/// Who is calling, for the plugin's log lines and configuration, and
-/// under which settings.
-#[derive(Debug, Clone, Default)]
-pub struct CallContext {
-    pub tenant: Arc<str>,
-    /// Values the plugin reads through the `config` import.
-    pub config: Arc<BTreeMap<String, String>>,
-    pub limits: CallLimits,
-    /// How long an instance may serve (one request by default).
-    pub reuse: Reuse,
-    /// The settings' generation: an instance serves only requests under
-    /// the settings it was made under.
-    pub generation: u64,
-}
-
 /// The wasmtime engine, linker, cache and epoch ticker shared by every
 /// plugin. Cloning it is cheap (a reference count).
 #[derive(Clone)]
@@ -197,7 +162,7 @@ struct Shared {
     /// The live instances. Each holds a slot of wasmtime's pool, so calls
     /// in flight are bounded by what that pool holds: a burst waits
     /// instead of failing.
-    pool: Arc<InstancePool>,
+    instances: Arc<Instances>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -207,7 +172,7 @@ pub struct LoadInfo {
     /// Time spent compiling, or reading the compiled code from a cache.
     pub compile_time: Duration,
     /// Whether the code was compiled for this load or found in a cache.
-    pub origin: Origin,
+    pub origin: CodeOrigin,
     /// Whether the component imports WASI (and was linked with the subset).
     pub imports_wasi: bool,
 }
@@ -244,15 +209,15 @@ impl Runtime {
     /// A runtime that tells `events` of every instance created and retired.
     pub fn with_events(settings: RuntimeSettings, events: Arc<dyn InstanceEvents>) -> wasmtime::Result<Self> {
         let n = settings.max_concurrent_calls.max(1);
-        let mut pool = settings.pool.pool(n, settings.max_memory);
-        pool.linear_memory_keep_resident(KEEP_RESIDENT)
+        let mut allocator = settings.allocator.config(n, settings.max_memory);
+        allocator.linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT)
             .pagemap_scan(wasmtime::Enabled::Auto);
 
         let mut config = Config::new();
         config
             .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(allocator))
             .memory_init_cow(true)
             .parallel_compilation(true);
         if settings.compile == CompileMode::Incremental {
@@ -282,11 +247,11 @@ impl Runtime {
         let mut wasi_linker = linker.clone();
         wasmtime_wasi::p2::add_to_linker_async(&mut wasi_linker).context("linking WASI")?;
 
-        let pool = Arc::new(InstancePool::new(n as usize, events));
+        let instances = Arc::new(Instances::new(n as usize, events));
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.clone();
         let stop = Arc::clone(&ticker_stop);
-        let sweep = Arc::clone(&pool);
+        let sweep = Arc::clone(&instances);
         std::thread::Builder::new()
             .name("wasmux-epoch".into())
             .spawn(move || {
@@ -303,7 +268,7 @@ impl Runtime {
             .context("starting the epoch ticker")?;
 
         let cache = ComponentCache::new(&engine, settings.cache_dir.clone(), settings.cache_max_size);
-        Ok(Self { shared: Arc::new(Shared { engine, linker, wasi_linker, cache, pool, settings, ticker_stop }) })
+        Ok(Self { shared: Arc::new(Shared { engine, linker, wasi_linker, cache, instances, settings, ticker_stop }) })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
@@ -313,12 +278,12 @@ impl Runtime {
     /// After a reload of the settings: instances made under generations
     /// before `generation` serve no further request.
     pub fn retire_generations_before(&self, generation: u64) {
-        self.shared.pool.retire_generations_before(generation);
+        self.shared.instances.retire_generations_before(generation);
     }
 
     /// At shutdown: idle instances are retired, and no instance is kept.
     pub fn shutdown(&self) {
-        self.shared.pool.close();
+        self.shared.instances.close();
     }
 
     /// Compiles (unless cached) and links the component `bytes`, whose
@@ -328,12 +293,12 @@ impl Runtime {
     /// `bytes` is not a component, is not of the `handler` world, needs
     /// more than the instance pool holds, or imports WASI where `wasi`
     /// refuses it.
-    pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: [u8; 32], wasi: Wasi) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
+    pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: Digest, wasi: Wasi) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
         let shared = &self.shared;
         let started = Instant::now();
         let (component, origin) = match shared.cache.get_or_compile(&shared.engine, digest, bytes) {
             Ok(compiled) => compiled,
-            Err(e) => return Err(pooling::explain_refusal(e, shared.settings.pool)),
+            Err(e) => return Err(allocator::explain_refusal(e, shared.settings.allocator)),
         };
         let compile_time = started.elapsed();
         let wasi_imports = wasi_imports(&shared.engine, &component);
@@ -351,7 +316,7 @@ impl Runtime {
             .context("the component's imports do not match the wasmux:plugin/handler world (and the WASI 0.2 subset)")?;
         let pre = HandlerPre::new(instance_pre).context("the component's exports do not match the wasmux:plugin/handler world")?;
         let imports_wasi = !wasi_imports.is_empty();
-        let load = shared.pool.register_load();
+        let load = shared.instances.register_load();
         let handler = WasmHandler { pre, imports_wasi, runtime: Arc::clone(shared), load, plugin: plugin.into(), version: version.into() };
         Ok((handler, LoadInfo { compile_time, origin, imports_wasi }))
     }
@@ -423,17 +388,17 @@ impl WasmHandler {
 
     /// [`WasmHandler::call`], on an instance leased from the pool.
     async fn call_by(&self, request: &Message, context: &CallContext, deadline: Instant) -> Result<(Message, Outcomes), PluginError> {
-        let pool = &self.runtime.pool;
+        let instances = &self.runtime.instances;
         let limits = context.limits;
-        let key = PoolKey { load: self.load, tenant: Arc::clone(&context.tenant), generation: context.generation };
-        let reused = if context.reuse.is_fresh() { None } else { pool.take(&key) };
+        let key = ReuseKey { load: self.load, tenant: Arc::clone(&context.tenant), generation: context.generation };
+        let reused = if context.reuse.is_fresh() { None } else { instances.take(&key) };
         let mut lease = match reused {
             Some(mut lease) => {
                 begin_call(&mut lease.instance().store, context, deadline);
                 lease
             }
             None => {
-                let permit = match tokio::time::timeout_at(deadline.into(), pool.permit()).await {
+                let permit = match tokio::time::timeout_at(deadline.into(), instances.permit()).await {
                     Ok(permit) => permit?,
                     Err(_) => return Err(PluginError::NoSlot(limits.deadline)),
                 };
@@ -444,7 +409,7 @@ impl WasmHandler {
                     Ok(handler) => handler,
                     Err(e) => return Err(classify_failure(e, Phase::Instantiate, store.data(), limits)),
                 };
-                pool.lease(key, store, handler, context.reuse, permit)
+                instances.lease(key, store, handler, context.reuse, permit)
             }
         };
         let instance = lease.instance();
@@ -452,7 +417,7 @@ impl WasmHandler {
             Ok(Ok(response)) => convert::into_message(response, limits.max_response)
                 .map(|message| (message, std::mem::take(&mut instance.store.data_mut().outcomes)))
                 .map_err(PluginError::BadResponse),
-            Ok(Err(error)) => Err(PluginError::Handler(cut_handler_error(error))),
+            Ok(Err(error)) => Err(PluginError::Handler(handler_error(error))),
             Err(e) => Err(classify_failure(e, Phase::Call, instance.store.data(), limits)),
         };
         lease.end(Retirement::after(&result));
@@ -462,7 +427,7 @@ impl WasmHandler {
     /// A store for a new instance of this plugin, with its limiter and its
     /// deadline's callback.
     fn new_store(&self, context: &CallContext) -> Store<CallState> {
-        let max_table_elements = self.runtime.settings.pool.table_elements;
+        let max_table_elements = self.runtime.settings.allocator.table_elements;
         let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context, max_table_elements);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
@@ -489,13 +454,13 @@ impl WasmHandler {
     /// At a hot swap or unload of this version: its idle instances are
     /// retired, and those of calls in flight are when the calls end.
     pub fn retire(&self) {
-        self.runtime.pool.retire_load(self.load);
+        self.runtime.instances.retire_load(self.load);
     }
 }
 
 impl Drop for WasmHandler {
     fn drop(&mut self) {
-        self.runtime.pool.forget_load(self.load);
+        self.runtime.instances.forget_load(self.load);
     }
 }
 
@@ -513,9 +478,4 @@ fn begin_call(store: &mut Store<CallState>, context: &CallContext, deadline: Ins
     // The first check comes one to two ticks in, so that a short call
     // finishes without yielding; after that, one every tick.
     store.set_epoch_deadline(2);
-}
-
-/// What the host may copy out of the guest at once under `limits`.
-fn hostcall_fuel(limits: CallLimits) -> usize {
-    limits.max_response.saturating_add(HEADER_FUEL)
 }

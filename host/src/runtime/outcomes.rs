@@ -2,7 +2,7 @@
 //! checked against the bounds the WIT promises, each counted once, a few per
 //! request. The service hands them to the request's experiment arm.
 
-use super::error::cut;
+use super::call_log::cut;
 
 /// Longest outcome name, in bytes (the WIT's doc comment says so too).
 pub const MAX_OUTCOME_NAME: usize = 32;

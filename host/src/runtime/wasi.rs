@@ -3,7 +3,7 @@
 //!
 //! - stdout and stderr become the plugin's log lines (`info` and `warn`),
 //!   counted with its `log` lines against one cap
-//!   ([`super::state::CallLog`]): what is over the cap is dropped, and the
+//!   ([`super::call_log::CallLog`]): what is over the cap is dropped, and the
 //!   guest never sees an error for it;
 //! - stdin is empty; no environment variables, no arguments, no working
 //!   directory;
@@ -32,7 +32,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 use wasmux_bindings::host::Level;
 
-use super::state::{CallLog, MAX_LOG_LINE};
+use super::call_log::{CallLog, MAX_LOG_LINE};
 
 /// What a guest's WASI calls work on: the context and its resource table.
 pub(super) struct GuestWasi {
@@ -188,7 +188,7 @@ impl AsyncWrite for Output {
 
 #[cfg(test)]
 mod tests {
-    use super::super::state::MAX_LOG_LINES_PER_CALL;
+    use super::super::call_log::MAX_LOG_LINES_PER_CALL;
     use super::*;
 
     fn log() -> Arc<CallLog> {

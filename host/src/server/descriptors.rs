@@ -9,38 +9,33 @@
 
 use std::io;
 
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
 /// Descriptors kept free for what the server opens after it starts
 /// (plugin and configuration files, cache entries, admin clients, the
 /// watcher), beyond those already open when it computes its cap.
 pub const RESERVED: usize = 64;
 
 /// Raises the soft limit on open files to the hard limit. Returns the soft
-/// limit before and after.
+/// limit before and after (`u64::MAX` for unlimited).
 pub fn raise_open_file_limit() -> io::Result<(u64, u64)> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
+    let limit = getrlimit(Resource::Nofile);
+    let before = limit.current.unwrap_or(u64::MAX);
+    // `None` is unlimited: a finite soft limit below the hard one is raised.
+    let below_hard = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below_hard {
+        setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum })?;
     }
-    let before = limit.rlim_cur;
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok((before, limit.rlim_cur))
+    Ok((before, getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)))
 }
 
-/// The soft limit on open files (`None`: unlimited or unknown).
+/// The soft limit on open files (`None`: unlimited).
 fn open_file_limit() -> Option<usize> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit only writes the struct given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
-    usize::try_from(limit.rlim_cur).ok()
+    getrlimit(Resource::Nofile).current.and_then(|n| usize::try_from(n).ok())
 }
 
 /// Descriptors open now (`None` where `/proc/self/fd` cannot tell).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::listener::MakeRoom;
+use super::room::MakeRoom;
 use crate::codec::{DecodeError, Inbound};
 use crate::connection::{Connection, More, ReadTimeouts};
 use crate::message::{ErrorCode, Message, ProtocolError};

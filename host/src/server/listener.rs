@@ -3,18 +3,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::handler::Handler;
+use super::room::MakeRoom;
 use crate::connection::{BufferBudget, Connection};
 use crate::service::Service;
 
@@ -34,43 +34,6 @@ pub(super) struct Listener {
     pub make_room: Arc<MakeRoom>,
     pub token: CancellationToken,
     pub tracker: TaskTracker,
-}
-
-/// Requests from the accept loops, at the connection cap, for an idle
-/// connection to close.
-#[derive(Default)]
-pub(super) struct MakeRoom {
-    /// Requests not yet taken up.
-    wanted: AtomicUsize,
-    /// Wakes idle connections, the one waiting the longest first.
-    idle: Notify,
-}
-
-impl MakeRoom {
-    fn ask(&self) {
-        self.wanted.fetch_add(1, Ordering::SeqCst);
-        self.idle.notify_one();
-    }
-
-    /// Withdraws a request no connection has taken up (the place came free
-    /// another way), so that no one closes for it later.
-    fn withdraw(&self) {
-        let _ = self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-    }
-
-    /// Completes when this idle connection has taken up a request to make
-    /// room. Connections wait here in the order they went idle, so the one
-    /// idle the longest is woken first.
-    pub(super) async fn claim(&self) {
-        loop {
-            self.idle.notified().await;
-            // A notification left over from a request since withdrawn is
-            // not a request.
-            if self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-                return;
-            }
-        }
-    }
 }
 
 impl Listener {

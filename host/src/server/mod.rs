@@ -8,6 +8,8 @@
 //!   listen backlog and the connection idle the longest is asked to make room.
 //! - [`descriptors`]: the open-file limit, raised at start, and the
 //!   connection cap kept below it.
+//! - [`room`]: at the cap, a waiting client's request that the connection
+//!   idle the longest close.
 //! - [`handler`]: one connection's request loop: answers in order, batched
 //!   when pipelined requests are ready together, and when to close.
 //! - [`run`]: starts a listener per socket; on shutdown they stop
@@ -17,6 +19,7 @@
 mod descriptors;
 mod handler;
 mod listener;
+mod room;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +33,8 @@ use tokio_util::task::TaskTracker;
 use crate::connection::BufferBudget;
 use crate::service::Service;
 pub use descriptors::{RESERVED as RESERVED_DESCRIPTORS, raise_open_file_limit};
-use listener::{Listener, MakeRoom};
+use listener::Listener;
+use room::MakeRoom;
 
 /// Serves `service` on `listeners` (over TLS if `tls` is given) until
 /// `shutdown` completes, then stops accepting, closes idle connections, lets

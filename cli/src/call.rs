@@ -1,0 +1,114 @@
+//! `wasmux call FILE.wasm [--content-type T] [--encoding E] [--content C |
+//! --content-file F] [--field NAME=VALUE] [--config KEY=VALUE]`: one
+//! request on a plugin component, with no server, answered and printed as
+//! `wasmux send` prints a server's answer.
+//!
+//! The request goes through the library's service, as a server's would
+//! (every content-type routed to the plugin, the server's default limits),
+//! so the answer, error answers included, is the one a server would send.
+//! The plugin's log lines go to standard error. The exit code is 0 for an
+//! answer, 1 for an error answer (a handler error, a trap, a timeout) or a
+//! component that cannot be loaded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use wasmux::config::{ConfigFile, ConfigValue, RouteFile, Settings};
+use wasmux::message::Message;
+use wasmux::metrics::Metrics;
+use wasmux::digest::Digest;
+use wasmux::plugins::Plugins;
+use wasmux::source::dir::plugin_name;
+use wasmux::runtime::{CompileMode, AllocatorLimits, Runtime, RuntimeSettings};
+use wasmux::service::Service;
+
+#[derive(Args)]
+pub struct CallArgs {
+    /// The plugin component.
+    file: PathBuf,
+    /// The request's content-type.
+    #[arg(long, short = 't', default_value = "text/plain")]
+    content_type: String,
+    /// The request's content-encoding.
+    #[arg(long, short, default_value = "utf-8")]
+    encoding: String,
+    /// The content, as text.
+    #[arg(long, conflicts_with = "content_file")]
+    content: Option<String>,
+    /// The content, read from a file.
+    #[arg(long)]
+    content_file: Option<PathBuf>,
+    /// An extra header field, NAME=VALUE; VALUE is JSON if it parses as JSON, else a string.
+    #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
+    fields: Vec<String>,
+    /// A value the plugin reads with `config(KEY)`, as [plugins.NAME] gives it in a server.
+    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+    config: Vec<String>,
+    /// Where compiled plugin code is kept, so the next call of the same
+    /// component does not compile it again.
+    #[arg(long, env = "WASMUX_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not keep compiled plugin code on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let bytes = tokio::fs::read(&args.file).await.with_context(|| format!("cannot read {}", args.file.display()))?;
+    let name = plugin_name(&args.file).unwrap_or_else(|| "plugin".to_owned());
+
+    let mut values = BTreeMap::new();
+    for setting in &args.config {
+        let (key, value) = setting.split_once('=').with_context(|| format!("--config {setting}: write KEY=VALUE"))?;
+        values.insert(key.to_owned(), ConfigValue::String(value.to_owned()));
+    }
+    let file = ConfigFile {
+        routes: Some(BTreeMap::from([("*".to_owned(), RouteFile::Plugin(name.clone()))])),
+        plugins: BTreeMap::from([(name.clone(), values)]),
+        ..ConfigFile::default()
+    };
+    let settings = Settings::from_file(file)?;
+
+    let cache_dir = match (args.no_cache, args.cache_dir) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(dir),
+        (false, None) => wasmux_toolchain::default_cache_dir().ok(),
+    };
+    // One call at a time: the pool can hold whatever any plugin needs.
+    let runtime = Runtime::new(RuntimeSettings {
+        max_concurrent_calls: 1,
+        max_memory: settings.max_plugin_memory(),
+        cache_dir,
+        cache_max_size: settings.runtime.cache_max_size.as_u64(),
+        spectre_hardening: true,
+        allocator: AllocatorLimits::for_one_instance(),
+        compile: CompileMode::Serve,
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let plugins = Arc::new(Plugins::new(Some(runtime), Arc::clone(&metrics)));
+    // One line: wasmparser's messages spread what they expected over
+    // several (`expected=[\n    0x0, …]`).
+    if let Err(e) = plugins.load(&name, Digest::of(&bytes), bytes, &args.file.display().to_string()).await {
+        anyhow::bail!("{}", one_line(&format!("{e:#}")));
+    }
+    let service = Service::new(plugins, settings, metrics);
+
+    let content = match (&args.content, &args.content_file) {
+        (Some(text), _) => text.clone().into_bytes(),
+        (None, Some(path)) => wasmux::client::read_content(path)?,
+        (None, None) => Vec::new(),
+    };
+    let mut request = Message::new(args.content_type, args.encoding, content);
+    crate::add_fields(&mut request, &args.fields)?;
+    let answer = service.handle(request).await;
+    Ok(crate::print_answer(&answer.message))
+}
+
+/// `text` with every run of whitespace that holds a line break made one space.
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
+}

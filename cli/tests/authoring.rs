@@ -1,0 +1,249 @@
+//! The plugin author's commands, through the real binary: `wasmux new` ─▶
+//! `build` ─▶ `call` for each language's template (and the template's own
+//! test), `wasmux call`'s output and exit codes, and `wasmux dev`
+//! rebuilding a project on a save and swapping it in while a connection
+//! stays open.
+//!
+//! Every `wasmux` here shares the test cache ([`crate::common::test_cache`]): the
+//! language tools are installed once, the Rust templates share one target
+//! directory, and a component is compiled once per run.
+
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{Finished, Process, Server, message, plugins_dir, root, test_cache, tool_env, wasmux_tool};
+use serde_json::json;
+
+/// A first build on a fresh machine installs the language's tools and, for
+/// Rust, builds the standard library for wasm32: a bound, not a timing.
+const BUILD: Duration = Duration::from_secs(900);
+
+/// A call that compiles an 18 MB component in a debug build the first time.
+const CALL: Duration = Duration::from_secs(300);
+
+fn os(text: &str) -> &OsStr {
+    OsStr::new(text)
+}
+
+/// `wasmux new NAME --lang LANG --dir DIR`.
+fn new_project(name: &str, lang: &str, dir: &Path) -> Finished {
+    wasmux_tool(&[os("new"), os(name), os("--lang"), os(lang), os("--dir"), dir.as_os_str()], crate::common::STEP)
+}
+
+/// `wasmux build DIR`; returns the component it wrote.
+fn build(dir: &Path, name: &str) -> PathBuf {
+    let out = wasmux_tool(&[os("build"), dir.as_os_str()], BUILD);
+    assert!(out.status.success(), "wasmux build failed: {out:?}");
+    assert!(out.stdout.iter().any(|line| line.starts_with("Built ") && line.contains(&format!("{name}.wasm"))), "{out:?}");
+    let component = dir.join("dist").join(format!("{name}.wasm"));
+    assert!(component.is_file(), "no {}", component.display());
+    component
+}
+
+/// `wasmux call FILE ARGS`.
+fn call(file: &Path, args: &[&str]) -> Finished {
+    let mut all: Vec<&OsStr> = vec![os("call"), file.as_os_str()];
+    all.extend(args.iter().map(|a| os(a)));
+    wasmux_tool(&all, CALL)
+}
+
+fn assert_answer(out: &Finished, expected: &str) {
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, [expected], "{out:?}");
+}
+
+fn assert_error(out: &Finished, expected: &str) {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stdout.len(), 1, "{out:?}");
+    assert!(out.stdout[0].starts_with(expected), "expected {expected:?}…, got {out:?}");
+}
+
+// ---- Each language's template: new ─▶ build ─▶ call ----
+
+#[test]
+fn the_rust_template_builds_and_says_hello() {
+    let project = template("rust");
+    // Its own test runs the handler natively.
+    let mut test = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    test.arg("test").current_dir(&project.dir).env("CARGO_TARGET_DIR", test_cache().join("rust-native-target"));
+    let out = Process::run(&mut test, BUILD);
+    assert!(out.status.success(), "cargo test in the Rust template failed: {out:?}");
+}
+
+#[test]
+fn the_python_template_builds_and_says_hello() {
+    let project = template("python");
+    // Its own test calls the component with `wasmux call` (from PATH).
+    let mut test = Command::new("python3");
+    test.args(["-m", "unittest", "-v"]).current_dir(&project.dir).env("PATH", path_with_wasmux()).envs(tool_env());
+    let out = Process::run(&mut test, CALL);
+    assert!(out.status.success(), "the Python template's test failed: {out:?}");
+}
+
+#[test]
+fn the_javascript_template_builds_and_says_hello() {
+    let project = template("js");
+    // Its own test runs the handler in Node.js, then calls the component
+    // with `wasmux call` (from PATH).
+    let mut test = Command::new("node");
+    test.arg("--test").current_dir(&project.dir).env("PATH", path_with_wasmux()).envs(tool_env());
+    let out = Process::run(&mut test, CALL);
+    assert!(out.status.success(), "the JavaScript template's test failed: {out:?}");
+}
+
+struct Project {
+    /// Holds the project until the test ends.
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+/// Writes the template of `lang` into a new directory, builds it and calls
+/// it: every template answers the same, `Hello, ` + the content as UTF-8
+/// (invalid bytes replaced) + `!`, and logs one line.
+fn template(lang: &str) -> Project {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let name = format!("hello-{lang}");
+    let dir = tmp.path().join("somewhere else").join(&name);
+    let out = new_project(&name, lang, &dir);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout[0].starts_with("Created "), "{out:?}");
+    assert_no_path_back(&dir);
+
+    let component = build(&dir, &name);
+    let out = call(&component, &["--content", "world"]);
+    assert_answer(&out, "Got response: b'Hello, world!'");
+    assert!(out.stderr.contains("greeting world"), "the plugin's log line is missing: {out:?}");
+
+    let bytes = tmp.path().join("content");
+    std::fs::write(&bytes, b"w\xf6rld \xf0\x9f\x90\xb6\xff").expect("write the content");
+    let out = call(&component, &["--content-file", bytes.to_str().expect("utf-8 path")]);
+    assert_answer(&out, r"Got response: b'Hello, w\xef\xbf\xbdrld \xf0\x9f\x90\xb6\xef\xbf\xbd!'");
+    Project { _tmp: tmp, dir }
+}
+
+/// No file of a new project refers to this repository.
+fn assert_no_path_back(dir: &Path) {
+    let repository = root().display().to_string();
+    for entry in walk(dir) {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        assert!(!text.contains(&repository), "{} names the repository", entry.display());
+        assert!(!text.contains("../../"), "{} has a path out of the project", entry.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read a directory").map(|e| e.expect("an entry").path()) {
+        if entry.is_dir() { files.extend(walk(&entry)) } else { files.push(entry) }
+    }
+    files
+}
+
+/// PATH with the `wasmux` under test first.
+fn path_with_wasmux() -> OsString {
+    let bin = Path::new(env!("CARGO_BIN_EXE_wasmux")).parent().expect("the binary's directory").to_path_buf();
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&rest))).expect("a PATH")
+}
+
+// ---- wasmux call ----
+
+#[test]
+fn call_prints_the_answer_as_send_does() {
+    let search = plugins_dir().join("search.wasm");
+    let out = call(&search, &["-t", "text/json", "--content", r#"{"action": "search", "value": "morpheus"}"#]);
+    assert_answer(&out, "Got result: Follow the white rabbit. 🐰");
+    let echo = plugins_dir().join("binary-echo.wasm");
+    let out = call(&echo, &["-t", "binary/custom-client-binary-type", "-e", "binary", "--content", "binary😃"]);
+    assert_answer(&out, r"Got response: b'First 10 bytes of request: binary\xf0\x9f\x98\x83'");
+}
+
+#[test]
+fn call_passes_fields_and_configuration() {
+    let echo = crate::common::fixtures_dir().join("echo-fields.wasm");
+    let out = call(&echo, &["--field", "user=ann", "--field", "n=3", "--content", "hi"]);
+    assert!(out.status.success(), "{out:?}");
+    // The fields as echo-fields lists them (each value as JSON text), in
+    // the guide's way of printing bytes: a backslash shows as two.
+    assert!(out.stdout[0].contains(r#"["user", "\\"ann\\""], ["n", "3"]"#), "{out:?}");
+    let fuzzy = plugins_dir().join("search@fuzzy.wasm");
+    let query = ["-t", "text/json", "--content", r#"{"action": "search", "value": "MORPH"}"#];
+    assert_answer(&call(&fuzzy, &query), "Got result: Follow the white rabbit. 🐰");
+    let mut exact = query.to_vec();
+    exact.extend(["--config", "match=exact"]);
+    assert_answer(&call(&fuzzy, &exact), r#"Got result: No match for "MORPH"."#);
+}
+
+#[test]
+fn call_exits_non_zero_on_a_handler_error() {
+    let search = plugins_dir().join("search.wasm");
+    let out = call(&search, &["-t", "text/json", "-e", "klingon", "--content", "{}"]);
+    assert_error(&out, "Got result: Error: plugin search does not support this request:");
+    let out = call(&search, &["-t", "text/json", "--content", "not json"]);
+    assert_error(&out, "Got result: Error: bad request for plugin search:");
+    let trap = crate::common::fixtures_dir().join("trap.wasm");
+    assert_error(&call(&trap, &["--content", "x"]), "Got result: Error: plugin trap trapped:");
+}
+
+#[test]
+fn call_refuses_what_is_not_a_plugin_in_one_line() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let junk = tmp.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").expect("write");
+    for (file, start) in [(junk, "wasmux: plugin junk: refused"), (tmp.path().join("missing.wasm"), "wasmux: cannot read")] {
+        let out = call(&file, &["--content", "x"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(lines[0].starts_with(start), "{out:?}");
+    }
+}
+
+// ---- wasmux dev ----
+
+#[test]
+fn dev_rebuilds_on_a_save_and_swaps_while_a_connection_stays_open() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("greeter");
+    assert!(new_project("greeter", "rust", &dir).status.success());
+    let server = Server::start_dev(&dir, BUILD);
+    let request = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"world");
+    let mut conn = server.connect();
+    assert_eq!(conn.request(&request).content, b"Hello, world!");
+
+    let source = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).expect("read the source");
+    let howdy = text.replace("\"Hello, {name}!\"", "\"Howdy, {name}!\"");
+    assert_ne!(text, howdy, "the template changed: update this test");
+    std::fs::write(&source, &howdy).expect("save the source");
+    assert!(wait_for_swaps(&server, 1), "no swap: {}", server.log());
+    // The same connection, answered by the new version.
+    assert_eq!(conn.request(&request).content, b"Howdy, world!");
+
+    // A build that fails leaves the version before serving.
+    std::fs::write(&source, howdy.replace("fn handle", "fn handle(")).expect("save a broken source");
+    assert!(server.wait_for_log("build failed", BUILD), "{}", server.log());
+    assert_eq!(conn.request(&request).content, b"Howdy, world!");
+    assert_eq!(swaps(&server), 1, "{}", server.log());
+}
+
+/// The registry's swap lines: `plugin greeter: OLD -> NEW (…)`.
+fn swaps(server: &Server) -> usize {
+    server.log().lines().filter(|line| line.contains("plugin greeter: ") && line.contains(" -> ")).count()
+}
+
+/// Waits (up to [`BUILD`]) until `count` swaps were logged.
+fn wait_for_swaps(server: &Server, count: usize) -> bool {
+    let end = std::time::Instant::now() + BUILD;
+    while std::time::Instant::now() < end {
+        if swaps(server) >= count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

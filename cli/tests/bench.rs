@@ -1,0 +1,127 @@
+//! `wasmux bench` against a real `wasmux serve`, and against servers that
+//! answer wrongly, not at all, or are not there: every answer is checked
+//! and every failure counted by kind.
+
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+use crate::common::{STEP, Server, plugins_dir};
+use serde_json::Value;
+
+/// Runs `wasmux bench ADDR --json ARGS` and returns its report and whether it succeeded.
+fn bench(addr: &str, args: &[&str]) -> (Value, bool) {
+    let output = run(addr, &["--json"], args);
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("bench did not print a JSON report ({e}): {}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    });
+    (report, output.status.success())
+}
+
+fn run(addr: &str, extra: &[&str], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmux"))
+        .args(["bench", addr])
+        .args(extra)
+        .args(args)
+        .output()
+        .expect("run wasmux bench")
+}
+
+fn count(report: &Value, kind: &str) -> u64 {
+    report["error_kinds"][kind]["count"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn every_mode_gets_the_guides_answers() {
+    let server = Server::start();
+    for mode in [
+        &["--mode", "connect"][..],
+        &["--mode", "connect", "--reset-close"],
+        &["--mode", "persistent"],
+        &["--mode", "pipelined", "--depth", "4"],
+    ] {
+        let mut args = vec!["-n", "300", "-c", "4"];
+        args.extend_from_slice(mode);
+        let (report, ok) = bench(&server.addr_string(), &args);
+        assert!(ok, "{mode:?}: {report}");
+        assert_eq!(report["ok"], 300, "{mode:?}: {report}");
+        assert_eq!(report["errors"], 0, "{mode:?}: {report}");
+        assert!(report["requests_per_second"].as_f64().unwrap() > 0.0);
+        let latency = &report["latency_ms"];
+        assert!(latency["p50"].as_f64().unwrap() <= latency["p99"].as_f64().unwrap(), "{report}");
+        assert!(latency["p99"].as_f64().unwrap() <= latency["max"].as_f64().unwrap(), "{report}");
+    }
+}
+
+#[test]
+fn a_timed_run_with_warmup_and_the_human_report() {
+    let server = Server::start_with(&["--native"]);
+    let output = run(&server.addr_string(), &[], &["--duration", "300ms", "--warmup", "100ms", "-c", "2"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("persistent, 2 connections, mix search=1,binary=1"), "{text}");
+    assert!(text.contains("requests/s") && text.contains("p99"), "{text}");
+    assert!(text.contains(", 0 errors"), "{text}");
+}
+
+#[test]
+fn wrong_answers_and_error_answers_are_counted_by_kind() {
+    // Searches go to binary-echo (a wrong answer); binary requests have no route.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[routes]\n\"text/json\" = \"binary-echo\"\n").unwrap();
+    let plugins = plugins_dir();
+    let server = Server::start_with(&["--plugins", plugins.to_str().unwrap(), "--config", config.path().to_str().unwrap()]);
+    let (report, ok) = bench(&server.addr_string(), &["-n", "100", "-c", "2", "--mode", "pipelined", "--depth", "3"]);
+    assert!(!ok, "a run with wrong answers must fail: {report}");
+    assert_eq!(report["ok"], 0, "{report}");
+    assert_eq!(count(&report, "wrong-answer"), 50, "{report}");
+    assert_eq!(count(&report, "error-answer:no-route"), 50, "{report}");
+    let first = report["error_kinds"]["wrong-answer"]["first"].as_str().unwrap();
+    assert!(first.contains("expected text/json (utf-8)") && first.contains("got binary/custom-server-binary-type"), "{first}");
+}
+
+#[test]
+fn custom_requests_need_an_answer_that_is_not_an_error() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let (report, ok) = bench(&addr, &["-n", "20", "-c", "2", "--mix", "custom=1", "-t", "image/png", "--content", "not a png"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["ok"], 20, "{report}");
+    // A search that the plugin refuses is an error answer.
+    let (report, ok) = bench(&addr, &["-n", "20", "-c", "2", "--mix", "custom=1", "-t", "text/json", "-e", "utf-8", "--content", "{"]);
+    assert!(!ok);
+    assert_eq!(count(&report, "error-answer:bad-request"), 20, "{report}");
+}
+
+#[test]
+fn silent_and_absent_servers_are_timeouts_and_connect_errors() {
+    // Accepts connections (the kernel does, from its backlog) but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let output = run(&addr, &["--json"], &["-n", "4", "-c", "2", "--timeout", "200ms"]);
+    assert!(started.elapsed() < STEP);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(count(&report, "timeout"), 4, "{report}");
+
+    drop(silent);
+    let (report, ok) = bench(&addr, &["-n", "5", "-c", "1"]);
+    assert!(!ok);
+    assert_eq!(count(&report, "connect"), 5, "{report}");
+    assert!(report["error_kinds"]["connect"]["first"].as_str().unwrap().contains("connection refused"), "{report}");
+}
+
+#[test]
+fn bad_arguments_are_explained() {
+    for (args, expected) in [
+        (&["--mix", "search=1,ping=2"][..], "unknown request kind \"ping\""),
+        (&["--mix", "custom=1"], "custom requests need --content-type"),
+        (&["-t", "a/b", "--content", "x"], "add custom=N to --mix"),
+        (&["--mix", "search=x"], "is not a whole number"),
+        (&["--connections", "0"], "--connections must be at least 1"),
+    ] {
+        let output = run("127.0.0.1:9", &[], args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,221 @@
+//! What the `wasmux` command shows: every message's bytes with `-v`, the
+//! address forms of the guide's reference section (IPv4, IPv6, names, an
+//! empty host), and the guide's table of socket errors as one line each.
+
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{Finished, Process, Raw, STEP, Server, search, wasmux};
+
+/// `wasmux serve --native ARGS`, logging nothing but errors.
+fn wasmux_serve(args: &[&str]) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(["serve", "--native", "--no-cache"]).args(args).env("RUST_LOG", "off");
+    Process::run(&mut command, STEP)
+}
+
+/// The single line a failed command printed: `wasmux: …`, with no panic.
+fn one_line_error(out: &Finished) -> String {
+    assert!(!out.status.success(), "{out:?}");
+    assert!(!out.stderr.contains("panicked") && !out.stderr.contains("backtrace"), "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{out:?}");
+    assert!(lines[0].starts_with("wasmux: "), "{out:?}");
+    lines[0].to_owned()
+}
+
+fn assert_starts_with(line: &str, start: &str) {
+    assert!(line.starts_with(start), "expected {start:?}…, got {line:?}");
+}
+
+fn search_result(addr: SocketAddr) -> String {
+    Raw::connect(addr).request(&search("morpheus")).result()
+}
+
+const MORPHEUS: &str = "Follow the white rabbit. 🐰";
+
+// ---- Seeing the bytes ----
+
+#[test]
+fn send_v_shows_the_bytes_sent_and_received() {
+    let server = Server::start_with(&["--native"]);
+    let addr = server.addr_string();
+    let out = wasmux(&["send", "-v", "--addr", &addr, "search", "morpheus"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, [format!("Got result: {MORPHEUS}")]);
+    let sent = format!(
+        r#"wasmux::wire: sending b'\x00g{{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 41}}{{"action": "search", "value": "morpheus"}}' to {addr}"#
+    );
+    let received = format!(
+        r#"wasmux::wire: received b'\x00g{{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 43}}{{"result": "Follow the white rabbit. \xf0\x9f\x90\xb0"}}' from {addr}"#
+    );
+    if cfg!(target_endian = "little") {
+        assert!(out.stderr.lines().any(|line| line.ends_with(&sent)), "no {sent:?} in:\n{}", out.stderr);
+        assert!(out.stderr.lines().any(|line| line.ends_with(&received)), "no {received:?} in:\n{}", out.stderr);
+    }
+    assert!(!out.stderr.contains('\x1b'), "colour codes in a piped log:\n{}", out.stderr);
+
+    // Off by default.
+    let quiet = wasmux(&["send", "--addr", &addr, "search", "morpheus"]);
+    assert!(quiet.status.success(), "{quiet:?}");
+    assert_eq!(quiet.stderr, "");
+}
+
+#[test]
+fn serve_v_shows_a_message_that_arrived_in_pieces() {
+    let server = Server::start_with(&["--native", "-v"]);
+    let request = search("morpheus");
+    let mut conn = server.connect();
+    // The header is complete (and consumed) long before the content arrives.
+    let (header, content) = request.split_at(request.len() - 10);
+    conn.send(header);
+    std::thread::sleep(Duration::from_millis(100));
+    for byte in content {
+        conn.send(&[*byte]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(crate::common::Answer::parse(&conn.read_message()).result(), MORPHEUS);
+    let shown = format!("received {} from ", wasmux_guide::python::bytes_repr(&request));
+    assert!(server.wait_for_log(&shown, STEP), "no {shown:?} in:\n{}", server.log());
+}
+
+// ---- Addresses ----
+
+#[test]
+fn ipv6_loopback() {
+    let server = Server::start_listening(&["[::1]:0"], 1, &["--native"]);
+    assert!(server.addr.ip().is_loopback() && server.addr.is_ipv6(), "{:?}", server.addrs);
+    assert_eq!(search_result(server.addr), MORPHEUS);
+    let out = wasmux(&["send", "--addr", &format!("[::1]:{}", server.addr.port()), "search", "morpheus"]);
+    assert_eq!(out.stdout, [format!("Got result: {MORPHEUS}")], "{out:?}");
+}
+
+#[test]
+fn a_name_listens_on_every_address_it_resolves_to() {
+    // What getaddrinfo says here: 127.0.0.1, and ::1 where /etc/hosts has it.
+    let resolved: BTreeSet<IpAddr> = ("localhost", 0).to_socket_addrs().expect("resolve localhost").map(|a| a.ip()).collect();
+    let server = Server::start_listening(&["localhost:0"], resolved.len(), &["--native"]);
+    let listening: BTreeSet<IpAddr> = server.addrs.iter().map(SocketAddr::ip).collect();
+    assert_eq!(listening, resolved);
+    let port = server.addr.port();
+    for addr in &server.addrs {
+        assert_eq!(addr.port(), port, "one port for every address: {:?}", server.addrs);
+        assert_eq!(search_result(*addr), MORPHEUS, "{addr}");
+    }
+    let out = wasmux(&["send", "--addr", &format!("localhost:{port}"), "search", "morpheus"]);
+    assert_eq!(out.stdout, [format!("Got result: {MORPHEUS}")], "{out:?}");
+}
+
+#[test]
+fn an_empty_host_listens_on_every_interface() {
+    let server = Server::start_listening(&[":0"], 2, &["--native"]);
+    let listening: BTreeSet<IpAddr> = server.addrs.iter().map(SocketAddr::ip).collect();
+    assert_eq!(listening, BTreeSet::from(["0.0.0.0".parse().unwrap(), "::".parse().unwrap()]));
+    let port = server.addr.port();
+    assert!(server.addrs.iter().all(|a| a.port() == port), "{:?}", server.addrs);
+    for loopback in ["127.0.0.1", "::1"] {
+        let addr = SocketAddr::new(loopback.parse().unwrap(), port);
+        assert_eq!(search_result(addr), MORPHEUS, "{addr}");
+    }
+}
+
+#[test]
+fn malformed_addresses_are_explained() {
+    for (args, start) in [
+        (&["send", "--addr", "localhost", "search", "x"][..], "wasmux: address \"localhost\" has no port; write HOST:PORT"),
+        (&["send", "--addr", "::1:65432", "search", "x"][..], "wasmux: address \"::1:65432\": write an IPv6 address in brackets, as [::1]:65432"),
+        (&["send", "--addr", "127.0.0.1:99999", "search", "x"][..], "wasmux: address \"127.0.0.1:99999\": \"99999\" is not a port number"),
+    ] {
+        assert_starts_with(&one_line_error(&wasmux(args)), start);
+    }
+    let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:http"]));
+    assert_starts_with(&line, "wasmux: address \"127.0.0.1:http\": \"http\" is not a port number");
+}
+
+// ---- The guide's table of socket errors ----
+
+#[test]
+fn a_port_in_use() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("local address");
+    let line = one_line_error(&wasmux_serve(&["--listen", &addr.to_string()]));
+    assert_starts_with(&line, &format!("wasmux: cannot listen on {addr}: address already in use: "));
+}
+
+#[test]
+fn a_refused_connection() {
+    let port = crate::common::free_port();
+    let line = one_line_error(&wasmux(&["send", "--addr", &format!("127.0.0.1:{port}"), "search", "x"]));
+    assert_starts_with(&line, &format!("wasmux: cannot connect to 127.0.0.1:{port}: connection refused: no server is listening on that port"));
+}
+
+#[test]
+fn a_server_that_never_answers() {
+    // It listens, so the connection is made and the request sent, but it
+    // never accepts, let alone answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("local address");
+    let line = one_line_error(&wasmux(&["send", "--timeout", "300ms", "--addr", &addr.to_string(), "search", "x"]));
+    assert_starts_with(&line, &format!("wasmux: no answer from {addr} within 300ms: "));
+}
+
+#[test]
+fn a_connection_that_times_out() {
+    // A listener whose backlog is full: the system drops further SYNs, so
+    // a connection attempt gets no response at all, as behind a firewall.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    socket.listen(0).expect("listen");
+    let addr = socket.local_addr().expect("local address").as_socket().expect("an IP address");
+    let mut queued = Vec::new();
+    let full = (0..16).any(|_| match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        Ok(stream) => {
+            queued.push(stream);
+            false
+        }
+        Err(_) => true,
+    });
+    assert!(full, "the backlog never filled");
+    let line = one_line_error(&wasmux(&["send", "--timeout", "300ms", "--addr", &addr.to_string(), "search", "x"]));
+    assert_starts_with(&line, &format!("wasmux: cannot connect to {addr}: timed out after 300ms: no response; "));
+}
+
+#[test]
+fn a_connection_reset_by_the_peer() {
+    // A server that reads the request, then drops the connection with an
+    // RST (SO_LINGER 0) instead of answering: as if it had crashed.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let crasher = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream.set_read_timeout(Some(STEP)).expect("read timeout");
+        let mut request = [0u8; 256];
+        let _ = std::io::Read::read(&mut stream, &mut request);
+        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).expect("linger");
+    });
+    let line = one_line_error(&wasmux(&["send", "--addr", &addr.to_string(), "search", "x"]));
+    let _ = crasher.join();
+    assert_starts_with(&line, &format!("wasmux: reading from {addr}: connection reset by peer: "));
+}
+
+// ---- Refusing to start open ----
+
+/// An empty configuration file is refused at start-up too: read as the
+/// built-in configuration it would serve requests without a token.
+#[test]
+fn an_empty_configuration_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("wasmux.toml");
+    std::fs::write(&config, "\n").expect("write");
+    let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:0", "--config", config.to_str().expect("utf-8")]));
+    assert!(line.contains("the file is empty") && line.contains("leave out --config"), "{line}");
+}
+
+#[test]
+fn the_admin_endpoint_does_not_listen_off_loopback_without_a_token() {
+    let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"]));
+    assert!(line.contains("(off loopback) without a token"), "{line}");
+}

@@ -1,0 +1,28 @@
+//! The integration tests: each module starts real `wasmux` processes (or
+//! uses the library directly) and talks to them over loopback sockets.
+//! One test binary, so wasmtime is linked once for all of them.
+
+mod common;
+
+mod admin_page;
+mod authoring;
+mod bench;
+mod cli;
+mod compile_cache;
+mod examples;
+mod experiments;
+mod fleet;
+mod guide;
+mod haproxy;
+mod hostile;
+mod hot_swap;
+mod interop;
+mod isolation;
+mod oci_registry;
+mod operations;
+mod plugin_faults;
+mod plugin_languages;
+mod resources;
+mod reuse;
+mod tenants;
+mod tls;

@@ -1,0 +1,174 @@
+//! TLS, against a real `wasmux serve --tls-cert --tls-key` with a CA and a
+//! certificate made for the test: `wasmux send --tls`, `wasmux bench --tls`
+//! and the guide's Python client with `--tls` (Python's `ssl` module).
+
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{Finished, Process, STEP, Server, wasmux};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+
+const MORPHEUS: &str = "Follow the white rabbit. 🐰";
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, in PEM
+/// files: `ca.pem`, `cert.pem`, `key.pem` (mode 600).
+struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    fn new() -> Self {
+        let mut ca = CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca.distinguished_name = DistinguishedName::new();
+        ca.distinguished_name.push(DnType::CommonName, "wasmux test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+
+        let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("server parameters");
+        // Its own name: one equal to the CA's would look self-signed.
+        server.distinguished_name = DistinguishedName::new();
+        server.distinguished_name.push(DnType::CommonName, "localhost");
+        server.use_authority_key_identifier_extension = true;
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("server key");
+        let cert = server.signed_by(&key, &issuer).expect("server certificate");
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).expect("write ca.pem");
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("write cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key.pem");
+        set_mode(&key_path, 0o600);
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().expect("utf-8 path").to_owned()
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// `wasmux serve --tls-cert --tls-key ARGS`.
+fn serve_tls(certs: &Certificates, args: &[&str]) -> Server {
+    let plugins = crate::common::plugins_dir();
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    let mut all = vec!["--plugins", plugins.to_str().expect("utf-8 path"), "--tls-cert", &cert, "--tls-key", &key];
+    all.extend_from_slice(args);
+    Server::start_with(&all)
+}
+
+
+#[test]
+fn wasmux_send_over_tls() {
+    let certs = Certificates::new();
+    let server = serve_tls(&certs, &[]);
+    let port = server.addr.port();
+    let ca = certs.path("ca.pem");
+    for host in ["127.0.0.1", "localhost"] {
+        let addr = format!("{host}:{port}");
+        let out = wasmux(&["send", "--tls", "--ca", &ca, "--addr", &addr, "search", "morpheus"]);
+        assert_eq!(out.stdout, [format!("Got result: {MORPHEUS}")], "{addr}: {out:?}");
+    }
+    // An 8 MiB message, through the same framing.
+    let big = certs.dir.path().join("big");
+    std::fs::write(&big, vec![b'z'; 8 << 20]).expect("write a big file");
+    let out = wasmux(&[
+        "send", "--tls", "--ca", &ca, "--addr", &server.addr_string(), "-t", "x/y", "--content-file", big.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.stdout, [r"Got response: b'First 10 bytes of request: zzzzzzzzzz'"], "{out:?}");
+
+    // A certificate the client cannot check is refused, with the reason.
+    let out = wasmux(&["send", "--tls", "--ca", &certs.path("cert.pem"), "--addr", &server.addr_string(), "search", "morpheus"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("TLS handshake with") && out.stderr.contains("certificate"), "{}", out.stderr);
+
+    // A plain client gets no answer, and the server says why, once.
+    let out = wasmux(&["send", "--timeout", "2s", "--addr", &server.addr_string(), "search", "morpheus"]);
+    assert!(!out.status.success(), "a plain client was answered by a TLS server: {out:?}");
+    assert!(server.wait_for_log("TLS handshake with 127.0.0.1:", STEP), "{}", server.log());
+}
+
+#[test]
+fn wasmux_bench_over_tls() {
+    let certs = Certificates::new();
+    let server = serve_tls(&certs, &[]);
+    for mode in ["persistent", "connect", "pipelined"] {
+        let out = wasmux(&[
+            "bench", &server.addr_string(), "--tls", "--ca", &certs.path("ca.pem"), "-c", "4", "-n", "200", "--mode", mode, "--json",
+        ]);
+        assert!(out.status.success(), "{mode}: {out:?}");
+        let report: serde_json::Value = serde_json::from_str(&out.stdout.join("\n")).expect("a JSON report");
+        assert_eq!((report["ok"].as_u64(), report["errors"].as_u64(), report["tls"].as_bool()), (Some(200), Some(0), Some(true)), "{mode}: {report}");
+    }
+}
+
+fn python_client(args: &[&str]) -> Finished {
+    let script: PathBuf = crate::common::root().join("examples/python/app_client.py");
+    let mut command = Command::new("python3");
+    command.arg(script).args(args).env("PYTHONUTF8", "1").env("PYTHONIOENCODING", "utf-8").env("PYTHONDONTWRITEBYTECODE", "1");
+    Process::run(&mut command, STEP)
+}
+
+#[test]
+fn the_guides_python_client_over_tls() {
+    let certs = Certificates::new();
+    let server = serve_tls(&certs, &[]);
+    let port = server.addr.port().to_string();
+    let ca = certs.path("ca.pem");
+    for (action, value, shown) in [
+        ("search", "morpheus", format!("got result: {MORPHEUS}")),
+        ("binary", "😃", r"got response: b'First 10 bytes of request: binary\xf0\x9f\x98\x83'".to_owned()),
+    ] {
+        let out = python_client(&["--tls", "--ca", &ca, "localhost", &port, action, value]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.iter().any(|line| line.starts_with("TLSv1.3 connection to ")), "{out:?}");
+        assert_eq!(out.lines_starting("got "), [shown.as_str()], "{out:?}");
+    }
+    // Without the CA, Python's ssl refuses the certificate.
+    let out = python_client(&["--tls", "localhost", &port, "search", "morpheus"]);
+    assert!(!out.status.success() && out.stdout.join("\n").contains("CERTIFICATE_VERIFY_FAILED"), "{out:?}");
+}
+
+/// A search by tenant `token`, answered.
+fn assert_answers(server: &Server, token: &str) {
+    let request = crate::common::message(
+        serde_json::json!({"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8", "authorization": format!("Bearer {token}")}),
+        br#"{"action": "search", "value": "morpheus"}"#,
+    );
+    assert_eq!(server.connect().request(&request).result(), MORPHEUS);
+}
+
+#[test]
+fn plain_tcp_off_loopback_with_tenant_tokens_is_warned_about() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("wasmux.toml");
+    std::fs::write(&config, format!("[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("alpha"))).expect("write config");
+    let config = config.to_str().expect("utf-8 path");
+    let warning = "serves plain TCP: tenants' bearer tokens would cross the network readable";
+
+    let everywhere = Server::start_listening(&["0.0.0.0:0"], 1, &["--native", "--config", config]);
+    assert!(everywhere.wait_for_log(warning, STEP), "{}", everywhere.log());
+    // (Once a request is answered, the server is past its start-up checks.)
+    let loopback = Server::start_with(&["--native", "--config", config]);
+    assert_answers(&loopback, "alpha");
+    assert!(!loopback.log().contains(warning), "{}", loopback.log());
+
+    // Over TLS, no warning; but a key others can read is warned about.
+    let certs = Certificates::new();
+    set_mode(Path::new(&certs.path("key.pem")), 0o644);
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    let tls = Server::start_listening(&["0.0.0.0:0"], 1, &["--native", "--config", config, "--tls-cert", &cert, "--tls-key", &key]);
+    assert!(tls.wait_for_log("serving TLS on every listener", STEP), "{}", tls.log());
+    assert!(tls.log().contains("can be read by other users (mode 644)"), "{}", tls.log());
+    assert!(!tls.log().contains(warning), "{}", tls.log());
+}

@@ -1,0 +1,208 @@
+//! The configuration file as written: the TOML's tables and keys, each
+//! optional, with their defaults. [`super::Settings`] validates them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::runtime::{AllocatorLimits, DEFAULT_CACHE_MAX_SIZE};
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// `pattern = "plugin"` or a split; when present, replaces the guide's routes.
+    pub routes: Option<BTreeMap<String, RouteFile>>,
+    /// `[plugins.NAME]` tables of values for each plugin.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
+    /// `[tenants.NAME]`; without any, every request is the `default` tenant's.
+    pub tenants: Option<BTreeMap<String, TenantFile>>,
+    #[serde(default)]
+    pub runtime: RuntimeFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub source: SourceFile,
+}
+
+/// `[source]`: where the plugins come from. Read at start-up only;
+/// `--plugins` and `--poll-interval` override it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SourceFile {
+    /// A directory of `NAME.wasm` files, or `oci://REGISTRY/REPO`.
+    pub plugins: Option<String>,
+    /// How often an OCI registry is asked for new versions.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for SourceFile {
+    fn default() -> Self {
+        Self { plugins: None, poll_interval: Duration::from_secs(2) }
+    }
+}
+
+/// `[runtime]`: how plugins are run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RuntimeFile {
+    /// wasmtime's Spectre hardening of memory bounds checks (on by default).
+    /// Read at start-up only.
+    pub spectre_hardening: bool,
+    /// The most the compiled-code cache directory may hold.
+    pub cache_max_size: ByteSize,
+    /// Core instances one plugin instance may hold (a Python plugin has 14).
+    pub max_core_instances_per_plugin: u32,
+    /// Linear memories one plugin instance may hold.
+    pub max_memories_per_plugin: u32,
+    /// Tables one plugin instance may hold.
+    pub max_tables_per_plugin: u32,
+    /// Elements one table may start with or grow to.
+    pub max_table_elements: u32,
+    /// Instance reuse for every plugin; without it, a fresh instance per
+    /// request.
+    pub reuse: Option<ReuseFile>,
+    /// `[runtime.plugins.NAME]`: one plugin's own settings.
+    pub plugins: BTreeMap<String, PluginRuntimeFile>,
+}
+
+impl Default for RuntimeFile {
+    fn default() -> Self {
+        let pool = AllocatorLimits::default();
+        Self {
+            spectre_hardening: true,
+            cache_max_size: ByteSize::b(DEFAULT_CACHE_MAX_SIZE),
+            max_core_instances_per_plugin: pool.core_instances,
+            max_memories_per_plugin: pool.memories,
+            max_tables_per_plugin: pool.tables,
+            max_table_elements: u32::try_from(pool.table_elements).unwrap_or(u32::MAX),
+            reuse: None,
+            plugins: BTreeMap::new(),
+        }
+    }
+}
+
+/// The key of a `[plugins.NAME]` table the host takes for itself: the
+/// plugin never sees it through `config`.
+pub const WASI_KEY: &str = "wasi";
+
+/// `[admin]`: the admin endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminFile {
+    /// Hex SHA-256 of the bearer token the admin endpoint asks for.
+    pub token_sha256: Option<String>,
+}
+
+/// `[runtime.plugins.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginRuntimeFile {
+    /// Replaces `[runtime] reuse` for this plugin.
+    pub reuse: Option<ReuseFile>,
+}
+
+/// `reuse = { requests = N, idle = "1s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ReuseFile {
+    /// Requests an instance serves: a number (1 is a fresh instance per
+    /// request), or `"LOW..HIGH"`, a random count per instance.
+    pub requests: RequestsFile,
+    /// How long an idle instance is kept (default 1 s).
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a number of requests (at least 1), or a range \"LOW..HIGH\" such as \"1..64\"")]
+pub enum RequestsFile {
+    Count(u32),
+    Range(String),
+}
+
+/// A route's target as written: a plugin name, or an experiment.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a plugin name, or { split = { PLUGIN = WEIGHT, … }, sticky = \"FIELD\" }")]
+pub enum RouteFile {
+    Plugin(String),
+    Split(SplitFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    /// Plugin name ─▶ weight.
+    pub split: BTreeMap<String, u32>,
+    /// A header field whose value keeps a sender on one arm.
+    pub sticky: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantFile {
+    /// Hex SHA-256 of the tenant's bearer token.
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteFile>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
+    #[serde(default)]
+    pub limits: TenantLimitsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantLimitsFile {
+    pub concurrent_requests: Option<u32>,
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub plugin_deadline: Option<Duration>,
+    pub plugin_memory: Option<ByteSize>,
+}
+
+/// A plugin configuration value: the plugin reads it as a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+}
+
+impl ConfigValue {
+    pub(super) fn into_string(self) -> String {
+        match self {
+            Self::String(s) => s,
+            Self::Integer(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Boolean(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LimitsFile {
+    pub max_content_length: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_buffered: ByteSize,
+    pub max_concurrent_calls: u32,
+    #[serde(with = "humantime_serde")]
+    pub plugin_deadline: Duration,
+    pub plugin_memory: ByteSize,
+    pub max_response: ByteSize,
+    pub max_plugin_size: ByteSize,
+}

@@ -1,0 +1,548 @@
+//! Configuration: a TOML file ─▶ a validated, typed [`Settings`].
+//!
+//! Every key is optional; with no file at all, wasmux behaves as the guide's
+//! server. The file may be reloaded while serving: a new [`Settings`] is
+//! built and swapped in whole, or refused whole with the reason.
+//!
+//! An empty file is refused, at start-up and on reload, rather than read as
+//! the built-in configuration: a file is empty for a moment while a writer
+//! rewrites it in place, and the built-in configuration serves requests
+//! without a token. For the same reason a reload without a `[tenants]`
+//! section is refused while the running configuration requires a token
+//! ([`Settings::check_reload_of`]).
+//!
+//! ```toml
+//! [limits]
+//! max-content-length = "8 MiB"   # larger messages are refused
+//! message-timeout = "10s"        # to finish a message once it has begun
+//! idle-timeout = "60s"           # between messages on a kept-alive connection
+//! max-connections = 1024         # more wait in the listen backlog
+//! max-buffered = "256 MiB"       # content all connections may be reading at once
+//! plugin-deadline = "100ms"      # per plugin call
+//! plugin-memory = "64 MiB"       # per plugin instance
+//! max-response = "8 MiB"         # largest content a plugin may return
+//! max-plugin-size = "64 MiB"     # larger plugin files are not read
+//!
+//! [routes]                       # replaces the guide's routes when present
+//! "text/json" = "search"
+//! "image/*" = "thumbnails"
+//! "*" = "binary-echo"
+//!
+//! [plugins.search]               # read by the plugin with the `config` import
+//! greeting = "hello"
+//! wasi = false                   # the one key the host takes: refuse WASI to this plugin (start-up only)
+//!
+//! [tenants.default]              # requests without authorization
+//!
+//! [tenants.alpha]
+//! token-sha256 = "…"             # `wasmux token` makes a token and its hash
+//! limits = { concurrent-requests = 8, requests-per-second = 100, plugin-deadline = "50ms" }
+//! routes."text/json" = { split = { "search" = 90, "search@fuzzy" = 10 }, sticky = "user" }
+//! plugins."search@fuzzy" = { match = "prefix" }
+//!
+//! [admin]
+//! token-sha256 = "…"             # the admin endpoint's bearer token
+//!
+//! [runtime]
+//! spectre-hardening = true       # false: faster calls, for trusted plugins only (read at start-up)
+//! cache-max-size = "1 GiB"       # compiled code kept on disk (read at start-up)
+//! max-core-instances-per-plugin = 64   # the instance pool's shape: what one
+//! max-memories-per-plugin = 2          # plugin instance may hold (the
+//! max-tables-per-plugin = 4            # defaults fit Rust, Python and
+//! max-table-elements = 100000          # JavaScript plugins; read at start-up)
+//! reuse = { requests = 64, idle = "1s" }   # every plugin: an instance serves up to 64 requests
+//!
+//! [runtime.plugins."search@fuzzy"]  # one plugin's own: replaces the [runtime] reuse
+//! reuse = { requests = "1..64" }    # a random count per instance, 1 to 64
+//!
+//! [source]                       # read at start-up only; --plugins overrides it
+//! plugins = "oci://127.0.0.1:5000/wasmux"   # or a directory
+//! poll-interval = "2s"
+//! ```
+//!
+//! How plugins are *run* (instance reuse) is set per plugin under
+//! `[runtime.plugins.NAME]`, beside the server-wide `[runtime]`, and not in
+//! `[plugins.NAME]`: those tables are the values a plugin reads through its
+//! `config` import, any key allowed, so a `reuse` there would be the
+//! plugin's business. It is per plugin, not per route, because an instance
+//! belongs to one plugin version whichever route (or arm of a split) sent
+//! the request, and because whether a plugin tolerates reuse is a property
+//! of its code.
+
+mod file;
+mod limits;
+mod runtime;
+
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::files::{self, Links};
+use crate::router::{Routes, Split, Target};
+use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
+
+pub use file::{
+    AdminFile, ConfigFile, ConfigValue, LimitsFile, PluginRuntimeFile, RequestsFile, ReuseFile, RouteFile, RuntimeFile, SourceFile, SplitFile,
+    TenantFile, TenantLimitsFile, WASI_KEY,
+};
+pub use limits::{DEFAULT_MAX_PLUGIN_SIZE, Limits};
+use limits::validate_limits;
+pub use runtime::{ReusePolicy, RuntimeConfig};
+use runtime::runtime_config;
+
+/// The largest configuration file read.
+pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
+
+/// Everything a running server reads per request, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub limits: Limits,
+    /// How plugins are run.
+    pub runtime: RuntimeConfig,
+    /// Where plugins come from; read at start-up only.
+    pub source: SourceFile,
+    /// Plugins refused WASI (`[plugins.NAME] wasi = false`); read at
+    /// start-up only.
+    pub wasi_refused: BTreeSet<String>,
+    /// Each tenant with its routes, plugin settings and limits merged.
+    pub tenants: Tenants,
+    /// True when the file has no `[tenants]` section, so every request is
+    /// the `default` tenant's without the file saying so.
+    pub implicit_tenants: bool,
+    /// The SHA-256 of the admin endpoint's bearer token.
+    pub admin_token: Option<TokenHash>,
+    /// The SHA-256 of the file's text, when read from a file: tells a
+    /// watcher whether the file changed since.
+    pub source_sha256: Option<[u8; 32]>,
+    /// Different for every `Settings` built, increasing: a reused instance
+    /// serves only requests under the settings it was made under (a
+    /// plugin may keep what it read through `config` in a global).
+    pub generation: u64,
+}
+
+/// The next [`Settings::generation`].
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl Settings {
+    /// The built-in configuration: the guide's routes, default limits, and
+    /// one `default` tenant.
+    pub fn guide() -> Self {
+        Self::from_file(ConfigFile::default()).unwrap_or_else(|e| unreachable!("the built-in configuration is valid: {e:#}"))
+    }
+
+    /// Every plugin some tenant's route points at.
+    pub fn plugin_targets(&self) -> BTreeSet<&str> {
+        self.tenants.iter().flat_map(|t| t.routes.targets()).collect()
+    }
+
+    /// The routes of every tenant, for the log.
+    pub fn describe_routes(&self) -> String {
+        let tenants: Vec<String> = self.tenants.iter().map(|t| format!("tenant {}: {}", t.name, t.routes)).collect();
+        tenants.join("; ")
+    }
+
+    /// Reads and validates a configuration file; an empty one is refused.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::from_text(&read_text(path)?).with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+
+    /// Validates the text of a configuration file (from [`read_text`]); an
+    /// empty one is refused.
+    pub fn from_text(text: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !text.trim().is_empty(),
+            "the file is empty. It is not read as the built-in configuration, which serves requests without a token: \
+             a file is empty for a moment while it is rewritten in place. To run with the built-in configuration, \
+             leave out --config, or write a comment in the file"
+        );
+        let mut settings = Self::parse(text)?;
+        settings.source_sha256 = Some(Sha256::digest(text.as_bytes()).into());
+        Ok(settings)
+    }
+
+    /// Refuses these settings as a reload of `running` if they would serve
+    /// requests without a token where `running` requires one, without the
+    /// file saying so: a file with no `[tenants]` section, such as a file
+    /// cut short while being written. A file that means it says
+    /// `[tenants.default]`.
+    pub fn check_reload_of(&self, running: &Settings) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(self.implicit_tenants && !running.tenants.has_default()),
+            "it has no [tenants] section, so every request would be served without a token, where the running \
+             configuration requires one (a file cut short while being written looks like this). To serve requests \
+             without a token, say so with a [tenants.default] table"
+        );
+        Ok(())
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let file: ConfigFile = toml::from_str(text)?;
+        Self::from_file(file)
+    }
+
+    pub fn from_file(file: ConfigFile) -> anyhow::Result<Self> {
+        let limits = validate_limits(&file.limits)?;
+        let routes = match file.routes {
+            Some(table) => build_routes(table).context("in [routes]")?,
+            None => Routes::guide(),
+        };
+        let mut plugins = file.plugins;
+        let wasi_refused = take_wasi_settings(&mut plugins)?;
+        let plugin_config = plugin_values(plugins);
+        let server = ServerDefaults {
+            routes: &routes,
+            plugin_config: &plugin_config,
+            plugin_deadline: limits.call.deadline,
+            plugin_memory: limits.call.memory,
+            max_concurrent_calls: limits.max_concurrent_calls,
+        };
+        let implicit_tenants = file.tenants.is_none();
+        let tenants = match file.tenants {
+            None => Tenants::only_default(&server)?,
+            Some(tenants) => {
+                let specs = tenants
+                    .into_iter()
+                    .map(|(name, tenant)| tenant_spec(&name, tenant).with_context(|| format!("in [tenants.{name}]")))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Tenants::build(specs, &server)?
+            }
+        };
+        let admin_token = match &file.admin.token_sha256 {
+            Some(hex) => Some(TokenHash::from_hex(hex).context("[admin] token-sha256 must be 64 hex digits (see `wasmux token`)")?),
+            None => None,
+        };
+        anyhow::ensure!(!file.source.poll_interval.is_zero(), "source.poll-interval must be longer than 0");
+        let runtime = runtime_config(file.runtime)?;
+        Ok(Self {
+            limits,
+            runtime,
+            source: file.source,
+            wasi_refused,
+            tenants,
+            implicit_tenants,
+            admin_token,
+            source_sha256: None,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The most memory any tenant's plugin calls may use: what the instance
+    /// pool is sized for.
+    pub fn max_plugin_memory(&self) -> usize {
+        self.tenants.iter().map(|t| t.plugin_memory).max().unwrap_or(self.limits.call.memory)
+    }
+}
+
+/// The text of the configuration file at `path`: a regular file (a FIFO
+/// or a device is not opened), at most [`MAX_CONFIG_SIZE`], in UTF-8.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = files::read_regular(path, MAX_CONFIG_SIZE, Links::Follow).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
+    let mut routes = Routes::default();
+    for (pattern, target) in table {
+        let target = match target {
+            RouteFile::Plugin(name) => Target::plugin(&name),
+            RouteFile::Split(SplitFile { split, sticky }) => {
+                let arms = split.into_iter().map(|(name, weight)| (Arc::from(name), weight)).collect();
+                Target::Split(Arc::new(Split::new(arms, sticky).with_context(|| format!("route \"{pattern}\""))?))
+            }
+        };
+        routes.add(&pattern, target)?;
+    }
+    Ok(routes)
+}
+
+/// Takes `wasi` out of each `[plugins.NAME]` table; returns the plugins
+/// that may not import WASI.
+fn take_wasi_settings(plugins: &mut BTreeMap<String, BTreeMap<String, ConfigValue>>) -> anyhow::Result<BTreeSet<String>> {
+    let mut refused = BTreeSet::new();
+    for (name, values) in plugins.iter_mut() {
+        match values.remove(WASI_KEY) {
+            None | Some(ConfigValue::Boolean(true)) => {}
+            Some(ConfigValue::Boolean(false)) => {
+                refused.insert(name.clone());
+            }
+            Some(_) => anyhow::bail!("[plugins.{name}] wasi must be true or false (it is the host's setting, not a value for the plugin)"),
+        }
+    }
+    Ok(refused)
+}
+
+fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> BTreeMap<String, BTreeMap<String, String>> {
+    plugins
+        .into_iter()
+        .map(|(name, values)| (name, values.into_iter().map(|(k, v)| (k, v.into_string())).collect()))
+        .collect()
+}
+
+fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
+    let token = match &file.token_sha256 {
+        Some(hex) => Some(TokenHash::from_hex(hex).context("token-sha256 must be 64 hex digits (see `wasmux token`)")?),
+        None => None,
+    };
+    let positive = |key: &str, value: Option<u32>| -> anyhow::Result<Option<NonZeroU32>> {
+        value.map(|v| NonZeroU32::new(v).with_context(|| format!("limits.{key} must be at least 1"))).transpose()
+    };
+    let limits = &file.limits;
+    if let Some(deadline) = limits.plugin_deadline {
+        anyhow::ensure!(!deadline.is_zero(), "limits.plugin-deadline must be longer than 0");
+    }
+    let plugin_memory = match limits.plugin_memory {
+        Some(memory) => {
+            let bytes = usize::try_from(memory.as_u64()).unwrap_or(usize::MAX);
+            anyhow::ensure!(bytes >= 64 * 1024, "limits.plugin-memory must be at least 64 KiB, one WebAssembly page");
+            Some(bytes)
+        }
+        None => None,
+    };
+    if let Some(plugin) = file.plugins.iter().find_map(|(plugin, values)| values.contains_key(WASI_KEY).then_some(plugin)) {
+        anyhow::bail!("plugins.\"{plugin}\".wasi: whether a plugin may import WASI is decided for the whole server, under [plugins.{plugin}]");
+    }
+    Ok(TenantSpec {
+        name: name.to_owned(),
+        token,
+        routes: build_routes(file.routes).context("in routes")?,
+        plugin_config: plugin_values(file.plugins),
+        limits: TenantLimits {
+            concurrent_requests: positive("concurrent-requests", limits.concurrent_requests)?,
+            requests_per_second: positive("requests-per-second", limits.requests_per_second)?,
+            burst: positive("burst", limits.burst)?,
+        },
+        plugin_deadline: limits.plugin_deadline,
+        plugin_memory,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::runtime::{AllocatorLimits, Reuse, ReuseCount};
+
+    fn plugin_for(settings: &Settings, tenant: &str, content_type: &str) -> Option<String> {
+        let header = crate::message::Message::new(content_type, "binary", Vec::new()).header;
+        let tenant = settings.tenants.get(tenant)?;
+        tenant.routes.resolve(content_type).map(|r| r.pick(&header).to_string())
+    }
+
+    #[test]
+    fn no_keys_is_the_guide() {
+        let settings = Settings::parse("").unwrap();
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.routes, Routes::guide());
+        assert_eq!(settings.limits, Limits::default());
+        assert!(settings.tenants.has_default());
+        assert_eq!(default.limits, TenantLimits::default(), "a lone default tenant has the whole server");
+        assert_eq!(Settings::from_text("# the built-in configuration\n").unwrap().limits, Limits::default());
+    }
+
+    #[test]
+    fn an_empty_file_is_refused() {
+        for text in ["", " \n\t\n"] {
+            let error = format!("{:#}", Settings::from_text(text).unwrap_err());
+            assert!(error.contains("the file is empty"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_reload_may_not_drop_token_authentication_by_omission() {
+        let hash = TokenHash::of("alpha-token");
+        let running = Settings::parse(&format!("[tenants.alpha]\ntoken-sha256 = \"{hash}\"\n")).unwrap();
+        let cut_short = Settings::parse("[limits]\nplugin-deadline = \"1s\"\n").unwrap();
+        let error = format!("{:#}", cut_short.check_reload_of(&running).unwrap_err());
+        assert!(error.contains("no [tenants] section"), "{error}");
+        let explicit = Settings::parse("[tenants.default]\n").unwrap();
+        explicit.check_reload_of(&running).expect("said explicitly");
+        let open = Settings::guide();
+        cut_short.check_reload_of(&open).expect("the running configuration required no token either");
+    }
+
+    #[test]
+    fn the_default_tenant_gets_half_the_calls_beside_other_tenants() {
+        let hash = TokenHash::of("alpha-token");
+        let settings = Settings::parse(&format!(
+            "[limits]\nmax-concurrent-calls = 10\n[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.limits.concurrent_requests.map(NonZeroU32::get), Some(5));
+        assert_eq!(settings.tenants.get("alpha").unwrap().limits, TenantLimits::default());
+        let settings = Settings::parse(&format!(
+            "[tenants.default]\nlimits = {{ concurrent-requests = 9 }}\n[tenants.alpha]\ntoken-sha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.limits.concurrent_requests.map(NonZeroU32::get), Some(9), "configured limits win");
+        let alone = Settings::parse("[tenants.default]\n").unwrap();
+        assert_eq!(alone.tenants.get("default").unwrap().limits, TenantLimits::default());
+    }
+
+    #[test]
+    fn full_file() {
+        let settings = Settings::parse(
+            r#"
+            [limits]
+            max-content-length = "1 MiB"
+            message-timeout = "2s"
+            idle-timeout = "5m"
+            max-connections = 10
+            plugin-deadline = "50ms"
+            plugin-memory = "16 MiB"
+            max-response = 4096
+
+            [routes]
+            "text/json" = "search"
+            "image/*" = "thumbs"
+
+            [plugins.search]
+            greeting = "hi"
+            limit = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.limits.max_content_length, 1 << 20);
+        assert_eq!(settings.limits.message_timeout, Duration::from_secs(2));
+        assert_eq!(settings.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(settings.limits.call.deadline, Duration::from_millis(50));
+        assert_eq!(settings.limits.call.memory, 16 << 20);
+        assert_eq!(settings.limits.call.max_response, 4096);
+        assert_eq!(plugin_for(&settings, "default", "image/png").as_deref(), Some("thumbs"));
+        assert_eq!(plugin_for(&settings, "default", "binary/x"), None);
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.config_for("search").get("limit").map(String::as_str), Some("3"));
+        assert!(default.config_for("other").is_empty());
+    }
+
+    #[test]
+    fn tenants_splits_and_limits() {
+        let hash = TokenHash::of("alpha-token");
+        let settings = Settings::parse(&format!(
+            r#"
+            [plugins."search@fuzzy"]
+            match = "prefix"
+
+            [tenants.default]
+
+            [tenants.alpha]
+            token-sha256 = "{hash}"
+            limits = {{ concurrent-requests = 4, requests-per-second = 50, plugin-deadline = "20ms", plugin-memory = "8 MiB" }}
+            routes."text/json" = {{ split = {{ "search" = 1, "search@fuzzy" = 1 }}, sticky = "user" }}
+            plugins."search@fuzzy" = {{ match = "case-insensitive" }}
+            "#
+        ))
+        .unwrap();
+        let alpha = settings.tenants.get("alpha").unwrap();
+        assert_eq!(alpha.plugin_deadline, Duration::from_millis(20));
+        assert_eq!(alpha.plugin_memory, 8 << 20);
+        assert_eq!(alpha.limits.concurrent_requests.map(|n| n.get()), Some(4));
+        assert_eq!(alpha.config_for("search@fuzzy")["match"], "case-insensitive");
+        assert_eq!(settings.tenants.get("default").unwrap().config_for("search@fuzzy")["match"], "prefix");
+        assert_eq!(
+            alpha.routes.resolve("text/json").map(|r| r.target.to_string()).as_deref(),
+            Some("split [search 1, search@fuzzy 1] sticky on user")
+        );
+        assert_eq!(settings.plugin_targets(), BTreeSet::from(["binary-echo", "search", "search@fuzzy"]));
+        assert_eq!(settings.max_plugin_memory(), 64 << 20);
+    }
+
+    #[test]
+    fn tenant_mistakes_name_the_tenant() {
+        let error = format!("{:#}", Settings::parse("[tenants.alpha]\ntoken-sha256 = \"12\"\n").unwrap_err());
+        assert!(error.contains("[tenants.alpha]") && error.contains("64 hex digits"), "{error}");
+        let error = format!("{:#}", Settings::parse("[tenants.alpha]\nlimits = { requests-per-second = 0 }\n").unwrap_err());
+        assert!(error.contains("requests-per-second must be at least 1"), "{error}");
+        let error = format!("{:#}", Settings::parse("[routes]\n\"*\" = { split = { a = 0 } }\n").unwrap_err());
+        assert!(error.contains("weight above 0"), "{error}");
+        let error = format!("{:#}", Settings::parse("[routes]\n\"*\" = 3\n").unwrap_err());
+        assert!(error.contains("a plugin name, or { split"), "{error}");
+    }
+
+    #[test]
+    fn reuse_for_every_plugin_and_per_plugin() {
+        let settings = Settings::parse(
+            r#"
+            [runtime]
+            reuse = { requests = 64, idle = "250ms" }
+            [runtime.plugins."search@fuzzy"]
+            reuse = { requests = "1..8" }
+            [runtime.plugins.counter]
+            reuse = { requests = 1 }
+            "#,
+        )
+        .unwrap();
+        let reuse = &settings.runtime.reuse;
+        let n = |n| NonZeroU32::new(n).unwrap();
+        assert_eq!(reuse.for_plugin("search"), Reuse { requests: ReuseCount::Fixed(n(64)), idle: Duration::from_millis(250) });
+        assert_eq!(reuse.for_plugin("search@fuzzy"), Reuse { requests: ReuseCount::Between(n(1), n(8)), idle: Reuse::DEFAULT_IDLE });
+        assert!(reuse.for_plugin("counter").is_fresh());
+        assert!(Settings::parse("").unwrap().runtime.reuse.for_plugin("search").is_fresh(), "reuse is opt-in");
+        assert!(settings.generation < Settings::parse("").unwrap().generation, "each Settings built has a newer generation");
+    }
+
+    #[test]
+    fn reuse_mistakes_are_refused() {
+        for (runtime, error) in [
+            ("reuse = { requests = 0 }", "requests must be at least 1"),
+            ("reuse = { requests = \"5..2\" }", "the low end is above the high end"),
+            ("reuse = { requests = \"1-64\" }", "write a range as \"LOW..HIGH\""),
+            ("reuse = { requests = \"0..4\" }", "requests must be at least 1"),
+            ("reuse = { requests = 4, idle = \"0s\" }", "idle must be longer than 0"),
+            ("reuse = { idle = \"1s\" }", "missing field `requests`"),
+            ("reuse = { requests = -1 }", "a number of requests (at least 1), or a range"),
+            ("[runtime.plugins.x]\nreuse = { requests = 0 }", "[runtime.plugins.\"x\"] reuse"),
+            ("[runtime.plugins.x]\nrequests = 3", "unknown field `requests`"),
+        ] {
+            let error_text = format!("{:#}", Settings::parse(&format!("[runtime]\n{runtime}\n")).unwrap_err());
+            assert!(error_text.contains(error), "{runtime}: {error_text}");
+        }
+    }
+
+    #[test]
+    fn wasi_is_the_hosts_key() {
+        let settings = Settings::parse("[plugins.py]\nwasi = false\ngreeting = \"hi\"\n[plugins.js]\nwasi = true\n").unwrap();
+        assert_eq!(settings.wasi_refused, BTreeSet::from(["py".to_owned()]));
+        let default = settings.tenants.get("default").unwrap();
+        assert_eq!(default.config_for("py").get("greeting").map(String::as_str), Some("hi"));
+        assert_eq!(default.config_for("py").get("wasi"), None);
+        assert_eq!(default.config_for("js").get("wasi"), None);
+        let error = format!("{:#}", Settings::parse("[plugins.py]\nwasi = \"no\"\n").unwrap_err());
+        assert!(error.contains("[plugins.py] wasi must be true or false"), "{error}");
+        let error = format!("{:#}", Settings::parse("[tenants.a]\nplugins.py = { wasi = false }\n").unwrap_err());
+        assert!(error.contains("under [plugins.py]"), "{error}");
+    }
+
+    #[test]
+    fn allocator_limits_from_the_runtime_table() {
+        let settings = Settings::parse("[runtime]\nmax-core-instances-per-plugin = 40\nmax-table-elements = 7\n").unwrap();
+        let pool = settings.runtime.allocator_limits();
+        assert_eq!((pool.core_instances, pool.memories, pool.tables, pool.table_elements), (40, 2, 4, 7));
+        assert_eq!(Settings::guide().runtime.allocator_limits(), AllocatorLimits::default());
+        let error = format!("{:#}", Settings::parse("[runtime]\nmax-tables-per-plugin = 0\n").unwrap_err());
+        assert!(error.contains("runtime.max-tables-per-plugin must be at least 1"), "{error}");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let error = format!("{:#}", Settings::parse("[routes]\n\"text/json\" = \n").unwrap_err());
+        assert!(error.contains("line 2"), "{error}");
+        let error = format!("{:#}", Settings::parse("[limits]\nplugin-deadline = \"soon\"\n").unwrap_err());
+        assert!(error.contains("line 2"), "{error}");
+        let error = format!("{:#}", Settings::parse("[limit]\n").unwrap_err());
+        assert!(error.contains("unknown field `limit`"), "{error}");
+        let error = format!("{:#}", Settings::parse("[routes]\n\"*/x\" = \"a\"\n").unwrap_err());
+        assert!(error.contains("a pattern is a media type"), "{error}");
+        let error = format!("{:#}", Settings::parse("[limits]\nplugin-deadline = \"0s\"\n").unwrap_err());
+        assert!(error.contains("plugin-deadline must be longer than 0"), "{error}");
+    }
+}

@@ -1,0 +1,154 @@
+//! A plugin directory: every `NAME.wasm` in it is plugin `NAME`.
+//!
+//! When `NAME.wasm` appears or changes, by an atomic rename or an in-place
+//! write, its bytes are reported as a [`Change::Load`]; if it cannot be
+//! read (not a regular file, over `max-plugin-size`) the reason is a
+//! [`Change::Refused`], and the version before keeps serving, until a later
+//! change makes the file whole. When it disappears, the plugin is
+//! [`Change::Unload`]ed. Only regular files (or links to one) are read, and
+//! without blocking ([`crate::files`]): a FIFO, a device or a directory
+//! named `NAME.wasm` is refused without being opened, so nothing in the
+//! directory can hold the source up.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::change::{Change, Provenance};
+use crate::digest::Digest;
+use crate::files::{self, Links};
+use crate::watcher::{FileWatcher, canonical_dir};
+
+/// A directory of plugin files.
+pub struct DirSource {
+    dir: PathBuf,
+    /// The largest file read, asked at each read (`limits.max-plugin-size`
+    /// may be reloaded).
+    max_size: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl DirSource {
+    pub fn new(dir: PathBuf, max_size: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self { dir, max_size: Arc::new(max_size) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every `NAME.wasm` in the directory, read.
+    pub async fn initial(&self) -> anyhow::Result<Vec<Change>> {
+        let mut changes = Vec::new();
+        for path in plugin_files(&self.dir)? {
+            changes.extend(read(path, (self.max_size)()).await);
+        }
+        Ok(changes)
+    }
+
+    /// Watches the directory until `stop`, sending a change for each
+    /// plugin file written, renamed into place or removed.
+    pub fn follow(self, changes: mpsc::UnboundedSender<Change>, stop: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+        let dir = canonical_dir(&self.dir)?;
+        let wanted = dir.clone();
+        let (watcher, mut batches) = FileWatcher::new(move |path| path.parent() == Some(wanted.as_path()) && plugin_name(path).is_some())?;
+        watcher.watch(&dir, false)?;
+        Ok(tokio::spawn(async move {
+            // Owned by the task: watching stops when it ends.
+            let _watcher = watcher;
+            loop {
+                let batch = tokio::select! {
+                    () = stop.cancelled() => return,
+                    batch = batches.recv() => match batch {
+                        Some(batch) => batch,
+                        None => return,
+                    },
+                };
+                // Each file once per batch, in name order.
+                for path in batch.into_iter().collect::<BTreeSet<PathBuf>>() {
+                    if let Some(change) = read(path, (self.max_size)()).await
+                        && changes.send(change).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// What the file at `path` says now: its bytes, why they cannot be read,
+/// or that it is gone. `None` for a file that is not a plugin's.
+async fn read(path: PathBuf, max_size: u64) -> Option<Change> {
+    let name = plugin_name(&path)?;
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || files::read_regular(&path, max_size, Links::Follow)).await
+    };
+    let read = read.unwrap_or_else(|e| Err(std::io::Error::other(format!("reading it failed: {e}"))));
+    Some(match read {
+        Ok(bytes) => Change::Load { name, digest: Digest::of(&bytes), bytes, from: Provenance::File(path) },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Change::Unload { why: format!("{} was removed", path.display()), name },
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::FileTooLarge { " (limits.max-plugin-size)" } else { "" };
+            Change::Refused { name, digest: None, error: format!("{e}{hint}"), from: Provenance::File(path) }
+        }
+    })
+}
+
+/// The entries of `dir` named `NAME.wasm`, sorted: files, and whatever
+/// else is so named, to be refused aloud.
+pub fn plugin_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the plugin directory {}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|path| plugin_name(path).is_some()).collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The plugin name for a file: `dir/search.wasm` ─▶ `search`. `None` for
+/// other files, hidden files and names with unusual characters.
+pub fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    let valid = !stem.is_empty() && !stem.starts_with('.') && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    valid.then(|| stem.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_paths() {
+        assert_eq!(plugin_name(Path::new("/p/search.wasm")).as_deref(), Some("search"));
+        assert_eq!(plugin_name(Path::new("binary-echo.wasm")).as_deref(), Some("binary-echo"));
+        assert_eq!(plugin_name(Path::new("search@v2.wasm")).as_deref(), Some("search@v2"));
+        assert_eq!(plugin_name(Path::new(".search.wasm.tmp")), None);
+        assert_eq!(plugin_name(Path::new(".hidden.wasm")), None);
+        assert_eq!(plugin_name(Path::new("search.wat")), None);
+        assert_eq!(plugin_name(Path::new("sp ace.wasm")), None);
+    }
+
+    #[tokio::test]
+    async fn files_are_loads_refusals_or_unloads() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::write(dir.path().join("b.wasm"), b"bytes of b").expect("write");
+        std::fs::write(dir.path().join("big.wasm"), b"eleven bytes").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), b"not a plugin").expect("write");
+        let source = DirSource::new(dir.path().to_owned(), || 11);
+        let changes = source.initial().await.expect("read");
+        let [Change::Load { name, digest, bytes, .. }, Change::Refused { name: big, error, .. }] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!((name.as_str(), bytes.as_slice(), *digest), ("b", &b"bytes of b"[..], Digest::of(b"bytes of b")));
+        assert_eq!((big.as_str(), error.as_str()), ("big", "12 bytes or more, over the limit of 11 (limits.max-plugin-size)"));
+        let gone = read(dir.path().join("gone.wasm"), 11).await;
+        assert!(matches!(&gone, Some(Change::Unload { name, .. }) if name == "gone"), "{gone:?}");
+    }
+}
