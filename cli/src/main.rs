@@ -4,7 +4,7 @@
 //! `wasmux-toolchain`'s; this binary parses the command line, composes
 //! their parts, and holds the load generator.
 
-mod bench;
+mod load;
 mod build;
 mod call;
 mod dev;
@@ -40,7 +40,7 @@ enum Command {
     /// Send one request and print the answer, as the guide's client does.
     Send(SendArgs),
     /// Load a server with requests, check every answer, report throughput and latency.
-    Bench(bench::BenchArgs),
+    Bench(load::BenchArgs),
     /// Show a running server's A/B experiments: each arm's numbers, and whether arms differ.
     Experiments(experiments::ExperimentsArgs),
     /// Make a tenant token and the hash that goes in the configuration.
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
             Command::Push(args) => push::push(args).await.map(|()| ExitCode::SUCCESS),
             Command::Send(args) => send(args).await,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
-            Command::Bench(args) => bench::main(args).await,
+            Command::Bench(args) => load::main(args).await,
             Command::Experiments(args) => experiments::main(args).await.map(|()| ExitCode::SUCCESS),
             Command::New(args) => new::new(args).map(|()| ExitCode::SUCCESS),
             Command::Build(args) => build::build(args).await.map(|()| ExitCode::SUCCESS),
