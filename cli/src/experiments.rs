@@ -5,14 +5,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use anyhow::Context as _;
 use wasmux::admin::{admin_address, read_token};
 use wasmux::experiments::{ArmReport, Difference, Report, RouteReport};
-use wasmux::net;
 
-/// Largest `/experiments` answer read.
-const MAX_ANSWER: u64 = 64 << 20;
+use crate::admin_client;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExperimentsArgs {
@@ -35,9 +32,7 @@ pub struct ExperimentsArgs {
 pub async fn main(args: ExperimentsArgs) -> anyhow::Result<()> {
     let address = admin_address(&args.admin);
     let token = args.admin_token_file.as_deref().map(read_token).transpose()?;
-    let body = tokio::time::timeout(args.timeout, get(&address, "/experiments", token.as_deref(), args.timeout))
-        .await
-        .with_context(|| format!("no answer from the admin endpoint {address} within {:?}", args.timeout))??;
+    let body = admin_client::get(&address, "/experiments", token.as_deref(), args.timeout).await?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&body));
         return Ok(());
@@ -45,28 +40,6 @@ pub async fn main(args: ExperimentsArgs) -> anyhow::Result<()> {
     let report: Report = serde_json::from_slice(&body).with_context(|| format!("{address}/experiments did not answer the JSON of an experiments report"))?;
     print!("{}", render(&report));
     Ok(())
-}
-
-/// `GET path` over HTTP/1.0, so that the answer comes whole (never chunked)
-/// and the server closes the connection after it; the body, if the status
-/// is 200.
-async fn get(address: &str, path: &str, token: Option<&str>, timeout: Duration) -> anyhow::Result<Vec<u8>> {
-    let mut stream = net::connect(address, timeout).await.with_context(|| format!("no admin endpoint at {address} (is `wasmux serve --admin` running?)"))?;
-    let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}\r\n").as_bytes()).await.context("sending the request")?;
-    let mut answer = Vec::new();
-    (&mut stream).take(MAX_ANSWER).read_to_end(&mut answer).await.context("reading the answer")?;
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").context("the admin endpoint answered something that is not HTTP")?;
-    let head = String::from_utf8_lossy(&answer[..split]);
-    let status = head.lines().next().unwrap_or_default();
-    let code = status.split_whitespace().nth(1);
-    if code == Some("401") {
-        bail!("{address}{path} answered \"{status}\": the endpoint has an admin token; give it with --admin-token-file FILE");
-    }
-    if code != Some("200") {
-        bail!("{address}{path} answered \"{status}\"");
-    }
-    Ok(answer[split + 4..].to_vec())
 }
 
 /// Every route's table and comparisons.

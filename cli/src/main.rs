@@ -5,6 +5,7 @@
 //! their parts, and holds the load generator.
 
 mod load;
+mod admin_client;
 mod build;
 mod call;
 mod dev;

@@ -38,8 +38,9 @@ use crate::message::{
     DEFAULT_MAX_CONTENT_LENGTH, ErrorCode, Header, HeaderTooLong, Message, ProtocolError, consumed_field,
 };
 
-/// Bytes of the fixed-length prefix holding the JSON header's length.
-const PREFIX_LEN: usize = 2;
+/// Bytes of the fixed-length prefix holding the JSON header's length (big
+/// endian): the protocol's one fixed field, defined here only.
+pub const PREFIX_LEN: usize = 2;
 
 /// How much buffer to reserve ahead for content still to come. The rest
 /// grows as bytes arrive, so a peer that announces a large message and then

@@ -42,6 +42,9 @@
 //! # });
 //! ```
 
+#[cfg(test)]
+mod architecture;
+
 pub mod admin;
 pub mod agent;
 pub mod client;

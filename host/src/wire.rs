@@ -22,10 +22,8 @@ use serde_json::value::RawValue;
 use tokio_util::codec::Decoder;
 use wasmux_guide::python;
 
+use crate::codec::PREFIX_LEN;
 use crate::message::AUTHORIZATION_FIELD;
-
-/// Bytes of the fixed-length prefix holding the JSON header's length.
-const PREFIX_LEN: usize = 2;
 
 /// Log target of the wire log, shown with `-v`.
 pub const TARGET: &str = "wasmux::wire";

@@ -9,9 +9,9 @@
 //!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) with
 //!   `wasmux build` into `target/lang-plugins/`.
 //! - `cargo xtask test` builds the plugins (with the examples) and runs
-//!   every test.
-//! - `cargo xtask serve [ARGS]` builds the plugins and the release server and
-//!   starts it with the default plugins.
+//!   every test, on the release build.
+//! - `cargo xtask serve [ARGS]` builds the served plugins and the release
+//!   server (at once) and starts it with them.
 //! - `cargo xtask bench` builds both, compares the Wasm plugins (fresh
 //!   instances and reused ones), the native handlers and the guide's Python
 //!   server under load, counts each one's CPU time and system calls per
@@ -144,38 +144,53 @@ fn run_task(cli: Cli) -> Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::Plugins { debug, examples } => {
-            plugins::build_all(&root, !debug)?;
+            plugins::build(&root, !debug, plugins::Which::All)?;
             if examples {
-                run(Command::new(cargo()).current_dir(&root).args(["build", "--workspace", "--bins", "--examples"]))?;
+                run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
                 plugins::build_examples(&root)?;
             }
         }
         Task::Test { args } => {
-            plugins::build_all(&root, true)?;
+            // The tests run on the release build: the heavy dependencies
+            // (wasmtime, cranelift) compiled once serve `cargo xtask serve`,
+            // `cargo install --path cli` and the tests alike.
+            let built = both(
+                || plugins::build(&root, true, plugins::Which::All),
+                || {
+                    // The example programs the tests run, and the binary,
+                    // built once with the same features as the tests.
+                    timed("the workspace's binaries and examples", || {
+                        run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))
+                    })
+                },
+            );
+            built?;
             // The services the fleet tests start (Debian's haproxy and
             // docker-registry), installed when missing, so that a machine
             // without them fails here, clearly, rather than in a test.
             run(Command::new("bash").arg(root.join("examples/cluster/install-deps.sh")))?;
-            // The example programs the tests run, built once with the same
-            // features as the tests: a build that leaves out the bins (xtask's
-            // wit-component) unifies wasmparser's features differently and
-            // compiles wasmtime a second time.
-            run(Command::new(cargo()).current_dir(&root).args(["build", "--workspace", "--bins", "--examples"]))?;
             // The guide's search in each language, built once for every
             // test that serves them.
             plugins::build_examples(&root)?;
-            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--all-targets"]).args(&args))?;
-            // `--all-targets` leaves out documentation examples.
-            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--doc"]).args(&args))?;
-            // The plugins' shared logic and the guests themselves, natively.
-            run(Command::new(cargo())
-                .current_dir(root.join("plugins"))
-                .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
-                .args(["test", "--workspace", "--locked"]))?;
+            timed("the tests", || {
+                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
+                // `--all-targets` leaves out documentation examples.
+                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
+                // The plugins' shared logic and the guests themselves, natively.
+                run(Command::new(cargo())
+                    .current_dir(root.join("plugins"))
+                    .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                    .args(["test", "--workspace", "--locked"]))
+            })?;
         }
         Task::Serve { args } => {
-            plugins::build_all(&root, true)?;
-            run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux"]))?;
+            // The served plugins and the server build at once: the server's
+            // build leaves a core idle for long stretches (one big crate
+            // at a time), which the plugins' build fills.
+            both(
+                || plugins::build(&root, true, plugins::Which::Served),
+                || timed("the server", || run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
+            )?;
             let plugins = root.join("target/plugins");
             run(Command::new(root.join("target/release/wasmux"))
                 .arg("serve")
@@ -229,6 +244,25 @@ fn workspace_root() -> PathBuf {
 /// The cargo that runs this task (so a rustup override carries through).
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Runs `first` on a thread of its own while `second` runs here; both
+/// finish, and the first error (if any) is returned.
+fn both(first: impl FnOnce() -> Result<()> + Send, second: impl FnOnce() -> Result<()>) -> Result<()> {
+    std::thread::scope(|scope| {
+        let first = scope.spawn(first);
+        let second = second();
+        let first = first.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the parallel build panicked")));
+        first.and(second)
+    })
+}
+
+/// Runs `step`, then says how long it took (the phases of a first build).
+fn timed(what: &str, step: impl FnOnce() -> Result<()>) -> Result<()> {
+    let started = std::time::Instant::now();
+    let result = step();
+    eprintln!("xtask: {what}: {:.1} s", started.elapsed().as_secs_f64());
+    result
 }
 
 /// Runs a command with inherited output, failing if it fails.

@@ -27,10 +27,23 @@ struct Plugin {
     fixture: bool,
 }
 
-pub fn build_all(root: &Path, release: bool) -> Result<()> {
+/// Which plugin crates to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The plugins `cargo xtask serve` serves (search, search@fuzzy,
+    /// binary-echo): a newcomer's first build builds nothing more.
+    Served,
+    /// Those and the test fixtures.
+    All,
+}
+
+pub fn build(root: &Path, release: bool, which: Which) -> Result<()> {
     let started = Instant::now();
     let manifest = root.join("plugins/Cargo.toml");
-    let plugins = list(root, &manifest)?;
+    let mut plugins = list(root, &manifest)?;
+    if which == Which::Served {
+        plugins.retain(|plugin| !plugin.fixture);
+    }
     let toolchain = Toolchain::find_or_install()?;
     eprintln!("xtask: building {} plugins with {}", plugins.len(), toolchain.describe());
 
@@ -65,15 +78,15 @@ pub fn build_all(root: &Path, release: bool) -> Result<()> {
 }
 
 /// The guide's search in each language, as a newcomer builds a plugin:
-/// `wasmux build` (the debug binary, built before) of `plugins/search`,
+/// `wasmux build` (the release binary, built before) of `plugins/search`,
 /// `examples/plugins/search-py` and `examples/plugins/search-js` into
 /// `target/lang-plugins/`. The tools and build output are kept in the
 /// test cache (`target/test-cache`, as `WASMUX_CACHE_DIR`) that the tests
 /// use too; the Rust plugin reuses `target/wasm`, where
-/// [`build_all`] built it.
+/// [`build`] built it.
 pub fn build_examples(root: &Path) -> Result<()> {
     let started = Instant::now();
-    let wasmux = root.join("target/debug/wasmux");
+    let wasmux = root.join("target/release/wasmux");
     let out = root.join("target/lang-plugins");
     for dir in ["plugins/search", "examples/plugins/search-py", "examples/plugins/search-js"] {
         let mut build = Command::new(&wasmux);

@@ -2,10 +2,10 @@
 //! limits it runs under.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::reuse::Reuse;
 use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 
 /// What the host may copy out of a guest at once beyond a response's
@@ -50,4 +50,41 @@ pub struct CallContext {
 /// What the host may copy out of the guest at once under `limits`.
 pub(super) fn hostcall_fuel(limits: CallLimits) -> usize {
     limits.max_response.saturating_add(HEADER_FUEL)
+}
+
+/// How long one instance may serve requests: the `reuse` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests one instance serves before it is retired.
+    pub requests: ReuseCount,
+    /// An idle instance unused this long is retired.
+    pub idle: Duration,
+}
+
+impl Reuse {
+    /// One fresh instance per request: the default.
+    pub const FRESH: Self = Self { requests: ReuseCount::Fixed(NonZeroU32::MIN), idle: Self::DEFAULT_IDLE };
+
+    /// The idle time when a `reuse` setting names none (as `wasmtime serve`).
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(1);
+
+    /// True when every instance serves one request only.
+    pub fn is_fresh(&self) -> bool {
+        self.requests == ReuseCount::Fixed(NonZeroU32::MIN)
+    }
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self::FRESH
+    }
+}
+
+/// Requests per instance: a fixed count, or one drawn at random for each
+/// instance, so that a plugin's author sees it fresh and reused in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReuseCount {
+    Fixed(NonZeroU32),
+    /// From the first to the second, both included.
+    Between(NonZeroU32, NonZeroU32),
 }

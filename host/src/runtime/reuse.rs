@@ -23,7 +23,6 @@
 //! resets its memory, which takes microseconds.
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,46 +30,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use wasmtime::Store;
 
+use super::call::{Reuse, ReuseCount};
 use super::error::PluginError;
 use super::state::CallState;
 use wasmux_bindings::Handler;
-
-/// How long one instance may serve requests: the `reuse` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reuse {
-    /// Requests one instance serves before it is retired.
-    pub requests: ReuseCount,
-    /// An idle instance unused this long is retired.
-    pub idle: Duration,
-}
-
-impl Reuse {
-    /// One fresh instance per request: the default.
-    pub const FRESH: Self = Self { requests: ReuseCount::Fixed(NonZeroU32::MIN), idle: Self::DEFAULT_IDLE };
-
-    /// The idle time when a `reuse` setting names none (as `wasmtime serve`).
-    pub const DEFAULT_IDLE: Duration = Duration::from_secs(1);
-
-    /// True when every instance serves one request only.
-    pub fn is_fresh(&self) -> bool {
-        self.requests == ReuseCount::Fixed(NonZeroU32::MIN)
-    }
-}
-
-impl Default for Reuse {
-    fn default() -> Self {
-        Self::FRESH
-    }
-}
-
-/// Requests per instance: a fixed count, or one drawn at random for each
-/// instance, so that a plugin's author sees it fresh and reused in turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReuseCount {
-    Fixed(NonZeroU32),
-    /// From the first to the second, both included.
-    Between(NonZeroU32, NonZeroU32),
-}
 
 /// Why an instance was retired: the `cause` label of
 /// `wasmux_instances_retired_total`.
