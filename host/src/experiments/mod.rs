@@ -23,6 +23,8 @@
 //! first the difference in each outcome's rate and in the error rate with a
 //! 95 % confidence interval ([`stats`] says how, and why that way).
 
+pub mod canary;
+pub mod sequential;
 pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
