@@ -648,7 +648,7 @@ const P99_TARGET_MS: f64 = 1.0;
 
 /// What was measured and why the figures are what they are: the leads
 /// tried on the fresh path, kept by hand beside this file.
-const NOTES: &str = include_str!("bench-notes.md");
+const NOTES: &str = include_str!("../bench-notes.md");
 
 fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Result<String> {
     let &Results { pinning, subjects, cells, costs, cold_startup, notes, ref load } = results;
