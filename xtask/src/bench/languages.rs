@@ -68,7 +68,7 @@ const STEP: Duration = Duration::from_secs(1200);
 
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     crate::plugins::build_all(root, true)?;
-    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux"]))?;
+    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
     let wasmux = root.join("target/release/wasmux");
     let work = root.join("target/bench-languages");
     let _ = std::fs::remove_dir_all(&work);

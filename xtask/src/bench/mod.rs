@@ -66,9 +66,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     crate::plugins::build_all(root, true)?;
     // The search in JavaScript and Python, built by `wasmux build` (the
     // debug binary) as `cargo xtask test` builds them.
-    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "-p", "wasmux", "--bin", "wasmux"]))?;
+    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "-p", "wasmux-cli", "--bin", "wasmux"]))?;
     crate::plugins::build_examples(root)?;
-    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux"]))?;
+    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
     let wasmux = root.join("target/release/wasmux");
     let pinning = Pinning::plan(options.pin);
     eprintln!("xtask: {}", pinning.describe());
