@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use super::baseline::{self, Baseline, Comparison};
 use super::costs::Costs;
 use super::machine::machine;
 use super::options::Options;
-use super::process::{MODES, Pinning, Subject};
+use super::process::{Pinning, Subject};
 use super::rounds::Cell;
 
 /// What follows this line in `benchmarks.md` was measured by hand and is
@@ -65,14 +66,22 @@ pub fn with_section(markdown: &str, heading: &str, new: &str) -> String {
 pub struct Results<'a> {
     pub pinning: &'a Pinning,
     pub subjects: &'a [Subject],
+    /// The modes measured, in the table's order.
+    pub modes: &'a [&'static str],
     pub cells: &'a [Cell],
     pub costs: &'a Costs,
-    /// Start-up of the Wasm server with an empty compiled-code cache.
-    pub cold_startup: Duration,
+    /// Start-up of the Wasm server with an empty compiled-code cache, if
+    /// a Wasm row was measured.
+    pub cold_startup: Option<Duration>,
+    /// The baseline binary and its rows' comparisons, when one was compared.
+    pub baseline: Option<(&'a Baseline, &'a [Comparison])>,
     /// What was not measured, and why.
     pub notes: &'a [String],
     /// The load averages before and after the run.
     pub load_average: String,
+    /// Whether the run measured the whole table (and no baseline): only
+    /// then do the notes on the published figures belong with it.
+    pub whole: bool,
 }
 
 /// The targets of issue 12: (what, server, mode, least ratio to native).
@@ -93,7 +102,7 @@ const P99_TARGET_MS: f64 = 1.0;
 const NOTES: &str = include_str!("../bench-notes.md");
 
 pub fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) -> Result<String> {
-    let &Results { pinning, subjects, cells, costs, cold_startup, notes, ref load_average } = results;
+    let &Results { pinning, subjects, modes, cells, costs, cold_startup, baseline, notes, ref load_average, whole } = results;
     let mut md = String::new();
     let find = |server: &str, mode: &str| cells.iter().find(|c| c.server == server && c.mode == mode);
     writeln!(md, "# Benchmarks")?;
@@ -107,11 +116,19 @@ pub fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) ->
     for s in subjects {
         writeln!(md, "- **{}**: {} (ready {:.0} ms after start)", s.name, s.what, s.startup.as_secs_f64() * 1e3)?;
     }
-    writeln!(
-        md,
-        "- The Wasm server started in {:.0} ms with an empty compiled-code cache; the figure above is with the cache filled.",
-        cold_startup.as_secs_f64() * 1e3
-    )?;
+    if let Some(cold_startup) = cold_startup {
+        writeln!(
+            md,
+            "- The Wasm server started in {:.0} ms with an empty compiled-code cache; the figure above is with the cache filled.",
+            cold_startup.as_secs_f64() * 1e3
+        )?;
+    }
+    if let Some((baseline, _)) = baseline {
+        writeln!(md, "- The rows ending in `-baseline` are served by `{}` ({}).", baseline.path.display(), baseline.version)?;
+        if let Some(cold_startup) = baseline.cold_startup {
+            writeln!(md, "- The baseline's Wasm server started in {:.0} ms with an empty compiled-code cache.", cold_startup.as_secs_f64() * 1e3)?;
+        }
+    }
     for note in notes {
         writeln!(md, "- {note}.")?;
     }
@@ -126,7 +143,7 @@ pub fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) ->
     writeln!(md)?;
     writeln!(md, "| server | mode | requests/s | range over rounds | p50 ms | p90 ms | p99 ms | max ms | errors | vs native |")?;
     writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
-    for mode in MODES {
+    for &mode in modes {
         for s in subjects {
             let Some(cell) = find(s.name, mode) else {
                 if s.name == "python" {
@@ -136,7 +153,7 @@ pub fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) ->
             };
             let Some(m) = cell.median() else { continue };
             let (low, high) = cell.range();
-            let ratio = find("native", mode).and_then(Cell::median).map(|n| format!("{:.2}×", m.rps / n.rps)).unwrap_or_default();
+            let ratio = find(s.native, mode).and_then(Cell::median).map(|n| format!("{:.2}×", m.rps / n.rps)).unwrap_or_default();
             writeln!(
                 md,
                 "| {} | {mode} | {:.0} | {:.0}–{:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {ratio} |",
@@ -145,10 +162,15 @@ pub fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) ->
         }
     }
     writeln!(md)?;
-    render_costs(&mut md, subjects, costs)?;
+    render_costs(&mut md, subjects, modes, costs)?;
+    if let Some((baseline, comparisons)) = baseline {
+        md.push_str(&baseline::section(baseline, comparisons));
+    }
     render_targets(&mut md, cells, costs)?;
-    md.push_str(NOTES);
-    writeln!(md)?;
+    if whole {
+        md.push_str(NOTES);
+        writeln!(md)?;
+    }
     writeln!(md, "## The machine")?;
     writeln!(md)?;
     writeln!(md, "| | |")?;
@@ -161,16 +183,12 @@ pub fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) ->
     writeln!(md, "## Reproduce")?;
     writeln!(md)?;
     writeln!(md, "```sh")?;
-    writeln!(
-        md,
-        "cargo xtask bench --duration {} --warmup {} --connections {} --depth {} --rounds {} --mix {} --reuse {} --cost-requests {}",
-        options.duration, options.warmup, options.connections, options.depth, options.rounds, options.mix, options.reuse, options.cost_requests
-    )?;
+    writeln!(md, "{}", options.reproduce())?;
     writeln!(md, "```")?;
     Ok(md)
 }
 
-fn render_costs(md: &mut String, subjects: &[Subject], costs: &Costs) -> Result<()> {
+fn render_costs(md: &mut String, subjects: &[Subject], modes: &[&str], costs: &Costs) -> Result<()> {
     if costs.list.is_empty() {
         return Ok(());
     }
@@ -188,10 +206,10 @@ fn render_costs(md: &mut String, subjects: &[Subject], costs: &Costs) -> Result<
     writeln!(md)?;
     writeln!(md, "| server | mode | CPU µs/request | vs native, CPU | system calls/request | most frequent, per request |")?;
     writeln!(md, "| --- | --- | ---: | ---: | ---: | --- |")?;
-    for mode in MODES {
-        let native = costs.of("native", mode).map(|c| c.cpu_us);
+    for &mode in modes {
         for s in subjects {
             let Some(cost) = costs.of(s.name, mode) else { continue };
+            let native = costs.of(s.native, mode).map(|c| c.cpu_us);
             let ratio = native.map(|n| format!("{:.2}×", n / cost.cpu_us)).unwrap_or_default();
             let (calls, top) = match &cost.syscalls {
                 Ok(calls) => {

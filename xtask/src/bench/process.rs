@@ -19,6 +19,9 @@ pub struct Subject {
     pub name: &'static str,
     /// What it is, for the table.
     pub what: String,
+    /// The row its "vs native" ratios are taken against: `native`, or the
+    /// baseline binary's native row for the baseline's rows.
+    pub native: &'static str,
     pub addr: String,
     /// The modes it can serve.
     pub modes: Vec<&'static str>,
@@ -32,7 +35,7 @@ impl Subject {
         let mut command = pinning.command(program, Side::Server);
         command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).env("RUST_LOG", "warn");
         let (process, addr, startup) = Process::start(command, what, "wasmux listening on ")?;
-        Ok(Self { name, what: what.to_owned(), addr, modes: MODES.to_vec(), process, startup })
+        Ok(Self { name, what: what.to_owned(), native: "native", addr, modes: MODES.to_vec(), process, startup })
     }
 
     pub fn python(script: &Path, pinning: &Pinning) -> Result<Self> {
@@ -44,11 +47,18 @@ impl Subject {
         Ok(Self {
             name: "python",
             what: format!("the guide's app-server ({})", version.unwrap_or_else(|_| "python3".into())),
+            native: "native",
             addr: format!("127.0.0.1:{port}"),
             modes: vec!["connect"],
             process,
             startup,
         })
+    }
+
+    /// The same server with its "vs native" ratios taken against the row
+    /// `native`.
+    pub fn judged_against(self, native: &'static str) -> Self {
+        Self { native, ..self }
     }
 }
 

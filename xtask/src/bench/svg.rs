@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 
 use super::options::Options;
-use super::process::{MODES, Subject};
+use super::process::Subject;
 use super::rounds::{Cell, Figures};
 
 /// A grouped bar chart, by hand: requests/s and p99 latency per mode,
 /// one bar per server.
-pub fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> String {
+pub fn render_svg(subjects: &[Subject], modes: &[&str], cells: &[Cell], options: &Options) -> String {
     const COLORS: [&str; 8] = ["#4c72b0", "#64b5cd", "#8172b3", "#dd8452", "#55a868", "#c44e52", "#937860", "#da8bc3"];
     const LEGEND_COLUMNS: usize = 4;
     let legend_rows = subjects.len().div_ceil(LEGEND_COLUMNS) as f64;
@@ -30,8 +30,8 @@ pub fn render_svg(subjects: &[Subject], cells: &[Cell], options: &Options) -> St
         let max = cells.iter().filter_map(Cell::median).map(|f| value(&f)).filter(|v| v.is_finite()).fold(0.0, f64::max);
         let max = if max > 0.0 { max * 1.15 } else { 1.0 };
         let _ = writeln!(svg, r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, top + plot_h, left + plot_w, top + plot_h);
-        let group_w = plot_w / MODES.len() as f64;
-        for (g, mode) in MODES.iter().enumerate() {
+        let group_w = plot_w / modes.len() as f64;
+        for (g, mode) in modes.iter().enumerate() {
             let x0 = left + g as f64 * group_w;
             let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{mode}</text>"#, x0 + group_w / 2.0, top + plot_h + 18.0);
             let bar_w = (group_w - 20.0) / subjects.len() as f64;
