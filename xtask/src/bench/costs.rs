@@ -174,4 +174,21 @@ mod tests {
         assert_eq!(top, [("recvfrom", 2.08), ("sendto", 2.0), ("clock_nanosleep", 0.2)]);
         assert!(parse_strace_summary("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n", 10).is_none());
     }
+
+    #[test]
+    fn only_the_six_most_frequent_calls_are_named_but_all_are_counted() {
+        let calls = ["epoll_wait", "read", "write", "futex", "ioctl", "mprotect", "madvise", "close"];
+        let mut text = String::from("% time     seconds  usecs/call     calls    errors syscall\n------ ----------- ----------- --------- --------- ----------------\n");
+        for (i, name) in calls.iter().enumerate() {
+            // No errors column: strace leaves it blank when a call never failed.
+            text.push_str(&format!("  1.00    0.000100           1     {}           {name}\n", 1000 * (i + 1)));
+        }
+        text.push_str("------ ----------- ----------- --------- --------- ----------------\n100.00    0.000800           1     36000           total\n");
+        let counted = parse_strace_summary(&text, 1000).expect("a summary");
+        assert_eq!(counted.per_request, 36.0);
+        let named: Vec<&str> = counted.top.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(named, ["close", "madvise", "mprotect", "ioctl", "futex", "write"]);
+        assert_eq!(counted.top[0].1, 8.0);
+        assert!(parse_strace_summary(&text, 0).is_none(), "no requests, no figure per request");
+    }
 }
