@@ -94,9 +94,25 @@ enum Task {
         /// Requests per server and mode for the CPU and system-call counts; 0 skips them.
         #[arg(long, default_value_t = 20000)]
         cost_requests: u64,
-        /// Where benchmarks.md and benchmarks.svg go.
-        #[arg(long, default_value = "docs")]
-        out: PathBuf,
+        /// Only these servers, comma-separated: wasm, wasm-reuse,
+        /// wasm-unhardened, native, js, js-reuse, py, py-reuse, python
+        /// (default: all).
+        #[arg(long, value_delimiter = ',', value_name = "SERVERS")]
+        only: Vec<String>,
+        /// Only these modes, comma-separated: connect, persistent, pipelined
+        /// (default: all).
+        #[arg(long, value_delimiter = ',', value_name = "MODES")]
+        modes: Vec<String>,
+        /// A wasmux binary built from another commit: rows wasm-baseline,
+        /// wasm-reuse-baseline and native-baseline served by it, each right
+        /// after its twin in every round, and each mode's current ÷ baseline
+        /// ratio. Relative to the repository root.
+        #[arg(long, value_name = "PATH")]
+        baseline: Option<PathBuf>,
+        /// Where benchmarks.md and benchmarks.svg go (default: docs; a run
+        /// with --only, --modes or --baseline: target/bench-report).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// What a plugin costs in each language: `wasmux new` to the first answer
     /// (fresh and warm), a one-line change under `wasmux dev`, component size,
@@ -198,7 +214,7 @@ fn run_task(cli: Cli) -> Result<()> {
                 .arg(&plugins)
                 .args(&args))?;
         }
-        Task::Bench { duration, warmup, connections, depth, rounds, mix, no_pin, python_server, search_js, search_py, reuse, cost_requests, out } => {
+        Task::Bench { duration, warmup, connections, depth, rounds, mix, no_pin, python_server, search_js, search_py, reuse, cost_requests, only, modes, baseline, out } => {
             let options = bench::Options {
                 duration,
                 warmup,
@@ -212,6 +228,9 @@ fn run_task(cli: Cli) -> Result<()> {
                 search_py,
                 reuse: reuse.max(1),
                 cost_requests,
+                only,
+                modes,
+                baseline,
                 out,
             };
             bench::run(&root, &options)?;

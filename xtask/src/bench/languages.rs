@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Cell, Pinning, Subject, load_average, machine};
+use super::machine::{load_average, machine};
+use super::markdown::with_section;
+use super::process::{Pinning, Subject};
+use super::rounds::{Cell, Load, run_rounds};
 
 /// What `cargo xtask bench-languages` was asked for.
 pub struct Options {
@@ -132,7 +135,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let section = render(root, options, &first, &changes, &component_table, &throughput, &load)?;
     let path = root.join(&options.out).join("benchmarks.md");
     let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    std::fs::write(&path, super::with_section(&existing, HEADING, &section)).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, with_section(&existing, HEADING, &section)).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("xtask: wrote the section \"Plugins by language\" of {}", path.display());
     Ok(())
 }
@@ -321,20 +324,13 @@ fn greeting(addr: &str) -> Result<String> {
 /// guide's Python server, rounds interleaved.
 fn throughput(root: &Path, wasmux: &Path, work: &Path, lang_plugins: &Path, options: &Options) -> Result<(Vec<Subject>, Vec<Cell>, String)> {
     let pinning = Pinning::plan(options.pin);
-    let bench_options = super::Options {
+    let load = Load {
         duration: options.duration.clone(),
         warmup: options.warmup.clone(),
         connections: options.connections,
         depth: 1,
-        rounds: options.rounds,
         mix: "search=1".into(),
-        pin: options.pin,
-        python_server: options.python_server.clone(),
-        search_js: PathBuf::new(),
-        search_py: PathBuf::new(),
-        reuse: REUSE_REQUESTS,
-        cost_requests: 0,
-        out: options.out.clone(),
+        rounds: options.rounds,
     };
     let cache = work.join("serve-cache");
     // Reused instances: the instance policy of the issue on instance reuse.
@@ -362,7 +358,7 @@ fn throughput(root: &Path, wasmux: &Path, work: &Path, lang_plugins: &Path, opti
     if python.is_file() {
         subjects.push(Subject::python(&python, &pinning)?);
     }
-    let cells = super::run_rounds(wasmux, &pinning, &mut subjects, &["connect", "persistent"], &bench_options)?;
+    let cells = run_rounds(wasmux, &pinning, &mut subjects, &["connect", "persistent"], &load)?;
     Ok((subjects, cells, pinning.describe().to_owned()))
 }
 
