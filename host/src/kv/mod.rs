@@ -183,6 +183,53 @@ pub enum StoreConfig {
     Redis { url: String },
 }
 
+/// The data directory when none is given (`--data-dir`, `WASMUX_DATA_DIR`):
+/// `$XDG_DATA_HOME/wasmux`, or `$HOME/.local/share/wasmux` when
+/// `XDG_DATA_HOME` is unset, empty or relative (as the XDG base directory
+/// specification says); none without a home either.
+pub fn default_data_dir(xdg_data_home: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> Option<std::path::PathBuf> {
+    let xdg = xdg_data_home.map(std::path::PathBuf::from).filter(|dir| dir.is_absolute());
+    let base = xdg.or_else(|| home.map(std::path::PathBuf::from).filter(|dir| dir.is_absolute()).map(|home| home.join(".local/share")))?;
+    Some(base.join("wasmux"))
+}
+
+/// A store opened the first time something needs it: a server whose
+/// plugins import no store never opens (or locks) its data directory, so
+/// servers that need none start side by side. A failed opening (the
+/// directory in use) is tried again at the next need.
+pub struct OnDemand {
+    config: StoreConfig,
+    metrics: Arc<dyn KvMetrics>,
+    opened: std::sync::Mutex<Option<Store>>,
+}
+
+impl OnDemand {
+    pub fn new(config: StoreConfig, metrics: Arc<dyn KvMetrics>) -> Self {
+        Self { config, metrics, opened: std::sync::Mutex::new(None) }
+    }
+
+    /// What it was configured with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The store, opened now if it is not yet.
+    pub fn get(&self) -> anyhow::Result<Store> {
+        let mut opened = self.opened.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(store) = &*opened {
+            return Ok(store.clone());
+        }
+        let store = Store::open(&self.config)?.with_metrics(Arc::clone(&self.metrics));
+        *opened = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Whether it has been opened.
+    pub fn is_open(&self) -> bool {
+        self.opened.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some()
+    }
+}
+
 /// The key-value store plugins' state is kept in. Cloning it is cheap.
 #[derive(Clone)]
 pub struct Store {

@@ -619,3 +619,33 @@ async fn a_call_counts_operations_and_opens_granted_buckets_only() {
     assert_eq!(counters.get("alpha", "search", Operation::Get, Outcome::Limit).count, 1);
     assert_eq!(counters.get("alpha", "search", Operation::GetMany, Outcome::Limit).count, 1);
 }
+
+#[test]
+fn the_data_directory_defaults_to_xdg_data_home() {
+    let dir = |xdg: Option<&str>, home: Option<&str>| default_data_dir(xdg.map(Into::into), home.map(Into::into));
+    assert_eq!(dir(Some("/data"), Some("/home/a")), Some(PathBuf::from("/data/wasmux")));
+    assert_eq!(dir(None, Some("/home/a")), Some(PathBuf::from("/home/a/.local/share/wasmux")));
+    assert_eq!(dir(Some(""), Some("/home/a")), Some(PathBuf::from("/home/a/.local/share/wasmux")));
+    assert_eq!(dir(Some("relative"), Some("/home/a")), Some(PathBuf::from("/home/a/.local/share/wasmux")));
+    assert_eq!(dir(None, None), None);
+}
+
+#[tokio::test]
+async fn a_store_on_demand_opens_its_directory_when_first_needed() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let config = StoreConfig::Embedded { dir: dir.clone(), durability: Durability::Process };
+    let counters = Arc::new(KvCounters::default());
+    let first = OnDemand::new(config.clone(), counters.clone());
+    let second = OnDemand::new(config, Arc::new(NoKvMetrics));
+    assert!(!dir.exists() && !first.is_open(), "nothing is opened before it is needed");
+
+    let store = first.get().unwrap();
+    store.set(&bucket("alpha", "p"), "k", b"v".to_vec(), &KvLimits::default(), soon()).await.unwrap();
+    assert_eq!(counters.get("alpha", "p", Operation::Set, Outcome::Ok).count, 1, "reports to its metrics");
+    let refused = second.get().unwrap_err().to_string();
+    assert!(refused.contains("--data-dir"), "{refused}");
+    assert!(!second.is_open());
+    drop((store, first));
+    assert!(second.get().is_ok(), "tried again, and free now");
+}
