@@ -7,6 +7,9 @@
 //! port with no persistence; installed by `examples/cluster/install-deps.sh`
 //! when missing).
 //!
+//! The last row is the Redis client crate's own `HGET`, the round trip
+//! that the Redis rows add to.
+//!
 //! `cargo bench -p wasmux --bench kv_store` prints, per backend and
 //! operation, the mean and the 50th, 99th and 99.9th percentiles. Under
 //! `cargo test` (no `--bench`) it does a short run to check that it works.
@@ -57,6 +60,17 @@ fn main() {
             }
             report(name, "increment", &increments);
         }
+        // The floor under the Redis rows: the same HGET sent by the client
+        // crate itself, one round trip with nothing of ours around it.
+        let client = redis::Client::open(redis.url()).expect("a Redis URL");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("connect to Redis");
+        let mut raw = histogram();
+        for _ in 0..operations {
+            let started = Instant::now();
+            let _: Option<Vec<u8>> = redis::cmd("HGET").arg("wasmux:kv:5:bench7:counter7:default").arg("hits").query_async(&mut connection).await.expect("HGET");
+            record(&mut raw, started);
+        }
+        report("redis, client alone", "HGET", &raw);
     });
 }
 
