@@ -2,7 +2,8 @@
 //! wasmtime's `bindgen!`: the `handler` world's types ([`Request`],
 //! [`Response`], [`HandlerError`], [`Field`]), the typed export
 //! ([`Handler`], [`HandlerPre`]) and the traits the host implements for the
-//! imports ([`host::Host`]).
+//! imports ([`host::Host`]); and, in [`keyvalue`], the host side of
+//! `wasi:keyvalue` for plugins of the `stateful-handler` world.
 
 wasmtime::component::bindgen!({
     world: "handler",
@@ -12,3 +13,19 @@ wasmtime::component::bindgen!({
 
 pub use wasmux::plugin::host;
 pub use wasmux::plugin::types::{self, Field};
+
+/// The host side of `wasi:keyvalue` 0.2.0-draft (`wit/deps/keyvalue/`),
+/// which plugins of the `stateful-handler` world import: the traits the
+/// host implements for `store` (with its `bucket` resource), `atomics` and
+/// `batch`, and their `add_to_linker`. Generated apart from the `handler`
+/// world so that the host links them only for components that import
+/// them. Every function is async: a store may be across the network.
+pub mod keyvalue {
+    wasmtime::component::bindgen!({
+        world: "wasi:keyvalue/imports@0.2.0-draft",
+        path: "../wit",
+        imports: { default: async },
+    });
+
+    pub use wasi::keyvalue::{atomics, batch, store};
+}

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Installs, from Debian's archive, the programs the fleet example and its
-# tests run: haproxy (2.6 in Debian 12) and docker-registry (2.8). Only what
+# tests run: haproxy (2.6 in Debian 12), docker-registry (2.8) and
+# redis-server (7.0, the fleet's shared key-value store). Only what
 # is missing is installed, with apt-get as root or through `sudo -n`, the
 # way `cargo xtask` installs the wasm toolchain.
 #
-#   examples/cluster/install-deps.sh                  # both
-#   examples/cluster/install-deps.sh docker-registry  # just one
+#   examples/cluster/install-deps.sh                  # all three
+#   examples/cluster/install-deps.sh redis-server     # just one
 set -euo pipefail
 
 packages=("$@")
-[ ${#packages[@]} -gt 0 ] || packages=(haproxy docker-registry)
+[ ${#packages[@]} -gt 0 ] || packages=(haproxy docker-registry redis-server)
 
 missing=()
 for package in "${packages[@]}"; do
     case "$package" in
         haproxy) command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) ;;
         docker-registry) command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry) ;;
-        *) echo "install-deps.sh: unknown package $package (haproxy, docker-registry)" >&2; exit 2 ;;
+        redis-server) command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) ;;
+        *) echo "install-deps.sh: unknown package $package (haproxy, docker-registry, redis-server)" >&2; exit 2 ;;
     esac
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -34,5 +36,6 @@ export DEBIAN_FRONTEND=noninteractive
 "${apt[@]}" update -qq
 # The example never uses the packages' own services. Under systemd they
 # start on install: docker-registry's listens on port 5000 of every
-# interface; `systemctl disable --now docker-registry haproxy` stops them.
+# interface, redis-server's on 127.0.0.1:6379; `systemctl disable --now
+# docker-registry haproxy redis-server` stops them.
 "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2

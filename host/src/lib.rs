@@ -15,7 +15,8 @@
 //! Every step speaks [`message`]: [`message::Message`] and the error
 //! vocabulary. Beside the path: [`config`] (TOML ─▶ validated settings),
 //! [`watcher`] (files ─▶ registry and settings updates), [`files`] (reading
-//! files others may have put in place), [`metrics`] and
+//! files others may have put in place), [`kv`] (plugins' state, behind
+//! `wasi:keyvalue`: in memory, embedded, or Redis), [`metrics`] and
 //! [`admin`] (`/metrics`, `/plugins`, `/experiments`, the live page,
 //! `/healthz`), [`experiments`] (each split arm's counts and how the arms
 //! compare), [`net`] (addresses and
@@ -54,6 +55,7 @@ pub mod connection;
 pub mod experiments;
 pub mod digest;
 pub use wasmux_files as files;
+pub mod kv;
 pub mod message;
 pub mod metrics;
 pub mod native;

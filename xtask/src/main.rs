@@ -181,8 +181,9 @@ fn run_task(cli: Cli) -> Result<()> {
                 },
             );
             built?;
-            // The services the fleet tests start (Debian's haproxy and
-            // docker-registry), installed when missing, so that a machine
+            // The services the fleet and key-value tests start (Debian's
+            // haproxy, docker-registry and redis-server), installed when
+            // missing, so that a machine
             // without them fails here, clearly, rather than in a test.
             run(Command::new("bash").arg(root.join("examples/cluster/install-deps.sh")))?;
             // The guide's search in each language, built once for every

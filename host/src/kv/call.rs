@@ -1,0 +1,193 @@
+//! One plugin instance's access to the store: whose state it is (tenant,
+//! plugin), which buckets it may open, the buckets it has open, and, for
+//! the request it is serving, its deadline and how many operations it has
+//! left. The guest side (`wasi:keyvalue`'s host traits) works on this.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{BucketId, DEFAULT_BUCKET, KvError, KvLimits, Operation, Store};
+
+/// Bucket names, beyond `default`, that a plugin may open (from the
+/// server's configuration).
+pub type BucketGrants = Arc<BTreeSet<String>>;
+
+/// Buckets an instance may hold open at once: a handle is a few bytes of
+/// the host's memory, and a plugin needs one or two.
+pub const MAX_OPEN_BUCKETS: usize = 32;
+
+/// Longest bucket name.
+const MAX_BUCKET_NAME: usize = 128;
+
+pub struct KvCall {
+    /// None for a plugin that imports no store, or a server without one:
+    /// every bucket is then `no-such-store`.
+    store: Option<Store>,
+    tenant: Arc<str>,
+    /// The plugin's base name.
+    plugin: Arc<str>,
+    grants: BucketGrants,
+    limits: KvLimits,
+    deadline: Instant,
+    /// Operations of the current request so far.
+    operations: u32,
+    /// Open buckets by handle (the resource's representation); a closed
+    /// one's slot is reused.
+    open: Vec<Option<BucketId>>,
+}
+
+impl KvCall {
+    /// The access of an instance of `plugin` (`name@variant` allowed)
+    /// serving `tenant`. Call [`KvCall::begin`] before each request.
+    pub fn new(store: Store, tenant: &str, plugin: &str, grants: BucketGrants, limits: KvLimits) -> Self {
+        let bucket = BucketId::new(tenant, plugin, DEFAULT_BUCKET);
+        Self { store: Some(store), tenant: bucket.tenant, plugin: bucket.plugin, grants, limits, deadline: Instant::now(), operations: 0, open: Vec::new() }
+    }
+
+    /// The access of an instance that has no store: it opens nothing.
+    /// Cheap (two names), for instances of plugins that import none.
+    pub fn without_store(tenant: &str, plugin: &str) -> Self {
+        let bucket = BucketId::new(tenant, plugin, DEFAULT_BUCKET);
+        let limits = KvLimits::default();
+        Self { store: None, tenant: bucket.tenant, plugin: bucket.plugin, grants: BucketGrants::default(), limits, deadline: Instant::now(), operations: 0, open: Vec::new() }
+    }
+
+    fn store(&self) -> Result<&Store, KvError> {
+        self.store.as_ref().ok_or(KvError::NoSuchStore)
+    }
+
+    /// A request begins on this instance: it must answer by `deadline`
+    /// and may make `limits.operations_per_request` operations. Buckets
+    /// the plugin opened in an earlier request stay open (an instance
+    /// serves one tenant).
+    pub fn begin(&mut self, deadline: Instant, limits: KvLimits) {
+        self.deadline = deadline;
+        self.limits = limits;
+        self.operations = 0;
+    }
+
+    /// Counts `n` operations against the request's allowance.
+    fn spend(&mut self, n: usize) -> Result<(), KvError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let total = self.operations.saturating_add(n);
+        if total > self.limits.operations_per_request {
+            return Err(KvError::Limit(format!(
+                "this request has made {} of its {} key-value operations (kv operations-per-request)",
+                self.operations, self.limits.operations_per_request
+            )));
+        }
+        self.operations = total;
+        Ok(())
+    }
+
+    /// [`KvCall::spend`] for `operation` on `bucket`, which a refusal is
+    /// reported for.
+    fn spend_on(&mut self, bucket: &BucketId, operation: Operation, n: usize) -> Result<(), KvError> {
+        let spent = self.spend(n);
+        if let (Err(_), Some(store)) = (&spent, &self.store) {
+            store.report(bucket, operation, &spent, 0, 0);
+        }
+        spent
+    }
+
+    /// Opens bucket `name`: `default`, or one the configuration grants;
+    /// any other is `no-such-store`. Returns its handle.
+    pub fn open(&mut self, name: &str) -> Result<u32, KvError> {
+        let bucket = BucketId { tenant: Arc::clone(&self.tenant), plugin: Arc::clone(&self.plugin), bucket: name.into() };
+        let Some(store) = self.store.clone() else { return Err(KvError::NoSuchStore) };
+        let result = self.open_bucket(bucket.clone());
+        store.report(&bucket, Operation::Open, &result, 0, 0);
+        result
+    }
+
+    fn open_bucket(&mut self, bucket: BucketId) -> Result<u32, KvError> {
+        self.spend(1)?;
+        let name = &*bucket.bucket;
+        if name.len() > MAX_BUCKET_NAME || (name != DEFAULT_BUCKET && !self.grants.contains(name)) {
+            return Err(KvError::NoSuchStore);
+        }
+        let slot = match self.open.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if self.open.len() < MAX_OPEN_BUCKETS => {
+                self.open.push(None);
+                self.open.len() - 1
+            }
+            None => {
+                return Err(KvError::Limit(format!("the plugin holds {MAX_OPEN_BUCKETS} buckets open, the most it may: drop one first")));
+            }
+        };
+        self.open[slot] = Some(bucket);
+        u32::try_from(slot).map_err(|_| KvError::Limit("too many buckets open".into()))
+    }
+
+    /// The bucket behind `handle`. A handle comes from [`KvCall::open`]
+    /// through wasmtime, which checks the guest's handles: an unknown one
+    /// is the host's bug, answered as an error, not a trap.
+    fn bucket(&self, handle: u32) -> Result<BucketId, KvError> {
+        let slot = usize::try_from(handle).ok().and_then(|i| self.open.get(i));
+        slot.and_then(Option::clone).ok_or_else(|| KvError::Unavailable(format!("no open bucket has handle {handle}")))
+    }
+
+    /// Drops the bucket handle `handle`.
+    pub fn close(&mut self, handle: u32) {
+        if let Some(slot) = usize::try_from(handle).ok().and_then(|i| self.open.get_mut(i)) {
+            *slot = None;
+        }
+    }
+
+    pub async fn get(&mut self, handle: u32, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::Get, 1)?;
+        self.store()?.get(&bucket, key, &self.limits, self.deadline).await
+    }
+
+    pub async fn set(&mut self, handle: u32, key: &str, value: Vec<u8>) -> Result<(), KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::Set, 1)?;
+        self.store()?.set(&bucket, key, value, &self.limits, self.deadline).await
+    }
+
+    pub async fn delete(&mut self, handle: u32, key: &str) -> Result<(), KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::Delete, 1)?;
+        self.store()?.delete(&bucket, key, &self.limits, self.deadline).await
+    }
+
+    pub async fn exists(&mut self, handle: u32, key: &str) -> Result<bool, KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::Exists, 1)?;
+        self.store()?.exists(&bucket, key, &self.limits, self.deadline).await
+    }
+
+    pub async fn list_keys(&mut self, handle: u32, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::ListKeys, 1)?;
+        self.store()?.list_keys(&bucket, cursor, self.deadline).await
+    }
+
+    pub async fn increment(&mut self, handle: u32, key: &str, delta: u64) -> Result<u64, KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::Increment, 1)?;
+        self.store()?.increment(&bucket, key, delta, &self.limits, self.deadline).await
+    }
+
+    /// Counts one operation for each key (at least one).
+    pub async fn get_many(&mut self, handle: u32, keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::GetMany, keys.len().max(1))?;
+        self.store()?.get_many(&bucket, keys, &self.limits, self.deadline).await
+    }
+
+    pub async fn set_many(&mut self, handle: u32, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::SetMany, pairs.len().max(1))?;
+        self.store()?.set_many(&bucket, pairs, &self.limits, self.deadline).await
+    }
+
+    pub async fn delete_many(&mut self, handle: u32, keys: Vec<String>) -> Result<(), KvError> {
+        let bucket = self.bucket(handle)?;
+        self.spend_on(&bucket, Operation::DeleteMany, keys.len().max(1))?;
+        self.store()?.delete_many(&bucket, keys, &self.limits, self.deadline).await
+    }
+}

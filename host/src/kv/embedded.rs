@@ -1,0 +1,290 @@
+//! The embedded backend: fjall, a pure-Rust log-structured store, in a
+//! data directory that one server holds at a time.
+//!
+//! Why fjall (and not redb, the other pure-Rust candidate): durability
+//! that matches what a server needs, at the cost of a write(2).
+//! - fjall writes each batch to its journal and, with
+//!   [`PersistMode::Buffer`], hands it to the kernel before returning: a
+//!   write the plugin saw succeed survives `kill -9` of the server (the
+//!   kernel writes it out), without an fsync. With `[kv] sync = true`
+//!   ([`Durability::Sync`]) the journal is also `fdatasync`ed before the
+//!   write returns, so it survives a machine crash, at the disk's cost.
+//! - redb has two levels: `Durability::None` keeps the commit in the
+//!   process (lost on `kill -9`) and `Durability::Immediate` fsyncs every
+//!   commit. Surviving a process crash would cost an fsync per write.
+//!
+//! Layout of the directory: `wasmux.lock` (held locked while a server
+//! uses the directory, with its process id inside, so a second server is
+//! refused with a message naming `--data-dir`), and `kv/`, fjall's
+//! database with two keyspaces: `data` (each entry under its bucket's
+//! prefix, [`data_key`]) and `usage` (each tenant's [`Usage`]).
+//!
+//! Writes of one tenant are serialized by a lock (striped by tenant), so
+//! that a read-modify-write (`increment`, the usage a write changes) is
+//! atomic: the directory's lock means no other process writes. Reads take
+//! no lock.
+
+use std::fs::{File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::{BucketId, KvError, KvLimits, LIST_PAGE, Usage, add_to_counter, entry_size};
+
+/// How durable an acknowledged write is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Handed to the kernel before the write returns: survives the
+    /// server's crash or `kill -9`, not the machine's.
+    #[default]
+    Process,
+    /// Synced to the disk before the write returns (`[kv] sync = true`):
+    /// survives a machine crash too.
+    Sync,
+}
+
+/// Why the data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the data directory {} is in use by another wasmux server{}: give each server its own with --data-dir DIR (or WASMUX_DATA_DIR), or use a shared store (--kv redis://HOST:PORT)",
+        dir.display(),
+        holder.as_ref().map(|pid| format!(" (process {pid})")).unwrap_or_default()
+    )]
+    InUse { dir: PathBuf, holder: Option<String> },
+    #[error("cannot open the data directory {} (--data-dir): {source}", dir.display())]
+    Io { dir: PathBuf, source: std::io::Error },
+    #[error("cannot open the key-value store in {} (--data-dir): {message}", dir.display())]
+    Store { dir: PathBuf, message: String },
+}
+
+/// Locks striping the tenants' writes.
+const WRITE_LOCKS: usize = 16;
+
+pub(super) struct EmbeddedStore {
+    db: Database,
+    data: Keyspace,
+    usage: Keyspace,
+    mode: PersistMode,
+    durability: Durability,
+    writers: [Mutex<()>; WRITE_LOCKS],
+    /// Held (locked) for as long as the store is open.
+    _lock: File,
+}
+
+impl EmbeddedStore {
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, OpenError> {
+        let io = |source| OpenError::Io { dir: dir.to_owned(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = lock_directory(dir)?;
+        let store = |e: fjall::Error| OpenError::Store { dir: dir.to_owned(), message: e.to_string() };
+        let db = Database::builder(dir.join("kv")).open().map_err(store)?;
+        let data = db.keyspace("data", KeyspaceCreateOptions::default).map_err(store)?;
+        let usage = db.keyspace("usage", KeyspaceCreateOptions::default).map_err(store)?;
+        let mode = match durability {
+            Durability::Process => PersistMode::Buffer,
+            Durability::Sync => PersistMode::SyncData,
+        };
+        Ok(Self { db, data, usage, mode, durability, writers: Default::default(), _lock: lock })
+    }
+
+    pub fn get(&self, bucket: &BucketId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let value = self.data.get(data_key(bucket, key)).map_err(unavailable)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    pub fn exists(&self, bucket: &BucketId, key: &str) -> Result<bool, KvError> {
+        self.data.contains_key(data_key(bucket, key)).map_err(unavailable)
+    }
+
+    /// The cursor is the number of keys already listed: a page is found
+    /// by skipping that many of the bucket's keys (in byte order).
+    pub fn list_keys(&self, bucket: &BucketId, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let prefix = bucket_prefix(bucket);
+        let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in self.data.prefix(&prefix).skip(skip) {
+            if keys.len() == LIST_PAGE {
+                more = true;
+                break;
+            }
+            let key = entry.key().map_err(unavailable)?;
+            keys.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        let next = more.then(|| skip.saturating_add(keys.len()) as u64);
+        Ok((keys, next))
+    }
+
+    pub async fn set_many(this: &Arc<Self>, bucket: &BucketId, pairs: Vec<(String, Vec<u8>)>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
+        let (bucket, limits) = (bucket.clone(), *limits);
+        Self::write(this, deadline, move |store| {
+            // One batch per pair: a refused pair leaves those before it
+            // written, as the interface allows, and one journal write
+            // holds the value and the usage it changes.
+            pairs.into_iter().try_for_each(|(key, value)| store.put(&bucket, &key, Some(value), &limits))
+        })
+        .await
+    }
+
+    pub async fn delete_many(this: &Arc<Self>, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<(), KvError> {
+        let bucket = bucket.clone();
+        let unlimited = KvLimits { max_keys: u64::MAX, max_bytes: u64::MAX, ..KvLimits::default() };
+        Self::write(this, deadline, move |store| keys.iter().try_for_each(|key| store.put(&bucket, key, None, &unlimited))).await
+    }
+
+    pub async fn increment(this: &Arc<Self>, bucket: &BucketId, key: &str, delta: i64, limits: &KvLimits, deadline: Instant) -> Result<u64, KvError> {
+        let (bucket, key, limits) = (bucket.clone(), key.to_owned(), *limits);
+        Self::write(this, deadline, move |store| {
+            let _writer = store.writer(&bucket.tenant);
+            let old = store.data.get(data_key(&bucket, &key)).map_err(unavailable)?;
+            let (sum, bytes) = add_to_counter(old.as_deref(), delta)?;
+            store.put_locked(&bucket, &key, Some(bytes), &limits)?;
+            Ok(sum)
+        })
+        .await
+    }
+
+    pub fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
+        let value = self.usage.get(tenant.as_bytes()).map_err(unavailable)?;
+        Ok(value.as_deref().map(decode_usage).unwrap_or_default())
+    }
+
+    /// Runs the write `job`: in place when it only hands data to the
+    /// kernel (microseconds), on a blocking thread when it syncs to the
+    /// disk (milliseconds), and then no longer than until `deadline`.
+    async fn write<T: Send + 'static>(this: &Arc<Self>, deadline: Instant, job: impl FnOnce(&Self) -> Result<T, KvError> + Send + 'static) -> Result<T, KvError> {
+        match this.durability {
+            Durability::Process => job(this),
+            Durability::Sync => {
+                let store = Arc::clone(this);
+                let task = tokio::task::spawn_blocking(move || job(&store));
+                match tokio::time::timeout_at(deadline.into(), task).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(e)) => Err(KvError::Unavailable(format!("the write failed: {e}"))),
+                    // The write goes on and may be applied: its outcome is unknown.
+                    Err(_) => Err(KvError::Timeout),
+                }
+            }
+        }
+    }
+
+    /// The lock serializing `tenant`'s writes.
+    fn writer(&self, tenant: &str) -> MutexGuard<'_, ()> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        tenant.hash(&mut hasher);
+        let stripe = (hasher.finish() % WRITE_LOCKS as u64) as usize;
+        // The lock guards no data of its own: a panic under it leaves nothing half-done.
+        self.writers[stripe].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes `value` at `key` (or deletes it, for `None`) with the tenant's
+    /// new usage, in one journal write, or refuses it whole.
+    fn put(&self, bucket: &BucketId, key: &str, value: Option<Vec<u8>>, limits: &KvLimits) -> Result<(), KvError> {
+        let _writer = self.writer(&bucket.tenant);
+        self.put_locked(bucket, key, value, limits)
+    }
+
+    /// [`Self::put`], under the tenant's write lock.
+    fn put_locked(&self, bucket: &BucketId, key: &str, value: Option<Vec<u8>>, limits: &KvLimits) -> Result<(), KvError> {
+        let stored = data_key(bucket, key);
+        let old = self.data.get(&stored).map_err(unavailable)?.map(|v| entry_size(key, v.len()));
+        if old.is_none() && value.is_none() {
+            return Ok(());
+        }
+        let new = value.as_ref().map(|v| entry_size(key, v.len()));
+        let usage = self.usage(&bucket.tenant)?.after(old, new, limits)?;
+        let mut batch = self.db.batch().durability(Some(self.mode));
+        match value {
+            Some(value) => batch.insert(&self.data, stored, value),
+            None => batch.remove(&self.data, stored),
+        }
+        batch.insert(&self.usage, bucket.tenant.as_bytes(), encode_usage(usage));
+        batch.commit().map_err(unavailable)
+    }
+}
+
+/// Takes `dir/wasmux.lock`, or says which process holds it.
+fn lock_directory(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join("wasmux.lock");
+    let io = |source| OpenError::Io { dir: dir.to_owned(), source };
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(OpenError::InUse { dir: dir.to_owned(), holder: (!holder.is_empty()).then(|| holder.to_owned()) });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
+    }
+    // Who holds it, for the message a second server gets.
+    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id())).map_err(io)?;
+    Ok(file)
+}
+
+/// A bucket's entries are stored under its prefix: the tenant's, the
+/// plugin's and the bucket's names, each after its length (4 bytes, big
+/// endian). No name can pass for another, whatever bytes it holds, and a
+/// bucket's keys are one range.
+fn bucket_prefix(bucket: &BucketId) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(12 + bucket.tenant.len() + bucket.plugin.len() + bucket.bucket.len());
+    for part in [&*bucket.tenant, &*bucket.plugin, &*bucket.bucket] {
+        prefix.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        prefix.extend_from_slice(part.as_bytes());
+    }
+    prefix
+}
+
+/// Where `key` of `bucket` is stored.
+fn data_key(bucket: &BucketId, key: &str) -> Vec<u8> {
+    let mut stored = bucket_prefix(bucket);
+    stored.extend_from_slice(key.as_bytes());
+    stored
+}
+
+fn encode_usage(usage: Usage) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&usage.keys.to_le_bytes());
+    bytes[8..].copy_from_slice(&usage.bytes.to_le_bytes());
+    bytes
+}
+
+fn decode_usage(bytes: &[u8]) -> Usage {
+    let number = |range: std::ops::Range<usize>| bytes.get(range).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+    Usage { keys: number(0..8), bytes: number(8..16) }
+}
+
+fn unavailable(e: fjall::Error) -> KvError {
+    KvError::Unavailable(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_of_different_buckets_never_overlap() {
+        // A separator could be forged ("a:b" + "c" against "a" + "b:c");
+        // lengths cannot.
+        let a = BucketId::new("t", "a:b", "c");
+        let b = BucketId::new("t", "a", "b:c");
+        assert!(!data_key(&a, "k").starts_with(&bucket_prefix(&b)));
+        assert!(!data_key(&b, "k").starts_with(&bucket_prefix(&a)));
+        let default = BucketId::new("t", "p", "default");
+        let longer = BucketId::new("t", "p", "defaultx");
+        assert!(!data_key(&longer, "").starts_with(&bucket_prefix(&default)));
+    }
+
+    #[test]
+    fn usage_round_trips() {
+        let usage = Usage { keys: 3, bytes: u64::MAX - 1 };
+        assert_eq!(decode_usage(&encode_usage(usage)), usage);
+        assert_eq!(decode_usage(b"short"), Usage::default());
+    }
+}

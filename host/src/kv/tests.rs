@@ -1,0 +1,651 @@
+//! The store against real backends: a map, fjall in a temporary
+//! directory, and a `redis-server` started for the test on a free
+//! loopback port (installed by `examples/cluster/install-deps.sh` when
+//! missing; a test that needs it fails without it).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A generous deadline for operations that should succeed.
+const SOON: Duration = Duration::from_secs(5);
+
+fn soon() -> Instant {
+    Instant::now() + SOON
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// A `redis-server` with no persistence, its working directory temporary,
+/// on a free loopback port; killed when dropped.
+pub(super) struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        ensure_redis_installed();
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("temporary directory");
+            match spawn_redis(port, dir.path()) {
+                Ok(child) => return Self { child: Some(child), port, dir },
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start redis-server: {last}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: there is no persistence).
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + SOON;
+        loop {
+            match spawn_redis(self.port, self.dir.path()) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                // The port may linger a moment after the kill.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("could not restart redis-server on port {}: {e}", self.port),
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_redis(port: u16, dir: &Path) -> Result<Child, String> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run redis-server: {e}"))?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + SOON;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut log = String::new();
+            if let Some(out) = child.stdout.take() {
+                let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut log);
+            }
+            return Err(format!("redis-server exited ({status}): {}", log.lines().last().unwrap_or_default()));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            // Its log is not read from here on: drain it so it never blocks.
+            if let Some(out) = child.stdout.take() {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut BufReader::new(out), &mut std::io::sink());
+                });
+            }
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("redis-server did not listen on {addr} within {SOON:?}"))
+}
+
+/// Installs Debian's `redis-server` with the project's script when it is
+/// missing; fails the test if it cannot.
+fn ensure_redis_installed() {
+    let found = Command::new("sh").args(["-c", "command -v redis-server"]).stdout(Stdio::null()).status();
+    if found.is_ok_and(|s| s.success()) {
+        return;
+    }
+    let status = Command::new("bash")
+        .arg(root().join("examples/cluster/install-deps.sh"))
+        .arg("redis-server")
+        .status()
+        .expect("run examples/cluster/install-deps.sh");
+    assert!(status.success(), "redis-server is missing and could not be installed: apt-get install redis-server as root");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// One store of each kind, with what keeps it alive.
+struct Backends {
+    stores: Vec<(&'static str, Store)>,
+    _dir: tempfile::TempDir,
+    _redis: RedisServer,
+}
+
+fn backends(durability: Durability) -> Backends {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let redis = RedisServer::start();
+    let stores = vec![
+        ("memory", Store::in_memory()),
+        ("embedded", Store::embedded(dir.path(), durability).expect("open the embedded store")),
+        ("redis", Store::redis(&redis.url()).expect("a Redis URL")),
+    ];
+    Backends { stores, _dir: dir, _redis: redis }
+}
+
+fn bucket(tenant: &str, plugin: &str) -> BucketId {
+    BucketId::new(tenant, plugin, DEFAULT_BUCKET)
+}
+
+#[test]
+fn counters_are_read_as_redis_reads_them() {
+    assert_eq!(parse_counter(b"0"), Some(0));
+    assert_eq!(parse_counter(b"42"), Some(42));
+    assert_eq!(parse_counter(b"-7"), Some(-7));
+    assert_eq!(parse_counter(b"9223372036854775807"), Some(i64::MAX));
+    for not_a_counter in [&b""[..], b"+1", b"01", b" 1", b"1 ", b"-0", b"1.0", b"9223372036854775808", b"abc", b"\xff"] {
+        assert_eq!(parse_counter(not_a_counter), None, "{:?}", String::from_utf8_lossy(not_a_counter));
+    }
+    assert_eq!(add_to_counter(None, 5).unwrap(), (5, b"5".to_vec()));
+    assert_eq!(add_to_counter(Some(b"-3"), 5).unwrap(), (2, b"2".to_vec()));
+    assert!(matches!(add_to_counter(Some(b"-3"), 1), Err(KvError::NotACounter(_))));
+    assert!(matches!(add_to_counter(Some(b"9223372036854775807"), 1), Err(KvError::NotACounter(_))));
+    assert!(matches!(add_to_counter(Some(b"x"), 1), Err(KvError::NotACounter(_))));
+}
+
+#[test]
+fn plugin_variants_share_their_base_name() {
+    assert_eq!(plugin_base("search@fuzzy"), "search");
+    assert_eq!(plugin_base("search"), "search");
+    assert_eq!(BucketId::new("t", "search@fuzzy", "default"), BucketId::new("t", "search", "default"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backend_gets_sets_deletes_and_lists() {
+    let backends = backends(Durability::Process);
+    let limits = KvLimits::default();
+    for (name, store) in &backends.stores {
+        let b = bucket("alpha", "notes");
+        assert_eq!(store.get(&b, "k", &limits, soon()).await.unwrap(), None, "{name}");
+        assert!(!store.exists(&b, "k", &limits, soon()).await.unwrap(), "{name}");
+        store.set(&b, "k", b"v1".to_vec(), &limits, soon()).await.unwrap();
+        assert_eq!(store.get(&b, "k", &limits, soon()).await.unwrap().as_deref(), Some(&b"v1"[..]), "{name}");
+        assert!(store.exists(&b, "k", &limits, soon()).await.unwrap(), "{name}");
+        store.set(&b, "k", b"".to_vec(), &limits, soon()).await.unwrap();
+        assert_eq!(store.get(&b, "k", &limits, soon()).await.unwrap().as_deref(), Some(&b""[..]), "{name}: an empty value exists");
+        assert!(store.exists(&b, "k", &limits, soon()).await.unwrap(), "{name}");
+        store.delete(&b, "k", &limits, soon()).await.unwrap();
+        store.delete(&b, "k", &limits, soon()).await.unwrap();
+        assert_eq!(store.get(&b, "k", &limits, soon()).await.unwrap(), None, "{name}");
+
+        let pairs: Vec<(String, Vec<u8>)> = (0..600).map(|i| (format!("key-{i:04}"), format!("value {i}").into_bytes())).collect();
+        store.set_many(&b, pairs.clone(), &limits, soon()).await.unwrap();
+        let asked = vec!["key-0001".to_owned(), "missing".to_owned(), "key-0599".to_owned()];
+        let got = store.get_many(&b, asked, &limits, soon()).await.unwrap();
+        assert_eq!(got, vec![Some(("key-0001".to_owned(), b"value 1".to_vec())), None, Some(("key-0599".to_owned(), b"value 599".to_vec()))], "{name}");
+
+        // Every key, page by page, each page bounded.
+        let mut listed = BTreeSet::new();
+        let mut cursor = None;
+        for page in 0.. {
+            assert!(page < 100, "{name}: list-keys does not end");
+            let (keys, next) = store.list_keys(&b, cursor, soon()).await.unwrap();
+            assert!(keys.len() <= 2 * LIST_PAGE, "{name}: a page of {}", keys.len());
+            listed.extend(keys);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let all: BTreeSet<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(listed, all, "{name}");
+
+        store.delete_many(&b, (0..300).map(|i| format!("key-{i:04}")).collect(), &limits, soon()).await.unwrap();
+        assert_eq!(store.get(&b, "key-0001", &limits, soon()).await.unwrap(), None, "{name}");
+        assert!(store.exists(&b, "key-0300", &limits, soon()).await.unwrap(), "{name}");
+        let usage = store.usage("alpha", soon()).await.unwrap();
+        let expected: u64 = pairs[300..].iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        assert_eq!(usage, Usage { keys: 300, bytes: expected }, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_the_same_bytes_in_every_backend() {
+    let backends = backends(Durability::Process);
+    let limits = KvLimits::default();
+    let mut seen = Vec::new();
+    for (name, store) in &backends.stores {
+        let b = bucket("alpha", "counter");
+        assert_eq!(store.increment(&b, "hits", 5, &limits, soon()).await.unwrap(), 5, "{name}");
+        assert_eq!(store.increment(&b, "hits", 0, &limits, soon()).await.unwrap(), 5, "{name}");
+        assert_eq!(store.increment(&b, "hits", 37, &limits, soon()).await.unwrap(), 42, "{name}");
+        let hits = store.get(&b, "hits", &limits, soon()).await.unwrap();
+        assert_eq!(hits.as_deref(), Some(&b"42"[..]), "{name}");
+
+        // A number set by the plugin counts on.
+        store.set(&b, "set", b"-3".to_vec(), &limits, soon()).await.unwrap();
+        assert_eq!(store.increment(&b, "set", 10, &limits, soon()).await.unwrap(), 7, "{name}");
+        store.set(&b, "big", b"9223372036854775800".to_vec(), &limits, soon()).await.unwrap();
+        assert_eq!(store.increment(&b, "big", 7, &limits, soon()).await.unwrap(), i64::MAX as u64, "{name}");
+
+        // Refused, and the value stays.
+        for (key, value, delta) in [
+            ("text", &b"abc"[..], 1),
+            ("padded", b"01", 1),
+            ("negative", b"-10", 3),
+            ("full", b"9223372036854775807", 1),
+            ("huge-delta", b"1", u64::MAX),
+        ] {
+            store.set(&b, key, value.to_vec(), &limits, soon()).await.unwrap();
+            let refused = store.increment(&b, key, delta, &limits, soon()).await;
+            assert!(matches!(refused, Err(KvError::NotACounter(_))), "{name}: increment of {key}: {refused:?}");
+            assert_eq!(store.get(&b, key, &limits, soon()).await.unwrap().as_deref(), Some(value), "{name}: {key} changed");
+        }
+        let usage = store.usage("alpha", soon()).await.unwrap();
+        let mut values = Vec::new();
+        for key in ["hits", "set", "big", "text", "padded", "negative", "full", "huge-delta"] {
+            values.push(store.get(&b, key, &limits, soon()).await.unwrap());
+        }
+        seen.push((name, values, usage));
+    }
+    for pair in seen.windows(2) {
+        assert_eq!((&pair[0].1, pair[0].2), (&pair[1].1, pair[1].2), "{} and {} differ", pair[0].0, pair[1].0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_apart_and_plugin_variants_share() {
+    let backends = backends(Durability::Process);
+    let limits = KvLimits::default();
+    for (name, store) in &backends.stores {
+        store.set(&bucket("alpha", "search"), "k", b"alpha's".to_vec(), &limits, soon()).await.unwrap();
+        store.set(&bucket("beta", "search"), "k", b"beta's".to_vec(), &limits, soon()).await.unwrap();
+        let read = |tenant: &'static str, plugin: &'static str| {
+            let store = store.clone();
+            async move { store.get(&bucket(tenant, plugin), "k", &KvLimits::default(), soon()).await.unwrap() }
+        };
+        assert_eq!(read("alpha", "search").await.as_deref(), Some(&b"alpha's"[..]), "{name}");
+        assert_eq!(read("beta", "search").await.as_deref(), Some(&b"beta's"[..]), "{name}");
+        assert_eq!(read("alpha", "search@fuzzy").await.as_deref(), Some(&b"alpha's"[..]), "{name}: a variant shares");
+        assert_eq!(read("alpha", "other").await, None, "{name}: another plugin does not");
+        assert_eq!(read("gamma", "search").await, None, "{name}");
+        let other_bucket = BucketId::new("alpha", "search", "cache");
+        assert_eq!(store.get(&other_bucket, "k", &limits, soon()).await.unwrap(), None, "{name}: another bucket does not");
+        assert_eq!(store.usage("alpha", soon()).await.unwrap().keys, 1, "{name}");
+        assert_eq!(store.usage("beta", soon()).await.unwrap().keys, 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_refused_and_change_nothing() {
+    let backends = backends(Durability::Process);
+    let limits = KvLimits { max_key: 8, max_value: 16, max_keys: 3, max_bytes: 36, operations_per_request: 100 };
+    for (name, store) in &backends.stores {
+        let b = bucket("alpha", "p");
+        let over_key = store.set(&b, "123456789", b"v".to_vec(), &limits, soon()).await;
+        assert!(matches!(&over_key, Err(KvError::Limit(m)) if m.contains("max-key-size")), "{name}: {over_key:?}");
+        let over_value = store.set(&b, "k", vec![b'x'; 17], &limits, soon()).await;
+        assert!(matches!(&over_value, Err(KvError::Limit(m)) if m.contains("max-value-size")), "{name}: {over_value:?}");
+        assert!(matches!(store.get(&b, "123456789", &limits, soon()).await, Err(KvError::Limit(_))), "{name}");
+
+        for key in ["a", "b", "c"] {
+            store.set(&b, key, b"0123456789".to_vec(), &limits, soon()).await.unwrap();
+        }
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage { keys: 3, bytes: 33 }, "{name}");
+        let fourth = store.set(&b, "d", b"1".to_vec(), &limits, soon()).await;
+        assert!(matches!(&fourth, Err(KvError::Limit(m)) if m.contains("max-keys")), "{name}: {fourth:?}");
+        let fourth = store.increment(&b, "d", 1, &limits, soon()).await;
+        assert!(matches!(&fourth, Err(KvError::Limit(m)) if m.contains("max-keys")), "{name}: {fourth:?}");
+        assert_eq!(store.get(&b, "d", &limits, soon()).await.unwrap(), None, "{name}");
+        // Another plugin of the tenant counts against the same limits.
+        let other = store.set(&bucket("alpha", "q"), "d", b"1".to_vec(), &limits, soon()).await;
+        assert!(matches!(other, Err(KvError::Limit(_))), "{name}");
+        // Another tenant does not.
+        store.set(&bucket("beta", "p"), "d", b"1".to_vec(), &limits, soon()).await.unwrap();
+
+        let grow = store.set(&b, "a", b"0123456789ABCDEF".to_vec(), &limits, soon()).await;
+        assert!(matches!(&grow, Err(KvError::Limit(m)) if m.contains("max-bytes")), "{name}: {grow:?}");
+        assert_eq!(store.get(&b, "a", &limits, soon()).await.unwrap().as_deref(), Some(&b"0123456789"[..]), "{name}");
+        // A batch stops at the refused pair: the ones before it are set.
+        let sixteen = b"0123456789ABCDEF".to_vec();
+        let batch = vec![("a".to_owned(), b"1".to_vec()), ("b".to_owned(), sixteen.clone()), ("a".to_owned(), sixteen.clone()), ("c".to_owned(), b"2".to_vec())];
+        let refused = store.set_many(&b, batch, &limits, soon()).await;
+        assert!(matches!(refused, Err(KvError::Limit(_))), "{name}: {refused:?}");
+        assert_eq!(store.get(&b, "a", &limits, soon()).await.unwrap().as_deref(), Some(&b"1"[..]), "{name}");
+        assert_eq!(store.get(&b, "b", &limits, soon()).await.unwrap(), Some(sixteen.clone()), "{name}");
+        assert_eq!(store.get(&b, "c", &limits, soon()).await.unwrap().as_deref(), Some(&b"0123456789"[..]), "{name}");
+
+        // Under lowered limits, shrinking is still allowed.
+        let lowered = KvLimits { max_keys: 1, max_bytes: 5, ..limits };
+        store.set(&b, "b", b"x".to_vec(), &lowered, soon()).await.unwrap();
+        store.delete(&b, "c", &lowered, soon()).await.unwrap();
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage { keys: 2, bytes: 4 }, "{name}");
+    }
+}
+
+/// Many tasks increment one counter at once: no increment is lost.
+async fn concurrent_increments(stores: &[Store], tasks: usize, each: u64) {
+    let b = bucket("alpha", "counter");
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let store = stores[task % stores.len()].clone();
+        let b = b.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..each {
+                store.increment(&b, "hits", 1, &KvLimits::default(), soon()).await.expect("increment");
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("a task");
+    }
+    let total = (tasks as u64 * each).to_string();
+    for store in stores {
+        assert_eq!(store.get(&b, "hits", &KvLimits::default(), soon()).await.unwrap().as_deref(), Some(total.as_bytes()), "{store:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_increments_give_the_exact_total() {
+    let backends = backends(Durability::Process);
+    for (_, store) in &backends.stores {
+        concurrent_increments(std::slice::from_ref(store), 32, 100).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn synced_increments_give_the_exact_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::embedded(dir.path(), Durability::Sync).unwrap();
+    concurrent_increments(&[store], 8, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_clients_of_one_redis_share_state_and_count_atomically() {
+    let redis = RedisServer::start();
+    let one = Store::redis(&redis.url()).unwrap();
+    let two = Store::redis(&redis.url()).unwrap();
+    let limits = KvLimits::default();
+    let b = bucket("alpha", "shared");
+    one.set(&b, "greeting", b"hello".to_vec(), &limits, soon()).await.unwrap();
+    assert_eq!(two.get(&b, "greeting", &limits, soon()).await.unwrap().as_deref(), Some(&b"hello"[..]));
+    concurrent_increments(&[one.clone(), two.clone()], 32, 100).await;
+    // Both account the tenant's usage in the same place.
+    assert_eq!(one.usage("alpha", soon()).await.unwrap(), two.usage("alpha", soon()).await.unwrap());
+    assert_eq!(one.usage("alpha", soon()).await.unwrap(), Usage { keys: 2, bytes: "greeting".len() as u64 + 5 + "hits".len() as u64 + 4 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_gives_errors_then_recovers() {
+    let mut redis = RedisServer::start();
+    let store = Store::redis(&redis.url()).unwrap();
+    let limits = KvLimits::default();
+    let b = bucket("alpha", "p");
+    store.set(&b, "k", b"before".to_vec(), &limits, soon()).await.unwrap();
+
+    redis.stop();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let failed = store.get(&b, "k", &limits, deadline).await;
+        assert!(matches!(failed, Err(KvError::Unavailable(_) | KvError::Timeout)), "{failed:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "a call took {:?} past its deadline", started.elapsed());
+        let failed = store.increment(&b, "n", 1, &limits, deadline).await;
+        assert!(matches!(failed, Err(KvError::Unavailable(_) | KvError::Timeout)), "{failed:?}");
+    }
+
+    redis.restart();
+    // Within a few calls the connection is remade (Redis came back empty).
+    let until = Instant::now() + SOON;
+    loop {
+        match store.set(&b, "k", b"after".to_vec(), &limits, Instant::now() + Duration::from_millis(500)).await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < until, "the store did not recover within {SOON:?}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(store.get(&b, "k", &limits, soon()).await.unwrap().as_deref(), Some(&b"after"[..]));
+    assert_eq!(store.increment(&b, "n", 2, &limits, soon()).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_does_not_answer_is_bounded_by_the_deadline() {
+    // Accepts connections (the kernel does, into the backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let store = Store::redis(&url).unwrap();
+    let started = Instant::now();
+    let answer = store.get(&bucket("alpha", "p"), "k", &KvLimits::default(), started + Duration::from_millis(200)).await;
+    let took = started.elapsed();
+    assert_eq!(answer, Err(KvError::Timeout));
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "took {took:?}");
+    // A deadline already past is refused before anything is sent.
+    let past = store.get(&bucket("alpha", "p"), "k", &KvLimits::default(), Instant::now()).await;
+    assert_eq!(past, Err(KvError::Timeout));
+}
+
+#[tokio::test]
+async fn state_outlives_the_store_that_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = KvLimits::default();
+    for durability in [Durability::Process, Durability::Sync] {
+        let b = BucketId::new("alpha", "p", "default");
+        {
+            let store = Store::embedded(dir.path(), durability).unwrap();
+            store.set(&b, "k", b"kept".to_vec(), &limits, soon()).await.unwrap();
+            store.increment(&b, "n", 1, &limits, soon()).await.unwrap();
+        }
+        let store = Store::embedded(dir.path(), durability).unwrap();
+        assert_eq!(store.get(&b, "k", &limits, soon()).await.unwrap().as_deref(), Some(&b"kept"[..]));
+        let n = store.get(&b, "n", &limits, soon()).await.unwrap();
+        assert!(n.is_some(), "{durability:?}");
+    }
+    let store = Store::embedded(dir.path(), Durability::Process).unwrap();
+    assert_eq!(store.get(&BucketId::new("alpha", "p", "default"), "n", &limits, soon()).await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(store.usage("alpha", soon()).await.unwrap().keys, 2);
+}
+
+#[test]
+fn a_second_server_on_the_directory_is_refused_naming_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::embedded(dir.path(), Durability::Process).unwrap();
+    let second = Store::embedded(dir.path(), Durability::Process).unwrap_err();
+    let message = second.to_string();
+    assert!(matches!(second, OpenError::InUse { .. }), "{message}");
+    assert!(message.contains("--data-dir") && message.contains(&dir.path().display().to_string()), "{message}");
+    assert!(message.contains(&format!("process {}", std::process::id())), "{message}");
+    drop(first);
+    Store::embedded(dir.path(), Durability::Process).expect("free again once the first is closed");
+}
+
+#[test]
+fn an_unusable_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let error = Store::embedded(&file, Durability::Process).unwrap_err();
+    assert!(error.to_string().contains("--data-dir"), "{error}");
+    assert!(Store::redis("http://127.0.0.1:1").is_err());
+    assert!(Store::redis("redis://[not an address").is_err());
+}
+
+/// The child of [`kill_9_keeps_acknowledged_writes`]: counts and writes in
+/// the directory `WASMUX_KV_CHILD_DIR`, printing each write once it was
+/// acknowledged, until it is killed.
+#[tokio::test]
+#[ignore = "run by kill_9_keeps_acknowledged_writes in a child process"]
+async fn kill_9_child() {
+    let Some(dir) = std::env::var_os("WASMUX_KV_CHILD_DIR") else { return };
+    let store = Store::embedded(Path::new(&dir), Durability::Process).expect("open the store");
+    let b = bucket("alpha", "p");
+    let limits = KvLimits::default();
+    for i in 0u64.. {
+        let n = store.increment(&b, "n", 1, &limits, soon()).await.expect("increment");
+        store.set(&b, &format!("key-{i}"), i.to_string().into_bytes(), &limits, soon()).await.expect("set");
+        println!("acknowledged {n} {i}");
+    }
+}
+
+#[test]
+fn kill_9_keeps_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kv::tests::kill_9_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("WASMUX_KV_CHILD_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut last = None;
+    let started = Instant::now();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.strip_prefix("acknowledged ") {
+            let mut numbers = rest.split(' ').map(|n| n.parse::<u64>().unwrap());
+            last = Some((numbers.next().unwrap(), numbers.next().unwrap()));
+            if last.is_some_and(|(n, _)| n >= 500) || started.elapsed() > SOON {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // What it printed before it died was acknowledged too.
+    for line in lines.map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("acknowledged ") {
+            let mut numbers = rest.split(' ').map(|n| n.parse::<u64>().unwrap());
+            last = Some((numbers.next().unwrap(), numbers.next().unwrap()));
+        }
+    }
+    let (n, i) = last.expect("the child acknowledged writes");
+    assert!(n > 0);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::embedded(dir.path(), Durability::Process).expect("reopen after kill -9");
+        let b = bucket("alpha", "p");
+        let limits = KvLimits::default();
+        let counted = store.get(&b, "n", &limits, soon()).await.unwrap().and_then(|v| parse_counter(&v)).expect("the counter");
+        // Acknowledged increments are there; one more may have been
+        // applied and not yet printed.
+        assert!(counted as u64 == n || counted as u64 == n + 1, "acknowledged {n}, found {counted}");
+        for key in 0..=i {
+            let value = store.get(&b, &format!("key-{key}"), &limits, soon()).await.unwrap();
+            assert_eq!(value, Some(key.to_string().into_bytes()), "key-{key} of {i} acknowledged");
+        }
+        let usage = store.usage("alpha", soon()).await.unwrap();
+        assert!(usage.keys == i + 2 || usage.keys == i + 3, "usage {usage:?} after {i} sets");
+    });
+}
+
+#[tokio::test]
+async fn a_call_counts_operations_and_opens_granted_buckets_only() {
+    let counters = Arc::new(KvCounters::default());
+    let store = Store::in_memory().with_metrics(counters.clone());
+    let limits = KvLimits { operations_per_request: 5, ..KvLimits::default() };
+    let grants: BucketGrants = Arc::new(["cache".to_owned()].into_iter().collect());
+    let mut call = KvCall::new(store.clone(), "alpha", "search@fuzzy", grants, limits);
+    call.begin(soon(), limits);
+
+    let default = call.open("default").unwrap();
+    let cache = call.open("cache").unwrap();
+    assert_ne!(default, cache);
+    assert_eq!(call.open("secret"), Err(KvError::NoSuchStore));
+    assert_eq!(call.increment(default, "n", 2).await.unwrap(), 2);
+    call.set(cache, "k", b"v".to_vec()).await.unwrap();
+    // That was five: the sixth is refused, naming the limit.
+    let refused = call.get(default, "n").await;
+    assert!(matches!(&refused, Err(KvError::Limit(m)) if m.contains("operations-per-request")), "{refused:?}");
+
+    // The next request on the instance starts again; its buckets stay open.
+    call.begin(soon(), limits);
+    assert_eq!(call.get(default, "n").await.unwrap().as_deref(), Some(&b"2"[..]));
+    let batch = call.get_many(default, (0..5).map(|i| i.to_string()).collect()).await;
+    assert!(matches!(batch, Err(KvError::Limit(_))), "a batch counts each key: {batch:?}");
+    // The state is the base name's.
+    assert_eq!(store.get(&BucketId::new("alpha", "search", "default"), "n", &limits, soon()).await.unwrap().as_deref(), Some(&b"2"[..]));
+
+    // Handles are bounded and reused once dropped.
+    call.begin(soon(), KvLimits { operations_per_request: 1000, ..limits });
+    let mut handles = vec![default, cache];
+    while handles.len() < MAX_OPEN_BUCKETS {
+        handles.push(call.open("default").unwrap());
+    }
+    assert!(matches!(call.open("default"), Err(KvError::Limit(_))));
+    call.close(cache);
+    assert_eq!(call.open("default").unwrap(), cache);
+    call.close(cache);
+    assert!(call.get(cache, "k").await.is_err(), "a closed handle");
+
+    let mut storeless = KvCall::without_store("alpha", "search");
+    storeless.begin(soon(), limits);
+    assert_eq!(storeless.open("default"), Err(KvError::NoSuchStore));
+
+    assert_eq!(counters.get("alpha", "search", Operation::Open, Outcome::Ok).count, 2 + MAX_OPEN_BUCKETS as u64 - 2 + 1);
+    assert_eq!(counters.get("alpha", "search", Operation::Open, Outcome::Denied).count, 1);
+    assert_eq!(counters.get("alpha", "search", Operation::Increment, Outcome::Ok), Totals { count: 1, read: 0, written: 1 });
+    assert_eq!(counters.get("alpha", "search", Operation::Set, Outcome::Ok), Totals { count: 1, read: 0, written: 1 });
+    // The plugin's get, and the test's own through the store.
+    assert_eq!(counters.get("alpha", "search", Operation::Get, Outcome::Ok), Totals { count: 2, read: 2, written: 0 });
+    assert_eq!(counters.get("alpha", "search", Operation::Get, Outcome::Limit).count, 1);
+    assert_eq!(counters.get("alpha", "search", Operation::GetMany, Outcome::Limit).count, 1);
+}
+
+#[test]
+fn the_data_directory_defaults_to_xdg_data_home() {
+    let dir = |xdg: Option<&str>, home: Option<&str>| default_data_dir(xdg.map(Into::into), home.map(Into::into));
+    assert_eq!(dir(Some("/data"), Some("/home/a")), Some(PathBuf::from("/data/wasmux")));
+    assert_eq!(dir(None, Some("/home/a")), Some(PathBuf::from("/home/a/.local/share/wasmux")));
+    assert_eq!(dir(Some(""), Some("/home/a")), Some(PathBuf::from("/home/a/.local/share/wasmux")));
+    assert_eq!(dir(Some("relative"), Some("/home/a")), Some(PathBuf::from("/home/a/.local/share/wasmux")));
+    assert_eq!(dir(None, None), None);
+}
+
+#[tokio::test]
+async fn a_store_on_demand_opens_its_directory_when_first_needed() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let config = StoreConfig::Embedded { dir: dir.clone(), durability: Durability::Process };
+    let counters = Arc::new(KvCounters::default());
+    let first = OnDemand::new(config.clone(), counters.clone());
+    let second = OnDemand::new(config, Arc::new(NoKvMetrics));
+    assert!(!dir.exists() && !first.is_open(), "nothing is opened before it is needed");
+
+    let store = first.get().unwrap();
+    store.set(&bucket("alpha", "p"), "k", b"v".to_vec(), &KvLimits::default(), soon()).await.unwrap();
+    assert_eq!(counters.get("alpha", "p", Operation::Set, Outcome::Ok).count, 1, "reports to its metrics");
+    let refused = second.get().unwrap_err().to_string();
+    assert!(refused.contains("--data-dir"), "{refused}");
+    assert!(!second.is_open());
+    drop((store, first));
+    assert!(second.get().is_ok(), "tried again, and free now");
+}
