@@ -77,6 +77,9 @@ pub struct Transcript {
     /// Ports that must be listening before the block's commands run (or,
     /// for a background block, before the session goes on).
     pub waits: Vec<u16>,
+    /// Text that must appear in the output of what this block started (its
+    /// servers, or itself if background) before the session goes on.
+    pub wait_output: Vec<String>,
     /// Hidden commands run first in the block's shell; they must succeed.
     pub setup: Vec<String>,
 }
@@ -236,6 +239,7 @@ fn plan_fences(file: &Path, fences: &[Fence], plan: &mut Plan) {
             background: block.background,
             servers: block.servers,
             waits: block.waits,
+            wait_output: block.wait_output,
             setup: block.setup,
         };
         let index = match &block.session {
@@ -291,6 +295,7 @@ struct Block {
     background: bool,
     servers: Vec<String>,
     waits: Vec<u16>,
+    wait_output: Vec<String>,
     setup: Vec<String>,
     shorten: Vec<(String, String)>,
 }
@@ -327,6 +332,7 @@ fn read_block(fence: &Fence) -> Result<Block, String> {
                 let text = needs("PORT")?;
                 block.waits.push(text.parse().map_err(|_| format!("wait=\"{text}\": give a port number"))?);
             }
+            "wait-output" => block.wait_output.push(needs("TEXT")?.to_owned()),
             "setup" => block.setup.push(needs("COMMAND")?.to_owned()),
             "shorten" => {
                 let text = needs("FROM => TO")?;
@@ -336,7 +342,7 @@ fn read_block(fence: &Fence) -> Result<Block, String> {
             "file" => return Err("file=\"PATH\" is for code listings, not for ```console transcripts".into()),
             _ => {
                 return Err(format!(
-                    "unknown attribute `{key}`{} (known: skip, session, cwd, network, timeout, background, server, wait, setup, shorten; file for listings)",
+                    "unknown attribute `{key}`{} (known: skip, session, cwd, network, timeout, background, server, wait, wait-output, setup, shorten; file for listings)",
                     if value.is_none() { "" } else { "=…" }
                 ));
             }

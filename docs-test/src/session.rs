@@ -76,6 +76,14 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
             for &port in &transcript.waits {
                 wait_for_listener(port, deadline, &watched)?;
             }
+            // What this block started: its servers, and itself if background.
+            let own: Vec<&Process> = servers[servers.len() - transcript.servers.len()..]
+                .iter()
+                .chain(background.last().filter(|_| transcript.background).map(|(_, p)| p))
+                .collect();
+            for text in &transcript.wait_output {
+                wait_for_output(text, deadline, &own)?;
+            }
             if transcript.background {
                 return Ok(());
             }
@@ -247,6 +255,27 @@ fn wait_for_listener(port: u16, deadline: Instant, watched: &[&Process]) -> Resu
     }
 }
 
+/// Waits until `text` appears in the output of one of `processes`.
+fn wait_for_output(text: &str, deadline: Instant, processes: &[&Process]) -> Result<(), String> {
+    loop {
+        if processes.iter().any(|p| p.output().contains(text)) {
+            return Ok(());
+        }
+        if let Some(exited) = processes.iter().find(|p| p.has_exited()) {
+            return Err(format!(
+                "`{}` exited before printing `{text}`; its output:\n{}",
+                first_line(&exited.command),
+                indent(&exited.output())
+            ));
+        }
+        if Instant::now() >= deadline {
+            let outputs: String = processes.iter().map(|p| indent(&p.output())).collect();
+            return Err(format!("`{text}` was not printed before the session's time ran out; the output:\n{outputs}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether a TCP socket listens on `port`, from /proc/net/tcp and tcp6.
 fn is_listening(port: u16) -> bool {
     let wanted = format!(":{port:04X}");
@@ -407,6 +436,7 @@ mod tests {
             background: false,
             servers: Vec::new(),
             waits: Vec::new(),
+            wait_output: Vec::new(),
             setup: Vec::new(),
         }
     }
