@@ -78,7 +78,9 @@ pub struct Transcript {
     /// for a background block, before the session goes on).
     pub waits: Vec<u16>,
     /// Text that must appear in the output of what this block started (its
-    /// servers, or itself if background) before the session goes on.
+    /// servers, or itself if background) before the session goes on; for a
+    /// block that starts nothing, in the output of the session's servers
+    /// and background blocks, before its commands run.
     pub wait_output: Vec<String>,
     /// Hidden commands run first in the block's shell; they must succeed.
     pub setup: Vec<String>,

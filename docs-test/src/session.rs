@@ -76,13 +76,15 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
             for &port in &transcript.waits {
                 wait_for_listener(port, deadline, &watched)?;
             }
-            // What this block started: its servers, and itself if background.
+            // What this block started (its servers, and itself if
+            // background), or else everything the session runs.
             let own: Vec<&Process> = servers[servers.len() - transcript.servers.len()..]
                 .iter()
                 .chain(background.last().filter(|_| transcript.background).map(|(_, p)| p))
                 .collect();
+            let looked_at = if own.is_empty() { &watched } else { &own };
             for text in &transcript.wait_output {
-                wait_for_output(text, deadline, &own)?;
+                wait_for_output(text, deadline, looked_at)?;
             }
             if transcript.background {
                 return Ok(());
@@ -258,7 +260,7 @@ fn wait_for_listener(port: u16, deadline: Instant, watched: &[&Process]) -> Resu
 /// Waits until `text` appears in the output of one of `processes`.
 fn wait_for_output(text: &str, deadline: Instant, processes: &[&Process]) -> Result<(), String> {
     loop {
-        if processes.iter().any(|p| p.output().contains(text)) {
+        if processes.iter().any(|p| p.output().lines().any(|line| line_matches(line, text))) {
             return Ok(());
         }
         if let Some(exited) = processes.iter().find(|p| p.has_exited()) {
@@ -274,6 +276,21 @@ fn wait_for_output(text: &str, deadline: Instant, processes: &[&Process]) -> Res
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `line` contains `pattern`, in which `[..]` stands for any text
+/// (within the line, as in a transcript).
+fn line_matches(line: &str, pattern: &str) -> bool {
+    let mut rest = line;
+    // Each piece after the one before; the earliest match of each leaves
+    // the most room for the rest.
+    for piece in pattern.split("[..]") {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Whether a TCP socket listens on `port`, from /proc/net/tcp and tcp6.
@@ -318,6 +335,9 @@ impl Process {
         paths.extend(std::env::split_paths(&path));
         command
             .env("PATH", std::env::join_paths(paths).map_err(std::io::Error::other)?)
+            // For a hidden setup in a `cwd="tmp"` session to reach the
+            // repository.
+            .env("DOCS_TEST_ROOT", &env.root)
             .env("NO_COLOR", "1")
             .env("CARGO_TERM_COLOR", "never")
             .env("TERM", "dumb")
@@ -459,6 +479,15 @@ mod tests {
         let t = transcript("$ a\nversion [..] ready\n...\ndone\n");
         let output = "\u{1e}command 0\u{1e}version 1.2 ready\nnoise\nmore noise\ndone\n\u{1e}status 0\u{1e}";
         assert_eq!(compare(&t, output, false), Ok(()));
+    }
+
+    #[test]
+    fn output_lines_match_with_wildcards() {
+        let swap = "2026-12-04T10:00:00Z INFO wasmux::registry: plugin hello: 9e17b90c7704 -> 9154d85e5553 (compile 17659 ms)";
+        assert!(line_matches(swap, "plugin hello: [..] -> [..] (compile"));
+        assert!(!line_matches(swap, "build"));
+        assert!(!line_matches("INFO wasmux::serve: tenant default: * -> hello", "plugin hello: [..] -> [..] (compile"));
+        assert!(line_matches("fleet ready: clients", "fleet ready"));
     }
 
     #[test]
