@@ -16,9 +16,11 @@
 //! the fenced blocks and their [`annotation`]s, [`plan`] turns them into
 //! sessions, [`runner`] runs each session in a child process (in a network
 //! namespace of its own, [`netns`]), where [`session`] runs the commands
-//! and compares their output.
+//! and compares their output. [`links`] checks that every relative link
+//! names a file, and a heading that exists.
 
 pub mod annotation;
+pub mod links;
 pub mod markdown;
 pub mod netns;
 pub mod plan;

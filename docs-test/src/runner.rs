@@ -39,19 +39,20 @@ pub struct Summary {
     pub not_run: usize,
     pub listings: usize,
     pub listing_failures: usize,
+    pub links: usize,
+    pub broken_links: usize,
 }
 
 impl Summary {
     pub fn ok(&self) -> bool {
-        self.failed == 0 && self.listing_failures == 0
+        self.failed == 0 && self.listing_failures == 0 && self.broken_links == 0
     }
 }
 
 /// Plans every document; annotation mistakes are an error listing them all.
 pub fn plan_all(root: &Path, files: &[PathBuf]) -> anyhow::Result<Plan> {
-    let files = if files.is_empty() { plan::documents(root)? } else { files.to_vec() };
     let mut all = Plan::default();
-    for file in &files {
+    for file in files {
         let plan = plan::plan_file(root, file);
         all.sessions.extend(plan.sessions);
         all.not_run.extend(plan.not_run);
@@ -77,9 +78,17 @@ fn selected(session: &Session, only: &[String]) -> bool {
 
 pub fn run(options: &Options) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let plan = plan_all(&options.root, &options.files)?;
+    let files = if options.files.is_empty() { plan::documents(&options.root)? } else { options.files.clone() };
+    let plan = plan_all(&options.root, &files)?;
     let mut summary = Summary::default();
     let mut out = std::io::stdout().lock();
+
+    let (links, broken) = crate::links::check(&options.root, &files);
+    summary.links = links;
+    summary.broken_links = broken.len();
+    for broken in &broken {
+        writeln!(out, "FAIL {broken}")?;
+    }
 
     for listing in &plan.listings {
         summary.listings += 1;
@@ -179,9 +188,13 @@ pub fn run(options: &Options) -> anyhow::Result<Summary> {
     for not_run in &plan.not_run {
         writeln!(out, "  not run: {}:{}: {}", not_run.file.display(), not_run.line, not_run.reason)?;
     }
-    writeln!(out, "{} code listings checked against their files", summary.listings)?;
-    if summary.failed > 0 || summary.listing_failures > 0 {
-        writeln!(out, "{} transcripts and {} listings FAILED", summary.failed, summary.listing_failures)?;
+    writeln!(out, "{} code listings checked against their files, {} links checked", summary.listings, summary.links)?;
+    if !summary.ok() {
+        writeln!(
+            out,
+            "FAILED: {} transcripts, {} listings, {} links",
+            summary.failed, summary.listing_failures, summary.broken_links
+        )?;
     }
     writeln!(out, "test-docs took {:.1} s", started.elapsed().as_secs_f64())?;
     Ok(summary)

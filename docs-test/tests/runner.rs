@@ -33,7 +33,7 @@ fn the_fixtures_pass_and_are_counted() {
     assert_eq!(code, Some(0), "{output}");
     assert!(output.contains("6 transcripts run, 1 marked not run"), "{output}");
     assert!(output.contains("not run: docs-test/tests/fixtures/plain.md:44: needs a machine with a public name"), "{output}");
-    assert!(output.contains("1 code listings checked against their files"), "{output}");
+    assert!(output.contains("1 code listings checked against their files, 0 links checked"), "{output}");
 }
 
 /// The lines of a transcript that are answers: output lines that are not
@@ -143,4 +143,15 @@ fn annotation_mistakes_stop_the_run_before_anything_runs() {
     assert_eq!(code, Some(2), "{output}");
     assert!(output.contains("unknown attribute `sever`"), "{output}");
     assert!(!root().join("ran").exists());
+}
+
+#[test]
+fn a_broken_link_fails() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let document = dir.path().join("links.md");
+    std::fs::write(&document, "# Title\n\n[fine](#title), [gone](#nowhere)\n").unwrap();
+    let (code, output) = run(&[document], &[]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("has no heading whose anchor is #nowhere"), "{output}");
+    assert!(output.contains("2 links checked"), "{output}");
 }
