@@ -84,6 +84,9 @@ pub struct Transcript {
     pub wait_output: Vec<String>,
     /// Hidden commands run first in the block's shell; they must succeed.
     pub setup: Vec<String>,
+    /// Its lines may come in any order (what two connections print
+    /// depends on timing); `...` then allows lines it does not show.
+    pub unordered: bool,
 }
 
 impl Transcript {
@@ -243,6 +246,7 @@ fn plan_fences(file: &Path, fences: &[Fence], plan: &mut Plan) {
             waits: block.waits,
             wait_output: block.wait_output,
             setup: block.setup,
+            unordered: block.unordered,
         };
         let index = match &block.session {
             Some(name) => *named.entry(name.clone()).or_insert_with(|| {
@@ -295,6 +299,7 @@ struct Block {
     network: Option<Network>,
     timeout: Option<Duration>,
     background: bool,
+    unordered: bool,
     servers: Vec<String>,
     waits: Vec<u16>,
     wait_output: Vec<String>,
@@ -329,6 +334,7 @@ fn read_block(fence: &Fence) -> Result<Block, String> {
                 block.timeout = Some(humantime::parse_duration(text).map_err(|e| format!("timeout=\"{text}\": {e}"))?);
             }
             "background" if value.is_none() => block.background = true,
+            "unordered" if value.is_none() => block.unordered = true,
             "server" => block.servers.push(needs("COMMAND")?.to_owned()),
             "wait" => {
                 let text = needs("PORT")?;
@@ -344,7 +350,7 @@ fn read_block(fence: &Fence) -> Result<Block, String> {
             "file" => return Err("file=\"PATH\" is for code listings, not for ```console transcripts".into()),
             _ => {
                 return Err(format!(
-                    "unknown attribute `{key}`{} (known: skip, session, cwd, network, timeout, background, server, wait, wait-output, setup, shorten; file for listings)",
+                    "unknown attribute `{key}`{} (known: skip, session, cwd, network, timeout, background, unordered, server, wait, wait-output, setup, shorten; file for listings)",
                     if value.is_none() { "" } else { "=…" }
                 ));
             }

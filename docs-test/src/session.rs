@@ -216,7 +216,8 @@ fn compare(transcript: &Transcript, output: &str, interrupted: bool) -> Result<(
         }
     }
     let assert = snapbox::Assert::new().normalize_paths(false).palette(snapbox::report::Palette::plain());
-    if let Err(diff) = assert.try_eq(Some(&"what the commands printed"), snapbox::Data::text(actual), snapbox::Data::text(expected)) {
+    let expected = if transcript.unordered { snapbox::Data::text(expected).unordered() } else { snapbox::Data::text(expected) };
+    if let Err(diff) = assert.try_eq(Some(&"what the commands printed"), snapbox::Data::text(actual), expected) {
         problems.insert(0, format!("the output differs from the transcript:\n{}", indent(&diff.to_string())));
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
@@ -459,6 +460,7 @@ mod tests {
             waits: Vec::new(),
             wait_output: Vec::new(),
             setup: Vec::new(),
+            unordered: false,
         }
     }
 
@@ -480,6 +482,17 @@ mod tests {
         let t = transcript("$ a\nversion [..] ready\n...\ndone\n");
         let output = "\u{1e}command 0\u{1e}version 1.2 ready\nnoise\nmore noise\ndone\n\u{1e}status 0\u{1e}";
         assert_eq!(compare(&t, output, false), Ok(()));
+    }
+
+    #[test]
+    fn unordered_blocks_match_lines_in_any_order() {
+        let mut t = transcript("$ a\nsecond [..]\nfirst\n...\n");
+        let output = "\u{1e}command 0\u{1e}first\nextra\nsecond line\n\u{1e}status 0\u{1e}";
+        assert!(compare(&t, output, false).is_err(), "in order, the lines differ");
+        t.unordered = true;
+        assert_eq!(compare(&t, output, false), Ok(()));
+        let missing = output.replace("first\n", "");
+        assert!(compare(&t, &missing, false).is_err(), "every line shown must be there");
     }
 
     #[test]
