@@ -49,6 +49,10 @@ enum Child {
         #[arg(long)]
         loopback_up: bool,
     },
+    /// (internal) Bring up the loopback interface, as a session in a new
+    /// network namespace does: whether namespaces work here.
+    #[command(hide = true)]
+    CheckNetns,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,9 @@ fn main() -> ExitCode {
         Some(Child::Session { root, bin_dir, file, index, loopback_up }) => {
             wasmux_docs_test::runner::run_session(&root, &bin_dir, &file, index, loopback_up)
         }
+        Some(Child::CheckNetns) => wasmux_docs_test::netns::loopback_up()
+            .map(|()| true)
+            .map_err(|e| anyhow::anyhow!("cannot bring up the loopback interface: {e}")),
         None => run(cli),
     };
     match result {

@@ -15,11 +15,14 @@ pub fn unshare_args() -> Vec<&'static str> {
     if rustix::process::geteuid().is_root() { vec!["--net", "--"] } else { vec!["--net", "--map-root-user", "--"] }
 }
 
-/// Whether this machine lets us make network namespaces, or why not.
-pub fn available() -> Result<(), String> {
+/// Whether this machine lets us make network namespaces and bring their
+/// loopback up, or why not: `exe` (this program) is run in one with its
+/// `check-netns` subcommand.
+pub fn available(exe: &std::path::Path) -> Result<(), String> {
     let status = Command::new("unshare")
         .args(unshare_args())
-        .arg("true")
+        .arg(exe)
+        .arg("check-netns")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

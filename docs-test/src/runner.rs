@@ -121,7 +121,7 @@ pub fn run(options: &Options) -> anyhow::Result<Summary> {
     let isolated = if options.no_netns {
         false
     } else {
-        match crate::netns::available() {
+        match crate::netns::available(&options.exe) {
             Ok(()) => true,
             Err(why) => {
                 writeln!(out, "network namespaces are not available here ({why}): sessions run one at a time on this machine's own ports")?;

@@ -155,3 +155,10 @@ fn a_broken_link_fails() {
     assert!(output.contains("has no heading whose anchor is #nowhere"), "{output}");
     assert!(output.contains("2 links checked"), "{output}");
 }
+
+#[test]
+fn without_network_namespaces_sessions_run_one_at_a_time() {
+    let (code, output) = run(&[fixture("plain.md")], &["--no-netns"]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("3 transcripts run, 1 marked not run"), "{output}");
+}
