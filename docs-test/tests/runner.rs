@@ -31,8 +31,8 @@ fn run(files: &[PathBuf], extra: &[&str]) -> (Option<i32>, String) {
 fn the_fixtures_pass_and_are_counted() {
     let (code, output) = run(&[fixture("plain.md"), fixture("server.md")], &[]);
     assert_eq!(code, Some(0), "{output}");
-    assert!(output.contains("6 transcripts run, 1 marked not run"), "{output}");
-    assert!(output.contains("not run: docs-test/tests/fixtures/plain.md:44: needs a machine with a public name"), "{output}");
+    assert!(output.contains("7 transcripts run, 1 marked not run"), "{output}");
+    assert!(output.contains("not run: docs-test/tests/fixtures/plain.md:52: needs a machine with a public name"), "{output}");
     assert!(output.contains("1 code listings checked against their files, 0 links checked"), "{output}");
 }
 
@@ -160,5 +160,5 @@ fn a_broken_link_fails() {
 fn without_network_namespaces_sessions_run_one_at_a_time() {
     let (code, output) = run(&[fixture("plain.md")], &["--no-netns"]);
     assert_eq!(code, Some(0), "{output}");
-    assert!(output.contains("3 transcripts run, 1 marked not run"), "{output}");
+    assert!(output.contains("4 transcripts run, 1 marked not run"), "{output}");
 }
