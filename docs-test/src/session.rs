@@ -62,14 +62,15 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
     let mut servers: Vec<Process> = Vec::new();
     let mut background: Vec<(&Transcript, Process)> = Vec::new();
     let mut stopped_early = None;
+    let mut failed_already = None;
     for (i, transcript) in session.transcripts.iter().enumerate() {
         let result = (|| -> Result<(), String> {
             for server in &transcript.servers {
-                let process = Process::spawn(server, &dir, env).map_err(|e| format!("cannot start server `{server}`: {e}"))?;
+                let process = Process::spawn(server, server, &dir, env).map_err(|e| format!("cannot start server `{server}`: {e}"))?;
                 servers.push(process);
             }
             if transcript.background {
-                let process = Process::spawn(&script(transcript), &dir, env).map_err(|e| format!("cannot start bash: {e}"))?;
+                let process = Process::spawn(&label(transcript), &script(transcript), &dir, env).map_err(|e| format!("cannot start bash: {e}"))?;
                 background.push((transcript, process));
             }
             let watched: Vec<&Process> = servers.iter().chain(background.iter().map(|(_, p)| p)).collect();
@@ -89,7 +90,7 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
             if transcript.background {
                 return Ok(());
             }
-            let mut process = Process::spawn(&script(transcript), &dir, env).map_err(|e| format!("cannot start bash: {e}"))?;
+            let mut process = Process::spawn(&label(transcript), &script(transcript), &dir, env).map_err(|e| format!("cannot start bash: {e}"))?;
             let finished = process.wait_until(deadline);
             process.stop(Signal::KILL, Duration::from_secs(2));
             let output = process.output();
@@ -97,7 +98,7 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
                 return Err(format!(
                     "timed out: the session's bound ({}) ran out while this block ran; its output so far:\n{}",
                     humantime::format_duration(session.timeout),
-                    indent(&output)
+                    indent(&readable(&output))
                 ));
             }
             compare(transcript, &output, false)
@@ -108,6 +109,7 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
             Err(e) => {
                 outcome.failed += 1;
                 outcome.report.push_str(&format!("{}: {e}\n", transcript.place()));
+                failed_already = Some(transcript.line);
                 if i + 1 < session.transcripts.len() {
                     stopped_early = Some(i + 1);
                 }
@@ -120,10 +122,16 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
         let grace = STOP_GRACE.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_secs(2));
         let exited = process.stop(Signal::INT, grace);
         let output = process.output();
+        if failed_already == Some(transcript.line) {
+            // Counted once, where it failed (its server never listened,
+            // say); its output is what explains why.
+            outcome.report.push_str(&format!("  the output of {}:\n{}", transcript.place(), indent(&readable(&output))));
+            continue;
+        }
         let result = if exited {
             compare(transcript, &output, true)
         } else {
-            Err(format!("did not exit within {grace:?} of SIGINT (Ctrl-C); its output:\n{}", indent(&output)))
+            Err(format!("did not exit within {grace:?} of SIGINT (Ctrl-C); its output:\n{}", indent(&readable(&output))))
         };
         match result {
             Ok(()) => outcome.passed += 1,
@@ -137,8 +145,7 @@ pub fn run(session: &Session, env: &Environment) -> Outcome {
         server.stop(Signal::TERM, STOP_GRACE);
     }
     if let Some(next) = stopped_early {
-        let rest = &session.transcripts[next..];
-        let not_reached: Vec<_> = rest.iter().filter(|t| !t.background).collect();
+        let not_reached = &session.transcripts[next..];
         outcome.failed += not_reached.len();
         for transcript in not_reached {
             outcome.report.push_str(&format!("{}: not run: an earlier block of its session failed\n", transcript.place()));
@@ -223,6 +230,25 @@ fn compare(transcript: &Transcript, output: &str, interrupted: bool) -> Result<(
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }
 
+/// What reports call a block's process: its first command.
+fn label(transcript: &Transcript) -> String {
+    transcript.commands.first().map(|c| first_line(&c.script).to_owned()).unwrap_or_default()
+}
+
+/// A block's output without the marks between commands.
+fn readable(output: &str) -> String {
+    let mut text = String::new();
+    for (i, piece) in output.split(MARK).enumerate() {
+        // Odd pieces are marks: `command N`, `status N`, `setup N`.
+        if i % 2 == 0 {
+            text.push_str(piece);
+        } else if let Some(code) = piece.strip_prefix("status ").filter(|c| *c != "0") {
+            text.push_str(&format!("[exit status {code}]\n"));
+        }
+    }
+    text
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
@@ -246,11 +272,7 @@ fn wait_for_listener(port: u16, deadline: Instant, watched: &[&Process]) -> Resu
             return Ok(());
         }
         if let Some(exited) = watched.iter().find(|p| p.has_exited()) {
-            return Err(format!(
-                "`{}` exited before anything listened on port {port}; its output:\n{}",
-                first_line(&exited.command),
-                indent(&exited.output())
-            ));
+            return Err(format!("`{}` exited before anything listened on port {port}", exited.label));
         }
         if Instant::now() >= deadline {
             return Err(format!("nothing listened on port {port} before the session's time ran out"));
@@ -266,15 +288,10 @@ fn wait_for_output(text: &str, deadline: Instant, processes: &[&Process]) -> Res
             return Ok(());
         }
         if let Some(exited) = processes.iter().find(|p| p.has_exited()) {
-            return Err(format!(
-                "`{}` exited before printing `{text}`; its output:\n{}",
-                first_line(&exited.command),
-                indent(&exited.output())
-            ));
+            return Err(format!("`{}` exited before printing `{text}`", exited.label));
         }
         if Instant::now() >= deadline {
-            let outputs: String = processes.iter().map(|p| indent(&p.output())).collect();
-            return Err(format!("`{text}` was not printed before the session's time ran out; the output:\n{outputs}"));
+            return Err(format!("`{text}` was not printed before the session's time ran out"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -312,7 +329,8 @@ fn is_listening(port: u16) -> bool {
 
 /// A bash running some code, its output collected as it comes.
 struct Process {
-    command: String,
+    /// What reports call it: a server's command, a block's first command.
+    label: String,
     child: Child,
     output: Arc<Mutex<Vec<u8>>>,
     reader: Option<JoinHandle<()>>,
@@ -320,7 +338,7 @@ struct Process {
 }
 
 impl Process {
-    fn spawn(code: &str, dir: &Path, env: &Environment) -> std::io::Result<Self> {
+    fn spawn(label: &str, code: &str, dir: &Path, env: &Environment) -> std::io::Result<Self> {
         use std::os::unix::process::CommandExt as _;
         let (mut reader, writer) = std::io::pipe()?;
         let mut command = std::process::Command::new("bash");
@@ -364,7 +382,7 @@ impl Process {
                 }
             }
         });
-        Ok(Self { command: code.to_owned(), child, output, reader: Some(reader), exited: false })
+        Ok(Self { label: label.to_owned(), child, output, reader: Some(reader), exited: false })
     }
 
     fn has_exited(&self) -> bool {
