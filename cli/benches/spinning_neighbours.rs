@@ -1,5 +1,5 @@
 //! Latency of normal requests with and without plugins spinning on other
-//! connections: the figure behind the README's claim that a plugin running
+//! connections: the figure behind docs/configuration.md's claim that a plugin running
 //! to its deadline does not hold up other requests.
 //!
 //! `cargo bench -p wasmux --bench spinning_neighbours` (after `cargo xtask

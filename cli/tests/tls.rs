@@ -92,9 +92,11 @@ fn wasmux_send_over_tls() {
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("TLS handshake with") && out.stderr.contains("certificate"), "{}", out.stderr);
 
-    // A plain client gets no answer, and the server says why, once.
+    // A plain client gets the handshake's alert, not an answer, and says
+    // what it read; the server says why, once.
     let out = wasmux(&["send", "--timeout", "2s", "--addr", &server.addr_string(), "search", "morpheus"]);
     assert!(!out.status.success(), "a plain client was answered by a TLS server: {out:?}");
+    assert!(out.stderr.contains("these bytes are a TLS record: the peer speaks TLS"), "{}", out.stderr);
     assert!(server.wait_for_log("TLS handshake with 127.0.0.1:", STEP), "{}", server.log());
 }
 

@@ -191,7 +191,8 @@ impl Decoder for MessageCodec {
             State::Header if buf.len() < PREFIX_LEN => "in the 2-byte header length".to_owned(),
             State::Header => {
                 let want = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
-                format!("in the JSON header ({} of {want} bytes)", buf.len() - PREFIX_LEN)
+                let tls = if looks_like_tls(buf) { "; these bytes are a TLS record: the peer speaks TLS" } else { "" };
+                format!("in the JSON header ({} of {want} bytes){tls}", buf.len() - PREFIX_LEN)
             }
             State::Content { length, .. } => format!("in the content ({} of {length} bytes)", buf.len()),
             State::Skip { remaining, .. } => format!("in the content ({remaining} bytes missing)"),
@@ -200,6 +201,15 @@ impl Decoder for MessageCodec {
         self.state = State::Header;
         Err(frame_error(ErrorCode::Truncated, &format!("the connection ended in the middle of a message, {detail}")))
     }
+}
+
+/// Whether `bytes` start as a TLS record does (RFC 8446, 5.1: a content
+/// type from 20 to 23, version 3.x with x at most 4) rather than as a
+/// message: the third byte would begin the JSON header, and no JSON text
+/// starts with a byte below 5. A plain client of a TLS server reads the
+/// server's alert this way.
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [20..=23, 3, 0..=4, ..])
 }
 
 fn frame_error(code: ErrorCode, message: &str) -> DecodeError {
@@ -618,6 +628,18 @@ mod tests {
         assert!(error_of(b"\x00").contains("2-byte header length"));
         assert!(error_of(&GUIDE_SEARCH[..20]).contains("in the JSON header (18 of 100 bytes)"));
         assert!(error_of(&GUIDE_SEARCH[..GUIDE_SEARCH.len() - 1]).contains("in the content (40 of 41 bytes)"));
+    }
+
+    #[test]
+    fn a_tls_alert_read_as_a_message_says_so() {
+        // What a TLS server sends a client that does not speak TLS: an
+        // alert record (decode_error), which reads as a 5379-byte header.
+        let alert = b"\x15\x03\x03\x00\x02\x02\x32";
+        let error = error_of(alert);
+        assert!(error.contains("in the JSON header (5 of 5379 bytes); these bytes are a TLS record: the peer speaks TLS"), "{error}");
+        assert!(!error_of(&GUIDE_SEARCH[..20]).contains("TLS"));
+        // 0x15 0x03 then a JSON header is a message, not TLS.
+        assert!(!looks_like_tls(b"\x15\x03{"));
     }
 
     #[test]

@@ -527,7 +527,7 @@ mod tests {
     }
 
     /// Users stay on their arm across restarts and versions of wasmux: the
-    /// arms are pinned here as literals (the README's walk-through shows the
+    /// arms are pinned here as literals (docs/tenants.md's walk-through shows the
     /// same users on the same arms), so a change of the hash fails.
     #[test]
     fn sticky_arms_are_the_same_in_every_version() {

@@ -16,6 +16,10 @@
 //!   instances and reused ones), the native handlers and the guide's Python
 //!   server under load, counts each one's CPU time and system calls per
 //!   request, and writes `docs/benchmarks.md` and `docs/benchmarks.svg`.
+//! - `cargo xtask test-docs [ARGS]` builds what the documentation's
+//!   transcripts run (the plugins, the debug `wasmux`, the examples, the
+//!   plugin toolchains) and runs every console transcript of README.md and
+//!   docs/ with `wasmux-docs-test` (`docs/testing-the-docs.md`).
 
 mod bench;
 mod plugins;
@@ -48,6 +52,13 @@ enum Task {
     /// Build the plugins, then run every test of the host and the plugins.
     Test {
         /// Extra arguments for `cargo test` on the host workspace (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every console transcript of README.md and docs/ and compare its
+    /// output (after building what they run).
+    TestDocs {
+        /// Extra arguments for wasmux-docs-test (e.g. --only docs/tls.md, -v).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -200,6 +211,7 @@ fn run_task(cli: Cli) -> Result<()> {
                     .args(["test", "--workspace", "--locked"]))
             })?;
         }
+        Task::TestDocs { args } => test_docs(&root, &args)?,
         Task::Serve { args } => {
             // The served plugins and the server build at once: the server's
             // build leaves a core idle for long stretches (one big crate
@@ -251,6 +263,33 @@ fn run_task(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cargo xtask test-docs`: what the transcripts run, then the transcripts.
+fn test_docs(root: &Path, args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
+    plugins::build_all(root, true)?;
+    // The programs the transcripts call: the fleet's haproxy and
+    // docker-registry, curl, jq and openssl.
+    run(Command::new("bash").arg(root.join("docs-test/install-deps.sh")))?;
+    // The same build as `cargo xtask test`'s, so neither rebuilds the
+    // other's: the debug `wasmux`, the examples, and wasmux-docs-test.
+    run(Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--bins", "--examples"]))?;
+    // The plugin toolchains, installed where the tests keep them: the
+    // transcripts run without a network, so `wasmux build` must find them.
+    let cache = root.join("target/test-cache");
+    wasmux_toolchain::python::ComponentizePy::find_or_install(&cache)?;
+    wasmux_toolchain::javascript::ComponentizeJs::find_or_install(&cache)?;
+    eprintln!("xtask: ready to run the transcripts after {:.1} s", started.elapsed().as_secs_f64());
+    let outcome = run(Command::new(root.join("target/debug/wasmux-docs-test"))
+        .arg("--root")
+        .arg(root)
+        .arg("--bin-dir")
+        .arg(root.join("target/debug"))
+        .env("WASMUX_CACHE_DIR", &cache)
+        .args(args));
+    eprintln!("xtask: test-docs took {:.1} s in all", started.elapsed().as_secs_f64());
+    outcome
 }
 
 /// The repository root: the parent of this crate's directory.

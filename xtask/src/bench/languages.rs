@@ -459,7 +459,7 @@ fn render(
     writeln!(md)?;
     writeln!(
         md,
-        "`wasmux bench --mix search=1` (the guide's searches only, every answer checked byte for byte), {} connections, {} per run after a {} warm-up, {} rounds interleaved, median round shown; {}. Each plugin is served twice: on a **fresh instance** per request (the default), and with **instances reused** (`[runtime] reuse = {{ requests = {REUSE_REQUESTS} }}`, the opt-in policy of [Instance reuse](../README.md#instance-reuse)); a fresh interpreter instance costs milliseconds, so reuse is what a Python or JavaScript plugin needs. The guide's server closes each connection after answering, so it is measured in connect mode only.",
+        "`wasmux bench --mix search=1` (the guide's searches only, every answer checked byte for byte), {} connections, {} per run after a {} warm-up, {} rounds interleaved, median round shown; {}. Each plugin is served twice: on a **fresh instance** per request (the default), and with **instances reused** (`[runtime] reuse = {{ requests = {REUSE_REQUESTS} }}`, the opt-in policy of [Instance reuse](configuration.md#instance-reuse)); a fresh interpreter instance costs milliseconds, so reuse is what a Python or JavaScript plugin needs. The guide's server closes each connection after answering, so it is measured in connect mode only.",
         options.connections, options.duration, options.warmup, options.rounds, pinning
     )?;
     writeln!(md)?;
