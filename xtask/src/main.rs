@@ -268,24 +268,24 @@ fn run_task(cli: Cli) -> Result<()> {
 /// `cargo xtask test-docs`: what the transcripts run, then the transcripts.
 fn test_docs(root: &Path, args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
-    plugins::build_all(root, true)?;
+    plugins::build(root, true, plugins::Which::All)?;
     // The programs the transcripts call: the fleet's haproxy and
     // docker-registry, curl, jq and openssl.
     run(Command::new("bash").arg(root.join("docs-test/install-deps.sh")))?;
     // The same build as `cargo xtask test`'s, so neither rebuilds the
-    // other's: the debug `wasmux`, the examples, and wasmux-docs-test.
-    run(Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--bins", "--examples"]))?;
+    // other's: the release `wasmux`, the examples, and wasmux-docs-test.
+    run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))?;
     // The plugin toolchains, installed where the tests keep them: the
     // transcripts run without a network, so `wasmux build` must find them.
     let cache = root.join("target/test-cache");
     wasmux_toolchain::python::ComponentizePy::find_or_install(&cache)?;
     wasmux_toolchain::javascript::ComponentizeJs::find_or_install(&cache)?;
     eprintln!("xtask: ready to run the transcripts after {:.1} s", started.elapsed().as_secs_f64());
-    let outcome = run(Command::new(root.join("target/debug/wasmux-docs-test"))
+    let outcome = run(Command::new(root.join("target/release/wasmux-docs-test"))
         .arg("--root")
         .arg(root)
         .arg("--bin-dir")
-        .arg(root.join("target/debug"))
+        .arg(root.join("target/release"))
         .env("WASMUX_CACHE_DIR", &cache)
         .args(args));
     eprintln!("xtask: test-docs took {:.1} s in all", started.elapsed().as_secs_f64());
