@@ -48,7 +48,7 @@ pub fn build_all(root: &Path, release: bool) -> Result<()> {
     for plugin in &plugins {
         build.args(["-p", &plugin.package]);
     }
-    toolchain.configure(&mut build);
+    toolchain.configure(&mut build, &target_dir);
     crate::run(&mut build)?;
 
     let profile = if release { "release" } else { "debug" };
