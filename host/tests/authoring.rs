@@ -34,14 +34,50 @@ fn new_project(name: &str, lang: &str, dir: &Path) -> Finished {
     wasmux_tool(&[os("new"), os(name), os("--lang"), os(lang), os("--dir"), dir.as_os_str()], common::STEP)
 }
 
-/// `wasmux build DIR`; returns the component it wrote.
+/// `wasmux ARGS` run in `dir`, as the docs show the commands.
+fn wasmux_in(dir: &Path, args: &[&str], within: Duration) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(args).current_dir(dir).envs(tool_env()).env_remove("RUST_LOG");
+    Process::run(&mut command, within)
+}
+
+/// `wasmux build` in the project `dir`; checks that it printed what the
+/// docs show (`Built dist/NAME.wasm (SIZE) in TIME`, the only line on
+/// standard output) and returns the component.
 fn build(dir: &Path, name: &str) -> PathBuf {
-    let out = wasmux_tool(&[os("build"), dir.as_os_str()], BUILD);
+    let out = wasmux_in(dir, &["build"], BUILD);
     assert!(out.status.success(), "wasmux build failed: {out:?}");
-    assert!(out.stdout.iter().any(|line| line.starts_with("Built ") && line.contains(&format!("{name}.wasm"))), "{out:?}");
+    let shown: Vec<String> = out.stdout.iter().map(|line| sized(line)).collect();
+    assert_eq!(shown, [format!("Built dist/{name}.wasm (SIZE) in TIME")], "{out:?}");
     let component = dir.join("dist").join(format!("{name}.wasm"));
     assert!(component.is_file(), "no {}", component.display());
     component
+}
+
+/// `line` with the build's size and time (`(34 kB) in 4.1 s`) as `(SIZE)
+/// in TIME`, and a plugin's version (`version=fcd513946274`) as
+/// `version=VERSION`: the parts that change from build to build.
+fn sized(line: &str) -> String {
+    let mut shown = line.to_owned();
+    if let Some(open) = shown.find(" (")
+        && let Some(close) = shown[open..].find(") in ").map(|i| open + i)
+        && shown.ends_with(" s")
+    {
+        let size = &shown[open + 2..close];
+        let time = &shown[close + 5..shown.len() - 2];
+        let size_ok = size.ends_with(" kB") || size.ends_with(" MB");
+        if size_ok && size[..size.len() - 3].parse::<f64>().is_ok() && time.parse::<f64>().is_ok() {
+            shown = format!("{} (SIZE) in TIME", &shown[..open]);
+        }
+    }
+    if let Some(at) = shown.find("version=") {
+        let rest = &shown[at + 8..];
+        let hex = rest.chars().take_while(char::is_ascii_hexdigit).count();
+        if hex == 12 {
+            shown = format!("{}version=VERSION{}", &shown[..at], &rest[12..]);
+        }
+    }
+    shown
 }
 
 /// `wasmux call FILE ARGS`.
@@ -62,6 +98,11 @@ fn assert_error(out: &Finished, expected: &str) {
     assert!(out.stdout[0].starts_with(expected), "expected {expected:?}…, got {out:?}");
 }
 
+/// The plugin's log lines of a `wasmux call`, as the docs show them.
+fn log_lines(out: &Finished) -> Vec<String> {
+    out.stderr.lines().map(sized).collect()
+}
+
 // ---- Each language's template: new ─▶ build ─▶ call ----
 
 #[test]
@@ -72,6 +113,15 @@ fn the_rust_template_builds_and_says_hello() {
     test.arg("test").current_dir(&project.dir).env("CARGO_TARGET_DIR", test_cache().join("rust-native-target"));
     let out = Process::run(&mut test, BUILD);
     assert!(out.status.success(), "cargo test in the Rust template failed: {out:?}");
+
+    // The same source in another directory builds to the same bytes.
+    let elsewhere = project._tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("create a directory");
+    let out = wasmux_in(&elsewhere, &["new", "hello-rust", "--lang", "rust"], common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    let again = build(&elsewhere.join("hello-rust"), "hello-rust");
+    let first = std::fs::read(project.dir.join("dist/hello-rust.wasm")).expect("read the component");
+    assert!(std::fs::read(again).expect("read the component") == first, "the Rust template built to other bytes in another directory");
 }
 
 #[test]
@@ -101,28 +151,78 @@ struct Project {
     dir: PathBuf,
 }
 
+/// What `wasmux new NAME --lang LANG` prints, as the README shows it.
+fn created(name: &str, lang: &str) -> Vec<String> {
+    let (language, files): (&str, &[&str]) = match lang {
+        "rust" => ("a Rust", &["Cargo.toml", "Cargo.lock", "src/lib.rs", "README.md", ".gitignore", "sdk/Cargo.toml", "sdk/src/lib.rs"]),
+        "python" => ("a Python", &["pyproject.toml", "app.py", "test_app.py", "README.md", ".gitignore"]),
+        _ => ("a JavaScript", &["package.json", "app.js", "app.test.js", "README.md", ".gitignore"]),
+    };
+    let mut lines = vec![format!("Created {language} plugin `{name}` in {name}:")];
+    lines.extend(files.iter().chain(&["wit/wasmux.wit"]).map(|file| format!("  {file}")));
+    lines.extend([
+        "Next:".to_owned(),
+        format!("  cd {name}"),
+        format!("  wasmux build      # dist/{name}.wasm"),
+        format!("  wasmux call dist/{name}.wasm --content world"),
+        "  wasmux dev        # serve it on 127.0.0.1:65432, rebuilt on every save".to_owned(),
+    ]);
+    lines
+}
+
 /// Writes the template of `lang` into a new directory, builds it and calls
-/// it: every template answers the same, `Hello, ` + the content as UTF-8
-/// (invalid bytes replaced) + `!`, and logs one line.
+/// it, as the README shows the commands: every template answers the same,
+/// `Hello, ` + the content as UTF-8 (invalid bytes replaced) + `!`, and
+/// logs one line. Then builds and calls the example of the host's
+/// functions in the new project's README.
 fn template(lang: &str) -> Project {
     let tmp = tempfile::tempdir().expect("temporary directory");
+    let parent = tmp.path().join("somewhere else");
+    std::fs::create_dir_all(&parent).expect("create a directory");
     let name = format!("hello-{lang}");
-    let dir = tmp.path().join("somewhere else").join(&name);
-    let out = new_project(&name, lang, &dir);
+    let out = wasmux_in(&parent, &["new", &name, "--lang", lang], common::STEP);
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stdout[0].starts_with("Created "), "{out:?}");
+    assert_eq!(out.stdout, created(&name, lang), "{out:?}");
+    let dir = parent.join(&name);
     assert_no_path_back(&dir);
 
-    let component = build(&dir, &name);
-    let out = call(&component, &["--content", "world"]);
+    build(&dir, &name);
+    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--content", "world"], CALL);
     assert_answer(&out, "Got response: b'Hello, world!'");
-    assert!(out.stderr.contains("greeting world"), "the plugin's log line is missing: {out:?}");
+    assert_eq!(log_lines(&out), [format!(" INFO greeting world plugin={name} version=VERSION tenant=default")], "{out:?}");
 
+    let component = dir.join("dist").join(format!("{name}.wasm"));
     let bytes = tmp.path().join("content");
     std::fs::write(&bytes, b"w\xf6rld \xf0\x9f\x90\xb6\xff").expect("write the content");
     let out = call(&component, &["--content-file", bytes.to_str().expect("utf-8 path")]);
     assert_answer(&out, r"Got response: b'Hello, w\xef\xbf\xbdrld \xf0\x9f\x90\xb6\xef\xbf\xbd!'");
+
+    host_functions_example(&parent, lang);
     Project { _tmp: tmp, dir }
+}
+
+/// The README of a new project shows the host's `log`, `config` and
+/// `outcome` in a code block under "The host's functions": that code,
+/// as the plugin's module, builds, and answers as the README says.
+fn host_functions_example(parent: &Path, lang: &str) {
+    let name = format!("host-{lang}");
+    let out = wasmux_in(parent, &["new", &name, "--lang", lang], common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    let dir = parent.join(&name);
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("read the README");
+    let section = readme.split("## The host's functions").nth(1).expect("a section on the host's functions");
+    let block = section.split("```").nth(1).expect("a code block in it");
+    let (_, code) = block.split_once('\n').expect("a fenced block");
+    let module = match lang {
+        "rust" => "src/lib.rs",
+        "python" => "app.py",
+        _ => "app.js",
+    };
+    std::fs::write(dir.join(module), code).expect("write the README's example");
+    build(&dir, &name);
+    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--content", "world", "--config", "greeting=Howdy"], CALL);
+    assert_answer(&out, "Got response: b'Howdy, world!'");
+    assert_eq!(log_lines(&out), [format!(" INFO greeting world plugin={name} version=VERSION tenant=default")], "{out:?}");
 }
 
 /// No file of a new project refers to this repository.

@@ -484,6 +484,24 @@ mod tests {
         }
     }
 
+    /// Each template's README shows the host's three functions in a code
+    /// block (which the authoring tests build and call), and JavaScript's
+    /// import names the WIT package's current version.
+    #[test]
+    fn template_readmes_show_every_host_function_at_the_current_version() {
+        for language in Language::ALL {
+            let readme = templates::files(language).find(|f| f.path == "README.md").map(|f| f.text).unwrap();
+            let example = readme.split("## The host's functions").nth(1).and_then(|rest| rest.split("```").nth(1)).unwrap_or_default();
+            for function in ["log", "config", "outcome"] {
+                assert!(example.contains(&format!("{function}(")), "{language}: the README's example does not call {function}");
+            }
+            if language == Language::JavaScript {
+                assert!(example.contains(&format!("'wasmux:plugin/host@{}'", crate::WIT_VERSION)), "{example}");
+            }
+            assert!(!readme.contains("@0.1.0"), "{language}: the README names an old version");
+        }
+    }
+
     #[test]
     fn new_refuses_bad_names_and_full_directories() {
         let dir = tempfile::tempdir().unwrap();
