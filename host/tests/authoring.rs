@@ -348,3 +348,93 @@ fn wait_for_swaps(server: &Server, count: usize) -> bool {
     }
     false
 }
+
+// ---- What a Python or JavaScript plugin meets in the sandbox ----
+
+/// A new project of `lang` whose module is `code`, built; returns its
+/// folder and what the build printed.
+fn project_with(lang: &str, name: &str, module: &str, code: &str) -> (tempfile::TempDir, PathBuf, Finished) {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let out = wasmux_in(tmp.path(), &["new", name, "--lang", lang], common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    let dir = tmp.path().join(name);
+    std::fs::write(dir.join(module), code).expect("write the plugin");
+    let out = wasmux_in(&dir, &["build"], BUILD);
+    assert!(out.status.success(), "wasmux build failed: {out:?}");
+    (tmp, dir, out)
+}
+
+#[test]
+fn python_imports_the_standard_library_anywhere_and_refuses_sockets_by_name() {
+    let code = r#"import wit_world
+from wit_world.imports import types
+
+
+def answer(text):
+    return types.Response("text/plain", "utf-8", [], text.encode())
+
+
+class WitWorld(wit_world.WitWorld):
+    def handle(self, request):
+        what = request.content.decode()
+        if what == "parse":
+            import urllib.parse
+            return answer(urllib.parse.quote("a b/c"))
+        if what == "idna":
+            return answer("bücher.example".encode("idna").decode())
+        if what == "socket":
+            import socket
+            return answer("imported socket")
+        return answer(str(1 / 0))
+"#;
+    let (_tmp, dir, built) = project_with("python", "sandboxed-py", "app.py", code);
+    assert!(
+        built.stderr.contains("wasmux: warning: app.py:18: importing socket will fail: the host refuses every network connection and name lookup\n"),
+        "no warning about the import of socket: {built:?}"
+    );
+    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-py.wasm", "--content", content], CALL);
+    assert_answer(&call("parse"), "Got response: b'a%20b/c'");
+    assert_answer(&call("idna"), "Got response: b'xn--bcher-kva.example'");
+    let out = call("socket");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        ["Got result: Error: plugin sandboxed-py failed: uncaught ImportError: socket cannot be imported in a wasmux plugin: the host refuses every network connection and name lookup"],
+        "{out:?}"
+    );
+    let out = call("boom");
+    assert_eq!(out.stdout, ["Got result: Error: plugin sandboxed-py failed: uncaught ZeroDivisionError: division by zero"], "{out:?}");
+    assert!(out.stderr.contains("Traceback") && out.stderr.contains("ZeroDivisionError"), "no traceback in the log: {out:?}");
+}
+
+#[test]
+fn javascript_has_no_fetch_and_answers_uncaught_exceptions_as_errors() {
+    let code = r#"const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function answer(text) {
+  return { contentType: 'text/plain', contentEncoding: 'utf-8', fields: [], content: encoder.encode(text) };
+}
+
+export function handle(request) {
+  const what = decoder.decode(request.content);
+  if (what === 'typeof') return answer(`fetch is ${typeof fetch}`);
+  if (what === 'catch') {
+    try {
+      fetch('http://127.0.0.1:9/');
+    } catch (error) {
+      return answer(`caught ${error}`);
+    }
+  }
+  throw new Error('boom');
+}
+"#;
+    let (_tmp, dir, _) = project_with("js", "sandboxed-js", "app.js", code);
+    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-js.wasm", "--content", content], CALL);
+    assert_answer(&call("typeof"), "Got response: b'fetch is undefined'");
+    assert_answer(&call("catch"), "Got response: b'caught ReferenceError: fetch is not defined'");
+    let out = call("throw");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stdout, ["Got result: Error: plugin sandboxed-js failed: uncaught Error: boom"], "{out:?}");
+    assert!(out.stderr.contains("handle@app.js:"), "no stack in the log: {out:?}");
+}
