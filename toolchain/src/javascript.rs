@@ -94,7 +94,7 @@ impl ComponentizeJs {
         }
         let disabled = serde_json::to_string(&disabled)?;
         let mut command = Command::new(&self.node);
-        command.arg(&self.script).arg(&source).arg(wit).arg(world).arg(out).arg(disabled);
+        command.arg(&self.script).arg(&source).arg(wit).arg(world).arg(out).arg(disabled).arg(project_dir.join(entry));
         // Its folder is the component's `/` (see [`ENTRY_MODULE`]).
         command.current_dir(project_dir);
         crate::run_tool("componentize-js", &mut command)?;
