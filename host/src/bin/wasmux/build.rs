@@ -51,7 +51,11 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let out = tokio::task::spawn_blocking(move || wasmux_toolchain::build_project_with(&dir, &out_dir, &options)).await??;
     println!("{}", built(&out, started.elapsed()));
     if !args.no_compile && project.language != Language::Rust {
-        compile_into_cache(&out, cache_dir).await?;
+        // The component is built either way; `wasmux call` shows why it
+        // cannot be loaded, if it cannot.
+        if let Err(e) = compile_into_cache(&out, cache_dir).await {
+            eprintln!("wasmux: warning: could not compile {} into the cache: {e:#}", shown(&out));
+        }
     }
     Ok(())
 }
