@@ -85,6 +85,7 @@ class Refusals(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Refusals())
 
 from {{module}} import WitWorld as _PluginWorld  # noqa: E402  (after the refusals)
+from wit_world.imports import host, types  # noqa: E402  (now: nothing is imported later)
 
 
 def standard_library_modules():
@@ -192,7 +193,16 @@ class WitWorld(_PluginWorld):
         except Err:
             raise
         except Exception as error:
-            from wit_world.imports import host, types
-
-            host.log(host.Level.ERROR, "".join(traceback.format_exception(error)).rstrip())
+            host.log(host.Level.ERROR, described(error))
             raise Err(types.HandlerError_Internal(f"uncaught {type(error).__name__}: {error}"))
+
+
+def described(error):
+    """`error` and where it was raised, as a traceback without source lines:
+    a plugin has no files to read them from (and without WASI, trying
+    would trap)."""
+    lines = ["Traceback (most recent call last):"]
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        lines.append(f'  File "{frame.f_code.co_filename}", line {line}, in {frame.f_code.co_name}')
+    lines.append(f"{type(error).__name__}: {error}")
+    return "\n".join(lines)
