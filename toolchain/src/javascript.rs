@@ -12,6 +12,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::Project;
+
 /// The componentize-js release every JavaScript plugin is built with.
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 
@@ -74,13 +76,14 @@ impl ComponentizeJs {
         Ok(Self { node, script })
     }
 
-    /// Builds the ES module `entry` (relative to `project_dir`) into the
-    /// component `out`, for `world` of the WIT in `wit`, through the entry
-    /// module ([`ENTRY_MODULE`]) written into `project_dir/.wasmux/`. With
+    /// Builds the project's ES module (`entry`, relative to its folder) into
+    /// the component `out`, for `world` of its WIT, through the entry
+    /// module ([`ENTRY_MODULE`]) written into its `.wasmux/`. With
     /// `wasi`, `console.log` (stdio), `Math.random` / `crypto` (random) and
     /// `Date.now` (clocks) work through the host's WASI subset; without it
     /// the component imports no WASI at all, and those fail or trap.
-    pub fn componentize(&self, project_dir: &Path, entry: &str, wit: &Path, world: &str, wasi: bool, out: &Path) -> Result<()> {
+    pub fn componentize(&self, project: &Project, world: &str, out: &Path) -> Result<()> {
+        let (project_dir, entry, wit, wasi) = (&project.dir, &project.entry, &project.wit_dir(), project.wasi);
         let version = wit_package_version(wit)?;
         let dir = project_dir.join(ENTRY_DIR);
         let module = format!("../{}", entry.trim_start_matches("./"));

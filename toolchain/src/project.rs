@@ -296,7 +296,7 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
             let tool = ComponentizePy::find_or_install(&options.cache_dir)?;
             let scratch = Scratch::new(out_dir, &project.name);
             let entry_dir = ScratchDir(out_dir.join(format!(".{}.{}.python", project.name, std::process::id())));
-            let warnings = tool.componentize(&project.dir, &project.entry, &project.wit_dir(), WORLD, project.wasi, &scratch.0, &entry_dir.0)?;
+            let warnings = tool.componentize(&project, WORLD, &scratch.0, &entry_dir.0)?;
             for warning in warnings {
                 eprintln!("wasmux: warning: {warning}");
             }
@@ -309,7 +309,7 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
                 bail!("{} does not exist (package.json's \"main\")", source.display());
             }
             let scratch = Scratch::new(out_dir, &project.name);
-            tool.componentize(&project.dir, &project.entry, &project.wit_dir(), WORLD, project.wasi, &scratch.0)?;
+            tool.componentize(&project, WORLD, &scratch.0)?;
             scratch.publish(&out)?;
         }
     }

@@ -13,6 +13,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::Project;
+
 /// The componentize-py release every Python plugin is built with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
@@ -69,8 +71,8 @@ impl ComponentizePy {
         Ok(Self { python })
     }
 
-    /// Builds the module `module` of `app_dir` (its `WitWorld` class) into
-    /// the component `out`, for `world` of the WIT in `wit`, through the
+    /// Builds the project's module (its `WitWorld` class) into the
+    /// component `out`, for `world` of the project's WIT, through the
     /// entry module ([`ENTRY_MODULE`]) written into `scratch`, an empty
     /// folder of the caller's. Without `wasi`, every WASI import becomes a
     /// trapping stub (`--stub-wasi`): the component then runs on a host that
@@ -80,10 +82,11 @@ impl ComponentizePy {
     /// Returns the warnings the entry module found: imports in the plugin
     /// that will fail when they run (`app.py:12: importing socket will
     /// fail: …`).
-    pub fn componentize(&self, app_dir: &Path, module: &str, wit: &Path, world: &str, wasi: bool, out: &Path, scratch: &Path) -> Result<Vec<String>> {
+    pub fn componentize(&self, project: &Project, world: &str, out: &Path, scratch: &Path) -> Result<Vec<String>> {
+        let (app_dir, wit) = (&project.dir, &project.wit_dir());
         std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
         let entry = scratch.join(format!("{ENTRY_NAME}.py"));
-        std::fs::write(&entry, ENTRY_MODULE.replace("{{module}}", module)).with_context(|| format!("writing {}", entry.display()))?;
+        std::fs::write(&entry, ENTRY_MODULE.replace("{{module}}", &project.entry)).with_context(|| format!("writing {}", entry.display()))?;
         let mut command = Command::new(&self.python);
         command
             .args(["-c", RUN_TOOL, "-d"])
@@ -104,7 +107,7 @@ impl ComponentizePy {
             // of the tool follows the Python error the user needs.
             .env("RUST_BACKTRACE", "0")
             .env("RUST_LIB_BACKTRACE", "0");
-        if !wasi {
+        if !project.wasi {
             command.arg("--stub-wasi");
         }
         command.arg(ENTRY_NAME);
