@@ -78,18 +78,8 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         (false, Some(dir)) => Some(dir),
         (false, None) => wasmux_toolchain::default_cache_dir().ok(),
     };
-    // One call at a time: the pool can hold whatever any plugin needs.
-    let runtime = Runtime::new(RuntimeSettings {
-        max_concurrent_calls: 1,
-        max_memory: settings.max_plugin_memory(),
-        cache_dir,
-        cache_max_size: settings.runtime.cache_max_size.as_u64(),
-        spectre_hardening: true,
-        allocator: AllocatorLimits::for_one_instance(),
-        compile: CompileMode::Serve,
-    })?;
     let metrics = Arc::new(Metrics::new());
-    let plugins = Arc::new(Plugins::new(Some(runtime), Arc::clone(&metrics)));
+    let plugins = Arc::new(Plugins::new(Some(runtime_for_one_call(&settings, cache_dir)?), Arc::clone(&metrics)));
     // One line: wasmparser's messages spread what they expected over
     // several (`expected=[\n    0x0, …]`).
     if let Err(e) = plugins.load(&name, Digest::of(&bytes), bytes, &args.file.display().to_string()).await {
@@ -106,6 +96,21 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     crate::add_fields(&mut request, &args.fields)?;
     let answer = service.handle(request).await;
     Ok(crate::print_answer(&answer.message))
+}
+
+/// The runtime of one `wasmux call`: one call at a time, so the pool can
+/// hold whatever any plugin needs. `wasmux build` compiles into the cache
+/// with it, so that the first call of a new build finds the code compiled.
+pub fn runtime_for_one_call(settings: &Settings, cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(RuntimeSettings {
+        max_concurrent_calls: 1,
+        max_memory: settings.max_plugin_memory(),
+        cache_dir,
+        cache_max_size: settings.runtime.cache_max_size.as_u64(),
+        spectre_hardening: true,
+        allocator: AllocatorLimits::for_one_instance(),
+        compile: CompileMode::Serve,
+    })?)
 }
 
 /// `text` with every run of whitespace that holds a line break made one space.

@@ -133,7 +133,9 @@ fn main() -> ExitCode {
         // the trace checks of every crate logging through `log`, Cranelift's
         // too, and slow compiling down.)
         Command::Call(_) => "wasmux=warn,wasmux::plugin=info",
-        Command::Token(_) | Command::Push(_) | Command::Bench(_) | Command::Experiments(_) | Command::New(_) | Command::Build(_) => log_filter(false),
+        // Its own lines say what it compiled into the cache.
+        Command::Build(_) => "wasmux=warn",
+        Command::Token(_) | Command::Push(_) | Command::Bench(_) | Command::Experiments(_) | Command::New(_) => log_filter(false),
     };
     // `call` prints one request's log lines: no time, no module.
     init_logging(filter, !matches!(cli.command, Command::Call(_)));

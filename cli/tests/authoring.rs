@@ -33,14 +33,50 @@ fn new_project(name: &str, lang: &str, dir: &Path) -> Finished {
     wasmux_tool(&[os("new"), os(name), os("--lang"), os(lang), os("--dir"), dir.as_os_str()], crate::common::STEP)
 }
 
-/// `wasmux build DIR`; returns the component it wrote.
+/// `wasmux ARGS` run in `dir`, as the docs show the commands.
+fn wasmux_in(dir: &Path, args: &[&str], within: Duration) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(args).current_dir(dir).envs(tool_env()).env_remove("RUST_LOG");
+    Process::run(&mut command, within)
+}
+
+/// `wasmux build` in the project `dir`; checks that it printed what the
+/// docs show (`Built dist/NAME.wasm (SIZE) in TIME`, the only line on
+/// standard output) and returns the component.
 fn build(dir: &Path, name: &str) -> PathBuf {
-    let out = wasmux_tool(&[os("build"), dir.as_os_str()], BUILD);
+    let out = wasmux_in(dir, &["build"], BUILD);
     assert!(out.status.success(), "wasmux build failed: {out:?}");
-    assert!(out.stdout.iter().any(|line| line.starts_with("Built ") && line.contains(&format!("{name}.wasm"))), "{out:?}");
+    let shown: Vec<String> = out.stdout.iter().map(|line| sized(line)).collect();
+    assert_eq!(shown, [format!("Built dist/{name}.wasm (SIZE) in TIME")], "{out:?}");
     let component = dir.join("dist").join(format!("{name}.wasm"));
     assert!(component.is_file(), "no {}", component.display());
     component
+}
+
+/// `line` with the build's size and time (`(34 kB) in 4.1 s`) as `(SIZE)
+/// in TIME`, and a plugin's version (`version=fcd513946274`) as
+/// `version=VERSION`: the parts that change from build to build.
+fn sized(line: &str) -> String {
+    let mut shown = line.to_owned();
+    if let Some(open) = shown.find(" (")
+        && let Some(close) = shown[open..].find(") in ").map(|i| open + i)
+        && shown.ends_with(" s")
+    {
+        let size = &shown[open + 2..close];
+        let time = &shown[close + 5..shown.len() - 2];
+        let size_ok = size.ends_with(" kB") || size.ends_with(" MB");
+        if size_ok && size[..size.len() - 3].parse::<f64>().is_ok() && time.parse::<f64>().is_ok() {
+            shown = format!("{} (SIZE) in TIME", &shown[..open]);
+        }
+    }
+    if let Some(at) = shown.find("version=") {
+        let rest = &shown[at + 8..];
+        let hex = rest.chars().take_while(char::is_ascii_hexdigit).count();
+        if hex == 12 {
+            shown = format!("{}version=VERSION{}", &shown[..at], &rest[12..]);
+        }
+    }
+    shown
 }
 
 /// `wasmux call FILE ARGS`.
@@ -61,6 +97,11 @@ fn assert_error(out: &Finished, expected: &str) {
     assert!(out.stdout[0].starts_with(expected), "expected {expected:?}…, got {out:?}");
 }
 
+/// The plugin's log lines of a `wasmux call`, as the docs show them.
+fn log_lines(out: &Finished) -> Vec<String> {
+    out.stderr.lines().map(sized).collect()
+}
+
 // ---- Each language's template: new ─▶ build ─▶ call ----
 
 #[test]
@@ -71,6 +112,15 @@ fn the_rust_template_builds_and_says_hello() {
     test.arg("test").current_dir(&project.dir).env("CARGO_TARGET_DIR", test_cache().join("rust-native-target"));
     let out = Process::run(&mut test, BUILD);
     assert!(out.status.success(), "cargo test in the Rust template failed: {out:?}");
+
+    // The same source in another directory builds to the same bytes.
+    let elsewhere = project._tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("create a directory");
+    let out = wasmux_in(&elsewhere, &["new", "hello-rust", "--lang", "rust"], crate::common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    let again = build(&elsewhere.join("hello-rust"), "hello-rust");
+    let first = std::fs::read(project.dir.join("dist/hello-rust.wasm")).expect("read the component");
+    assert!(std::fs::read(again).expect("read the component") == first, "the Rust template built to other bytes in another directory");
 }
 
 #[test]
@@ -100,28 +150,78 @@ struct Project {
     dir: PathBuf,
 }
 
+/// What `wasmux new NAME --lang LANG` prints, as the README shows it.
+fn created(name: &str, lang: &str) -> Vec<String> {
+    let (language, files): (&str, &[&str]) = match lang {
+        "rust" => ("a Rust", &["Cargo.toml", "Cargo.lock", "src/lib.rs", "README.md", ".gitignore", "sdk/Cargo.toml", "sdk/src/lib.rs"]),
+        "python" => ("a Python", &["pyproject.toml", "app.py", "test_app.py", "README.md", ".gitignore"]),
+        _ => ("a JavaScript", &["package.json", "app.js", "app.test.js", "README.md", ".gitignore"]),
+    };
+    let mut lines = vec![format!("Created {language} plugin `{name}` in {name}:")];
+    lines.extend(files.iter().chain(&["wit/wasmux.wit"]).map(|file| format!("  {file}")));
+    lines.extend([
+        "Next:".to_owned(),
+        format!("  cd {name}"),
+        format!("  wasmux build      # dist/{name}.wasm"),
+        format!("  wasmux call dist/{name}.wasm --content world"),
+        "  wasmux dev        # serve it on 127.0.0.1:65432, rebuilt on every save".to_owned(),
+    ]);
+    lines
+}
+
 /// Writes the template of `lang` into a new directory, builds it and calls
-/// it: every template answers the same, `Hello, ` + the content as UTF-8
-/// (invalid bytes replaced) + `!`, and logs one line.
+/// it, as the README shows the commands: every template answers the same,
+/// `Hello, ` + the content as UTF-8 (invalid bytes replaced) + `!`, and
+/// logs one line. Then builds and calls the example of the host's
+/// functions in the new project's README.
 fn template(lang: &str) -> Project {
     let tmp = tempfile::tempdir().expect("temporary directory");
+    let parent = tmp.path().join("somewhere else");
+    std::fs::create_dir_all(&parent).expect("create a directory");
     let name = format!("hello-{lang}");
-    let dir = tmp.path().join("somewhere else").join(&name);
-    let out = new_project(&name, lang, &dir);
+    let out = wasmux_in(&parent, &["new", &name, "--lang", lang], crate::common::STEP);
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stdout[0].starts_with("Created "), "{out:?}");
+    assert_eq!(out.stdout, created(&name, lang), "{out:?}");
+    let dir = parent.join(&name);
     assert_no_path_back(&dir);
 
-    let component = build(&dir, &name);
-    let out = call(&component, &["--content", "world"]);
+    build(&dir, &name);
+    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--content", "world"], CALL);
     assert_answer(&out, "Got response: b'Hello, world!'");
-    assert!(out.stderr.contains("greeting world"), "the plugin's log line is missing: {out:?}");
+    assert_eq!(log_lines(&out), [format!(" INFO greeting world plugin={name} version=VERSION tenant=default")], "{out:?}");
 
+    let component = dir.join("dist").join(format!("{name}.wasm"));
     let bytes = tmp.path().join("content");
     std::fs::write(&bytes, b"w\xf6rld \xf0\x9f\x90\xb6\xff").expect("write the content");
     let out = call(&component, &["--content-file", bytes.to_str().expect("utf-8 path")]);
     assert_answer(&out, r"Got response: b'Hello, w\xef\xbf\xbdrld \xf0\x9f\x90\xb6\xef\xbf\xbd!'");
+
+    host_functions_example(&parent, lang);
     Project { _tmp: tmp, dir }
+}
+
+/// The README of a new project shows the host's `log`, `config` and
+/// `outcome` in a code block under "The host's functions": that code,
+/// as the plugin's module, builds, and answers as the README says.
+fn host_functions_example(parent: &Path, lang: &str) {
+    let name = format!("host-{lang}");
+    let out = wasmux_in(parent, &["new", &name, "--lang", lang], crate::common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    let dir = parent.join(&name);
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("read the README");
+    let section = readme.split("## The host's functions").nth(1).expect("a section on the host's functions");
+    let block = section.split("```").nth(1).expect("a code block in it");
+    let (_, code) = block.split_once('\n').expect("a fenced block");
+    let module = match lang {
+        "rust" => "src/lib.rs",
+        "python" => "app.py",
+        _ => "app.js",
+    };
+    std::fs::write(dir.join(module), code).expect("write the README's example");
+    build(&dir, &name);
+    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--content", "world", "--config", "greeting=Howdy"], CALL);
+    assert_answer(&out, "Got response: b'Howdy, world!'");
+    assert_eq!(log_lines(&out), [format!(" INFO greeting world plugin={name} version=VERSION tenant=default")], "{out:?}");
 }
 
 /// No file of a new project refers to this repository.
@@ -246,4 +346,94 @@ fn wait_for_swaps(server: &Server, count: usize) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+// ---- What a Python or JavaScript plugin meets in the sandbox ----
+
+/// A new project of `lang` whose module is `code`, built; returns its
+/// folder and what the build printed.
+fn project_with(lang: &str, name: &str, module: &str, code: &str) -> (tempfile::TempDir, PathBuf, Finished) {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let out = wasmux_in(tmp.path(), &["new", name, "--lang", lang], crate::common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    let dir = tmp.path().join(name);
+    std::fs::write(dir.join(module), code).expect("write the plugin");
+    let out = wasmux_in(&dir, &["build"], BUILD);
+    assert!(out.status.success(), "wasmux build failed: {out:?}");
+    (tmp, dir, out)
+}
+
+#[test]
+fn python_imports_the_standard_library_anywhere_and_refuses_sockets_by_name() {
+    let code = r#"import wit_world
+from wit_world.imports import types
+
+
+def answer(text):
+    return types.Response("text/plain", "utf-8", [], text.encode())
+
+
+class WitWorld(wit_world.WitWorld):
+    def handle(self, request):
+        what = request.content.decode()
+        if what == "parse":
+            import urllib.parse
+            return answer(urllib.parse.quote("a b/c"))
+        if what == "idna":
+            return answer("bücher.example".encode("idna").decode())
+        if what == "socket":
+            import socket
+            return answer("imported socket")
+        return answer(str(1 / 0))
+"#;
+    let (_tmp, dir, built) = project_with("python", "sandboxed-py", "app.py", code);
+    assert!(
+        built.stderr.contains("wasmux: warning: app.py:18: importing socket will fail: the host refuses every network connection and name lookup\n"),
+        "no warning about the import of socket: {built:?}"
+    );
+    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-py.wasm", "--content", content], CALL);
+    assert_answer(&call("parse"), "Got response: b'a%20b/c'");
+    assert_answer(&call("idna"), "Got response: b'xn--bcher-kva.example'");
+    let out = call("socket");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        ["Got result: Error: plugin sandboxed-py failed: uncaught ImportError: socket cannot be imported in a wasmux plugin: the host refuses every network connection and name lookup"],
+        "{out:?}"
+    );
+    let out = call("boom");
+    assert_eq!(out.stdout, ["Got result: Error: plugin sandboxed-py failed: uncaught ZeroDivisionError: division by zero"], "{out:?}");
+    assert!(out.stderr.contains("Traceback") && out.stderr.contains("ZeroDivisionError"), "no traceback in the log: {out:?}");
+}
+
+#[test]
+fn javascript_has_no_fetch_and_answers_uncaught_exceptions_as_errors() {
+    let code = r#"const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function answer(text) {
+  return { contentType: 'text/plain', contentEncoding: 'utf-8', fields: [], content: encoder.encode(text) };
+}
+
+export function handle(request) {
+  const what = decoder.decode(request.content);
+  if (what === 'typeof') return answer(`fetch is ${typeof fetch}`);
+  if (what === 'catch') {
+    try {
+      fetch('http://127.0.0.1:9/');
+    } catch (error) {
+      return answer(`caught ${error}`);
+    }
+  }
+  throw new Error('boom');
+}
+"#;
+    let (_tmp, dir, _) = project_with("js", "sandboxed-js", "app.js", code);
+    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-js.wasm", "--content", content], CALL);
+    assert_answer(&call("typeof"), "Got response: b'fetch is undefined'");
+    assert_answer(&call("catch"), "Got response: b'caught ReferenceError: fetch is not defined'");
+    let out = call("throw");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stdout, ["Got result: Error: plugin sandboxed-js failed: uncaught Error: boom"], "{out:?}");
+    assert!(out.stderr.contains("handle@app.js:"), "no stack in the log: {out:?}");
 }

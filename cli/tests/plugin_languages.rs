@@ -97,9 +97,14 @@ fn the_search_in_every_language_answers_as_the_guides_logic() {
 }
 
 /// A Python plugin that tries, on request, each thing a guest might reach
-/// for, and answers what it got.
+/// for, and answers what it got. `wasmux build` makes `import socket` fail
+/// with an error naming what the host refuses; that is a courtesy to
+/// authors, not the sandbox, so the probe removes it to try the host itself.
 const PROBE: &str = r#"
-import json, os, random, socket, sys, time
+import sys
+sys.meta_path[:] = [finder for finder in sys.meta_path if type(finder).__name__ != "Refusals"]
+
+import json, os, random, socket, time
 
 import wit_world
 from wit_world.imports import types

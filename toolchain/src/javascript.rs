@@ -12,12 +12,23 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::Project;
+
 /// The componentize-js release every JavaScript plugin is built with.
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 
 const PACKAGE_JSON: &str = include_str!("javascript/package.json");
 const PACKAGE_LOCK: &str = include_str!("javascript/package-lock.json");
 const BUILD_SCRIPT: &str = include_str!("javascript/build.mjs");
+
+/// The module componentize-js builds, around the plugin's own, and what it
+/// runs first; written into [`ENTRY_DIR`] of the project (componentize-js
+/// maps the project's folder to the component's `/`, so the plugin's
+/// relative imports and the file names in its stack traces stay as they
+/// are).
+const ENTRY_MODULE: &str = include_str!("javascript/entry.js");
+const SANDBOX_MODULE: &str = include_str!("javascript/sandbox.js");
+pub const ENTRY_DIR: &str = ".wasmux";
 
 /// componentize-js's WASI features, each of which a plugin may keep or
 /// drop. `http` and `fetch-event` are always dropped (a plugin has no
@@ -65,28 +76,60 @@ impl ComponentizeJs {
         Ok(Self { node, script })
     }
 
-    /// Builds the ES module `source` into the component `out`, for `world`
-    /// of the WIT in `wit`. With `wasi`, `console.log` (stdio),
-    /// `Math.random` / `crypto` (random) and `Date.now` (clocks) work
-    /// through the host's WASI subset; without it the component imports no
-    /// WASI at all, and those fail or trap.
-    pub fn componentize(&self, source: &Path, wit: &Path, world: &str, wasi: bool, out: &Path) -> Result<()> {
+    /// Builds the project's ES module (`entry`, relative to its folder) into
+    /// the component `out`, for `world` of its WIT, through the entry
+    /// module ([`ENTRY_MODULE`]) written into its `.wasmux/`. With
+    /// `wasi`, `console.log` (stdio), `Math.random` / `crypto` (random) and
+    /// `Date.now` (clocks) work through the host's WASI subset; without it
+    /// the component imports no WASI at all, and those fail or trap.
+    pub fn componentize(&self, project: &Project, world: &str, out: &Path) -> Result<()> {
+        let (project_dir, entry, wit, wasi) = (&project.dir, &project.entry, &project.wit_dir(), project.wasi);
+        let version = wit_package_version(wit)?;
+        let dir = project_dir.join(ENTRY_DIR);
+        let module = format!("../{}", entry.trim_start_matches("./"));
+        let source = dir.join("entry.js");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::write_if_changed(&source, ENTRY_MODULE.replace("{{module}}", &module).replace("{{version}}", &version).as_bytes())?;
+        crate::write_if_changed(&dir.join("sandbox.js"), SANDBOX_MODULE.as_bytes())?;
         let mut disabled: Vec<&str> = ALWAYS_DISABLED.to_vec();
         if !wasi {
             disabled.extend(WASI_FEATURES);
         }
         let disabled = serde_json::to_string(&disabled)?;
         let mut command = Command::new(&self.node);
-        command.arg(&self.script).arg(source).arg(wit).arg(world).arg(out).arg(disabled);
-        if let Some(dir) = source.parent() {
-            command.current_dir(dir);
-        }
+        command.arg(&self.script).arg(&source).arg(wit).arg(world).arg(out).arg(disabled).arg(project_dir.join(entry));
+        // Its folder is the component's `/` (see [`ENTRY_MODULE`]).
+        command.current_dir(project_dir);
         crate::run_tool("componentize-js", &mut command)?;
         if !out.is_file() {
             bail!("componentize-js reported success but wrote no {}", out.display());
         }
         Ok(())
     }
+}
+
+/// The version of the `wasmux:plugin` package in the WIT folder `wit`
+/// (`package wasmux:plugin@0.1.1;`), which the entry module's import of the
+/// host names.
+fn wit_package_version(wit: &Path) -> Result<String> {
+    for entry in std::fs::read_dir(wit).with_context(|| format!("reading {}", wit.display()))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "wit") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        if let Some(version) = package_version(&text) {
+            return Ok(version);
+        }
+    }
+    bail!("{} declares no `package wasmux:plugin@VERSION;`", wit.display())
+}
+
+fn package_version(wit: &str) -> Option<String> {
+    wit.lines()
+        .filter_map(|line| line.trim().strip_prefix("package wasmux:plugin@"))
+        .map(|rest| rest.trim_end_matches(';').trim().to_owned())
+        .find(|version| !version.is_empty())
 }
 
 /// Node.js, installed from Debian's packages if missing.
@@ -106,4 +149,16 @@ fn find_npm() -> Result<PathBuf> {
     eprintln!("wasmux: no npm on PATH; installing Debian's npm with apt-get");
     crate::debian::install(&["npm"]).context("componentize-js is installed from npm")?;
     crate::debian::which("npm").context("apt-get installed npm, but it is not on PATH")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_package_version_of_the_plugin_world() {
+        assert_eq!(package_version(crate::WIT), Some(crate::WIT_VERSION.to_owned()));
+        assert_eq!(package_version("/// x\npackage wasmux:plugin@0.1.0;\n"), Some("0.1.0".to_owned()));
+        assert_eq!(package_version("package other:thing@1.0.0;"), None);
+    }
 }

@@ -33,6 +33,10 @@ pub use project::{BuildOptions, Language, Project, build_project, build_project_
 /// new` writes it into each project.
 pub const WIT: &str = include_str!("../../wit/wasmux.wit");
 
+/// The version of the `wasmux:plugin` package in [`WIT`]: what a plugin's
+/// imports of the host name (`wasmux:plugin/host@VERSION`).
+pub const WIT_VERSION: &str = "0.1.1";
+
 /// The world's name in [`WIT`].
 pub const WORLD: &str = "handler";
 

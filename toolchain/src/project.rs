@@ -137,7 +137,7 @@ impl Project {
         let Some(first) = parts.next() else {
             return false;
         };
-        if matches!(first.as_ref(), "target" | "dist" | "node_modules" | "__pycache__" | "wit_world") {
+        if matches!(first.as_ref(), "target" | "dist" | "node_modules" | "__pycache__" | "wit_world" | crate::javascript::ENTRY_DIR) {
             return false;
         }
         let name = relative.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
@@ -295,7 +295,11 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
         Language::Python => {
             let tool = ComponentizePy::find_or_install(&options.cache_dir)?;
             let scratch = Scratch::new(out_dir, &project.name);
-            tool.componentize(&project.dir, &project.entry, &project.wit_dir(), WORLD, project.wasi, &scratch.0)?;
+            let entry_dir = ScratchDir(out_dir.join(format!(".{}.{}.python", project.name, std::process::id())));
+            let warnings = tool.componentize(&project, WORLD, &scratch.0, &entry_dir.0)?;
+            for warning in warnings {
+                eprintln!("wasmux: warning: {warning}");
+            }
             scratch.publish(&out)?;
         }
         Language::JavaScript => {
@@ -305,7 +309,7 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
                 bail!("{} does not exist (package.json's \"main\")", source.display());
             }
             let scratch = Scratch::new(out_dir, &project.name);
-            tool.componentize(&source, &project.wit_dir(), WORLD, project.wasi, &scratch.0)?;
+            tool.componentize(&project, WORLD, &scratch.0)?;
             scratch.publish(&out)?;
         }
     }
@@ -333,19 +337,64 @@ impl Drop for Scratch {
     }
 }
 
+/// A folder for a tool's own files beside the component, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `cargo build --release` for wasm32; returns the core module.
 fn build_rust(project: &Project, options: &BuildOptions) -> Result<PathBuf> {
     let toolchain = Toolchain::find_or_install()?;
     let manifest = project.dir.join("Cargo.toml");
+    let target_dir = options.rust_target_dir();
     let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     build
         .args(["build", "--release", "--lib", "--message-format=json-render-diagnostics", "--manifest-path"])
         .arg(&manifest)
-        .env("CARGO_TARGET_DIR", options.rust_target_dir());
-    toolchain.configure(&mut build);
+        .env("CARGO_TARGET_DIR", &target_dir);
+    toolchain.configure(&mut build, &target_dir);
+    // The first build with these flags compiles the standard library too:
+    // one line says so instead of some 60 `Compiling` lines.
+    let std_built = toolchain.builds_std().then(|| target_dir.join(std_marker(&build)));
+    let first = std_built.as_ref().is_some_and(|marker| !marker.exists());
+    if first {
+        eprintln!(
+            "wasmux: building Rust's standard library for {TARGET} once for this machine \
+             (1 to 4 minutes on 2 cores; later builds take seconds)"
+        );
+        build.arg("--quiet");
+    }
+    let started = std::time::Instant::now();
     let stdout = crate::run_tool_with("cargo build", &mut build, false)?;
+    if let (true, Some(marker)) = (first, &std_built) {
+        let _ = std::fs::write(marker, b"");
+        eprintln!("wasmux: built the standard library in {:.0} s; it is kept in {} for every plugin", started.elapsed().as_secs_f64(), target_dir.display());
+    }
     cdylib_artifact(&stdout, &manifest)
         .with_context(|| format!("cargo built no library for {}: is `crate-type = [\"cdylib\"]` under [lib]?", manifest.display()))
+}
+
+/// The name of the file that says the standard library was built, in the
+/// target directory, for the compiler and flags of `build`: a change of
+/// either rebuilds it, and shows the notice again.
+fn std_marker(build: &Command) -> String {
+    let mut text = String::new();
+    for (key, value) in build.get_envs() {
+        if matches!(key.to_str(), Some("RUSTC" | "CARGO_ENCODED_RUSTFLAGS")) {
+            text.push_str(&format!("{key:?}={value:?};"));
+        }
+    }
+    let rustc = build.get_envs().find(|(k, _)| *k == "RUSTC").and_then(|(_, v)| v).map(|v| v.to_os_string()).unwrap_or_else(|| "rustc".into());
+    if let Ok(version) = Command::new(rustc).arg("-vV").output() {
+        text.push_str(&String::from_utf8_lossy(&version.stdout));
+    }
+    // FNV-1a: stable across builds of wasmux, unlike the standard hasher.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!(".wasmux-std-built-{hash:016x}")
 }
 
 /// The `.wasm` of the package at `manifest`, from cargo's JSON messages.
@@ -432,6 +481,24 @@ mod tests {
                 let text = std::fs::read_to_string(project_dir.join(file)).unwrap();
                 assert!(!text.contains("../../"), "{} has a path out of the project", file.display());
             }
+        }
+    }
+
+    /// Each template's README shows the host's three functions in a code
+    /// block (which the authoring tests build and call), and JavaScript's
+    /// import names the WIT package's current version.
+    #[test]
+    fn template_readmes_show_every_host_function_at_the_current_version() {
+        for language in Language::ALL {
+            let readme = templates::files(language).find(|f| f.path == "README.md").map(|f| f.text).unwrap();
+            let example = readme.split("## The host's functions").nth(1).and_then(|rest| rest.split("```").nth(1)).unwrap_or_default();
+            for function in ["log", "config", "outcome"] {
+                assert!(example.contains(&format!("{function}(")), "{language}: the README's example does not call {function}");
+            }
+            if language == Language::JavaScript {
+                assert!(example.contains(&format!("'wasmux:plugin/host@{}'", crate::WIT_VERSION)), "{example}");
+            }
+            assert!(!readme.contains("@0.1.0"), "{language}: the README names an old version");
         }
     }
 

@@ -13,8 +13,20 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::Project;
+
 /// The componentize-py release every Python plugin is built with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// The module componentize-py initializes: it imports the plugin's module
+/// (`{{module}}`) and the standard library, refuses what the sandbox
+/// refuses with a clear error, and turns uncaught exceptions into handler
+/// errors. Its own docstring says how.
+const ENTRY_MODULE: &str = include_str!("python/_wasmux_plugin.py");
+
+/// [`ENTRY_MODULE`]'s name, and the report it writes beside itself.
+const ENTRY_NAME: &str = "_wasmux_plugin";
+const REPORT: &str = "wasmux-report.txt";
 
 /// Runs componentize-py's command line from its Python package.
 const RUN_TOOL: &str = "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())";
@@ -59,19 +71,32 @@ impl ComponentizePy {
         Ok(Self { python })
     }
 
-    /// Builds the module `module` of `app_dir` (its `WitWorld` class) into
-    /// the component `out`, for `world` of the WIT in `wit`. Without `wasi`,
-    /// every WASI import becomes a trapping stub (`--stub-wasi`): the
-    /// component then runs on a host that offers no WASI, but `print`
-    /// traps and the random seed is fixed when the component is built.
-    pub fn componentize(&self, app_dir: &Path, module: &str, wit: &Path, world: &str, wasi: bool, out: &Path) -> Result<()> {
+    /// Builds the project's module (its `WitWorld` class) into the
+    /// component `out`, for `world` of the project's WIT, through the
+    /// entry module ([`ENTRY_MODULE`]) written into `scratch`, an empty
+    /// folder of the caller's. Without `wasi`, every WASI import becomes a
+    /// trapping stub (`--stub-wasi`): the component then runs on a host that
+    /// offers no WASI, but `print` traps and the random seed is fixed when
+    /// the component is built.
+    ///
+    /// Returns the warnings the entry module found: imports in the plugin
+    /// that will fail when they run (`app.py:12: importing socket will
+    /// fail: …`).
+    pub fn componentize(&self, project: &Project, world: &str, out: &Path, scratch: &Path) -> Result<Vec<String>> {
+        let (app_dir, wit) = (&project.dir, &project.wit_dir());
+        std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
+        let entry = scratch.join(format!("{ENTRY_NAME}.py"));
+        std::fs::write(&entry, ENTRY_MODULE.replace("{{module}}", &project.entry)).with_context(|| format!("writing {}", entry.display()))?;
         let mut command = Command::new(&self.python);
         command
             .args(["-c", RUN_TOOL, "-d"])
             .arg(wit)
             .args(["-w", world, "componentize"])
+            // The project first: its modules are the plugin's.
             .arg("-p")
             .arg(app_dir)
+            .arg("-p")
+            .arg(scratch)
             .arg("-o")
             .arg(out)
             .current_dir(app_dir)
@@ -82,13 +107,14 @@ impl ComponentizePy {
             // of the tool follows the Python error the user needs.
             .env("RUST_BACKTRACE", "0")
             .env("RUST_LIB_BACKTRACE", "0");
-        if !wasi {
+        if !project.wasi {
             command.arg("--stub-wasi");
         }
-        command.arg(module);
+        command.arg(ENTRY_NAME);
         // It prints "Component built successfully" on standard output.
         crate::run_tool("componentize-py", &mut command)?;
-        Ok(())
+        let report = std::fs::read_to_string(scratch.join(REPORT)).unwrap_or_default();
+        Ok(report.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
     }
 }
 

@@ -57,19 +57,38 @@ impl Toolchain {
         Ok(Self::DebianWeb { rustc: debian, linker })
     }
 
-    /// Adds what this route needs to a `cargo build` command.
-    pub fn configure(&self, cargo_build: &mut Command) {
+    /// Adds what this route needs to a `cargo build` command whose target
+    /// directory is `target_dir`.
+    ///
+    /// The paths of this machine are mapped to fixed names in what the
+    /// compiler writes (file names in panic messages): `CARGO_HOME` (where
+    /// the dependencies' sources are) to `/cargo`, the target directory to
+    /// `/target`, so that a plugin builds to the same bytes for every user
+    /// and machine. The project's own files are named relative to it by
+    /// cargo already. The flags are the same for every build on a machine,
+    /// so the standard library built with them is built once.
+    pub fn configure(&self, cargo_build: &mut Command, target_dir: &Path) {
         cargo_build.args(["--target", TARGET]);
+        let mut flags = inherited_rustflags();
+        if let Some(home) = cargo_home() {
+            flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+        }
+        flags.push(format!("--remap-path-prefix={}=/target", target_dir.display()));
         match self {
             Self::Rustup => {}
             Self::DebianWeb { rustc, linker } => {
-                cargo_build
-                    .env("RUSTC", rustc)
-                    .env("RUSTC_BOOTSTRAP", "1")
-                    .env("RUSTFLAGS", format!("-C linker={}", linker.display()))
-                    .arg("-Zbuild-std=std,panic_abort");
+                flags.insert(0, format!("-Clinker={}", linker.display()));
+                cargo_build.env("RUSTC", rustc).env("RUSTC_BOOTSTRAP", "1").arg("-Zbuild-std=std,panic_abort");
             }
         }
+        // The encoded form keeps paths with spaces whole.
+        cargo_build.env_remove("RUSTFLAGS").env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"));
+    }
+
+    /// Whether this route compiles the standard library for wasm32 from
+    /// source (once per machine and target directory).
+    pub fn builds_std(&self) -> bool {
+        matches!(self, Self::DebianWeb { .. })
     }
 
     pub fn describe(&self) -> String {
@@ -80,6 +99,23 @@ impl Toolchain {
             }
         }
     }
+}
+
+/// The user's own flags for the compiler, kept under ours.
+fn inherited_rustflags() -> Vec<String> {
+    if let Some(encoded) = std::env::var_os("CARGO_ENCODED_RUSTFLAGS").filter(|f| !f.is_empty()) {
+        return encoded.to_string_lossy().split('\u{1f}').map(str::to_owned).collect();
+    }
+    std::env::var("RUSTFLAGS").unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+}
+
+/// Where cargo keeps the sources of dependencies: `CARGO_HOME`, else `~/.cargo`.
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .map(|home| std::path::absolute(&home).unwrap_or(home))
 }
 
 fn host_rustc() -> String {

@@ -61,7 +61,7 @@ pub fn build(root: &Path, release: bool, which: Which) -> Result<()> {
     for plugin in &plugins {
         build.args(["-p", &plugin.package]);
     }
-    toolchain.configure(&mut build);
+    toolchain.configure(&mut build, &target_dir);
     crate::run(&mut build)?;
 
     let profile = if release { "release" } else { "debug" };
