@@ -12,6 +12,8 @@
 //!   every test, on the release build.
 //! - `cargo xtask serve [ARGS]` builds the served plugins and the release
 //!   server (at once) and starts it with them.
+//! - `cargo xtask install [--root DIR]` puts the release `wasmux` on the
+//!   PATH, lean (`install.rs`).
 //! - `cargo xtask bench` builds both, compares the Wasm plugins (fresh
 //!   instances and reused ones), the native handlers and the guide's Python
 //!   server under load, counts each one's CPU time and system calls per
@@ -22,6 +24,7 @@
 //!   docs/ with `wasmux-docs-test` (`docs/testing-the-docs.md`).
 
 mod bench;
+mod install;
 mod plugins;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +64,13 @@ enum Task {
         /// Extra arguments for wasmux-docs-test (e.g. --only docs/tls.md, -v).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Put `wasmux` on the PATH: the release build (reused if built),
+    /// stripped, with its symbols in `wasmux.debug` beside it.
+    Install {
+        /// Where to install (default: $CARGO_HOME/bin, where `cargo install` puts binaries).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
     /// Build the plugins and the release server, then run `wasmux serve` with them.
     Serve {
@@ -200,6 +210,10 @@ fn run_task(cli: Cli) -> Result<()> {
             // The guide's search in each language, built once for every
             // test that serves them.
             plugins::build_examples(&root)?;
+            // What the README's install command puts on the PATH: lean, and
+            // still naming wasmux's functions in a backtrace.
+            let installed = install::install(&root, &root.join("target/install-check"))?;
+            install::check(&installed)?;
             timed("the tests", || {
                 run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
                 // `--all-targets` leaves out documentation examples.
@@ -212,6 +226,13 @@ fn run_task(cli: Cli) -> Result<()> {
             })?;
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
+        Task::Install { root: dir } => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => install::default_root()?,
+            };
+            timed("install", || install::install(&root, &dir).map(|_| ()))?;
+        }
         Task::Serve { args } => {
             // The served plugins and the server build at once: the server's
             // build leaves a core idle for long stretches (one big crate
