@@ -218,11 +218,12 @@ fn run_task(cli: Cli) -> Result<()> {
                 run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
                 // `--all-targets` leaves out documentation examples.
                 run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
-                // The plugins' shared logic and the guests themselves, natively.
+                // The plugins' shared logic, the guests themselves and the
+                // Rust guest SDK (a path dependency of theirs), natively.
                 run(Command::new(cargo())
                     .current_dir(root.join("plugins"))
                     .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
-                    .args(["test", "--workspace", "--locked"]))
+                    .args(["test", "--workspace", "-p", "wasmux-sdk", "--locked"]))
             })?;
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
