@@ -220,10 +220,15 @@ fn run_task(cli: Cli) -> Result<()> {
                 run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
                 // The plugins' shared logic, the guests themselves and the
                 // Rust guest SDK (a path dependency of theirs), natively.
-                run(Command::new(cargo())
-                    .current_dir(root.join("plugins"))
-                    .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
-                    .args(["test", "--workspace", "-p", "wasmux-sdk", "--locked"]))
+                for selection in [&["--workspace"][..], &["-p", "wasmux-sdk"]] {
+                    run(Command::new(cargo())
+                        .current_dir(root.join("plugins"))
+                        .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                        .arg("test")
+                        .args(selection)
+                        .arg("--locked"))?;
+                }
+                Ok(())
             })?;
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
