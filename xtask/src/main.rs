@@ -9,7 +9,8 @@
 //!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) with
 //!   `wasmux build` into `target/lang-plugins/`.
 //! - `cargo xtask test` builds the plugins (with the examples) and runs
-//!   every test, on the release build.
+//!   every test, on the release build, then every transcript of the docs
+//!   (as `test-docs` does).
 //! - `cargo xtask serve [ARGS]` builds the served plugins and the release
 //!   server (at once) and starts it with them.
 //! - `cargo xtask install [--root DIR]` puts the release `wasmux` on the
@@ -19,7 +20,7 @@
 //!   server under load, counts each one's CPU time and system calls per
 //!   request, and writes `docs/benchmarks.md` and `docs/benchmarks.svg`.
 //! - `cargo xtask test-docs [ARGS]` builds what the documentation's
-//!   transcripts run (the plugins, the debug `wasmux`, the examples, the
+//!   transcripts run (the plugins, the release `wasmux`, the examples, the
 //!   plugin toolchains) and runs every console transcript of README.md and
 //!   docs/ with `wasmux-docs-test` (`docs/testing-the-docs.md`).
 
@@ -230,6 +231,9 @@ fn run_task(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             })?;
+            // Every console transcript of the README and of docs/, timed
+            // apart from the suite (`test_docs` prints its own total).
+            test_docs(&root, &[])?;
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
         Task::Install { root: dir } => {
