@@ -184,7 +184,7 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Plugins { debug, examples } => {
             plugins::build(&root, !debug, plugins::Which::All)?;
             if examples {
-                run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+                run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
                 plugins::build_examples(&root)?;
             }
         }
@@ -198,7 +198,7 @@ fn run_task(cli: Cli) -> Result<()> {
                     // The example programs the tests run, and the binary,
                     // built once with the same features as the tests.
                     timed("the workspace's binaries and examples", || {
-                        run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))
+                        run(cargo().current_dir(&root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))
                     })
                 },
             );
@@ -216,13 +216,13 @@ fn run_task(cli: Cli) -> Result<()> {
             let installed = install::install(&root, &root.join("target/install-check"))?;
             install::check(&installed)?;
             timed("the tests", || {
-                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
+                run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
                 // `--all-targets` leaves out documentation examples.
-                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
+                run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
                 // The plugins' shared logic, the guests themselves and the
                 // Rust guest SDK (a path dependency of theirs), natively.
                 for selection in [&["--workspace"][..], &["-p", "wasmux-sdk"]] {
-                    run(Command::new(cargo())
+                    run(cargo()
                         .current_dir(root.join("plugins"))
                         .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
                         .arg("test")
@@ -249,7 +249,7 @@ fn run_task(cli: Cli) -> Result<()> {
             // at a time), which the plugins' build fills.
             both(
                 || plugins::build(&root, true, plugins::Which::Served),
-                || timed("the server", || run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
+                || timed("the server", || run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
             )?;
             let plugins = root.join("target/plugins");
             run(Command::new(root.join("target/release/wasmux"))
@@ -305,7 +305,7 @@ fn test_docs(root: &Path, args: &[String]) -> Result<()> {
     run(Command::new("bash").arg(root.join("docs-test/install-deps.sh")))?;
     // The same build as `cargo xtask test`'s, so neither rebuilds the
     // other's: the release `wasmux`, the examples, and wasmux-docs-test.
-    run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))?;
+    run(cargo().current_dir(root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))?;
     // The plugin toolchains, installed where the tests keep them: the
     // transcripts run without a network, so `wasmux build` must find them.
     let cache = root.join("target/test-cache");
@@ -332,8 +332,23 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The cargo that runs this task (so a rustup override carries through).
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+///
+/// Without the variables `cargo run` set for this process (the xtask
+/// package's `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build scripts that
+/// read one (ring's reads `CARGO_MANIFEST_DIR`) would see it change between
+/// `cargo xtask serve` and a plain `cargo build`, and each would rebuild
+/// what the other built.
+fn cargo() -> Command {
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_run = name.starts_with("CARGO_PKG_")
+            || matches!(name, "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_BIN_NAME" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE");
+        if set_by_cargo_run {
+            cargo.env_remove(name);
+        }
+    }
+    cargo
 }
 
 /// Runs `first` on a thread of its own while `second` runs here; both
