@@ -332,7 +332,7 @@ async fn pipeline<'a>(
         let slots = &slots;
         let resend_first = &mut *again;
         let write = async move {
-            let written = loop {
+            let written = 'writing: loop {
                 let Ok(permit) = slots.acquire().await else { break Ok(()) };
                 permit.forget();
                 let mut free = 1;
@@ -346,6 +346,16 @@ async fn pipeline<'a>(
                         writer.queue_encoded(&request.case.bytes);
                         let _ = queue.send(request);
                         continue;
+                    }
+                    // Under --rate the next ticket may be a while: what is
+                    // queued goes now, not when the free slots are filled
+                    // (a request held back would be timed from before it
+                    // was sent, and meet a server's idle timeout).
+                    if shared.pace.is_some()
+                        && writer.pending() > 0
+                        && let Err(e) = writer.flush().await
+                    {
+                        break 'writing Err((None, Failure::io(&e)));
                     }
                     let Some(ticket) = shared.ticket().await else {
                         more = false;
