@@ -157,8 +157,9 @@ fn the_names_of_the_fields_the_server_reads_are_matched_in_any_case() {
 
 #[test]
 fn an_answer_still_queued_when_the_frame_is_lost_is_not_destroyed() {
-    let server = Server::start_with_fixtures(
+    let server = Server::start_with_fixtures_and(
         "[limits]\nmax-response = \"2 MiB\"\n[routes]\n\"test/bad-response\" = \"bad-response\"\n\"*\" = \"search\"\n",
+        &["--admin", "127.0.0.1:0"],
     );
     // A client with a small receive buffer, so that the server cannot send
     // its answers until the client reads.
@@ -171,11 +172,18 @@ fn an_answer_still_queued_when_the_frame_is_lost_is_not_destroyed() {
     // A request whose 1 MB answer waits in the server's send buffer, then a
     // header that is not JSON, then more bytes than the server will read.
     conn.send(&message(json!({"byteorder": "little", "content-type": "test/bad-response", "content-encoding": "utf-8"}), b"size 1000000"));
-    std::thread::sleep(Duration::from_millis(200));
+    // The answer has begun to arrive: the server has it, and most of it is
+    // still queued on its side.
+    let mut first_byte = [0; 1];
+    assert_eq!(conn.stream.peek(&mut first_byte).expect("the first answer begins"), 1);
     let mut bytes = raw(b"not json", b"");
     bytes.extend(std::iter::repeat_n(0xAB, 64 * 1024));
     conn.send(&bytes);
-    std::thread::sleep(Duration::from_millis(200));
+    // The server has refused the lost frame (it counts it) while the answer
+    // is still queued.
+    crate::common::wait_until("the lost frame counted", || {
+        crate::common::metric_total(&server.admin_get("/metrics").1, "wasmux_requests_total", "outcome=\"bad-frame\"") == 1.0
+    });
 
     // Closing a socket with unread bytes resets the connection and throws
     // away what it has not sent yet. Both answers must arrive.
