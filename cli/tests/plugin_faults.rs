@@ -379,3 +379,23 @@ fn a_tenants_plugin_memory_and_deadline_override_the_servers() {
     expect_error(&mut conn, "memory-hog", "grow", "plugin-memory", "over its limit of 16777216");
     expect_error(&mut conn, "spin", "forever", "plugin-timeout", "ran past its deadline of 100ms");
 }
+
+/// A plugin's answer field spelled like a required one in another case
+/// (`Content-Length`, `Content-Type`) would give the reader two values: the
+/// host leaves it out and sends the answer (docs/configuration.md); spelled
+/// exactly, the answer is refused (above).
+#[test]
+fn an_answer_field_spelled_like_a_required_one_in_another_case_is_left_out() {
+    let server = Server::start_with_fixtures(CONFIG);
+    let mut conn = server.connect();
+    conn.send(&ask("bad-response", "reserved-field-other-case"));
+    let bytes = conn.read_message();
+    let header_len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+    let header = std::str::from_utf8(&bytes[2..2 + header_len]).expect("a UTF-8 header");
+    assert_eq!(
+        header,
+        r#"{"byteorder": "little", "content-type": "application/octet-stream", "content-encoding": "binary", "content-length": 5, "note": "kept"}"#
+    );
+    assert_eq!(&bytes[2 + header_len..], b"hello");
+    assert_unharmed(&server, &mut conn);
+}
