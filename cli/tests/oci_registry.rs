@@ -188,7 +188,15 @@ async fn artifacts_of_other_tools_load_and_bad_ones_are_refused() {
     stored[1000] ^= 0xff;
     std::fs::write(&file, &stored).expect("tamper");
     let error = repo.pull(&tag("search")).await.expect_err("a tampered component is refused");
-    assert!(format!("{error:#}").contains("digest") || format!("{error:#}").contains("hash"), "{error:#}");
+    assert_eq!(
+        format!("{error:#}"),
+        format!(
+            "{}:search (component {}): the bytes received hash to {}, not to the manifest's digest; refused",
+            repo.name(),
+            pushed.component.short(),
+            Digest::of(&stored)
+        )
+    );
     let events = poller.poll().await;
     assert!(
         matches!(events.as_slice(), [Change::Refused { name, .. }] if name == "search"),
@@ -369,7 +377,9 @@ fn wasmux_push_writes_the_cncf_wasm_artifact_layout() {
             "architecture": "wasm",
             "os": "wasip2",
             "layerDigests": [sha256(&component)],
-            "component": {"exports": ["wasmux:plugin/handler@0.1.1"], "imports": [], "target": null},
+            // A world's names as oci-wasm lists them: its interfaces and the
+            // types it uses at the top level.
+            "component": {"exports": ["handle"], "imports": ["wasmux:plugin/types@0.1.1", "request", "response", "handler-error"], "target": null},
         }),
         "{}",
         String::from_utf8_lossy(&config_bytes)
