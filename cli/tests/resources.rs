@@ -104,7 +104,7 @@ fn a_server_wide_budget_makes_big_messages_wait_their_turn() {
     assert_eq!(crate::common::Answer::parse(&first.read_message()).content, b"First 10 bytes of request: yyyyyyyyyy");
     assert_eq!(crate::common::Answer::parse(&second.read_message()).content, b"First 10 bytes of request: yyyyyyyyyy");
     assert!(sending.join().expect("the sender"), "the second client's message was not taken whole");
-    assert!(server.wait_for_log(" for 8192 KiB of the read budget", crate::common::STEP), "the second message did not wait for the budget:\n{}", server.log());
+    assert!(server.wait_for_log(" for 8128 KiB of the read budget", crate::common::STEP), "the second message did not wait for the budget:\n{}", server.log());
 }
 
 #[test]
