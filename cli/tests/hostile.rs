@@ -189,7 +189,7 @@ fn an_answer_still_queued_when_the_frame_is_lost_is_not_destroyed() {
     // away what it has not sent yet. Both answers must arrive.
     let answer = conn.try_read_message().expect("the first answer, whole");
     assert_eq!(crate::common::Answer::parse(&answer).content.len(), 1_000_000);
-    read_error(&mut conn, "garbage after a lost frame", "bad-frame", "not valid JSON");
+    read_error(&mut conn, "garbage after a lost frame", "bad-frame", "the JSON header is not valid JSON: expected ident at line 1 column 2");
     assert!(conn.is_closed());
     server.assert_serves_others();
 }
@@ -216,7 +216,7 @@ fn the_default_maximum_is_8_mib_and_refused_before_any_content_is_read() {
     let answer = conn.request(&crate::common::binary(&content));
     assert_eq!(answer.content, b"First 10 bytes of request: xxxxxxxxxx");
     // ... one byte more is refused from the header alone: no content follows.
-    check(&server, "8 MiB + 1", &with_length("8388609"), Expect::Closed("too-large", "over this server's limit of 8388608 bytes"));
+    check(&server, "8 MiB + 1", &with_length("8388609"), Expect::Closed("too-large", r#""content-length" 8388609 is over this server's limit of 8388608 bytes"#));
 }
 
 #[test]
@@ -250,7 +250,7 @@ fn announced_lengths_are_not_allocated_before_they_arrive() {
     // Each is told it timed out: by then the server has read its header and
     // done whatever it does with the announced length.
     for conn in &mut stalled {
-        read_error(conn, "a stalled 8 MiB message", "timeout", "was not finished within 1s");
+        read_error(conn, "a stalled 8 MiB message", "timeout", "the message was not finished within 1s of its first byte");
     }
     // Reserved memory counts whether or not it was ever touched: the peak
     // of the address space shows any reservation, even one since freed.
@@ -265,9 +265,9 @@ fn truncated_messages_are_reported_then_closed() {
     let server = Server::start_configured(CONFIG, &crate::common::plugins_dir());
     let whole = search("morpheus");
     for (what, cut, cause) in [
-        ("in the prefix", 1, "in the 2-byte header length"),
-        ("in the header", 20, "in the JSON header (18 of 103 bytes)"),
-        ("in the content", whole.len() - 1, "in the content (40 of 41 bytes)"),
+        ("in the prefix", 1, "the connection ended in the middle of a message, in the 2-byte header length"),
+        ("in the header", 20, "the connection ended in the middle of a message, in the JSON header (18 of 103 bytes)"),
+        ("in the content", whole.len() - 1, "the connection ended in the middle of a message, in the content (40 of 41 bytes)"),
     ] {
         let mut conn = server.connect();
         conn.send(&whole[..cut]);
@@ -304,7 +304,7 @@ fn a_stalled_message_times_out_from_its_first_byte() {
         }
     });
     let started = Instant::now();
-    read_error(&mut conn, "trickling", "timeout", "within 300ms of its first byte");
+    read_error(&mut conn, "trickling", "timeout", "the message was not finished within 300ms of its first byte");
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(3), "a trickling peer held its message open for {waited:?}");
     server.assert_serves_others();
@@ -360,7 +360,7 @@ fn an_idle_crowd_does_not_delay_anyone() {
     // told, the others closed.
     for (i, mut conn) in crowd.into_iter().enumerate() {
         if i % 3 == 1 {
-            read_error(&mut conn, "stalled in a crowd", "timeout", "was not finished within 4s");
+            read_error(&mut conn, "stalled in a crowd", "timeout", "the message was not finished within 4s of its first byte");
         }
         assert!(conn.is_closed(), "connection {i} of the crowd was not closed");
     }

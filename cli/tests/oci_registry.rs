@@ -190,10 +190,14 @@ async fn artifacts_of_other_tools_load_and_bad_ones_are_refused() {
     let error = repo.pull(&tag("search")).await.expect_err("a tampered component is refused");
     assert_eq!(
         format!("{error:#}"),
+        // oci-client checks the digest as the blob streams in, before the
+        // repository's own check of the whole (which stays, not to depend
+        // on it): its words, after ours.
         format!(
-            "{}:search (component {}): the bytes received hash to {}, not to the manifest's digest; refused",
+            "reading {}:search (component {}): Invalid digest. Expected {}, got {}",
             repo.name(),
             pushed.component.short(),
+            pushed.component,
             Digest::of(&stored)
         )
     );
