@@ -287,6 +287,8 @@ mod tests {
         let error = client.request(&guide_request("search", "morpheus"), Resend::Once).await.unwrap_err();
         assert!(error.to_string().starts_with(&format!("{addr} sent an unreadable message: ")), "{error}");
         assert_eq!(client.resent(), 0);
+        // The scripted server reads until the client closes.
+        drop(client);
         // A second connection would have been made before the error: none
         // is waiting to be accepted.
         let listener = serving.await.unwrap();
