@@ -1,16 +1,26 @@
 //! What the server does with one decoded request: take out the fields the
 //! host consumes, find the tenant, admit the request under the tenant's
-//! limits, route it, call the plugin, count it (and, on a split, count it
-//! in its arm's experiment), and turn every failure into an error answer
-//! for the client. The socket side ([`crate::server`])
-//! never sees a plugin; this side never sees a byte stream.
+//! limits, route it, call the plugin, count it (and, on a split or a
+//! canary, count it in its arm's experiment, where a canary judges it),
+//! and turn every failure into an error answer for the client. The socket
+//! side ([`crate::server`]) never sees a plugin; this side never sees a
+//! byte stream.
+//!
+//! Canaries: without a store, each starts when its settings come in force;
+//! with one ([`Service::with_canary_store`]), each waits (the candidate
+//! getting nothing) until its state has been read from the store, which
+//! [`Service::keep_canaries`] syncs every [`SYNC_INTERVAL`].
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::config::Settings;
+use crate::experiments::canary::{CanaryConfig, CanaryState, Transition};
+use crate::experiments::rollout::describe;
+use crate::experiments::store::{CanaryStore, SYNC_INTERVAL};
 use crate::experiments::{ArmRef, Entry, Report, Served};
 use crate::message::{AUTHORIZATION_FIELD, ErrorCode, HandlerError, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
@@ -38,6 +48,9 @@ pub struct Service {
     /// Log lines that requests cause (refusals, plugins failing on them),
     /// rate-limited server-wide.
     request_log: LogThrottle,
+    /// Where canaries are kept (the data directory, or a shared Redis);
+    /// none: each starts afresh when it comes in force.
+    canary_store: Option<CanaryStore>,
 }
 
 /// Where a request got to, for its metrics labels and its experiment.
@@ -60,9 +73,33 @@ impl Progress {
 }
 
 impl Service {
+    /// A service whose canaries are kept nowhere: each starts afresh when
+    /// its settings come in force, and decides on this server's requests.
     pub fn new(plugins: Arc<Plugins>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self::with_canary_store(plugins, settings, metrics, None)
+    }
+
+    /// A service whose canaries are kept in `canary_store`, if any: each
+    /// waits until [`Service::keep_canaries`] has read its state.
+    pub fn with_canary_store(plugins: Arc<Plugins>, settings: Settings, metrics: Arc<Metrics>, canary_store: Option<CanaryStore>) -> Self {
         let max_plugin_memory = settings.max_plugin_memory();
-        Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default() }
+        let service =
+            Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default(), canary_store };
+        service.start_canaries(&service.settings());
+        service
+    }
+
+    /// Without a store, starts the canaries of `settings` that are not
+    /// started yet (with one, the sync does).
+    fn start_canaries(&self, settings: &Settings) {
+        if self.canary_store.is_some() {
+            return;
+        }
+        for tenant in settings.tenants.iter() {
+            for (_, canary) in tenant.routes.canaries() {
+                canary.rollout().start();
+            }
+        }
     }
 
     /// The server-wide budget of log lines that peers cause: every line a
@@ -114,6 +151,7 @@ impl Service {
         }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);
+        self.start_canaries(&settings);
         let generation = settings.generation;
         self.settings.store(Arc::new(settings));
         // Instances made under the old settings serve no further request.
@@ -143,8 +181,11 @@ impl Service {
         };
         let elapsed = started.elapsed();
         let Progress { tenant, route, plugin, version, arm, outcomes } = progress;
-        if let Some(arm) = arm {
-            arm.record(Served { version: version.as_str(), error, latency: elapsed }, outcomes.iter());
+        if let Some(arm) = arm
+            && let Some(transition) = arm.record(Served { version: version.as_str(), error, latency: elapsed }, outcomes.iter(), SystemTime::now())
+            && let Some(rollout) = arm.rollout()
+        {
+            log_canary(tenant.as_str(), route.as_str(), rollout.config(), rollout.canary().state(), Some(transition), "");
         }
         let outcome = Label::Static(error.unwrap_or("ok"));
         self.metrics.request(&RequestLabels { tenant, route, plugin, version, outcome }, elapsed);
@@ -202,19 +243,81 @@ impl Service {
         Ok(answer)
     }
 
-    /// Every split route of every tenant in the settings in force: what each
-    /// arm did, and how it compares with the first.
+    /// Every split and canary route of every tenant in the settings in
+    /// force: what each arm did, how it compares with the first, and each
+    /// canary's state.
     pub fn experiments(&self) -> Report {
         let settings = self.settings();
         let entries = settings.tenants.iter().flat_map(|tenant| {
-            tenant.routes.splits().map(move |(route, split)| Entry {
-                tenant: &tenant.name,
-                route: &route.pattern,
-                sticky: split.sticky(),
-                experiment: split.experiment(),
-            })
+            tenant.routes.experiments().map(move |(route, sticky, experiment)| Entry { tenant: &tenant.name, route: &route.pattern, sticky, experiment })
         });
         Report::new(entries, |plugin| self.plugins.get(plugin).map(|p| p.version.short()))
+    }
+
+    /// Syncs every canary in force with the store (nothing without one):
+    /// writes this server's counts and decisions, reads the others' and
+    /// the states saved (a restart's, another server's), and logs what
+    /// that changed.
+    pub async fn sync_canaries(&self) {
+        let Some(store) = &self.canary_store else {
+            return;
+        };
+        let settings = self.settings();
+        for tenant in settings.tenants.iter() {
+            for (route, canary) in tenant.routes.canaries() {
+                let rollout = canary.rollout();
+                match store.sync(&tenant.name, &route.pattern, rollout, SystemTime::now()).await {
+                    Ok(absorbed) => {
+                        let state = rollout.canary().state().clone();
+                        if absorbed.adopted.is_some() {
+                            let whence = if absorbed.started { " (restored from the store)" } else { " (decided by another server)" };
+                            log_canary(&tenant.name, &route.pattern, rollout.config(), &state, None, whence);
+                        } else if absorbed.started {
+                            log_canary(&tenant.name, &route.pattern, rollout.config(), &state, None, " (started)");
+                        }
+                        if let Some(transition) = absorbed.transition {
+                            log_canary(&tenant.name, &route.pattern, rollout.config(), &state, Some(transition), " (on every server's counts)");
+                        }
+                    }
+                    Err(error) => {
+                        let waiting = if rollout.is_known() { "" } else { "; its candidate gets no request until it can be read" };
+                        self.request_log.log(|| {
+                            tracing::warn!(tenant = %tenant.name, route = %route.pattern, "canary: cannot sync with the store: {error}{waiting}");
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Syncs the canaries every [`SYNC_INTERVAL`] until `stop` completes.
+    pub async fn keep_canaries(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        if self.canary_store.is_none() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(SYNC_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = ticks.tick() => self.sync_canaries().await,
+            }
+        }
+        // What changed since the last tick, for the next run.
+        self.sync_canaries().await;
+    }
+}
+
+/// Logs a canary's change: a rollback as a warning, with its figures.
+fn log_canary(tenant: &str, route: &str, config: &CanaryConfig, state: &CanaryState, transition: Option<Transition>, whence: &str) {
+    let sentence = describe(config, state);
+    let transition = transition.map(|t| serde_json::to_value(t).ok().and_then(|v| v["transition"].as_str().map(str::to_owned)).unwrap_or_default());
+    let transition = transition.as_deref().unwrap_or("restored");
+    if matches!(state, CanaryState::RolledBack { .. }) {
+        tracing::warn!(tenant, route, transition, "canary: {sentence}{whence}");
+    } else {
+        tracing::info!(tenant, route, transition, "canary: {sentence}{whence}");
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::experiments::canary::CanaryConfig;
 use crate::runtime::{AllocatorLimits, DEFAULT_CACHE_MAX_SIZE};
 
 /// The file as written.
@@ -127,16 +128,63 @@ pub enum RequestsFile {
     Range(String),
 }
 
-/// A route's target as written: a plugin name, or an experiment.
-#[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a plugin name, or { split = { PLUGIN = WEIGHT, … }, sticky = \"FIELD\" }")]
+/// A route's target as written: a plugin name, a split, or a canary.
+#[derive(Debug)]
 pub enum RouteFile {
     Plugin(String),
     Split(SplitFile),
+    /// `[routes."TYPE".canary]`.
+    Canary(CanaryConfig),
 }
 
-#[derive(Debug, Deserialize)]
+const ROUTE_EXPECTED: &str =
+    "a plugin name, or { split = { PLUGIN = WEIGHT, … }, sticky = \"FIELD\" }, or a canary table ([routes.\"TYPE\".canary] with stable, candidate, steps, …)";
+
+impl<'de> Deserialize<'de> for RouteFile {
+    /// A string is a plugin; a table is told by its keys, so that a
+    /// mistake inside a split or a canary is reported as such, with its
+    /// line (an untagged enum would say only that nothing matched).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RouteFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(ROUTE_EXPECTED)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RouteFile, E> {
+                Ok(RouteFile::Plugin(name.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RouteFile, A::Error> {
+                use serde::de::Error as _;
+                let table = RouteTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                match table {
+                    RouteTable { split: Some(split), sticky, canary: None } => Ok(RouteFile::Split(SplitFile { split, sticky })),
+                    RouteTable { split: None, sticky: None, canary: Some(canary) } => Ok(RouteFile::Canary(canary)),
+                    RouteTable { split: None, sticky: Some(_), canary: Some(_) } => {
+                        Err(A::Error::custom("a canary's sticky field goes inside its table: [routes.\"TYPE\".canary] sticky = \"FIELD\""))
+                    }
+                    RouteTable { split: Some(_), canary: Some(_), .. } => Err(A::Error::custom("a route is a split or a canary, not both")),
+                    RouteTable { split: None, canary: None, .. } => Err(A::Error::custom(format!("a route's table needs `split` or `canary`: {ROUTE_EXPECTED}"))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A route's table, before it is told a split from a canary.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RouteTable {
+    split: Option<BTreeMap<String, u32>>,
+    sticky: Option<String>,
+    canary: Option<CanaryConfig>,
+}
+
+#[derive(Debug)]
 pub struct SplitFile {
     /// Plugin name ─▶ weight.
     pub split: BTreeMap<String, u32>,

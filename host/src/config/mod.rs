@@ -40,6 +40,16 @@
 //! routes."text/json" = { split = { "search" = 90, "search@fuzzy" = 10 }, sticky = "user" }
 //! plugins."search@fuzzy" = { match = "prefix" }
 //!
+//! [tenants.alpha.routes."image/*".canary]   # a guarded canary (docs/tenants.md)
+//! stable = "thumbnails"
+//! candidate = "thumbnails@v2"
+//! steps = [10, 50, 100]          # the candidate's share, percent, in order
+//! step-after = "1m"              # least time at a step
+//! min-requests = 100             # least candidate requests at a step
+//! max-extra-error-rate = 0.01    # roll back when its error rate is worse by more
+//! max-p99-ratio = 3.0            # roll back when its p99 is more than this times stable's
+//! sticky = "user"                # optional: a user stays on one arm
+//!
 //! [admin]
 //! token-sha256 = "…"             # the admin endpoint's bearer token
 //!
@@ -79,12 +89,13 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::files::{self, Links};
-use crate::router::{Routes, Split, Target};
+use crate::router::{CanaryRoute, Routes, Split, Target};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 pub use file::{
@@ -255,6 +266,10 @@ fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
             RouteFile::Split(SplitFile { split, sticky }) => {
                 let arms = split.into_iter().map(|(name, weight)| (Arc::from(name), weight)).collect();
                 Target::Split(Arc::new(Split::new(arms, sticky).with_context(|| format!("route \"{pattern}\""))?))
+            }
+            RouteFile::Canary(config) => {
+                let canary = CanaryRoute::new(config, SystemTime::now()).with_context(|| format!("route \"{pattern}\": canary"))?;
+                Target::Canary(Arc::new(canary))
             }
         };
         routes.add(&pattern, target)?;
@@ -454,6 +469,43 @@ mod tests {
         );
         assert_eq!(settings.plugin_targets(), BTreeSet::from(["binary-echo", "search", "search@fuzzy"]));
         assert_eq!(settings.max_plugin_memory(), 64 << 20);
+    }
+
+    #[test]
+    fn canaries_on_the_servers_routes_and_a_tenants() {
+        let canary = "stable = \"search\"\ncandidate = \"search@fuzzy\"\nsteps = [10, 50, 100]\nstep-after = \"1s\"\nmin-requests = 20\nmax-extra-error-rate = 0.01\nmax-p99-ratio = 3.0\n";
+        let settings = Settings::parse(&format!(
+            "[routes.\"text/json\".canary]\n{canary}\n[routes]\n\"*\" = \"binary-echo\"\n\
+             [tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n[tenants.alpha.routes.\"text/plain\".canary]\n{canary}sticky = \"user\"\n",
+            TokenHash::of("alpha-token")
+        ))
+        .unwrap();
+        let default = settings.tenants.get("default").unwrap();
+        let alpha = settings.tenants.get("alpha").unwrap();
+        let describe = |tenant: &crate::tenancy::Tenant, ty: &str| tenant.routes.resolve(ty).map(|r| r.target.to_string());
+        assert_eq!(describe(default, "text/json").as_deref(), Some("canary search -> search@fuzzy steps [10, 50, 100]"));
+        assert_eq!(describe(alpha, "text/json").as_deref(), Some("canary search -> search@fuzzy steps [10, 50, 100]"));
+        assert_eq!(describe(alpha, "text/plain").as_deref(), Some("canary search -> search@fuzzy steps [10, 50, 100] sticky on user"));
+        assert_eq!(alpha.routes.canaries().count(), 2);
+        assert_eq!(settings.plugin_targets(), BTreeSet::from(["binary-echo", "search", "search@fuzzy"]));
+
+        for (table, error) in [
+            (format!("[routes.\"a/b\".canary]\n{canary}steps = [10]\n"), "duplicate key"),
+            (canary.replace("steps = [10, 50, 100]", "steps = [50, 10, 100]"), "steps must rise"),
+            (canary.replace("max-p99-ratio = 3.0", "max-p99-ratio = 0.5"), "max-p99-ratio must be"),
+            (canary.replace("min-requests = 20", "min-request = 20"), "unknown field `min-request`"),
+            (canary.replace("step-after = \"1s\"", "step-after = \"soon\""), "step-after"),
+        ] {
+            let text = if table.starts_with('[') { table.clone() } else { format!("[routes.\"a/b\".canary]\n{table}") };
+            let message = format!("{:#}", Settings::parse(&text).unwrap_err());
+            assert!(message.contains(error), "{text}: {message}");
+        }
+        let message = format!("{:#}", Settings::parse(&format!("[routes.\"a/b\"]\nsticky = \"user\"\n[routes.\"a/b\".canary]\n{canary}")).unwrap_err());
+        assert!(message.contains("a canary's sticky field goes inside its table"), "{message}");
+        let message = format!("{:#}", Settings::parse("[routes.\"a/b\"]\nsticky = \"user\"\n").unwrap_err());
+        assert!(message.contains("needs `split` or `canary`"), "{message}");
+        let message = format!("{:#}", Settings::parse("[routes]\n\"a/b\" = { split = { a = 1 }, spilt = 2 }\n").unwrap_err());
+        assert!(message.contains("unknown field `spilt`") && message.contains("line 2"), "{message}");
     }
 
     #[test]
