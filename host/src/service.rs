@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Settings;
 use crate::experiments::{ArmRef, Entry, Report, Served};
+use crate::kv::{NoKvMetrics, OnDemand, StoreConfig};
 use crate::message::{AUTHORIZATION_FIELD, ErrorCode, HandlerError, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
 use crate::plugins::Plugins;
@@ -38,6 +39,10 @@ pub struct Service {
     /// Log lines that requests cause (refusals, plugins failing on them),
     /// rate-limited server-wide.
     request_log: LogThrottle,
+    /// The key-value store (plugins' state, and any other state the server
+    /// keeps), opened the first time something needs it: the runtime's
+    /// when the plugins run on one.
+    store: Arc<OnDemand>,
 }
 
 /// Where a request got to, for its metrics labels and its experiment.
@@ -60,9 +65,30 @@ impl Progress {
 }
 
 impl Service {
+    /// The service of `plugins` under `settings`. Its store is the one the
+    /// plugins' runtime keeps their state in, or, without a runtime (native
+    /// handlers only), one in memory ([`Service::with_store`] gives another).
     pub fn new(plugins: Arc<Plugins>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let max_plugin_memory = settings.max_plugin_memory();
-        Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default() }
+        let store = match plugins.runtime() {
+            Some(runtime) => Arc::clone(runtime.store()),
+            None => Arc::new(OnDemand::new(StoreConfig::Memory, Arc::new(NoKvMetrics))),
+        };
+        Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default(), store }
+    }
+
+    /// This service with `store` as its key-value store (for a server
+    /// whose plugins run natively, say; the runtime's plugins keep theirs
+    /// in the store the runtime was made with).
+    pub fn with_store(mut self, store: Arc<OnDemand>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The key-value store: plugins' state, and whatever else the server
+    /// keeps (opened on first use: [`OnDemand::get`]).
+    pub fn store(&self) -> &Arc<OnDemand> {
+        &self.store
     }
 
     /// The server-wide budget of log lines that peers cause: every line a
@@ -111,6 +137,12 @@ impl Service {
         }
         if current.wasi_refused != settings.wasi_refused {
             tracing::warn!("[plugins.NAME] wasi takes effect at the next start");
+        }
+        if (&current.kv.url, current.kv.sync) != (&settings.kv.url, settings.kv.sync) {
+            tracing::warn!(
+                "[kv] url and sync take effect at the next start: the key-value store stays {} (its limits and kv-buckets apply now)",
+                self.store.config()
+            );
         }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);
@@ -418,5 +450,27 @@ mod tests {
         service.reload(routes).expect("accepted");
         let answer = service.handle(search("ring")).await;
         assert!(answer.message.content.starts_with(b"First 10 bytes of request: "), "the new routes are not in force");
+    }
+
+    /// Where the state is kept is fixed at start-up; the limits and the
+    /// bucket grants are the reloaded settings'. And a server whose
+    /// plugins need no store never opens its data directory.
+    #[tokio::test]
+    async fn a_reload_keeps_the_store_and_applies_limits_and_grants() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let embedded = StoreConfig::Embedded { dir: dir.path().to_path_buf(), durability: crate::kv::Durability::Process };
+        let service = service("").with_store(Arc::new(OnDemand::new(embedded.clone(), Arc::new(NoKvMetrics))));
+        let reloaded = Settings::parse(
+            "[kv]\nurl = \"redis://127.0.0.1:1\"\nsync = true\nmax-keys = 7\n[plugins.search]\nkv-buckets = [\"shared\"]\n",
+        )
+        .expect("valid");
+        service.reload(reloaded).expect("a change of [kv] url and sync is accepted, for the next start");
+        assert_eq!(service.store().config(), &embedded, "the store in use stays");
+        let settings = service.settings();
+        assert_eq!(settings.tenants.get("default").map(|t| t.kv_limits.max_keys), Some(7), "the limits apply now");
+        assert!(settings.kv.buckets_for("search").contains("shared"), "the grants apply now");
+        service.handle(search("ring")).await;
+        assert!(!service.store().is_open(), "nothing needed the store, so nothing opened the data directory");
+        assert!(std::fs::read_dir(dir.path()).expect("the directory").next().is_none(), "the data directory was touched");
     }
 }
