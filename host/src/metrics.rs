@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::kv::{KvMetrics, Operation, Outcome};
 use crate::runtime::{InstanceEvents, Retirement};
 
 /// A label value: a static string or a shared one.
@@ -73,6 +74,23 @@ struct PluginLabels {
     plugin: Label,
 }
 
+/// Labels of a key-value operation: whose state (tenant, plugin base
+/// name), which operation, and how it ended (`ok`, `limit`, `unavailable`,
+/// …).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KvLabels {
+    tenant: Label,
+    plugin: Label,
+    operation: Label,
+    outcome: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TenantPluginLabels {
+    tenant: Label,
+    plugin: Label,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RetiredLabels {
     plugin: Label,
@@ -103,6 +121,9 @@ pub struct Metrics {
     instances_created: Family<PluginLabels, Counter>,
     instances_retired: Family<RetiredLabels, Counter>,
     instance_requests: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    kv_operations: Family<KvLabels, Counter>,
+    kv_read: Family<TenantPluginLabels, Counter>,
+    kv_written: Family<TenantPluginLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -143,7 +164,30 @@ impl Metrics {
             "Requests each plugin instance served in its life, observed when it is retired",
             instance_requests.clone(),
         );
-        Self { registry, requests, durations, loads, load_failures, connections, instances_created, instances_retired, instance_requests }
+        let kv_operations = Family::<KvLabels, Counter>::default();
+        let kv_read = Family::<TenantPluginLabels, Counter>::default();
+        let kv_written = Family::<TenantPluginLabels, Counter>::default();
+        registry.register(
+            "wasmux_kv_operations",
+            "Key-value operations plugins made, by tenant, plugin (its name before @), operation and outcome (ok, denied, limit, timeout, unavailable, not-a-counter)",
+            kv_operations.clone(),
+        );
+        registry.register("wasmux_kv_read_bytes", "Bytes of values (and of keys listed) plugins read from the key-value store, by tenant and plugin", kv_read.clone());
+        registry.register("wasmux_kv_written_bytes", "Bytes of values plugins wrote to the key-value store, by tenant and plugin", kv_written.clone());
+        Self {
+            registry,
+            requests,
+            durations,
+            loads,
+            load_failures,
+            connections,
+            instances_created,
+            instances_retired,
+            instance_requests,
+            kv_operations,
+            kv_read,
+            kv_written,
+        }
     }
 
     /// Counts one answered request, and how long it took.
@@ -198,9 +242,45 @@ impl InstanceEvents for Metrics {
     }
 }
 
+impl KvMetrics for Metrics {
+    fn operation(&self, tenant: &Arc<str>, plugin: &Arc<str>, operation: Operation, outcome: Outcome, read: u64, written: u64) {
+        let labels = KvLabels { tenant: Label::from(tenant), plugin: Label::from(plugin), operation: Label::Static(operation.name()), outcome: Label::Static(outcome.name()) };
+        self.kv_operations.get_or_create(&labels).inc();
+        if read > 0 || written > 0 {
+            let labels = TenantPluginLabels { tenant: Label::from(tenant), plugin: Label::from(plugin) };
+            if read > 0 {
+                self.kv_read.get_or_create(&labels).inc_by(read);
+            }
+            if written > 0 {
+                self.kv_written.get_or_create(&labels).inc_by(written);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_value_operations_and_bytes_by_tenant_and_plugin() {
+        let metrics = Metrics::new();
+        let (alpha, counter): (Arc<str>, Arc<str>) = ("alpha".into(), "counter".into());
+        metrics.operation(&alpha, &counter, Operation::Increment, Outcome::Ok, 0, 2);
+        metrics.operation(&alpha, &counter, Operation::Get, Outcome::Ok, 5, 0);
+        metrics.operation(&alpha, &counter, Operation::Get, Outcome::Ok, 3, 0);
+        metrics.operation(&alpha, &counter, Operation::Set, Outcome::Limit, 0, 0);
+        let text = metrics.encode();
+        for line in [
+            r#"wasmux_kv_operations_total{tenant="alpha",plugin="counter",operation="increment",outcome="ok"} 1"#,
+            r#"wasmux_kv_operations_total{tenant="alpha",plugin="counter",operation="get",outcome="ok"} 2"#,
+            r#"wasmux_kv_operations_total{tenant="alpha",plugin="counter",operation="set",outcome="limit"} 1"#,
+            r#"wasmux_kv_read_bytes_total{tenant="alpha",plugin="counter"} 8"#,
+            r#"wasmux_kv_written_bytes_total{tenant="alpha",plugin="counter"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
 
     #[test]
     fn requests_are_counted_with_their_labels() {

@@ -6,10 +6,13 @@
 //! side ([`crate::server`]) never sees a plugin; this side never sees a
 //! byte stream.
 //!
-//! Canaries: without a store, each starts when its settings come in force;
-//! with one ([`Service::with_canary_store`]), each waits (the candidate
-//! getting nothing) until its state has been read from the store, which
-//! [`Service::keep_canaries`] syncs every [`SYNC_INTERVAL`].
+//! Canaries are kept in the service's key-value store ([`Service::store`]:
+//! in memory, the data directory, or a Redis shared by a fleet), in a
+//! place no plugin can open ([`crate::experiments::store`]). A canary that
+//! comes in force waits, its candidate getting nothing, until its state has
+//! been read from there (a canary rolled back before a restart stays
+//! rolled back); [`Service::keep_canaries`] syncs them every
+//! [`SYNC_INTERVAL`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use crate::experiments::canary::{CanaryConfig, CanaryState, Transition};
 use crate::experiments::rollout::describe;
 use crate::experiments::store::{CanaryStore, SYNC_INTERVAL};
 use crate::experiments::{ArmRef, Entry, Report, Served};
+use crate::kv::{NoKvMetrics, OnDemand, StoreConfig};
 use crate::message::{AUTHORIZATION_FIELD, ErrorCode, HandlerError, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
 use crate::plugins::Plugins;
@@ -48,9 +52,13 @@ pub struct Service {
     /// Log lines that requests cause (refusals, plugins failing on them),
     /// rate-limited server-wide.
     request_log: LogThrottle,
-    /// Where canaries are kept (the data directory, or a shared Redis);
-    /// none: each starts afresh when it comes in force.
-    canary_store: Option<CanaryStore>,
+    /// The key-value store (plugins' state, and any other state the server
+    /// keeps), opened the first time something needs it: the runtime's
+    /// when the plugins run on one.
+    store: Arc<OnDemand>,
+    /// This server's name among those that keep canaries in the same
+    /// store (drawn at random at start-up).
+    canary_server: String,
 }
 
 /// Where a request got to, for its metrics labels and its experiment.
@@ -73,33 +81,31 @@ impl Progress {
 }
 
 impl Service {
-    /// A service whose canaries are kept nowhere: each starts afresh when
-    /// its settings come in force, and decides on this server's requests.
+    /// The service of `plugins` under `settings`. Its store is the one the
+    /// plugins' runtime keeps their state in, or, without a runtime (native
+    /// handlers only), one in memory ([`Service::with_store`] gives another).
     pub fn new(plugins: Arc<Plugins>, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        Self::with_canary_store(plugins, settings, metrics, None)
-    }
-
-    /// A service whose canaries are kept in `canary_store`, if any: each
-    /// waits until [`Service::keep_canaries`] has read its state.
-    pub fn with_canary_store(plugins: Arc<Plugins>, settings: Settings, metrics: Arc<Metrics>, canary_store: Option<CanaryStore>) -> Self {
         let max_plugin_memory = settings.max_plugin_memory();
-        let service =
-            Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default(), canary_store };
-        service.start_canaries(&service.settings());
-        service
+        let store = match plugins.runtime() {
+            Some(runtime) => Arc::clone(runtime.store()),
+            None => Arc::new(OnDemand::new(StoreConfig::Memory, Arc::new(NoKvMetrics))),
+        };
+        let canary_server = CanaryStore::random_name();
+        Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default(), store, canary_server }
     }
 
-    /// Without a store, starts the canaries of `settings` that are not
-    /// started yet (with one, the sync does).
-    fn start_canaries(&self, settings: &Settings) {
-        if self.canary_store.is_some() {
-            return;
-        }
-        for tenant in settings.tenants.iter() {
-            for (_, canary) in tenant.routes.canaries() {
-                canary.rollout().start();
-            }
-        }
+    /// This service with `store` as its key-value store (for a server
+    /// whose plugins run natively, say; the runtime's plugins keep theirs
+    /// in the store the runtime was made with).
+    pub fn with_store(mut self, store: Arc<OnDemand>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The key-value store: plugins' state, and whatever else the server
+    /// keeps (opened on first use: [`OnDemand::get`]).
+    pub fn store(&self) -> &Arc<OnDemand> {
+        &self.store
     }
 
     /// The server-wide budget of log lines that peers cause: every line a
@@ -149,9 +155,14 @@ impl Service {
         if current.wasi_refused != settings.wasi_refused {
             tracing::warn!("[plugins.NAME] wasi takes effect at the next start");
         }
+        if (&current.kv.url, current.kv.sync) != (&settings.kv.url, settings.kv.sync) {
+            tracing::warn!(
+                "[kv] url and sync take effect at the next start: the key-value store stays {} (its limits and kv-buckets apply now)",
+                self.store.config()
+            );
+        }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);
-        self.start_canaries(&settings);
         let generation = settings.generation;
         self.settings.store(Arc::new(settings));
         // Instances made under the old settings serve no further request.
@@ -259,13 +270,24 @@ impl Service {
     /// the states saved (a restart's, another server's), and logs what
     /// that changed.
     pub async fn sync_canaries(&self) {
-        let Some(store) = &self.canary_store else {
-            return;
-        };
         let settings = self.settings();
+        let mut opened = None;
         for tenant in settings.tenants.iter() {
             for (route, canary) in tenant.routes.canaries() {
                 let rollout = canary.rollout();
+                // Opened (the data directory locked) only for a canary.
+                let store = match &opened {
+                    Some(store) => store,
+                    None => match self.store.get() {
+                        Ok(store) => opened.insert(CanaryStore::named(store, &self.canary_server)),
+                        Err(error) => {
+                            self.request_log.log(|| {
+                                tracing::warn!("canaries: the key-value store cannot be opened, so no canary's candidate gets a request: {error:#}");
+                            });
+                            return;
+                        }
+                    },
+                };
                 match store.sync(&tenant.name, &route.pattern, rollout, SystemTime::now()).await {
                     Ok(absorbed) => {
                         let state = rollout.canary().state().clone();
@@ -292,9 +314,6 @@ impl Service {
 
     /// Syncs the canaries every [`SYNC_INTERVAL`] until `stop` completes.
     pub async fn keep_canaries(self: Arc<Self>, stop: impl Future<Output = ()>) {
-        if self.canary_store.is_none() {
-            return;
-        }
         let mut ticks = tokio::time::interval(SYNC_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
@@ -521,5 +540,27 @@ mod tests {
         service.reload(routes).expect("accepted");
         let answer = service.handle(search("ring")).await;
         assert!(answer.message.content.starts_with(b"First 10 bytes of request: "), "the new routes are not in force");
+    }
+
+    /// Where the state is kept is fixed at start-up; the limits and the
+    /// bucket grants are the reloaded settings'. And a server whose
+    /// plugins need no store never opens its data directory.
+    #[tokio::test]
+    async fn a_reload_keeps_the_store_and_applies_limits_and_grants() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let embedded = StoreConfig::Embedded { dir: dir.path().to_path_buf(), durability: crate::kv::Durability::Process };
+        let service = service("").with_store(Arc::new(OnDemand::new(embedded.clone(), Arc::new(NoKvMetrics))));
+        let reloaded = Settings::parse(
+            "[kv]\nurl = \"redis://127.0.0.1:1\"\nsync = true\nmax-keys = 7\n[plugins.search]\nkv-buckets = [\"shared\"]\n",
+        )
+        .expect("valid");
+        service.reload(reloaded).expect("a change of [kv] url and sync is accepted, for the next start");
+        assert_eq!(service.store().config(), &embedded, "the store in use stays");
+        let settings = service.settings();
+        assert_eq!(settings.tenants.get("default").map(|t| t.kv_limits.max_keys), Some(7), "the limits apply now");
+        assert!(settings.kv.buckets_for("search").contains("shared"), "the grants apply now");
+        service.handle(search("ring")).await;
+        assert!(!service.store().is_open(), "nothing needed the store, so nothing opened the data directory");
+        assert!(std::fs::read_dir(dir.path()).expect("the directory").next().is_none(), "the data directory was touched");
     }
 }

@@ -29,6 +29,9 @@ pub struct ConfigFile {
     pub admin: AdminFile,
     #[serde(default)]
     pub source: SourceFile,
+    /// `[kv]`: plugins' state (`config/kv.rs`).
+    #[serde(default)]
+    pub kv: KvFile,
 }
 
 /// `[source]`: where the plugins come from. Read at start-up only;
@@ -203,6 +206,10 @@ pub struct TenantFile {
     pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
     #[serde(default)]
     pub limits: TenantLimitsFile,
+    /// `[tenants.NAME.kv]`: this tenant's key-value limits, each replacing
+    /// the `[kv]` one.
+    #[serde(default)]
+    pub kv: KvLimitsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +223,33 @@ pub struct TenantLimitsFile {
     pub plugin_memory: Option<ByteSize>,
 }
 
+/// `[kv]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KvFile {
+    /// `redis://HOST:PORT` (optionally `/DB`): keep the state in this
+    /// Redis instead of the embedded store.
+    pub url: Option<String>,
+    /// The embedded store syncs each write to the disk before it returns.
+    #[serde(default)]
+    pub sync: bool,
+    /// Every tenant's limits, unless its own `[tenants.NAME.kv]` says
+    /// otherwise.
+    #[serde(flatten)]
+    pub limits: KvLimitsFile,
+}
+
+/// The limits of `[kv]` and `[tenants.NAME.kv]`, each optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KvLimitsFile {
+    pub max_key_size: Option<ByteSize>,
+    pub max_value_size: Option<ByteSize>,
+    pub max_keys: Option<u64>,
+    pub max_bytes: Option<ByteSize>,
+    pub operations_per_request: Option<u32>,
+}
+
 /// A plugin configuration value: the plugin reads it as a string.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -224,15 +258,19 @@ pub enum ConfigValue {
     Integer(i64),
     Float(f64),
     Boolean(bool),
+    /// Only for the host's `kv-buckets`: a plugin's values are single.
+    List(Vec<String>),
 }
 
 impl ConfigValue {
-    pub(super) fn into_string(self) -> String {
+    /// The value as the plugin reads it; `None` for a list.
+    pub(super) fn into_string(self) -> Option<String> {
         match self {
-            Self::String(s) => s,
-            Self::Integer(i) => i.to_string(),
-            Self::Float(f) => f.to_string(),
-            Self::Boolean(b) => b.to_string(),
+            Self::String(s) => Some(s),
+            Self::Integer(i) => Some(i.to_string()),
+            Self::Float(f) => Some(f.to_string()),
+            Self::Boolean(b) => Some(b.to_string()),
+            Self::List(_) => None,
         }
     }
 }

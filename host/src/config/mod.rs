@@ -68,6 +68,17 @@
 //! [source]                       # read at start-up only; --plugins overrides it
 //! plugins = "oci://127.0.0.1:5000/wasmux"   # or a directory
 //! poll-interval = "2s"
+//!
+//! [kv]                           # plugins' state (wasi:keyvalue), `kv.rs`
+//! url = "redis://127.0.0.1:6379" # a Redis a fleet shares (start-up; --kv wins)
+//! sync = false                   # embedded store: sync each write (start-up)
+//! max-keys = 100000              # limits for every tenant (reloaded)
+//!
+//! [tenants.alpha.kv]             # a tenant's own limits, key by key
+//! max-keys = 1000
+//!
+//! [plugins.counter]
+//! kv-buckets = ["shared"]        # the host's key: buckets beyond `default`
 //! ```
 //!
 //! How plugins are *run* (instance reuse) is set per plugin under
@@ -80,6 +91,7 @@
 //! of its code.
 
 mod file;
+mod kv;
 mod limits;
 mod runtime;
 
@@ -99,9 +111,10 @@ use crate::router::{CanaryRoute, Routes, Split, Target};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 pub use file::{
-    AdminFile, ConfigFile, ConfigValue, LimitsFile, PluginRuntimeFile, RequestsFile, ReuseFile, RouteFile, RuntimeFile, SourceFile, SplitFile,
+    AdminFile, ConfigFile, ConfigValue, KvFile, KvLimitsFile, LimitsFile, PluginRuntimeFile, RequestsFile, ReuseFile, RouteFile, RuntimeFile, SourceFile, SplitFile,
     TenantFile, TenantLimitsFile, WASI_KEY,
 };
+pub use kv::{KV_BUCKETS_KEY, KvSettings};
 pub use limits::{DEFAULT_MAX_PLUGIN_SIZE, Limits};
 use limits::validate_limits;
 pub use runtime::{ReusePolicy, RuntimeConfig};
@@ -121,6 +134,9 @@ pub struct Settings {
     /// Plugins refused WASI (`[plugins.NAME] wasi = false`); read at
     /// start-up only.
     pub wasi_refused: BTreeSet<String>,
+    /// Plugins' state: where it is kept (read at start-up only), the
+    /// default limits, and the buckets granted to each plugin.
+    pub kv: KvSettings,
     /// Each tenant with its routes, plugin settings and limits merged.
     pub tenants: Tenants,
     /// True when the file has no `[tenants]` section, so every request is
@@ -206,13 +222,15 @@ impl Settings {
         };
         let mut plugins = file.plugins;
         let wasi_refused = take_wasi_settings(&mut plugins)?;
-        let plugin_config = plugin_values(plugins);
+        let kv = kv::kv_settings(file.kv, &mut plugins)?;
+        let plugin_config = plugin_values(plugins)?;
         let server = ServerDefaults {
             routes: &routes,
             plugin_config: &plugin_config,
             plugin_deadline: limits.call.deadline,
             plugin_memory: limits.call.memory,
             max_concurrent_calls: limits.max_concurrent_calls,
+            kv_limits: kv.limits,
         };
         let implicit_tenants = file.tenants.is_none();
         let tenants = match file.tenants {
@@ -220,7 +238,7 @@ impl Settings {
             Some(tenants) => {
                 let specs = tenants
                     .into_iter()
-                    .map(|(name, tenant)| tenant_spec(&name, tenant).with_context(|| format!("in [tenants.{name}]")))
+                    .map(|(name, tenant)| tenant_spec(&name, tenant, kv.limits).with_context(|| format!("in [tenants.{name}]")))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Tenants::build(specs, &server)?
             }
@@ -236,6 +254,7 @@ impl Settings {
             runtime,
             source: file.source,
             wasi_refused,
+            kv,
             tenants,
             implicit_tenants,
             admin_token,
@@ -293,14 +312,25 @@ fn take_wasi_settings(plugins: &mut BTreeMap<String, BTreeMap<String, ConfigValu
     Ok(refused)
 }
 
-fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> BTreeMap<String, BTreeMap<String, String>> {
+/// The values each plugin reads through `config`; a list (which only the
+/// host's `kv-buckets` may be) is refused.
+fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
     plugins
         .into_iter()
-        .map(|(name, values)| (name, values.into_iter().map(|(k, v)| (k, v.into_string())).collect()))
+        .map(|(name, values)| {
+            let values = values
+                .into_iter()
+                .map(|(key, value)| match value.into_string() {
+                    Some(text) => Ok((key, text)),
+                    None => anyhow::bail!("[plugins.{name}] {key}: a list is only for {KV_BUCKETS_KEY}; a plugin's value is a string, number or boolean"),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Ok((name, values))
+        })
         .collect()
 }
 
-fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
+fn tenant_spec(name: &str, file: TenantFile, kv_limits: crate::kv::KvLimits) -> anyhow::Result<TenantSpec> {
     let token = match &file.token_sha256 {
         Some(hex) => Some(TokenHash::from_hex(hex).context("token-sha256 must be 64 hex digits (see `wasmux token`)")?),
         None => None,
@@ -323,11 +353,17 @@ fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
     if let Some(plugin) = file.plugins.iter().find_map(|(plugin, values)| values.contains_key(WASI_KEY).then_some(plugin)) {
         anyhow::bail!("plugins.\"{plugin}\".wasi: whether a plugin may import WASI is decided for the whole server, under [plugins.{plugin}]");
     }
+    if let Some(plugin) = file.plugins.iter().find_map(|(plugin, values)| values.contains_key(KV_BUCKETS_KEY).then_some(plugin)) {
+        anyhow::bail!(
+            "plugins.\"{plugin}\".{KV_BUCKETS_KEY}: which buckets a plugin may open is decided for the whole server (its state is the tenant's either way), under [plugins.{plugin}]"
+        );
+    }
+    let kv_limits = file.kv.over(kv_limits, &format!("[tenants.{name}.kv]"))?;
     Ok(TenantSpec {
         name: name.to_owned(),
         token,
         routes: build_routes(file.routes).context("in routes")?,
-        plugin_config: plugin_values(file.plugins),
+        plugin_config: plugin_values(file.plugins)?,
         limits: TenantLimits {
             concurrent_requests: positive("concurrent-requests", limits.concurrent_requests)?,
             requests_per_second: positive("requests-per-second", limits.requests_per_second)?,
@@ -335,6 +371,7 @@ fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
         },
         plugin_deadline: limits.plugin_deadline,
         plugin_memory,
+        kv_limits: Some(kv_limits),
     })
 }
 

@@ -66,10 +66,10 @@ impl std::fmt::Debug for CanaryStore {
 }
 
 impl CanaryStore {
-    /// Canaries kept in `store`, as a server of a random name.
-    pub fn new(store: Store) -> Self {
+    /// A name for this server among those sharing a store, drawn at random.
+    pub fn random_name() -> String {
         let random = getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15);
-        Self::named(store, &format!("{random:016x}"))
+        format!("{random:016x}")
     }
 
     /// Canaries kept in `store`, as the server `server`.
