@@ -185,6 +185,9 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
     let routes = settings.describe_routes();
     let service = Arc::new(Service::new(Arc::clone(&plugins), settings, metrics).with_store(store));
     let stop = CancellationToken::new();
+    // Canaries: their states read from the store before their candidates
+    // get a request, synced every quarter second, and once more at the end.
+    let canaries = tokio::spawn(Arc::clone(&service).keep_canaries(stop.clone().cancelled_owned()));
     match spec {
         Some(spec) => {
             let limits = Arc::clone(&service);
@@ -269,6 +272,7 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
 
     server::run(listeners, tls, Arc::clone(&service), stop.clone().cancelled_owned(), args.drain_timeout).await?;
     stop.cancel();
+    let _ = canaries.await;
     if let Some(runtime) = plugins.runtime() {
         runtime.shutdown();
     }

@@ -519,6 +519,39 @@ mod tests {
         assert_eq!(failing.errors_by_code, std::collections::BTreeMap::from([("plugin-failed".to_owned(), 2)]));
     }
 
+    const FAILING_CANARY: &str = "[routes.\"text/json\".canary]\nstable = \"search\"\ncandidate = \"failing\"\nsteps = [10, 50, 100]\n\
+        step-after = \"1s\"\nmin-requests = 20\nmax-extra-error-rate = 0.01\nmax-p99-ratio = 3.0\n";
+
+    #[tokio::test]
+    async fn a_canary_to_a_failing_candidate_rolls_back_after_a_few_failed_requests() {
+        let service = service(FAILING_CANARY);
+        // Until its state is read from the store, the candidate gets nothing.
+        for _ in 0..30 {
+            assert_eq!(result(&service.handle(search("ring")).await), "In the caves beneath the Misty Mountains. 💍");
+        }
+        service.sync_canaries().await;
+        let mut failed = 0;
+        for _ in 0..300 {
+            let answer = service.handle(search("ring")).await;
+            failed += usize::from(code(&answer).as_deref() == Some("plugin-failed"));
+        }
+        assert!((1..=3).contains(&failed), "{failed} requests reached the failing candidate");
+        let report = service.experiments();
+        let route = &report.tenants[0].routes[0];
+        let canary = route.canary.as_ref().expect("a canary's report");
+        assert!(matches!(canary.state, CanaryState::RolledBack { guard: crate::experiments::canary::Guard::ErrorRate, .. }), "{canary:?}");
+        assert_eq!((canary.share, route.arms[1].weight, route.arms[0].weight), (0, 0, 100));
+        assert_eq!((route.arms[1].plugin.as_str(), route.arms[1].requests, route.arms[0].requests), ("failing", failed as u64, 330 - failed as u64));
+        // A reload that leaves the canary alone keeps it rolled back.
+        service.reload(Settings::parse(&format!("{FAILING_CANARY}[plugins.search]\ngreeting = \"hi\"\n")).expect("valid")).expect("reloaded");
+        service.sync_canaries().await;
+        assert_eq!(service.experiments().tenants[0].routes[0].canary.as_ref().map(|c| c.share), Some(0));
+        // One that changes it starts it afresh.
+        service.reload(Settings::parse(&FAILING_CANARY.replace("0.01", "0.02")).expect("valid")).expect("reloaded");
+        service.sync_canaries().await;
+        assert_eq!(service.experiments().tenants[0].routes[0].canary.as_ref().map(|c| c.share), Some(10));
+    }
+
     #[tokio::test]
     async fn a_tenant_over_its_concurrent_requests_is_told_it_is_overloaded() {
         let service = service(&tenants_config());
