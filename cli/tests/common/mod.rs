@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod haproxy;
+pub mod redis;
 pub mod registry;
 
 /// How long any single network step in a test may take.
