@@ -9,19 +9,23 @@
 //!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) with
 //!   `wasmux build` into `target/lang-plugins/`.
 //! - `cargo xtask test` builds the plugins (with the examples) and runs
-//!   every test, on the release build.
+//!   every test, on the release build, then every transcript of the docs
+//!   (as `test-docs` does).
 //! - `cargo xtask serve [ARGS]` builds the served plugins and the release
 //!   server (at once) and starts it with them.
+//! - `cargo xtask install [--root DIR]` puts the release `wasmux` on the
+//!   PATH, lean (`install.rs`).
 //! - `cargo xtask bench` builds both, compares the Wasm plugins (fresh
 //!   instances and reused ones), the native handlers and the guide's Python
 //!   server under load, counts each one's CPU time and system calls per
 //!   request, and writes `docs/benchmarks.md` and `docs/benchmarks.svg`.
 //! - `cargo xtask test-docs [ARGS]` builds what the documentation's
-//!   transcripts run (the plugins, the debug `wasmux`, the examples, the
+//!   transcripts run (the plugins, the release `wasmux`, the examples, the
 //!   plugin toolchains) and runs every console transcript of README.md and
 //!   docs/ with `wasmux-docs-test` (`docs/testing-the-docs.md`).
 
 mod bench;
+mod install;
 mod plugins;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +65,13 @@ enum Task {
         /// Extra arguments for wasmux-docs-test (e.g. --only docs/tls.md, -v).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Put `wasmux` on the PATH: the release build (reused if built),
+    /// stripped, with its symbols in `wasmux.debug` beside it.
+    Install {
+        /// Where to install (default: $CARGO_HOME/bin, where `cargo install` puts binaries).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
     /// Build the plugins and the release server, then run `wasmux serve` with them.
     Serve {
@@ -173,7 +184,7 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Plugins { debug, examples } => {
             plugins::build(&root, !debug, plugins::Which::All)?;
             if examples {
-                run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+                run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
                 plugins::build_examples(&root)?;
             }
         }
@@ -187,7 +198,7 @@ fn run_task(cli: Cli) -> Result<()> {
                     // The example programs the tests run, and the binary,
                     // built once with the same features as the tests.
                     timed("the workspace's binaries and examples", || {
-                        run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))
+                        run(cargo().current_dir(&root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))
                     })
                 },
             );
@@ -200,25 +211,45 @@ fn run_task(cli: Cli) -> Result<()> {
             // The guide's search in each language, built once for every
             // test that serves them.
             plugins::build_examples(&root)?;
+            // What the README's install command puts on the PATH: lean, and
+            // still naming wasmux's functions in a backtrace.
+            let installed = install::install(&root, &root.join("target/install-check"))?;
+            install::check(&installed)?;
             timed("the tests", || {
-                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
+                run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
                 // `--all-targets` leaves out documentation examples.
-                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
-                // The plugins' shared logic and the guests themselves, natively.
-                run(Command::new(cargo())
-                    .current_dir(root.join("plugins"))
-                    .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
-                    .args(["test", "--workspace", "--locked"]))
+                run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
+                // The plugins' shared logic, the guests themselves and the
+                // Rust guest SDK (a path dependency of theirs), natively.
+                for selection in [&["--workspace"][..], &["-p", "wasmux-sdk"]] {
+                    run(cargo()
+                        .current_dir(root.join("plugins"))
+                        .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                        .arg("test")
+                        .args(selection)
+                        .arg("--locked"))?;
+                }
+                Ok(())
             })?;
+            // Every console transcript of the README and of docs/, timed
+            // apart from the suite (`test_docs` prints its own total).
+            test_docs(&root, &[])?;
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
+        Task::Install { root: dir } => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => install::default_root()?,
+            };
+            timed("install", || install::install(&root, &dir).map(|_| ()))?;
+        }
         Task::Serve { args } => {
             // The served plugins and the server build at once: the server's
             // build leaves a core idle for long stretches (one big crate
             // at a time), which the plugins' build fills.
             both(
                 || plugins::build(&root, true, plugins::Which::Served),
-                || timed("the server", || run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
+                || timed("the server", || run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
             )?;
             let plugins = root.join("target/plugins");
             run(Command::new(root.join("target/release/wasmux"))
@@ -274,7 +305,7 @@ fn test_docs(root: &Path, args: &[String]) -> Result<()> {
     run(Command::new("bash").arg(root.join("docs-test/install-deps.sh")))?;
     // The same build as `cargo xtask test`'s, so neither rebuilds the
     // other's: the release `wasmux`, the examples, and wasmux-docs-test.
-    run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))?;
+    run(cargo().current_dir(root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))?;
     // The plugin toolchains, installed where the tests keep them: the
     // transcripts run without a network, so `wasmux build` must find them.
     let cache = root.join("target/test-cache");
@@ -301,8 +332,23 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The cargo that runs this task (so a rustup override carries through).
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+///
+/// Without the variables `cargo run` set for this process (the xtask
+/// package's `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build scripts that
+/// read one (ring's reads `CARGO_MANIFEST_DIR`) would see it change between
+/// `cargo xtask serve` and a plain `cargo build`, and each would rebuild
+/// what the other built.
+fn cargo() -> Command {
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_run = name.starts_with("CARGO_PKG_")
+            || matches!(name, "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_BIN_NAME" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE");
+        if set_by_cargo_run {
+            cargo.env_remove(name);
+        }
+    }
+    cargo
 }
 
 /// Runs `first` on a thread of its own while `second` runs here; both
