@@ -2,7 +2,7 @@
 //! connections: the figure behind docs/configuration.md's claim that a plugin running
 //! to its deadline does not hold up other requests.
 //!
-//! `cargo bench -p wasmux --bench spinning_neighbours` (after `cargo xtask
+//! `cargo bench -p wasmux-cli --bench spinning_neighbours` (after `cargo xtask
 //! plugins`) starts a real `wasmux serve` with the test fixtures, then times
 //! sequential search requests on one connection: alone, and while twice as
 //! many `spin` calls as this machine has cores run to their 1 s deadline on

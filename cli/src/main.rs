@@ -98,10 +98,37 @@ struct SendArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     #[command(flatten)]
+    retry: RetryArgs,
+    #[command(flatten)]
     tls: TlsArgs,
     /// Show the bytes sent and received, as the guide prints them.
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// When a client sends a request again (`send`, `bench`): once, on a new
+/// connection, when the server ended the connection with a FIN before any
+/// byte of the answer. By default only the guide's search and binary
+/// requests, which may run twice; a custom content-type may run a plugin
+/// that counts or charges, and a FIN does not prove the request did not run
+/// (behind a proxy whose backend crashed, it may have).
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct RetryArgs {
+    /// Send custom requests (--content-type) again too, if the server
+    /// closes before answering: say they are idempotent.
+    #[arg(long, conflicts_with = "no_retry")]
+    retry: bool,
+    /// Never send a request again.
+    #[arg(long)]
+    no_retry: bool,
+}
+
+impl RetryArgs {
+    /// Whether a request of the guide's kinds (`guide`) or a custom one is
+    /// sent again.
+    pub fn resend(self, guide: bool) -> client::Resend {
+        if !self.no_retry && (guide || self.retry) { client::Resend::Once } else { client::Resend::Never }
+    }
 }
 
 /// How a client reaches a TLS server (`send`, `bench`).
@@ -211,8 +238,9 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     }
     add_fields(&mut request, &args.fields)?;
     let tls = args.tls.client(&args.addr)?;
+    let resend = args.retry.resend(args.action.is_some());
     let mut client = Client::connect(&args.addr, tls.as_ref(), args.timeout).await?;
-    let answer = client.request(&request).await?;
+    let answer = client.request(&request, resend).await?;
     Ok(print_answer(&answer))
 }
 

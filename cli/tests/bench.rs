@@ -104,11 +104,18 @@ fn silent_and_absent_servers_are_timeouts_and_connect_errors() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(count(&report, "timeout"), 4, "{report}");
 
-    drop(silent);
+    // A port bound but never listening: refused for as long as it is held.
+    let (_bound, port) = crate::common::refusing_port();
+    let addr = format!("127.0.0.1:{port}");
     let (report, ok) = bench(&addr, &["-n", "5", "-c", "1"]);
     assert!(!ok);
     assert_eq!(count(&report, "connect"), 5, "{report}");
-    assert!(report["error_kinds"]["connect"]["first"].as_str().unwrap().contains("connection refused"), "{report}");
+    // The line the guide's table of socket errors gives (docs/protocol.md).
+    assert_eq!(
+        report["error_kinds"]["connect"]["first"],
+        format!("cannot connect to {addr}: connection refused: no server is listening on that port; is it running, and is the port right?"),
+        "{report}"
+    );
 }
 
 #[test]

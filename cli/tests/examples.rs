@@ -151,8 +151,9 @@ fn usage_lines_like_the_guides() {
 
 #[test]
 fn socket_errors_are_one_line() {
-    // Nobody listens on a port just released.
-    let port = crate::common::free_port().to_string();
+    // A port bound but never listening: refused for as long as it is held.
+    let (_bound, port) = crate::common::refusing_port();
+    let port = port.to_string();
     let out = run("echo-client", &["127.0.0.1", &port]);
     let line = assert_one_line_error(&out, "echo-client");
     assert!(line.starts_with(&format!("echo-client: cannot connect to 127.0.0.1:{port}: connection refused: ")), "{line}");

@@ -176,3 +176,160 @@ fn sighup_reloads_the_configuration() {
     assert!(server.wait_for_log("reloaded", crate::common::STEP), "{}", server.log());
     assert_eq!(conn.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
 }
+
+/// Routes for the drain tests: the counter fixture waits as long as asked.
+const DRAIN_CONFIG: &str = "[limits]\nplugin-deadline = \"60s\"\n[routes]\n\"test/counter\" = \"counter\"\n\"*\" = \"search\"\n";
+
+/// A request that runs for 30 s, sent on a connection of its own once the
+/// call has begun.
+fn long_request(server: &Server) -> Raw {
+    let mut conn = server.connect();
+    conn.send(&ask("counter", "wait 30000"));
+    assert!(server.wait_for_log("counter: waiting 30000 ms", crate::common::STEP), "{}", server.log());
+    conn
+}
+
+/// Waits until connecting to `server` is refused: it no longer listens.
+fn wait_until_refused(server: &Server) {
+    crate::common::wait_until("the server stops listening", || std::net::TcpStream::connect(server.addr).is_err());
+}
+
+/// Without flags and without an agent: no drain delay (the server stops
+/// accepting at SIGTERM), and a drain timeout of 10 s for the requests in
+/// flight (docs/running.md).
+#[test]
+fn sigterm_without_flags_stops_accepting_at_once_and_gives_requests_10_s() {
+    let mut server = Server::start_with_fixtures(DRAIN_CONFIG);
+    let mut in_flight = long_request(&server);
+    let mut idle = server.connect();
+    assert_eq!(idle.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+
+    let signalled = Instant::now();
+    server.signal("TERM");
+    assert!(server.wait_for_log("shutting down: no new connections; finishing requests in flight", crate::common::STEP), "{}", server.log());
+    assert!(!server.log().contains("still accepting"), "a drain delay without --agent or --drain-delay:\n{}", server.log());
+    wait_until_refused(&server);
+    assert!(idle.is_closed(), "an idle connection was left open");
+
+    let exited = server.wait_for_exit(Duration::from_secs(30)).expect("the server exits after its drain timeout");
+    let took = signalled.elapsed();
+    println!("exited {took:?} after SIGTERM, a request still in flight");
+    assert!(exited.success(), "{exited:?}");
+    assert!(took >= Duration::from_secs(10), "exited {took:?} after SIGTERM, before the drain timeout");
+    assert!(server.log().contains("1 connections still open after 10s; stopping anyway"), "{}", server.log());
+    assert!(in_flight.try_read_message().is_err(), "a request past the drain timeout was answered");
+}
+
+/// With `--agent` the drain delay is 2 s unless given: the agent answers
+/// `drain` meanwhile.
+#[test]
+fn sigterm_with_an_agent_says_drain_and_keeps_accepting_for_2_s() {
+    let mut server = Server::start_with(&["--plugins", crate::common::plugins_dir().to_str().expect("utf-8"), "--agent", "127.0.0.1:0"]);
+    let agent = server.agent.expect("an agent address");
+    let ask_agent = || {
+        let mut stream = std::net::TcpStream::connect(agent).expect("connect to the agent");
+        stream.set_read_timeout(Some(crate::common::STEP)).expect("timeout");
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+        answer
+    };
+    assert_eq!(ask_agent(), "up ready\n");
+    let signalled = Instant::now();
+    server.signal("TERM");
+    assert!(server.wait_for_log("SIGTERM: draining; the agent answers `drain`, still accepting for 2s", crate::common::STEP), "{}", server.log());
+    assert_eq!(ask_agent(), "drain\n");
+    assert!(server.wait_for_exit(crate::common::STEP).is_some_and(|status| status.success()), "{}", server.log());
+    assert!(signalled.elapsed() >= Duration::from_secs(2), "exited {:?} after SIGTERM, within the drain delay", signalled.elapsed());
+}
+
+#[test]
+fn drain_delay_and_drain_timeout_are_as_given() {
+    let mut server = Server::start_with_fixtures_and(DRAIN_CONFIG, &["--drain-delay", "3s", "--drain-timeout", "1s"]);
+    let mut in_flight = long_request(&server);
+    let signalled = Instant::now();
+    server.signal("TERM");
+    // A delay without an agent is kept too: new clients are still served.
+    assert!(server.wait_for_log("still accepting for 3s", crate::common::STEP), "{}", server.log());
+    assert_eq!(server.connect().request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+    assert!(server.wait_for_log("shutting down: no new connections", crate::common::STEP), "{}", server.log());
+    wait_until_refused(&server);
+    let exited = server.wait_for_exit(crate::common::STEP).expect("the server exits after its drain timeout");
+    assert!(exited.success(), "{exited:?}");
+    assert!(signalled.elapsed() >= Duration::from_secs(4), "exited {:?} after SIGTERM: before the delay and the timeout", signalled.elapsed());
+    assert!(server.log().contains("1 connections still open after 1s; stopping anyway"), "{}", server.log());
+    assert!(in_flight.try_read_message().is_err(), "a request past the drain timeout was answered");
+}
+
+/// SIGINT drains like SIGTERM, without the delay, even with an agent.
+#[test]
+fn sigint_drains_without_the_delay() {
+    let mut server = Server::start_with(&["--plugins", crate::common::plugins_dir().to_str().expect("utf-8"), "--agent", "127.0.0.1:0"]);
+    server.assert_serves_others();
+    server.signal("INT");
+    assert!(server.wait_for_exit(crate::common::STEP).is_some_and(|status| status.success()), "{}", server.log());
+    let log = server.log();
+    let (stopping, shutting) = (log.find("SIGINT: stopping"), log.find("shutting down: no new connections"));
+    assert!(stopping.is_some() && shutting > stopping, "{log}");
+    assert!(!log.contains("still accepting"), "{log}");
+}
+
+/// True if a byte is waiting to be read on `conn`, without waiting.
+fn has_data(conn: &Raw) -> bool {
+    conn.stream.set_nonblocking(true).expect("non-blocking");
+    let mut byte = [0; 1];
+    let ready = matches!(conn.stream.peek(&mut byte), Ok(n) if n > 0);
+    conn.stream.set_nonblocking(false).expect("blocking");
+    ready
+}
+
+/// What sizes the server at start (its connection cap, the instance pool,
+/// the read budget, the engine, the plugin source, which plugins may use
+/// WASI) is kept by a reload, with a warning, until the next start;
+/// everything else in the file applies (docs/running.md).
+#[test]
+fn settings_read_at_start_wait_for_the_next_start() {
+    let config = |limits: &str, rest: &str| {
+        format!(
+            "[limits]\nplugin-deadline = \"30s\"\n{limits}\n[routes]\n\"test/counter\" = \"counter\"\n\"*\" = \"search\"\n{rest}"
+        )
+    };
+    let server = Server::start_with_fixtures(&config("max-connections = 8\nmax-concurrent-calls = 2\n", ""));
+    std::fs::write(
+        server.config_path(),
+        config(
+            "max-connections = 1\nmax-concurrent-calls = 1\nmax-buffered = \"64 MiB\"\n",
+            "[runtime]\nspectre-hardening = false\n[source]\npoll-interval = \"5s\"\n[plugins.counter]\nwasi = false\n",
+        ),
+    )
+    .expect("rewrite the configuration");
+    assert!(server.wait_for_log("reloaded", crate::common::STEP), "{}", server.log());
+    let log = server.log();
+    for warning in [
+        "limits.max-connections, limits.max-concurrent-calls and limits.max-buffered take effect at the next start",
+        "[runtime] settings other than reuse, and [source], take effect at the next start",
+        "[plugins.NAME] wasi takes effect at the next start",
+    ] {
+        assert!(log.contains(warning), "no {warning:?} in:\n{log}");
+    }
+    assert!(!log.contains("spectre-hardening is off"), "{log}");
+
+    // Still two calls at once: both begin before either ends. (The counter
+    // imports WASI, which `wasi = false` would refuse at the next start.)
+    let (mut first, mut second) = (server.connect(), server.connect());
+    first.send(&ask("counter", "wait 3000"));
+    second.send(&ask("counter", "wait 3000"));
+    crate::common::wait_until("both calls begin", || server.log().matches("counter: waiting 3000 ms").count() == 2);
+    assert!(!has_data(&first) && !has_data(&second), "a call ended before the other began: one call at a time");
+    for conn in [&mut first, &mut second] {
+        assert_eq!(Answer::parse(&conn.read_message()).content, b"count 1");
+    }
+    drop((first, second));
+
+    // Still room for more than one connection: a second client does not
+    // make the first, idle, give its place up.
+    let mut idle = server.connect();
+    assert_eq!(idle.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+    server.assert_serves_others();
+    assert_eq!(idle.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
+    assert!(!server.log().contains("to make room for a new client"), "{}", server.log());
+}

@@ -1,7 +1,9 @@
 //! Python and JavaScript components in the runtime: the guide's search in
 //! every language answers as the guide's logic does (beyond the guide's
 //! six requests), the WASI subset reaches nothing outside (a Python probe
-//! tries), the instance pool's refusals name the setting to raise, and
+//! tries), its wall clock is the host's and its monotonic clock the
+//! instance's (a Rust fixture reads them), the
+//! instance pool's refusals name the setting to raise, and
 //! `[plugins.NAME] wasi = false` refuses a component that imports WASI.
 //!
 //! The components are those `cargo xtask test` builds with `wasmux build`
@@ -258,4 +260,29 @@ fn wasi_false_refuses_a_component_that_imports_wasi() {
     let mut conn = server.connect();
     assert_eq!(conn.request(&crate::common::search("morpheus")).error_code(), "no-plugin");
     assert!(conn.request(&crate::common::binary(b"hello")).content.starts_with(b"First 10 bytes"));
+}
+
+/// A plugin may read the clocks (`wasi:clocks`, in the WASI subset): the
+/// wall clock is the host's, and the monotonic clock counts from the
+/// instance's start, so on a fresh instance per request it reads less than
+/// the request took (docs/plugins.md).
+#[test]
+fn a_plugin_reads_the_hosts_clocks() {
+    let server = crate::common::Server::start_with_fixtures("[routes]\n\"*\" = \"counter\"\n");
+    let mut conn = server.connect();
+    let request = crate::common::message(serde_json::json!({"byteorder": "little", "content-type": "test/counter", "content-encoding": "utf-8"}), b"clock");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    for _ in 0..3 {
+        let (before, started) = (now(), std::time::Instant::now());
+        let answer = String::from_utf8_lossy(&conn.request(&request).content).into_owned();
+        let (took, after) = (started.elapsed(), now());
+        let (wall, monotonic) = answer
+            .strip_prefix("wall-clock ")
+            .and_then(|rest| rest.split_once(", monotonic-clock "))
+            .unwrap_or_else(|| panic!("not a reading of the clocks: {answer:?}"));
+        let wall: f64 = wall.parse().unwrap_or_else(|e| panic!("{wall:?}: {e}"));
+        let monotonic: u128 = monotonic.parse().unwrap_or_else(|e| panic!("{monotonic:?}: {e}"));
+        assert!(before - 1.0 <= wall && wall <= after + 1.0, "the plugin's wall clock says {wall}, the host's {before}..{after}");
+        assert!(monotonic < took.as_nanos(), "the monotonic clock read {monotonic} ns on an instance made for a request that took {took:?}");
+    }
 }

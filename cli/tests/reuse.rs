@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{Raw, STEP, Server, message, metric};
+use crate::common::{Answer, Raw, STEP, Server, message, metric};
 use serde_json::json;
 
 /// A request for fixture `plugin` (routed by content-type `test/PLUGIN`).
@@ -40,14 +40,18 @@ fn counts(conn: &mut Raw, plugin: &str, n: usize) -> Vec<u32> {
         .collect()
 }
 
-const ROUTES: &str = "[routes]\n\"test/counter\" = \"counter\"\n\"test/counter@b\" = \"counter@b\"\n\"test/trap\" = \"trap\"\n";
+const ROUTES: &str = "[routes]\n\"test/counter\" = \"counter\"\n\"test/counter@b\" = \"counter@b\"\n\"test/counter@c\" = \"counter@c\"\n\
+                      \"test/counter@d\" = \"counter@d\"\n\"test/trap\" = \"trap\"\n\"test/hostile-abi\" = \"hostile-abi\"\n";
 
-/// A server with the fixtures (and `counter@b`, a second copy of the
-/// counter under another name) and an admin endpoint, configured with
-/// `runtime` (a `[runtime]` section and what goes with it) and [`ROUTES`].
+/// A server with the fixtures (and `counter@b`, `counter@c`, `counter@d`,
+/// copies of the counter under other names) and an admin endpoint,
+/// configured with `runtime` (a `[runtime]` section and what goes with it)
+/// and [`ROUTES`].
 fn serve(runtime: &str) -> (Server, tempfile::TempDir) {
     let plugins = crate::common::plugins_and_fixtures();
-    std::fs::copy(plugins.path().join("counter.wasm"), plugins.path().join("counter@b.wasm")).expect("copy the counter");
+    for copy in ["counter@b", "counter@c", "counter@d"] {
+        std::fs::copy(plugins.path().join("counter.wasm"), plugins.path().join(format!("{copy}.wasm"))).expect("copy the counter");
+    }
     let server = Server::start_configured_with(&format!("{ROUTES}\n{runtime}"), plugins.path(), &["--admin", "127.0.0.1:0"]);
     (server, plugins)
 }
@@ -229,13 +233,221 @@ fn a_reload_retires_instances_made_under_the_old_settings() {
 
 #[test]
 fn with_every_slot_held_by_an_idle_instance_the_least_recently_used_makes_room() {
-    // One slot, and instances that would stay idle for an hour: without
-    // eviction the second plugin's request would wait for ever.
-    let config = "[limits]\nmax-concurrent-calls = 1\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n";
+    // Three slots, and instances that would stay idle for an hour: without
+    // eviction a fourth plugin's request would wait for ever.
+    let config = "[limits]\nmax-concurrent-calls = 3\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n";
     let (server, _plugins) = serve(config);
     let mut conn = server.connect();
-    assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
-    assert_eq!(counts(&mut conn, "counter@b", 2), [1, 2]);
+    // Three idle instances, last used in the order counter@b, counter@c,
+    // counter (used again last, though it was made first).
     assert_eq!(counts(&mut conn, "counter", 1), [1]);
-    assert_eq!((retired(&server, "counter", "evicted"), retired(&server, "counter@b", "evicted")), (1.0, 1.0));
+    assert_eq!(counts(&mut conn, "counter@b", 1), [1]);
+    assert_eq!(counts(&mut conn, "counter@c", 1), [1]);
+    assert_eq!(counts(&mut conn, "counter", 1), [2]);
+    // A fourth plugin takes the slot of the one unused the longest.
+    assert_eq!(counts(&mut conn, "counter@d", 1), [1]);
+    let evicted = |plugin: &str| retired(&server, plugin, "evicted");
+    assert_eq!([evicted("counter"), evicted("counter@b"), evicted("counter@c")], [0.0, 1.0, 0.0]);
+    // The other two still serve on their instances; counter@b starts afresh
+    // (taking the slot of counter@d, now the one unused the longest).
+    assert_eq!(counts(&mut conn, "counter@c", 1), [2]);
+    assert_eq!(counts(&mut conn, "counter", 1), [3]);
+    assert_eq!(counts(&mut conn, "counter@b", 1), [1]);
+    assert_eq!([evicted("counter"), evicted("counter@c"), evicted("counter@d")], [0.0, 0.0, 1.0]);
+}
+
+/// The error answer's message (panics if the answer is not an error).
+fn error_message(answer: &Answer) -> String {
+    answer.json()["error"]["message"].as_str().unwrap_or_else(|| panic!("not an error answer: {:?}", answer.json())).to_owned()
+}
+
+/// Every instance of `plugin` retired so far, whatever the cause.
+fn retired_at_all(server: &Server, plugin: &str) -> f64 {
+    crate::common::metric_total(&server.admin_get("/metrics").1, "wasmux_instances_retired_total", &format!("plugin=\"{plugin}\""))
+}
+
+#[test]
+fn an_instance_serves_one_request_at_a_time() {
+    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"10s\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let mut first = server.connect();
+    assert_eq!(counts(&mut first, "counter", 1), [1]);
+    // The instance is busy with a request of its own...
+    first.send(&ask("counter", "wait 2000"));
+    assert!(server.wait_for_log("counter: waiting 2000 ms at count 2", STEP), "{}", server.log());
+    // ... so a request meanwhile gets another one, made for it.
+    let mut second = server.connect();
+    assert_eq!(counts(&mut second, "counter", 1), [1]);
+    assert_eq!(String::from_utf8_lossy(&Answer::parse(&first.read_message()).content), "count 2");
+    assert_eq!(created(&server, "counter"), 2.0);
+    // Both are idle now; one after another, requests take one of them.
+    let next = counts(&mut first, "counter", 1)[0];
+    assert!(next == 2 || next == 3, "{next}");
+}
+
+#[test]
+fn the_deadline_and_the_log_lines_are_the_requests_not_the_instances() {
+    // Each wait (on the clock, whatever the machine's speed) takes most of
+    // a deadline: two on one instance would be past it if the deadline ran
+    // from the instance's first request.
+    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"2s\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let mut conn = server.connect();
+    for expected in ["count 1", "count 2", "count 3"] {
+        assert_eq!(String::from_utf8_lossy(&conn.request(&ask("counter", "wait 1200")).content), expected);
+    }
+    // 64 log lines a request: each request on the instance gets its own 64.
+    for expected in ["count 4", "count 5"] {
+        assert_eq!(String::from_utf8_lossy(&conn.request(&ask("counter", "log 70")).content), expected);
+    }
+    assert_eq!(String::from_utf8_lossy(&conn.request(&ask("counter", "log 1")).content), "count 6");
+    // The last line is logged after every earlier one.
+    assert!(server.wait_for_log("counter: request 6, line 1", STEP), "{}", server.log());
+    let log = server.log();
+    for request in [4, 5] {
+        let last = format!("counter: request {request}, line 64 (log line limit reached; further lines of this request are dropped)");
+        assert!(log.contains(&last), "no {last:?} in:\n{log}");
+        assert!(!log.contains(&format!("counter: request {request}, line 65")), "{log}");
+    }
+    assert_eq!(created(&server, "counter"), 1.0);
+}
+
+#[test]
+fn what_the_host_copies_out_is_capped_per_request() {
+    // The copy cap is max-response plus 1 MiB a request: three answers of
+    // 600 KB on one instance (1.8 MB) pass only if it starts afresh each time.
+    let (server, _plugins) = serve("[limits]\nmax-response = \"600 KiB\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let mut conn = server.connect();
+    for count in 1..=3 {
+        let answer = conn.request(&ask("counter", "size 600000"));
+        assert_eq!((answer.content.len(), answer.header["count"].as_u64()), (600_000, Some(count)), "{:?}", answer.header);
+    }
+    assert_eq!(created(&server, "counter"), 1.0);
+}
+
+#[test]
+fn memory_that_earlier_requests_grew_counts_toward_the_cap() {
+    let (server, _plugins) = serve("[limits]\nplugin-memory = \"16 MiB\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let mut conn = server.connect();
+    let mut grow = || conn.request(&ask("counter", "grow 6"));
+    assert_eq!(String::from_utf8_lossy(&grow().content), "count 1, holding 6 MiB");
+    assert_eq!(String::from_utf8_lossy(&grow().content), "count 2, holding 12 MiB");
+    // 6 MiB more would be within the cap for a fresh instance; this one
+    // already holds 12.
+    let refused = grow();
+    assert_eq!(refused.error_code(), "plugin-memory");
+    assert_eq!(retired(&server, "counter", "memory"), 1.0);
+    assert_eq!(String::from_utf8_lossy(&grow().content), "count 1, holding 6 MiB");
+}
+
+#[test]
+fn a_handler_error_is_an_answer_and_the_instance_serves_on() {
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let mut conn = server.connect();
+    assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
+    let refused = conn.request(&ask("counter", "error"));
+    assert_eq!((refused.error_code(), error_message(&refused)), ("bad-request".to_owned(), "bad request for plugin counter: asked for an error at count 3".to_owned()));
+    assert_eq!(counts(&mut conn, "counter", 1), [4]);
+    assert_eq!((created(&server, "counter"), retired_at_all(&server, "counter")), (1.0, 0.0));
+}
+
+#[test]
+fn a_timeout_a_bad_response_and_data_the_host_cannot_read_each_retire_the_instance() {
+    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"500ms\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let mut conn = server.connect();
+    // (A trap and the memory limit have tests of their own, above.)
+    for (command, code, cause) in [("wait 5000", "plugin-timeout", "timeout"), ("bad-response", "plugin-bad-response", "bad-response")] {
+        assert_eq!(counts(&mut conn, "counter", 2), [1, 2], "{command}");
+        assert_eq!(conn.request(&ask("counter", command)).error_code(), code, "{command}");
+        assert_eq!(retired(&server, "counter", cause), 1.0, "{command}");
+        assert_eq!(counts(&mut conn, "counter", 1), [1], "after {command}");
+        conn.request(&ask("counter", "trap"));
+    }
+    // A pointer out of bounds in what the plugin hands back.
+    assert_eq!(conn.request(&ask("hostile-abi", "hello")).content, b"hostile-abi: fine");
+    assert_eq!(conn.request(&ask("hostile-abi", "out-of-bounds")).error_code(), "plugin-bad-response");
+    assert_eq!((created(&server, "hostile-abi"), retired(&server, "hostile-abi", "host-error")), (1.0, 1.0));
+    assert_eq!(conn.request(&ask("hostile-abi", "hello")).content, b"hostile-abi: fine");
+    assert_eq!(created(&server, "hostile-abi"), 2.0);
+}
+
+#[test]
+fn an_idle_instance_is_retired_after_a_second_by_default() {
+    // `reuse` without `idle`: the default, "1 s" in the guide.
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let mut conn = server.connect();
+    assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
+    let idle_since = Instant::now();
+    wait_for_metric(&server, r#"wasmux_instances_retired_total{plugin="counter",cause="idle"}"#, 1.0);
+    let retired_after = idle_since.elapsed();
+    println!("an idle instance was retired {retired_after:?} after its last request");
+    // Not before a second; and within STEP, which a default of a minute (or
+    // of ten seconds) would not be.
+    assert!(retired_after >= Duration::from_secs(1), "retired after {retired_after:?}");
+    assert_eq!(counts(&mut conn, "counter", 1), [1]);
+}
+
+#[test]
+fn a_reload_applies_a_changed_reuse() {
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let mut conn = server.connect();
+    assert_eq!(counts(&mut conn, "counter", 3), [1, 2, 3]);
+    std::fs::write(server.config_path(), format!("{ROUTES}\n[runtime]\nreuse = {{ requests = 2 }}\n")).expect("rewrite the configuration");
+    wait_for_metric(&server, r#"wasmux_instances_retired_total{plugin="counter",cause="reload"}"#, 1.0);
+    assert_eq!(counts(&mut conn, "counter", 5), [1, 2, 1, 2, 1]);
+    // And back to a fresh instance per request (the last one, idle, is
+    // retired by the reload).
+    std::fs::write(server.config_path(), format!("{ROUTES}\n# no reuse\n")).expect("rewrite the configuration");
+    wait_for_metric(&server, r#"wasmux_instances_retired_total{plugin="counter",cause="reload"}"#, 2.0);
+    assert_eq!(counts(&mut conn, "counter", 3), [1, 1, 1]);
+}
+
+/// Every retirement, recorded: the library's view of what `/metrics` counts.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(String, wasmux::runtime::Retirement)>>);
+
+impl wasmux::runtime::InstanceEvents for Recorded {
+    fn created(&self, _plugin: &std::sync::Arc<str>) {}
+    fn retired(&self, plugin: &std::sync::Arc<str>, cause: wasmux::runtime::Retirement, _served: u32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((plugin.to_string(), cause));
+    }
+}
+
+/// A request abandoned in the middle of its call, and the server stopping,
+/// retire instances too. Neither can be watched through a server's
+/// `/metrics` (the request's future is dropped only when the server gives
+/// up on it at the end of a drain, and the endpoint stops with it), so
+/// through the library, with the runtime the server uses.
+#[test]
+fn an_abandoned_call_and_shutdown_retire_instances() {
+    use std::num::NonZeroU32;
+    use wasmux::runtime::{CallContext, CallLimits, Retirement, Reuse, ReuseCount, Runtime, RuntimeSettings, Wasi};
+
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let runtime = Runtime::with_events(RuntimeSettings { max_concurrent_calls: 4, ..RuntimeSettings::default() }, recorded.clone()).expect("runtime");
+    let bytes = std::fs::read(crate::common::fixtures_dir().join("counter.wasm")).expect("the counter");
+    let counter = wasmux::plugins::Plugin::load(&runtime, "counter", wasmux::digest::Digest::of(&bytes), &bytes, Wasi::Allowed).expect("load the counter");
+    let context = CallContext {
+        limits: CallLimits { deadline: Duration::from_secs(10), ..CallLimits::default() },
+        reuse: Reuse { requests: ReuseCount::Fixed(NonZeroU32::new(100).expect("100")), idle: Duration::from_secs(3600) },
+        ..CallContext::default()
+    };
+    let ask = |content: &'static str| wasmux::message::Message::new("test/counter", "utf-8", content.as_bytes().to_vec());
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    let causes = || recorded.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, cause)| *cause).collect::<Vec<_>>();
+
+    tokio.block_on(async {
+        let (answer, _) = counter.call(&ask(""), &context).await.expect("a call");
+        assert_eq!(&answer.content[..], b"count 1");
+        // Abandoned mid-call: the wait, on the same instance, is given up
+        // after a moment, so the next request gets a new instance.
+        let abandoned = tokio::time::timeout(Duration::from_millis(300), counter.call(&ask("wait 5000"), &context)).await;
+        assert!(abandoned.is_err(), "the wait was not abandoned");
+    });
+    assert_eq!(causes(), [Retirement::Dropped]);
+
+    tokio.block_on(async {
+        let (answer, _) = counter.call(&ask(""), &context).await.expect("a call");
+        assert_eq!(&answer.content[..], b"count 1");
+    });
+    runtime.shutdown();
+    assert_eq!(causes(), [Retirement::Dropped, Retirement::Shutdown]);
 }

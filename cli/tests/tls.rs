@@ -93,11 +93,70 @@ fn wasmux_send_over_tls() {
     assert!(out.stderr.contains("TLS handshake with") && out.stderr.contains("certificate"), "{}", out.stderr);
 
     // A plain client gets the handshake's alert, not an answer, and says
-    // what it read; the server says why, once.
+    // what it read, as docs/security.md shows it.
     let out = wasmux(&["send", "--timeout", "2s", "--addr", &server.addr_string(), "search", "morpheus"]);
     assert!(!out.status.success(), "a plain client was answered by a TLS server: {out:?}");
-    assert!(out.stderr.contains("these bytes are a TLS record: the peer speaks TLS"), "{}", out.stderr);
-    assert!(server.wait_for_log("TLS handshake with 127.0.0.1:", STEP), "{}", server.log());
+    assert_eq!(
+        out.stderr,
+        format!(
+            "wasmux: {} sent an unreadable message: the connection ended in the middle of a message, in the JSON header (5 of 5379 bytes); \
+             these bytes are a TLS record: the peer speaks TLS\n",
+            server.addr
+        )
+    );
+}
+
+/// The log line of a failed handshake with `peer`.
+fn handshake_failed(peer: std::net::SocketAddr, why: &str) -> String {
+    format!("TLS handshake with {peer} failed: {why}")
+}
+
+#[test]
+fn a_failed_handshake_is_logged_once() {
+    let certs = Certificates::new();
+    let server = serve_tls(&certs, &[]);
+    // Two plain clients, one after the other; each reads the alert and the
+    // end of the stream.
+    let mut peers = Vec::new();
+    for _ in 0..2 {
+        let mut plain = server.connect();
+        peers.push(plain.stream.local_addr().expect("local address"));
+        plain.send(&crate::common::search("morpheus"));
+        let mut alert = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut plain.stream, &mut alert);
+        assert!(alert.starts_with(&[0x15, 0x03]), "not a TLS alert: {alert:?}");
+    }
+    // The second client's line is logged after anything of the first's.
+    let why = "received corrupt message of type InvalidContentType";
+    assert!(server.wait_for_log(&handshake_failed(peers[1], why), STEP), "{}", server.log());
+    let log = server.log();
+    let lines = log.lines().filter(|line| line.contains(&format!("TLS handshake with {} ", peers[0]))).count();
+    assert_eq!(lines, 1, "the first client's handshake is logged {lines} times:\n{log}");
+    assert!(log.contains(&handshake_failed(peers[0], why)), "{log}");
+}
+
+/// The handshake must finish within `message-timeout`; until then it holds
+/// a place under `max-connections`, like any connection.
+#[test]
+fn a_stalled_handshake_is_closed_at_the_message_timeout() {
+    let certs = Certificates::new();
+    let config = tempfile::NamedTempFile::new().expect("a configuration file");
+    std::fs::write(config.path(), "[limits]\nmessage-timeout = \"500ms\"\nmax-connections = 1\n").expect("write the configuration");
+    let server = serve_tls(&certs, &["--config", config.path().to_str().expect("utf-8")]);
+    // A client that connects and says nothing (its handshake's time runs
+    // from after `started`).
+    let started = std::time::Instant::now();
+    let mut stalled = server.connect();
+    let peer = stalled.stream.local_addr().expect("local address");
+    // A TLS client connecting meanwhile waits for the place, then is served:
+    // not before the stalled handshake's time is up.
+    let out = wasmux(&["send", "--tls", "--ca", &certs.path("ca.pem"), "--addr", &server.addr_string(), "search", "morpheus"]);
+    let served_after = started.elapsed();
+    assert_eq!(out.stdout, [format!("Got result: {MORPHEUS}")], "{out:?}");
+    assert!(served_after >= std::time::Duration::from_millis(500), "served after {served_after:?}, while the stalled handshake held the only place");
+    assert!(stalled.is_closed(), "the stalled handshake was not closed");
+    let timed_out = handshake_failed(peer, "not finished within 500ms");
+    assert!(server.wait_for_log(&timed_out, STEP), "no {timed_out:?} in:\n{}", server.log());
 }
 
 #[test]

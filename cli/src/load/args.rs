@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::TlsArgs;
+use crate::{RetryArgs, TlsArgs};
 
 /// How the load generator uses its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -80,6 +80,8 @@ pub struct BenchArgs {
     /// A request without an answer after this long counts as a timeout.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub retry: RetryArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Send "authorization": "Bearer TOKEN" with every request, to load a tenant.

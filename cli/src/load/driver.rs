@@ -1,5 +1,6 @@
 //! The connections: sending, reading and checking answers, in each mode.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
+use wasmux::client::Resend;
 use wasmux::codec::{DecodeError, Inbound};
 use wasmux::connection::{ClientConnection, MessageReader};
 use wasmux::message::{DEFAULT_MAX_CONTENT_LENGTH, Message};
@@ -204,11 +206,13 @@ async fn read_answer<R: AsyncRead + Unpin>(reader: &mut MessageReader<R>) -> Res
         Ok(Some(Inbound::Message(message))) => Ok(message),
         Ok(Some(Inbound::Invalid(e))) | Err(DecodeError::Frame(e)) => Err(Failure::new(FailureKind::BadFrame, e.to_string())),
         Err(DecodeError::Io(e)) => Err(Failure::io(&e)),
-        Ok(None) => Err(Failure::new(FailureKind::Closed, "the server closed the connection without answering")),
+        Ok(None) => Err(Failure::closed()),
     }
 }
 
 /// `connect` and `persistent`: send a request, wait for its answer, repeat.
+/// A request the server ended the connection before answering is sent
+/// again, once, on a new connection, if it may run twice.
 async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
     let plan = &shared.plan;
     let mut tally = Tally::new();
@@ -217,28 +221,13 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
     while let Some(ticket) = shared.ticket().await {
         let case = plan.mix.next(&mut cursor);
         let sent = Instant::now();
-        let exchange = async {
-            let mut connection = match kept.take() {
-                Some(connection) => connection,
-                None => open(plan).await?,
-            };
-            connection.writer.queue_encoded(&case.bytes);
-            connection.writer.flush().await.map_err(|e| Failure::io(&e))?;
-            let answer = read_answer(&mut connection.reader).await?;
-            Ok::<_, Failure>((connection, answer))
-        };
-        let outcome = match tokio::time::timeout(plan.timeout, exchange).await {
-            Ok(Ok((connection, answer))) => {
-                // In connect mode the connection closes here (with a
-                // reset if asked: its linger was set when it was opened).
-                if plan.mode == Mode::Persistent {
-                    kept = Some(connection);
-                }
-                case.check(&answer)
-            }
-            Ok(Err(failure)) => Err(failure),
-            Err(_) => Err(Failure::timeout(plan.timeout)),
-        };
+        let deadline = sent + plan.timeout;
+        let mut answer = exchange(plan, &mut kept, case, deadline).await;
+        if matches!(&answer, Err(failure) if failure.kind == FailureKind::Closed) && case.resend == Resend::Once {
+            tally.resent += 1;
+            answer = exchange(plan, &mut kept, case, deadline).await;
+        }
+        let outcome = answer.and_then(|answer| case.check(&answer));
         let refused = matches!(&outcome, Err(f) if f.kind == FailureKind::Connect);
         shared.record(&mut tally, ticket, sent, outcome);
         if refused {
@@ -248,30 +237,70 @@ async fn one_at_a_time(shared: &Shared, id: usize) -> Tally {
     tally
 }
 
+/// Sends `case` on the kept connection, or a new one, and reads its answer
+/// by `deadline`. In persistent mode the connection is kept after an
+/// answer; in connect mode it closes here (with a reset if asked: its
+/// linger was set when it was opened).
+async fn exchange(plan: &Plan, kept: &mut Option<ClientConnection>, case: &Case, deadline: Instant) -> Result<Message, Failure> {
+    let attempt = async {
+        let mut connection = match kept.take() {
+            Some(connection) => connection,
+            None => open(plan).await?,
+        };
+        connection.writer.queue_encoded(&case.bytes);
+        connection.writer.flush().await.map_err(|e| Failure::io(&e))?;
+        let answer = read_answer(&mut connection.reader).await?;
+        Ok::<_, Failure>((connection, answer))
+    };
+    let result = tokio::time::timeout_at(deadline, attempt).await;
+    match result {
+        Ok(Ok((connection, answer))) => {
+            if plan.mode == Mode::Persistent {
+                *kept = Some(connection);
+            }
+            Ok(answer)
+        }
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(Failure::timeout(plan.timeout)),
+    }
+}
+
 /// A request on the wire, waiting for its answer.
 pub(super) struct InFlight<'a> {
+    /// When it was first sent.
     sent: Instant,
     ticket: Ticket,
     case: &'a Case,
+    /// This is its second sending.
+    resent: bool,
 }
 
 /// `pipelined`: keep up to `depth` requests in flight on each connection,
-/// reconnecting after a failure.
+/// reconnecting after a failure. Requests the server ended the connection
+/// before answering are sent again, once, first on the next connection, if
+/// they may run twice.
 async fn pipelined(shared: &Shared, id: usize) -> Tally {
     let plan = &shared.plan;
     let mut tally = Tally::new();
     let mut cursor = plan.mix.cursor(id);
+    let mut again: VecDeque<InFlight<'_>> = VecDeque::new();
     loop {
         let connection = match open(plan).await {
             Ok(connection) => connection,
             Err(failure) => {
-                let Some(ticket) = shared.ticket().await else { break };
-                shared.record(&mut tally, ticket, Instant::now(), Err(failure));
+                if again.is_empty() {
+                    let Some(ticket) = shared.ticket().await else { break };
+                    shared.record(&mut tally, ticket, Instant::now(), Err(failure));
+                } else {
+                    for request in again.drain(..) {
+                        shared.record(&mut tally, request.ticket, request.sent, Err(failure.clone()));
+                    }
+                }
                 tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
                 continue;
             }
         };
-        if pipeline(shared, connection, &mut cursor, &mut tally).await {
+        if pipeline(shared, connection, &mut cursor, &mut tally, &mut again).await {
             break;
         }
     }
@@ -279,22 +308,31 @@ async fn pipelined(shared: &Shared, id: usize) -> Tally {
 }
 
 /// Runs one pipelined connection until the plan stops (true) or the
-/// connection fails (false; every request in flight counts as failed).
+/// connection fails (false; every request in flight counts as failed,
+/// except those put in `again` to be sent again). The requests in `again`
+/// are sent first.
 ///
 /// A writer and a reader share the connection: the writer sends whenever a
 /// slot is free (several requests in one write when several are), the
 /// reader matches answers to requests in order and frees their slots.
 /// Running both at once means a large request never deadlocks against a
 /// server busy writing answers.
-async fn pipeline(shared: &Shared, connection: ClientConnection, cursor: &mut Cursor, tally: &mut Tally) -> bool {
+async fn pipeline<'a>(
+    shared: &'a Shared,
+    connection: ClientConnection,
+    cursor: &mut Cursor,
+    tally: &mut Tally,
+    again: &mut VecDeque<InFlight<'a>>,
+) -> bool {
     let plan = &shared.plan;
     let slots = Semaphore::new(plan.depth);
     let (queue, mut in_flight) = mpsc::unbounded_channel::<InFlight<'_>>();
     let ClientConnection { mut reader, mut writer } = connection;
     let outcome = {
         let slots = &slots;
+        let resend_first = &mut *again;
         let write = async move {
-            let written = loop {
+            let written = 'writing: loop {
                 let Ok(permit) = slots.acquire().await else { break Ok(()) };
                 permit.forget();
                 let mut free = 1;
@@ -304,16 +342,31 @@ async fn pipeline(shared: &Shared, connection: ClientConnection, cursor: &mut Cu
                 }
                 let mut more = true;
                 for _ in 0..free {
+                    if let Some(request) = resend_first.pop_front() {
+                        writer.queue_encoded(&request.case.bytes);
+                        let _ = queue.send(request);
+                        continue;
+                    }
+                    // Under --rate the next ticket may be a while: what is
+                    // queued goes now, not when the free slots are filled
+                    // (a request held back would be timed from before it
+                    // was sent, and meet a server's idle timeout).
+                    if shared.pace.is_some()
+                        && writer.pending() > 0
+                        && let Err(e) = writer.flush().await
+                    {
+                        break 'writing Err((None, Failure::io(&e)));
+                    }
                     let Some(ticket) = shared.ticket().await else {
                         more = false;
                         break;
                     };
                     let case = plan.mix.next(cursor);
                     writer.queue_encoded(&case.bytes);
-                    let _ = queue.send(InFlight { sent: Instant::now(), ticket, case });
+                    let _ = queue.send(InFlight { sent: Instant::now(), ticket, case, resent: false });
                 }
                 if let Err(e) = writer.flush().await {
-                    break Err(Failure::io(&e));
+                    break Err((None, Failure::io(&e)));
                 }
                 if !more {
                     break Ok(());
@@ -333,10 +386,7 @@ async fn pipeline(shared: &Shared, connection: ClientConnection, cursor: &mut Cu
                         shared.record(tally, request.ticket, request.sent, request.case.check(&answer));
                         slots.add_permits(1);
                     }
-                    Err(failure) => {
-                        shared.record(tally, request.ticket, request.sent, Err(failure.clone()));
-                        return Err(failure);
-                    }
+                    Err(failure) => return Err((Some(request), failure)),
                 }
             }
             Ok(())
@@ -355,10 +405,19 @@ async fn pipeline(shared: &Shared, connection: ClientConnection, cursor: &mut Cu
     };
     match outcome {
         Ok(()) => true,
-        Err(failure) => {
-            // The rest of the requests in flight are lost with the connection.
-            while let Ok(request) = in_flight.try_recv() {
-                shared.record(tally, request.ticket, request.sent, Err(failure.clone()));
+        Err((failed, failure)) => {
+            // The requests in flight are lost with the connection. Ended
+            // with a FIN before any byte of an answer, none of them was
+            // answered: those that may run twice go again.
+            let not_begun = failure.kind == FailureKind::Closed;
+            let rest = std::iter::from_fn(|| in_flight.try_recv().ok());
+            for request in failed.into_iter().chain(rest) {
+                if not_begun && !request.resent && request.case.resend == Resend::Once {
+                    tally.resent += 1;
+                    again.push_back(InFlight { resent: true, ..request });
+                } else {
+                    shared.record(tally, request.ticket, request.sent, Err(failure.clone()));
+                }
             }
             false
         }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use tokio_util::codec::Encoder;
-use wasmux::client::{self, guide_request};
+use wasmux::client::{self, Resend, guide_request};
 use wasmux::codec::MessageCodec;
 use wasmux::message::{AUTHORIZATION_FIELD, Message};
 use wasmux::net;
@@ -17,6 +17,7 @@ use wasmux::router::SmoothRoundRobin;
 use wasmux::tls::TlsClient;
 
 use super::args::{BenchArgs, Mode};
+use crate::RetryArgs;
 
 /// Values the `search` requests cycle through: three hits and a miss, the
 /// guide's examples.
@@ -92,7 +93,7 @@ impl Plan {
             let (name, value) = field.split_once('=').with_context(|| format!("--field {field}: write NAME=VALUE"))?;
             fields.push((name.to_owned(), serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()))));
         }
-        let mix = Mix::parse(&args.mix, custom, &fields)?;
+        let mix = Mix::parse(&args.mix, custom, &fields, args.retry)?;
         let addr = *net::resolve(&args.addr)
             .await?
             .first()
@@ -120,6 +121,10 @@ pub struct Case {
     /// The request's bytes on the wire.
     pub bytes: Bytes,
     pub expect: Expect,
+    /// Whether it is sent again on a new connection when the server ends
+    /// the connection with a FIN before any byte of its answer: the
+    /// guide's requests may run twice; custom ones only with --retry.
+    pub resend: Resend,
 }
 
 /// What makes an answer right.
@@ -133,23 +138,24 @@ pub enum Expect {
 
 impl Case {
     /// `request` with the extra header `fields`, encoded.
-    pub(super) fn new(request: &Message, expect: Expect, fields: &[(String, Value)]) -> anyhow::Result<Self> {
+    pub(super) fn new(request: &Message, expect: Expect, fields: &[(String, Value)], resend: Resend) -> anyhow::Result<Self> {
         let mut request = request.clone();
         request.header.extra.extend(fields.iter().cloned());
         let mut bytes = BytesMut::new();
         MessageCodec::default().encode(&request, &mut bytes).context("the custom request cannot be encoded")?;
-        Ok(Self { bytes: bytes.freeze(), expect })
+        Ok(Self { bytes: bytes.freeze(), expect, resend })
     }
 
     /// The guide client's search for `value`, and the guide server's answer.
-    pub(super) fn search(value: &str, fields: &[(String, Value)]) -> anyhow::Result<Self> {
+    pub(super) fn search(value: &str, fields: &[(String, Value)], resend: Resend) -> anyhow::Result<Self> {
         let request = guide_request("search", value);
         let content = wasmux_guide::search(&request.content, "utf-8").map_err(|e| anyhow::anyhow!("{e}"))?;
-        Self::new(&request, Expect::Exact { content_type: "text/json".into(), content_encoding: "utf-8".into(), content: content.into() }, fields)
+        let expect = Expect::Exact { content_type: "text/json".into(), content_encoding: "utf-8".into(), content: content.into() };
+        Self::new(&request, expect, fields, resend)
     }
 
     /// The guide client's binary request (`binary` + `value`), and the answer.
-    pub(super) fn binary(value: &str, fields: &[(String, Value)]) -> anyhow::Result<Self> {
+    pub(super) fn binary(value: &str, fields: &[(String, Value)], resend: Resend) -> anyhow::Result<Self> {
         let request = guide_request("binary", value);
         let content = wasmux_guide::binary_echo(&request.content);
         Self::new(
@@ -160,6 +166,7 @@ impl Case {
                 content: content.into(),
             },
             fields,
+            resend,
         )
     }
 
@@ -211,8 +218,10 @@ const MAX_TOTAL_WEIGHT: u32 = 10_000;
 
 impl Mix {
     /// Parses `search=3,binary=1,custom=1` (a kind without `=N` has weight 1).
-    /// `custom` needs the custom request. Every request carries `fields`.
-    pub fn parse(spec: &str, custom: Option<Message>, fields: &[(String, Value)]) -> anyhow::Result<Self> {
+    /// `custom` needs the custom request. Every request carries `fields`;
+    /// `retry` says which are sent again when the server closes before
+    /// answering.
+    pub fn parse(spec: &str, custom: Option<Message>, fields: &[(String, Value)], retry: RetryArgs) -> anyhow::Result<Self> {
         let mut kinds = Vec::new();
         let mut weights = Vec::new();
         let mut names = Vec::new();
@@ -236,13 +245,13 @@ impl Mix {
                 continue;
             }
             let cases = match name {
-                "search" => SEARCH_VALUES.iter().map(|v| Case::search(v, fields)).collect::<anyhow::Result<Vec<_>>>()?,
-                "binary" => BINARY_VALUES.iter().map(|v| Case::binary(v, fields)).collect::<anyhow::Result<Vec<_>>>()?,
+                "search" => SEARCH_VALUES.iter().map(|v| Case::search(v, fields, retry.resend(true))).collect::<anyhow::Result<Vec<_>>>()?,
+                "binary" => BINARY_VALUES.iter().map(|v| Case::binary(v, fields, retry.resend(true))).collect::<anyhow::Result<Vec<_>>>()?,
                 "custom" => {
                     let Some(request) = &custom else {
                         bail!("--mix {spec}: custom requests need --content-type (and --content or --content-file)");
                     };
-                    vec![Case::new(request, Expect::NotAnError, fields)?]
+                    vec![Case::new(request, Expect::NotAnError, fields, retry.resend(false))?]
                 }
                 other => bail!("--mix {spec}: unknown request kind \"{other}\" (use search, binary or custom)"),
             };
@@ -295,7 +304,8 @@ pub enum FailureKind {
     Connect,
     /// No answer within --timeout.
     Timeout,
-    /// The server closed the connection before answering.
+    /// The server ended the connection (a FIN) before any byte of the
+    /// answer, and the request was not (or could not be) sent again.
     Closed,
     /// Reading or writing failed (reset, …).
     Io,
@@ -334,11 +344,12 @@ impl Failure {
     }
 
     pub(super) fn io(error: &std::io::Error) -> Self {
-        let kind = match error.kind() {
-            std::io::ErrorKind::UnexpectedEof => FailureKind::Closed,
-            _ => FailureKind::Io,
-        };
-        Self::new(kind, net::explain(error))
+        Self::new(FailureKind::Io, net::explain(error))
+    }
+
+    /// The server ended the connection before any byte of the answer.
+    pub(super) fn closed() -> Self {
+        Self::new(FailureKind::Closed, "the server closed the connection without answering")
     }
 
     pub(super) fn timeout(timeout: Duration) -> Self {
@@ -352,7 +363,7 @@ mod tests {
 
     #[test]
     pub(super) fn a_mix_sends_each_kind_by_weight_and_cycles_its_values() {
-        let mix = Mix::parse("search=3, binary", None, &[]).unwrap();
+        let mix = Mix::parse("search=3, binary", None, &[], RetryArgs::default()).unwrap();
         assert_eq!(mix.spec, "search=3,binary=1");
         let mut cursor = mix.cursor(0);
         let sent: Vec<_> = (0..8).map(|_| mix.next(&mut cursor).bytes.clone()).collect();
@@ -367,18 +378,18 @@ mod tests {
 
     #[test]
     pub(super) fn bad_mixes_are_explained() {
-        let error = |spec: &str| Mix::parse(spec, None, &[]).unwrap_err().to_string();
+        let error = |spec: &str| Mix::parse(spec, None, &[], RetryArgs::default()).unwrap_err().to_string();
         assert!(error("search=1,search=2").contains("search is given twice"));
         assert!(error("search=0").contains("no request kind has a weight above 0"));
         assert!(error("search=9000,binary=9000").contains("keep them under"));
         assert!(error("custom").contains("need --content-type"));
         let custom = Message::new("a/b", "binary", &b"x"[..]);
-        assert!(Mix::parse("search", Some(custom), &[]).unwrap_err().to_string().contains("add custom=N"));
+        assert!(Mix::parse("search", Some(custom), &[], RetryArgs::default()).unwrap_err().to_string().contains("add custom=N"));
     }
 
     #[test]
     pub(super) fn answers_are_checked() {
-        let case = Case::search("morpheus", &[]).unwrap();
+        let case = Case::search("morpheus", &[], Resend::Once).unwrap();
         let right = Message::new("text/json", "utf-8", "{\"result\": \"Follow the white rabbit. \u{1f430}\"}".as_bytes());
         assert_eq!(case.check(&right), Ok(()));
         let mut other_order = right.clone();
@@ -392,7 +403,7 @@ mod tests {
         assert_eq!(failure.kind.to_string(), "error-answer:no-plugin");
         assert_eq!(failure.detail, "no plugin search is loaded");
 
-        let custom = Case::new(&Message::new("a/b", "binary", &b"x"[..]), Expect::NotAnError, &[]).unwrap();
+        let custom = Case::new(&Message::new("a/b", "binary", &b"x"[..]), Expect::NotAnError, &[], Resend::Never).unwrap();
         assert_eq!(custom.check(&wrong), Ok(()));
         assert!(custom.check(&error).is_err());
     }

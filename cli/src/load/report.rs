@@ -17,6 +17,9 @@ const MAX_RECORDED_LATENCY: Duration = Duration::from_secs(60);
 pub(super) struct Tally {
     pub(super) latency: Histogram<u64>,
     pub(super) ok: u64,
+    /// Requests sent again on a new connection (not errors: each then got
+    /// its answer, or counts among the errors).
+    pub(super) resent: u64,
     errors: BTreeMap<FailureKind, ErrorCount>,
 }
 
@@ -25,7 +28,7 @@ impl Tally {
         let max = u64::try_from(MAX_RECORDED_LATENCY.as_nanos()).unwrap_or(u64::MAX);
         // 3 significant figures from 1 ns to a minute: a few hundred KiB.
         let latency = Histogram::new_with_bounds(1, max, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid")));
-        Self { latency, ok: 0, errors: BTreeMap::new() }
+        Self { latency, ok: 0, resent: 0, errors: BTreeMap::new() }
     }
 
     pub(super) fn failure(&mut self, failure: Failure) {
@@ -37,6 +40,7 @@ impl Tally {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency.add(&other.latency);
         self.ok += other.ok;
+        self.resent += other.resent;
         for (kind, count) in other.errors {
             let mine = self.errors.entry(kind).or_insert_with(|| ErrorCount { count: 0, first: count.first.clone() });
             mine.count += count.count;
@@ -70,6 +74,11 @@ pub struct Report {
     pub ok: u64,
     /// Failed requests, warm-up included.
     pub errors: u64,
+    /// Requests sent again, once, on a new connection, because the server
+    /// ended their connection with a FIN before any byte of the answer
+    /// (warm-up included). Not errors: a request sent again that fails
+    /// counts among the errors too.
+    pub resent: u64,
     /// Right answers per second.
     pub requests_per_second: f64,
     /// Latency of right answers, from writing the request (connecting too,
@@ -106,6 +115,7 @@ impl Report {
             seconds,
             ok: tally.ok,
             errors: tally.errors.values().map(|e| e.count).sum(),
+            resent: tally.resent,
             requests_per_second: if seconds > 0.0 { tally.ok as f64 / seconds } else { 0.0 },
             latency_ms: Latency {
                 mean: if h.is_empty() { 0.0 } else { h.mean() / 1e6 },
@@ -129,7 +139,7 @@ impl fmt::Display for Report {
         };
         let tls = if self.tls { ", TLS" } else { "" };
         writeln!(f, "{}: {mode}{tls}, {} connections, mix {}, {:.1} s", self.target, self.connections, self.mix, self.seconds)?;
-        writeln!(f, "  requests    {} answered right, {} errors", self.ok, self.errors)?;
+        writeln!(f, "  requests    {} answered right, {} errors, {} sent again", self.ok, self.errors, self.resent)?;
         writeln!(f, "  throughput  {:.0} requests/s", self.requests_per_second)?;
         let l = &self.latency_ms;
         writeln!(

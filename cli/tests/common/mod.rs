@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod certificates;
 pub mod haproxy;
 pub mod redis;
 pub mod registry;
@@ -715,4 +716,96 @@ impl Drop for Process {
 /// told to pick one (port 0); callers retry if it was taken meanwhile.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// A loopback port on which nothing listens, and nothing can until the
+/// returned socket is dropped: the socket holds the port bound (without
+/// `SO_REUSEADDR`, so no other socket can bind it) but never listens, so
+/// a connection to it is refused. Unlike a port freed a moment ago, no
+/// other process can start listening on it meanwhile.
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind a loopback port");
+    let port = socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).expect("the bound port");
+    (socket, port)
+}
+
+/// A TCP socket of this machine as `/proc/net/tcp` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSocket {
+    /// Bytes sent and not yet acknowledged (for a listening socket, 0).
+    pub send_queue: u64,
+    /// Bytes received that the owner has not read yet; for a listening
+    /// socket, the connections waiting to be accepted.
+    pub receive_queue: u64,
+    /// Whether it is a listening socket.
+    pub listening: bool,
+}
+
+/// The IPv4 socket whose local address is `local` and, unless `None`, whose
+/// peer is `remote` (a listening socket has none), as the kernel sees it:
+/// what it holds that its owner has not read or accepted yet.
+pub fn kernel_socket(local: SocketAddr, remote: Option<SocketAddr>) -> Option<KernelSocket> {
+    fn hex(addr: SocketAddr) -> String {
+        match addr {
+            SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+            SocketAddr::V6(_) => String::new(),
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let (local, remote) = (hex(local), remote.map(hex));
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (&at, &peer, &state, &queues) = (fields.get(1)?, fields.get(2)?, fields.get(3)?, fields.get(4)?);
+        let listening = state == "0A";
+        if at != local || remote.as_deref().is_some_and(|r| r != peer) || (remote.is_none() && !listening) {
+            return None;
+        }
+        let (send, receive) = queues.split_once(':')?;
+        Some(KernelSocket { send_queue: u64::from_str_radix(send, 16).ok()?, receive_queue: u64::from_str_radix(receive, 16).ok()?, listening })
+    })
+}
+
+/// Waits, up to [`STEP`], until `condition` holds; says `what` if it never does.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + STEP;
+    while !condition() {
+        assert!(Instant::now() < end, "{what}: not within {STEP:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The sum of the samples of metric `name` (every label set) whose labels
+/// include `label` (`outcome="bad-frame"`), matched as a whole label.
+pub fn metric_total(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let labels = series.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
+            labels.split(',').any(|l| l == label).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+impl Server {
+    /// Sends `signal` (`TERM`, `INT`, `HUP`) and returns at once.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status, or
+    /// `None` if it is still running.
+    pub fn wait_for_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

@@ -399,6 +399,46 @@ mod tests {
         assert_eq!(Settings::from_text("# the built-in configuration\n").unwrap().limits, Limits::default());
     }
 
+    /// The defaults the user guide gives, read from it: the `[limits]` of
+    /// "Every setting" (docs/configuration.md) and the default column of
+    /// its table of limits are exactly what a file without keys means. A
+    /// default changed in the code but not in the guide, or the other way
+    /// round, fails here.
+    #[test]
+    fn the_defaults_the_guide_gives_are_the_defaults() {
+        let guide = include_str!("../../../docs/configuration.md");
+        let defaults = Settings::parse("").unwrap().limits;
+
+        let every_setting = guide.split("```toml\n").find(|block| block.starts_with("[limits]\n")).expect("the guide's [limits] block");
+        let limits_block = every_setting.split("\n\n").next().expect("the [limits] lines");
+        let keys = limits_block.lines().filter(|line| line.contains(" = ")).count();
+        assert_eq!(keys, 10, "every limit is in the guide's block:\n{limits_block}");
+        assert_eq!(Settings::parse(limits_block).unwrap().limits, defaults, "the guide's block:\n{limits_block}");
+
+        // | `message-timeout` | 10 s | … : each default, as TOML.
+        let mut table = String::from("[limits]\n");
+        for row in guide.lines().filter(|line| line.starts_with("| `")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let (Some(key), Some(default)) = (cells[0].strip_prefix("| `").and_then(|k| k.strip_suffix('`')), cells.get(1)) else { continue };
+            let value = match default.parse::<u64>() {
+                Ok(number) => number.to_string(),
+                // "10 s", "100 ms" are durations as the file writes them.
+                Err(_) if default.ends_with(" s") || default.ends_with(" ms") => format!("\"{}\"", default.replace(' ', "")),
+                Err(_) => format!("\"{default}\""),
+            };
+            table.push_str(&format!("{key} = {value}\n"));
+        }
+        assert_eq!(table.lines().count(), 11, "a row for every limit:\n{table}");
+        assert_eq!(Settings::parse(&table).unwrap().limits, defaults, "the guide's table:\n{table}");
+
+        // The [runtime] keys the block gives with their defaults ("see
+        // below" and "least recently used" are its comments).
+        let runtime = every_setting.split("[runtime]\n").nth(1).expect("the guide's [runtime] lines");
+        let documented: String = runtime.lines().filter(|line| line.starts_with("spectre-hardening") || line.starts_with("cache-max-size")).map(|line| format!("{line}\n")).collect();
+        assert_eq!(documented.lines().count(), 2, "{runtime}");
+        assert_eq!(Settings::parse(&format!("[runtime]\n{documented}")).unwrap().runtime, Settings::parse("").unwrap().runtime, "{documented}");
+    }
+
     #[test]
     fn an_empty_file_is_refused() {
         for text in ["", " \n\t\n"] {

@@ -7,9 +7,10 @@
 //!   guest never sees an error for it;
 //! - stdin is empty; no environment variables, no arguments, no working
 //!   directory;
-//! - the wall clock, the monotonic clock and random numbers are the
-//!   host's (a wait on the monotonic clock counts against the call's
-//!   deadline like anything else the call does);
+//! - the wall clock and random numbers are the host's; the monotonic
+//!   clock is wasmtime-wasi's, counting from when the instance's context
+//!   was made (a wait on it counts against the call's deadline like
+//!   anything else the call does);
 //! - no filesystem: no directory is preopened;
 //! - no network: TCP, UDP and name lookups are refused;
 //! - `exit` ends the call as a failure.

@@ -18,9 +18,9 @@ use crate::service::{Answer, Service};
 /// processed; past this size they are flushed before reading on.
 const MAX_PENDING_WRITE: usize = 256 * 1024;
 
-/// How long a connection refused for a lost frame keeps reading (and
-/// dropping) what the peer still sends, so that its last answers reach the
-/// peer before the close (at most the message timeout).
+/// How long a connection the server ends keeps reading (and dropping) what
+/// the peer still sends after its last answer and the FIN (at most the
+/// message timeout), unless the peer closes first: see [`Handler::end`].
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Invalid messages in a row after which a connection is closed: a peer
@@ -40,6 +40,7 @@ pub(super) struct Handler<R, W> {
 }
 
 /// Why a connection ends.
+#[derive(Debug)]
 enum Close {
     /// The peer closed between messages.
     Clean,
@@ -60,10 +61,12 @@ enum Close {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
     pub(super) async fn run(mut self) {
         tracing::debug!("accepted connection from {}", self.peer);
+        let close = self.serve().await;
+        // Said when decided, before the end below, which may take as long
+        // as the linger.
         let peer = self.peer;
-        let service = Arc::clone(&self.service);
-        let log = service.request_log();
-        match self.serve().await {
+        let log = self.service.request_log();
+        match &close {
             Close::Clean => tracing::debug!("closing connection to {peer}"),
             Close::Shutdown => tracing::debug!("closing connection to {peer}: shutting down"),
             Close::Idle => tracing::debug!("closing idle connection to {peer}"),
@@ -72,6 +75,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
             Close::Protocol(e) => log.log(|| tracing::info!("closing connection to {peer}: {e}")),
             Close::Refused => log.log(|| tracing::info!("closing connection to {peer}: request refused")),
         }
+        self.end(&close).await;
     }
 
     async fn serve(&mut self) -> Close {
@@ -90,20 +94,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
                         invalid_in_a_row += 1;
                         if invalid_in_a_row >= MAX_INVALID_IN_A_ROW {
                             let message = format!("{error}; closing the connection after {MAX_INVALID_IN_A_ROW} invalid messages in a row");
-                            return self.refuse(ProtocolError::new(error.code, message)).await;
+                            return self.refuse(ProtocolError::new(error.code, message));
                         }
                         let peer = self.peer;
                         self.service.request_log().log(|| tracing::info!("invalid message from {peer}: {error}"));
                         self.service.count_refused(&error);
                         Answer { message: error.to_message(), close: false }
                     }
-                    Err(DecodeError::Frame(error)) => return self.refuse(error).await,
+                    Err(DecodeError::Frame(error)) => return self.refuse(error),
                     Err(DecodeError::Io(e)) => return Close::Io(e.to_string()),
                 };
                 self.queue(&answer.message);
                 if answer.close {
-                    let _ = self.flush().await;
-                    let _ = self.connection.writer.shutdown().await;
                     return Close::Refused;
                 }
                 if self.connection.writer.pending() >= MAX_PENDING_WRITE
@@ -116,7 +118,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
                 return close;
             }
             if self.token.is_cancelled() && !self.connection.reader.is_mid_message() {
-                return self.close_for_shutdown().await;
+                return Close::Shutdown;
             }
 
             if !self.connection.reader.is_mid_message() {
@@ -140,9 +142,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
                 Ok(More::Data) => {}
                 Ok(More::Closed) => return Close::Clean,
                 Ok(More::Idle) => return Close::Idle,
-                Ok(More::Stopped) if self.token.is_cancelled() => return self.close_for_shutdown().await,
+                Ok(More::Stopped) if self.token.is_cancelled() => return Close::Shutdown,
                 Ok(More::Stopped) => return Close::MakeRoom,
-                Err(DecodeError::Frame(error)) => return self.refuse(error).await,
+                Err(DecodeError::Frame(error)) => return self.refuse(error),
                 Err(DecodeError::Io(e)) => return Close::Io(e.to_string()),
             }
         }
@@ -170,28 +172,42 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
         }
     }
 
-    /// Closes a connection between messages because the server stops: the
-    /// peer reads the end of the stream after its last answer. Bytes it
-    /// sends meanwhile (a request the server will not read) are read and
-    /// dropped until it closes too, so that the close is not a reset: its
-    /// client sees the connection end with no answer begun, and can send
-    /// the request again elsewhere.
-    async fn close_for_shutdown(&mut self) -> Close {
+    /// Tells the peer why its stream cannot be read further; the answer
+    /// goes out after those queued before it, and then the stream ends.
+    fn refuse(&mut self, error: ProtocolError) -> Close {
+        self.service.count_refused(&error);
+        self.queue(&error.to_message());
+        Close::Protocol(error)
+    }
+
+    /// Ends a connection the server decided to close, so that the peer gets
+    /// every answer owed and can tell which requests went unanswered: the
+    /// answers queued are written (the refusal last, if there is one), then
+    /// the write side is shut (a FIN: the peer reads the end of the stream
+    /// after the last answer), then whatever the peer still sends (requests
+    /// the server will not read) is read and dropped until it closes too,
+    /// or for [`LINGER`] (at most the message timeout).
+    ///
+    /// Without that linger, closing a socket with unread bytes makes the
+    /// kernel reset the connection, and a reset throws away what it has not
+    /// sent yet: the answers just written, and the one saying why. A peer
+    /// that reads slowly still gets them, as long as it reads within the
+    /// message timeout; one that stops reading is dropped, as at any write.
+    /// A client that sees the end of the stream with no byte of an answer
+    /// begun knows the server never read that request, and may send it
+    /// again elsewhere. The peer closing its side, or the connection
+    /// failing, needs no end.
+    async fn end(&mut self, close: &Close) {
+        if matches!(close, Close::Clean | Close::Io(_)) {
+            return;
+        }
+        if let Err(failed) = self.flush().await {
+            tracing::debug!("connection to {} failed while closing: {failed:?}", self.peer);
+            return;
+        }
         if self.connection.writer.shutdown().await.is_ok() {
             let linger = LINGER.min(self.service.settings().limits.message_timeout);
             self.connection.reader.linger(linger).await;
         }
-        Close::Shutdown
-    }
-
-    /// Tells the peer why its stream cannot be read further, then ends.
-    async fn refuse(&mut self, error: ProtocolError) -> Close {
-        self.service.count_refused(&error);
-        self.queue(&error.to_message());
-        if self.flush().await.is_ok() && self.connection.writer.shutdown().await.is_ok() {
-            let linger = LINGER.min(self.service.settings().limits.message_timeout);
-            self.connection.reader.linger(linger).await;
-        }
-        Close::Protocol(error)
     }
 }

@@ -100,6 +100,10 @@ impl PluginSource {
         let loaded = plugins.list().len();
         tracing::info!("{loaded} plugins loaded from {}", self.describe());
         if follow {
+            if let Self::Oci(oci) = &self {
+                // The interval in force: `--poll-interval`, else `[source]`'s, else 2 s.
+                tracing::info!("{}: polled every {:?} for new versions", self.describe(), oci.poll_interval);
+            }
             let (sender, mut changes) = mpsc::unbounded_channel();
             let following = self.follow(sender, stop)?;
             tokio::spawn(async move {

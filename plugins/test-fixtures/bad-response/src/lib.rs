@@ -8,6 +8,9 @@
 //! - `size N`: a valid `application/octet-stream` response of N bytes (the
 //!   tests pick N over or under the server's `max-response`);
 //! - `reserved-field`: sets the header field `content-length` itself;
+//! - `reserved-field-other-case`: sets `Content-Length` and `Content-Type`
+//!   (the required fields in another case) beside a field of its own, `note`,
+//!   and answers `hello` (a response the host sends, leaving those two out);
 //! - `not-json-field`: a header field whose value is not JSON text;
 //! - `duplicate-field`: the same header field twice;
 //! - `empty-content-type`: an empty content-type;
@@ -46,6 +49,10 @@ impl Guest for BadResponse {
         }
         match command.as_str() {
             "reserved-field" => Ok(response(vec![("content-length", "5".into())], b"hello".to_vec())),
+            "reserved-field-other-case" => Ok(response(
+                vec![("Content-Length", "999".into()), ("Content-Type", "\"text/html\"".into()), ("note", "\"kept\"".into())],
+                b"hello".to_vec(),
+            )),
             "not-json-field" => Ok(response(vec![("user", "ann".into())], b"hello".to_vec())),
             "duplicate-field" => Ok(response(vec![("user", "1".into()), ("user", "2".into())], b"hello".to_vec())),
             "empty-content-type" => Ok(Response { content_type: String::new(), ..response(vec![], b"hello".to_vec()) }),
