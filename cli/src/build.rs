@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use wasmux::kv::{NoKvMetrics, OnDemand, StoreConfig};
 use wasmux::config::{ConfigFile, Settings};
 use wasmux::metrics::Metrics;
 use wasmux::digest::Digest;
@@ -68,7 +69,9 @@ async fn compile_into_cache(out: &Path, cache_dir: PathBuf) -> anyhow::Result<()
     let started = Instant::now();
     eprintln!("wasmux: compiling {} for this machine, so that its first call finds it compiled", shown(out));
     let settings = Settings::from_file(ConfigFile::default())?;
-    let runtime = crate::call::runtime_for_one_call(&settings, Some(cache_dir))?;
+    // A plugin that imports the store keeps nothing here: it is not called.
+    let store = Arc::new(OnDemand::new(StoreConfig::Memory, Arc::new(NoKvMetrics)));
+    let runtime = crate::call::runtime_for_one_call(&settings, Some(cache_dir), store)?;
     let plugins = Plugins::new(Some(runtime), Arc::new(Metrics::new()));
     let name = plugin_name(out).unwrap_or_else(|| "plugin".to_owned());
     let bytes = tokio::fs::read(out).await?;

@@ -23,7 +23,8 @@ use wasmux::metrics::Metrics;
 use wasmux::digest::Digest;
 use wasmux::plugins::Plugins;
 use wasmux::source::dir::plugin_name;
-use wasmux::runtime::{CompileMode, AllocatorLimits, Runtime, RuntimeSettings};
+use wasmux::kv::{Durability, OnDemand, StoreConfig};
+use wasmux::runtime::{AllocatorLimits, CompileMode, Runtime, RuntimeSettings, Unobserved};
 use wasmux::service::Service;
 
 #[derive(Args)]
@@ -55,6 +56,11 @@ pub struct CallArgs {
     /// Do not keep compiled plugin code on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Keep the plugin's state (wasi:keyvalue) in this directory, so that
+    /// the next call sees what this one stored; without it, the state
+    /// lives for this one call.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
@@ -79,7 +85,13 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         (false, None) => wasmux_toolchain::default_cache_dir().ok(),
     };
     let metrics = Arc::new(Metrics::new());
-    let plugins = Arc::new(Plugins::new(Some(runtime_for_one_call(&settings, cache_dir)?), Arc::clone(&metrics)));
+    let store = match args.data_dir {
+        Some(dir) => StoreConfig::Embedded { dir, durability: Durability::Process },
+        None => StoreConfig::Memory,
+    };
+    let store = Arc::new(OnDemand::new(store, Arc::clone(&metrics) as _));
+    let runtime = runtime_for_one_call(&settings, cache_dir, store)?;
+    let plugins = Arc::new(Plugins::new(Some(runtime), Arc::clone(&metrics)));
     // One line: wasmparser's messages spread what they expected over
     // several (`expected=[\n    0x0, …]`).
     if let Err(e) = plugins.load(&name, Digest::of(&bytes), bytes, &args.file.display().to_string()).await {
@@ -101,8 +113,8 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
 /// The runtime of one `wasmux call`: one call at a time, so the pool can
 /// hold whatever any plugin needs. `wasmux build` compiles into the cache
 /// with it, so that the first call of a new build finds the code compiled.
-pub fn runtime_for_one_call(settings: &Settings, cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
-    Ok(Runtime::new(RuntimeSettings {
+pub fn runtime_for_one_call(settings: &Settings, cache_dir: Option<PathBuf>, store: Arc<OnDemand>) -> anyhow::Result<Runtime> {
+    let settings = RuntimeSettings {
         max_concurrent_calls: 1,
         max_memory: settings.max_plugin_memory(),
         cache_dir,
@@ -110,7 +122,8 @@ pub fn runtime_for_one_call(settings: &Settings, cache_dir: Option<PathBuf>) -> 
         spectre_hardening: true,
         allocator: AllocatorLimits::for_one_instance(),
         compile: CompileMode::Serve,
-    })?)
+    };
+    Ok(Runtime::with_store(settings, Arc::new(Unobserved), store)?)
 }
 
 /// `text` with every run of whitespace that holds a line break made one space.

@@ -37,6 +37,11 @@ pub struct DevArgs {
     /// the plugin.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Keep the plugin's state (wasi:keyvalue) in this directory, locked
+    /// while the server runs, so that it outlives the server; without it,
+    /// in memory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Compile each new version from scratch instead of reusing the
     /// machine code of the functions that did not change (for comparing).
     #[arg(long)]
@@ -69,7 +74,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     tokio::spawn(rebuild_on_change(sources, changes, project, out_dir.clone(), options));
     let compile = if args.no_incremental { CompileMode::Serve } else { CompileMode::Incremental };
-    serve::serve_with(ServeArgs::dev(args.listen, &out_dir, args.config, args.verbose), settings, compile).await
+    serve::serve_with(ServeArgs::dev(args.listen, &out_dir, args.config, args.data_dir, args.verbose), settings, compile).await
 }
 
 /// Rebuilds after each batch of changes (those that came during a build

@@ -18,6 +18,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use wasmux::agent::{Agent, AgentState};
 use wasmux::config::Settings;
+use wasmux::kv::{OnDemand, StoreConfig};
 use wasmux::metrics::Metrics;
 use wasmux::native::GUIDE_HANDLERS;
 use wasmux::plugins::{Plugin, Plugins};
@@ -78,6 +79,21 @@ pub struct ServeArgs {
     /// Do not cache compiled plugin code on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Where plugins' state is kept (wasi:keyvalue, the embedded store),
+    /// locked by this server; opened only when a plugin that imports the
+    /// store is loaded [default: $XDG_DATA_HOME/wasmux, else
+    /// ~/.local/share/wasmux]. Read at start-up.
+    #[arg(long, env = "WASMUX_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep plugins' state in this Redis, redis://HOST:PORT, which every
+    /// server given it shares, instead of the data directory. Overrides
+    /// the configuration's [kv] url. Read at start-up.
+    #[arg(long, value_name = "URL")]
+    kv: Option<String>,
+    /// Keep plugins' state in this process's memory (`wasmux dev` without
+    /// --data-dir).
+    #[arg(skip)]
+    kv_in_memory: bool,
     /// Serve TLS on every listener, with this certificate chain (PEM, the
     /// server's certificate first).
     #[arg(long, requires = "tls_key", value_name = "FILE")]
@@ -97,7 +113,8 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// What `wasmux dev` serves with: the plugins in `plugins` (watched),
     /// on `listen`, with the configuration file `config` if any.
-    pub fn dev(listen: Vec<String>, plugins: &Path, config: Option<PathBuf>, verbose: bool) -> Self {
+    /// Plugins' state is kept in `data_dir`, or in memory without one.
+    pub fn dev(listen: Vec<String>, plugins: &Path, config: Option<PathBuf>, data_dir: Option<PathBuf>, verbose: bool) -> Self {
         Self {
             listen,
             plugins: Some(plugins.display().to_string()),
@@ -111,6 +128,9 @@ impl ServeArgs {
             no_watch: false,
             cache_dir: None,
             no_cache: false,
+            kv_in_memory: data_dir.is_none(),
+            data_dir,
+            kv: None,
             tls_cert: None,
             tls_key: None,
             native: false,
@@ -143,6 +163,10 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
     let poll_interval = args.poll_interval.unwrap_or(settings.source.poll_interval);
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(|| wasmux_toolchain::default_cache_dir().ok()) };
     let metrics = Arc::new(Metrics::new());
+    let store_config = if args.kv_in_memory { StoreConfig::Memory } else { settings.kv.store_config(args.kv.as_deref(), args.data_dir.clone())? };
+    // Opened when a plugin that imports the store is loaded: a server
+    // without one never touches (or locks) the data directory.
+    let store = Arc::new(OnDemand::new(store_config, Arc::clone(&metrics) as _));
     let runtime_settings = RuntimeSettings {
         max_concurrent_calls: settings.limits.max_concurrent_calls,
         max_memory: settings.max_plugin_memory(),
@@ -153,19 +177,29 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
         compile,
     };
     // The metrics count the instances the runtime creates and retires.
-    let runtime = Runtime::with_events(runtime_settings, Arc::clone(&metrics) as _)?;
+    let runtime = Runtime::with_store(runtime_settings, Arc::clone(&metrics) as _, Arc::clone(&store))?;
     if !settings.runtime.spectre_hardening {
         tracing::warn!("runtime.spectre-hardening is off: serve only plugins you trust");
     }
     let plugins = Arc::new(Plugins::new(Some(runtime), Arc::clone(&metrics)).refusing_wasi_to(settings.wasi_refused.clone()));
     let routes = settings.describe_routes();
-    let service = Arc::new(Service::new(Arc::clone(&plugins), settings, metrics));
+    let service = Arc::new(Service::new(Arc::clone(&plugins), settings, metrics).with_store(store));
     let stop = CancellationToken::new();
+    // Canaries: their states read from the store before their candidates
+    // get a request, synced every quarter second, and once more at the end.
+    let canaries = tokio::spawn(Arc::clone(&service).keep_canaries(stop.clone().cancelled_owned()));
     match spec {
         Some(spec) => {
             let limits = Arc::clone(&service);
             let source = PluginSource::open(&spec, cache_dir.as_deref(), poll_interval, move || limits.settings().limits.max_plugin_size)?;
             source.serve(Arc::clone(&plugins), !args.no_watch, stop.clone()).await?;
+            // A plugin that keeps state was loaded, and its store cannot be
+            // opened (the data directory is another server's): refuse to
+            // start rather than serve without it. A plugin that needs the
+            // store later is refused alone, and the server goes on.
+            if let Some(why) = service.store().failure() {
+                anyhow::bail!("{why}");
+            }
         }
         None if args.native => {
             for (name, handler) in GUIDE_HANDLERS {
@@ -238,6 +272,7 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
 
     server::run(listeners, tls, Arc::clone(&service), stop.clone().cancelled_owned(), args.drain_timeout).await?;
     stop.cancel();
+    let _ = canaries.await;
     if let Some(runtime) = plugins.runtime() {
         runtime.shutdown();
     }

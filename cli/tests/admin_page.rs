@@ -92,9 +92,9 @@ fn the_live_page_shows_each_arm_its_numbers_charts_and_verdict() {
     };
     // The charts show finished windows (of 2 s), and a line needs two: the
     // rounds are sent in two windows, each waited for.
-    rounds(12);
+    rounds(25);
     wait_for_windows(&server, 1);
-    rounds(13);
+    rounds(25);
     wait_for_windows(&server, 2);
 
     let admin = server.admin.expect("an admin address");
@@ -116,23 +116,26 @@ fn the_live_page_shows_each_arm_its_numbers_charts_and_verdict() {
         "route text/json",
         "split search 1 / search@fuzzy 1",
         "search@fuzzy against search",
-        "hit rate: 50.0% → 75.0%, +25.0 points (95% CI +11.6 to +37.2)<span class=\"tag\">significant</span>",
-        "error rate: 0.00% → 0.00%, +0.00 points (95% CI -3.70 to +3.70)<span class=\"tag\">not significant</span>",
+        // 200 requests an arm: the anytime-valid interval (at 100 it still
+        // held 0).
+        "hit rate: 50.0% → 75.0%, +25.0 points (95% anytime-valid CI +5.0 to +43.8)<span class=\"tag\">significant</span>",
+        "error rate: 0.00% → 0.00%, +0.00 points (95% anytime-valid CI -4.61 to +4.61)<span class=\"tag\">not significant</span>",
+        "a difference that is not there is shown as significant in at most 5 %",
     ] {
         assert!(dom.contains(text), "the page does not show {text:?}:\n{dom}");
     }
 
-    // Each arm's panel, with its own figures: 100 requests each, no error,
+    // Each arm's panel, with its own figures: 200 requests each, no error,
     // search finding half and search@fuzzy three in four.
     let panels = parts(&dom, "<div class=\"arm\"");
     assert_eq!(panels.len(), 2, "two arms:\n{dom}");
-    for (panel, (plugin, hits, misses)) in panels.iter().zip([("search", "50.0% (50)", "50.0% (50)"), ("search@fuzzy", "75.0% (75)", "25.0% (25)")]) {
+    for (panel, (plugin, hits, misses)) in panels.iter().zip([("search", "50.0% (100)", "50.0% (100)"), ("search@fuzzy", "75.0% (150)", "25.0% (50)")]) {
         let panel = &panel[..panel.find("<div class=\"verdicts\"").unwrap_or(panel.len())];
         for row in [
             format!("<h4>{plugin}</h4>"),
             format!("version {}", server.plugin_version(plugin)),
             "<dt>weight</dt><dd>1</dd>".to_owned(),
-            "<dt>requests</dt><dd>100</dd>".to_owned(),
+            "<dt>requests</dt><dd>200</dd>".to_owned(),
             "<dt>errors</dt><dd>0.00% (0)</dd>".to_owned(),
             format!("<dt>hit</dt><dd>{hits}</dd>"),
             format!("<dt>miss</dt><dd>{misses}</dd>"),
@@ -153,5 +156,46 @@ fn the_live_page_shows_each_arm_its_numbers_charts_and_verdict() {
             });
             assert!(drawn, "the {title:?} chart draws no line for {arm}: {lines:?}");
         }
+    }
+}
+
+#[test]
+fn the_live_page_shows_a_rolled_back_canary_with_its_guard() {
+    let chromium = chromium();
+    let config = "[routes.\"text/plain\".canary]\nstable = \"spin\"\ncandidate = \"trap\"\nsteps = [10, 50, 100]\nstep-after = \"1s\"\n\
+        min-requests = 20\nmax-extra-error-rate = 0.01\nmax-p99-ratio = 3.0\n";
+    let data = tempfile::tempdir().expect("temporary directory");
+    let server = Server::start_with_fixtures_and(config, &["--admin", "127.0.0.1:0", "--data-dir", data.path().to_str().expect("utf-8 path")]);
+    let answer = crate::common::message(
+        serde_json::json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}),
+        b"answer",
+    );
+    // Until the canary's state is read, the candidate gets nothing: wait.
+    let end = Instant::now() + crate::common::STEP;
+    while !server.admin_get("/experiments").1.contains("\"known\":true") {
+        assert!(Instant::now() < end, "the canary's state was never read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut conn = server.connect();
+    for _ in 0..100 {
+        conn.request(&answer);
+    }
+    let admin = server.admin.expect("an admin address");
+    let profile = tempfile::tempdir().expect("a profile directory");
+    let run = Process::run(
+        Command::new(&chromium)
+            .args(["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--virtual-time-budget=5000", "--dump-dom"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("http://{admin}/")),
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "chromium failed: {}", run.stderr);
+    let dom = run.stdout.join("\n");
+    for text in [
+        "shares spin 100 / trap 0",
+        "canary spin → trap: rolled back by the error-rate guard: trap failed ",
+        "(max-extra-error-rate 0.01); every request goes to spin",
+    ] {
+        assert!(dom.contains(text), "the page does not show {text:?}:\n{dom}");
     }
 }

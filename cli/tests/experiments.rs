@@ -67,7 +67,7 @@ fn close(value: &Value, expected: f64) -> bool {
 fn search_arms_count_hits_and_misses_and_the_difference_is_called_significant() {
     let server = serve(EVEN_SPLIT);
     let mut conn = server.connect();
-    send_queries(&mut conn, 25, &json!({}));
+    send_queries(&mut conn, 50, &json!({}));
 
     let report = experiments(&server);
     assert_eq!(report["window_seconds"], 2.0);
@@ -76,25 +76,28 @@ fn search_arms_count_hits_and_misses_and_the_difference_is_called_significant() 
     let arms = split["arms"].as_array().expect("arms");
     assert_eq!(arms.len(), 2, "{split}");
     let (exact, fuzzy) = (&arms[0], &arms[1]);
-    assert_eq!((&exact["plugin"], &exact["weight"], &exact["requests"], &exact["errors"]), (&json!("search"), &json!(1), &json!(100), &json!(0)));
-    assert_eq!(exact["outcomes"], json!({"hit": 50, "miss": 50}));
-    assert_eq!((&fuzzy["plugin"], &fuzzy["requests"]), (&json!("search@fuzzy"), &json!(100)));
-    assert_eq!(fuzzy["outcomes"], json!({"hit": 75, "miss": 25}));
+    assert_eq!((&exact["plugin"], &exact["weight"], &exact["requests"], &exact["errors"]), (&json!("search"), &json!(1), &json!(200), &json!(0)));
+    assert_eq!(exact["outcomes"], json!({"hit": 100, "miss": 100}));
+    assert_eq!((&fuzzy["plugin"], &fuzzy["requests"]), (&json!("search@fuzzy"), &json!(200)));
+    assert_eq!(fuzzy["outcomes"], json!({"hit": 150, "miss": 50}));
     let version = server.plugin_version("search");
     assert_eq!(exact["version"], version.as_str());
-    assert_eq!(exact["versions"], json!({version.as_str(): 100}));
+    assert_eq!(exact["versions"], json!({version.as_str(): 200}));
     let latency = &exact["latency_ms"];
     let (p50, p90, p99) = (latency["p50"].as_f64(), latency["p90"].as_f64(), latency["p99"].as_f64());
     assert!(matches!((p50, p90, p99), (Some(a), Some(b), Some(c)) if 0.0 < a && a <= b && b <= c), "{latency}");
     assert_eq!(exact["against_first"], Value::Null);
 
-    // search@fuzzy against search: 75 % hits against 50 %; Newcombe's
-    // interval for 75/100 − 50/100 is [0.1162, 0.3717].
+    // search@fuzzy against search: 75 % hits against 50 %, 200 requests
+    // each. The anytime-valid interval (sequential.rs, checked there
+    // against the reference implementation) is [0.0496, 0.4378]; at 100
+    // requests each it still held 0 ([-0.0232, 0.5001]), where the
+    // fixed-sample one (Newcombe's [0.1162, 0.3717]) did not.
     let versus = &fuzzy["against_first"];
     assert_eq!(versus["against"], "search");
     let hit = &versus["outcomes"]["hit"];
     assert!(close(&hit["rate"], 0.75) && close(&hit["first_rate"], 0.5) && close(&hit["difference"], 0.25), "{hit}");
-    assert!(close(&hit["ci95"][0], 0.1162) && close(&hit["ci95"][1], 0.3717), "{hit}");
+    assert!(close(&hit["ci95"][0], 0.0496) && close(&hit["ci95"][1], 0.4378), "{hit}");
     assert_eq!(hit["significant"], true);
     assert_eq!(versus["outcomes"]["miss"]["significant"], true);
     let errors = &versus["error_rate"];
@@ -108,17 +111,17 @@ fn search_arms_count_hits_and_misses_and_the_difference_is_called_significant() 
     for expected in [
         "tenant default, route text/json: split search 1 / search@fuzzy 1 (interleaved)",
         "search@fuzzy against search:",
-        "  hit rate    50.0% -> 75.0%: +25.0 points (95% CI +11.6 to +37.2), significant",
-        "  miss rate   50.0% -> 25.0%: -25.0 points (95% CI -37.2 to -11.6), significant",
-        "  error rate  0.00% -> 0.00%: +0.00 points (95% CI -3.70 to +3.70), not significant",
+        "  hit rate    50.0% -> 75.0%: +25.0 points (95% anytime-valid CI +5.0 to +43.8), significant",
+        "  miss rate   50.0% -> 25.0%: -25.0 points (95% anytime-valid CI -43.8 to -5.0), significant",
+        "  error rate  0.00% -> 0.00%: +0.00 points (95% anytime-valid CI -4.61 to +4.61), not significant",
     ] {
         assert!(run.stdout.iter().any(|line| line == expected), "no line {expected:?} in\n{printed}");
     }
     let row = |plugin: &str| run.stdout.iter().find(|line| line.starts_with(&format!("{plugin} "))).cloned().unwrap_or_default();
     let cells: Vec<String> = row("search@fuzzy").split_whitespace().map(str::to_owned).collect();
-    assert_eq!(cells.get(3).map(String::as_str), Some("100"), "{printed}");
-    assert!(row("search").ends_with("50.0% (50)  50.0% (50)"), "{printed}");
-    assert!(cells.join(" ").ends_with("75.0% (75) 25.0% (25)"), "{printed}");
+    assert_eq!(cells.get(3).map(String::as_str), Some("200"), "{printed}");
+    assert!(row("search").ends_with("50.0% (100)  50.0% (100)"), "{printed}");
+    assert!(cells.join(" ").ends_with("75.0% (150) 25.0% (50)"), "{printed}");
 }
 
 #[test]

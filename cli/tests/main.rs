@@ -7,6 +7,7 @@ mod common;
 mod admin_page;
 mod authoring;
 mod bench;
+mod canary;
 mod cli;
 mod close_paths;
 mod compile_cache;

@@ -341,7 +341,7 @@ fn the_admin_endpoint_asks_for_its_token_and_a_reload_rotates_it() {
     std::fs::write(&token_file, "first-admin-token\n").expect("write the token");
     let with = crate::common::wasmux(&["experiments", "--admin", &admin, "--admin-token-file", token_file.to_str().expect("utf-8")]);
     assert!(with.status.success(), "{}", with.stderr);
-    assert_eq!(with.stdout, ["no route has a split: no experiment is running"]);
+    assert_eq!(with.stdout, ["no route has a split or a canary: no experiment is running"]);
 
     std::fs::write(server.config_path(), config("second-admin-token")).expect("rewrite config");
     assert!(server.wait_for_log("reloaded", Duration::from_secs(5)), "{}", server.log());

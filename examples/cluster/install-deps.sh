@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs, from Debian's archive, the programs the fleet example and its
-# tests run: haproxy (2.6 in Debian 12), docker-registry (2.8) and
-# redis-server (7.0, the fleet's shared key-value store). Only what
+# tests run: haproxy (2.6 in Debian 12), docker-registry (2.8),
+# redis-server (7.0, the fleet's shared key-value store) and prometheus
+# (2.42, scraping the fleet's metrics). Only what
 # is missing is installed, with apt-get as root or through `sudo -n`, the
 # way `cargo xtask` installs the wasm toolchain.
 #
-#   examples/cluster/install-deps.sh                  # all three
+#   examples/cluster/install-deps.sh                  # all four
 #   examples/cluster/install-deps.sh redis-server     # just one
 set -euo pipefail
 
 packages=("$@")
-[ ${#packages[@]} -gt 0 ] || packages=(haproxy docker-registry redis-server)
+[ ${#packages[@]} -gt 0 ] || packages=(haproxy docker-registry redis-server prometheus)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -18,7 +19,8 @@ for package in "${packages[@]}"; do
         haproxy) command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) ;;
         docker-registry) command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry) ;;
         redis-server) command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) ;;
-        *) echo "install-deps.sh: unknown package $package (haproxy, docker-registry, redis-server)" >&2; exit 2 ;;
+        prometheus) command -v prometheus >/dev/null 2>&1 || missing+=(prometheus) ;;
+        *) echo "install-deps.sh: unknown package $package (haproxy, docker-registry, redis-server, prometheus)" >&2; exit 2 ;;
     esac
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -36,6 +38,7 @@ export DEBIAN_FRONTEND=noninteractive
 "${apt[@]}" update -qq
 # The example never uses the packages' own services. Under systemd they
 # start on install: docker-registry's listens on port 5000 of every
-# interface, redis-server's on 127.0.0.1:6379; `systemctl disable --now
-# docker-registry haproxy redis-server` stops them.
+# interface, redis-server's on 127.0.0.1:6379, prometheus's on port 9090
+# of every interface; `systemctl disable --now docker-registry haproxy
+# redis-server prometheus` stops them.
 "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2

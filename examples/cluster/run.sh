@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A fleet on loopback: a plugin registry, HAProxy, and three wasmux servers
-# that load their plugins from the registry.
+# A fleet on loopback: a plugin registry, HAProxy, three wasmux servers
+# that load their plugins from the registry and keep their state (plugins'
+# key-value state, canaries) in one Redis, and a Prometheus scraping them.
 #
 #   examples/cluster/run.sh [BASE_PORT]        (BASE_PORT defaults to 5000)
 #
@@ -8,9 +9,12 @@
 #   BASE_PORT+1    HAProxy: point clients here (wasmux send --addr 127.0.0.1:BASE_PORT+1 …)
 #   BASE_PORT+2…4  the three wasmux servers
 #   BASE_PORT+5…7  their HAProxy agents (ready / drain)
-#   BASE_PORT+8…10 their admin endpoints (/metrics, /plugins, /healthz)
+#   BASE_PORT+8…10 their admin endpoints (/metrics, /plugins, /healthz, /experiments)
+#   BASE_PORT+11   Redis (Debian's redis-server, no persistence): the servers' --kv
+#   BASE_PORT+12   Prometheus (Debian's), scraping the three admin endpoints every 2 s
 #
-# It installs haproxy and docker-registry with apt-get when missing, builds
+# It installs haproxy, docker-registry, redis-server and prometheus with
+# apt-get when missing, builds
 # the plugins and wasmux when they are not built, pushes the plugins of
 # target/plugins to the registry (search.wasm as tag `search`,
 # search@fuzzy.wasm as `search__fuzzy`), starts everything, prints one line
@@ -29,8 +33,8 @@ set -euo pipefail
 base=${1:-5000}
 # Ports of the kernel's ephemeral range (32768 and up on Linux) may be
 # taken at any moment by an outgoing connection; stay below it.
-if ! [[ $base =~ ^[0-9]+$ ]] || ((base < 1024 || base > 32757)); then
-    echo "usage: $0 [BASE_PORT]   (1024…32757; uses BASE_PORT to BASE_PORT+10)" >&2
+if ! [[ $base =~ ^[0-9]+$ ]] || ((base < 1024 || base > 32755)); then
+    echo "usage: $0 [BASE_PORT]   (1024…32755; uses BASE_PORT to BASE_PORT+12)" >&2
     exit 2
 fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,12 +46,12 @@ lb=$host:$((base + 1))
 poll_interval=${WASMUX_FLEET_POLL:-2s}
 
 "$here/install-deps.sh"
-for program in haproxy docker-registry python3; do
+for program in haproxy docker-registry redis-server prometheus python3; do
     command -v "$program" >/dev/null || { echo "run.sh: $program is missing" >&2; exit 1; }
 done
 
 # Ports already taken would fail late and confusingly: check them first.
-for port in $(seq "$base" $((base + 10))); do
+for port in $(seq "$base" $((base + 12))); do
     if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
         echo "run.sh: port $port is in use; pick another BASE_PORT" >&2
         exit 1
@@ -100,7 +104,7 @@ trap 'exit 143' TERM
 
 # start SLOT NAME COMMAND…: runs a program in the background, its output
 # appended to $run/NAME.log, its pid in pids[SLOT] (0 the registry, 1 to 3
-# the servers, 4 HAProxy) for stop_all.
+# the servers, 4 HAProxy, 5 Redis, 6 Prometheus) for stop_all.
 start() {
     local slot=$1 name=$2
     shift 2
@@ -144,8 +148,14 @@ for file in "$plugins"/*.wasm; do
     }
 done
 
+# Redis, the servers' shared store: no persistence, its files in $run.
+kv=redis://$host:$((base + 11))
+mkdir -p "$run/redis"
+start 5 redis redis-server --port $((base + 11)) --bind "$host" --save "" --appendonly no --dir "$run/redis"
+wait_for_port 5 $((base + 11))
+
 # Server N (1 to 3), with its agent port and admin endpoint, keeping its own
-# cache of what it pulled.
+# cache of what it pulled and its state in the shared Redis.
 start_server() {
     local i=$1
     start "$i" "wasmux$i" "$wasmux" serve \
@@ -154,6 +164,7 @@ start_server() {
         --poll-interval "$poll_interval" \
         --agent "$host:$((base + 4 + i))" \
         --admin "$host:$((base + 7 + i))" \
+        --kv "$kv" \
         --cache-dir "$run/cache$i"
 }
 for i in 1 2 3; do
@@ -170,6 +181,22 @@ start 4 haproxy env \
     WASMUX_SERVER3="$host:$((base + 4))" WASMUX_AGENT3=$((base + 7)) \
     haproxy -db -f "$here/haproxy.cfg"
 wait_for_port 4 $((base + 1))
+
+# Prometheus, scraping the three admin endpoints' /metrics.
+prometheus=http://$host:$((base + 12))
+cat >"$run/prometheus.yml" <<YAML
+global:
+  scrape_interval: 2s
+scrape_configs:
+  - job_name: wasmux
+    static_configs:
+      - targets: ["$host:$((base + 8))", "$host:$((base + 9))", "$host:$((base + 10))"]
+YAML
+start 6 prometheus prometheus \
+    --config.file="$run/prometheus.yml" \
+    --storage.tsdb.path="$run/prometheus" \
+    --web.listen-address="$host:$((base + 12))"
+wait_for_port 6 $((base + 12))
 
 # Ready when HAProxy's health checks (a real search request) see all three UP.
 servers_up() {
@@ -199,20 +226,20 @@ for ((i = 0; ; i++)); do
     sleep 0.1
 done
 
-echo "fleet ready: clients to $lb (haproxy) -> wasmux $host:$((base + 2)),$((base + 3)),$((base + 4)) (pids ${pids[1]} ${pids[2]} ${pids[3]}); plugins from oci://$repository; metrics http://$host:$((base + 8))-$((base + 10))/metrics; logs $run; Ctrl-C stops"
+echo "fleet ready: clients to $lb (haproxy) -> wasmux $host:$((base + 2)),$((base + 3)),$((base + 4)) (pids ${pids[1]} ${pids[2]} ${pids[3]}); plugins from oci://$repository; metrics http://$host:$((base + 8))-$((base + 10))/metrics; state in $kv; prometheus $prometheus; logs $run; Ctrl-C stops"
 
 # Run until Ctrl-C or SIGTERM. A server that exits (`kill -TERM PID`: it
 # drains first) is started again, as a service manager would, and loads
-# the registry's current plugins; if the registry or HAProxy exits, the
-# fleet stops.
+# the registry's current plugins; if the registry, HAProxy, Redis or
+# Prometheus exits, the fleet stops.
 set +e
 while true; do
     wait -n "${pids[@]}"
     status=$?
-    for i in 0 1 2 3 4; do
+    for i in 0 1 2 3 4 5 6; do
         kill -0 "${pids[i]}" 2>/dev/null && continue
         wait "${pids[i]}" 2>/dev/null
-        if ((i == 0 || i == 4)); then
+        if ((i == 0 || i >= 4)); then
             echo "run.sh: ${names[i]} exited ($status); stopping the fleet. Its log:" >&2
             tail -n 20 "$run/${names[i]}.log" >&2
             exit 1

@@ -170,7 +170,7 @@ async fn experiments(State(service): State<Arc<Service>>) -> Json<Report> {
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], service.metrics().encode())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], service.metrics().encode_with(&service.experiments()))
 }
 
 /// One entry of `/plugins`.

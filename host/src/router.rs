@@ -10,14 +10,24 @@
 //! weight, optionally sticky on a header field so that one user always sees
 //! the same arm. Each split carries its [`Experiment`], where the service
 //! counts what each arm's requests did.
+//!
+//! The third target is a guarded canary ([`CanaryRoute`]): a stable plugin
+//! and a candidate, the candidate getting the share its [`Rollout`] says
+//! now (stepping up, everything once promoted, nothing once rolled back),
+//! interleaved or sticky on a header field (a user stays on their arm
+//! while the share grows).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::experiments::canary::{CanaryConfig, CanaryConfigError};
+use crate::experiments::rollout::Rollout;
 use crate::experiments::{ArmRef, Experiment};
 use crate::message::Header;
 
@@ -29,6 +39,7 @@ pub const GUIDE_ROUTES: [(&str, &str); 2] = [("text/json", "search"), ("*", "bin
 pub enum Target {
     Plugin(Arc<str>),
     Split(Arc<Split>),
+    Canary(Arc<CanaryRoute>),
 }
 
 impl Target {
@@ -41,6 +52,7 @@ impl Target {
         match self {
             Self::Plugin(name) => vec![name],
             Self::Split(split) => split.arms.iter().map(|(name, _)| name).collect(),
+            Self::Canary(canary) => vec![&canary.stable, &canary.candidate],
         }
     }
 }
@@ -57,7 +69,82 @@ impl fmt::Display for Target {
                     None => Ok(()),
                 }
             }
+            Self::Canary(canary) => {
+                let config = canary.config();
+                write!(f, "canary {} -> {} steps {:?}", config.stable, config.candidate, config.steps)?;
+                match &config.sticky {
+                    Some(field) => write!(f, " sticky on {field}"),
+                    None => Ok(()),
+                }
+            }
         }
+    }
+}
+
+/// A guarded canary between a stable plugin (arm 0) and a candidate (arm
+/// 1): the candidate gets its rollout's share of the requests.
+#[derive(Debug)]
+pub struct CanaryRoute {
+    stable: Arc<str>,
+    candidate: Arc<str>,
+    /// Requests routed without a sticky value, for interleaving.
+    turns: AtomicU64,
+    /// The arms' counts and the rollout deciding the share.
+    experiment: Arc<Experiment>,
+}
+
+impl PartialEq for CanaryRoute {
+    fn eq(&self, other: &Self) -> bool {
+        self.config() == other.config()
+    }
+}
+
+impl Eq for CanaryRoute {}
+
+impl CanaryRoute {
+    /// A canary of `config` at its first step from `now`, its state not yet
+    /// known (the candidate gets nothing until it is, [`Rollout`]).
+    pub fn new(config: CanaryConfig, now: SystemTime) -> Result<Self, CanaryConfigError> {
+        let (stable, candidate) = (Arc::from(config.stable.as_str()), Arc::from(config.candidate.as_str()));
+        let rollout = Rollout::new(config, now)?;
+        Ok(Self { stable, candidate, turns: AtomicU64::new(0), experiment: Arc::new(Experiment::canary(rollout)) })
+    }
+
+    pub fn config(&self) -> &CanaryConfig {
+        self.rollout().config()
+    }
+
+    pub fn rollout(&self) -> &Rollout {
+        // Made with one in `new`.
+        self.experiment.rollout().unwrap_or_else(|| unreachable!("a canary's experiment has its rollout"))
+    }
+
+    pub fn experiment(&self) -> &Experiment {
+        &self.experiment
+    }
+
+    /// The same canary, starting afresh (a tenant's copy of the server's).
+    fn fresh(&self) -> Self {
+        let now = SystemTime::now();
+        // The configuration was valid when this one was made.
+        Self::new(self.config().clone(), now).unwrap_or_else(|e| unreachable!("a valid canary configuration became invalid: {e}"))
+    }
+
+    /// 0 for stable, 1 for the candidate.
+    fn pick_arm(&self, header: &Header) -> usize {
+        let share = u64::from(self.rollout().share().min(100));
+        if share == 0 || share == 100 {
+            return usize::from(share == 100);
+        }
+        if let Some(value) = self.config().sticky.as_deref().and_then(|field| header.extra.get(field)) {
+            // The same users stay on the candidate as its share grows: a
+            // user at point p is on it from the first share above p.
+            return usize::from(stable_hash(value) % 100 < share);
+        }
+        // The candidate takes the turns at which `share` per 100 passes
+        // another whole request: evenly spread, as a split's arms are.
+        let turn = self.turns.fetch_add(1, Ordering::Relaxed);
+        usize::from((turn + 1) * share / 100 > turn * share / 100)
     }
 }
 
@@ -234,6 +321,11 @@ impl Route {
                 let index = split.pick_arm(header);
                 Choice { plugin: &split.arms[index].0, arm: split.experiment.arm(index) }
             }
+            Target::Canary(canary) => {
+                let index = canary.pick_arm(header);
+                let plugin = if index == 0 { &canary.stable } else { &canary.candidate };
+                Choice { plugin, arm: canary.experiment.arm(index) }
+            }
         }
     }
 }
@@ -343,6 +435,24 @@ impl Routes {
     pub fn splits(&self) -> impl Iterator<Item = (&Route, &Split)> {
         self.iter().filter_map(|route| match &route.target {
             Target::Split(split) => Some((route, &**split)),
+            Target::Plugin(_) | Target::Canary(_) => None,
+        })
+    }
+
+    /// Every canary route, with its canary.
+    pub fn canaries(&self) -> impl Iterator<Item = (&Route, &CanaryRoute)> {
+        self.iter().filter_map(|route| match &route.target {
+            Target::Canary(canary) => Some((route, &**canary)),
+            Target::Plugin(_) | Target::Split(_) => None,
+        })
+    }
+
+    /// Every route that is an experiment (a split or a canary): its
+    /// pattern, sticky field and experiment.
+    pub fn experiments(&self) -> impl Iterator<Item = (&Route, Option<&str>, &Experiment)> {
+        self.iter().filter_map(|route| match &route.target {
+            Target::Split(split) => Some((route, split.sticky(), split.experiment())),
+            Target::Canary(canary) => Some((route, canary.config().sticky.as_deref(), canary.experiment())),
             Target::Plugin(_) => None,
         })
     }
@@ -352,15 +462,21 @@ impl Routes {
     pub fn with_own_experiments(&self) -> Self {
         let mut routes = self.clone();
         routes.replace_splits(|_, split| Some(split.fresh()));
+        routes.replace_canaries(|_, canary| Some(Arc::new(canary.fresh())));
         routes
     }
 
     /// Keeps the experiment of every split that `previous` has, unchanged,
     /// on the same pattern: a reload that does not touch a split goes on
-    /// counting where it was.
+    /// counting where it was. So does a canary whose configuration is the
+    /// same: it goes on at its step, or stays promoted or rolled back.
     pub fn keep_experiments_from(&mut self, previous: &Routes) {
         self.replace_splits(|pattern, split| match previous.route_of(pattern).map(|route| &route.target) {
             Some(Target::Split(old)) => split.continuing(old),
+            _ => None,
+        });
+        self.replace_canaries(|pattern, canary| match previous.route_of(pattern).map(|route| &route.target) {
+            Some(Target::Canary(old)) if **old == *canary => Some(Arc::clone(old)),
             _ => None,
         });
     }
@@ -371,6 +487,18 @@ impl Routes {
             Pattern::Any => self.fallback.as_ref(),
             Pattern::Type(ty) => self.by_type.get(ty),
             Pattern::Exact(ty) => self.exact.get(ty),
+        }
+    }
+
+    /// Replaces each canary by what `replace` makes of it (pattern,
+    /// canary), if anything.
+    fn replace_canaries(&mut self, replace: impl Fn(&str, &CanaryRoute) -> Option<Arc<CanaryRoute>>) {
+        for route in self.exact.values_mut().chain(self.by_type.values_mut()).chain(self.fallback.iter_mut()) {
+            if let Target::Canary(canary) = &route.target
+                && let Some(replaced) = replace(&route.pattern, canary)
+            {
+                route.target = Target::Canary(replaced);
+            }
         }
     }
 
@@ -566,6 +694,92 @@ mod tests {
         assert_eq!(own, old);
         assert_ne!(experiment(&own, "*"), experiment(&old, "*"));
         assert_eq!(old.splits().count(), 2);
+    }
+
+    fn canary_config(sticky: Option<&str>) -> CanaryConfig {
+        let mut config: CanaryConfig = toml::from_str(
+            "stable = \"a\"\ncandidate = \"b\"\nsteps = [10, 50, 100]\nstep-after = \"1s\"\nmin-requests = 5\nmax-extra-error-rate = 0.01\nmax-p99-ratio = 3.0\n",
+        )
+        .unwrap();
+        config.sticky = sticky.map(str::to_owned);
+        config
+    }
+
+    fn canary_picks(canary: &CanaryRoute, n: usize) -> String {
+        let header = Message::new("text/json", "utf-8", Vec::new()).header;
+        (0..n).map(|_| if canary.pick_arm(&header) == 0 { 'a' } else { 'b' }).collect()
+    }
+
+    /// Healthy requests through the canary until its share is `share`.
+    fn step_to(canary: &CanaryRoute, share: u32) {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let mut second = 10;
+        while canary.rollout().share() < share {
+            second += 2;
+            for i in 0..200 {
+                canary.rollout().record(i % 2 == 0, false, std::time::Duration::from_millis(1), at(second));
+            }
+            assert!(second < 100, "the canary does not step up: {:?}", canary.rollout().report());
+        }
+    }
+
+    #[test]
+    fn a_canary_sends_its_share_to_the_candidate_once_started() {
+        let canary = CanaryRoute::new(canary_config(None), SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(canary_picks(&canary, 20), "aaaaaaaaaaaaaaaaaaaa", "nothing to the candidate before the state is known");
+        canary.rollout().start();
+        // 10 %: the candidate once in every ten, spread evenly.
+        let tenths = canary_picks(&canary, 1000);
+        for window in tenths.as_bytes().windows(10) {
+            assert_eq!(window.iter().filter(|&&arm| arm == b'b').count(), 1, "{tenths}");
+        }
+        step_to(&canary, 50);
+        let halves = canary_picks(&canary, 10);
+        assert!(halves == "ababababab" || halves == "bababababa", "{halves}");
+        let target = Target::Canary(Arc::new(canary));
+        assert_eq!(target.plugins(), [&Arc::from("a"), &Arc::from("b")]);
+        assert_eq!(target.to_string(), "canary a -> b steps [10, 50, 100]");
+    }
+
+    #[test]
+    fn a_sticky_canary_keeps_its_users_on_the_candidate_as_the_share_grows() {
+        let canary = CanaryRoute::new(canary_config(Some("user")), SystemTime::UNIX_EPOCH).unwrap();
+        canary.rollout().start();
+        let arm = |user: usize| canary.pick_arm(&header_with("user", Value::String(format!("user-{user}"))));
+        let at_ten: Vec<usize> = (0..1000).map(arm).collect();
+        let on_candidate = at_ten.iter().filter(|&&a| a == 1).count();
+        assert!((60..140).contains(&on_candidate), "about a tenth of the users: {on_candidate}");
+        assert!((0..1000).all(|user| arm(user) == at_ten[user]), "the same user, the same arm");
+        step_to(&canary, 50);
+        let at_half: Vec<usize> = (0..1000).map(arm).collect();
+        assert!((0..1000).all(|user| at_ten[user] == 0 || at_half[user] == 1), "a user on the candidate at 10 % is on it at 50 %");
+        assert!((400..600).contains(&at_half.iter().filter(|&&a| a == 1).count()));
+        // Without the field, requests interleave.
+        assert_eq!(canary_picks(&canary, 4).len(), 4);
+    }
+
+    #[test]
+    fn a_reload_keeps_a_canary_whose_configuration_is_the_same() {
+        let table = |ratio: f64| {
+            let mut config = canary_config(None);
+            config.max_p99_ratio = ratio;
+            let mut routes = Routes::default();
+            routes.add("text/json", Target::Canary(Arc::new(CanaryRoute::new(config, SystemTime::UNIX_EPOCH).unwrap()))).unwrap();
+            routes
+        };
+        let rollout = |routes: &Routes| -> *const Rollout { routes.canaries().next().map_or(std::ptr::null(), |(_, c)| c.rollout()) };
+        let old = table(3.0);
+        let mut same = table(3.0);
+        same.keep_experiments_from(&old);
+        assert_eq!(rollout(&same), rollout(&old));
+        let mut changed = table(4.0);
+        changed.keep_experiments_from(&old);
+        assert_ne!(rollout(&changed), rollout(&old), "a new configuration, a new canary");
+        let own = old.with_own_experiments();
+        assert_eq!(own, old);
+        assert_ne!(rollout(&own), rollout(&old), "each tenant's canary is its own");
+        assert_eq!(old.experiments().count(), 1);
+        assert_eq!(old.splits().count(), 0);
     }
 
     #[test]

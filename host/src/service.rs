@@ -1,17 +1,31 @@
 //! What the server does with one decoded request: take out the fields the
 //! host consumes, find the tenant, admit the request under the tenant's
-//! limits, route it, call the plugin, count it (and, on a split, count it
-//! in its arm's experiment), and turn every failure into an error answer
-//! for the client. The socket side ([`crate::server`])
-//! never sees a plugin; this side never sees a byte stream.
+//! limits, route it, call the plugin, count it (and, on a split or a
+//! canary, count it in its arm's experiment, where a canary judges it),
+//! and turn every failure into an error answer for the client. The socket
+//! side ([`crate::server`]) never sees a plugin; this side never sees a
+//! byte stream.
+//!
+//! Canaries are kept in the service's key-value store ([`Service::store`]:
+//! in memory, the data directory, or a Redis shared by a fleet), in a
+//! place no plugin can open ([`crate::experiments::store`]). A canary that
+//! comes in force waits, its candidate getting nothing, until its state has
+//! been read from there (a canary rolled back before a restart stays
+//! rolled back); [`Service::keep_canaries`] syncs them every
+//! [`SYNC_INTERVAL`].
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::config::Settings;
+use crate::experiments::canary::{CanaryConfig, CanaryState, Transition};
+use crate::experiments::rollout::describe;
+use crate::experiments::store::{CanaryStore, SYNC_INTERVAL};
 use crate::experiments::{ArmRef, Entry, Report, Served};
+use crate::kv::{NoKvMetrics, OnDemand, StoreConfig};
 use crate::message::{AUTHORIZATION_FIELD, ErrorCode, HandlerError, Message, ProtocolError};
 use crate::metrics::{Label, Metrics, RequestLabels};
 use crate::plugins::Plugins;
@@ -38,6 +52,13 @@ pub struct Service {
     /// Log lines that requests cause (refusals, plugins failing on them),
     /// rate-limited server-wide.
     request_log: LogThrottle,
+    /// The key-value store (plugins' state, and any other state the server
+    /// keeps), opened the first time something needs it: the runtime's
+    /// when the plugins run on one.
+    store: Arc<OnDemand>,
+    /// This server's name among those that keep canaries in the same
+    /// store (drawn at random at start-up).
+    canary_server: String,
 }
 
 /// Where a request got to, for its metrics labels and its experiment.
@@ -60,9 +81,31 @@ impl Progress {
 }
 
 impl Service {
+    /// The service of `plugins` under `settings`. Its store is the one the
+    /// plugins' runtime keeps their state in, or, without a runtime (native
+    /// handlers only), one in memory ([`Service::with_store`] gives another).
     pub fn new(plugins: Arc<Plugins>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let max_plugin_memory = settings.max_plugin_memory();
-        Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default() }
+        let store = match plugins.runtime() {
+            Some(runtime) => Arc::clone(runtime.store()),
+            None => Arc::new(OnDemand::new(StoreConfig::Memory, Arc::new(NoKvMetrics))),
+        };
+        let canary_server = CanaryStore::random_name();
+        Self { plugins, settings: ArcSwap::from_pointee(settings), metrics, max_plugin_memory, request_log: LogThrottle::default(), store, canary_server }
+    }
+
+    /// This service with `store` as its key-value store (for a server
+    /// whose plugins run natively, say; the runtime's plugins keep theirs
+    /// in the store the runtime was made with).
+    pub fn with_store(mut self, store: Arc<OnDemand>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The key-value store: plugins' state, and whatever else the server
+    /// keeps (opened on first use: [`OnDemand::get`]).
+    pub fn store(&self) -> &Arc<OnDemand> {
+        &self.store
     }
 
     /// The server-wide budget of log lines that peers cause: every line a
@@ -112,6 +155,12 @@ impl Service {
         if current.wasi_refused != settings.wasi_refused {
             tracing::warn!("[plugins.NAME] wasi takes effect at the next start");
         }
+        if (&current.kv.url, current.kv.sync) != (&settings.kv.url, settings.kv.sync) {
+            tracing::warn!(
+                "[kv] url and sync take effect at the next start: the key-value store stays {} (its limits and kv-buckets apply now)",
+                self.store.config()
+            );
+        }
         self.warn_about_unloaded_targets(&settings);
         settings.tenants.keep_counts_from(&current.tenants);
         let generation = settings.generation;
@@ -143,8 +192,11 @@ impl Service {
         };
         let elapsed = started.elapsed();
         let Progress { tenant, route, plugin, version, arm, outcomes } = progress;
-        if let Some(arm) = arm {
-            arm.record(Served { version: version.as_str(), error, latency: elapsed }, outcomes.iter());
+        if let Some(arm) = arm
+            && let Some(transition) = arm.record(Served { version: version.as_str(), error, latency: elapsed }, outcomes.iter(), SystemTime::now())
+            && let Some(rollout) = arm.rollout()
+        {
+            log_canary(tenant.as_str(), route.as_str(), rollout.config(), rollout.canary().state(), Some(transition), "");
         }
         let outcome = Label::Static(error.unwrap_or("ok"));
         self.metrics.request(&RequestLabels { tenant, route, plugin, version, outcome }, elapsed);
@@ -202,19 +254,89 @@ impl Service {
         Ok(answer)
     }
 
-    /// Every split route of every tenant in the settings in force: what each
-    /// arm did, and how it compares with the first.
+    /// Every split and canary route of every tenant in the settings in
+    /// force: what each arm did, how it compares with the first, and each
+    /// canary's state.
     pub fn experiments(&self) -> Report {
         let settings = self.settings();
         let entries = settings.tenants.iter().flat_map(|tenant| {
-            tenant.routes.splits().map(move |(route, split)| Entry {
-                tenant: &tenant.name,
-                route: &route.pattern,
-                sticky: split.sticky(),
-                experiment: split.experiment(),
-            })
+            tenant.routes.experiments().map(move |(route, sticky, experiment)| Entry { tenant: &tenant.name, route: &route.pattern, sticky, experiment })
         });
         Report::new(entries, |plugin| self.plugins.get(plugin).map(|p| p.version.short()))
+    }
+
+    /// Syncs every canary in force with the store (nothing without one):
+    /// writes this server's counts and decisions, reads the others' and
+    /// the states saved (a restart's, another server's), and logs what
+    /// that changed.
+    pub async fn sync_canaries(&self) {
+        let settings = self.settings();
+        let mut opened = None;
+        for tenant in settings.tenants.iter() {
+            for (route, canary) in tenant.routes.canaries() {
+                let rollout = canary.rollout();
+                // Opened (the data directory locked) only for a canary.
+                let store = match &opened {
+                    Some(store) => store,
+                    None => match self.store.get() {
+                        Ok(store) => opened.insert(CanaryStore::named(store, &self.canary_server)),
+                        Err(error) => {
+                            self.request_log.log(|| {
+                                tracing::warn!("canaries: the key-value store cannot be opened, so no canary's candidate gets a request: {error:#}");
+                            });
+                            return;
+                        }
+                    },
+                };
+                match store.sync(&tenant.name, &route.pattern, rollout, SystemTime::now()).await {
+                    Ok(absorbed) => {
+                        let state = rollout.canary().state().clone();
+                        if absorbed.adopted.is_some() {
+                            let whence = if absorbed.started { " (restored from the store)" } else { " (decided by another server)" };
+                            log_canary(&tenant.name, &route.pattern, rollout.config(), &state, None, whence);
+                        } else if absorbed.started {
+                            log_canary(&tenant.name, &route.pattern, rollout.config(), &state, None, " (started)");
+                        }
+                        if let Some(transition) = absorbed.transition {
+                            log_canary(&tenant.name, &route.pattern, rollout.config(), &state, Some(transition), " (on every server's counts)");
+                        }
+                    }
+                    Err(error) => {
+                        let waiting = if rollout.is_known() { "" } else { "; its candidate gets no request until it can be read" };
+                        self.request_log.log(|| {
+                            tracing::warn!(tenant = %tenant.name, route = %route.pattern, "canary: cannot sync with the store: {error}{waiting}");
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Syncs the canaries every [`SYNC_INTERVAL`] until `stop` completes.
+    pub async fn keep_canaries(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        let mut ticks = tokio::time::interval(SYNC_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = ticks.tick() => self.sync_canaries().await,
+            }
+        }
+        // What changed since the last tick, for the next run.
+        self.sync_canaries().await;
+    }
+}
+
+/// Logs a canary's change: a rollback as a warning, with its figures.
+fn log_canary(tenant: &str, route: &str, config: &CanaryConfig, state: &CanaryState, transition: Option<Transition>, whence: &str) {
+    let sentence = describe(config, state);
+    let transition = transition.map(|t| serde_json::to_value(t).ok().and_then(|v| v["transition"].as_str().map(str::to_owned)).unwrap_or_default());
+    let transition = transition.as_deref().unwrap_or("restored");
+    if matches!(state, CanaryState::RolledBack { .. }) {
+        tracing::warn!(tenant, route, transition, "canary: {sentence}{whence}");
+    } else {
+        tracing::info!(tenant, route, transition, "canary: {sentence}{whence}");
     }
 }
 
@@ -397,6 +519,39 @@ mod tests {
         assert_eq!(failing.errors_by_code, std::collections::BTreeMap::from([("plugin-failed".to_owned(), 2)]));
     }
 
+    const FAILING_CANARY: &str = "[routes.\"text/json\".canary]\nstable = \"search\"\ncandidate = \"failing\"\nsteps = [10, 50, 100]\n\
+        step-after = \"1s\"\nmin-requests = 20\nmax-extra-error-rate = 0.01\nmax-p99-ratio = 3.0\n";
+
+    #[tokio::test]
+    async fn a_canary_to_a_failing_candidate_rolls_back_after_a_few_failed_requests() {
+        let service = service(FAILING_CANARY);
+        // Until its state is read from the store, the candidate gets nothing.
+        for _ in 0..30 {
+            assert_eq!(result(&service.handle(search("ring")).await), "In the caves beneath the Misty Mountains. 💍");
+        }
+        service.sync_canaries().await;
+        let mut failed = 0;
+        for _ in 0..300 {
+            let answer = service.handle(search("ring")).await;
+            failed += usize::from(code(&answer).as_deref() == Some("plugin-failed"));
+        }
+        assert!((1..=3).contains(&failed), "{failed} requests reached the failing candidate");
+        let report = service.experiments();
+        let route = &report.tenants[0].routes[0];
+        let canary = route.canary.as_ref().expect("a canary's report");
+        assert!(matches!(canary.state, CanaryState::RolledBack { guard: crate::experiments::canary::Guard::ErrorRate, .. }), "{canary:?}");
+        assert_eq!((canary.share, route.arms[1].weight, route.arms[0].weight), (0, 0, 100));
+        assert_eq!((route.arms[1].plugin.as_str(), route.arms[1].requests, route.arms[0].requests), ("failing", failed as u64, 330 - failed as u64));
+        // A reload that leaves the canary alone keeps it rolled back.
+        service.reload(Settings::parse(&format!("{FAILING_CANARY}[plugins.search]\ngreeting = \"hi\"\n")).expect("valid")).expect("reloaded");
+        service.sync_canaries().await;
+        assert_eq!(service.experiments().tenants[0].routes[0].canary.as_ref().map(|c| c.share), Some(0));
+        // One that changes it starts it afresh.
+        service.reload(Settings::parse(&FAILING_CANARY.replace("0.01", "0.02")).expect("valid")).expect("reloaded");
+        service.sync_canaries().await;
+        assert_eq!(service.experiments().tenants[0].routes[0].canary.as_ref().map(|c| c.share), Some(10));
+    }
+
     #[tokio::test]
     async fn a_tenant_over_its_concurrent_requests_is_told_it_is_overloaded() {
         let service = service(&tenants_config());
@@ -418,5 +573,27 @@ mod tests {
         service.reload(routes).expect("accepted");
         let answer = service.handle(search("ring")).await;
         assert!(answer.message.content.starts_with(b"First 10 bytes of request: "), "the new routes are not in force");
+    }
+
+    /// Where the state is kept is fixed at start-up; the limits and the
+    /// bucket grants are the reloaded settings'. And a server whose
+    /// plugins need no store never opens its data directory.
+    #[tokio::test]
+    async fn a_reload_keeps_the_store_and_applies_limits_and_grants() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let embedded = StoreConfig::Embedded { dir: dir.path().to_path_buf(), durability: crate::kv::Durability::Process };
+        let service = service("").with_store(Arc::new(OnDemand::new(embedded.clone(), Arc::new(NoKvMetrics))));
+        let reloaded = Settings::parse(
+            "[kv]\nurl = \"redis://127.0.0.1:1\"\nsync = true\nmax-keys = 7\n[plugins.search]\nkv-buckets = [\"shared\"]\n",
+        )
+        .expect("valid");
+        service.reload(reloaded).expect("a change of [kv] url and sync is accepted, for the next start");
+        assert_eq!(service.store().config(), &embedded, "the store in use stays");
+        let settings = service.settings();
+        assert_eq!(settings.tenants.get("default").map(|t| t.kv_limits.max_keys), Some(7), "the limits apply now");
+        assert!(settings.kv.buckets_for("search").contains("shared"), "the grants apply now");
+        service.handle(search("ring")).await;
+        assert!(!service.store().is_open(), "nothing needed the store, so nothing opened the data directory");
+        assert!(std::fs::read_dir(dir.path()).expect("the directory").next().is_none(), "the data directory was touched");
     }
 }

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::kv::KvLimits;
 use crate::message::{ErrorCode, ProtocolError};
 use crate::router::Routes;
 
@@ -103,6 +104,9 @@ pub struct TenantSpec {
     /// Overrides of the server's per-call limits.
     pub plugin_deadline: Option<Duration>,
     pub plugin_memory: Option<usize>,
+    /// Its key-value limits, when its configuration has its own (merged
+    /// with the server's, key by key).
+    pub kv_limits: Option<KvLimits>,
 }
 
 /// One tenant, merged with the server's settings and ready to serve.
@@ -115,6 +119,9 @@ pub struct Tenant {
     pub plugin_deadline: Duration,
     pub plugin_memory: usize,
     pub limits: TenantLimits,
+    /// What its plugins may store and do in the key-value store: the
+    /// server's `[kv]` limits, or its own.
+    pub kv_limits: KvLimits,
     /// Shared with the tenant of the same name and limits in the previous
     /// configuration, so a reload does not reset the counts.
     admission: Arc<Admission>,
@@ -195,6 +202,8 @@ pub struct ServerDefaults<'a> {
     pub plugin_memory: usize,
     /// Plugin calls the server runs at once (`max-concurrent-calls`).
     pub max_concurrent_calls: u32,
+    /// The key-value limits of tenants that set none of their own.
+    pub kv_limits: KvLimits,
 }
 
 impl ServerDefaults<'_> {
@@ -330,6 +339,7 @@ fn merge(spec: TenantSpec, server: &ServerDefaults<'_>) -> anyhow::Result<Tenant
         plugin_config: plugin_config.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
         plugin_deadline: spec.plugin_deadline.unwrap_or(server.plugin_deadline),
         plugin_memory: spec.plugin_memory.unwrap_or(server.plugin_memory),
+        kv_limits: spec.kv_limits.unwrap_or(server.kv_limits),
         limits: spec.limits,
     })
 }
@@ -346,7 +356,7 @@ mod tests {
 
     fn tenants(specs: Vec<TenantSpec>) -> Tenants {
         let (routes, plugin_config) = defaults();
-        Tenants::build(specs, &ServerDefaults { routes: &routes, plugin_config: &plugin_config, plugin_deadline: Duration::from_millis(100), plugin_memory: 64 << 20, max_concurrent_calls: 256 }).unwrap()
+        Tenants::build(specs, &ServerDefaults { routes: &routes, plugin_config: &plugin_config, plugin_deadline: Duration::from_millis(100), plugin_memory: 64 << 20, max_concurrent_calls: 256, kv_limits: KvLimits::default() }).unwrap()
     }
 
 
@@ -377,7 +387,7 @@ mod tests {
     #[test]
     fn configuration_mistakes_are_refused() {
         let (routes, plugin_config) = defaults();
-        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, plugin_deadline: Duration::from_millis(100), plugin_memory: 64 << 20, max_concurrent_calls: 256 };
+        let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, plugin_deadline: Duration::from_millis(100), plugin_memory: 64 << 20, max_concurrent_calls: 256, kv_limits: KvLimits::default() };
         let error = Tenants::build(vec![spec("alpha", None)], &server).unwrap_err().to_string();
         assert!(error.contains("alpha has no token-sha256"), "{error}");
         let error = Tenants::build(vec![spec("alpha", Some("x")), spec("beta", Some("x"))], &server).unwrap_err().to_string();

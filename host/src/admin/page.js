@@ -47,7 +47,7 @@ function duration(seconds) {
   return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
 }
 
-/// "hit rate: 60.0% → 79.8%, +19.8 points (95% CI +16.2 to +23.1)", as
+/// "hit rate: 60.0% → 79.8%, +19.8 points (95% anytime-valid CI +16.2 to +23.1)", as
 /// `wasmux experiments` says it; `digits` after the decimal point.
 function verdict(name, difference, digits) {
   if (difference.ci95 === null) {
@@ -58,7 +58,7 @@ function verdict(name, difference, digits) {
   return el(
     "p",
     { class: "verdict " + (significant ? "significant" : "unclear") },
-    `${name}: ${percent(difference.first_rate, digits)} → ${percent(difference.rate, digits)}, ${points(difference.difference, digits)} points (95% CI ${points(low, digits)} to ${points(high, digits)})`,
+    `${name}: ${percent(difference.first_rate, digits)} → ${percent(difference.rate, digits)}, ${points(difference.difference, digits)} points (95% anytime-valid CI ${points(low, digits)} to ${points(high, digits)})`,
     el("span", { class: "tag" }, significant ? "significant" : "not significant"),
   );
 }
@@ -128,10 +128,29 @@ function niceCeiling(v) {
 
 const ratio = (numerators, denominators) => numerators.map((n, i) => (denominators[i] ? n / denominators[i] : null));
 
+/// A canary's state in one line: "stepping: step 2 of 3, trap gets 50 %",
+/// "promoted: …", "rolled back by the error-rate guard: …".
+function canaryState(canary) {
+  const { stable, candidate, steps } = canary.config;
+  const state = canary.state;
+  if (!canary.known) return `canary ${stable} → ${candidate}: state not read from the store yet (${candidate} gets nothing meanwhile)`;
+  if (state.state === "stepping") {
+    return `canary ${stable} → ${candidate}: stepping, step ${state.step + 1} of ${steps.length}, ${candidate} gets ${state.share} %`;
+  }
+  if (state.state === "promoted") return `canary ${stable} → ${candidate}: promoted, ${candidate} answers every request`;
+  const e = state.figures.error_rate;
+  const l = state.figures.latency;
+  const why =
+    state.guard === "error-rate"
+      ? `${candidate} failed ${e.candidate_errors} of ${e.candidate_requests} requests, ${stable} ${e.stable_errors} of ${e.stable_requests} (max-extra-error-rate ${e.limit})`
+      : `${candidate}'s p99 at least ${ms(l.candidate_p99_lower_seconds * 1e3)} ms against at most ${ms(l.stable_p99_upper_seconds * 1e3)} ms for ${stable} (max-p99-ratio ${l.limit})`;
+  return `canary ${stable} → ${candidate}: rolled back by the ${state.guard} guard: ${why}; every request goes to ${stable}`;
+}
+
 function routeSection(route, windowSeconds) {
   const arms = route.arms;
   const split = arms.map((arm) => `${arm.plugin} ${arm.weight}`).join(" / ");
-  const meta = [`split ${split}`];
+  const meta = [route.canary ? `shares ${split}` : `split ${split}`];
   meta.push(route.sticky ? `sticky on ${route.sticky}` : "interleaved (no sticky field)");
   meta.push(`counting since ${route.since.replace("T", " ").replace("Z", " UTC")} (${duration(route.seconds)})`);
 
@@ -162,6 +181,7 @@ function routeSection(route, windowSeconds) {
     { class: "route" },
     el("h3", {}, `route ${route.route}`),
     el("p", { class: "meta" }, meta.join(" · ")),
+    route.canary ? el("p", { class: "canary " + route.canary.state.state }, canaryState(route.canary)) : [],
     el("div", { class: "arms" }, arms.map((arm, i) => armPanel(arm, i, windowSeconds))),
     el("div", { class: "verdicts" }, verdicts),
     el("div", { class: "charts" }, charts),
@@ -175,7 +195,7 @@ function render(report) {
     el("section", { class: "tenant" }, el("h2", {}, `tenant ${tenant.tenant}`), tenant.routes.map((route) => routeSection(route, report.window_seconds))),
   );
   if (sections.length === 0) {
-    sections.push(el("p", { class: "empty" }, "No route has a split. Give a route a target like { split = { \"search\" = 50, \"search@fuzzy\" = 50 } } in the configuration."));
+    sections.push(el("p", { class: "empty" }, "No route has a split or a canary. Give a route a target like { split = { \"search\" = 50, \"search@fuzzy\" = 50 } } in the configuration."));
   }
   main.replaceChildren(...sections);
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::experiments::canary::CanaryConfig;
 use crate::runtime::{AllocatorLimits, DEFAULT_CACHE_MAX_SIZE};
 
 /// The file as written.
@@ -28,6 +29,9 @@ pub struct ConfigFile {
     pub admin: AdminFile,
     #[serde(default)]
     pub source: SourceFile,
+    /// `[kv]`: plugins' state (`config/kv.rs`).
+    #[serde(default)]
+    pub kv: KvFile,
 }
 
 /// `[source]`: where the plugins come from. Read at start-up only;
@@ -127,16 +131,63 @@ pub enum RequestsFile {
     Range(String),
 }
 
-/// A route's target as written: a plugin name, or an experiment.
-#[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a plugin name, or { split = { PLUGIN = WEIGHT, … }, sticky = \"FIELD\" }")]
+/// A route's target as written: a plugin name, a split, or a canary.
+#[derive(Debug)]
 pub enum RouteFile {
     Plugin(String),
     Split(SplitFile),
+    /// `[routes."TYPE".canary]`.
+    Canary(CanaryConfig),
 }
 
-#[derive(Debug, Deserialize)]
+const ROUTE_EXPECTED: &str =
+    "a plugin name, or { split = { PLUGIN = WEIGHT, … }, sticky = \"FIELD\" }, or a canary table ([routes.\"TYPE\".canary] with stable, candidate, steps, …)";
+
+impl<'de> Deserialize<'de> for RouteFile {
+    /// A string is a plugin; a table is told by its keys, so that a
+    /// mistake inside a split or a canary is reported as such, with its
+    /// line (an untagged enum would say only that nothing matched).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RouteFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(ROUTE_EXPECTED)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RouteFile, E> {
+                Ok(RouteFile::Plugin(name.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RouteFile, A::Error> {
+                use serde::de::Error as _;
+                let table = RouteTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                match table {
+                    RouteTable { split: Some(split), sticky, canary: None } => Ok(RouteFile::Split(SplitFile { split, sticky })),
+                    RouteTable { split: None, sticky: None, canary: Some(canary) } => Ok(RouteFile::Canary(canary)),
+                    RouteTable { split: None, sticky: Some(_), canary: Some(_) } => {
+                        Err(A::Error::custom("a canary's sticky field goes inside its table: [routes.\"TYPE\".canary] sticky = \"FIELD\""))
+                    }
+                    RouteTable { split: Some(_), canary: Some(_), .. } => Err(A::Error::custom("a route is a split or a canary, not both")),
+                    RouteTable { split: None, canary: None, .. } => Err(A::Error::custom(format!("a route's table needs `split` or `canary`: {ROUTE_EXPECTED}"))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A route's table, before it is told a split from a canary.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RouteTable {
+    split: Option<BTreeMap<String, u32>>,
+    sticky: Option<String>,
+    canary: Option<CanaryConfig>,
+}
+
+#[derive(Debug)]
 pub struct SplitFile {
     /// Plugin name ─▶ weight.
     pub split: BTreeMap<String, u32>,
@@ -155,6 +206,10 @@ pub struct TenantFile {
     pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
     #[serde(default)]
     pub limits: TenantLimitsFile,
+    /// `[tenants.NAME.kv]`: this tenant's key-value limits, each replacing
+    /// the `[kv]` one.
+    #[serde(default)]
+    pub kv: KvLimitsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +223,33 @@ pub struct TenantLimitsFile {
     pub plugin_memory: Option<ByteSize>,
 }
 
+/// `[kv]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KvFile {
+    /// `redis://HOST:PORT` (optionally `/DB`): keep the state in this
+    /// Redis instead of the embedded store.
+    pub url: Option<String>,
+    /// The embedded store syncs each write to the disk before it returns.
+    #[serde(default)]
+    pub sync: bool,
+    /// Every tenant's limits, unless its own `[tenants.NAME.kv]` says
+    /// otherwise.
+    #[serde(flatten)]
+    pub limits: KvLimitsFile,
+}
+
+/// The limits of `[kv]` and `[tenants.NAME.kv]`, each optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KvLimitsFile {
+    pub max_key_size: Option<ByteSize>,
+    pub max_value_size: Option<ByteSize>,
+    pub max_keys: Option<u64>,
+    pub max_bytes: Option<ByteSize>,
+    pub operations_per_request: Option<u32>,
+}
+
 /// A plugin configuration value: the plugin reads it as a string.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -176,15 +258,19 @@ pub enum ConfigValue {
     Integer(i64),
     Float(f64),
     Boolean(bool),
+    /// Only for the host's `kv-buckets`: a plugin's values are single.
+    List(Vec<String>),
 }
 
 impl ConfigValue {
-    pub(super) fn into_string(self) -> String {
+    /// The value as the plugin reads it; `None` for a list.
+    pub(super) fn into_string(self) -> Option<String> {
         match self {
-            Self::String(s) => s,
-            Self::Integer(i) => i.to_string(),
-            Self::Float(f) => f.to_string(),
-            Self::Boolean(b) => b.to_string(),
+            Self::String(s) => Some(s),
+            Self::Integer(i) => Some(i.to_string()),
+            Self::Float(f) => Some(f.to_string()),
+            Self::Boolean(b) => Some(b.to_string()),
+            Self::List(_) => None,
         }
     }
 }

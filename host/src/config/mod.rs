@@ -40,6 +40,16 @@
 //! routes."text/json" = { split = { "search" = 90, "search@fuzzy" = 10 }, sticky = "user" }
 //! plugins."search@fuzzy" = { match = "prefix" }
 //!
+//! [tenants.alpha.routes."image/*".canary]   # a guarded canary (docs/tenants.md)
+//! stable = "thumbnails"
+//! candidate = "thumbnails@v2"
+//! steps = [10, 50, 100]          # the candidate's share, percent, in order
+//! step-after = "1m"              # least time at a step
+//! min-requests = 100             # least candidate requests at a step
+//! max-extra-error-rate = 0.01    # roll back when its error rate is worse by more
+//! max-p99-ratio = 3.0            # roll back when its p99 is more than this times stable's
+//! sticky = "user"                # optional: a user stays on one arm
+//!
 //! [admin]
 //! token-sha256 = "…"             # the admin endpoint's bearer token
 //!
@@ -58,6 +68,17 @@
 //! [source]                       # read at start-up only; --plugins overrides it
 //! plugins = "oci://127.0.0.1:5000/wasmux"   # or a directory
 //! poll-interval = "2s"
+//!
+//! [kv]                           # plugins' state (wasi:keyvalue), `kv.rs`
+//! url = "redis://127.0.0.1:6379" # a Redis a fleet shares (start-up; --kv wins)
+//! sync = false                   # embedded store: sync each write (start-up)
+//! max-keys = 100000              # limits for every tenant (reloaded)
+//!
+//! [tenants.alpha.kv]             # a tenant's own limits, key by key
+//! max-keys = 1000
+//!
+//! [plugins.counter]
+//! kv-buckets = ["shared"]        # the host's key: buckets beyond `default`
 //! ```
 //!
 //! How plugins are *run* (instance reuse) is set per plugin under
@@ -70,6 +91,7 @@
 //! of its code.
 
 mod file;
+mod kv;
 mod limits;
 mod runtime;
 
@@ -79,18 +101,20 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::files::{self, Links};
-use crate::router::{Routes, Split, Target};
+use crate::router::{CanaryRoute, Routes, Split, Target};
 use crate::tenancy::{ServerDefaults, TenantLimits, TenantSpec, Tenants, TokenHash};
 
 pub use file::{
-    AdminFile, ConfigFile, ConfigValue, LimitsFile, PluginRuntimeFile, RequestsFile, ReuseFile, RouteFile, RuntimeFile, SourceFile, SplitFile,
+    AdminFile, ConfigFile, ConfigValue, KvFile, KvLimitsFile, LimitsFile, PluginRuntimeFile, RequestsFile, ReuseFile, RouteFile, RuntimeFile, SourceFile, SplitFile,
     TenantFile, TenantLimitsFile, WASI_KEY,
 };
+pub use kv::{KV_BUCKETS_KEY, KvSettings};
 pub use limits::{DEFAULT_MAX_PLUGIN_SIZE, Limits};
 use limits::validate_limits;
 pub use runtime::{ReusePolicy, RuntimeConfig};
@@ -110,6 +134,9 @@ pub struct Settings {
     /// Plugins refused WASI (`[plugins.NAME] wasi = false`); read at
     /// start-up only.
     pub wasi_refused: BTreeSet<String>,
+    /// Plugins' state: where it is kept (read at start-up only), the
+    /// default limits, and the buckets granted to each plugin.
+    pub kv: KvSettings,
     /// Each tenant with its routes, plugin settings and limits merged.
     pub tenants: Tenants,
     /// True when the file has no `[tenants]` section, so every request is
@@ -195,13 +222,15 @@ impl Settings {
         };
         let mut plugins = file.plugins;
         let wasi_refused = take_wasi_settings(&mut plugins)?;
-        let plugin_config = plugin_values(plugins);
+        let kv = kv::kv_settings(file.kv, &mut plugins)?;
+        let plugin_config = plugin_values(plugins)?;
         let server = ServerDefaults {
             routes: &routes,
             plugin_config: &plugin_config,
             plugin_deadline: limits.call.deadline,
             plugin_memory: limits.call.memory,
             max_concurrent_calls: limits.max_concurrent_calls,
+            kv_limits: kv.limits,
         };
         let implicit_tenants = file.tenants.is_none();
         let tenants = match file.tenants {
@@ -209,7 +238,7 @@ impl Settings {
             Some(tenants) => {
                 let specs = tenants
                     .into_iter()
-                    .map(|(name, tenant)| tenant_spec(&name, tenant).with_context(|| format!("in [tenants.{name}]")))
+                    .map(|(name, tenant)| tenant_spec(&name, tenant, kv.limits).with_context(|| format!("in [tenants.{name}]")))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Tenants::build(specs, &server)?
             }
@@ -225,6 +254,7 @@ impl Settings {
             runtime,
             source: file.source,
             wasi_refused,
+            kv,
             tenants,
             implicit_tenants,
             admin_token,
@@ -256,6 +286,10 @@ fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
                 let arms = split.into_iter().map(|(name, weight)| (Arc::from(name), weight)).collect();
                 Target::Split(Arc::new(Split::new(arms, sticky).with_context(|| format!("route \"{pattern}\""))?))
             }
+            RouteFile::Canary(config) => {
+                let canary = CanaryRoute::new(config, SystemTime::now()).with_context(|| format!("route \"{pattern}\": canary"))?;
+                Target::Canary(Arc::new(canary))
+            }
         };
         routes.add(&pattern, target)?;
     }
@@ -278,14 +312,25 @@ fn take_wasi_settings(plugins: &mut BTreeMap<String, BTreeMap<String, ConfigValu
     Ok(refused)
 }
 
-fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> BTreeMap<String, BTreeMap<String, String>> {
+/// The values each plugin reads through `config`; a list (which only the
+/// host's `kv-buckets` may be) is refused.
+fn plugin_values(plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
     plugins
         .into_iter()
-        .map(|(name, values)| (name, values.into_iter().map(|(k, v)| (k, v.into_string())).collect()))
+        .map(|(name, values)| {
+            let values = values
+                .into_iter()
+                .map(|(key, value)| match value.into_string() {
+                    Some(text) => Ok((key, text)),
+                    None => anyhow::bail!("[plugins.{name}] {key}: a list is only for {KV_BUCKETS_KEY}; a plugin's value is a string, number or boolean"),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Ok((name, values))
+        })
         .collect()
 }
 
-fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
+fn tenant_spec(name: &str, file: TenantFile, kv_limits: crate::kv::KvLimits) -> anyhow::Result<TenantSpec> {
     let token = match &file.token_sha256 {
         Some(hex) => Some(TokenHash::from_hex(hex).context("token-sha256 must be 64 hex digits (see `wasmux token`)")?),
         None => None,
@@ -308,11 +353,17 @@ fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
     if let Some(plugin) = file.plugins.iter().find_map(|(plugin, values)| values.contains_key(WASI_KEY).then_some(plugin)) {
         anyhow::bail!("plugins.\"{plugin}\".wasi: whether a plugin may import WASI is decided for the whole server, under [plugins.{plugin}]");
     }
+    if let Some(plugin) = file.plugins.iter().find_map(|(plugin, values)| values.contains_key(KV_BUCKETS_KEY).then_some(plugin)) {
+        anyhow::bail!(
+            "plugins.\"{plugin}\".{KV_BUCKETS_KEY}: which buckets a plugin may open is decided for the whole server (its state is the tenant's either way), under [plugins.{plugin}]"
+        );
+    }
+    let kv_limits = file.kv.over(kv_limits, &format!("[tenants.{name}.kv]"))?;
     Ok(TenantSpec {
         name: name.to_owned(),
         token,
         routes: build_routes(file.routes).context("in routes")?,
-        plugin_config: plugin_values(file.plugins),
+        plugin_config: plugin_values(file.plugins)?,
         limits: TenantLimits {
             concurrent_requests: positive("concurrent-requests", limits.concurrent_requests)?,
             requests_per_second: positive("requests-per-second", limits.requests_per_second)?,
@@ -320,6 +371,7 @@ fn tenant_spec(name: &str, file: TenantFile) -> anyhow::Result<TenantSpec> {
         },
         plugin_deadline: limits.plugin_deadline,
         plugin_memory,
+        kv_limits: Some(kv_limits),
     })
 }
 
@@ -494,6 +546,43 @@ mod tests {
         );
         assert_eq!(settings.plugin_targets(), BTreeSet::from(["binary-echo", "search", "search@fuzzy"]));
         assert_eq!(settings.max_plugin_memory(), 64 << 20);
+    }
+
+    #[test]
+    fn canaries_on_the_servers_routes_and_a_tenants() {
+        let canary = "stable = \"search\"\ncandidate = \"search@fuzzy\"\nsteps = [10, 50, 100]\nstep-after = \"1s\"\nmin-requests = 20\nmax-extra-error-rate = 0.01\nmax-p99-ratio = 3.0\n";
+        let settings = Settings::parse(&format!(
+            "[routes.\"text/json\".canary]\n{canary}\n[routes]\n\"*\" = \"binary-echo\"\n\
+             [tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n[tenants.alpha.routes.\"text/plain\".canary]\n{canary}sticky = \"user\"\n",
+            TokenHash::of("alpha-token")
+        ))
+        .unwrap();
+        let default = settings.tenants.get("default").unwrap();
+        let alpha = settings.tenants.get("alpha").unwrap();
+        let describe = |tenant: &crate::tenancy::Tenant, ty: &str| tenant.routes.resolve(ty).map(|r| r.target.to_string());
+        assert_eq!(describe(default, "text/json").as_deref(), Some("canary search -> search@fuzzy steps [10, 50, 100]"));
+        assert_eq!(describe(alpha, "text/json").as_deref(), Some("canary search -> search@fuzzy steps [10, 50, 100]"));
+        assert_eq!(describe(alpha, "text/plain").as_deref(), Some("canary search -> search@fuzzy steps [10, 50, 100] sticky on user"));
+        assert_eq!(alpha.routes.canaries().count(), 2);
+        assert_eq!(settings.plugin_targets(), BTreeSet::from(["binary-echo", "search", "search@fuzzy"]));
+
+        for (table, error) in [
+            (format!("[routes.\"a/b\".canary]\n{canary}steps = [10]\n"), "duplicate key"),
+            (canary.replace("steps = [10, 50, 100]", "steps = [50, 10, 100]"), "steps must rise"),
+            (canary.replace("max-p99-ratio = 3.0", "max-p99-ratio = 0.5"), "max-p99-ratio must be"),
+            (canary.replace("min-requests = 20", "min-request = 20"), "unknown field `min-request`"),
+            (canary.replace("step-after = \"1s\"", "step-after = \"soon\""), "step-after"),
+        ] {
+            let text = if table.starts_with('[') { table.clone() } else { format!("[routes.\"a/b\".canary]\n{table}") };
+            let message = format!("{:#}", Settings::parse(&text).unwrap_err());
+            assert!(message.contains(error), "{text}: {message}");
+        }
+        let message = format!("{:#}", Settings::parse(&format!("[routes.\"a/b\"]\nsticky = \"user\"\n[routes.\"a/b\".canary]\n{canary}")).unwrap_err());
+        assert!(message.contains("a canary's sticky field goes inside its table"), "{message}");
+        let message = format!("{:#}", Settings::parse("[routes.\"a/b\"]\nsticky = \"user\"\n").unwrap_err());
+        assert!(message.contains("needs `split` or `canary`"), "{message}");
+        let message = format!("{:#}", Settings::parse("[routes]\n\"a/b\" = { split = { a = 1 }, spilt = 2 }\n").unwrap_err());
+        assert!(message.contains("unknown field `spilt`") && message.contains("line 2"), "{message}");
     }
 
     #[test]

@@ -20,12 +20,16 @@
 //!
 //! [`Report`] is what `/experiments` serves and `wasmux experiments` prints:
 //! per arm the totals and latency percentiles, and for each arm against the
-//! first the difference in each outcome's rate and in the error rate with a
-//! 95 % confidence interval ([`stats`] says how, and why that way).
+//! first the difference in each outcome's rate and in the error rate with
+//! an anytime-valid 95 % interval ([`sequential`] says how, and why that
+//! way: the page is looked at every 2 seconds).
 
 pub mod canary;
+mod merge;
+pub mod rollout;
 pub mod sequential;
 pub mod stats;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -34,6 +38,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+use canary::Transition;
+use rollout::{CanaryReport, Rollout};
+use sequential::LatencyHistogram;
 
 /// The length of one window of an arm's recent history.
 pub const WINDOW: Duration = Duration::from_secs(2);
@@ -54,12 +62,15 @@ const MAX_VERSIONS: usize = 16;
 /// significant figures (within 1 %).
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
 
-/// The requests of one split, arm by arm.
+/// The requests of one split (or canary), arm by arm.
 pub struct Experiment {
     /// When the split was made: where its counts start.
     since: SystemTime,
     started: Instant,
     arms: Box<[Arm]>,
+    /// For a canary's route: the canary, its arms stable (0) and candidate
+    /// (1), their weights its share.
+    canary: Option<Rollout>,
 }
 
 /// One plugin of a split, and what its requests did.
@@ -80,7 +91,21 @@ impl Experiment {
     /// An experiment between `arms` (plugin, weight), counting from now.
     pub fn new(arms: &[(Arc<str>, u32)]) -> Self {
         let arms = arms.iter().map(|(plugin, weight)| Arm { plugin: Arc::clone(plugin), weight: *weight, tally: Mutex::new(Tally::new()) });
-        Self { since: SystemTime::now(), started: Instant::now(), arms: arms.collect() }
+        Self { since: SystemTime::now(), started: Instant::now(), arms: arms.collect(), canary: None }
+    }
+
+    /// The experiment of a canary's route: stable (arm 0) and candidate
+    /// (arm 1), counted as a split's arms are, and the canary judging them.
+    pub fn canary(rollout: Rollout) -> Self {
+        let config = rollout.config();
+        let mut experiment = Self::new(&[(Arc::from(config.stable.as_str()), 0), (Arc::from(config.candidate.as_str()), 0)]);
+        experiment.canary = Some(rollout);
+        experiment
+    }
+
+    /// The canary of a canary's route.
+    pub fn rollout(&self) -> Option<&Rollout> {
+        self.canary.as_ref()
     }
 
     /// The arm at `index` (as the split numbers its arms), to record into.
@@ -114,13 +139,24 @@ pub struct Served<'a> {
 }
 
 impl ArmRef {
-    /// Counts one request and the outcomes its plugin counted.
-    pub fn record<'o>(&self, served: Served<'_>, outcomes: impl IntoIterator<Item = &'o str>) {
+    /// Counts one request and the outcomes its plugin counted; on a
+    /// canary's route, the canary judges it at `now` and says what it
+    /// decided, if anything.
+    pub fn record<'o>(&self, served: Served<'_>, outcomes: impl IntoIterator<Item = &'o str>, now: SystemTime) -> Option<Transition> {
         let experiment = &self.experiment;
         let window = experiment.window_at(Instant::now());
-        let mut tally = experiment.arms[self.index].lock();
-        tally.roll(window);
-        tally.count(served, outcomes);
+        {
+            let mut tally = experiment.arms[self.index].lock();
+            tally.roll(window);
+            tally.count(served, outcomes);
+        }
+        let rollout = experiment.canary.as_ref()?;
+        rollout.record(self.index == 1, served.error.is_some(), served.latency, now)
+    }
+
+    /// The canary this request's arm belongs to, if any.
+    pub fn rollout(&self) -> Option<&Rollout> {
+        self.experiment.canary.as_ref()
     }
 }
 
@@ -138,6 +174,10 @@ struct Tally {
     errors: Vec<(&'static str, u64)>,
     /// Microseconds.
     latency: Histogram<u64>,
+    /// The same latencies in buckets that add up across servers, and
+    /// their sum in seconds (for `/metrics` and the fleet's view).
+    buckets: LatencyHistogram,
+    latency_sum: f64,
     /// Outcome names in the order first counted (at most
     /// [`MAX_OUTCOME_NAMES`]), and requests that counted each.
     outcome_names: Vec<Box<str>>,
@@ -182,6 +222,8 @@ impl Tally {
             requests: 0,
             errors: Vec::new(),
             latency: latency_histogram(),
+            buckets: LatencyHistogram::new(),
+            latency_sum: 0.0,
             outcome_names: Vec::new(),
             outcomes: Vec::new(),
             outcomes_dropped: 0,
@@ -199,6 +241,8 @@ impl Tally {
         // Saturating: a value is within the histogram's range by the clamp.
         self.latency.saturating_record(micros);
         self.current.latency.saturating_record(micros);
+        self.buckets.record(served.latency);
+        self.latency_sum += served.latency.as_secs_f64();
         if let Some(code) = served.error {
             self.current.errors += 1;
             match self.errors.iter_mut().find(|(known, _)| *known == code) {
@@ -302,6 +346,29 @@ pub struct RouteReport {
     /// since the Unix epoch.
     pub series_end_ms: u64,
     pub arms: Vec<ArmReport>,
+    /// A canary's route: its state, share and guards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryReport>,
+    /// In a fleet's merged report ([`Report::merge`]): the servers that
+    /// report the route, and each one's canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetRoute>,
+}
+
+/// A route as a fleet reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetRoute {
+    /// The servers (as named to [`Report::merge`]) that report the route.
+    pub servers: Vec<String>,
+    /// Each server's canary, side by side, for a canary's route.
+    pub canaries: Vec<ServerCanary>,
+}
+
+/// One server's view of a canary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerCanary {
+    pub server: String,
+    pub canary: CanaryReport,
 }
 
 /// One arm: its totals, its recent history, and how it compares with the
@@ -322,6 +389,13 @@ pub struct ArmReport {
     pub errors_by_code: BTreeMap<String, u64>,
     /// `None` until the arm has had a request.
     pub latency_ms: Option<Percentiles>,
+    /// The latencies in buckets that add up across servers (schema 2 of
+    /// Prometheus' native histograms: four per doubling), and their sum in
+    /// seconds.
+    #[serde(default)]
+    pub latency_histogram: LatencyHistogram,
+    #[serde(default)]
+    pub latency_sum_seconds: f64,
     /// Requests that counted each outcome.
     pub outcomes: BTreeMap<String, u64>,
     /// Outcome names counted beyond the [`MAX_OUTCOME_NAMES`] an arm keeps.
@@ -349,14 +423,17 @@ pub struct Comparison {
 }
 
 /// A rate in this arm against the same rate in the first, their
-/// difference (this arm's minus the first's) and its 95 % confidence
-/// interval (Newcombe's hybrid score interval, [`stats`]).
+/// difference (this arm's minus the first's) and its anytime-valid 95 %
+/// interval ([`sequential`]): it holds at every moment at once, however
+/// often the report is read, so "significant" may be acted on the first
+/// time it shows.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Difference {
     pub rate: Option<f64>,
     pub first_rate: Option<f64>,
     pub difference: Option<f64>,
-    /// `[low, high]`; `None` while either arm has no request.
+    /// `[low, high]`, a confidence sequence's interval at 95 %; `None`
+    /// while either arm has no request.
     pub ci95: Option<[f64; 2]>,
     /// The interval excludes 0.
     pub significant: bool,
@@ -366,13 +443,13 @@ impl Difference {
     /// `x / n` in this arm against `first` = `(x₁, n₁)`.
     pub fn between(first: (u64, u64), this: (u64, u64)) -> Self {
         let rate = |(x, n): (u64, u64)| (n > 0).then(|| x as f64 / n as f64);
-        let compared = stats::difference(first, this, stats::Z95);
+        let compared = sequential::compare_rates(first, this, sequential::ALPHA);
         Self {
             rate: rate(this),
             first_rate: rate(first),
-            difference: compared.map(|(d, _)| d),
-            ci95: compared.map(|(_, interval)| [interval.low, interval.high]),
-            significant: compared.is_some_and(|(_, interval)| interval.excludes_zero()),
+            difference: compared.map(|c| c.difference),
+            ci95: compared.map(|c| [c.interval.low, c.interval.high]),
+            significant: compared.is_some_and(|c| c.significant),
         }
     }
 }
@@ -429,6 +506,11 @@ fn route_report(entry: &Entry<'_>, loaded_version: &impl Fn(&str) -> Option<Stri
         })
         .collect();
     compare_with_first(&mut arms);
+    let canary = experiment.canary.as_ref().map(Rollout::report);
+    if let (Some(canary), [stable, candidate]) = (&canary, &mut arms[..]) {
+        stable.weight = 100 - canary.share.min(100);
+        candidate.weight = canary.share;
+    }
     let window_start = experiment.started + WINDOW.saturating_mul(u32::try_from(window).unwrap_or(u32::MAX));
     let series_end = SystemTime::now() - now.saturating_duration_since(window_start);
     RouteReport {
@@ -438,6 +520,8 @@ fn route_report(entry: &Entry<'_>, loaded_version: &impl Fn(&str) -> Option<Stri
         seconds: now.saturating_duration_since(experiment.started).as_secs_f64(),
         series_end_ms: series_end.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         arms,
+        canary,
+        fleet: None,
     }
 }
 
@@ -467,6 +551,8 @@ fn arm_report(arm: &Arm, tally: &Tally, loaded_version: &impl Fn(&str) -> Option
         errors: tally.error_count(),
         errors_by_code: tally.errors.iter().map(|(code, n)| ((*code).to_owned(), *n)).collect(),
         latency_ms,
+        latency_histogram: tally.buckets.clone(),
+        latency_sum_seconds: tally.latency_sum,
         outcomes: tally.outcome_names.iter().zip(&tally.outcomes).map(|(name, n)| (name.to_string(), *n)).collect(),
         outcomes_dropped: tally.outcomes_dropped,
         against_first: None,
@@ -475,7 +561,7 @@ fn arm_report(arm: &Arm, tally: &Tally, loaded_version: &impl Fn(&str) -> Option
 }
 
 /// Fills in `against_first` for every arm after the first.
-fn compare_with_first(arms: &mut [ArmReport]) {
+pub(crate) fn compare_with_first(arms: &mut [ArmReport]) {
     let Some((first, others)) = arms.split_first_mut() else {
         return;
     };
@@ -519,11 +605,11 @@ mod tests {
         let (first, second) = (experiment.arm(0).expect("arm 0"), experiment.arm(1).expect("arm 1"));
         assert!(experiment.arm(2).is_none());
         for i in 0..100 {
-            first.record(served(None, 100 + i), [if i < 60 { "hit" } else { "miss" }]);
-            second.record(served(None, 1000), [if i < 80 { "hit" } else { "miss" }]);
+            first.record(served(None, 100 + i), [if i < 30 { "hit" } else { "miss" }], SystemTime::now());
+            second.record(served(None, 1000), [if i < 80 { "hit" } else { "miss" }], SystemTime::now());
         }
-        second.record(served(Some("plugin-timeout"), 100_000), []);
-        second.record(served(Some("bad-request"), 50), []);
+        second.record(served(Some("plugin-timeout"), 100_000), [], SystemTime::now());
+        second.record(served(Some("bad-request"), 50), [], SystemTime::now());
 
         let route = report(&experiment);
         assert_eq!((route.route.as_str(), route.sticky.as_deref()), ("text/json", Some("user")));
@@ -531,7 +617,7 @@ mod tests {
         assert_eq!((a.plugin.as_str(), a.weight, a.requests, a.errors), ("search", 50, 100, 0));
         assert_eq!((b.requests, b.errors), (102, 2));
         assert_eq!(b.errors_by_code, BTreeMap::from([("bad-request".into(), 1), ("plugin-timeout".into(), 1)]));
-        assert_eq!(a.outcomes, BTreeMap::from([("hit".into(), 60), ("miss".into(), 40)]));
+        assert_eq!(a.outcomes, BTreeMap::from([("hit".into(), 30), ("miss".into(), 70)]));
         assert_eq!(a.version.as_deref(), Some("0123456789ab"));
         assert_eq!(a.versions, BTreeMap::from([("0123456789ab".into(), 100)]));
         let latency = a.latency_ms.expect("latency");
@@ -541,7 +627,7 @@ mod tests {
         let versus = b.against_first.as_ref().expect("compared with the first");
         assert_eq!(versus.against, "search");
         let hit = versus.outcomes["hit"];
-        assert_eq!((hit.first_rate, hit.rate), (Some(0.6), Some(80.0 / 102.0)));
+        assert_eq!((hit.first_rate, hit.rate), (Some(0.3), Some(80.0 / 102.0)));
         let (low, high) = hit.ci95.map(|[l, h]| (l, h)).expect("an interval");
         assert!(low > 0.0 && high > low && hit.significant, "{hit:?}");
         assert_eq!(versus.error_rate.rate, Some(2.0 / 102.0));
@@ -551,7 +637,7 @@ mod tests {
     #[test]
     fn an_arm_without_requests_has_no_rates_and_no_interval() {
         let experiment = experiment(&[("a", 1), ("b", 1)]);
-        experiment.arm(0).expect("arm").record(served(None, 10), ["hit"]);
+        experiment.arm(0).expect("arm").record(served(None, 10), ["hit"], SystemTime::now());
         let route = report(&experiment);
         let b = &route.arms[1];
         assert_eq!((b.requests, b.latency_ms.is_none(), b.version.as_deref()), (0, true, Some("loaded")));
@@ -565,7 +651,7 @@ mod tests {
         let arm = experiment.arm(0).expect("arm");
         let names: Vec<String> = (0..MAX_OUTCOME_NAMES + 4).map(|i| format!("o{i}")).collect();
         for name in &names {
-            arm.record(served(None, 10), [name.as_str()]);
+            arm.record(served(None, 10), [name.as_str()], SystemTime::now());
         }
         let route = report(&experiment);
         assert_eq!(route.arms[0].outcomes.len(), MAX_OUTCOME_NAMES);
@@ -601,7 +687,7 @@ mod tests {
     #[test]
     fn the_report_is_json_both_ways() {
         let experiment = experiment(&[("a", 1), ("b", 1)]);
-        experiment.arm(1).expect("arm").record(served(None, 10), ["hit"]);
+        experiment.arm(1).expect("arm").record(served(None, 10), ["hit"], SystemTime::now());
         let entry = Entry { tenant: "t", route: "*", sticky: None, experiment: &experiment };
         let report = Report::new([entry], |_| None);
         let json = serde_json::to_value(&report).expect("serializes");

@@ -18,7 +18,7 @@ pub type BucketGrants = Arc<BTreeSet<String>>;
 pub const MAX_OPEN_BUCKETS: usize = 32;
 
 /// Longest bucket name.
-const MAX_BUCKET_NAME: usize = 128;
+pub const MAX_BUCKET_NAME: usize = 128;
 
 pub struct KvCall {
     /// None for a plugin that imports no store, or a server without one:

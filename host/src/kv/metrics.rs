@@ -4,7 +4,7 @@
 //! tests, and for a page that shows them).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A store operation, as the plugin called it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,15 +73,17 @@ impl Outcome {
 pub trait KvMetrics: Send + Sync {
     /// `plugin` is the base name (before `@`), as state is kept. `read`
     /// and `written` are the values' bytes (and keys', for `list-keys`)
-    /// of an operation that succeeded, else 0.
-    fn operation(&self, tenant: &str, plugin: &str, operation: Operation, outcome: Outcome, read: u64, written: u64);
+    /// of an operation that succeeded, else 0. The names are shared
+    /// strings, so that a metric label costs a reference count, not an
+    /// allocation.
+    fn operation(&self, tenant: &Arc<str>, plugin: &Arc<str>, operation: Operation, outcome: Outcome, read: u64, written: u64);
 }
 
 /// Reports nothing.
 pub struct NoKvMetrics;
 
 impl KvMetrics for NoKvMetrics {
-    fn operation(&self, _: &str, _: &str, _: Operation, _: Outcome, _: u64, _: u64) {}
+    fn operation(&self, _: &Arc<str>, _: &Arc<str>, _: Operation, _: Outcome, _: u64, _: u64) {}
 }
 
 /// Totals of one (tenant, plugin, operation, outcome).
@@ -107,9 +109,9 @@ impl KvCounters {
 }
 
 impl KvMetrics for KvCounters {
-    fn operation(&self, tenant: &str, plugin: &str, operation: Operation, outcome: Outcome, read: u64, written: u64) {
+    fn operation(&self, tenant: &Arc<str>, plugin: &Arc<str>, operation: Operation, outcome: Outcome, read: u64, written: u64) {
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = totals.entry((tenant.to_owned(), plugin.to_owned(), operation, outcome)).or_default();
+        let entry = totals.entry((tenant.to_string(), plugin.to_string(), operation, outcome)).or_default();
         entry.count += 1;
         entry.read += read;
         entry.written += written;

@@ -54,7 +54,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use call::{BucketGrants, KvCall, MAX_OPEN_BUCKETS};
+pub use call::{BucketGrants, KvCall, MAX_BUCKET_NAME, MAX_OPEN_BUCKETS};
 pub use embedded::{Durability, OpenError};
 pub use guest::to_wasi;
 pub use metrics::{KvCounters, KvMetrics, NoKvMetrics, Operation, Outcome, Totals};
@@ -181,6 +181,26 @@ pub enum StoreConfig {
     Memory,
     Embedded { dir: std::path::PathBuf, durability: Durability },
     Redis { url: String },
+    /// The embedded store, where no data directory is known (no
+    /// `--data-dir`, `WASMUX_DATA_DIR`, `XDG_DATA_HOME` or `HOME`):
+    /// opening it fails, saying how to give one.
+    NoDataDir,
+}
+
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("in memory (gone when the process exits)"),
+            Self::Embedded { dir, durability: Durability::Process } => {
+                write!(f, "embedded in {} (a write survives the server's crash; sync = false)", dir.display())
+            }
+            Self::Embedded { dir, durability: Durability::Sync } => {
+                write!(f, "embedded in {} (a write is synced to the disk before it returns; sync = true)", dir.display())
+            }
+            Self::Redis { url } => write!(f, "in the Redis at {url}"),
+            Self::NoDataDir => f.write_str("embedded, in no directory (none given)"),
+        }
+    }
 }
 
 /// The data directory when none is given (`--data-dir`, `WASMUX_DATA_DIR`):
@@ -201,11 +221,13 @@ pub struct OnDemand {
     config: StoreConfig,
     metrics: Arc<dyn KvMetrics>,
     opened: std::sync::Mutex<Option<Store>>,
+    /// Why the last try to open it failed, until one succeeds.
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl OnDemand {
     pub fn new(config: StoreConfig, metrics: Arc<dyn KvMetrics>) -> Self {
-        Self { config, metrics, opened: std::sync::Mutex::new(None) }
+        Self { config, metrics, opened: std::sync::Mutex::new(None), failure: std::sync::Mutex::new(None) }
     }
 
     /// What it was configured with.
@@ -219,9 +241,25 @@ impl OnDemand {
         if let Some(store) = &*opened {
             return Ok(store.clone());
         }
-        let store = Store::open(&self.config)?.with_metrics(Arc::clone(&self.metrics));
+        let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let store = match Store::open(&self.config) {
+            Ok(store) => store.with_metrics(Arc::clone(&self.metrics)),
+            Err(e) => {
+                *failure = Some(format!("{e:#}"));
+                return Err(e);
+            }
+        };
+        *failure = None;
+        tracing::info!("key-value store: {}", self.config);
         *opened = Some(store.clone());
         Ok(store)
+    }
+
+    /// Why it could not be opened when last needed, if it could not (and
+    /// has not been since): a server that needs its store at start-up and
+    /// cannot have it refuses to start with this.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Whether it has been opened.
@@ -269,6 +307,10 @@ impl Store {
             StoreConfig::Memory => Ok(Self::in_memory()),
             StoreConfig::Embedded { dir, durability } => Ok(Self::embedded(dir, *durability)?),
             StoreConfig::Redis { url } => Self::redis(url),
+            StoreConfig::NoDataDir => anyhow::bail!(
+                "no data directory for the key-value store: give one with --data-dir DIR (or WASMUX_DATA_DIR), \
+                 set XDG_DATA_HOME or HOME, or use a shared store (--kv redis://HOST:PORT)"
+            ),
         }
     }
 

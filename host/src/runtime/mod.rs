@@ -62,6 +62,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store, UpdateDeadline
 
 use wasmux_bindings::{HandlerPre, host};
 use crate::digest::Digest;
+use crate::kv;
 use crate::message::Message;
 use cache::ComponentCache;
 pub use cache::CodeOrigin;
@@ -164,6 +165,9 @@ struct Shared {
     /// instead of failing.
     instances: Arc<Instances>,
     ticker_stop: Arc<AtomicBool>,
+    /// Where plugins that import `wasi:keyvalue` keep their state: opened
+    /// when the first such plugin is loaded.
+    store: Arc<kv::OnDemand>,
 }
 
 /// How a component's code was had when it was loaded.
@@ -206,8 +210,15 @@ impl Runtime {
         Self::with_events(settings, Arc::new(Unobserved))
     }
 
-    /// A runtime that tells `events` of every instance created and retired.
+    /// A runtime that tells `events` of every instance created and
+    /// retired; plugins that import `wasi:keyvalue` keep their state in
+    /// its memory.
     pub fn with_events(settings: RuntimeSettings, events: Arc<dyn InstanceEvents>) -> wasmtime::Result<Self> {
+        Self::with_store(settings, events, Arc::new(kv::OnDemand::new(kv::StoreConfig::Memory, Arc::new(kv::NoKvMetrics))))
+    }
+
+    /// [`Runtime::with_events`], plugins keeping their state in `store`.
+    pub fn with_store(settings: RuntimeSettings, events: Arc<dyn InstanceEvents>, store: Arc<kv::OnDemand>) -> wasmtime::Result<Self> {
         let n = settings.max_concurrent_calls.max(1);
         let mut allocator = settings.allocator.config(n, settings.max_memory);
         allocator.linear_memory_keep_resident(KEEP_RESIDENT)
@@ -268,11 +279,16 @@ impl Runtime {
             .context("starting the epoch ticker")?;
 
         let cache = ComponentCache::new(&engine, settings.cache_dir.clone(), settings.cache_max_size);
-        Ok(Self { shared: Arc::new(Shared { engine, linker, wasi_linker, cache, instances, settings, ticker_stop }) })
+        Ok(Self { shared: Arc::new(Shared { engine, linker, wasi_linker, cache, instances, settings, ticker_stop, store }) })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
         &self.shared.settings
+    }
+
+    /// The store plugins keep their state in.
+    pub fn store(&self) -> &Arc<kv::OnDemand> {
+        &self.shared.store
     }
 
     /// After a reload of the settings: instances made under generations
