@@ -158,7 +158,8 @@ fn created(name: &str, lang: &str) -> Vec<String> {
         _ => ("a JavaScript", &["package.json", "app.js", "app.test.js", "README.md", ".gitignore"]),
     };
     let mut lines = vec![format!("Created {language} plugin `{name}` in {name}:")];
-    lines.extend(files.iter().chain(&["wit/wasmux.wit"]).map(|file| format!("  {file}")));
+    let wit = ["wit/wasmux.wit", "wit/deps/keyvalue/atomic.wit", "wit/deps/keyvalue/batch.wit", "wit/deps/keyvalue/store.wit", "wit/deps/keyvalue/watch.wit", "wit/deps/keyvalue/world.wit"];
+    lines.extend(files.iter().chain(&wit).map(|file| format!("  {file}")));
     lines.extend([
         "Next:".to_owned(),
         format!("  cd {name}"),

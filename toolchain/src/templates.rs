@@ -44,14 +44,26 @@ const JAVASCRIPT: &[File] = &[
     file(".gitignore", include_str!("../templates/js/gitignore")),
 ];
 
-/// Every file of a new project in `language`, the WIT world included.
+/// The WIT every project gets: the package, and the packages it uses
+/// (`wasi:keyvalue`, which the world `stateful-handler` imports). Without
+/// its dependencies the package does not resolve, for any world of it.
+const WIT: &[File] = &[
+    file("wit/wasmux.wit", crate::WIT),
+    file("wit/deps/keyvalue/atomic.wit", include_str!("../../wit/deps/keyvalue/atomic.wit")),
+    file("wit/deps/keyvalue/batch.wit", include_str!("../../wit/deps/keyvalue/batch.wit")),
+    file("wit/deps/keyvalue/store.wit", include_str!("../../wit/deps/keyvalue/store.wit")),
+    file("wit/deps/keyvalue/watch.wit", include_str!("../../wit/deps/keyvalue/watch.wit")),
+    file("wit/deps/keyvalue/world.wit", include_str!("../../wit/deps/keyvalue/world.wit")),
+];
+
+/// Every file of a new project in `language`, the WIT included.
 pub(crate) fn files(language: Language) -> impl Iterator<Item = File> {
     let own = match language {
         Language::Rust => RUST,
         Language::Python => PYTHON,
         Language::JavaScript => JAVASCRIPT,
     };
-    own.iter().map(|f| File { path: f.path, text: f.text }).chain(std::iter::once(File { path: "wit/wasmux.wit", text: crate::WIT }))
+    own.iter().chain(WIT).map(|f| File { path: f.path, text: f.text })
 }
 
 /// A template's text for the project `name`.
