@@ -1,64 +1,28 @@
-//! `wasmux dev [DIR]`: the author's loop. Builds the project, serves it
-//! (every content-type routed to it, unless `--config` says otherwise), and
-//! on every save of a build input ([`Project::is_build_input`]) rebuilds it
-//! into the project's `dist/`, where the server's own watcher swaps the new
-//! version in, as `wasmux serve` does: connections stay open, requests
-//! under way finish on the version they started on, and a build that fails
-//! leaves the version before serving.
+//! `wasmux dev`'s path for Rust plugins, and for Python and JavaScript
+//! ones with `--build`: on every save of a build input
+//! ([`Project::is_build_input`]) the project is rebuilt into its `dist/`,
+//! where the server's own watcher swaps the new version in, as `wasmux
+//! serve` does. What is served is exactly what `wasmux build` makes.
 //!
 //! Plugins are compiled incrementally ([`CompileMode::Incremental`]): a
 //! Python or JavaScript plugin's interpreter is compiled once, and a
 //! rebuild compiles only what changed.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Args;
 use tokio::sync::mpsc;
-use wasmux::config::{ConfigFile, RouteFile, Settings};
+use wasmux::config::Settings;
 use wasmux::digest::Digest;
-use wasmux::runtime::CompileMode;
 use wasmux::watcher::FileWatcher;
 use wasmux_toolchain::{BuildOptions, Project};
 
-use crate::serve::{self, ServeArgs};
+use super::DevArgs;
+use crate::serve::{self, ServeArgs, Serving};
 
-#[derive(Args)]
-pub struct DevArgs {
-    /// The project's directory.
-    #[arg(default_value = ".")]
-    dir: PathBuf,
-    /// Address to listen on (repeat for several).
-    #[arg(long, short, default_value = "127.0.0.1:65432")]
-    listen: Vec<String>,
-    /// A configuration file (routes, limits, plugin settings), watched as
-    /// `wasmux serve` watches it; without one, every content-type goes to
-    /// the plugin.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Compile each new version from scratch instead of reusing the
-    /// machine code of the functions that did not change (for comparing).
-    #[arg(long)]
-    no_incremental: bool,
-    /// Show every message's bytes.
-    #[arg(long, short)]
-    pub verbose: bool,
-}
-
-pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let project = Project::open(&args.dir)?;
+pub(super) async fn serve(args: DevArgs, project: Project, options: BuildOptions, settings: Settings, serving: Serving) -> anyhow::Result<()> {
     let out_dir = project.dir.join("dist");
     std::fs::create_dir_all(&out_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
-    let options = BuildOptions::new(wasmux_toolchain::default_cache_dir()?);
-    let settings = match &args.config {
-        Some(path) => Settings::load(path)?,
-        None => Settings::from_file(ConfigFile {
-            routes: Some(BTreeMap::from([("*".to_owned(), RouteFile::Plugin(project.name.clone()))])),
-            ..ConfigFile::default()
-        })?,
-    };
-
     // Watched before the first build, so that a save during it is not missed.
     let watched = project.clone();
     let (sources, changes) = FileWatcher::new(move |path| watched.is_build_input(path))?;
@@ -68,21 +32,14 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         tracing::warn!("serving without plugin {} until a build succeeds; fix the source and save", project.name);
     }
     tokio::spawn(rebuild_on_change(sources, changes, project, out_dir.clone(), options));
-    let compile = if args.no_incremental { CompileMode::Serve } else { CompileMode::Incremental };
-    serve::serve_with(ServeArgs::dev(args.listen, &out_dir, args.config, args.verbose), settings, compile).await
+    serve::serve_with(ServeArgs::dev(args.listen, Some(&out_dir), args.config, args.verbose), settings, serving).await
 }
 
 /// Rebuilds after each batch of changes (those that came during a build
 /// make one more build).
 async fn rebuild_on_change(_sources: FileWatcher, mut changes: mpsc::UnboundedReceiver<Vec<PathBuf>>, project: Project, out_dir: PathBuf, options: BuildOptions) {
-    while let Some(mut paths) = changes.recv().await {
-        while let Ok(more) = changes.try_recv() {
-            paths.extend(more);
-        }
-        paths.sort();
-        paths.dedup();
-        let shown: Vec<String> = paths.iter().map(|p| p.strip_prefix(&project.dir).unwrap_or(p).display().to_string()).collect();
-        tracing::info!("{} changed: rebuilding", shown.join(", "));
+    while let Some(paths) = super::next_batch(&mut changes, &project).await {
+        tracing::info!("{} changed: rebuilding", paths);
         rebuild(&project, &out_dir, &options).await;
     }
 }
@@ -109,10 +66,7 @@ async fn rebuild(project: &Project, out_dir: &Path, options: &BuildOptions) -> b
             true
         }
         Ok(Err(e)) => {
-            match e.downcast_ref::<wasmux_toolchain::ToolFailed>() {
-                Some(failed) => tracing::error!("build failed: {failed}; the version before keeps serving"),
-                None => tracing::error!("build failed: {e:#}; the version before keeps serving"),
-            }
+            super::log_failure("build failed", &e);
             false
         }
         Err(e) => {
