@@ -556,7 +556,10 @@ fn dev_serves_javascript_source_without_a_build_as_the_built_component_answers()
 #[test]
 fn call_shows_a_long_compile() {
     let (_tmp, dir, _) = project_with("python", "compiled-py", "app.py", PYTHON_IN_THE_SANDBOX);
-    let out = wasmux_in(&dir, &["call", "dist/compiled-py.wasm", "--no-cache", "--content", "parse"], CALL);
+    // A cache of its own, empty: the shared one has the build's code.
+    let cache = tempfile::tempdir().expect("temp dir");
+    let cache_dir = cache.path().display().to_string();
+    let out = wasmux_in(&dir, &["call", "dist/compiled-py.wasm", "--cache-dir", &cache_dir, "--content", "parse"], CALL);
     assert_answer(&out, "Got response: b'a%20b/c'");
     let lines: Vec<String> = out.stderr.lines().map(sized).collect();
     assert!(lines.first().is_some_and(|l| l.starts_with("wasmux: compiling dist/compiled-py.wasm (") && l.ends_with(" MB) for this machine; the compiled code is kept for its next calls")), "{out:?}");
