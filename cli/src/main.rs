@@ -132,7 +132,8 @@ fn main() -> ExitCode {
         // The plugin's lines, and warnings. (Not `trace`: that would turn on
         // the trace checks of every crate logging through `log`, Cranelift's
         // too, and slow compiling down.)
-        Command::Call(_) => "wasmux=warn,wasmux::plugin=info",
+        // (`wasmux::plugins`, the loading lines, starts with the same name.)
+        Command::Call(_) => "wasmux=warn,wasmux::plugin=info,wasmux::plugins=warn",
         // Its own lines say what it compiled into the cache.
         Command::Build(_) => "wasmux=warn",
         Command::Token(_) | Command::Push(_) | Command::Bench(_) | Command::Experiments(_) | Command::New(_) => log_filter(false),

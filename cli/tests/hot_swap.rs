@@ -503,10 +503,10 @@ fn a_fifo_a_device_or_a_huge_file_does_not_wedge_the_watcher() {
     // The configuration changes after the FIFO appeared, and is applied.
     std::fs::write(&config, "[routes]\n\"binary/*\" = \"search\"\n\"*\" = \"binary-echo\"\n").expect("config");
     wait_until_served_by(&mut conn, ServedBy::Search, &server);
-    assert!(server.wait_for_log("x.wasm: a FIFO, not a regular file", SWAP_WAIT), "{}", server.log());
+    assert!(server.wait_for_log("x.wasm (it is not loaded): a FIFO, not a regular file", SWAP_WAIT), "{}", server.log());
 
     std::os::unix::fs::symlink("/dev/zero", plugins.file("zero.wasm")).expect("link to a device");
-    assert!(server.wait_for_log("zero.wasm: a character device, not a regular file", SWAP_WAIT), "{}", server.log());
+    assert!(server.wait_for_log("zero.wasm (it is not loaded): a character device, not a regular file", SWAP_WAIT), "{}", server.log());
 
     let huge = std::fs::File::create(plugins.file("huge.wasm")).expect("create");
     huge.set_len(1 << 30).expect("a sparse 1 GiB file");

@@ -14,7 +14,7 @@ struct Cli {
     /// The repository root.
     #[arg(long, default_value = ".")]
     root: PathBuf,
-    /// Put first on PATH for every command (where `wasmux` is); default ROOT/target/debug.
+    /// Put first on PATH for every command (where `wasmux` is); default ROOT/target/release.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Sessions run at once (each in a network namespace of its own).
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     let root = std::path::absolute(&cli.root)?;
-    let bin_dir = std::path::absolute(cli.bin_dir.unwrap_or_else(|| root.join("target/debug")))?;
+    let bin_dir = std::path::absolute(cli.bin_dir.unwrap_or_else(|| root.join("target/release")))?;
     let options = wasmux_docs_test::runner::Options {
         root,
         bin_dir,

@@ -33,7 +33,7 @@ pub fn default_root() -> Result<PathBuf> {
 /// Builds (or reuses) the release binary and installs it into `dir` as
 /// `wasmux` and `wasmux.debug`. Returns the installed binary's path.
 pub fn install(root: &Path, dir: &Path) -> Result<PathBuf> {
-    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+    crate::run(crate::cargo().current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
     let built = root.join("target/release/wasmux");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let binary = dir.join("wasmux");

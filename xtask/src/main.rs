@@ -9,7 +9,8 @@
 //!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) with
 //!   `wasmux build` into `target/lang-plugins/`.
 //! - `cargo xtask test` builds the plugins (with the examples) and runs
-//!   every test, on the release build.
+//!   every test, on the release build, then every transcript of the docs
+//!   (as `test-docs` does).
 //! - `cargo xtask serve [ARGS]` builds the served plugins and the release
 //!   server (at once) and starts it with them.
 //! - `cargo xtask install [--root DIR]` puts the release `wasmux` on the
@@ -19,7 +20,7 @@
 //!   server under load, counts each one's CPU time and system calls per
 //!   request, and writes `docs/benchmarks.md` and `docs/benchmarks.svg`.
 //! - `cargo xtask test-docs [ARGS]` builds what the documentation's
-//!   transcripts run (the plugins, the debug `wasmux`, the examples, the
+//!   transcripts run (the plugins, the release `wasmux`, the examples, the
 //!   plugin toolchains) and runs every console transcript of README.md and
 //!   docs/ with `wasmux-docs-test` (`docs/testing-the-docs.md`).
 
@@ -183,7 +184,7 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Plugins { debug, examples } => {
             plugins::build(&root, !debug, plugins::Which::All)?;
             if examples {
-                run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+                run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
                 plugins::build_examples(&root)?;
             }
         }
@@ -197,7 +198,7 @@ fn run_task(cli: Cli) -> Result<()> {
                     // The example programs the tests run, and the binary,
                     // built once with the same features as the tests.
                     timed("the workspace's binaries and examples", || {
-                        run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))
+                        run(cargo().current_dir(&root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))
                     })
                 },
             );
@@ -215,15 +216,24 @@ fn run_task(cli: Cli) -> Result<()> {
             let installed = install::install(&root, &root.join("target/install-check"))?;
             install::check(&installed)?;
             timed("the tests", || {
-                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
+                run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
                 // `--all-targets` leaves out documentation examples.
-                run(Command::new(cargo()).current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
-                // The plugins' shared logic and the guests themselves, natively.
-                run(Command::new(cargo())
-                    .current_dir(root.join("plugins"))
-                    .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
-                    .args(["test", "--workspace", "--locked"]))
+                run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
+                // The plugins' shared logic, the guests themselves and the
+                // Rust guest SDK (a path dependency of theirs), natively.
+                for selection in [&["--workspace"][..], &["-p", "wasmux-sdk"]] {
+                    run(cargo()
+                        .current_dir(root.join("plugins"))
+                        .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                        .arg("test")
+                        .args(selection)
+                        .arg("--locked"))?;
+                }
+                Ok(())
             })?;
+            // Every console transcript of the README and of docs/, timed
+            // apart from the suite (`test_docs` prints its own total).
+            test_docs(&root, &[])?;
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
         Task::Install { root: dir } => {
@@ -239,7 +249,7 @@ fn run_task(cli: Cli) -> Result<()> {
             // at a time), which the plugins' build fills.
             both(
                 || plugins::build(&root, true, plugins::Which::Served),
-                || timed("the server", || run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
+                || timed("the server", || run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
             )?;
             let plugins = root.join("target/plugins");
             run(Command::new(root.join("target/release/wasmux"))
@@ -295,7 +305,7 @@ fn test_docs(root: &Path, args: &[String]) -> Result<()> {
     run(Command::new("bash").arg(root.join("docs-test/install-deps.sh")))?;
     // The same build as `cargo xtask test`'s, so neither rebuilds the
     // other's: the release `wasmux`, the examples, and wasmux-docs-test.
-    run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))?;
+    run(cargo().current_dir(root).args(["build", "--release", "--locked", "--workspace", "--bins", "--examples"]))?;
     // The plugin toolchains, installed where the tests keep them: the
     // transcripts run without a network, so `wasmux build` must find them.
     let cache = root.join("target/test-cache");
@@ -322,8 +332,23 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The cargo that runs this task (so a rustup override carries through).
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+///
+/// Without the variables `cargo run` set for this process (the xtask
+/// package's `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build scripts that
+/// read one (ring's reads `CARGO_MANIFEST_DIR`) would see it change between
+/// `cargo xtask serve` and a plain `cargo build`, and each would rebuild
+/// what the other built.
+fn cargo() -> Command {
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_run = name.starts_with("CARGO_PKG_")
+            || matches!(name, "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_BIN_NAME" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE");
+        if set_by_cargo_run {
+            cargo.env_remove(name);
+        }
+    }
+    cargo
 }
 
 /// Runs `first` on a thread of its own while `second` runs here; both

@@ -48,7 +48,7 @@ pub fn build(root: &Path, release: bool, which: Which) -> Result<()> {
     eprintln!("xtask: building {} plugins with {}", plugins.len(), toolchain.describe());
 
     let target_dir = root.join("target/wasm");
-    let mut build = Command::new(crate::cargo());
+    let mut build = crate::cargo();
     build
         .arg("build")
         .arg("--locked")
@@ -105,7 +105,7 @@ pub fn build_examples(root: &Path) -> Result<()> {
 
 /// The plugin crates: `cdylib` packages of the plugins workspace.
 fn list(root: &Path, manifest: &Path) -> Result<Vec<Plugin>> {
-    let out = Command::new(crate::cargo())
+    let out = crate::cargo()
         .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
         .arg(manifest)
         .output()

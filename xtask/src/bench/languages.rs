@@ -73,7 +73,7 @@ const STEP: Duration = Duration::from_secs(1200);
 
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     crate::plugins::build(root, true, crate::plugins::Which::All)?;
-    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+    crate::run(crate::cargo().current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
     let wasmux = root.join("target/release/wasmux");
     let work = root.join("target/bench-languages");
     let _ = std::fs::remove_dir_all(&work);
@@ -138,7 +138,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     }
     let mut components: Vec<PathBuf> = LANGUAGES.iter().map(|(lang, _)| work.join(format!("hello-{lang}/dist/hello-{lang}.wasm"))).collect();
     components.extend(["search", "search-py", "search-js"].map(|name| lang_plugins.join(format!("{name}.wasm"))));
-    let table = Command::new(crate::cargo())
+    let table = crate::cargo()
         .current_dir(root)
         .args(["bench", "--locked", "-p", "wasmux", "--bench", "plugin_languages", "--"])
         .args(&components)

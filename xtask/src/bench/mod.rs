@@ -60,7 +60,6 @@ mod svg;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -86,9 +85,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     crate::plugins::build(root, true, crate::plugins::Which::All)?;
     // The search in JavaScript and Python, built by `wasmux build` (the
     // debug binary) as `cargo xtask test` builds them.
-    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "-p", "wasmux-cli", "--bin", "wasmux"]))?;
+    crate::run(crate::cargo().current_dir(root).args(["build", "-p", "wasmux-cli", "--bin", "wasmux"]))?;
     crate::plugins::build_examples(root)?;
-    crate::run(Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+    crate::run(crate::cargo().current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
     let wasmux = root.join("target/release/wasmux");
     let pinning = Pinning::plan(options.pin);
     eprintln!("xtask: {}", pinning.describe());

@@ -92,7 +92,7 @@ impl ComponentSummary {
 pub fn artifact(component: Vec<u8>, digest: &Digest) -> anyhow::Result<(Config, ImageLayer)> {
     let summary = ComponentSummary::read(&component)?;
     let config = WasmConfig {
-        created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        created: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
         author: None,
         architecture: "wasm".to_owned(),
         os: "wasip2".to_owned(),
