@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -21,7 +22,7 @@ use wasmux::config::{ConfigFile, ConfigValue, RouteFile, Settings};
 use wasmux::message::Message;
 use wasmux::metrics::Metrics;
 use wasmux::digest::Digest;
-use wasmux::plugins::Plugins;
+use wasmux::plugins::{COMPILE_NOTICE_SIZE, Plugins, megabytes};
 use wasmux::source::dir::plugin_name;
 use wasmux::kv::{Durability, OnDemand, StoreConfig};
 use wasmux::runtime::{AllocatorLimits, CompileMode, Runtime, RuntimeSettings, Unobserved};
@@ -92,10 +93,24 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let store = Arc::new(OnDemand::new(store, Arc::clone(&metrics) as _));
     let runtime = runtime_for_one_call(&settings, cache_dir, store)?;
     let plugins = Arc::new(Plugins::new(Some(runtime), Arc::clone(&metrics)));
+    let digest = Digest::of(&bytes);
+    // Seconds for a Python or JavaScript component: say so, and when done.
+    let compiling = bytes.len() >= COMPILE_NOTICE_SIZE && plugins.runtime().is_some_and(|runtime| !runtime.is_compiled(digest));
+    let started = Instant::now();
+    if compiling {
+        eprintln!(
+            "wasmux: compiling {} ({}) for this machine; the compiled code is kept for its next calls",
+            args.file.display(),
+            megabytes(bytes.len())
+        );
+    }
     // One line: wasmparser's messages spread what they expected over
     // several (`expected=[\n    0x0, …]`).
-    if let Err(e) = plugins.load(&name, Digest::of(&bytes), bytes, &args.file.display().to_string()).await {
+    if let Err(e) = plugins.load(&name, digest, bytes, &args.file.display().to_string()).await {
         anyhow::bail!("{}", one_line(&format!("{e:#}")));
+    }
+    if compiling {
+        eprintln!("wasmux: compiled in {:.1} s", started.elapsed().as_secs_f64());
     }
     let service = Service::new(plugins, settings, metrics);
 

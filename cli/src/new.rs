@@ -32,7 +32,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
     println!("  {cd}");
     println!("  wasmux build      # dist/{}.wasm", args.name);
     println!("  wasmux call dist/{}.wasm --content world", args.name);
-    println!("  wasmux dev        # serve it on 127.0.0.1:65432, rebuilt on every save");
+    println!("  wasmux dev        # serve it on 127.0.0.1:65432, each save swapped in");
     Ok(())
 }
 

@@ -9,7 +9,9 @@
 //! a message boundary, within `--drain-timeout`); SIGINT (Ctrl-C) does the
 //! same without the delay; SIGHUP reloads the configuration file.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,12 +114,12 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// What `wasmux dev` serves with: the plugins in `plugins` (watched),
-    /// on `listen`, with the configuration file `config` if any.
+    /// if any, on `listen`, with the configuration file `config` if any.
     /// Plugins' state is kept in `data_dir`, or in memory without one.
-    pub fn dev(listen: Vec<String>, plugins: &Path, config: Option<PathBuf>, data_dir: Option<PathBuf>, verbose: bool) -> Self {
+    pub fn dev(listen: Vec<String>, plugins: Option<&Path>, config: Option<PathBuf>, data_dir: Option<PathBuf>, verbose: bool) -> Self {
         Self {
             listen,
-            plugins: Some(plugins.display().to_string()),
+            plugins: plugins.map(|dir| dir.display().to_string()),
             poll_interval: None,
             config,
             admin: None,
@@ -144,12 +146,35 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Settings::load(path)?,
         None => Settings::guide(),
     };
-    serve_with(args, settings, CompileMode::Serve).await
+    serve_with(args, settings, Serving::default()).await
+}
+
+/// What a server does beyond its arguments: `wasmux serve`'s by default;
+/// `wasmux dev` changes it.
+pub struct Serving {
+    /// How plugins are compiled.
+    pub compile: CompileMode,
+    /// What the configuration file's text is made into, at a reload too.
+    pub parse: reload::Parse,
+    /// Supplies plugins once the service exists, before the listeners
+    /// open, besides (or instead of) `--plugins`; its error stops the
+    /// server.
+    pub supply: Option<Supply>,
+}
+
+/// [`Serving::supply`].
+pub type Supply = Box<dyn FnOnce(Arc<Service>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
+
+impl Default for Serving {
+    fn default() -> Self {
+        Self { compile: CompileMode::Serve, parse: reload::parse_file(), supply: None }
+    }
 }
 
 /// Serves under `settings` (read from `args.config`, or made by the
-/// caller), compiling plugins as `compile` says.
-pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMode) -> anyhow::Result<()> {
+/// caller), as `serving` says.
+pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -> anyhow::Result<()> {
+    let Serving { compile, parse, supply } = serving;
     match server::raise_open_file_limit() {
         Ok((before, now)) if now > before => tracing::info!("open-file limit raised from {before} to {now}"),
         Ok(_) => {}
@@ -207,12 +232,16 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
                 plugins.insert(Plugin::native(name, handler));
             }
         }
+        None if supply.is_some() => {}
         None => tracing::warn!("no plugins given (--plugins DIR or oci://REGISTRY/REPO): every request will be answered \"no plugin is loaded\""),
+    }
+    if let Some(supply) = supply {
+        supply(Arc::clone(&service)).await?;
     }
     tracing::info!("{routes}");
     service.warn_about_unloaded_targets(&service.settings());
     let _config_watch = match &args.config {
-        Some(path) if !args.no_watch => Some(reload::watch(path, Arc::clone(&service))?),
+        Some(path) if !args.no_watch => Some(reload::watch(path, Arc::clone(&service), Arc::clone(&parse))?),
         _ => None,
     };
 
@@ -268,7 +297,7 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
     let agent = agent.map(|agent| tokio::spawn(agent.serve(agent_stop.clone())));
     let drain_delay = args.drain_delay.unwrap_or(if args.agent.is_some() { Duration::from_secs(2) } else { Duration::ZERO });
     let shutdown = stop.clone();
-    tokio::spawn(handle_signals(shutdown, agent_state, drain_delay, args.config.clone(), Arc::clone(&service)));
+    tokio::spawn(handle_signals(shutdown, agent_state, drain_delay, args.config.clone(), Arc::clone(&service), parse));
 
     server::run(listeners, tls, Arc::clone(&service), stop.clone().cancelled_owned(), args.drain_timeout).await?;
     stop.cancel();
@@ -287,7 +316,7 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, compile: CompileMod
 }
 
 /// SIGTERM: drain, then stop. SIGINT: stop. SIGHUP: reload the configuration.
-async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_delay: Duration, config: Option<PathBuf>, service: Arc<Service>) {
+async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_delay: Duration, config: Option<PathBuf>, service: Arc<Service>, parse: reload::Parse) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
         tracing::warn!("cannot listen for SIGTERM and SIGHUP; Ctrl-C still stops the server");
@@ -310,7 +339,7 @@ async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_d
                 break;
             }
             _ = hangup.recv() => match &config {
-                Some(path) => reload::reload_now(path, &service).await,
+                Some(path) => reload::reload_now(path, &service, &parse).await,
                 None => tracing::info!("SIGHUP: no --config file to reload"),
             },
         }

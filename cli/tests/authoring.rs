@@ -165,7 +165,7 @@ fn created(name: &str, lang: &str) -> Vec<String> {
         format!("  cd {name}"),
         format!("  wasmux build      # dist/{name}.wasm"),
         format!("  wasmux call dist/{name}.wasm --content world"),
-        "  wasmux dev        # serve it on 127.0.0.1:65432, rebuilt on every save".to_owned(),
+        "  wasmux dev        # serve it on 127.0.0.1:65432, each save swapped in".to_owned(),
     ]);
     lines
 }
@@ -367,9 +367,9 @@ fn project_with(lang: &str, name: &str, module: &str, code: &str) -> (tempfile::
     (tmp, dir, out)
 }
 
-#[test]
-fn python_imports_the_standard_library_anywhere_and_refuses_sockets_by_name() {
-    let code = r#"import wit_world
+/// A Python plugin that imports from the standard library inside
+/// functions, imports what the sandbox refuses, and raises.
+const PYTHON_IN_THE_SANDBOX: &str = r#"import wit_world
 from wit_world.imports import types
 
 
@@ -390,6 +390,32 @@ class WitWorld(wit_world.WitWorld):
             return answer("imported socket")
         return answer(str(1 / 0))
 "#;
+
+/// A JavaScript plugin that looks for `fetch`, calls it, and throws.
+const JAVASCRIPT_IN_THE_SANDBOX: &str = r#"const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function answer(text) {
+  return { contentType: 'text/plain', contentEncoding: 'utf-8', fields: [], content: encoder.encode(text) };
+}
+
+export function handle(request) {
+  const what = decoder.decode(request.content);
+  if (what === 'typeof') return answer(`fetch is ${typeof fetch}`);
+  if (what === 'catch') {
+    try {
+      fetch('http://127.0.0.1:9/');
+    } catch (error) {
+      return answer(`caught ${error}`);
+    }
+  }
+  throw new Error('boom');
+}
+"#;
+
+#[test]
+fn python_imports_the_standard_library_anywhere_and_refuses_sockets_by_name() {
+    let code = PYTHON_IN_THE_SANDBOX;
     let (_tmp, dir, built) = project_with("python", "sandboxed-py", "app.py", code);
     assert!(
         built.stderr.contains("wasmux: warning: app.py:18: importing socket will fail: the host refuses every network connection and name lookup\n"),
@@ -412,26 +438,7 @@ class WitWorld(wit_world.WitWorld):
 
 #[test]
 fn javascript_has_no_fetch_and_answers_uncaught_exceptions_as_errors() {
-    let code = r#"const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-
-function answer(text) {
-  return { contentType: 'text/plain', contentEncoding: 'utf-8', fields: [], content: encoder.encode(text) };
-}
-
-export function handle(request) {
-  const what = decoder.decode(request.content);
-  if (what === 'typeof') return answer(`fetch is ${typeof fetch}`);
-  if (what === 'catch') {
-    try {
-      fetch('http://127.0.0.1:9/');
-    } catch (error) {
-      return answer(`caught ${error}`);
-    }
-  }
-  throw new Error('boom');
-}
-"#;
+    let code = JAVASCRIPT_IN_THE_SANDBOX;
     let (_tmp, dir, _) = project_with("js", "sandboxed-js", "app.js", code);
     let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-js.wasm", "--content", content], CALL);
     assert_answer(&call("typeof"), "Got response: b'fetch is undefined'");
@@ -440,4 +447,124 @@ export function handle(request) {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(out.stdout, ["Got result: Error: plugin sandboxed-js failed: uncaught Error: boom"], "{out:?}");
     assert!(out.stderr.contains("handle@app.js:"), "no stack in the log: {out:?}");
+}
+
+// ---- wasmux dev's runtimes: Python and JavaScript saves served without a build ----
+
+/// `wasmux send` of `content` as text to `server`, as `wasmux call` is run
+/// on the built component.
+fn send_text(server: &Server, content: &str) -> Finished {
+    crate::common::wasmux(&["send", "--addr", &server.addr_string(), "-t", "text/plain", "-e", "utf-8", "--content", content])
+}
+
+/// A project served by `wasmux dev`, and what is asked of it.
+struct DevCase<'a> {
+    /// The plugin's name, and the module a save changes.
+    name: &'a str,
+    module: &'a str,
+    /// Contents sent as text/plain; the first is asked again after the save.
+    contents: &'a [&'a str],
+    /// The save: `from` in the module made `to`, after which the first
+    /// content is answered `changed`.
+    from: &'a str,
+    to: &'a str,
+    changed: &'a str,
+    /// Appended to the module: a syntax error.
+    broken: &'a str,
+}
+
+/// Serves the project `dir` (whose component `wasmux build` made) with
+/// `wasmux dev`, and checks that it answers each of the case's contents
+/// as the built component does, printed the same by `wasmux send` as by
+/// `wasmux call`; then that a save is served without a build (nothing
+/// built, nothing compiled, `dist/` untouched), and that a broken save
+/// leaves it serving. Returns the server, for its log.
+fn dev_serves_as_built(dir: &Path, case: &DevCase<'_>) -> Server {
+    let component = dir.join("dist").join(format!("{}.wasm", case.name));
+    let built_bytes = std::fs::read(&component).expect("the built component");
+    let server = Server::start_dev(dir, BUILD);
+    assert!(server.log().contains("through the ") && server.log().contains(" dev runtime"), "{}", server.log());
+    for content in case.contents {
+        let built = call(&component, &["--content", content]);
+        let served = send_text(&server, content);
+        assert_eq!(served.stdout, built.stdout, "{content}: wasmux dev answered otherwise than the built component; {}", server.log());
+    }
+
+    // A save: served without a build.
+    let source = dir.join(case.module);
+    let text = std::fs::read_to_string(&source).expect("read the source");
+    let saved = text.replace(case.from, case.to);
+    assert_ne!(saved, text, "no {:?} in the source", case.from);
+    let before = server.log().len();
+    std::fs::write(&source, &saved).expect("save the source");
+    let served = format!("plugin {}: serving {} as saved", case.name, case.module);
+    assert!(server.wait_for_log(&served, BUILD), "{}", server.log());
+    assert_eq!(send_text(&server, case.contents[0]).stdout, [case.changed], "{}", server.log());
+    let log = server.log();
+    let since = &log[before..];
+    assert!(!since.contains("Built ") && !since.contains("wasmux: building ") && !since.contains("compiling"), "the save was built: {since}");
+    assert!(std::fs::read(&component).expect("the built component") == built_bytes, "dist/ changed");
+
+    // A broken save: the version before keeps serving.
+    std::fs::write(&source, format!("{saved}{}", case.broken)).expect("save a broken source");
+    assert!(server.wait_for_log(&format!("{} not served", case.module), BUILD), "{}", server.log());
+    assert_eq!(send_text(&server, case.contents[0]).stdout, [case.changed], "{}", server.log());
+    server
+}
+
+#[test]
+fn dev_serves_python_source_without_a_build_as_the_built_component_answers() {
+    let (_tmp, dir, _) = project_with("python", "dev-py", "app.py", PYTHON_IN_THE_SANDBOX);
+    let case = DevCase {
+        name: "dev-py",
+        module: "app.py",
+        contents: &["parse", "idna", "socket", "boom"],
+        from: r#"urllib.parse.quote("a b/c")"#,
+        to: r#""saved""#,
+        changed: "Got response: b'saved'",
+        broken: "\ndef broken(:\n",
+    };
+    let server = dev_serves_as_built(&dir, &case);
+    let log = server.log();
+    // The build's warning, and the traceback of an uncaught exception, as
+    // the built component logs it.
+    assert!(log.contains("wasmux: warning: app.py:18: importing socket will fail: the host refuses every network connection and name lookup\n"), "{log}");
+    assert!(log.contains("File \"/0/app.py\", line 20, in handle") && log.contains("ZeroDivisionError: division by zero"), "{log}");
+    // The broken save's error, in the plugin's file and line.
+    assert!(log.contains("File \"/0/app.py\", line 22") && log.contains("SyntaxError"), "{log}");
+}
+
+#[test]
+fn dev_serves_javascript_source_without_a_build_as_the_built_component_answers() {
+    let (_tmp, dir, _) = project_with("js", "dev-js", "app.js", JAVASCRIPT_IN_THE_SANDBOX);
+    let case = DevCase {
+        name: "dev-js",
+        module: "app.js",
+        contents: &["catch", "typeof", "throw"],
+        from: "`caught ${error}`",
+        to: "'saved'",
+        changed: "Got response: b'saved'",
+        broken: "\nfunction broken( {\n",
+    };
+    let server = dev_serves_as_built(&dir, &case);
+    let log = server.log();
+    // The stack of an uncaught exception in the plugin's own lines.
+    assert!(log.contains("uncaught Error: boom\nhandle@app.js:18:"), "{log}");
+    // The broken save's error, with its place in the file.
+    assert!(log.contains("-[app.js:2"), "{log}");
+}
+
+/// A component that is not compiled yet takes seconds: `wasmux call`
+/// says so, and when it is done.
+#[test]
+fn call_shows_a_long_compile() {
+    let (_tmp, dir, _) = project_with("python", "compiled-py", "app.py", PYTHON_IN_THE_SANDBOX);
+    // A cache of its own, empty: the shared one has the build's code.
+    let cache = tempfile::tempdir().expect("temp dir");
+    let cache_dir = cache.path().display().to_string();
+    let out = wasmux_in(&dir, &["call", "dist/compiled-py.wasm", "--cache-dir", &cache_dir, "--content", "parse"], CALL);
+    assert_answer(&out, "Got response: b'a%20b/c'");
+    let lines: Vec<String> = out.stderr.lines().map(sized).collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("wasmux: compiling dist/compiled-py.wasm (") && l.ends_with(" MB) for this machine; the compiled code is kept for its next calls")), "{out:?}");
+    assert!(lines.iter().any(|l| l.starts_with("wasmux: compiled in ") && l.ends_with(" s")), "{out:?}");
 }

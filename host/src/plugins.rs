@@ -215,6 +215,10 @@ impl Plugins {
             return Ok(());
         }
         let runtime = self.runtime.clone().context("this server runs native handlers only; it cannot load plugin files")?;
+        if bytes.len() >= COMPILE_NOTICE_SIZE && !runtime.is_compiled(version) {
+            // Seconds of silence otherwise; the line after says how long it took.
+            tracing::info!("plugin {name}: compiling {} of WebAssembly for this machine (not in the compiled-code cache) ...", megabytes(bytes.len()));
+        }
         let wasi = if self.wasi_refused.contains(name) { Wasi::Refused } else { Wasi::Allowed };
         let loaded = {
             let name = name.to_owned();
@@ -265,6 +269,16 @@ impl Plugins {
         tracing::info!("plugin {name}: unloaded {} ({why})", old.version.short());
         Some(old)
     }
+}
+
+/// A component at least this large is announced before it is compiled: a
+/// Python or JavaScript one (12 to 32 MB) takes seconds; a Rust one (tens
+/// of kilobytes) milliseconds.
+pub const COMPILE_NOTICE_SIZE: usize = 1 << 20;
+
+/// `bytes` in megabytes, as the log shows sizes: `32.1 MB`.
+pub fn megabytes(bytes: usize) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// The version a swap or an unload replaced, after retiring its instances.

@@ -31,9 +31,19 @@ pub struct ConfigWatch {
     _watcher: Arc<FileWatcher>,
 }
 
-/// Starts watching the configuration file at `path`; changes are applied
-/// by a task on the current tokio runtime.
-pub fn watch(path: &Path, service: Arc<Service>) -> anyhow::Result<ConfigWatch> {
+/// Turns a configuration file's text into settings: [`Settings::from_text`]
+/// ([`parse_file`]), or that plus settings the server adds of its own
+/// (`wasmux dev` adds the source it serves).
+pub type Parse = Arc<dyn Fn(&str) -> anyhow::Result<Settings> + Send + Sync>;
+
+/// The settings of the file's text alone.
+pub fn parse_file() -> Parse {
+    Arc::new(Settings::from_text)
+}
+
+/// Starts watching the configuration file at `path`; changes are made
+/// settings by `parse` and applied by a task on the current tokio runtime.
+pub fn watch(path: &Path, service: Arc<Service>, parse: Parse) -> anyhow::Result<ConfigWatch> {
     let config = ConfigPaths::new(path)?;
     let (watcher, changes) = FileWatcher::new(|_| true)?;
     let watcher = Arc::new(watcher);
@@ -41,7 +51,7 @@ pub fn watch(path: &Path, service: Arc<Service>) -> anyhow::Result<ConfigWatch> 
         watcher.watch(&dir, false)?;
     }
     let running = service.settings().source_sha256;
-    tokio::spawn(apply_config_changes(changes, config, running, service, Arc::downgrade(&watcher)));
+    tokio::spawn(apply_config_changes(changes, config, running, service, parse, Arc::downgrade(&watcher)));
     Ok(ConfigWatch { _watcher: watcher })
 }
 
@@ -102,6 +112,7 @@ async fn apply_config_changes(
     mut config: ConfigPaths,
     running: Option<[u8; 32]>,
     service: Arc<Service>,
+    parse: Parse,
     watcher: Weak<FileWatcher>,
 ) {
     let mut seen = running.map(Seen::Text);
@@ -118,21 +129,22 @@ async fn apply_config_changes(
         };
         if seen.as_ref() != Some(&now) {
             seen = Some(now);
-            reload_config(&config.path, read, &service);
+            reload_config(&config.path, read, &service, &parse);
         }
         follow_target(&mut config, &watcher);
     }
 }
 
-/// Reads the configuration file at `path` again, now, and swaps it in, or
-/// logs why not (the configuration in force stays): what SIGHUP does.
-pub async fn reload_now(path: &Path, service: &Service) {
+/// Reads the configuration file at `path` again, now, and swaps it in
+/// (made settings by `parse`), or logs why not (the configuration in force
+/// stays): what SIGHUP does.
+pub async fn reload_now(path: &Path, service: &Service, parse: &Parse) {
     let file = path.to_path_buf();
     let read = tokio::task::spawn_blocking(move || config::read_text(&file)).await;
-    reload_config(path, read.unwrap_or_else(|e| Err(anyhow::anyhow!("reading it failed: {e}"))), service);
+    reload_config(path, read.unwrap_or_else(|e| Err(anyhow::anyhow!("reading it failed: {e}"))), service, parse);
 }
 
-fn reload_config(path: &Path, text: anyhow::Result<String>, service: &Service) {
+fn reload_config(path: &Path, text: anyhow::Result<String>, service: &Service, parse: &Parse) {
     let text = match text {
         Ok(text) => text,
         Err(e) if !path.exists() => {
@@ -144,7 +156,7 @@ fn reload_config(path: &Path, text: anyhow::Result<String>, service: &Service) {
             return;
         }
     };
-    let applied = Settings::from_text(&text)
+    let applied = parse(&text)
         .with_context(|| format!("invalid configuration in {}", path.display()))
         .and_then(|settings| {
             settings.check_reload_of(&service.settings())?;

@@ -20,6 +20,14 @@ pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 const PACKAGE_JSON: &str = include_str!("javascript/package.json");
 const PACKAGE_LOCK: &str = include_str!("javascript/package-lock.json");
 const BUILD_SCRIPT: &str = include_str!("javascript/build.mjs");
+/// `wasmux dev`'s: a plugin's modules checked and bundled into one script
+/// for the dev runtime ([`crate::dev`]).
+const DEV_SCRIPT: &str = include_str!("javascript/dev.mjs");
+/// The syntax check both scripts run first.
+const CHECK_SCRIPT: &str = include_str!("javascript/check.mjs");
+
+/// The scripts wasmux keeps beside the installed node_modules, by name.
+const SCRIPTS: [(&str, &str); 3] = [("build.mjs", BUILD_SCRIPT), ("dev.mjs", DEV_SCRIPT), ("check.mjs", CHECK_SCRIPT)];
 
 /// The module componentize-js builds, around the plugin's own, and what it
 /// runs first; written into [`ENTRY_DIR`] of the project (componentize-js
@@ -28,6 +36,13 @@ const BUILD_SCRIPT: &str = include_str!("javascript/build.mjs");
 /// are).
 const ENTRY_MODULE: &str = include_str!("javascript/entry.js");
 const SANDBOX_MODULE: &str = include_str!("javascript/sandbox.js");
+/// What [`ENTRY_MODULE`] and [`DEV_MODULE`] share: uncaught exceptions
+/// answered as handler errors.
+const GUARD_MODULE: &str = include_str!("javascript/guard.js");
+/// The module of `wasmux dev`'s JavaScript runtime ([`crate::dev`]): the
+/// same sandbox and guard, around a plugin it evaluates from the script
+/// `wasmux dev` sends when it runs.
+const DEV_MODULE: &str = include_str!("javascript/dev-entry.js");
 pub const ENTRY_DIR: &str = ".wasmux";
 
 /// componentize-js's WASI features, each of which a plugin may keep or
@@ -40,7 +55,8 @@ const ALWAYS_DISABLED: [&str; 2] = ["http", "fetch-event"];
 #[derive(Debug, Clone)]
 pub struct ComponentizeJs {
     node: PathBuf,
-    script: PathBuf,
+    /// The folder of the installation and of [`SCRIPTS`].
+    dir: PathBuf,
 }
 
 impl ComponentizeJs {
@@ -51,10 +67,13 @@ impl ComponentizeJs {
         let node = find_node()?;
         let dir = cache_dir.join("toolchains").join(format!("componentize-js-{COMPONENTIZE_JS_VERSION}"));
         let script = dir.join("build.mjs");
-        if script.is_file() && dir.join("node_modules/@bytecodealliance/componentize-js/package.json").is_file() {
-            // The script is ours: keep it current with this binary.
-            crate::write_if_changed(&script, BUILD_SCRIPT.as_bytes())?;
-            return Ok(Self { node, script });
+        let installed = ["@bytecodealliance/componentize-js", "rolldown"].iter().all(|package| dir.join("node_modules").join(package).join("package.json").is_file());
+        if script.is_file() && installed {
+            // The scripts are ours: keep them current with this binary.
+            for (name, text) in SCRIPTS {
+                crate::write_if_changed(&dir.join(name), text.as_bytes())?;
+            }
+            return Ok(Self { node, dir });
         }
         let npm = find_npm()?;
         eprintln!(
@@ -65,7 +84,9 @@ impl ComponentizeJs {
             std::fs::create_dir_all(partial).with_context(|| format!("creating {}", partial.display()))?;
             std::fs::write(partial.join("package.json"), PACKAGE_JSON)?;
             std::fs::write(partial.join("package-lock.json"), PACKAGE_LOCK)?;
-            std::fs::write(partial.join("build.mjs"), BUILD_SCRIPT)?;
+            for (name, text) in SCRIPTS {
+                std::fs::write(partial.join(name), text)?;
+            }
             crate::run_quietly(
                 &format!("install componentize-js {COMPONENTIZE_JS_VERSION} from npm"),
                 Command::new(&npm)
@@ -73,7 +94,7 @@ impl ComponentizeJs {
                     .current_dir(partial),
             )
         })?;
-        Ok(Self { node, script })
+        Ok(Self { node, dir })
     }
 
     /// Builds the project's ES module (`entry`, relative to its folder) into
@@ -87,31 +108,87 @@ impl ComponentizeJs {
         let version = wit_package_version(wit)?;
         let dir = project_dir.join(ENTRY_DIR);
         let module = format!("../{}", entry.trim_start_matches("./"));
-        let source = dir.join("entry.js");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::write_if_changed(&source, ENTRY_MODULE.replace("{{module}}", &module).replace("{{version}}", &version).as_bytes())?;
-        crate::write_if_changed(&dir.join("sandbox.js"), SANDBOX_MODULE.as_bytes())?;
+        let source = write_modules(&dir, ENTRY_MODULE.replace("{{module}}", &module), &version)?;
+        // Its folder is the component's `/` (see [`ENTRY_MODULE`]).
+        self.run_componentize(&source, project_dir, &[&project_dir.join(entry)], Target { wit, world, wasi, out })
+    }
+
+    /// Builds `wasmux dev`'s JavaScript runtime for `world` of the WIT in
+    /// `wit` into `out`, from [`DEV_MODULE`] written into `scratch`, an
+    /// empty folder of the caller's. No project is in it: the runtime
+    /// evaluates the script it is sent, so one build serves every project
+    /// of this WIT.
+    pub fn componentize_dev_runtime(&self, wit: &Path, world: &str, wasi: bool, out: &Path, scratch: &Path) -> Result<()> {
+        let version = wit_package_version(wit)?;
+        let source = write_modules(scratch, DEV_MODULE.to_owned(), &version)?;
+        self.run_componentize(&source, scratch, &[], Target { wit, world, wasi, out })
+    }
+
+    /// Runs build.mjs on the entry module `source` in the folder `root`
+    /// (the component's `/`), checking `modules` for syntax errors too.
+    fn run_componentize(&self, source: &Path, root: &Path, modules: &[&Path], Target { wit, world, wasi, out }: Target<'_>) -> Result<()> {
         let mut disabled: Vec<&str> = ALWAYS_DISABLED.to_vec();
         if !wasi {
             disabled.extend(WASI_FEATURES);
         }
         let disabled = serde_json::to_string(&disabled)?;
         let mut command = Command::new(&self.node);
-        command.arg(&self.script).arg(&source).arg(wit).arg(world).arg(out).arg(disabled).arg(project_dir.join(entry));
-        // Its folder is the component's `/` (see [`ENTRY_MODULE`]).
-        command.current_dir(project_dir);
+        command.arg(self.dir.join("build.mjs")).arg(source).arg(wit).arg(world).arg(out).arg(disabled).args(modules);
+        command.current_dir(root);
         crate::run_tool("componentize-js", &mut command)?;
         if !out.is_file() {
             bail!("componentize-js reported success but wrote no {}", out.display());
         }
         Ok(())
     }
+
+    /// The project's modules, checked for syntax errors and bundled into
+    /// one script for `wasmux dev`'s runtime, as JSON (dev.mjs says what
+    /// it holds). Errors are shown on standard error, as a build's are.
+    pub fn dev_script(&self, project: &Project) -> Result<String> {
+        let entry = project.dir.join(&project.entry);
+        if !entry.is_file() {
+            bail!("{} does not exist (package.json's \"main\")", entry.display());
+        }
+        let mut command = Command::new(&self.node);
+        command.arg(self.dir.join("dev.mjs")).arg(&project.entry).current_dir(&project.dir);
+        let script = crate::run_tool("the dev runtime's bundler (rolldown)", &mut command)?;
+        String::from_utf8(script).context("the bundler wrote something that is not UTF-8")
+    }
+}
+
+/// What a componentize-js build makes: a component of `world` of the WIT
+/// in `wit`, with or without WASI, at `out`.
+struct Target<'a> {
+    wit: &'a Path,
+    world: &'a str,
+    wasi: bool,
+    out: &'a Path,
+}
+
+/// The texts `wasmux dev`'s JavaScript runtime is built from: what
+/// decides, with the WIT and the tool's version, whether a runtime built
+/// before is still the one to serve.
+pub fn dev_runtime_modules() -> [&'static str; 3] {
+    [DEV_MODULE, SANDBOX_MODULE, GUARD_MODULE]
+}
+
+/// Writes the entry module `entry` and the modules it imports into `dir`
+/// (made if missing), for the WIT package `version`; returns the entry's
+/// path.
+fn write_modules(dir: &Path, entry: String, version: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let source = dir.join("entry.js");
+    crate::write_if_changed(&source, entry.replace("{{version}}", version).as_bytes())?;
+    crate::write_if_changed(&dir.join("sandbox.js"), SANDBOX_MODULE.as_bytes())?;
+    crate::write_if_changed(&dir.join("guard.js"), GUARD_MODULE.replace("{{version}}", version).as_bytes())?;
+    Ok(source)
 }
 
 /// The version of the `wasmux:plugin` package in the WIT folder `wit`
 /// (`package wasmux:plugin@0.1.1;`), which the entry module's import of the
 /// host names.
-fn wit_package_version(wit: &Path) -> Result<String> {
+pub fn wit_package_version(wit: &Path) -> Result<String> {
     for entry in std::fs::read_dir(wit).with_context(|| format!("reading {}", wit.display()))? {
         let path = entry?.path();
         if path.extension().is_none_or(|e| e != "wit") {

@@ -9,12 +9,15 @@
 //! - [`project`]: a plugin project of any of the three languages, found
 //!   from its own manifest, built into `OUT/NAME.wasm` ([`build_project`]),
 //!   or written from the templates in this binary ([`new_project`]);
+//! - [`dev`]: `wasmux dev`'s runtimes for Python and JavaScript, which
+//!   serve a plugin's source without a build;
 //! - [`componentize`]: a core module carrying its WIT world (as wit-bindgen
 //!   leaves it) wrapped into a component, written atomically;
 //! - [`debian`]: Debian packages installed with apt-get, for these and for
 //!   the tests (headless Chromium, for the admin page's test).
 
 pub mod debian;
+pub mod dev;
 pub mod javascript;
 pub mod project;
 pub mod python;

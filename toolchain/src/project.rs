@@ -294,6 +294,8 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
         }
         Language::Python => {
             let tool = ComponentizePy::find_or_install(&options.cache_dir)?;
+            // Seconds with no output of its own: say what runs.
+            eprintln!("wasmux: building {} with componentize-py {} ...", project.name, crate::python::COMPONENTIZE_PY_VERSION);
             let scratch = Scratch::new(out_dir, &project.name);
             let entry_dir = ScratchDir(out_dir.join(format!(".{}.{}.python", project.name, std::process::id())));
             let warnings = tool.componentize(&project, WORLD, &scratch.0, &entry_dir.0)?;
@@ -309,6 +311,7 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
                 bail!("{} does not exist (package.json's \"main\")", source.display());
             }
             let scratch = Scratch::new(out_dir, &project.name);
+            eprintln!("wasmux: building {} with componentize-js {} ...", project.name, crate::javascript::COMPONENTIZE_JS_VERSION);
             tool.componentize(&project, WORLD, &scratch.0)?;
             scratch.publish(&out)?;
         }

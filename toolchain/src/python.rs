@@ -24,8 +24,19 @@ pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 /// errors. Its own docstring says how.
 const ENTRY_MODULE: &str = include_str!("python/_wasmux_plugin.py");
 
-/// [`ENTRY_MODULE`]'s name, and the report it writes beside itself.
+/// What [`ENTRY_MODULE`] and [`DEV_MODULE`] share: the refusals, the
+/// standard library imported whole, uncaught exceptions answered.
+const SANDBOX_MODULE: &str = include_str!("python/_wasmux_sandbox.py");
+
+/// The module of `wasmux dev`'s Python runtime ([`crate::dev`]): the same
+/// as [`ENTRY_MODULE`], but it imports the plugin's module, when it runs,
+/// from the source `wasmux dev` sends.
+const DEV_MODULE: &str = include_str!("python/_wasmux_dev.py");
+
+/// The modules' names, and the report [`ENTRY_MODULE`] writes beside itself.
 const ENTRY_NAME: &str = "_wasmux_plugin";
+const SANDBOX_NAME: &str = "_wasmux_sandbox";
+const DEV_NAME: &str = "_wasmux_dev";
 const REPORT: &str = "wasmux-report.txt";
 
 /// Runs componentize-py's command line from its Python package.
@@ -83,23 +94,43 @@ impl ComponentizePy {
     /// that will fail when they run (`app.py:12: importing socket will
     /// fail: …`).
     pub fn componentize(&self, project: &Project, world: &str, out: &Path, scratch: &Path) -> Result<Vec<String>> {
-        let (app_dir, wit) = (&project.dir, &project.wit_dir());
-        std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
-        let entry = scratch.join(format!("{ENTRY_NAME}.py"));
-        std::fs::write(&entry, ENTRY_MODULE.replace("{{module}}", &project.entry)).with_context(|| format!("writing {}", entry.display()))?;
+        write_module(scratch, SANDBOX_NAME, SANDBOX_MODULE)?;
+        write_module(scratch, ENTRY_NAME, &ENTRY_MODULE.replace("{{module}}", &project.entry))?;
+        // The project first: its modules are the plugin's.
+        let mut command = self.command(&project.wit_dir(), world, out, &[&project.dir, scratch], project.wasi);
+        command.current_dir(&project.dir).arg(ENTRY_NAME);
+        // It prints "Component built successfully" on standard output.
+        crate::run_tool("componentize-py", &mut command)?;
+        let report = std::fs::read_to_string(scratch.join(REPORT)).unwrap_or_default();
+        Ok(report.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+    }
+
+    /// Builds `wasmux dev`'s Python runtime for `world` of the WIT in
+    /// `wit` into `out`: the interpreter, the standard library and the
+    /// loader ([`DEV_MODULE`]), written into `scratch`, an empty folder of
+    /// the caller's. No project is mounted: the runtime serves the source
+    /// it is sent, so one build serves every project of this WIT.
+    pub fn componentize_dev_runtime(&self, wit: &Path, world: &str, wasi: bool, out: &Path, scratch: &Path) -> Result<()> {
+        write_module(scratch, SANDBOX_NAME, SANDBOX_MODULE)?;
+        write_module(scratch, DEV_NAME, DEV_MODULE)?;
+        let mut command = self.command(wit, world, out, &[scratch], wasi);
+        command.current_dir(scratch).arg(DEV_NAME);
+        crate::run_tool("componentize-py", &mut command)?;
+        Ok(())
+    }
+
+    /// `componentize-py componentize` for `world` of `wit` into `out`,
+    /// with `paths` on the module path, without WASI unless `wasi`; the
+    /// caller adds the module's name.
+    fn command(&self, wit: &Path, world: &str, out: &Path, paths: &[&Path], wasi: bool) -> Command {
         let mut command = Command::new(&self.python);
+        command.args(["-c", RUN_TOOL, "-d"]).arg(wit).args(["-w", world, "componentize"]);
+        for path in paths {
+            command.arg("-p").arg(path);
+        }
         command
-            .args(["-c", RUN_TOOL, "-d"])
-            .arg(wit)
-            .args(["-w", world, "componentize"])
-            // The project first: its modules are the plugin's.
-            .arg("-p")
-            .arg(app_dir)
-            .arg("-p")
-            .arg(scratch)
             .arg("-o")
             .arg(out)
-            .current_dir(app_dir)
             // componentize-py adds the site-packages of an active virtual
             // environment to the plugin's path; the plugin's are its own.
             .env_remove("VIRTUAL_ENV")
@@ -107,15 +138,25 @@ impl ComponentizePy {
             // of the tool follows the Python error the user needs.
             .env("RUST_BACKTRACE", "0")
             .env("RUST_LIB_BACKTRACE", "0");
-        if !project.wasi {
+        if !wasi {
             command.arg("--stub-wasi");
         }
-        command.arg(ENTRY_NAME);
-        // It prints "Component built successfully" on standard output.
-        crate::run_tool("componentize-py", &mut command)?;
-        let report = std::fs::read_to_string(scratch.join(REPORT)).unwrap_or_default();
-        Ok(report.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+        command
     }
+}
+
+/// The text of the modules `wasmux dev`'s Python runtime is built from:
+/// what decides, with the WIT and the tool's version, whether a runtime
+/// built before is still the one to serve.
+pub fn dev_runtime_modules() -> [&'static str; 2] {
+    [SANDBOX_MODULE, DEV_MODULE]
+}
+
+/// Writes the module `name` into the folder `dir` (made if missing).
+fn write_module(dir: &Path, name: &str, text: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.py"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A Python 3 interpreter to make the virtual environment with.

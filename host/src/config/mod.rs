@@ -182,13 +182,22 @@ impl Settings {
     /// Validates the text of a configuration file (from [`read_text`]); an
     /// empty one is refused.
     pub fn from_text(text: &str) -> anyhow::Result<Self> {
+        Self::from_text_with(text, |_| ())
+    }
+
+    /// [`Settings::from_text`], with `edit` applied to the file as parsed
+    /// before it is validated: how a server adds settings it owns (`wasmux
+    /// dev`, the source it serves) to the file's.
+    pub fn from_text_with(text: &str, edit: impl FnOnce(&mut ConfigFile)) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !text.trim().is_empty(),
             "the file is empty. It is not read as the built-in configuration, which serves requests without a token: \
              a file is empty for a moment while it is rewritten in place. To run with the built-in configuration, \
              leave out --config, or write a comment in the file"
         );
-        let mut settings = Self::parse(text)?;
+        let mut file: ConfigFile = toml::from_str(text)?;
+        edit(&mut file);
+        let mut settings = Self::from_file(file)?;
         settings.source_sha256 = Some(Sha256::digest(text.as_bytes()).into());
         Ok(settings)
     }

@@ -122,6 +122,12 @@ impl ComponentCache {
         self.disk.as_ref().map(|disk| disk.dir.as_path())
     }
 
+    /// Whether the code of `digest` is in memory or on disk (unchecked: a
+    /// damaged entry on disk is compiled again when loaded).
+    pub(super) fn has(&self, digest: &Digest) -> bool {
+        self.lock().components.contains_key(digest) || self.disk.as_ref().is_some_and(|disk| disk.path(&self.engine_tag, digest).is_file())
+    }
+
     /// The component for `bytes`, compiled only if no cache has it.
     pub(super) fn get_or_compile(&self, engine: &Engine, digest: Digest, bytes: &[u8]) -> wasmtime::Result<(Component, CodeOrigin)> {
         if let Some(component) = self.lock().components.get(&digest) {

@@ -302,6 +302,14 @@ impl Runtime {
         self.shared.instances.close();
     }
 
+    /// Whether the component whose SHA-256 is `digest` is compiled already
+    /// (in memory, or in the cache directory): a load of it takes
+    /// milliseconds, not the seconds a Python or JavaScript component
+    /// takes to compile.
+    pub fn is_compiled(&self, digest: Digest) -> bool {
+        self.shared.cache.has(&digest)
+    }
+
     /// Compiles (unless cached) and links the component `bytes`, whose
     /// SHA-256 is `digest` (the cache's key), for plugin `plugin` at
     /// `version` (named in its log lines). Compiling is CPU-heavy

@@ -6,21 +6,13 @@
 // syntax errors first, as SOURCE is.
 // On failure it prints componentize-js's message alone and exits with 1.
 import { componentize } from '@bytecodealliance/componentize-js';
-import { readFile, writeFile } from 'node:fs/promises';
-import { parseAsync } from 'oxc-parser';
+import { writeFile } from 'node:fs/promises';
+import { checkSyntax } from './check.mjs';
 
 const [sourcePath, witPath, worldName, out, disabled, ...modules] = process.argv.slice(2);
 
-// componentize-js parses the source with oxc too, but reports only how many
-// errors it found; show them with their place in the file.
-for (const path of [...modules, sourcePath]) {
-  const parsed = await parseAsync(path, await readFile(path, 'utf-8'));
-  if (parsed.errors.length > 0) {
-    for (const error of parsed.errors) {
-      console.error(error.codeframe || error.message);
-    }
-    process.exit(1);
-  }
+if (!(await checkSyntax([...modules, sourcePath]))) {
+  process.exit(1);
 }
 
 try {

@@ -1,19 +1,17 @@
 """The module componentize-py initializes for a wasmux plugin whose own
-module is `{{module}}`. `wasmux build` writes it into a folder of its own
-(never into the project), next to which componentize-py mounts the project,
-and it runs once: when the component is built.
+module is `{{module}}`. `wasmux build` writes it and `_wasmux_sandbox`
+into a folder of its own (never into the project), next to which
+componentize-py mounts the project, and it runs once: when the component
+is built.
 
 componentize-py keeps what was imported while the component was built and
 nothing else (a plugin has no files to import from when it runs). So this
 module, in order:
 
-1. makes the modules that need what the sandbox refuses (sockets,
-   subprocesses) fail when imported, with an error naming the module and
-   why;
+1. sets up the sandbox's refusals (`_wasmux_sandbox`, imported first);
 2. imports the plugin's module, so that its errors are the build's;
 3. imports the rest of the standard library's pure-Python modules, so that
-   an import inside a function finds them (one that cannot be imported here
-   fails in the plugin with an error that says why);
+   an import inside a function finds them;
 4. lists the plugin's imports that will fail (a module-level one already
    failed the build) in `wasmux-report.txt` beside this file, which
    `wasmux build` shows as warnings;
@@ -22,129 +20,21 @@ module, in order:
    handler error naming it, its traceback in the log, instead of a trap.
 """
 
-import ast
-import gc
-import importlib
-import importlib.abc
 import os
 import re
 import sys
-import traceback
 
-from componentize_py_types import Err
-
-# Modules that import but are of no use under the host, and why; importing
-# one, or a module that needs one, raises ImportError.
-REFUSED = {
-    "socket": "the host refuses every network connection and name lookup",
-    "_socket": "the host refuses every network connection and name lookup",
-    "ssl": "the host refuses every network connection",
-    "_ssl": "the host refuses every network connection",
-    "select": "the host refuses every network connection",
-    "selectors": "the host refuses every network connection",
-    "subprocess": "a plugin cannot start processes",
-    "_posixsubprocess": "a plugin cannot start processes",
-    "multiprocessing": "a plugin cannot start processes",
-    "_multiprocessing": "a plugin cannot start processes",
-}
-
-# Parts of the standard library that are not for plugins: tests, GUIs,
-# installers, and modules that act when imported.
-SKIPPED = {
-    "test", "tests", "idlelib", "tkinter", "turtledemo", "turtle", "ensurepip", "venv",
-    "pydoc_data", "lib2to3", "this", "antigravity", "__phello__", "_pyrepl", "site-packages",
-}
-
-# Modules that failed to import while the component was built, and why.
-UNAVAILABLE = {}
-
-
-def reason(name):
-    """Why `name` (or the package it is in) cannot be imported, or None."""
-    parts = name.split(".")
-    for end in range(len(parts), 0, -1):
-        prefix = ".".join(parts[:end])
-        why = REFUSED.get(prefix) or UNAVAILABLE.get(prefix)
-        if why is not None:
-            return why if prefix == name else f"{prefix} cannot be imported: {why}"
-    return None
-
-
-class Refusals(importlib.abc.MetaPathFinder):
-    """Stops imports of refused and unavailable modules with an error that
-    says why, instead of a `ModuleNotFoundError` or a module that fails
-    later."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        why = REFUSED.get(fullname) or UNAVAILABLE.get(fullname)
-        if why is None:
-            return None
-        raise ImportError(f"{fullname} cannot be imported in a wasmux plugin: {why}", name=fullname)
-
-
-sys.meta_path.insert(0, Refusals())
+import _wasmux_sandbox as sandbox
 
 from {{module}} import WitWorld as _PluginWorld  # noqa: E402  (after the refusals)
-from wit_world.imports import host, types  # noqa: E402  (now: nothing is imported later)
 
 
-def standard_library_modules():
-    """The names of the standard library's pure-Python modules and packages."""
-    # componentize-py mounts it at /python (`os.__file__` names where it was
-    # before: os is frozen).
-    root = next((p for p in sys.path if os.path.isfile(os.path.join(p, "os.py"))), None)
-    if root is None:
-        return []
-    names = []
-    for directory, subdirectories, files in os.walk(root):
-        relative = os.path.relpath(directory, root)
-        parts = [] if relative == "." else relative.split(os.sep)
-        if parts and (
-            parts[0] in SKIPPED
-            or not all(p.isidentifier() for p in parts)
-            or not os.path.isfile(os.path.join(directory, "__init__.py"))
-        ):
-            subdirectories[:] = []
-            continue
-        subdirectories.sort()
-        if parts:
-            names.append(".".join(parts))
-        for file in sorted(files):
-            stem, extension = os.path.splitext(file)
-            if extension != ".py" or not stem.isidentifier() or stem in ("__init__", "__main__"):
-                continue
-            if not parts and stem in SKIPPED:
-                continue
-            names.append(".".join(parts + [stem]))
-    return names
-
-
-def failure(error):
-    """Why an import failed, naming the refused module it needed, if any."""
-    needed = getattr(error, "name", None)
-    if isinstance(error, ImportError) and needed:
-        why = reason(needed)
-        if why is not None:
-            return f"it needs {needed}, and {why}" if not why.startswith(needed) else f"it needs {why}"
-    return f"{type(error).__name__}: {error}"
-
-
-def import_standard_library():
-    for name in standard_library_modules():
-        if name in sys.modules or reason(name) is not None:
-            continue
-        try:
-            importlib.import_module(name)
-        except BaseException as error:  # noqa: BLE001  (a module that cannot work here at all)
-            UNAVAILABLE[name] = failure(error)
-
-
-def plugin_imports_that_fail():
-    """`path:line: message` for each import in the plugin's own modules
-    (those imported from its project) that will fail when it runs."""
+def plugin_sources():
+    """The path (relative to the project) and text of each of the plugin's
+    own modules that were imported (those from its project)."""
     own = os.path.dirname(os.path.abspath(__file__))
     roots = [p for p in sys.path if re.fullmatch(r"/\d+", p) and p != own]
-    lines = []
+    sources = []
     for module in sorted(list(sys.modules.values()), key=lambda m: getattr(m, "__name__", "")):
         path = getattr(module, "__file__", None) or ""
         root = next((r for r in roots if path.startswith(r + "/")), None)
@@ -152,57 +42,23 @@ def plugin_imports_that_fail():
             continue
         try:
             with open(path, encoding="utf-8") as source:
-                tree = ast.parse(source.read(), path)
-        except (OSError, SyntaxError, ValueError):
+                sources.append((os.path.relpath(path, root), source.read()))
+        except (OSError, ValueError):
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for name in names:
-                why = reason(name)
-                if why is not None:
-                    shown = os.path.relpath(path, root)
-                    lines.append(f"{shown}:{node.lineno}: importing {name} will fail: {why}")
-                    break
-    return lines
+    return sources
 
 
-import_standard_library()
+sandbox.import_standard_library()
 
 try:
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "wasmux-report.txt"), "w", encoding="utf-8") as report:
-        report.writelines(line + "\n" for line in plugin_imports_that_fail())
+        report.writelines(line + "\n" for line in sandbox.imports_that_fail(plugin_sources()))
 except OSError:
     pass
 
-# What was imported lives as long as the instance: the garbage collector
-# need not look at it again (a request's collections stay as short as
-# without the standard library).
-gc.collect()
-gc.freeze()
+sandbox.freeze()
 
 
 class WitWorld(_PluginWorld):
     def handle(self, request):
-        try:
-            return _PluginWorld.handle(self, request)
-        except Err:
-            raise
-        except Exception as error:
-            host.log(host.Level.ERROR, described(error))
-            raise Err(types.HandlerError_Internal(f"uncaught {type(error).__name__}: {error}"))
-
-
-def described(error):
-    """`error` and where it was raised, as a traceback without source lines:
-    a plugin has no files to read them from (and without WASI, trying
-    would trap)."""
-    lines = ["Traceback (most recent call last):"]
-    for frame, line in traceback.walk_tb(error.__traceback__):
-        lines.append(f'  File "{frame.f_code.co_filename}", line {line}, in {frame.f_code.co_name}')
-    lines.append(f"{type(error).__name__}: {error}")
-    return "\n".join(lines)
+        return sandbox.guarded(lambda request: _PluginWorld.handle(self, request), request)
