@@ -226,6 +226,26 @@ for ((i = 0; ; i++)); do
     sleep 0.1
 done
 
+# And when Prometheus has scraped all three (its first scrapes are spread
+# over the 2 s interval, after it has started).
+prometheus_sees_three() {
+    python3 - "$prometheus" <<'EOF'
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/api/v1/query?query=count(up%3D%3D1)", timeout=2) as answer:
+    result = json.load(answer)["data"]["result"]
+sys.exit(0 if result and result[0]["value"][1] == "3" else 1)
+EOF
+}
+for ((i = 0; ; i++)); do
+    prometheus_sees_three 2>/dev/null && break
+    if ((i == 300)); then
+        echo "run.sh: Prometheus does not see all three servers up after 30 s; logs in $run" >&2
+        WASMUX_FLEET_KEEP=1
+        exit 1
+    fi
+    sleep 0.1
+done
+
 echo "fleet ready: clients to $lb (haproxy) -> wasmux $host:$((base + 2)),$((base + 3)),$((base + 4)) (pids ${pids[1]} ${pids[2]} ${pids[3]}); plugins from oci://$repository; metrics http://$host:$((base + 8))-$((base + 10))/metrics; state in $kv; prometheus $prometheus; logs $run; Ctrl-C stops"
 
 # Run until Ctrl-C or SIGTERM. A server that exits (`kill -TERM PID`: it
