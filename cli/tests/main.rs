@@ -19,6 +19,7 @@ mod hostile;
 mod hot_swap;
 mod interop;
 mod isolation;
+mod keyvalue;
 mod oci_registry;
 mod operations;
 mod plugin_faults;
