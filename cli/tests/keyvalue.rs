@@ -140,7 +140,9 @@ fn two_tenants_never_see_each_others_keys() {
 fn a_plugin_opens_only_the_buckets_it_is_granted() {
     let plugins = plugin_dir();
     let data = tempfile::tempdir().expect("temporary directory");
-    let config = format!("{CONFIG}\n[plugins.kv-counter]\nkv-buckets = [\"shared\"]\n");
+    // `wasi = false` too: the store is not the WASI subset, and a plugin
+    // refused WASI may still keep state.
+    let config = format!("{CONFIG}\n[plugins.kv-counter]\nkv-buckets = [\"shared\"]\nwasi = false\n");
     let server = serve(&config, plugins.path(), data.path(), &[]);
     let mut conn = server.connect();
     assert_eq!(ask(&mut conn, "open default"), "opened default");
@@ -155,7 +157,7 @@ fn a_plugin_opens_only_the_buckets_it_is_granted() {
 fn limits_are_refused_with_a_clear_error_and_the_server_stays_up() {
     let plugins = plugin_dir();
     let data = tempfile::tempdir().expect("temporary directory");
-    let config = format!("{CONFIG}\n[kv]\nmax-value-size = 100\nmax-keys = 5\n");
+    let config = format!("{CONFIG}\n[kv]\nmax-value-size = 100\nmax-keys = 5\n\n[tenants.beta.kv]\noperations-per-request = 3\n");
     let server = serve(&config, plugins.path(), data.path(), &[]);
     let mut conn = server.connect();
     assert_eq!(ask(&mut conn, "put small 100"), "put small");
@@ -166,6 +168,11 @@ fn limits_are_refused_with_a_clear_error_and_the_server_stays_up() {
     let message = many["error"]["message"].as_str().unwrap_or_default().to_owned();
     assert!(message.contains("key-value store") && message.contains("5"), "a sixth key is refused, saying so: {many}");
     assert_eq!(ask(&mut conn, "get small"), "small=".to_owned() + &"x".repeat(100), "what was stored within the limits stays");
+    // beta's own limit: `open` and three `set`s are four operations.
+    let busy = conn.request(&command("fill 3", Some(BETA))).json();
+    let message = busy["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("operations-per-request"), "a fourth operation in one request is refused, saying so: {busy}");
+    assert_eq!(text(&conn.request(&command("fill 2", Some(BETA)))), "filled 2", "the allowance is per request");
     let mut fresh = server.connect();
     assert_eq!(ask(&mut fresh, "delete small"), "deleted small", "the server stays up");
 }
@@ -185,4 +192,15 @@ fn two_servers_on_one_redis_share_a_counter() {
     }
     assert_eq!(ask(&mut to_a, "get fleet"), "fleet=10", "both servers counted in the one Redis");
     assert!(std::fs::read_dir(data_a.path()).expect("read the data directory").next().is_none(), "with --kv the data directory is not used");
+}
+
+#[test]
+fn a_server_whose_plugins_keep_no_state_never_opens_the_data_directory() {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let state = data.path().join("state");
+    let plugins = crate::common::plugins_dir();
+    let server = Server::start_with(&["--plugins", plugins.to_str().expect("utf-8 path"), "--data-dir", state.to_str().expect("utf-8 path")]);
+    let mut conn = server.connect();
+    assert_eq!(conn.request(&crate::common::search("morpheus")).result(), "Follow the white rabbit. 🐰");
+    assert!(!state.exists(), "no plugin imports wasi:keyvalue, so {} is neither created nor locked", state.display());
 }

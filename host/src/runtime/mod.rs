@@ -32,7 +32,12 @@
 //! outside (no filesystem, network, environment or arguments). A component
 //! that imports no WASI (every Rust plugin) is linked without it; one that
 //! does is refused if its plugin may not have it (`[plugins.NAME] wasi =
-//! false`). The linker defines the newest version of the `host` interface
+//! false`). A component of the `stateful-handler` world imports
+//! `wasi:keyvalue` (not part of that subset): each of its instances gets a
+//! [`kv::KvCall`] on the runtime's store, for its tenant and its plugin's
+//! base name, with the buckets its plugin is granted; each request resets
+//! its deadline and its allowance of operations. The store is opened when
+//! the first such component is loaded, and never for a server without one. The linker defines the newest version of the `host` interface
 //! (`wasmux:plugin/host@0.1.1`); wasmtime resolves an import of an older
 //! 0.1.x to it, so plugins built against an older WIT keep loading.
 //!
@@ -318,8 +323,9 @@ impl Runtime {
     /// `version` (named in its log lines). Compiling is CPU-heavy
     /// (milliseconds to seconds): call this off the async runtime. Fails if
     /// `bytes` is not a component, is not of the `handler` world, needs
-    /// more than the instance pool holds, or imports WASI where `wasi`
-    /// refuses it.
+    /// more than the instance pool holds, imports WASI where `wasi`
+    /// refuses it, or imports `wasi:keyvalue` and the store cannot be
+    /// opened (the data directory is another server's, say).
     pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: Digest, wasi: Wasi) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
         let shared = &self.shared;
         let started = Instant::now();
