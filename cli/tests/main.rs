@@ -20,6 +20,7 @@ mod hostile;
 mod hot_swap;
 mod interop;
 mod isolation;
+mod keyvalue;
 mod oci_registry;
 mod operations;
 mod plugin_faults;

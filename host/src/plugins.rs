@@ -76,7 +76,7 @@ impl Plugin {
     /// importing WASI is refused if `wasi` says so.
     pub fn load(runtime: &Runtime, name: &str, version: Digest, bytes: &[u8], wasi: Wasi) -> wasmtime::Result<Self> {
         let label: Arc<str> = version.short().into();
-        let (handler, LoadInfo { compile_time, origin, imports_wasi }) = runtime.load(name, &label, bytes, version, wasi)?;
+        let (handler, LoadInfo { compile_time, origin, imports_wasi, .. }) = runtime.load(name, &label, bytes, version, wasi)?;
         Ok(Self {
             name: name.to_owned(),
             version,

@@ -241,6 +241,8 @@ impl Service {
             limits: CallLimits { deadline: tenant.plugin_deadline, memory: tenant.plugin_memory, ..settings.limits.call },
             reuse: settings.runtime.reuse.for_plugin(name),
             generation: settings.generation,
+            kv_limits: tenant.kv_limits,
+            kv_buckets: settings.kv.buckets_for(name),
         };
         let (answer, outcomes) = plugin.call(&request, &context).await.map_err(|error| {
             if is_plugin_fault(&error) {

@@ -40,14 +40,22 @@ pub fn fixtures_dir() -> PathBuf {
     dir
 }
 
+/// Fixtures that import `wasi:keyvalue`: a server that loads one opens its
+/// data directory (by default the user's, locked by one server at a time),
+/// so they are served only by tests that give a directory of their own
+/// (`keyvalue.rs`).
+pub const STATEFUL_FIXTURES: &[&str] = &["kv-counter.wasm"];
+
 /// A temporary plugin directory holding the guide's plugins and the test
-/// fixtures (which `cargo xtask plugins` keeps apart, in `target/test-plugins`).
+/// fixtures (which `cargo xtask plugins` keeps apart, in `target/test-plugins`),
+/// but for the [`STATEFUL_FIXTURES`].
 pub fn plugins_and_fixtures() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");
     for source in [plugins_dir(), fixtures_dir()] {
         for entry in std::fs::read_dir(&source).expect("read a plugin directory") {
             let path = entry.expect("directory entry").path();
-            if path.extension().is_some_and(|e| e == "wasm") {
+            let stateful = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| STATEFUL_FIXTURES.contains(&n));
+            if path.extension().is_some_and(|e| e == "wasm") && !stateful {
                 std::fs::copy(&path, dir.path().join(path.file_name().expect("file name"))).expect("copy a plugin");
             }
         }

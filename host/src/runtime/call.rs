@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::kv::{BucketGrants, KvLimits};
 use crate::message::DEFAULT_MAX_CONTENT_LENGTH;
 
 /// What the host may copy out of a guest at once beyond a response's
@@ -45,6 +46,12 @@ pub struct CallContext {
     /// The settings' generation: an instance serves only requests under
     /// the settings it was made under.
     pub generation: u64,
+    /// What the tenant may store and do in the key-value store (a plugin
+    /// of the `stateful-handler` world).
+    pub kv_limits: KvLimits,
+    /// Buckets beyond `default` the plugin may open (`[plugins.NAME]
+    /// kv-buckets`).
+    pub kv_buckets: BucketGrants,
 }
 
 /// What the host may copy out of the guest at once under `limits`.

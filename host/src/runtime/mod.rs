@@ -32,7 +32,12 @@
 //! outside (no filesystem, network, environment or arguments). A component
 //! that imports no WASI (every Rust plugin) is linked without it; one that
 //! does is refused if its plugin may not have it (`[plugins.NAME] wasi =
-//! false`). The linker defines the newest version of the `host` interface
+//! false`). A component of the `stateful-handler` world imports
+//! `wasi:keyvalue` (not part of that subset): each of its instances gets a
+//! [`kv::KvCall`] on the runtime's store, for its tenant and its plugin's
+//! base name, with the buckets its plugin is granted; each request resets
+//! its deadline and its allowance of operations. The store is opened when
+//! the first such component is loaded, and never for a server without one. The linker defines the newest version of the `host` interface
 //! (`wasmux:plugin/host@0.1.1`); wasmtime resolves an import of an older
 //! 0.1.x to it, so plugins built against an older WIT keep loading.
 //!
@@ -60,7 +65,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store, UpdateDeadline};
 
-use wasmux_bindings::{HandlerPre, host};
+use wasmux_bindings::{HandlerPre, host, keyvalue};
 use crate::digest::Digest;
 use crate::kv;
 use crate::message::Message;
@@ -153,10 +158,11 @@ pub struct Runtime {
 
 struct Shared {
     engine: Engine,
-    /// The host interface only: what a component importing no WASI is
-    /// linked with.
+    /// The host interface (and `wasi:keyvalue`, which a component that
+    /// does not import it never sees): what a component importing no WASI
+    /// is linked with.
     linker: Linker<CallState>,
-    /// The host interface and the WASI subset.
+    /// The same and the WASI subset.
     wasi_linker: Linker<CallState>,
     cache: ComponentCache,
     settings: RuntimeSettings,
@@ -179,6 +185,9 @@ pub struct LoadInfo {
     pub origin: CodeOrigin,
     /// Whether the component imports WASI (and was linked with the subset).
     pub imports_wasi: bool,
+    /// Whether the component imports `wasi:keyvalue` (and the store was
+    /// opened for it).
+    pub imports_kv: bool,
 }
 
 /// Whether a plugin may import the WASI subset.
@@ -194,6 +203,8 @@ pub enum Wasi {
 pub struct WasmHandler {
     pre: HandlerPre<CallState>,
     imports_wasi: bool,
+    /// The store, for a component that imports `wasi:keyvalue`.
+    store: Option<kv::Store>,
     runtime: Arc<Shared>,
     /// This load's identity in the instance pool.
     load: u64,
@@ -253,6 +264,11 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         host::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state).context("linking the host interface")?;
+        // `wasi:keyvalue` for plugins of the `stateful-handler` world, on
+        // the instance's own access to the store. Defining it costs a
+        // component that does not import it nothing; the store is opened
+        // only when one that does is loaded.
+        keyvalue::Imports::add_to_linker::<_, HasSelf<kv::KvCall>>(&mut linker, |state| &mut state.kv).context("linking wasi:keyvalue")?;
         // The same with the WASI subset. A component importing WASI 0.2.x
         // links against wasmtime-wasi's 0.2 whatever its patch version.
         let mut wasi_linker = linker.clone();
@@ -315,8 +331,9 @@ impl Runtime {
     /// `version` (named in its log lines). Compiling is CPU-heavy
     /// (milliseconds to seconds): call this off the async runtime. Fails if
     /// `bytes` is not a component, is not of the `handler` world, needs
-    /// more than the instance pool holds, or imports WASI where `wasi`
-    /// refuses it.
+    /// more than the instance pool holds, imports WASI where `wasi`
+    /// refuses it, or imports `wasi:keyvalue` and the store cannot be
+    /// opened (the data directory is another server's, say).
     pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: Digest, wasi: Wasi) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
         let shared = &self.shared;
         let started = Instant::now();
@@ -325,7 +342,8 @@ impl Runtime {
             Err(e) => return Err(allocator::explain_refusal(e, shared.settings.allocator)),
         };
         let compile_time = started.elapsed();
-        let wasi_imports = wasi_imports(&shared.engine, &component);
+        let (kv_imports, wasi_imports): (Vec<String>, Vec<String>) =
+            wasi_imports(&shared.engine, &component).into_iter().partition(|name| name.starts_with(KEYVALUE_PREFIX));
         let linker = match (wasi_imports.is_empty(), wasi) {
             (true, _) => &shared.linker,
             (false, Wasi::Allowed) => &shared.wasi_linker,
@@ -340,11 +358,26 @@ impl Runtime {
             .context("the component's imports do not match the wasmux:plugin/handler world (and the WASI 0.2 subset)")?;
         let pre = HandlerPre::new(instance_pre).context("the component's exports do not match the wasmux:plugin/handler world")?;
         let imports_wasi = !wasi_imports.is_empty();
+        // The store is opened by the first plugin that needs it: a server
+        // whose plugins keep no state never opens (or locks) one.
+        let store = if kv_imports.is_empty() {
+            None
+        } else {
+            match shared.store.get() {
+                Ok(store) => Some(store),
+                Err(e) => wasmtime::bail!("plugin {plugin} imports wasi:keyvalue, and the key-value store ({}) cannot be opened: {e:#}", shared.store.config()),
+            }
+        };
+        let imports_kv = store.is_some();
         let load = shared.instances.register_load();
-        let handler = WasmHandler { pre, imports_wasi, runtime: Arc::clone(shared), load, plugin: plugin.into(), version: version.into() };
-        Ok((handler, LoadInfo { compile_time, origin, imports_wasi }))
+        let handler = WasmHandler { pre, imports_wasi, store, runtime: Arc::clone(shared), load, plugin: plugin.into(), version: version.into() };
+        Ok((handler, LoadInfo { compile_time, origin, imports_wasi, imports_kv }))
     }
 }
+
+/// How the names of `wasi:keyvalue`'s interfaces begin: not part of the
+/// WASI subset (a plugin refused WASI may keep state).
+const KEYVALUE_PREFIX: &str = "wasi:keyvalue/";
 
 /// The WASI interfaces `component` imports, e.g. `wasi:cli/stdout@0.2.3`.
 fn wasi_imports(engine: &Engine, component: &Component) -> Vec<String> {
@@ -396,14 +429,15 @@ impl WasmHandler {
         // comes free.
         let deadline = Instant::now() + limits.deadline;
         let call = self.call_by(request, context, deadline);
-        if !self.imports_wasi {
+        if !self.imports_wasi && self.store.is_none() {
             return call.await;
         }
         // Epoch interruption stops a guest that runs past its deadline; a
         // guest waiting in a WASI call (a clock's pollable) runs no code to
-        // interrupt, so its wait is bounded here. Dropping the call drops
-        // its lease, which retires the instance. The host's own imports
-        // never wait.
+        // interrupt, so its wait is bounded here, as is one waiting on the
+        // key-value store (whose calls are bounded by the deadline too).
+        // Dropping the call drops its lease, which retires the instance.
+        // The host's own imports never wait.
         match tokio::time::timeout_at((deadline + 2 * EPOCH_TICK).into(), call).await {
             Ok(answer) => answer,
             Err(_) => Err(PluginError::Timeout(limits.deadline)),
@@ -452,7 +486,11 @@ impl WasmHandler {
     /// deadline's callback.
     fn new_store(&self, context: &CallContext) -> Store<CallState> {
         let max_table_elements = self.runtime.settings.allocator.table_elements;
-        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context, max_table_elements);
+        let kv = match &self.store {
+            Some(store) => kv::KvCall::new(store.clone(), &context.tenant, &self.plugin, Arc::clone(&context.kv_buckets), context.kv_limits),
+            None => kv::KvCall::without_store(&context.tenant, &self.plugin),
+        };
+        let state = CallState::new(Arc::clone(&self.plugin), Arc::clone(&self.version), context, max_table_elements, kv);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_callback(|store| {

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 
+use crate::kv::KvCall;
+
 use super::call::CallContext;
 use super::call_log::CallLog;
 use super::outcomes::Outcomes;
@@ -39,12 +41,15 @@ pub(super) struct CallState {
     /// The WASI context, made on the guest's first WASI call: a plugin that
     /// imports no WASI (every Rust plugin) never pays for it.
     wasi: Option<Box<GuestWasi>>,
+    /// The instance's access to the key-value store (`wasi:keyvalue`):
+    /// without a store for a component that imports none.
+    pub kv: KvCall,
 }
 
 impl CallState {
     /// The state of a new instance of `plugin` at `version`, serving
     /// `context`'s tenant; [`CallState::begin`] starts each call.
-    pub fn new(plugin: Arc<str>, version: Arc<str>, context: &CallContext, max_table_elements: usize) -> Self {
+    pub fn new(plugin: Arc<str>, version: Arc<str>, context: &CallContext, max_table_elements: usize, kv: KvCall) -> Self {
         let log = Arc::new(CallLog::new(plugin, version, Arc::clone(&context.tenant)));
         Self {
             log,
@@ -56,6 +61,7 @@ impl CallState {
             outcome_refused: false,
             max_table_elements,
             wasi: None,
+            kv,
         }
     }
 
@@ -68,6 +74,9 @@ impl CallState {
         self.log.begin();
         self.outcomes = Outcomes::default();
         self.outcome_refused = false;
+        // A fresh allowance of store operations, bounded by this request's
+        // deadline and under the tenant's limits in force now.
+        self.kv.begin(deadline, context.kv_limits);
     }
 }
 
