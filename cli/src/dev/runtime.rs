@@ -286,7 +286,15 @@ impl Dev {
             memory: tenant.map_or(settings.limits.call.memory, |t| t.plugin_memory),
             ..settings.limits.call
         };
-        let context = CallContext { tenant: "wasmux-dev-check".into(), config: Arc::new(values), limits, reuse: Reuse::FRESH, generation: settings.generation };
+        let context = CallContext {
+            tenant: "wasmux-dev-check".into(),
+            config: Arc::new(values),
+            limits,
+            reuse: Reuse::FRESH,
+            generation: settings.generation,
+            kv_limits: tenant.map_or(settings.kv.limits, |t| t.kv_limits),
+            kv_buckets: settings.kv.buckets_for(name),
+        };
         let started = Instant::now();
         let (answer, _) = plugin
             .call(&Message::new("application/json", "utf-8", Vec::new()), &context)
