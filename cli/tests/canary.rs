@@ -1,7 +1,8 @@
 //! Canaries against real `wasmux serve` processes: a failing candidate
 //! rolled back after a handful of failed requests and kept rolled back
 //! across a restart (its state in the data directory); a healthy one
-//! promoted step by step; two servers on one Redis taking one decision;
+//! promoted step by step; a slow one rolled back by the latency guard
+//! once each arm has the samples it needs; two servers on one Redis taking one decision;
 //! and `wasmux experiments --admin A --admin B` merging a fleet's reports
 //! into exactly the sum of what each server reports.
 
@@ -170,6 +171,62 @@ fn a_healthy_candidate_is_promoted_step_by_step() {
     assert_eq!((requests(&after, 0) - requests(&before, 0), requests(&after, 1) - requests(&before, 1)), (0, 20), "{after}");
     let printed = wasmux(&["experiments", "--admin", &server.admin.expect("admin").to_string()]);
     assert!(printed.stdout.iter().any(|l| l.starts_with("promoted since ") && l.contains("candidate search@fuzzy promoted")), "{printed:?}");
+}
+
+/// `text/plain` to a canary whose candidate answers as well but slowly:
+/// `binary-echo` answers at once, `spin` counts for milliseconds first.
+/// The steps wait a minute, so only a guard can end the first one.
+const SLOW_CANARY: &str = r#"
+[routes."text/plain".canary]
+stable = "binary-echo"
+candidate = "spin"
+steps = [50, 100]
+step-after = "60s"
+min-requests = 10
+max-extra-error-rate = 0.5
+max-p99-ratio = 2.0
+"#;
+
+#[test]
+fn a_slow_candidate_is_rolled_back_by_the_latency_guard_once_each_arm_has_its_samples() {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let server = serve(SLOW_CANARY, &["--data-dir", data.path().to_str().expect("utf-8 path")]);
+    wait_for_canary(&server, "text/plain", STEP, |c| c["known"] == true);
+    let slow = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"count 10000000");
+    let mut conn = server.connect();
+    let end = Instant::now() + 6 * STEP;
+    let mut sent = 0_u64;
+    let canary = loop {
+        for _ in 0..50 {
+            let answer = conn.request(&slow);
+            assert!(answer.header.get("error").is_none(), "a slow answer is still an answer: {answer:?}");
+            sent += 1;
+        }
+        let canary = route(&report(&server), "text/plain")["canary"].clone();
+        if canary["state"]["state"] == "rolled-back" {
+            break canary;
+        }
+        assert_eq!(canary["state"]["state"], "stepping", "{canary}");
+        assert!(Instant::now() < end, "not rolled back after {sent} requests: {canary}");
+    };
+    assert_eq!((&canary["state"]["guard"], &canary["share"]), (&json!("latency"), &json!(0)), "{canary}");
+    // It judged only with the samples it needs, on both arms.
+    let latency = &canary["guards"]["latency"];
+    let needed = latency["needed"].as_u64().expect("needed");
+    assert_eq!(needed, 443, "the docs' figure: {latency}");
+    assert!(latency["stable_latencies"].as_u64() >= Some(needed) && latency["candidate_latencies"].as_u64() >= Some(needed), "{latency}");
+    let (stable, candidate) = (latency["stable_p99_upper_seconds"].as_f64(), latency["candidate_p99_lower_seconds"].as_f64());
+    assert!(matches!((stable, candidate), (Some(s), Some(c)) if c > 2.0 * s), "{latency}");
+    assert_eq!(canary["guards"]["error_rate"]["candidate_errors"], 0, "{canary}");
+    assert!(server.wait_for_log("canary: candidate spin rolled back by the latency guard", STEP), "{}", server.log());
+    // From now on every request goes to stable.
+    let before = route(&report(&server), "text/plain")["arms"].clone();
+    for _ in 0..20 {
+        assert!(conn.request(&slow).content.starts_with(b"First 10 bytes of request: "));
+    }
+    let after = route(&report(&server), "text/plain")["arms"].clone();
+    let requests = |arms: &Value, i: usize| arms[i]["requests"].as_u64().expect("requests");
+    assert_eq!((requests(&after, 0) - requests(&before, 0), requests(&after, 1) - requests(&before, 1)), (20, 0), "{after}");
 }
 
 #[test]

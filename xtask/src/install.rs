@@ -30,10 +30,23 @@ pub fn default_root() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cargo/bin"))
 }
 
+/// Where the release binary comes from.
+pub enum Build {
+    /// `cargo build --release -p wasmux-cli`, as `cargo xtask serve` builds it.
+    Package,
+    /// Already built, by the workspace's build of `cargo xtask test`: a
+    /// build of the package alone would compile wasmtime's crates a second
+    /// time (cargo's units for `-p wasmux-cli` and for `--workspace`
+    /// differ), minutes for nothing.
+    Done,
+}
+
 /// Builds (or reuses) the release binary and installs it into `dir` as
 /// `wasmux` and `wasmux.debug`. Returns the installed binary's path.
-pub fn install(root: &Path, dir: &Path) -> Result<PathBuf> {
-    crate::run(crate::cargo().current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+pub fn install(root: &Path, dir: &Path, build: Build) -> Result<PathBuf> {
+    if let Build::Package = build {
+        crate::run(crate::cargo().current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
+    }
     let built = root.join("target/release/wasmux");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let binary = dir.join("wasmux");

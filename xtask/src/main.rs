@@ -213,7 +213,7 @@ fn run_task(cli: Cli) -> Result<()> {
             plugins::build_examples(&root)?;
             // What the README's install command puts on the PATH: lean, and
             // still naming wasmux's functions in a backtrace.
-            let installed = install::install(&root, &root.join("target/install-check"))?;
+            let installed = install::install(&root, &root.join("target/install-check"), install::Build::Done)?;
             install::check(&installed)?;
             timed("the tests", || {
                 run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
@@ -241,7 +241,7 @@ fn run_task(cli: Cli) -> Result<()> {
                 Some(dir) => dir,
                 None => install::default_root()?,
             };
-            timed("install", || install::install(&root, &dir).map(|_| ()))?;
+            timed("install", || install::install(&root, &dir, install::Build::Package).map(|_| ()))?;
         }
         Task::Serve { args } => {
             // The served plugins and the server build at once: the server's
