@@ -8,20 +8,19 @@
 #
 #   examples/cluster/install-deps.sh                  # all four
 #   examples/cluster/install-deps.sh redis-server     # just one
+#   (curl, jq and openssl too, for the documentation's transcripts)
 set -euo pipefail
 
+# What the documentation's transcripts also call (docs-test/install-deps.sh).
+known=(haproxy docker-registry redis-server prometheus curl jq openssl)
 packages=("$@")
 [ ${#packages[@]} -gt 0 ] || packages=(haproxy docker-registry redis-server prometheus)
 
 missing=()
 for package in "${packages[@]}"; do
-    case "$package" in
-        haproxy) command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) ;;
-        docker-registry) command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry) ;;
-        redis-server) command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) ;;
-        prometheus) command -v prometheus >/dev/null 2>&1 || missing+=(prometheus) ;;
-        *) echo "install-deps.sh: unknown package $package (haproxy, docker-registry, redis-server, prometheus)" >&2; exit 2 ;;
-    esac
+    # Each package's program has the package's name.
+    [[ " ${known[*]} " == *" $package "* ]] || { echo "install-deps.sh: unknown package $package (${known[*]})" >&2; exit 2; }
+    command -v "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

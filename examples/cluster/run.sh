@@ -198,6 +198,21 @@ start 6 prometheus prometheus \
     --web.listen-address="$host:$((base + 12))"
 wait_for_port 6 $((base + 12))
 
+# Waits until CHECK succeeds, up to SECONDS; otherwise says WHO does not
+# see all three servers up, keeps the logs and stops.
+wait_until_up() {
+    local check=$1 seconds=$2 who=$3
+    for ((i = 0; ; i++)); do
+        "$check" 2>/dev/null && return 0
+        if ((i == seconds * 10)); then
+            echo "run.sh: $who does not see all three servers up after $seconds s; logs in $run" >&2
+            WASMUX_FLEET_KEEP=1
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+
 # Ready when HAProxy's health checks (a real search request) see all three UP.
 servers_up() {
     python3 - "$run/haproxy.sock" <<'EOF'
@@ -216,15 +231,7 @@ up = [l for l in lines[1:] if l.startswith("wasmux,wasmux") and l.split(",")[sta
 sys.exit(0 if len(up) == 3 else 1)
 EOF
 }
-for ((i = 0; ; i++)); do
-    servers_up 2>/dev/null && break
-    if ((i == 200)); then
-        echo "run.sh: HAProxy does not see all three servers UP after 20 s; logs in $run" >&2
-        WASMUX_FLEET_KEEP=1
-        exit 1
-    fi
-    sleep 0.1
-done
+wait_until_up servers_up 20 HAProxy
 
 # And when Prometheus has scraped all three (its first scrapes are spread
 # over the 2 s interval, after it has started).
@@ -236,15 +243,7 @@ with urllib.request.urlopen(sys.argv[1] + "/api/v1/query?query=count(up%3D%3D1)"
 sys.exit(0 if result and result[0]["value"][1] == "3" else 1)
 EOF
 }
-for ((i = 0; ; i++)); do
-    prometheus_sees_three 2>/dev/null && break
-    if ((i == 300)); then
-        echo "run.sh: Prometheus does not see all three servers up after 30 s; logs in $run" >&2
-        WASMUX_FLEET_KEEP=1
-        exit 1
-    fi
-    sleep 0.1
-done
+wait_until_up prometheus_sees_three 30 Prometheus
 
 echo "fleet ready: clients to $lb (haproxy) -> wasmux $host:$((base + 2)),$((base + 3)),$((base + 4)) (pids ${pids[1]} ${pids[2]} ${pids[3]}); plugins from oci://$repository; metrics http://$host:$((base + 8))-$((base + 10))/metrics; state in $kv; prometheus $prometheus; logs $run; Ctrl-C stops"
 
