@@ -7,56 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::{Finished, Process, STEP, Server, wasmux};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use crate::common::certificates::{Certificates, set_mode};
 
 const MORPHEUS: &str = "Follow the white rabbit. 🐰";
-
-/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, in PEM
-/// files: `ca.pem`, `cert.pem`, `key.pem` (mode 600).
-struct Certificates {
-    dir: tempfile::TempDir,
-}
-
-impl Certificates {
-    fn new() -> Self {
-        let mut ca = CertificateParams::new(Vec::new()).expect("CA parameters");
-        ca.distinguished_name = DistinguishedName::new();
-        ca.distinguished_name.push(DnType::CommonName, "wasmux test CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca, ca_key);
-
-        let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("server parameters");
-        // Its own name: one equal to the CA's would look self-signed.
-        server.distinguished_name = DistinguishedName::new();
-        server.distinguished_name.push(DnType::CommonName, "localhost");
-        server.use_authority_key_identifier_extension = true;
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("server key");
-        let cert = server.signed_by(&key, &issuer).expect("server certificate");
-
-        let dir = tempfile::tempdir().expect("temporary directory");
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).expect("write ca.pem");
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("write cert.pem");
-        let key_path = dir.path().join("key.pem");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key.pem");
-        set_mode(&key_path, 0o600);
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().expect("utf-8 path").to_owned()
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
 
 /// `wasmux serve --tls-cert --tls-key ARGS`.
 fn serve_tls(certs: &Certificates, args: &[&str]) -> Server {

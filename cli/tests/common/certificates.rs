@@ -47,7 +47,8 @@ impl Certificates {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) {
+/// Sets `path`'s permission bits (a key others may read is refused).
+pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
