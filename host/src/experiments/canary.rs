@@ -456,12 +456,16 @@ impl Canary {
     }
 }
 
+/// What the canary tests of `experiments` share: the issue's example
+/// configuration and a clock.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use std::time::{Duration, SystemTime};
+
+    use super::CanaryConfig;
 
     /// The issue's example.
-    const EXAMPLE: &str = r#"
+    pub const EXAMPLE: &str = r#"
         stable = "search"
         candidate = "search@fuzzy"
         steps = [10, 50, 100]
@@ -471,13 +475,22 @@ mod tests {
         max-p99-ratio = 3.0
     "#;
 
-    fn config() -> CanaryConfig {
+    pub fn config() -> CanaryConfig {
         toml::from_str(EXAMPLE).expect("the example parses")
     }
 
-    fn at(ms: u64) -> SystemTime {
+    /// `ms` milliseconds after the epoch.
+    pub fn at(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
     }
+
+    pub const MS: Duration = Duration::from_millis(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{EXAMPLE, at, config};
+    use super::*;
 
     /// How an arm's requests go: their error rate and mean latency
     /// (exponential).

@@ -181,26 +181,7 @@ mod tests {
     use super::*;
     use crate::experiments::canary::{Guard, Transition};
 
-    fn config() -> CanaryConfig {
-        toml::from_str(
-            r#"
-            stable = "search"
-            candidate = "search@fuzzy"
-            steps = [10, 50, 100]
-            step-after = "1s"
-            min-requests = 20
-            max-extra-error-rate = 0.01
-            max-p99-ratio = 3.0
-            "#,
-        )
-        .expect("parses")
-    }
-
-    fn at(ms: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-    }
-
-    const MS: Duration = Duration::from_millis(1);
+    use crate::experiments::canary::testing::{MS, at, config};
 
     /// Requests as routing would send them at the rollout's share: the
     /// candidate fails every one.
