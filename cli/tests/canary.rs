@@ -420,6 +420,26 @@ fn a_tenants_canary_decides_on_its_requests_alone_and_leaves_the_others_routes_a
     assert_eq!(send_as(&mut conn, "default", 30), plain_spin(30));
 }
 
+#[test]
+fn a_canary_of_the_servers_routes_is_each_tenants_own() {
+    let config = format!("{FAILING_CANARY}\n[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("alpha-token"));
+    let data = tempfile::tempdir().expect("temporary directory");
+    let server = serve(&config, &["--data-dir", data.path().to_str().expect("utf-8 path")]);
+    for tenant in ["default", "alpha"] {
+        wait_for_tenant_canary(&server, tenant, "text/plain", STEP, |c| c["known"] == true);
+    }
+    let mut conn = server.connect();
+    let alpha = send_as(&mut conn, "alpha", 300);
+    assert!((1..=5).contains(&alpha.failed), "alpha: {alpha:?}");
+    wait_for_tenant_canary(&server, "alpha", "text/plain", STEP, |c| c["state"]["state"] == "rolled-back");
+    // The default tenant's copy of the canary judged none of alpha's
+    // requests: still at its first step, its candidate still served.
+    let default = route(&report(&server), "text/plain")["canary"].clone();
+    assert_eq!((&default["state"]["state"], &default["share"], &default["requests"]["candidate"]), (&json!("stepping"), &json!(10), &json!(0)), "{default}");
+    let first = send_as(&mut conn, "default", 10);
+    assert_eq!(first.failed, 1, "one request in ten to the candidate at 10 %: {first:?}");
+}
+
 /// The guide's search split evenly with its fuzzy variant.
 const EVEN_SPLIT: &str = "[routes]\n\"text/json\" = { split = { \"search\" = 1, \"search@fuzzy\" = 1 } }\n";
 
