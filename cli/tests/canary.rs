@@ -433,7 +433,9 @@ fn a_canary_of_the_servers_routes_is_each_tenants_own() {
     assert!((1..=5).contains(&alpha.failed), "alpha: {alpha:?}");
     wait_for_tenant_canary(&server, "alpha", "text/plain", STEP, |c| c["state"]["state"] == "rolled-back");
     // The default tenant's copy of the canary judged none of alpha's
-    // requests: still at its first step, its candidate still served.
+    // requests: still at its first step, its candidate still served, also
+    // after a few syncs with the store (where each tenant has its own).
+    std::thread::sleep(4 * wasmux::experiments::store::SYNC_INTERVAL);
     let default = route(&report(&server), "text/plain")["canary"].clone();
     assert_eq!((&default["state"]["state"], &default["share"], &default["requests"]["candidate"]), (&json!("stepping"), &json!(10), &json!(0)), "{default}");
     let first = send_as(&mut conn, "default", 10);
