@@ -231,6 +231,11 @@ fn run_task(cli: Cli) -> Result<()> {
                         .args(selection)
                         .arg("--locked"))?;
                 }
+                // The stateful Rust example, a workspace of its own.
+                run(cargo()
+                    .current_dir(root.join("examples/plugins/counter-kv"))
+                    .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                    .args(["test", "--locked"]))?;
                 Ok(())
             })?;
             // Every console transcript of the README and of docs/, timed
