@@ -17,9 +17,10 @@
 //! export!(Hello);
 //! ```
 //!
-//! The crate holds the bindings of the `wasmux:plugin/handler` world
-//! (`wit/wasmux.wit`), generated once by wit-bindgen, so a plugin needs no
-//! WIT path and no `generate!` of its own, plus small helpers:
+//! The crate holds the bindings of the `wasmux:plugin/stateful-handler`
+//! world (`wit/wasmux.wit`: `handler` and `wasi:keyvalue`), generated once
+//! by wit-bindgen, so a plugin needs no WIT path and no `generate!` of its
+//! own, plus small helpers:
 //!
 //! - [`Request::text`], [`Request::text_lossy`]: the content as UTF-8 text;
 //! - [`Request::field`], [`Request::field_str`]: header fields beyond the
@@ -27,7 +28,37 @@
 //! - [`Response::new`], [`Response::text`], [`Response::with_field`],
 //!   [`Response::with_str_field`]: build the answer;
 //! - [`HandlerError::bad_request`] and its siblings;
-//! - [`log`], [`config`], [`outcome`]: the host's imports.
+//! - [`log`], [`config`], [`outcome`]: the host's imports;
+//! - [`keyvalue`]: state kept between requests (`wasi:keyvalue`'s
+//!   `store`, `atomics` and `batch`), and `?` from a store call in
+//!   `handle` (a store error becomes [`HandlerError::Internal`] naming it).
+//!
+//! ## Plugins that remember
+//!
+//! The bindings are those of the world `stateful-handler`: `handler` plus
+//! the key-value store. A plugin that calls the store imports it; one that
+//! never does imports none of it (wit-component keeps only the imports a
+//! module uses), and the server opens no store for it.
+//!
+//! ```ignore
+//! use wasmux_sdk::keyvalue::{atomics, store};
+//! use wasmux_sdk::{Guest, HandlerError, Request, Response, export};
+//!
+//! struct Visits;
+//!
+//! impl Guest for Visits {
+//!     fn handle(_request: Request) -> Result<Response, HandlerError> {
+//!         let bucket = store::open("default")?;
+//!         let n = atomics::increment(&bucket, "visits", 1)?;
+//!         Ok(Response::text(format!("visit {n}")))
+//!     }
+//! }
+//!
+//! export!(Visits);
+//! ```
+//!
+//! The store exists only in a component served by wasmux: natively
+//! (`cargo test`) a store call panics, so test it through `wasmux call`.
 //!
 //! Build a plugin crate (`crate-type = ["cdylib"]`) for
 //! `wasm32-unknown-unknown`; `wasmux build` does it and turns the result
@@ -39,8 +70,12 @@
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "handler",
+        // `handler` plus `wasi:keyvalue`: a plugin that never calls the
+        // store imports none of it, so one world serves both kinds.
+        world: "stateful-handler",
         path: "../wit",
+        // The keyvalue interfaces are another package's (`wit/deps/`).
+        generate_all,
         // `export!` is this crate's (at its root), usable from the plugin
         // crate, and the code it expands to refers to the bindings here.
         pub_export_macro: true,
@@ -87,6 +122,48 @@ pub fn outcome(name: &str) {
     bindings::wasmux::plugin::host::outcome(name);
     #[cfg(not(target_arch = "wasm32"))]
     eprintln!("outcome: {name}");
+}
+
+/// State kept between requests: the key-value store of `wasi:keyvalue`
+/// 0.2.0-draft, as wit-bindgen generates it.
+///
+/// - [`store::open`]`("default")` opens the plugin's own bucket (other
+///   names only when the server's configuration grants them, else
+///   [`store::Error::NoSuchStore`]); a [`store::Bucket`] has `get`, `set`,
+///   `delete`, `exists` and `list_keys`;
+/// - [`atomics::increment`]`(&bucket, key, delta)` adds atomically (across
+///   a fleet on one Redis too) and returns the new value, kept as its
+///   decimal ASCII (`get` reads back `b"42"`);
+/// - [`batch`]: `get_many`, `set_many`, `delete_many` (not atomic).
+///
+/// State belongs to the tenant and to the plugin's name before `@`, and
+/// outlives requests, hot swaps and restarts (docs/keyvalue.md). Every
+/// call answers an error value, never a trap: a limit, a bucket not
+/// granted, a store that cannot be reached. `?` in `handle` turns one into
+/// [`HandlerError::Internal`] (`key-value store: …`); match on
+/// [`store::Error`] to answer otherwise.
+pub mod keyvalue {
+    pub use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+    pub use store::{Bucket, Error};
+
+    /// What `error` says, for a person: `no such store`, `access denied`,
+    /// or the store's own message (a limit, `the key-value store is
+    /// unavailable: …`).
+    pub fn describe(error: &Error) -> String {
+        match error {
+            Error::NoSuchStore => "no such store".to_owned(),
+            Error::AccessDenied => "access denied".to_owned(),
+            Error::Other(why) => why.clone(),
+        }
+    }
+}
+
+impl From<keyvalue::Error> for HandlerError {
+    /// A store error as the handler's `internal` error, `key-value store:
+    /// ` and what the store said: the client's error answer names it.
+    fn from(error: keyvalue::Error) -> Self {
+        Self::Internal(format!("key-value store: {}", keyvalue::describe(&error)))
+    }
 }
 
 impl Request {
@@ -295,5 +372,16 @@ mod tests {
         assert_eq!(r.content, b"hi");
         assert_eq!(r.fields, vec![Field { name: "user".into(), value: "\"ann\"".into() }, Field { name: "n".into(), value: "3".into() }]);
         assert_eq!(HandlerError::bad_request("x"), HandlerError::BadRequest("x".into()));
+    }
+
+    #[test]
+    fn store_errors_become_internal_errors_naming_the_store() {
+        let error = |e: keyvalue::Error| -> HandlerError { e.into() };
+        assert_eq!(error(keyvalue::Error::NoSuchStore), HandlerError::Internal("key-value store: no such store".into()));
+        assert_eq!(error(keyvalue::Error::AccessDenied), HandlerError::Internal("key-value store: access denied".into()));
+        assert_eq!(
+            error(keyvalue::Error::Other("kv max-keys (5) reached".into())),
+            HandlerError::Internal("key-value store: kv max-keys (5) reached".into())
+        );
     }
 }

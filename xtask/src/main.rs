@@ -6,7 +6,8 @@
 //!   `target/test-plugins/NAME.wasm`), installing the wasm toolchain first if
 //!   this machine lacks it.
 //!   With `--examples`, also builds the guide's search in each language
-//!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) with
+//!   (`plugins/search`, `examples/plugins/search-py`, `search-js`) and
+//!   the stateful Rust example (`examples/plugins/counter-kv`) with
 //!   `wasmux build` into `target/lang-plugins/`.
 //! - `cargo xtask test` builds the plugins (with the examples) and runs
 //!   every test, on the release build, then every transcript of the docs
@@ -117,7 +118,8 @@ enum Task {
         #[arg(long, default_value_t = 20000)]
         cost_requests: u64,
         /// Only these servers, comma-separated: wasm, wasm-reuse,
-        /// wasm-unhardened, native, js, js-reuse, py, py-reuse, python
+        /// wasm-unhardened, native, js, js-reuse, py, py-reuse, python, kv
+        /// (the key-value store's rows, with a redis-server of their own)
         /// (default: all).
         #[arg(long, value_delimiter = ',', value_name = "SERVERS")]
         only: Vec<String>,
@@ -229,6 +231,11 @@ fn run_task(cli: Cli) -> Result<()> {
                         .args(selection)
                         .arg("--locked"))?;
                 }
+                // The stateful Rust example, a workspace of its own.
+                run(cargo()
+                    .current_dir(root.join("examples/plugins/counter-kv"))
+                    .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                    .args(["test", "--locked"]))?;
                 Ok(())
             })?;
             // Every console transcript of the README and of docs/, timed

@@ -80,7 +80,8 @@ pub fn build(root: &Path, release: bool, which: Which) -> Result<()> {
 /// The guide's search in each language, as a newcomer builds a plugin:
 /// `wasmux build` (the release binary, built before) of `plugins/search`,
 /// `examples/plugins/search-py` and `examples/plugins/search-js` into
-/// `target/lang-plugins/`. The tools and build output are kept in the
+/// `target/lang-plugins/`; beside them the Rust example that keeps state,
+/// `examples/plugins/counter-kv`. The tools and build output are kept in the
 /// test cache (`target/test-cache`, as `WASMUX_CACHE_DIR`) that the tests
 /// use too; the Rust plugin reuses `target/wasm`, where
 /// [`build`] built it.
@@ -88,7 +89,7 @@ pub fn build_examples(root: &Path) -> Result<()> {
     let started = Instant::now();
     let wasmux = root.join("target/release/wasmux");
     let out = root.join("target/lang-plugins");
-    for dir in ["plugins/search", "examples/plugins/search-py", "examples/plugins/search-js"] {
+    for dir in ["plugins/search", "examples/plugins/search-py", "examples/plugins/search-js", "examples/plugins/counter-kv"] {
         let mut build = Command::new(&wasmux);
         build
             .arg("build")

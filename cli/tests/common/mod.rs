@@ -116,8 +116,13 @@ impl Server {
     /// `wasmux dev DIR --listen 127.0.0.1:0` with the test cache, allowing
     /// `within` for the first build.
     pub fn start_dev(dir: &Path, within: Duration) -> Self {
+        Self::start_dev_with(dir, &[], within)
+    }
+
+    /// [`Server::start_dev`] with more arguments for `wasmux dev`.
+    pub fn start_dev_with(dir: &Path, args: &[&str], within: Duration) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
-        command.arg("dev").arg(dir).args(["--listen", "127.0.0.1:0"]).envs(tool_env()).env("RUST_LOG", "wasmux=debug");
+        command.arg("dev").arg(dir).args(["--listen", "127.0.0.1:0"]).args(args).envs(tool_env()).env("RUST_LOG", "wasmux=debug");
         Self::launch(command, 1, &[], within)
     }
 
@@ -428,7 +433,8 @@ pub fn wasmux_tool(args: &[&std::ffi::OsStr], within: Duration) -> Finished {
 
 /// The search plugins of each language that `cargo xtask test` builds
 /// with `wasmux build` (`plugins/search`, `examples/plugins/search-py`,
-/// `examples/plugins/search-js`): `target/lang-plugins/NAME.wasm`.
+/// `examples/plugins/search-js`), and the stateful Rust example
+/// (`examples/plugins/counter-kv`): `target/lang-plugins/NAME.wasm`.
 pub fn lang_plugin(name: &str) -> PathBuf {
     let path = root().join("target/lang-plugins").join(format!("{name}.wasm"));
     assert!(path.is_file(), "{} is not built: run `cargo xtask plugins --examples` (or `cargo xtask test`) first", path.display());

@@ -12,7 +12,7 @@ use super::{STEP, root};
 pub struct RedisServer {
     child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -40,7 +40,7 @@ impl RedisServer {
                     break;
                 }
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Self { child, port, _dir: dir };
+                    return Self { child, port, dir };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -55,6 +55,46 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (as a crash would) and waits until it is gone.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port, empty (there is no persistence),
+    /// and waits until it listens.
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let end = Instant::now() + STEP;
+        // The port may linger a moment after the kill: try until it binds.
+        while Instant::now() < end {
+            let mut child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("run redis-server");
+            while Instant::now() < end {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    self.child = child;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("could not restart redis-server on {addr} within {STEP:?}");
     }
 }
 

@@ -84,7 +84,7 @@ pub fn measure_costs(
 }
 
 /// CPU time of every thread of process `pid` so far, in nanoseconds.
-fn cpu_time(pid: u32) -> u64 {
+pub fn cpu_time(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .filter_map(|task| task.ok())

@@ -46,10 +46,13 @@
 //! - `markdown.rs`: the report, and splicing it into `benchmarks.md`;
 //! - `svg.rs`: the chart;
 //! - `baseline.rs`: the baseline's rows and their ratios to the current ones;
+//! - `keyvalue.rs`: the key-value store's rows (`--only kv`), a section of
+//!   their own;
 //! - `languages.rs`: `cargo xtask bench-languages`, which shares them.
 
 mod baseline;
 mod costs;
+mod keyvalue;
 pub mod languages;
 mod machine;
 mod markdown;
@@ -67,7 +70,7 @@ use anyhow::{Context, Result, bail};
 use baseline::{Baseline, NATIVE_BASELINE, TWINS, compare, twin};
 use costs::{Costs, measure_costs};
 use machine::load_average;
-use markdown::{Results, keep_measured, render_markdown};
+use markdown::{Results, keep_measured, render_markdown, with_section};
 pub use options::Options;
 use options::Selection;
 use process::{Pinning, Subject};
@@ -84,9 +87,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let out = root.join(options.out_dir(&selection));
     crate::plugins::build(root, true, crate::plugins::Which::All)?;
     // The search in JavaScript and Python, built by `wasmux build` (the
-    // debug binary) as `cargo xtask test` builds them.
-    crate::run(crate::cargo().current_dir(root).args(["build", "-p", "wasmux-cli", "--bin", "wasmux"]))?;
-    crate::plugins::build_examples(root)?;
+    // debug binary) as `cargo xtask test` builds them; only for their rows.
+    if selection.wants_any(&["js", "js-reuse", "py", "py-reuse"]) {
+        crate::run(crate::cargo().current_dir(root).args(["build", "-p", "wasmux-cli", "--bin", "wasmux"]))?;
+        crate::plugins::build_examples(root)?;
+    }
     crate::run(crate::cargo().current_dir(root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))?;
     let wasmux = root.join("target/release/wasmux");
     let pinning = Pinning::plan(options.pin);
@@ -163,6 +168,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             notes.push(format!("{} is missing, so the Python server was not measured", options.python_server.display()));
         }
     }
+    if selection.wants("kv") {
+        notes.push("**kv**: the key-value store's rows, a plugin's `get` and `increment` against its call without the store, in their own section, [The key-value store](#the-key-value-store)".into());
+    }
     for note in &notes {
         eprintln!("xtask: {note}");
     }
@@ -178,6 +186,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         Costs::default()
     };
     let comparisons = compare(&cells, &costs, modes);
+    let kv_section = if selection.wants("kv") { Some(keyvalue::measure(root, &wasmux, &pinning, &work, options.rounds)?) } else { None };
 
     std::fs::create_dir_all(&out)?;
     let busy = format!("{load_before} before, {} after", load_average());
@@ -198,7 +207,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     // What was measured otherwise stays: `cargo xtask bench-languages`'s
     // section, and the sections measured by hand after the marker.
     let old = std::fs::read_to_string(&md_path).unwrap_or_default();
-    let markdown = keep_measured(&old, markdown, &[languages::HEADING]);
+    let markdown = keep_measured(&old, markdown, &[languages::HEADING, keyvalue::HEADING]);
+    let markdown = match &kv_section {
+        Some(section) => with_section(&markdown, keyvalue::HEADING, section),
+        None => markdown,
+    };
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     let svg_path = out.join("benchmarks.svg");
     std::fs::write(&svg_path, render_svg(&subjects, modes, &cells, options)).with_context(|| format!("writing {}", svg_path.display()))?;

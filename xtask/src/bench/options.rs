@@ -40,7 +40,9 @@ pub struct Options {
 
 /// The servers `cargo xtask bench` can measure, in the order it measures
 /// them: the names `--only` takes.
-pub const SUBJECTS: [&str; 9] = ["wasm", "wasm-reuse", "wasm-unhardened", "native", "js", "js-reuse", "py", "py-reuse", "python"];
+/// `kv` is the key-value store's rows (`keyvalue.rs`), a section of
+/// their own.
+pub const SUBJECTS: [&str; 10] = ["wasm", "wasm-reuse", "wasm-unhardened", "native", "js", "js-reuse", "py", "py-reuse", "python", "kv"];
 
 /// Where a run that measures only part of the table, or compares with a
 /// baseline, writes its report unless told: not over `docs/benchmarks.md`.
@@ -205,7 +207,7 @@ mod tests {
         let error = Selection::parse(&strings(&["wasm", "wasm-pooled"]), &[]).expect_err("unknown server");
         assert_eq!(
             error.to_string(),
-            "--only: no server is called `wasm-pooled` (one of: wasm, wasm-reuse, wasm-unhardened, native, js, js-reuse, py, py-reuse, python)"
+            "--only: no server is called `wasm-pooled` (one of: wasm, wasm-reuse, wasm-unhardened, native, js, js-reuse, py, py-reuse, python, kv)"
         );
         let error = Selection::parse(&[], &strings(&["keepalive"])).expect_err("unknown mode");
         assert_eq!(error.to_string(), "--modes: no mode is called `keepalive` (one of: connect, persistent, pipelined)");

@@ -8,7 +8,10 @@
 //!   (to run into the value-size limit);
 //! - `fill N` stores keys `k0` … `kN-1` one by one and answers `filled N`
 //!   (to run into the key-count limit);
-//! - `open BUCKET` opens that bucket and answers `opened BUCKET`.
+//! - `open BUCKET` opens that bucket and answers `opened BUCKET`;
+//! - `ping` answers `pong` without touching the store (the same plugin's
+//!   call without the store, which `cargo xtask bench` compares `get` and
+//!   `incr` with).
 //!
 //! Every command but `open` works in the bucket `default`. A store error
 //! is answered as the handler's `internal` error naming it, so a client
@@ -35,6 +38,7 @@ fn describe(error: store::Error) -> HandlerError {
 fn run(command: &str) -> Result<String, HandlerError> {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
+        ["ping"] => Ok("pong".into()),
         ["open", bucket] => store::open(bucket).map(|_| format!("opened {bucket}")).map_err(describe),
         ["incr", name] => {
             let bucket = store::open("default").map_err(describe)?;
@@ -66,7 +70,7 @@ fn run(command: &str) -> Result<String, HandlerError> {
             }
             Ok(format!("filled {n}"))
         }
-        _ => Err(HandlerError::BadRequest(format!("unknown command {command:?}: incr NAME, get NAME, delete NAME, put NAME SIZE, fill N, open BUCKET"))),
+        _ => Err(HandlerError::BadRequest(format!("unknown command {command:?}: incr NAME, get NAME, delete NAME, put NAME SIZE, fill N, open BUCKET, ping"))),
     }
 }
 
