@@ -407,7 +407,9 @@ fn cdylib_artifact(messages: &[u8], manifest: &Path) -> Option<PathBuf> {
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
-        .filter(|m| m["manifest_path"].as_str().is_some_and(|p| Path::new(p) == manifest))
+        // Both sides resolved: through a symbolic link, cargo may name the
+        // manifest by the link's path or by the real one.
+        .filter(|m| m["manifest_path"].as_str().is_some_and(|p| Path::new(p).canonicalize().unwrap_or_else(|_| PathBuf::from(p)) == manifest))
         .filter(|m| m["target"]["crate_types"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib")))
         .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
         .filter_map(|f| f.as_str().map(PathBuf::from))
@@ -576,5 +578,25 @@ mod tests {
             Some(PathBuf::from("/t/wasm32-unknown-unknown/release/hello.wasm"))
         );
         assert_eq!(cdylib_artifact(b"", &manifest), None);
+    }
+
+    #[test]
+    fn finds_the_cdylib_of_a_project_reached_through_a_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::fs::write(dir.path().join("real/Cargo.toml"), "").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let wasm = "/t/wasm32-unknown-unknown/release/hello.wasm";
+        // Asked by the link's path, cargo naming the real one, and the other way round.
+        for (asked, named) in [("link", "real"), ("real", "link")] {
+            let message = serde_json::json!({
+                "reason": "compiler-artifact",
+                "manifest_path": dir.path().join(named).join("Cargo.toml"),
+                "target": {"crate_types": ["cdylib"]},
+                "filenames": [wasm],
+            });
+            let found = cdylib_artifact(format!("{message}\n").as_bytes(), &dir.path().join(asked).join("Cargo.toml"));
+            assert_eq!(found, Some(PathBuf::from(wasm)), "asked for {asked}, cargo named {named}");
+        }
     }
 }
