@@ -177,7 +177,7 @@ fn uncaught(name: &str, error: &str) -> [(&'static str, String); 1] {
 }
 
 /// `pairs` as the borrowed pairs [`Save`] takes.
-fn borrowed(pairs: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn borrowed<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     pairs.iter().map(|(request, answer)| (*request, answer.as_str())).collect()
 }
 
