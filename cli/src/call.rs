@@ -62,6 +62,11 @@ pub struct CallArgs {
     /// lives for this one call.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// How long the call may run, as `plugin-deadline` in a server's
+    /// `[limits]` (default 100ms, the server's): raise it to try a plugin
+    /// on a busy machine, or one whose first call is slow.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    deadline: Option<std::time::Duration>,
 }
 
 pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
@@ -73,11 +78,14 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         let (key, value) = setting.split_once('=').with_context(|| format!("--config {setting}: write KEY=VALUE"))?;
         values.insert(key.to_owned(), ConfigValue::String(value.to_owned()));
     }
-    let file = ConfigFile {
+    let mut file = ConfigFile {
         routes: Some(BTreeMap::from([("*".to_owned(), RouteFile::Plugin(name.clone()))])),
         plugins: BTreeMap::from([(name.clone(), values)]),
         ..ConfigFile::default()
     };
+    if let Some(deadline) = args.deadline {
+        file.limits.plugin_deadline = deadline;
+    }
     let settings = Settings::from_file(file)?;
 
     let cache_dir = match (args.no_cache, args.cache_dir) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use wasmux::agent::{Agent, AgentState};
 use wasmux::config::Settings;
@@ -269,6 +270,10 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
         }
         None => None,
     };
+    // Before saying where it listens: a SIGTERM sent as soon as the address
+    // is printed (by a process manager, a script, a test) must drain the
+    // server, not kill it as an unhandled signal would.
+    let signals = Signals::listen()?;
     for listener in &listeners {
         // On stdout, so scripts (and the tests) can find a port chosen by the OS.
         println!("wasmux listening on {}", listener.local_addr()?);
@@ -297,7 +302,7 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
     let agent = agent.map(|agent| tokio::spawn(agent.serve(agent_stop.clone())));
     let drain_delay = args.drain_delay.unwrap_or(if args.agent.is_some() { Duration::from_secs(2) } else { Duration::ZERO });
     let shutdown = stop.clone();
-    tokio::spawn(handle_signals(shutdown, agent_state, drain_delay, args.config.clone(), Arc::clone(&service), parse));
+    tokio::spawn(handle_signals(signals, shutdown, agent_state, drain_delay, args.config.clone(), Arc::clone(&service), parse));
 
     server::run(listeners, tls, Arc::clone(&service), stop.clone().cancelled_owned(), args.drain_timeout).await?;
     stop.cancel();
@@ -315,22 +320,42 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
     Ok(())
 }
 
+/// The signals the server answers, each listened for from the moment this
+/// is made (until then, the default action applies: the process ends).
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        let listen = |kind: SignalKind, name: &str| signal(kind).with_context(|| format!("cannot listen for {name}"));
+        Ok(Self {
+            terminate: listen(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+            hangup: listen(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
 /// SIGTERM: drain, then stop. SIGINT: stop. SIGHUP: reload the configuration.
-async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_delay: Duration, config: Option<PathBuf>, service: Arc<Service>, parse: reload::Parse) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
-        tracing::warn!("cannot listen for SIGTERM and SIGHUP; Ctrl-C still stops the server");
-        let _ = tokio::signal::ctrl_c().await;
-        stop.cancel();
-        return;
-    };
+async fn handle_signals(
+    mut signals: Signals,
+    stop: CancellationToken,
+    agent: Arc<AgentState>,
+    drain_delay: Duration,
+    config: Option<PathBuf>,
+    service: Arc<Service>,
+    parse: reload::Parse,
+) {
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = signals.interrupt.recv() => {
                 tracing::info!("SIGINT: stopping");
                 break;
             }
-            _ = terminate.recv() => {
+            _ = signals.terminate.recv() => {
                 agent.set_draining();
                 if !drain_delay.is_zero() {
                     tracing::info!("SIGTERM: draining; the agent answers `drain`, still accepting for {drain_delay:?}");
@@ -338,7 +363,7 @@ async fn handle_signals(stop: CancellationToken, agent: Arc<AgentState>, drain_d
                 }
                 break;
             }
-            _ = hangup.recv() => match &config {
+            _ = signals.hangup.recv() => match &config {
                 Some(path) => reload::reload_now(path, &service, &parse).await,
                 None => tracing::info!("SIGHUP: no --config file to reload"),
             },

@@ -187,7 +187,7 @@ fn template(lang: &str) -> Project {
     assert_no_path_back(&dir);
 
     build(&dir, &name);
-    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--content", "world"], CALL);
+    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--deadline", "30s", "--content", "world"], CALL);
     assert_answer(&out, "Got response: b'Hello, world!'");
     assert_eq!(log_lines(&out), [format!(" INFO greeting world plugin={name} version=VERSION tenant=default")], "{out:?}");
 
@@ -220,7 +220,7 @@ fn host_functions_example(parent: &Path, lang: &str) {
     };
     std::fs::write(dir.join(module), code).expect("write the README's example");
     build(&dir, &name);
-    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--content", "world", "--config", "greeting=Howdy"], CALL);
+    let out = wasmux_in(&dir, &["call", &format!("dist/{name}.wasm"), "--deadline", "30s", "--content", "world", "--config", "greeting=Howdy"], CALL);
     assert_answer(&out, "Got response: b'Howdy, world!'");
     assert_eq!(log_lines(&out), [format!(" INFO greeting world plugin={name} version=VERSION tenant=default")], "{out:?}");
 }
@@ -421,7 +421,7 @@ fn python_imports_the_standard_library_anywhere_and_refuses_sockets_by_name() {
         built.stderr.contains("wasmux: warning: app.py:18: importing socket will fail: the host refuses every network connection and name lookup\n"),
         "no warning about the import of socket: {built:?}"
     );
-    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-py.wasm", "--content", content], CALL);
+    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-py.wasm", "--deadline", "30s", "--content", content], CALL);
     assert_answer(&call("parse"), "Got response: b'a%20b/c'");
     assert_answer(&call("idna"), "Got response: b'xn--bcher-kva.example'");
     let out = call("socket");
@@ -440,7 +440,7 @@ fn python_imports_the_standard_library_anywhere_and_refuses_sockets_by_name() {
 fn javascript_has_no_fetch_and_answers_uncaught_exceptions_as_errors() {
     let code = JAVASCRIPT_IN_THE_SANDBOX;
     let (_tmp, dir, _) = project_with("js", "sandboxed-js", "app.js", code);
-    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-js.wasm", "--content", content], CALL);
+    let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-js.wasm", "--deadline", "30s", "--content", content], CALL);
     assert_answer(&call("typeof"), "Got response: b'fetch is undefined'");
     assert_answer(&call("catch"), "Got response: b'caught ReferenceError: fetch is not defined'");
     let out = call("throw");
@@ -562,7 +562,7 @@ fn call_shows_a_long_compile() {
     // A cache of its own, empty: the shared one has the build's code.
     let cache = tempfile::tempdir().expect("temp dir");
     let cache_dir = cache.path().display().to_string();
-    let out = wasmux_in(&dir, &["call", "dist/compiled-py.wasm", "--cache-dir", &cache_dir, "--content", "parse"], CALL);
+    let out = wasmux_in(&dir, &["call", "dist/compiled-py.wasm", "--cache-dir", &cache_dir, "--deadline", "30s", "--content", "parse"], CALL);
     assert_answer(&out, "Got response: b'a%20b/c'");
     let lines: Vec<String> = out.stderr.lines().map(sized).collect();
     assert!(lines.first().is_some_and(|l| l.starts_with("wasmux: compiling dist/compiled-py.wasm (") && l.ends_with(" MB) for this machine; the compiled code is kept for its next calls")), "{out:?}");

@@ -431,9 +431,13 @@ fn at_the_connection_cap_new_clients_wait_instead_of_failing() {
     assert!(server.wait_for_log("to make room for a new client", crate::common::STEP), "{}", server.log());
     // The server's own order of events, not a window of silence: the third
     // connection was accepted only after a call had reached its deadline.
+    // (The log is read from the server's output as it comes: wait for the
+    // line, the answer may arrive before it.)
+    let accepted_line = format!("accepted connection from {third_addr}");
+    assert!(server.wait_for_log(&accepted_line, crate::common::STEP), "{}", server.log());
     let log = server.log();
     let deadline = log.find("plugin spin ran past its deadline");
-    let accepted = log.find(&format!("accepted connection from {third_addr}"));
+    let accepted = log.find(&accepted_line);
     assert!(deadline.is_some() && accepted > deadline, "the third client was accepted while both places were busy:\n{log}");
 }
 

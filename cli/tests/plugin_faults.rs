@@ -15,10 +15,12 @@ use wasmux::message::Message;
 use wasmux::plugins::Plugin;
 use wasmux::runtime::{CallContext, CallLimits, PluginError, Runtime, RuntimeSettings, Wasi};
 
-/// Small limits, so that every fault is reached quickly.
+/// Small limits, so that every fault is reached quickly; the deadline long
+/// enough that a plugin growing its memory to the cap reaches the cap first
+/// on a busy machine too (at 100 ms it did not, at a load of 12).
 const CONFIG: &str = r#"
 [limits]
-plugin-deadline = "100ms"
+plugin-deadline = "1s"
 plugin-memory = "16 MiB"
 max-response = "64 KiB"
 
@@ -77,13 +79,13 @@ fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
 
     for command in ["forever", "logging"] {
         let started = Instant::now();
-        expect_error(&mut conn, "spin", command, "plugin-timeout", "plugin spin ran past its deadline of 100ms");
+        expect_error(&mut conn, "spin", command, "plugin-timeout", "plugin spin ran past its deadline of 1s");
         // The deadline stopped it, not something much later (the test's own
         // 10 s read timeout, say).
         assert!(started.elapsed() < Duration::from_secs(5), "{command}: answered after {:?}", started.elapsed());
         assert_unharmed(&server, &mut conn);
     }
-    assert_logged(&server, "plugin spin ran past its deadline of 100ms");
+    assert_logged(&server, "plugin spin ran past its deadline of 1s");
     assert!(server.log().lines().any(|l| l.contains("WARN") && l.contains("plugin=spin")), "{}", server.log());
     // A plugin logging in a loop is cut off after 64 lines: the 64th says
     // so, and nothing of that call follows it.
@@ -107,7 +109,7 @@ fn a_log_line_is_cut_at_1_kib() {
 fn spinning_plugins_do_not_hold_up_other_requests() {
     // A long deadline, so that the spinning calls surely outlast the normal
     // requests; more spinning calls than this machine has cores.
-    let server = Server::start_with_fixtures(&CONFIG.replace("plugin-deadline = \"100ms\"", "plugin-deadline = \"3s\""));
+    let server = Server::start_with_fixtures(&CONFIG.replace("plugin-deadline = \"1s\"", "plugin-deadline = \"3s\""));
     let spinners = 2 * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     let handles: Vec<_> = (0..spinners)
         .map(|_| {
@@ -366,7 +368,7 @@ fn no_state_survives_between_requests_on_a_fresh_instance() {
 #[test]
 fn a_tenants_plugin_memory_and_deadline_override_the_servers() {
     let config = format!(
-        "{CONFIG}\n[tenants.default]\n[tenants.tight]\ntoken-sha256 = \"{}\"\nlimits = {{ plugin-memory = \"8 MiB\", plugin-deadline = \"50ms\" }}\n",
+        "{CONFIG}\n[tenants.default]\n[tenants.tight]\ntoken-sha256 = \"{}\"\nlimits = {{ plugin-memory = \"8 MiB\", plugin-deadline = \"500ms\" }}\n",
         wasmux::tenancy::TokenHash::of("tight")
     );
     let server = Server::start_with_fixtures(&config);
@@ -380,10 +382,10 @@ fn a_tenants_plugin_memory_and_deadline_override_the_servers() {
     let text = conn.request(&tight("memory-hog", "grow")).json()["error"]["message"].as_str().unwrap_or_default().to_owned();
     assert_eq!(text, "plugin memory-hog ran out of memory: it asked for 8978432 bytes, over its limit of 8388608");
     let text = conn.request(&tight("spin", "forever")).json()["error"]["message"].as_str().unwrap_or_default().to_owned();
-    assert_eq!(text, "plugin spin ran past its deadline of 50ms");
+    assert_eq!(text, "plugin spin ran past its deadline of 500ms");
     // The default tenant keeps the server's limits.
     expect_error(&mut conn, "memory-hog", "grow", "plugin-memory", GREW_PAST_16_MIB);
-    expect_error(&mut conn, "spin", "forever", "plugin-timeout", "plugin spin ran past its deadline of 100ms");
+    expect_error(&mut conn, "spin", "forever", "plugin-timeout", "plugin spin ran past its deadline of 1s");
 }
 
 /// A plugin's answer field spelled like a required one in another case
