@@ -80,7 +80,8 @@ fn new_and_build(tmp: &Path, name: &str, lang: &str) -> PathBuf {
 fn calls_keep_state_in_their_data_dir(dir: &Path, name: &str) {
     let component = format!("dist/{name}.wasm");
     let call = |content: &str, data_dir: Option<&str>| {
-        let mut args = vec!["call", component.as_str(), "--content", content];
+        // A deadline a busy machine cannot miss: the answers are the test.
+        let mut args = vec!["call", component.as_str(), "--deadline", "30s", "--content", content];
         if let Some(data_dir) = data_dir {
             args.extend(["--data-dir", data_dir]);
         }
