@@ -4,12 +4,16 @@
 //! promoted step by step; a slow one rolled back by the latency guard
 //! once each arm has the samples it needs; two servers on one Redis taking one decision;
 //! and `wasmux experiments --admin A --admin B` merging a fleet's reports
-//! into exactly the sum of what each server reports.
+//! into exactly the sum of what each server reports, which is what a
+//! Prometheus scraping the fleet sums too. A tenant's canary decides on
+//! that tenant's requests alone.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
+use crate::common::prometheus::Prometheus;
 use crate::common::redis::RedisServer;
 use crate::common::{Raw, STEP, Server, message, metric, wasmux};
 
@@ -52,20 +56,29 @@ fn report(server: &Server) -> Value {
 
 /// The report of the default tenant's route `route`.
 fn route(report: &Value, route: &str) -> Value {
-    let routes = report["tenants"].as_array().and_then(|t| t.iter().find(|t| t["tenant"] == "default")).map(|t| t["routes"].clone());
-    let found = routes.as_ref().and_then(Value::as_array).and_then(|r| r.iter().find(|r| r["route"] == route)).cloned();
-    found.unwrap_or_else(|| panic!("no route {route} in {report}"))
+    tenant_route(report, "default", route).unwrap_or_else(|| panic!("no route {route} of the default tenant in {report}"))
+}
+
+/// The report of `tenant`'s route `route`, if it has one.
+fn tenant_route(report: &Value, tenant: &str, route: &str) -> Option<Value> {
+    let routes = report["tenants"].as_array().and_then(|t| t.iter().find(|t| t["tenant"] == tenant)).map(|t| t["routes"].clone());
+    routes.as_ref().and_then(Value::as_array).and_then(|r| r.iter().find(|r| r["route"] == route)).cloned()
 }
 
 /// Waits until `server`'s canary on `route` satisfies `done`; its report.
 fn wait_for_canary(server: &Server, route_name: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    wait_for_tenant_canary(server, "default", route_name, within, done)
+}
+
+/// Waits until `tenant`'s canary on `route` satisfies `done`; its report.
+fn wait_for_tenant_canary(server: &Server, tenant: &str, route_name: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let end = Instant::now() + within;
     loop {
-        let canary = route(&report(server), route_name)["canary"].clone();
+        let canary = tenant_route(&report(server), tenant, route_name).map(|r| r["canary"].clone()).unwrap_or_default();
         if done(&canary) {
             return canary;
         }
-        assert!(Instant::now() < end, "the canary of {route_name} did not get there within {within:?}: {canary}\n{}", server.log());
+        assert!(Instant::now() < end, "{tenant}'s canary of {route_name} did not get there within {within:?}: {canary}\n{}", server.log());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -267,6 +280,176 @@ fn servers_sharing_a_redis_take_one_decision() {
     drop(redis);
 }
 
+/// `text/plain` is `spin` for the server; tenant alpha has a canary to
+/// the failing `trap`, beta one to `binary-echo` (which answers too), and
+/// gamma and the default tenant keep the server's route.
+fn tenants_canaries() -> String {
+    let hash = |token: &str| wasmux::tenancy::TokenHash::of(token).to_string();
+    let failing = FAILING_CANARY.replace("[routes.", "[tenants.alpha.routes.");
+    let healthy = r#"
+[tenants.beta.routes."text/plain".canary]
+stable = "spin"
+candidate = "binary-echo"
+steps = [50, 100]
+step-after = "300ms"
+min-requests = 10
+max-extra-error-rate = 0.01
+max-p99-ratio = 20.0
+"#;
+    format!(
+        "[routes]\n\"text/plain\" = \"spin\"\n\n[tenants.default]\n[tenants.gamma]\ntoken-sha256 = \"{}\"\n\
+         [tenants.alpha]\ntoken-sha256 = \"{}\"\n{failing}\n[tenants.beta]\ntoken-sha256 = \"{}\"\n{healthy}",
+        hash("gamma-token"),
+        hash("alpha-token"),
+        hash("beta-token"),
+    )
+}
+
+/// Who answered a tenant's requests: `spin`, `binary-echo`, or the
+/// failing `trap` (an error `plugin-failed`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Answered {
+    spin: usize,
+    echo: usize,
+    failed: usize,
+}
+
+/// Sends `count` requests for `text/plain` as `tenant` (its token is
+/// `TENANT-token`; none for `default`): who answered them.
+fn send_as(conn: &mut Raw, tenant: &str, count: usize) -> Answered {
+    let mut header = json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"});
+    if tenant != "default" {
+        header["authorization"] = json!(format!("Bearer {tenant}-token"));
+    }
+    let request = message(header, b"answer");
+    let mut answered = Answered::default();
+    for _ in 0..count {
+        let answer = conn.request(&request);
+        if answer.content == b"spin: answered" {
+            answered.spin += 1;
+        } else if answer.content.starts_with(b"First 10 bytes of request: answer") {
+            answered.echo += 1;
+        } else {
+            assert_eq!(answer.error_code(), "plugin-failed", "{tenant}: an answer of none of the three: {answer:?}");
+            answered.failed += 1;
+        }
+    }
+    answered
+}
+
+#[test]
+fn a_tenants_canary_decides_on_its_requests_alone_and_leaves_the_others_routes_alone() {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let data_dir = data.path().to_str().expect("utf-8 path");
+    let config = tenants_canaries();
+    let mut server = serve(&config, &["--data-dir", data_dir]);
+    for tenant in ["alpha", "beta"] {
+        wait_for_tenant_canary(&server, tenant, "text/plain", STEP, |c| c["known"] == true);
+    }
+    let experiments = report(&server);
+    for tenant in ["default", "gamma"] {
+        assert!(tenant_route(&experiments, tenant, "text/plain").is_none(), "{tenant} has no canary: {experiments}");
+    }
+    let mut conn = server.connect();
+    let plain_spin = |n: usize| Answered { spin: n, ..Answered::default() };
+
+    // Alpha's failing candidate is rolled back after a handful of failures.
+    let alpha = send_as(&mut conn, "alpha", 300);
+    assert!((1..=5).contains(&alpha.failed) && alpha.echo == 0, "alpha: {alpha:?}");
+    let canary = wait_for_tenant_canary(&server, "alpha", "text/plain", STEP, |c| c["state"]["state"] != "stepping");
+    assert_eq!((&canary["state"]["state"], &canary["state"]["guard"], &canary["share"]), (&json!("rolled-back"), &json!("error-rate"), &json!(0)), "{canary}");
+    assert_eq!((&canary["requests"]["stable"], &canary["requests"]["candidate"]), (&json!(300 - alpha.failed), &json!(alpha.failed)), "{canary}");
+    // Beta's canary saw none of it, and the others' routes are spin's.
+    let beta = tenant_route(&report(&server), "beta", "text/plain").expect("beta's canary")["canary"].clone();
+    assert_eq!((&beta["state"]["state"], &beta["share"], &beta["requests"]["stable"], &beta["requests"]["candidate"]), (&json!("stepping"), &json!(50), &json!(0), &json!(0)), "{beta}");
+    for tenant in ["default", "gamma"] {
+        assert_eq!(send_as(&mut conn, tenant, 50), plain_spin(50), "{tenant}");
+    }
+
+    // Beta's healthy candidate is promoted; alpha stays rolled back.
+    let end = Instant::now() + 3 * STEP;
+    let mut beta_sent = Answered::default();
+    loop {
+        let sent = send_as(&mut conn, "beta", 50);
+        assert_eq!(sent.failed, 0, "beta: {sent:?}");
+        beta_sent.spin += sent.spin;
+        beta_sent.echo += sent.echo;
+        let canary = tenant_route(&report(&server), "beta", "text/plain").expect("beta's canary")["canary"].clone();
+        assert_ne!(canary["state"]["state"], "rolled-back", "{canary}");
+        if canary["state"]["state"] == "promoted" {
+            assert_eq!(canary["share"], 100, "{canary}");
+            break;
+        }
+        assert!(Instant::now() < end, "beta's canary is not promoted after {beta_sent:?}: {canary}");
+    }
+    assert_eq!(send_as(&mut conn, "beta", 20), Answered { echo: 20, ..Answered::default() }, "promoted: the candidate answers beta");
+    assert_eq!(send_as(&mut conn, "alpha", 50), plain_spin(50), "rolled back: spin answers alpha");
+    for tenant in ["default", "gamma"] {
+        assert_eq!(send_as(&mut conn, tenant, 50), plain_spin(50), "{tenant}");
+    }
+    let experiments = report(&server);
+    let arms = |tenant: &str| -> Vec<(String, u64)> {
+        let route = tenant_route(&experiments, tenant, "text/plain").expect("a canary route");
+        route["arms"].as_array().expect("arms").iter().map(|a| (a["plugin"].as_str().unwrap_or("").to_owned(), a["requests"].as_u64().unwrap_or(0))).collect()
+    };
+    assert_eq!(arms("alpha"), [("spin".to_owned(), 350 - alpha.failed as u64), ("trap".to_owned(), alpha.failed as u64)]);
+    assert_eq!(arms("beta"), [("spin".to_owned(), beta_sent.spin as u64), ("binary-echo".to_owned(), beta_sent.echo as u64 + 20)]);
+
+    // Each tenant's state where a user sees it.
+    let admin = server.admin.expect("admin").to_string();
+    let printed = wasmux(&["experiments", "--admin", &admin]);
+    assert!(printed.status.success(), "{printed:?}");
+    let lines = &printed.stdout;
+    let after = |heading: &str| lines.iter().position(|l| l == heading).and_then(|i| lines.get(i + 1)).cloned().unwrap_or_default();
+    let alpha_line = after("tenant alpha, route text/plain: canary spin -> trap (steps 10 / 50 / 100 %, interleaved)");
+    assert!(alpha_line.starts_with("rolled-back since ") && alpha_line.contains("rolled back by the error-rate guard"), "{lines:#?}");
+    let beta_line = after("tenant beta, route text/plain: canary spin -> binary-echo (steps 50 / 100 %, interleaved)");
+    assert!(beta_line.starts_with("promoted since ") && beta_line.contains("candidate binary-echo promoted"), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.starts_with("tenant default") || l.starts_with("tenant gamma")), "{lines:#?}");
+    let (_, metrics) = server.admin_get("/metrics");
+    let state = |tenant: &str, candidate: &str, state: &str| {
+        metric(&metrics, &format!(r#"wasmux_canary_state{{tenant="{tenant}",route="text/plain",stable="spin",candidate="{candidate}",state="{state}"}}"#))
+    };
+    assert_eq!((state("alpha", "trap", "rolled-back"), state("beta", "binary-echo", "promoted")), (Some(1.0), Some(1.0)), "{metrics}");
+    assert!(server.wait_for_log("canary: candidate trap rolled back by the error-rate guard", STEP), "{}", server.log());
+    assert!(server.log().lines().any(|l| l.contains("tenant=\"alpha\"") && l.contains("canary: candidate trap rolled back")), "the log names the tenant: {}", server.log());
+
+    // A restart keeps each tenant's decision.
+    drop(conn);
+    assert!(server.terminate(), "the server stops cleanly: {}", server.log());
+    let server = serve(&config, &["--data-dir", data_dir]);
+    let mut conn = server.connect();
+    assert_eq!(send_as(&mut conn, "alpha", 30).failed, 0, "alpha's candidate gets nothing after the restart");
+    for (tenant, state) in [("alpha", "rolled-back"), ("beta", "promoted")] {
+        wait_for_tenant_canary(&server, tenant, "text/plain", STEP, |c| c["known"] == true && c["state"]["state"] == state);
+    }
+    assert_eq!(send_as(&mut conn, "alpha", 30), plain_spin(30));
+    assert_eq!(send_as(&mut conn, "beta", 30), Answered { echo: 30, ..Answered::default() });
+    assert_eq!(send_as(&mut conn, "default", 30), plain_spin(30));
+}
+
+#[test]
+fn a_canary_of_the_servers_routes_is_each_tenants_own() {
+    let config = format!("{FAILING_CANARY}\n[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n", wasmux::tenancy::TokenHash::of("alpha-token"));
+    let data = tempfile::tempdir().expect("temporary directory");
+    let server = serve(&config, &["--data-dir", data.path().to_str().expect("utf-8 path")]);
+    for tenant in ["default", "alpha"] {
+        wait_for_tenant_canary(&server, tenant, "text/plain", STEP, |c| c["known"] == true);
+    }
+    let mut conn = server.connect();
+    let alpha = send_as(&mut conn, "alpha", 300);
+    assert!((1..=5).contains(&alpha.failed), "alpha: {alpha:?}");
+    wait_for_tenant_canary(&server, "alpha", "text/plain", STEP, |c| c["state"]["state"] == "rolled-back");
+    // The default tenant's copy of the canary judged none of alpha's
+    // requests: still at its first step, its candidate still served, also
+    // after a few syncs with the store (where each tenant has its own).
+    std::thread::sleep(4 * wasmux::experiments::store::SYNC_INTERVAL);
+    let default = route(&report(&server), "text/plain")["canary"].clone();
+    assert_eq!((&default["state"]["state"], &default["share"], &default["requests"]["candidate"]), (&json!("stepping"), &json!(10), &json!(0)), "{default}");
+    let first = send_as(&mut conn, "default", 10);
+    assert_eq!(first.failed, 1, "one request in ten to the candidate at 10 %: {first:?}");
+}
+
 /// The guide's search split evenly with its fuzzy variant.
 const EVEN_SPLIT: &str = "[routes]\n\"text/json\" = { split = { \"search\" = 1, \"search@fuzzy\" = 1 } }\n";
 
@@ -319,4 +502,98 @@ fn the_fleet_view_is_the_sum_of_the_servers_reports() {
     let text = wasmux(&[&["experiments"][..], &args[2..]].concat());
     assert!(text.stdout.first().is_some_and(|l| l.starts_with("fleet of 3 servers: ")), "{text:?}");
     assert!(text.stdout.iter().any(|l| l.starts_with("search@fuzzy ") && l.split_whitespace().nth(3) == Some("30")), "{text:?}");
+}
+
+/// Two splits: the guide's search with its fuzzy variant (outcomes `hit`
+/// and `miss`), and `spin` with the failing `trap` (errors).
+const TWO_SPLITS: &str = "[routes]\n\"text/json\" = { split = { \"search\" = 1, \"search@fuzzy\" = 1 } }\n\
+                          \"text/plain\" = { split = { \"spin\" = 1, \"trap\" = 1 } }\n";
+
+/// The series of a Prometheus answer, keyed by their labels `names`
+/// (their values joined by spaces).
+fn series(result: &Value, names: &[&str]) -> BTreeMap<String, f64> {
+    let all = result.as_array().unwrap_or_else(|| panic!("not a vector: {result}"));
+    all.iter()
+        .map(|s| {
+            let key: Vec<&str> = names.iter().map(|n| s["metric"][*n].as_str().unwrap_or("")).collect();
+            let value = s["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no value in {s}"));
+            (key.join(" "), value)
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_scraping_the_fleet_counts_what_the_merged_view_counts() {
+    let servers: Vec<Server> = (0..3).map(|_| serve(TWO_SPLITS, &[])).collect();
+    let admins: Vec<std::net::SocketAddr> = servers.iter().map(|s| s.admin.expect("admin")).collect();
+    let prometheus = Prometheus::start(&admins);
+    // Each server its own number of requests: 100, 200 and 300 searches,
+    // 20, 40 and 60 to spin or trap.
+    for (i, server) in servers.iter().enumerate() {
+        let mut conn = server.connect();
+        for n in 0..(100 * (i + 1)) {
+            conn.request(&crate::common::search(["ring", "neo", "Morph"][n % 3]));
+        }
+        for _ in 0..(20 * (i + 1)) {
+            conn.request(&answer_please());
+        }
+    }
+    prometheus.wait_for_scrapes_after(3, SystemTime::now());
+
+    let mut args = vec!["experiments".to_owned(), "--json".to_owned()];
+    for admin in &admins {
+        args.extend(["--admin".to_owned(), admin.to_string()]);
+    }
+    let printed = wasmux(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(printed.status.success(), "{printed:?}");
+    let merged: Value = serde_json::from_str(&printed.stdout.join("\n")).expect("the merged report is JSON");
+
+    // The merged view's figures, keyed as Prometheus' series will be.
+    let (mut requests, mut errors, mut outcomes, mut percentiles) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for name in ["text/json", "text/plain"] {
+        for arm in route(&merged, name)["arms"].as_array().expect("arms") {
+            let key = format!("default {name} {}", arm["plugin"].as_str().expect("a plugin"));
+            requests.insert(key.clone(), arm["requests"].as_f64().expect("requests"));
+            if arm["errors"].as_u64() > Some(0) {
+                errors.insert(key.clone(), arm["errors"].as_f64().expect("errors"));
+            }
+            for (outcome, count) in arm["outcomes"].as_object().expect("outcomes") {
+                outcomes.insert(format!("{key} {outcome}"), count.as_f64().expect("a count"));
+            }
+            percentiles.insert(key, arm["latency_ms"].clone());
+        }
+    }
+    assert_eq!(requests.values().sum::<f64>(), 600.0 + 120.0, "the merged view counts every request: {requests:?}");
+    assert_eq!(errors.values().sum::<f64>(), 60.0, "trap failed each of its requests: {errors:?}");
+
+    // Prometheus' sums over the three servers: the same counts, exactly.
+    let by_arm = ["tenant", "route", "plugin"];
+    let query = |q: &str, names: &[&str]| series(&prometheus.query(q), names);
+    assert_eq!(query("sum by (tenant, route, plugin) (wasmux_experiment_requests_total)", &by_arm), requests);
+    assert_eq!(query("sum by (tenant, route, plugin) (wasmux_experiment_latency_seconds_count)", &by_arm), requests);
+    assert_eq!(query("sum by (tenant, route, plugin) (wasmux_experiment_errors_total)", &by_arm), errors);
+    assert_eq!(query("sum by (tenant, route, plugin, outcome) (wasmux_experiment_outcomes_total)", &["tenant", "route", "plugin", "outcome"]), outcomes);
+
+    // Percentiles: the merged view gives the upper edge of the bucket that
+    // holds the percentile; `histogram_quantile` interpolates inside the
+    // same bucket, so it is at most one bucket width (a factor 2^(1/4))
+    // below it.
+    let bucket = 2_f64.powf(0.25);
+    let mut widest = 1_f64;
+    for (q, field) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
+        let quantiles = query(&format!("histogram_quantile({q}, sum by (tenant, route, plugin, le) (wasmux_experiment_latency_seconds_bucket))"), &by_arm);
+        assert_eq!(quantiles.keys().collect::<Vec<_>>(), percentiles.keys().collect::<Vec<_>>());
+        for (key, seconds) in quantiles {
+            let merged_ms = percentiles[&key][field].as_f64().unwrap_or_else(|| panic!("no {field} for {key}"));
+            let prometheus_ms = seconds * 1e3;
+            assert!(
+                prometheus_ms <= merged_ms * (1.0 + 1e-9) && prometheus_ms > merged_ms / bucket * (1.0 - 1e-9),
+                "{key} {field}: Prometheus {prometheus_ms} ms, the merged view {merged_ms} ms: not in one bucket"
+            );
+            widest = widest.max(merged_ms / prometheus_ms);
+        }
+    }
+    eprintln!("Prometheus' percentiles were at most {:.1} % below the merged view's (a bucket: {:.1} %)", (1.0 - 1.0 / widest) * 100.0, (1.0 - 1.0 / bucket) * 100.0);
+    drop(prometheus);
+    drop(servers);
 }

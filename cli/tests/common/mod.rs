@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod certificates;
 pub mod haproxy;
+pub mod prometheus;
 pub mod redis;
 pub mod registry;
 
