@@ -1,6 +1,8 @@
-//! `wasmux new NAME [--lang rust|python|js] [--dir PATH]`: a plugin project
-//! written from the templates embedded in this binary (its WIT world
-//! included), anywhere on disk, with no path back to where wasmux was built.
+//! `wasmux new NAME [--lang rust|python|js] [--stateful] [--dir PATH]`: a
+//! plugin project written from the templates embedded in this binary (its
+//! WIT world included), anywhere on disk, with no path back to where wasmux
+//! was built. `--stateful` (Python, JavaScript) writes a plugin of the
+//! world `stateful-handler` that counts with `wasi:keyvalue`.
 
 use std::path::PathBuf;
 
@@ -17,12 +19,18 @@ pub struct NewArgs {
     /// Where to write the project (default: ./NAME). It must not exist, or be empty.
     #[arg(long, short)]
     dir: Option<PathBuf>,
+    /// A plugin that keeps state (Python and JavaScript): built for the
+    /// world `stateful-handler`, it counts with wasi:keyvalue (`incr NAME`,
+    /// `get NAME`).
+    #[arg(long)]
+    stateful: bool,
 }
 
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
-    let files = wasmux_toolchain::new_project(&args.name, args.lang, &dir)?;
-    println!("Created {} plugin `{}` in {}:", describe(args.lang), args.name, dir.display());
+    let files = wasmux_toolchain::new_project_with(&args.name, args.lang, args.stateful, &dir)?;
+    let kind = if args.stateful { format!("a stateful {}", describe(args.lang).trim_start_matches("a ")) } else { describe(args.lang).to_owned() };
+    println!("Created {kind} plugin `{}` in {}:", args.name, dir.display());
     for file in files {
         println!("  {}", file.display());
     }
@@ -31,7 +39,11 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
     println!("Next:");
     println!("  {cd}");
     println!("  wasmux build      # dist/{}.wasm", args.name);
-    println!("  wasmux call dist/{}.wasm --content world", args.name);
+    if args.stateful {
+        println!("  wasmux call dist/{}.wasm --content 'incr visits' --data-dir state", args.name);
+    } else {
+        println!("  wasmux call dist/{}.wasm --content world", args.name);
+    }
     println!("  wasmux dev        # serve it on 127.0.0.1:65432, each save swapped in");
     Ok(())
 }

@@ -26,6 +26,7 @@ mod operations;
 mod plugin_faults;
 mod plugin_languages;
 mod resources;
+mod stateful_templates;
 mod resend;
 mod reuse;
 mod tenants;

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::javascript::{COMPONENTIZE_JS_VERSION, ComponentizeJs};
 use crate::python::{COMPONENTIZE_PY_VERSION, ComponentizePy};
-use crate::{BuildOptions, Language, Project, WORLD};
+use crate::{BuildOptions, Language, Project};
 
 /// The plugin's setting that carries its source to the dev runtime.
 pub const SOURCES_KEY: &str = "wasmux:dev-sources";
@@ -50,9 +50,12 @@ pub fn has_runtime(language: Language) -> bool {
     matches!(language, Language::Python | Language::JavaScript)
 }
 
-/// The dev runtime for `project`'s language, WIT and `wasi` setting: the
-/// one in the cache directory, or built there first (a line on standard
-/// error says so, and how long it took).
+/// The dev runtime for `project`'s language, WIT, world and `wasi`
+/// setting: the one in the cache directory, or built there first (a line
+/// on standard error says so, and how long it took). A plugin of the world
+/// `stateful-handler` gets a runtime of that world (which imports
+/// `wasi:keyvalue`, so the server opens a store for it), a plain one a
+/// runtime of `handler` (no store): each is built once and kept.
 pub fn runtime(project: &Project, options: &BuildOptions) -> Result<PathBuf> {
     let (language, tool) = match project.language {
         Language::Python => ("python", format!("componentize-py {COMPONENTIZE_PY_VERSION}")),
@@ -70,15 +73,16 @@ pub fn runtime(project: &Project, options: &BuildOptions) -> Result<PathBuf> {
         _ => "JavaScript",
     };
     eprintln!(
-        "wasmux: building the {name} dev runtime with {tool} (the interpreter and a loader for the plugin's source; \
-         once for this WIT, so that a save is served without a build)"
+        "wasmux: building the {name} dev runtime for the world {} with {tool} (the interpreter and a loader for the plugin's source; \
+         once for this WIT, so that a save is served without a build)",
+        project.world
     );
     let started = Instant::now();
     let scratch = Scratch(dir.join(format!(".{language}.{}.scratch", std::process::id())));
     let built = dir.join(format!(".{language}.{}.wasm", std::process::id()));
     let result = match project.language {
-        Language::Python => ComponentizePy::find_or_install(&options.cache_dir)?.componentize_dev_runtime(&project.wit_dir(), WORLD, project.wasi, &built, &scratch.0),
-        _ => ComponentizeJs::find_or_install(&options.cache_dir)?.componentize_dev_runtime(&project.wit_dir(), WORLD, project.wasi, &built, &scratch.0),
+        Language::Python => ComponentizePy::find_or_install(&options.cache_dir)?.componentize_dev_runtime(&project.wit_dir(), &project.world, project.wasi, &built, &scratch.0),
+        _ => ComponentizeJs::find_or_install(&options.cache_dir)?.componentize_dev_runtime(&project.wit_dir(), &project.world, project.wasi, &built, &scratch.0),
     };
     let result = result.and_then(|()| std::fs::rename(&built, &path).with_context(|| format!("moving the dev runtime to {}", path.display())));
     if result.is_err() {
@@ -107,9 +111,10 @@ fn runtime_key(project: &Project) -> Result<String> {
         _ => {
             add(COMPONENTIZE_JS_VERSION.as_bytes());
             crate::javascript::dev_runtime_modules().iter().for_each(|m| add(m.as_bytes()));
+            add(crate::javascript::dev_imports_module(&project.wit_dir(), &project.world)?.as_bytes());
         }
     }
-    add(WORLD.as_bytes());
+    add(project.world.as_bytes());
     add(&[u8::from(project.wasi)]);
     let wit = project.wit_dir();
     for file in files_under(&wit, &|path| path.extension().is_some_and(|e| e == "wit"))? {
@@ -241,6 +246,12 @@ mod tests {
         project.wasi = false;
         assert_ne!(runtime_key(&project).unwrap(), key);
         project.wasi = true;
+        // A stateful plugin's runtime is another (built for its world).
+        project.world = "stateful-handler".into();
+        let stateful = runtime_key(&project).unwrap();
+        assert_ne!(stateful, key);
+        project.world = crate::WORLD.into();
+        assert_eq!(runtime_key(&project).unwrap(), key);
         std::fs::write(project.wit_dir().join("extra.wit"), "package a:b;\n").unwrap();
         assert_ne!(runtime_key(&project).unwrap(), key);
     }

@@ -121,6 +121,7 @@ impl ComponentizeJs {
     pub fn componentize_dev_runtime(&self, wit: &Path, world: &str, wasi: bool, out: &Path, scratch: &Path) -> Result<()> {
         let version = wit_package_version(wit)?;
         let source = write_modules(scratch, DEV_MODULE.to_owned(), &version)?;
+        crate::write_if_changed(&scratch.join("imports.js"), dev_imports_module(wit, world)?.as_bytes())?;
         self.run_componentize(&source, scratch, &[], Target { wit, world, wasi, out })
     }
 
@@ -171,6 +172,36 @@ struct Target<'a> {
 /// before is still the one to serve.
 pub fn dev_runtime_modules() -> [&'static str; 3] {
     [DEV_MODULE, SANDBOX_MODULE, GUARD_MODULE]
+}
+
+/// The module `imports.js` of the dev runtime for `world` of the WIT in
+/// `wit`: it imports every interface of the world that has functions
+/// (`wasi:keyvalue/store@0.2.0-draft`, …) and exports them as `modules`,
+/// by name, which the runtime's `require` answers the plugin's imports
+/// from. componentize-js links an import only where a module imports it,
+/// and the plugin's imports are unknown when the runtime is built: so the
+/// runtime imports them all, as a built plugin of that world imports them.
+pub fn dev_imports_module(wit: &Path, world: &str) -> Result<String> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(wit).with_context(|| format!("reading the WIT in {}", wit.display()))?;
+    let world_id = resolve.select_world(&[package], Some(world)).with_context(|| format!("the WIT in {} has no world {world}", wit.display()))?;
+    let mut imports = String::from("// Written by `wasmux dev`: every interface the runtime's world imports, by name.\n");
+    let mut names = Vec::new();
+    for item in resolve.worlds[world_id].imports.values() {
+        let wit_parser::WorldItem::Interface { id, .. } = item else { continue };
+        if resolve.interfaces[*id].functions.is_empty() {
+            continue;
+        }
+        let Some(name) = resolve.id_of(*id) else { continue };
+        imports.push_str(&format!("import * as import{} from {};\n", names.len(), serde_json::to_string(&name)?));
+        names.push(name);
+    }
+    imports.push_str("export const modules = {\n");
+    for (index, name) in names.iter().enumerate() {
+        imports.push_str(&format!("  {}: import{index},\n", serde_json::to_string(name)?));
+    }
+    imports.push_str("};\n");
+    Ok(imports)
 }
 
 /// Writes the entry module `entry` and the modules it imports into `dir`
@@ -231,6 +262,19 @@ fn find_npm() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dev_runtime_imports_what_its_world_imports() {
+        let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let plain = dev_imports_module(&wit, "handler").unwrap();
+        assert!(plain.contains("import * as import0 from \"wasmux:plugin/host@0.1.1\";\n"), "{plain}");
+        assert!(!plain.contains("keyvalue") && !plain.contains("wasmux:plugin/types"), "{plain}");
+        let stateful = dev_imports_module(&wit, "stateful-handler").unwrap();
+        for name in ["wasmux:plugin/host@0.1.1", "wasi:keyvalue/store@0.2.0-draft", "wasi:keyvalue/atomics@0.2.0-draft", "wasi:keyvalue/batch@0.2.0-draft"] {
+            assert!(stateful.contains(&format!(" from \"{name}\";\n")) && stateful.contains(&format!("  \"{name}\": import")), "{name}: {stateful}");
+        }
+        assert!(dev_imports_module(&wit, "no-such-world").is_err());
+    }
 
     #[test]
     fn the_package_version_of_the_plugin_world() {

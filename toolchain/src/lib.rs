@@ -30,7 +30,7 @@ use std::process::{Command, ExitStatus};
 
 use anyhow::{Context, Result};
 
-pub use project::{BuildOptions, Language, Project, build_project, build_project_with, new_project};
+pub use project::{BuildOptions, Language, Project, build_project, build_project_with, new_project, new_project_with};
 
 /// The WIT world every plugin implements, as embedded in this binary; `wasmux
 /// new` writes it into each project.

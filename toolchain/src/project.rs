@@ -6,10 +6,14 @@
 //! | language | manifest | plugin name | wasmux settings |
 //! | --- | --- | --- | --- |
 //! | Rust | `Cargo.toml` | `[package] name` | `[package.metadata.wasmux] plugin-name` |
-//! | Python | `pyproject.toml` | `[project] name` | `[tool.wasmux] plugin-name`, `module` (default `app`), `wasi` (default true) |
-//! | JavaScript | `package.json` | `name` | `"wasmux": {"plugin-name", "wasi"}`; the module is `main` (default `app.js`) |
+//! | Python | `pyproject.toml` | `[project] name` | `[tool.wasmux] plugin-name`, `module` (default `app`), `wasi` (default true), `world` (default `handler`) |
+//! | JavaScript | `package.json` | `name` | `"wasmux": {"plugin-name", "wasi", "world"}`; the module is `main` (default `app.js`) |
 //!
-//! Every project has its WIT world in `wit/`. [`build_project`] turns a
+//! Every project has its WIT in `wit/`. A Python or JavaScript plugin is
+//! built for one world of it, `handler` unless its manifest names another
+//! (`stateful-handler`, for a plugin that keeps state): those tools import
+//! every interface of the world, so the world is the plugin's choice. A
+//! Rust plugin names its world in its own `generate!`. [`build_project`] turns a
 //! project into `OUT/NAME.wasm`; [`new_project`] writes one from the
 //! templates embedded in this binary.
 
@@ -84,6 +88,10 @@ pub struct Project {
     /// Whether the component may import the host's WASI subset (Python and
     /// JavaScript; Rust plugins never need it).
     pub wasi: bool,
+    /// The world of the WIT the component is built for (Python and
+    /// JavaScript; a Rust plugin's `generate!` names its own):
+    /// [`crate::WORLD`] unless the manifest says `world`.
+    pub world: String,
 }
 
 impl Project {
@@ -154,12 +162,13 @@ impl Project {
 }
 
 fn parse_manifest(language: Language, text: &str) -> Result<Project> {
-    let project = |name: &str, entry: String, wasi: bool| Project {
+    let project = |name: &str, entry: String, wasi: bool, world: &str| Project {
         dir: PathBuf::new(),
         language,
         name: name.to_owned(),
         entry,
         wasi,
+        world: world.to_owned(),
     };
     match language {
         Language::Rust => {
@@ -169,7 +178,7 @@ fn parse_manifest(language: Language, text: &str) -> Result<Project> {
                 Some(name) => name.as_str().context("[package.metadata.wasmux] plugin-name is not a string")?,
                 None => package.get("name").and_then(|n| n.as_str()).context("[package] has no name")?,
             };
-            Ok(project(name, String::new(), false))
+            Ok(project(name, String::new(), false, WORLD))
         }
         Language::Python => {
             let manifest: toml::Table = toml::from_str(text)?;
@@ -194,7 +203,12 @@ fn parse_manifest(language: Language, text: &str) -> Result<Project> {
                 Some(wasi) => wasi.as_bool().context("[tool.wasmux] wasi is not true or false")?,
                 None => true,
             };
-            Ok(project(name, module.to_owned(), wasi))
+            let world = match setting("world") {
+                Some(world) => world.as_str().context("[tool.wasmux] world is not a string")?,
+                None => WORLD,
+            };
+            check_world(world).context("[tool.wasmux] world")?;
+            Ok(project(name, module.to_owned(), wasi, world))
         }
         Language::JavaScript => {
             let manifest: Value = serde_json::from_str(text)?;
@@ -213,7 +227,12 @@ fn parse_manifest(language: Language, text: &str) -> Result<Project> {
                 Value::Null => true,
                 wasi => wasi.as_bool().context("\"wasmux\": {\"wasi\"} is not true or false")?,
             };
-            Ok(project(name, main.to_owned(), wasi))
+            let world = match &wasmux["world"] {
+                Value::Null => WORLD,
+                world => world.as_str().context("\"wasmux\": {\"world\"} is not a string")?,
+            };
+            check_world(world).context("\"wasmux\": {\"world\"}")?;
+            Ok(project(name, main.to_owned(), wasi, world))
         }
     }
 }
@@ -228,6 +247,17 @@ fn has_wasmux_section(dir: &Path, language: Language) -> bool {
         Language::Python => toml::from_str::<toml::Table>(&text).is_ok_and(|m| m.get("tool").and_then(|t| t.get("wasmux")).is_some()),
         Language::JavaScript => serde_json::from_str::<Value>(&text).is_ok_and(|m| m.get("wasmux").is_some()),
     }
+}
+
+/// A world's name as WIT writes it (`handler`, `stateful-handler`): the
+/// tools are given it as an argument, so nothing else gets through.
+fn check_world(world: &str) -> Result<()> {
+    let valid = !world.is_empty()
+        && world.split('-').all(|word| word.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+    if !valid {
+        bail!("{world:?} is not the name of a world of the WIT (`handler`, or `stateful-handler` for a plugin that keeps state)");
+    }
+    Ok(())
 }
 
 /// A plugin's name becomes a file name, `NAME.wasm`, in a directory the
@@ -298,7 +328,7 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
             eprintln!("wasmux: building {} with componentize-py {} ...", project.name, crate::python::COMPONENTIZE_PY_VERSION);
             let scratch = Scratch::new(out_dir, &project.name);
             let entry_dir = ScratchDir(out_dir.join(format!(".{}.{}.python", project.name, std::process::id())));
-            let warnings = tool.componentize(&project, WORLD, &scratch.0, &entry_dir.0)?;
+            let warnings = tool.componentize(&project, &project.world, &scratch.0, &entry_dir.0)?;
             for warning in warnings {
                 eprintln!("wasmux: warning: {warning}");
             }
@@ -312,7 +342,7 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
             }
             let scratch = Scratch::new(out_dir, &project.name);
             eprintln!("wasmux: building {} with componentize-js {} ...", project.name, crate::javascript::COMPONENTIZE_JS_VERSION);
-            tool.componentize(&project, WORLD, &scratch.0)?;
+            tool.componentize(&project, &project.world, &scratch.0)?;
             scratch.publish(&out)?;
         }
     }
@@ -420,7 +450,20 @@ fn cdylib_artifact(messages: &[u8], manifest: &Path) -> Option<PathBuf> {
 /// exist, or be empty), from the templates embedded in this binary; returns
 /// the files written, relative to `dir`.
 pub fn new_project(name: &str, language: Language, dir: &Path) -> Result<Vec<PathBuf>> {
+    new_project_with(name, language, false, dir)
+}
+
+/// [`new_project`]; with `stateful`, the template of a plugin that keeps
+/// state (Python and JavaScript): built for the world `stateful-handler`,
+/// it counts with `wasi:keyvalue`.
+pub fn new_project_with(name: &str, language: Language, stateful: bool, dir: &Path) -> Result<Vec<PathBuf>> {
     check_new_name(name)?;
+    if stateful && !templates::has_stateful(language) {
+        bail!(
+            "there is no stateful {language} template yet: start from `wasmux new {name} --lang {language}` and build for the world \
+             `stateful-handler` (docs/keyvalue.md says how)"
+        );
+    }
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).with_context(|| format!("{} exists and is not a directory", dir.display()))?;
         if entries.next().is_some() {
@@ -428,7 +471,7 @@ pub fn new_project(name: &str, language: Language, dir: &Path) -> Result<Vec<Pat
         }
     }
     let mut written = Vec::new();
-    for file in templates::files(language) {
+    for file in templates::files(language, stateful) {
         let path = dir.join(file.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -489,13 +532,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_stateful_templates_are_built_for_the_stateful_world() {
+        for language in [Language::Python, Language::JavaScript] {
+            let dir = tempfile::tempdir().unwrap();
+            let project_dir = dir.path().join("counter");
+            let files = new_project_with("counter", language, true, &project_dir).unwrap();
+            let project = Project::open(&project_dir).unwrap();
+            assert_eq!((project.language, project.name.as_str(), project.world.as_str()), (language, "counter", "stateful-handler"));
+            for file in &files {
+                let text = std::fs::read_to_string(project_dir.join(file)).unwrap();
+                assert!(!text.contains("{{"), "{} keeps a placeholder", file.display());
+            }
+            let app = std::fs::read_to_string(project_dir.join(&project.entry).with_extension(if language == Language::Python { "py" } else { "js" })).unwrap();
+            assert!(app.contains("increment(") && (app.contains("open(\"default\")") || app.contains("open('default')")), "{app}");
+            // The plain template stays on `handler`: no store for it.
+            let plain = dir.path().join("plain");
+            new_project("plain", language, &plain).unwrap();
+            assert_eq!(Project::open(&plain).unwrap().world, crate::WORLD);
+        }
+        let error = new_project_with("counter", Language::Rust, true, &tempfile::tempdir().unwrap().path().join("x")).unwrap_err();
+        assert!(error.to_string().contains("no stateful rust template"), "{error}");
+    }
+
     /// Each template's README shows the host's three functions in a code
     /// block (which the authoring tests build and call), and JavaScript's
     /// import names the WIT package's current version.
     #[test]
     fn template_readmes_show_every_host_function_at_the_current_version() {
         for language in Language::ALL {
-            let readme = templates::files(language).find(|f| f.path == "README.md").map(|f| f.text).unwrap();
+            let readme = templates::files(language, false).find(|f| f.path == "README.md").map(|f| f.text).unwrap();
             let example = readme.split("## The host's functions").nth(1).and_then(|rest| rest.split("```").nth(1)).unwrap_or_default();
             for function in ["log", "config", "outcome"] {
                 assert!(example.contains(&format!("{function}(")), "{language}: the README's example does not call {function}");
@@ -536,6 +602,14 @@ mod tests {
         let js = manifest(Language::JavaScript, r#"{"name": "x", "wasmux": {"plugin-name": "search@js"}}"#).unwrap();
         assert_eq!((js.name.as_str(), js.entry.as_str(), js.wasi), ("search@js", "app.js", true));
         assert!(manifest(Language::JavaScript, r#"{"version": "1"}"#).is_err());
+        assert_eq!(js.world, "handler");
+        let stateful = manifest(Language::JavaScript, r#"{"name": "x", "wasmux": {"world": "stateful-handler"}}"#).unwrap();
+        assert_eq!(stateful.world, "stateful-handler");
+        let stateful = manifest(Language::Python, "[project]\nname = \"s\"\n[tool.wasmux]\nworld = \"stateful-handler\"\n").unwrap();
+        assert_eq!(stateful.world, "stateful-handler");
+        for bad in ["", "Handler", "a b", "-x", "x--y", "x;rm"] {
+            assert!(manifest(Language::Python, &format!("[project]\nname = \"s\"\n[tool.wasmux]\nworld = {bad:?}\n")).is_err(), "{bad:?}");
+        }
         assert!(manifest(Language::Rust, "[workspace]\n").is_err());
     }
 
@@ -553,7 +627,7 @@ mod tests {
 
     #[test]
     fn build_inputs() {
-        let project = Project { dir: PathBuf::from("/p"), language: Language::Python, name: "x".into(), entry: "app".into(), wasi: true };
+        let project = Project { dir: PathBuf::from("/p"), language: Language::Python, name: "x".into(), entry: "app".into(), wasi: true, world: WORLD.into() };
         assert!(project.is_build_input(Path::new("/p/app.py")));
         assert!(project.is_build_input(Path::new("/p/wit/wasmux.wit")));
         assert!(!project.is_build_input(Path::new("/p/dist/x.wasm")));

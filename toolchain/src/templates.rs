@@ -1,6 +1,8 @@
 //! The files `wasmux new` writes, embedded in the binary: one template per
 //! language, each answering any request with `Hello, ` + its content + `!`,
-//! plus the WIT world and, for Rust, a copy of `wasmux-sdk`.
+//! plus the WIT world and, for Rust, a copy of `wasmux-sdk`; and for Python
+//! and JavaScript a stateful template (`wasmux new --stateful`), built for
+//! the world `stateful-handler`, that counts with `wasi:keyvalue`.
 //!
 //! `{{name}}` in a template stands for the project's name.
 
@@ -44,6 +46,29 @@ const JAVASCRIPT: &[File] = &[
     file(".gitignore", include_str!("../templates/js/gitignore")),
 ];
 
+/// The stateful templates: `incr NAME` and `get NAME` on a counter kept in
+/// the plugin's bucket `default`.
+const PYTHON_STATEFUL: &[File] = &[
+    file("pyproject.toml", include_str!("../templates/python/stateful/pyproject.toml")),
+    file("app.py", include_str!("../templates/python/stateful/app.py")),
+    file("test_app.py", include_str!("../templates/python/stateful/test_app.py")),
+    file("README.md", include_str!("../templates/python/stateful/README.md")),
+    file(".gitignore", include_str!("../templates/python/gitignore")),
+];
+
+const JAVASCRIPT_STATEFUL: &[File] = &[
+    file("package.json", include_str!("../templates/js/stateful/package.json")),
+    file("app.js", include_str!("../templates/js/stateful/app.js")),
+    file("app.test.js", include_str!("../templates/js/stateful/app.test.js")),
+    file("README.md", include_str!("../templates/js/stateful/README.md")),
+    file(".gitignore", include_str!("../templates/js/gitignore")),
+];
+
+/// Whether `language` has a stateful template.
+pub(crate) fn has_stateful(language: Language) -> bool {
+    matches!(language, Language::Python | Language::JavaScript)
+}
+
 /// The WIT every project gets: the package, and the packages it uses
 /// (`wasi:keyvalue`, which the world `stateful-handler` imports). Without
 /// its dependencies the package does not resolve, for any world of it.
@@ -56,12 +81,16 @@ const WIT: &[File] = &[
     file("wit/deps/keyvalue/world.wit", include_str!("../../wit/deps/keyvalue/world.wit")),
 ];
 
-/// Every file of a new project in `language`, the WIT included.
-pub(crate) fn files(language: Language) -> impl Iterator<Item = File> {
-    let own = match language {
-        Language::Rust => RUST,
-        Language::Python => PYTHON,
-        Language::JavaScript => JAVASCRIPT,
+/// Every file of a new project in `language`, stateful or not, the WIT
+/// included. Rust has no stateful template ([`has_stateful`]): its plain
+/// one is given.
+pub(crate) fn files(language: Language, stateful: bool) -> impl Iterator<Item = File> {
+    let own = match (language, stateful) {
+        (Language::Rust, _) => RUST,
+        (Language::Python, false) => PYTHON,
+        (Language::Python, true) => PYTHON_STATEFUL,
+        (Language::JavaScript, false) => JAVASCRIPT,
+        (Language::JavaScript, true) => JAVASCRIPT_STATEFUL,
     };
     own.iter().chain(WIT).map(|f| File { path: f.path, text: f.text })
 }

@@ -21,6 +21,9 @@
 import './sandbox.js';
 import * as host from 'wasmux:plugin/host@{{version}}';
 import { guarded } from './guard.js';
+// Every interface of the runtime's world, by name (written for the world
+// the runtime is built for: `wasi:keyvalue/…` in a stateful plugin's).
+import { modules } from './imports.js';
 
 const SOURCES = 'wasmux:dev-sources';
 const CHECK = 'wasmux:dev-check';
@@ -42,7 +45,8 @@ function evaluatePlugin() {
   const module = { exports: {} };
   const require = (specifier) => {
     if (/^wasmux:plugin\/host@0\.1\.\d+$/.test(specifier)) return host;
-    throw new Error(`${specifier} cannot be imported here: wasmux dev's runtime serves the plugin's own modules and wasmux:plugin/host (\`wasmux dev --build\` serves the built component)`);
+    if (Object.hasOwn(modules, specifier)) return modules[specifier];
+    throw new Error(`${specifier} cannot be imported here: wasmux dev's runtime serves the plugin's own modules and the interfaces of its world, ${Object.keys(modules).join(', ')} (\`wasmux dev --build\` serves the built component)`);
   };
   // Strict, as a module is; the script starts on the second line.
   const run = (0, eval)(`(function (require, module, exports) {'use strict';\n${sources.code}\n})\n//# sourceURL=${SCRIPT}`);

@@ -6,7 +6,9 @@ project). Importing it:
 1. makes the modules that need what the sandbox refuses (sockets,
    subprocesses) fail when imported, with an error naming the module and
    why;
-2. imports the host's bindings, so that they are in the snapshot.
+2. imports the bindings of every interface of the world (the host's, and
+   `wasi:keyvalue`'s in a stateful plugin), so that they are in the
+   snapshot.
 
 Then the entry module calls, in order, `import_standard_library` (so that
 an import inside a function finds any pure-Python module of the standard
@@ -14,7 +16,8 @@ library; one that cannot be imported here fails in the plugin with an
 error that says why) and `freeze` (what was imported is set aside from
 the garbage collector's work); at run time, `guarded` answers an exception
 the handler does not catch with an `internal` handler error naming it,
-its traceback in the log, instead of a trap.
+its traceback in the log, instead of a trap (an `Err` that carries an
+import's error, such as a store's, too).
 """
 
 import ast
@@ -78,7 +81,20 @@ class Refusals(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Refusals())
 
-from wit_world.imports import host, types  # noqa: E402  (after the refusals)
+import wit_world.imports  # noqa: E402  (after the refusals)
+from wit_world.imports import host, types  # noqa: E402
+
+# Every interface of the world the component is built for (`store`,
+# `atomics`, `batch` in a stateful plugin's), so that an import of one
+# inside a function finds it as the standard library's are found.
+for _binding in sorted(os.listdir(os.path.dirname(wit_world.imports.__file__))):
+    if _binding.endswith(".py") and _binding != "__init__.py":
+        importlib.import_module("wit_world.imports." + _binding[:-3])
+
+# The cases of the world's `handler-error`: an `Err` holding one is the
+# handler's answer; an `Err` holding another interface's error (a store's
+# `Error_Other`) is not, and would trap the whole request.
+HANDLER_ERRORS = (types.HandlerError_BadRequest, types.HandlerError_Unsupported, types.HandlerError_Internal)
 
 
 def standard_library_modules():
@@ -169,8 +185,11 @@ def guarded(handle, request):
     `internal` handler error naming it, its traceback in the log."""
     try:
         return handle(request)
-    except Err:
-        raise
+    except Err as error:
+        if isinstance(error.value, HANDLER_ERRORS):
+            raise
+        host.log(host.Level.ERROR, described(error))
+        raise Err(types.HandlerError_Internal(f"uncaught error of an import: {error.value!r}"))
     except Exception as error:
         host.log(host.Level.ERROR, described(error))
         raise Err(types.HandlerError_Internal(f"uncaught {type(error).__name__}: {error}"))
