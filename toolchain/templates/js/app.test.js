@@ -22,8 +22,9 @@ test('says hello', () => {
 });
 
 test('the built component says hello', () => {
-  // Throws (and fails the test) if wasmux call exits non-zero.
-  const answer = execFileSync('wasmux', ['call', component, '--content-type', 'text/plain', '--content', 'world'], {
+  // Throws (and fails the test) if wasmux call exits non-zero. A deadline
+  // for a busy machine; a server gives 100ms unless told.
+  const answer = execFileSync('wasmux', ['call', component, '--deadline', '10s', '--content-type', 'text/plain', '--content', 'world'], {
     encoding: 'utf-8',
   });
   assert.equal(answer.trim(), "Got response: b'Hello, world!'");

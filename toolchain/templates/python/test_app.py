@@ -10,7 +10,8 @@ COMPONENT = pathlib.Path(__file__).parent / "dist" / "{{name}}.wasm"
 
 def call(content: str) -> str:
     done = subprocess.run(
-        ["wasmux", "call", str(COMPONENT), "--content-type", "text/plain", "--content", content],
+        # A deadline for a busy machine; a server gives 100ms unless told.
+        ["wasmux", "call", str(COMPONENT), "--deadline", "10s", "--content-type", "text/plain", "--content", content],
         capture_output=True,
         text=True,
     )

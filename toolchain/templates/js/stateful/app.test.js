@@ -14,7 +14,7 @@ const component = fileURLToPath(new URL('./dist/{{name}}.wasm', import.meta.url)
 
 function call(content, dataDir) {
   // Throws (and fails the test) if wasmux call exits non-zero.
-  return execFileSync('wasmux', ['call', component, '--content', content, '--data-dir', dataDir], { encoding: 'utf-8' }).trim();
+  return execFileSync('wasmux', ['call', component, '--deadline', '10s', '--content', content, '--data-dir', dataDir], { encoding: 'utf-8' }).trim();
 }
 
 test('the built component counts on from one call to the next', () => {

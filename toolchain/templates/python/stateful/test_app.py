@@ -12,7 +12,8 @@ COMPONENT = pathlib.Path(__file__).parent / "dist" / "{{name}}.wasm"
 
 def call(content: str, data_dir: str) -> str:
     done = subprocess.run(
-        ["wasmux", "call", str(COMPONENT), "--content", content, "--data-dir", data_dir],
+        # A deadline for a busy machine; a server gives 100ms unless told.
+        ["wasmux", "call", str(COMPONENT), "--deadline", "10s", "--content", content, "--data-dir", data_dir],
         capture_output=True,
         text=True,
     )
