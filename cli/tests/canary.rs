@@ -106,7 +106,7 @@ fn failures(conn: &mut Raw, count: usize) -> usize {
 }
 
 #[test]
-fn a_failing_candidate_is_rolled_back_after_a_handful_of_requests_and_stays_so_across_a_restart() {
+fn a_failing_candidate_is_rolled_back_after_a_handful_of_requests_and_stays_so_across_a_reload_and_a_restart() {
     let data = tempfile::tempdir().expect("temporary directory");
     let data_dir = data.path().to_str().expect("utf-8 path");
     let mut server = serve(FAILING_CANARY, &["--data-dir", data_dir]);
@@ -137,6 +137,14 @@ fn a_failing_candidate_is_rolled_back_after_a_handful_of_requests_and_stays_so_a
     assert_eq!(metric(&metrics, &format!(r#"wasmux_canary_state{{{labels},state="rolled-back"}}"#)), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, &format!(r#"wasmux_canary_guard_breached{{{labels},guard="error-rate"}}"#)), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, &format!("wasmux_canary_candidate_share{{{labels}}}")), Some(0.0), "{metrics}");
+
+    // A reload that leaves the canary alone (a new limit) keeps it rolled
+    // back: the candidate still gets nothing.
+    std::fs::write(server.config_path(), format!("[limits]\nidle-timeout = \"30s\"\n{FAILING_CANARY}")).expect("rewrite the configuration");
+    assert!(server.wait_for_log("reloaded", STEP), "{}", server.log());
+    assert_eq!(failures(&mut conn, 50), 0);
+    let canary = route(&report(&server), "text/plain")["canary"].clone();
+    assert_eq!((&canary["state"]["state"], &canary["share"]), (&json!("rolled-back"), &json!(0)), "{canary}");
 
     // A restart on the same data directory: still rolled back, and the
     // candidate gets nothing, not even before the state is read.
