@@ -173,10 +173,12 @@ fn outcomes_are_bounded_per_request_and_per_arm_and_errors_count_none() {
     let errors = &present["against_first"]["error_rate"];
     assert!(close(&errors["first_rate"], 1.0) && close(&errors["rate"], 0.0), "{errors}");
 
-    // Refusals are logged once per request, with the reason.
+    // Refusals are logged once per request, with the reason. The log is
+    // read from the server's output as it comes: wait for the lines.
+    for line in [r#"an outcome name is made of a-z, 0-9, - and _; refused "Bad""#, r#"a request may count at most 8 outcomes; dropped "i""#] {
+        assert!(server.wait_for_log(line, crate::common::STEP), "{}", server.log());
+    }
     let log = server.log();
-    assert!(log.contains(r#"an outcome name is made of a-z, 0-9, - and _; refused "Bad""#), "{log}");
-    assert!(log.contains(r#"a request may count at most 8 outcomes; dropped "i""#), "{log}");
     assert!(!log.contains(r#"dropped "j""#), "a second refusal of one request was logged:\n{log}");
 }
 
