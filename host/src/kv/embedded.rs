@@ -141,9 +141,10 @@ impl EmbeddedStore {
         let (bucket, key, limits) = (bucket.clone(), key.to_owned(), *limits);
         Self::write(this, deadline, move |store| {
             let _writer = store.writer(&bucket.tenant);
-            let old = store.data.get(data_key(&bucket, &key)).map_err(unavailable)?;
+            let stored = data_key(&bucket, &key);
+            let old = store.data.get(&stored).map_err(unavailable)?;
             let (sum, bytes) = add_to_counter(old.as_deref(), delta)?;
-            store.put_locked(&bucket, &key, Some(bytes), &limits)?;
+            store.replace(&bucket, &key, stored, old.map(|v| v.len()), Some(bytes), &limits)?;
             Ok(sum)
         })
         .await
@@ -186,13 +187,15 @@ impl EmbeddedStore {
     /// new usage, in one journal write, or refuses it whole.
     fn put(&self, bucket: &BucketId, key: &str, value: Option<Vec<u8>>, limits: &KvLimits) -> Result<(), KvError> {
         let _writer = self.writer(&bucket.tenant);
-        self.put_locked(bucket, key, value, limits)
+        let stored = data_key(bucket, key);
+        let old = self.data.get(&stored).map_err(unavailable)?.map(|v| v.len());
+        self.replace(bucket, key, stored, old, value, limits)
     }
 
-    /// [`Self::put`], under the tenant's write lock.
-    fn put_locked(&self, bucket: &BucketId, key: &str, value: Option<Vec<u8>>, limits: &KvLimits) -> Result<(), KvError> {
-        let stored = data_key(bucket, key);
-        let old = self.data.get(&stored).map_err(unavailable)?.map(|v| entry_size(key, v.len()));
+    /// [`Self::put`], under the tenant's write lock, of the entry stored at
+    /// `stored` whose value is now `old_len` bytes long (none: absent).
+    fn replace(&self, bucket: &BucketId, key: &str, stored: Vec<u8>, old_len: Option<usize>, value: Option<Vec<u8>>, limits: &KvLimits) -> Result<(), KvError> {
+        let old = old_len.map(|len| entry_size(key, len));
         if old.is_none() && value.is_none() {
             return Ok(());
         }
