@@ -19,12 +19,18 @@ pub use wasmux::plugin::types::{self, Field};
 /// host implements for `store` (with its `bucket` resource), `atomics` and
 /// `batch`, and their `add_to_linker`. Generated apart from the `handler`
 /// world so that the host links them only for components that import
-/// them. Every function is async: a store may be across the network.
+/// them. Every function that reaches the store is async (a store may be
+/// across the network); opening a bucket and dropping one only touch the
+/// instance's own table, so they are plain calls, which cost the guest less.
 pub mod keyvalue {
     wasmtime::component::bindgen!({
         world: "wasi:keyvalue/imports@0.2.0-draft",
         path: "../wit",
-        imports: { default: async },
+        imports: {
+            "wasi:keyvalue/store.open": trappable,
+            "wasi:keyvalue/store.[drop]bucket": trappable,
+            default: async,
+        },
     });
 
     pub use wasi::keyvalue::{atomics, batch, store};

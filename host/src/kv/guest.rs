@@ -22,8 +22,8 @@ pub fn to_wasi(error: KvError) -> store::Error {
 }
 
 impl store::Host for KvCall {
-    async fn open(&mut self, identifier: String) -> Result<Resource<store::Bucket>, store::Error> {
-        KvCall::open(self, &identifier).map(Resource::new_own).map_err(to_wasi)
+    fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<store::Bucket>, store::Error>> {
+        Ok(KvCall::open(self, &identifier).map(Resource::new_own).map_err(to_wasi))
     }
 }
 
@@ -49,7 +49,7 @@ impl store::HostBucket for KvCall {
         Ok(store::KeyResponse { keys, cursor })
     }
 
-    async fn drop(&mut self, bucket: Resource<store::Bucket>) -> wasmtime::Result<()> {
+    fn drop(&mut self, bucket: Resource<store::Bucket>) -> wasmtime::Result<()> {
         self.close(bucket.rep());
         Ok(())
     }
@@ -98,14 +98,14 @@ mod tests {
         let limits = KvLimits { max_key: 4, operations_per_request: 4, ..KvLimits::default() };
         let mut call = KvCall::new(Store::in_memory(), "alpha", "p", Arc::default(), limits);
         call.begin(Instant::now() + Duration::from_secs(5), limits);
-        assert!(matches!(store::Host::open(&mut call, "other".into()).await, Err(store::Error::NoSuchStore)));
-        let bucket = store::Host::open(&mut call, "default".into()).await.expect("default opens");
+        assert!(matches!(store::Host::open(&mut call, "other".into()).expect("no trap"), Err(store::Error::NoSuchStore)));
+        let bucket = store::Host::open(&mut call, "default".into()).expect("no trap").expect("default opens");
         let rep = bucket.rep();
         assert_eq!(atomics::Host::increment(&mut call, Resource::new_borrow(rep), "n".into(), 3).await.unwrap(), 3);
         let long = store::HostBucket::get(&mut call, Resource::new_borrow(rep), "too long".into()).await;
         assert!(matches!(&long, Err(store::Error::Other(m)) if m.contains("max-key-size")), "{long:?}");
         let spent = store::HostBucket::get(&mut call, Resource::new_borrow(rep), "n".into()).await;
         assert!(matches!(&spent, Err(store::Error::Other(m)) if m.contains("operations-per-request")), "{spent:?}");
-        store::HostBucket::drop(&mut call, bucket).await.unwrap();
+        store::HostBucket::drop(&mut call, bucket).unwrap();
     }
 }
