@@ -37,10 +37,10 @@ pub struct Outcome {
 }
 
 /// How long an interrupted or stopped program gets before it is killed.
-/// Generous: docs-test's own tests run dozens of sessions at once, and with
-/// one core kept busy the guide's Python server once took over 10 s to
-/// leave after its Ctrl-C. A program that exits in time costs nothing more.
-const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long a program gets to leave after its Ctrl-C (or a server after
+/// SIGTERM). The guide's Python server leaves in milliseconds; a program
+/// that exits in time costs nothing more.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Marks the command boundaries in a block's output (ASCII record separator).
 const MARK: char = '\u{1e}';
 
@@ -370,6 +370,22 @@ impl Process {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env_remove("RUST_LOG")
             .env_remove("BASH_ENV");
+        // Ctrl-C reaches a program started at a terminal. One started by a
+        // background job (`cmd &` in a script, nohup, some CI runners)
+        // inherits SIGINT ignored, and an ignored signal stays ignored
+        // across exec: the guide's Python server then never raises
+        // KeyboardInterrupt and outlives its transcript. Put SIGINT and
+        // SIGQUIT back to their defaults, as an interactive shell does.
+        // SAFETY: runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed; signal(2) is one, and the
+        // closure allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let child = command.spawn()?;
         // The Command held the pipe's write ends: dropped, so the reader
         // sees the end once the process and its children are gone.

@@ -36,6 +36,25 @@ fn the_fixtures_pass_and_are_counted() {
     assert!(output.contains("1 code listings checked against their files, 0 links checked"), "{output}");
 }
 
+#[test]
+fn ctrl_c_reaches_a_program_even_when_the_runner_was_started_with_it_ignored() {
+    // A script's background job (`cmd &`), nohup from one, and some CI
+    // runners start the runner with SIGINT and SIGQUIT ignored, which exec
+    // keeps: the guide's Python server would then never see Ctrl-C.
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(r#"trap '' INT QUIT; exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_wasmux-docs-test"))
+        .arg("--root")
+        .arg(root())
+        .arg(fixture("server.md"))
+        .output()
+        .expect("wasmux-docs-test runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(!text.contains("did not exit"), "{text}");
+}
+
 /// The lines of a transcript that are answers: output lines that are not
 /// wildcards, of every ```console block.
 fn answer_lines(source: &str) -> Vec<usize> {
