@@ -21,7 +21,7 @@ pub use wasmux::plugin::types::{self, Field};
 /// world so that the host links them only for components that import
 /// them. Every function that reaches the store is async (a store may be
 /// across the network); opening a bucket and dropping one only touch the
-/// instance's own table, so they are plain calls, which cost the guest less.
+/// instance's own table, so they are plain calls.
 pub mod keyvalue {
     wasmtime::component::bindgen!({
         world: "wasi:keyvalue/imports@0.2.0-draft",

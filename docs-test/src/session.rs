@@ -36,10 +36,10 @@ pub struct Outcome {
     pub report: String,
 }
 
-/// How long an interrupted or stopped program gets before it is killed.
-/// How long a program gets to leave after its Ctrl-C (or a server after
-/// SIGTERM). The guide's Python server leaves in milliseconds; a program
-/// that exits in time costs nothing more.
+/// How long an interrupted or stopped program gets to leave (after its
+/// Ctrl-C, or a server after SIGTERM) before it is killed. The guide's
+/// Python server leaves in milliseconds; one that exits in time costs
+/// nothing more.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Marks the command boundaries in a block's output (ASCII record separator).
 const MARK: char = '\u{1e}';
