@@ -17,7 +17,13 @@
 //! uses the directory, with its process id inside, so a second server is
 //! refused with a message naming `--data-dir`), and `kv/`, fjall's
 //! database with two keyspaces: `data` (each entry under its bucket's
-//! prefix, [`data_key`]) and `usage` (each tenant's [`Usage`]).
+//! prefix, [`data_key`]) and `usage` (each tenant's [`Usage`], under its
+//! name, [`usage_key`]).
+//!
+//! fjall holds keys of 1 to 65 535 bytes and panics on others: an entry's
+//! stored key (its bucket's names and the key) longer than that is refused
+//! as a limit ([`MAX_STORED_KEY`]), and the tenant named `""` has a usage
+//! key of its own.
 //!
 //! Writes of one tenant are serialized by a lock (striped by tenant), so
 //! that a read-modify-write (`increment`, the usage a write changes) is
@@ -93,12 +99,12 @@ impl EmbeddedStore {
     }
 
     pub fn get(&self, bucket: &BucketId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let value = self.data.get(data_key(bucket, key)).map_err(unavailable)?;
+        let value = self.data.get(data_key(bucket, key)?).map_err(unavailable)?;
         Ok(value.map(|v| v.to_vec()))
     }
 
     pub fn exists(&self, bucket: &BucketId, key: &str) -> Result<bool, KvError> {
-        self.data.contains_key(data_key(bucket, key)).map_err(unavailable)
+        self.data.contains_key(data_key(bucket, key)?).map_err(unavailable)
     }
 
     /// The cursor is the number of keys already listed: a page is found
@@ -141,7 +147,7 @@ impl EmbeddedStore {
         let (bucket, key, limits) = (bucket.clone(), key.to_owned(), *limits);
         Self::write(this, deadline, move |store| {
             let _writer = store.writer(&bucket.tenant);
-            let stored = data_key(&bucket, &key);
+            let stored = data_key(&bucket, &key)?;
             let old = store.data.get(&stored).map_err(unavailable)?;
             let (sum, bytes) = add_to_counter(old.as_deref(), delta)?;
             store.replace(&bucket, &key, stored, old.map(|v| v.len()), Some(bytes), &limits)?;
@@ -151,7 +157,7 @@ impl EmbeddedStore {
     }
 
     pub fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
-        let value = self.usage.get(tenant.as_bytes()).map_err(unavailable)?;
+        let value = self.usage.get(usage_key(tenant)).map_err(unavailable)?;
         Ok(value.as_deref().map(decode_usage).unwrap_or_default())
     }
 
@@ -187,7 +193,7 @@ impl EmbeddedStore {
     /// new usage, in one journal write, or refuses it whole.
     fn put(&self, bucket: &BucketId, key: &str, value: Option<Vec<u8>>, limits: &KvLimits) -> Result<(), KvError> {
         let _writer = self.writer(&bucket.tenant);
-        let stored = data_key(bucket, key);
+        let stored = data_key(bucket, key)?;
         let old = self.data.get(&stored).map_err(unavailable)?.map(|v| v.len());
         self.replace(bucket, key, stored, old, value, limits)
     }
@@ -199,6 +205,9 @@ impl EmbeddedStore {
         if old.is_none() && value.is_none() {
             return Ok(());
         }
+        if let Some(value) = value.as_ref().filter(|v| u32::try_from(v.len()).is_err()) {
+            return Err(KvError::Limit(format!("a value of {} bytes is too large for the embedded store (at most 4 GiB)", value.len())));
+        }
         let new = value.as_ref().map(|v| entry_size(key, v.len()));
         let usage = self.usage(&bucket.tenant)?.after(old, new, limits)?;
         let mut batch = self.db.batch().durability(Some(self.mode));
@@ -206,7 +215,7 @@ impl EmbeddedStore {
             Some(value) => batch.insert(&self.data, stored, value),
             None => batch.remove(&self.data, stored),
         }
-        batch.insert(&self.usage, bucket.tenant.as_bytes(), encode_usage(usage));
+        batch.insert(&self.usage, usage_key(&bucket.tenant), encode_usage(usage));
         batch.commit().map_err(unavailable)
     }
 }
@@ -244,11 +253,29 @@ fn bucket_prefix(bucket: &BucketId) -> Vec<u8> {
     prefix
 }
 
-/// Where `key` of `bucket` is stored.
-fn data_key(bucket: &BucketId, key: &str) -> Vec<u8> {
+/// The longest key fjall holds (its keys are 1 to 65 535 bytes).
+pub const MAX_STORED_KEY: usize = u16::MAX as usize;
+
+/// Where `key` of `bucket` is stored, or a refusal if that is longer than
+/// fjall holds (a long key under a raised `max-key-size`, or long names).
+fn data_key(bucket: &BucketId, key: &str) -> Result<Vec<u8>, KvError> {
     let mut stored = bucket_prefix(bucket);
     stored.extend_from_slice(key.as_bytes());
-    stored
+    if stored.len() > MAX_STORED_KEY {
+        return Err(KvError::Limit(format!(
+            "a key of {} bytes is too long for the embedded store: with its tenant's, plugin's and bucket's names it is {} bytes, over the {MAX_STORED_KEY} the store holds",
+            key.len(),
+            stored.len()
+        )));
+    }
+    Ok(stored)
+}
+
+/// Where `tenant`'s usage is stored: its name, except for the tenant named
+/// `""` (fjall holds no empty key), whose usage is under the byte 0xFF,
+/// which no name (UTF-8) is.
+fn usage_key(tenant: &str) -> &[u8] {
+    if tenant.is_empty() { &[0xFF] } else { tenant.as_bytes() }
 }
 
 fn encode_usage(usage: Usage) -> [u8; 16] {
@@ -277,11 +304,11 @@ mod tests {
         // lengths cannot.
         let a = BucketId::new("t", "a:b", "c");
         let b = BucketId::new("t", "a", "b:c");
-        assert!(!data_key(&a, "k").starts_with(&bucket_prefix(&b)));
-        assert!(!data_key(&b, "k").starts_with(&bucket_prefix(&a)));
+        assert!(!data_key(&a, "k").unwrap().starts_with(&bucket_prefix(&b)));
+        assert!(!data_key(&b, "k").unwrap().starts_with(&bucket_prefix(&a)));
         let default = BucketId::new("t", "p", "default");
         let longer = BucketId::new("t", "p", "defaultx");
-        assert!(!data_key(&longer, "").starts_with(&bucket_prefix(&default)));
+        assert!(!data_key(&longer, "").unwrap().starts_with(&bucket_prefix(&default)));
     }
 
     #[test]

@@ -649,3 +649,36 @@ async fn a_store_on_demand_opens_its_directory_when_first_needed() {
     drop((store, first));
     assert!(second.get().is_ok(), "tried again, and free now");
 }
+
+/// What a configuration may name but fjall cannot hold as a key (an empty
+/// tenant name; a key past 65 535 bytes under a raised `max-key-size`) is
+/// stored or refused as a limit, never a panic: fjall asserts on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_keys_fjall_cannot_hold_are_served_or_refused() {
+    let backends = backends(Durability::Process);
+    let raised = KvLimits { max_key: 1 << 20, ..KvLimits::default() };
+    for (name, store) in &backends.stores {
+        let unnamed = bucket("", "p");
+        assert_eq!(store.increment(&unnamed, "n", 2, &raised, soon()).await.unwrap(), 2, "{name}");
+        store.set(&unnamed, "k", b"v".to_vec(), &raised, soon()).await.unwrap();
+        assert_eq!(store.get(&unnamed, "n", &raised, soon()).await.unwrap().as_deref(), Some(&b"2"[..]), "{name}");
+        assert_eq!(store.usage("", soon()).await.unwrap(), Usage { keys: 2, bytes: 4 }, "{name}");
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage::default(), "{name}: the unnamed tenant is its own");
+
+        let long = "k".repeat(70_000);
+        let b = bucket("alpha", "p");
+        let set = store.set(&b, &long, b"v".to_vec(), &raised, soon()).await;
+        let increment = store.increment(&b, &long, 1, &raised, soon()).await;
+        let get = store.get(&b, &long, &raised, soon()).await;
+        if *name == "embedded" {
+            for refused in [set.map(|_| ()), increment.map(|_| ()), get.map(|_| ())] {
+                assert!(matches!(&refused, Err(KvError::Limit(m)) if m.contains("too long for the embedded store")), "{refused:?}");
+            }
+            assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage::default(), "a refused write changes nothing");
+        } else {
+            set.unwrap();
+            assert!(matches!(increment, Err(KvError::NotACounter(_))), "{name}: {increment:?}");
+            assert_eq!(get.unwrap().as_deref(), Some(&b"v"[..]), "{name}");
+        }
+    }
+}
