@@ -209,13 +209,17 @@ impl EmbeddedStore {
             return Err(KvError::Limit(format!("a value of {} bytes is too large for the embedded store (at most 4 GiB)", value.len())));
         }
         let new = value.as_ref().map(|v| entry_size(key, v.len()));
-        let usage = self.usage(&bucket.tenant)?.after(old, new, limits)?;
+        // An entry replaced by one of the same size (most increments) leaves
+        // the tenant's usage as it is: nothing to check, read or write.
+        let usage = if old == new { None } else { Some(self.usage(&bucket.tenant)?.after(old, new, limits)?) };
         let mut batch = self.db.batch().durability(Some(self.mode));
         match value {
             Some(value) => batch.insert(&self.data, stored, value),
             None => batch.remove(&self.data, stored),
         }
-        batch.insert(&self.usage, usage_key(&bucket.tenant), encode_usage(usage));
+        if let Some(usage) = usage {
+            batch.insert(&self.usage, usage_key(&bucket.tenant), encode_usage(usage));
+        }
         batch.commit().map_err(unavailable)
     }
 }

@@ -682,3 +682,36 @@ async fn names_and_keys_fjall_cannot_hold_are_served_or_refused() {
         }
     }
 }
+
+/// The embedded store leaves the usage alone when an entry keeps its size
+/// (most increments): the usage must still follow every change of size,
+/// and a growth past a limit still be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_follows_counters_through_every_change_of_size() {
+    let backends = backends(Durability::Process);
+    for (name, store) in &backends.stores {
+        let b = bucket("alpha", "p");
+        // "n" plus "99": 3 bytes; "100" would make 4.
+        let limits = KvLimits { max_bytes: 3, ..KvLimits::default() };
+        for expected in 1..=99 {
+            assert_eq!(store.increment(&b, "n", 1, &limits, soon()).await.unwrap(), expected, "{name}");
+        }
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage { keys: 1, bytes: 3 }, "{name}");
+        let grown = store.increment(&b, "n", 1, &limits, soon()).await;
+        assert!(matches!(&grown, Err(KvError::Limit(m)) if m.contains("max-bytes")), "{name}: {grown:?}");
+        assert_eq!(store.get(&b, "n", &limits, soon()).await.unwrap().as_deref(), Some(&b"99"[..]), "{name}: refused, unchanged");
+        // Same size: allowed at the limit, usage unchanged; then a shrink.
+        store.set(&b, "n", b"42".to_vec(), &limits, soon()).await.unwrap();
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage { keys: 1, bytes: 3 }, "{name}");
+        store.set(&b, "n", b"7".to_vec(), &limits, soon()).await.unwrap();
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage { keys: 1, bytes: 2 }, "{name}");
+        let roomy = KvLimits::default();
+        for _ in 0..993 {
+            store.increment(&b, "n", 1, &roomy, soon()).await.unwrap();
+        }
+        assert_eq!(store.get(&b, "n", &roomy, soon()).await.unwrap().as_deref(), Some(&b"1000"[..]), "{name}");
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage { keys: 1, bytes: 5 }, "{name}");
+        store.delete(&b, "n", &roomy, soon()).await.unwrap();
+        assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage::default(), "{name}");
+    }
+}
