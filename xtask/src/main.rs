@@ -346,16 +346,28 @@ fn workspace_root() -> PathBuf {
 /// `cargo xtask serve` and a plain `cargo build`, and each would rebuild
 /// what the other built.
 fn cargo() -> Command {
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cargo = Command::new(cargo_program());
+    without_cargo_run_variables(&mut cargo);
+    cargo
+}
+
+/// The cargo program [`cargo`] runs.
+fn cargo_program() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Removes from `command`'s environment the variables `cargo run` set for
+/// this process (see [`cargo`]), for a command that runs cargo through
+/// another program (`taskset`).
+fn without_cargo_run_variables(command: &mut Command) {
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         let set_by_cargo_run = name.starts_with("CARGO_PKG_")
             || matches!(name, "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_BIN_NAME" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE");
         if set_by_cargo_run {
-            cargo.env_remove(name);
+            command.env_remove(name);
         }
     }
-    cargo
 }
 
 /// Runs `first` on a thread of its own while `second` runs here; both

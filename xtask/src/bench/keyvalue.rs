@@ -13,7 +13,16 @@
 //! back). Two figures per row: the client's median latency, and the
 //! server's CPU time per request (all its threads, from
 //! `/proc/PID/task/*/schedstat`): the steadier of the two on a busy
-//! machine. Figures only: nothing here asserts a time.
+//! machine. Redis runs on the load generator's cores (idle while the
+//! server waits for it, as the server's are while the load generator
+//! waits), and its round trip is measured from the servers' cores: the
+//! hop a served call makes.
+//!
+//! Beside them, the same calls in one process with no network
+//! (`cargo bench -p wasmux --bench kv_store`, pinned to the servers'
+//! cores): what the store call itself costs a plugin, without the
+//! kernel's and the scheduler's work around a served request. Figures
+//! only: nothing here asserts a time.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -72,7 +81,7 @@ pub fn measure(root: &Path, wasmux: &Path, pinning: &Pinning, work: &Path, round
     let routes = "[routes]\n\"text/plain\" = \"kv-counter\"\n";
     let plain = write("kv.toml", routes)?;
     let synced = write("kv-sync.toml", &format!("{routes}\n[kv]\nsync = true\n"))?;
-    let redis = Redis::start(root, &dir.join("redis"))?;
+    let redis = Redis::start(root, &dir.join("redis"), pinning)?;
     let serve_args = |config: &Path, data: &str, more: &[&str]| -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--plugins".into(), dir.join("plugins").into(), "--config".into(), config.into()];
         args.extend(["--data-dir".into(), dir.join(data).into(), "--cache-dir".into(), work.join("cache").into()]);
@@ -118,12 +127,37 @@ pub fn measure(root: &Path, wasmux: &Path, pinning: &Pinning, work: &Path, round
             }
         }
     }
-    let round_trip = redis.round_trip(REQUESTS)?;
+    let round_trip = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pinning.pin_this_thread(Side::Server)?;
+                redis.round_trip(REQUESTS)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the round-trip thread panicked")))
+    })?;
     drop(servers);
     drop(redis);
-    let section = render(&backends, &measured, round_trip, pinning, &format!("{load_before} before, {} after", load_average()), rounds);
+    let in_process = in_process(root, pinning)?;
+    let load = format!("{load_before} before, {} after", load_average());
+    let section = render(&backends, &measured, round_trip, pinning, &load, rounds, &in_process);
     eprint!("{section}");
     Ok(section)
+}
+
+/// The tables of `cargo bench -p wasmux --bench kv_store`, run pinned to
+/// the servers' cores (built first, unpinned).
+fn in_process(root: &Path, pinning: &Pinning) -> Result<String> {
+    let bench = ["bench", "--locked", "-p", "wasmux", "--bench", "kv_store"];
+    crate::run(crate::cargo().current_dir(root).args(bench).arg("--no-run"))?;
+    eprintln!("xtask: key-value store, in one process: cargo bench -p wasmux --bench kv_store");
+    let mut command = pinning.command(Path::new(&crate::cargo_program()), Side::Server);
+    crate::without_cargo_run_variables(&mut command);
+    let output = command.current_dir(root).args(bench).args(["--", "--bench"]).stderr(Stdio::inherit()).output().context("running the kv_store bench")?;
+    if !output.status.success() {
+        bail!("cargo bench -p wasmux --bench kv_store failed: {}", output.status);
+    }
+    String::from_utf8(output.stdout).context("the kv_store bench printed something that is not UTF-8")
 }
 
 /// `REQUESTS` requests `call`, one at a time on one connection.
@@ -146,7 +180,7 @@ fn median(values: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
-fn render(backends: &[Backend], measured: &[Measured], round_trip: f64, pinning: &Pinning, load: &str, rounds: u32) -> String {
+fn render(backends: &[Backend], measured: &[Measured], round_trip: f64, pinning: &Pinning, load: &str, rounds: u32, in_process: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "{HEADING}\n");
     let _ = writeln!(
@@ -170,7 +204,11 @@ fn render(backends: &[Backend], measured: &[Measured], round_trip: f64, pinning:
             let _ = writeln!(md, "| {} | {what} | {p50:.1} | {} | {cpu:.1} | {} |", backend.what, over(p50, ping_p50), over(cpu, ping_cpu));
         }
     }
-    let _ = writeln!(md, "\nRedis's own round trip on this loopback (`PING`, one at a time, median of {REQUESTS}): {round_trip:.1} µs.\n");
+    let _ = writeln!(
+        md,
+        "\nRedis's own round trip on this loopback (`PING`, one at a time from the servers' cores to Redis on the load \
+         generator's, median of {REQUESTS}): {round_trip:.1} µs.\n"
+    );
     let _ = writeln!(
         md,
         "Issue 24's targets: with the embedded store at the default durability, a `get` or an `increment` adds at most 5 µs \
@@ -178,6 +216,15 @@ fn render(backends: &[Backend], measured: &[Measured], round_trip: f64, pinning:
          write). Read the server CPU column first on a busy machine: the latency column also holds both loopback trips and \
          the scheduler's delays.\n"
     );
+    let _ = writeln!(
+        md,
+        "### In one process\n\nThe same calls with no network around them (`cargo bench -p wasmux --bench kv_store`, {}, \
+         with the Redis it starts): what the store call itself costs a plugin, and the store's own \
+         operations under it. The Redis rows compare with the client crate's own `HGET`, measured alongside.\n\n{}",
+        pinning.where_is(Side::Server),
+        in_process.trim_end()
+    );
+    md.push('\n');
     md
 }
 
@@ -190,7 +237,8 @@ struct Redis {
 }
 
 impl Redis {
-    fn start(root: &Path, dir: &Path) -> Result<Self> {
+    /// Starts it on the load generator's cores (when pinned).
+    fn start(root: &Path, dir: &Path, pinning: &Pinning) -> Result<Self> {
         let found = Command::new("redis-server").arg("--version").output();
         let output = match found {
             Ok(output) if output.status.success() => output,
@@ -204,7 +252,8 @@ impl Redis {
         let version = text.split_whitespace().find_map(|w| w.strip_prefix("v=")).unwrap_or("?").to_owned();
         std::fs::create_dir_all(dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("redis-server")
+        let child = pinning
+            .command(Path::new("redis-server"), Side::LoadGenerator)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(dir)

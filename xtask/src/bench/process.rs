@@ -113,6 +113,34 @@ impl Pinning {
             None => Command::new(program),
         }
     }
+
+    /// Where `side` runs, for a sentence: "on core(s) 0" or "not pinned".
+    pub fn where_is(&self, side: Side) -> String {
+        match (&self.cores, side) {
+            (Some((server, _)), Side::Server) => format!("on core(s) {server}"),
+            (Some((_, load)), Side::LoadGenerator) => format!("on core(s) {load}"),
+            (None, _) => "not pinned".into(),
+        }
+    }
+
+    /// Pins the calling thread to `side`'s cores (`taskset -p` on its
+    /// thread id), when pinning is on: for a measurement this process makes
+    /// itself, such as Redis's round trip seen from the servers' cores.
+    pub fn pin_this_thread(&self, side: Side) -> Result<()> {
+        let Some((server, load)) = &self.cores else { return Ok(()) };
+        // `/proc/thread-self` links to `PID/task/TID`.
+        let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+        let tid = link.file_name().and_then(|name| name.to_str()).with_context(|| format!("no thread id in {}", link.display()))?;
+        let cores = match side {
+            Side::Server => server,
+            Side::LoadGenerator => load,
+        };
+        let status = Command::new("taskset").args(["-p", "-c", cores, tid]).stdout(Stdio::null()).status().context("running taskset -p")?;
+        if !status.success() {
+            bail!("taskset -p -c {cores} {tid} failed: {status}");
+        }
+        Ok(())
+    }
 }
 
 /// A server process, stopped when dropped.
