@@ -174,8 +174,16 @@ fn outcomes_are_bounded_per_request_and_per_arm_and_errors_count_none() {
     assert!(close(&errors["first_rate"], 1.0) && close(&errors["rate"], 0.0), "{errors}");
 
     // Refusals are logged once per request, with the reason. The log is
-    // read from the server's output as it comes: wait for the lines.
-    for line in [r#"an outcome name is made of a-z, 0-9, - and _; refused "Bad""#, r#"a request may count at most 8 outcomes; dropped "i""#] {
+    // read from the server's output as it comes: wait for the lines, the
+    // last from a request sent after all the others (on a route that counts
+    // nothing), so that a second refusal of "a … j", logged before it,
+    // would have been read by then.
+    send("text/x-plain", "Last");
+    for line in [
+        r#"an outcome name is made of a-z, 0-9, - and _; refused "Bad""#,
+        r#"a request may count at most 8 outcomes; dropped "i""#,
+        r#"an outcome name is made of a-z, 0-9, - and _; refused "Last""#,
+    ] {
         assert!(server.wait_for_log(line, crate::common::STEP), "{}", server.log());
     }
     let log = server.log();
