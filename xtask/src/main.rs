@@ -253,14 +253,9 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Serve { args } => {
             // The served plugins and the server build at once: the server's
             // build leaves a core idle for long stretches (one big crate
-            // at a time), which the plugins' build fills. At the lowest
-            // priority, so that it takes only what the server's build (the
-            // first answer's critical path) leaves idle.
+            // at a time), which the plugins' build fills.
             both(
-                || {
-                    lowest_priority_for_this_thread();
-                    plugins::build(&root, true, plugins::Which::Served)
-                },
+                || plugins::build(&root, true, plugins::Which::Served),
                 || timed("the server", || run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
             )?;
             let plugins = root.join("target/plugins");
@@ -392,31 +387,6 @@ fn timed(what: &str, step: impl FnOnce() -> Result<()>) -> Result<()> {
     let result = step();
     eprintln!("xtask: {what}: {:.1} s", started.elapsed().as_secs_f64());
     result
-}
-
-/// The calling thread's id, from `/proc/thread-self` (a link to
-/// `PID/task/TID`): for `taskset -p` and `renice`, which act on one thread
-/// when given its id.
-fn this_thread_id() -> Result<String> {
-    let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
-    let tid = link.file_name().and_then(|name| name.to_str()).with_context(|| format!("no thread id in {}", link.display()))?;
-    Ok(tid.to_owned())
-}
-
-/// Gives the calling thread the lowest CPU priority (`renice -n 19`), which
-/// the processes it starts inherit. A priority is only a preference: where
-/// it cannot be set, this says so and the work runs as it would have.
-fn lowest_priority_for_this_thread() {
-    let reniced = this_thread_id().and_then(|tid| {
-        let status = Command::new("renice").args(["-n", "19", "-p", &tid]).stdout(std::process::Stdio::null()).status().context("running renice")?;
-        if !status.success() {
-            bail!("renice -n 19 -p {tid} failed ({status})");
-        }
-        Ok(())
-    });
-    if let Err(e) = reniced {
-        eprintln!("xtask: the plugins build at normal priority: {e:#}");
-    }
 }
 
 /// Runs a command with inherited output, failing if it fails.

@@ -128,12 +128,14 @@ impl Pinning {
     /// itself, such as Redis's round trip seen from the servers' cores.
     pub fn pin_this_thread(&self, side: Side) -> Result<()> {
         let Some((server, load)) = &self.cores else { return Ok(()) };
-        let tid = crate::this_thread_id()?;
+        // `/proc/thread-self` links to `PID/task/TID`.
+        let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+        let tid = link.file_name().and_then(|name| name.to_str()).with_context(|| format!("no thread id in {}", link.display()))?;
         let cores = match side {
             Side::Server => server,
             Side::LoadGenerator => load,
         };
-        let status = Command::new("taskset").args(["-p", "-c", cores, &tid]).stdout(Stdio::null()).status().context("running taskset -p")?;
+        let status = Command::new("taskset").args(["-p", "-c", cores, tid]).stdout(Stdio::null()).status().context("running taskset -p")?;
         if !status.success() {
             bail!("taskset -p -c {cores} {tid} failed: {status}");
         }
