@@ -14,9 +14,10 @@
 //! test fixture `kv-counter` (`target/test-plugins`, built by `cargo xtask
 //! test`) called through [`Plugin::call`], the path a served request
 //! takes once its frame is decoded (an instance, the component model's
-//! calls into the host and back, the store), with `get n` and `incr n`
-//! against the same plugin's `ping`, which touches no store; with a fresh
-//! instance per call (the default) and with one instance reused. No
+//! calls into the host and back, the store, the server's metrics), with
+//! `get n` and `incr n` against the same plugin's `ping`, which touches no
+//! store; with a fresh instance per call (the default) and with one
+//! instance reused. No
 //! network and no other request around it: the difference is the call
 //! itself, without the kernel's and the scheduler's work around a served
 //! request (which `cargo xtask bench --only kv` measures).
@@ -39,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wasmux::kv::{BucketId, Durability, KvLimits, NoKvMetrics, OnDemand, Store, StoreConfig};
+use wasmux::kv::{BucketId, Durability, KvLimits, OnDemand, Store, StoreConfig};
 use wasmux::message::Message;
 use wasmux::plugins::Plugin;
 use wasmux::runtime::{CallContext, Reuse, ReuseCount, Runtime, RuntimeSettings, Unobserved, Wasi};
@@ -121,7 +122,8 @@ const ROUNDS: usize = 3;
 /// per run, on `config`'s store, with fresh and with reused instances, and
 /// prints a row per call.
 async fn plugin_calls(backend: &str, config: StoreConfig, count: u32) {
-    let store = Arc::new(OnDemand::new(config, Arc::new(NoKvMetrics)));
+    // The server's own metrics, which every store call reports to.
+    let store = Arc::new(OnDemand::new(config, Arc::new(wasmux::metrics::Metrics::new())));
     let runtime = Runtime::with_store(RuntimeSettings::default(), Arc::new(Unobserved), store).expect("a runtime");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugins/kv-counter.wasm");
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (build the test fixtures with `cargo xtask plugins`)", path.display()));
