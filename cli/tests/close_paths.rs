@@ -345,6 +345,29 @@ fn making_room_at_the_connection_cap_ends_the_idle_connection_with_a_fin() {
     }
 }
 
+#[test]
+fn a_client_waiting_at_the_cap_gets_the_place_while_the_idle_connection_lingers() {
+    // One place. The first client is answered, then neither reads on nor
+    // closes, so the connection that makes room for the next client
+    // lingers its whole time after its FIN.
+    let (server, _) = start(Transport::Plain, "max-connections = 1", "");
+    let mut idle = server.connect();
+    let answer = idle.try_read_message_after(&search("morpheus")).expect("the first client's answer");
+    assert_eq!(Answer::parse(&answer).result(), RABBIT);
+    let idle_addr = idle.stream.local_addr().expect("the first client's address");
+    assert_eq!(newcomer_request(server.addr, None), RABBIT, "the client waiting for the place");
+    let lingered = format!("connection to {idle_addr} closed after lingering");
+    wait_for_log(&server, &lingered);
+    // The newcomer was let in when the idle connection sent its FIN, not
+    // when its linger ended.
+    let log = server.log();
+    let made_room = log.find(&format!("closing idle connection to {idle_addr} to make room")).expect("room made");
+    let accepted = log[made_room..].find("accepted connection from").map(|at| made_room + at);
+    let ended = log.find(&lingered).expect("the linger's end");
+    assert!(accepted.is_some_and(|accepted| accepted < ended), "the newcomer waited for the linger to end:\n{log}");
+    drop(idle);
+}
+
 /// Another client is served at once.
 fn assert_serves_others(server: &Server, certs: Option<&Certificates>) {
     assert_eq!(newcomer_request(server.addr, certs.map(|c| c.path("ca.pem"))), RABBIT, "another client");

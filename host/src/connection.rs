@@ -395,17 +395,18 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// side or `duration` passes. Closing a socket with unread bytes makes
     /// the kernel reset the connection and throw away what it has not sent
     /// yet: the answers just written, including the one that says what
-    /// went wrong.
-    pub async fn linger(&mut self, duration: Duration) {
+    /// went wrong. Returns whether the peer closed (or the connection
+    /// failed) before `duration` passed.
+    pub async fn linger(&mut self, duration: Duration) -> bool {
         let until = Instant::now() + duration;
         loop {
             self.buf.clear();
             tokio::select! {
                 read = self.io.read_buf(&mut self.buf) => match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return true,
                     Ok(_) => {}
                 },
-                () = tokio::time::sleep_until(until) => return,
+                () = tokio::time::sleep_until(until) => return false,
             }
         }
     }

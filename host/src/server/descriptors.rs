@@ -16,6 +16,12 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 /// watcher), beyond those already open when it computes its cap.
 pub const RESERVED: usize = 64;
 
+/// Connections the server is ending that may linger (reading what their
+/// peer still sends, up to two seconds) outside the connection cap, so
+/// that a client waiting for a place gets it when the connection making
+/// room sends its FIN, not when its peer answers that FIN.
+pub const LINGERING: usize = 32;
+
 /// Raises the soft limit on open files to the hard limit. Returns the soft
 /// limit before and after (`u64::MAX` for unlimited).
 pub fn raise_open_file_limit() -> io::Result<(u64, u64)> {
@@ -46,18 +52,18 @@ fn open_descriptors() -> Option<usize> {
 
 /// The connection cap: `configured`, or lower when the open-file limit
 /// leaves no room for that many connections beside the descriptors open
-/// now and [`RESERVED`] more.
+/// now, [`RESERVED`] more and [`LINGERING`] connections being closed.
 pub(super) fn connection_cap(configured: usize) -> usize {
     let Some(limit) = open_file_limit() else { return configured };
     let in_use = open_descriptors().unwrap_or(0);
-    let room = limit.saturating_sub(in_use + RESERVED);
+    let room = limit.saturating_sub(in_use + RESERVED + LINGERING);
     if room >= configured {
         return configured;
     }
     let cap = room.max(1);
     tracing::warn!(
         "serving at most {cap} connections, not max-connections = {configured}: the open-file limit is {limit} \
-         ({in_use} in use, {RESERVED} kept for files); raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve more"
+         ({in_use} in use, {RESERVED} kept for files, {LINGERING} for connections closing); raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve more"
     );
     cap
 }
@@ -71,7 +77,7 @@ mod tests {
         let Some(limit) = open_file_limit() else { return };
         assert_eq!(connection_cap(1), 1);
         let cap = connection_cap(usize::MAX);
-        assert!(cap + RESERVED <= limit, "cap {cap} with limit {limit}");
+        assert!(cap + RESERVED + LINGERING <= limit, "cap {cap} with limit {limit}");
         assert!(cap >= 1);
     }
 }

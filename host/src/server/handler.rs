@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::room::MakeRoom;
+use super::room::{MakeRoom, Place};
 use crate::codec::{DecodeError, Inbound};
 use crate::connection::{Connection, More, ReadTimeouts};
 use crate::message::{ErrorCode, Message, ProtocolError};
@@ -35,6 +35,8 @@ pub(super) struct Handler<R, W> {
     pub service: Arc<Service>,
     /// Idle connections give way to waiting clients at the connection cap.
     pub make_room: Arc<MakeRoom>,
+    /// This connection's place under the cap, given up when it lingers.
+    pub place: Place,
     /// Cancelled at shutdown.
     pub token: CancellationToken,
 }
@@ -186,7 +188,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
     /// the write side is shut (a FIN: the peer reads the end of the stream
     /// after the last answer), then whatever the peer still sends (requests
     /// the server will not read) is read and dropped until it closes too,
-    /// or for [`LINGER`] (at most the message timeout).
+    /// or for [`LINGER`] (at most the message timeout). While it lingers,
+    /// its place under the connection cap goes to the next client, if one
+    /// of the few places for lingering connections is free.
     ///
     /// Without that linger, closing a socket with unread bytes makes the
     /// kernel reset the connection, and a reset throws away what it has not
@@ -207,7 +211,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
         }
         if self.connection.writer.shutdown().await.is_ok() {
             let linger = LINGER.min(self.service.settings().limits.message_timeout);
-            self.connection.reader.linger(linger).await;
+            let _lingering = self.place.leave_to_linger();
+            let peer_closed = self.connection.reader.linger(linger).await;
+            let peer = self.peer;
+            if peer_closed {
+                tracing::debug!("connection to {peer} closed by the peer after the server's FIN");
+            } else {
+                tracing::debug!("connection to {peer} closed after lingering {linger:?}: the peer did not close");
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::handler::Handler;
-use super::room::MakeRoom;
+use super::room::{MakeRoom, Place};
 use crate::connection::{BufferBudget, Connection};
 use crate::service::Service;
 
@@ -26,6 +26,8 @@ pub(super) struct Listener {
     pub service: Arc<Service>,
     /// One permit per open connection (shared by every listener).
     pub connections: Arc<Semaphore>,
+    /// One permit per connection lingering outside the cap (shared).
+    pub lingering: Arc<Semaphore>,
     /// What all connections' read buffers may hold together (shared).
     pub budget: Arc<BufferBudget>,
     /// Asked when a client waits for a place: the connection that has been
@@ -79,6 +81,7 @@ impl Listener {
                 service: Arc::clone(&self.service),
                 budget: Arc::clone(&self.budget),
                 make_room: Arc::clone(&self.make_room),
+                place: Place::new(permit, Arc::clone(&self.lingering)),
                 token: self.token.clone(),
             };
             let tls = self.tls.clone();
@@ -91,7 +94,6 @@ impl Listener {
                         Some(tls) => accepted.serve_tls(stream, tls).await,
                     }
                     metrics.connection_closed();
-                    drop(permit);
                 }
                 .instrument(tracing::info_span!("conn", %peer)),
             );
@@ -105,6 +107,8 @@ struct Accepted {
     service: Arc<Service>,
     budget: Arc<BufferBudget>,
     make_room: Arc<MakeRoom>,
+    /// Held until the connection ends or lingers.
+    place: Place,
     token: CancellationToken,
 }
 
@@ -140,7 +144,7 @@ impl Accepted {
     }
 
     async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(self, connection: Connection<R, W>) {
-        let Self { peer, service, budget, make_room, token } = self;
-        Handler { connection: connection.with_budget(budget), peer, service, make_room, token }.run().await;
+        let Self { peer, service, budget, make_room, place, token } = self;
+        Handler { connection: connection.with_budget(budget), peer, service, make_room, place, token }.run().await;
     }
 }

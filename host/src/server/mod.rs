@@ -55,6 +55,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let limits = &service.settings().limits;
     let connections = Arc::new(Semaphore::new(descriptors::connection_cap(limits.max_connections)));
+    let lingering = Arc::new(Semaphore::new(descriptors::LINGERING));
     let budget = BufferBudget::new(limits.max_buffered);
     let make_room = Arc::new(MakeRoom::default());
     for listener in listeners {
@@ -63,6 +64,7 @@ pub async fn run(
             tls: tls.clone(),
             service: Arc::clone(&service),
             connections: Arc::clone(&connections),
+            lingering: Arc::clone(&lingering),
             budget: Arc::clone(&budget),
             make_room: Arc::clone(&make_room),
             token: token.clone(),
