@@ -83,8 +83,10 @@ pub fn build(root: &Path, release: bool, which: Which) -> Result<()> {
 /// `target/lang-plugins/`; beside them the Rust example that keeps state,
 /// `examples/plugins/counter-kv`. The tools and build output are kept in the
 /// test cache (`target/test-cache`, as `WASMUX_CACHE_DIR`) that the tests
-/// use too; the Rust plugin reuses `target/wasm`, where
-/// [`build`] built it.
+/// use too. `plugins/search` reuses `target/wasm`, where [`build`] built
+/// it; `counter-kv` builds where the tests' Rust projects (the template's
+/// profile) build, `target/test-cache/rust-target`, so that the standard
+/// library for that profile is built once for both, not once each.
 pub fn build_examples(root: &Path) -> Result<()> {
     let started = Instant::now();
     let wasmux = root.join("target/release/wasmux");
@@ -96,8 +98,12 @@ pub fn build_examples(root: &Path) -> Result<()> {
             .arg(root.join(dir))
             .arg("--out")
             .arg(&out)
-            .env("WASMUX_CACHE_DIR", root.join("target/test-cache"))
-            .env("CARGO_TARGET_DIR", root.join("target/wasm"));
+            .env("WASMUX_CACHE_DIR", root.join("target/test-cache"));
+        if dir == "plugins/search" {
+            build.env("CARGO_TARGET_DIR", root.join("target/wasm"));
+        } else {
+            build.env_remove("CARGO_TARGET_DIR");
+        }
         crate::run(&mut build).with_context(|| format!("building {dir}"))?;
     }
     eprintln!("xtask: example plugins ready in {:.1} s", started.elapsed().as_secs_f64());
