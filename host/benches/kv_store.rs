@@ -17,10 +17,10 @@
 //! calls into the host and back, the store, the server's metrics), with
 //! `get n` and `incr n` against the same plugin's `ping`, which touches no
 //! store; with a fresh instance per call (the default) and with one
-//! instance reused. No
-//! network and no other request around it: the difference is the call
-//! itself, without the kernel's and the scheduler's work around a served
-//! request (which `cargo xtask bench --only kv` measures).
+//! instance reused. No network and no other request around it: the
+//! difference is the call itself, without the kernel's and the
+//! scheduler's work around a served request (which `cargo xtask bench
+//! --only kv` measures).
 //!
 //! `cargo bench -p wasmux --bench kv_store` prints two Markdown tables:
 //! per backend and operation, the mean and the 50th, 99th and 99.9th

@@ -91,7 +91,15 @@ pub fn build_examples(root: &Path) -> Result<()> {
     let started = Instant::now();
     let wasmux = root.join("target/release/wasmux");
     let out = root.join("target/lang-plugins");
-    for dir in ["plugins/search", "examples/plugins/search-py", "examples/plugins/search-js", "examples/plugins/counter-kv"] {
+    // Each project, and the target directory a Rust one builds in (none:
+    // the test cache's, as for the tests' projects).
+    let projects = [
+        ("plugins/search", Some("target/wasm")),
+        ("examples/plugins/search-py", None),
+        ("examples/plugins/search-js", None),
+        ("examples/plugins/counter-kv", None),
+    ];
+    for (dir, target_dir) in projects {
         let mut build = Command::new(&wasmux);
         build
             .arg("build")
@@ -99,11 +107,10 @@ pub fn build_examples(root: &Path) -> Result<()> {
             .arg("--out")
             .arg(&out)
             .env("WASMUX_CACHE_DIR", root.join("target/test-cache"));
-        if dir == "plugins/search" {
-            build.env("CARGO_TARGET_DIR", root.join("target/wasm"));
-        } else {
-            build.env_remove("CARGO_TARGET_DIR");
-        }
+        match target_dir {
+            Some(target_dir) => build.env("CARGO_TARGET_DIR", root.join(target_dir)),
+            None => build.env_remove("CARGO_TARGET_DIR"),
+        };
         crate::run(&mut build).with_context(|| format!("building {dir}"))?;
     }
     eprintln!("xtask: example plugins ready in {:.1} s", started.elapsed().as_secs_f64());
