@@ -63,7 +63,7 @@ pub struct DevArgs {
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let project = Project::open(&args.dir)?;
     let options = BuildOptions::new(wasmux_toolchain::default_cache_dir()?);
-    let compile = if args.no_incremental { CompileMode::Serve } else { CompileMode::Incremental };
+    let compile = if args.no_incremental { CompileMode::Whole } else { CompileMode::Incremental };
     if args.build || !wasmux_toolchain::dev::has_runtime(project.language) {
         let settings = match &args.config {
             Some(path) => Settings::load(path)?,

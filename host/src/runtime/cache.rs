@@ -21,13 +21,18 @@
 //! - the directory is kept under `[runtime] cache-max-size`, evicting the
 //!   least recently used entries first (an entry's modification time is
 //!   set when it is read).
+//!
+//! The same directory keeps Cranelift's compiled functions, one by one, in
+//! packs authenticated the same way ([`super::functions`]): a component
+//! that is not cached whole compiles only the functions no earlier compile
+//! made.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -41,14 +46,14 @@ use crate::files::{self, Links, TEMP_PREFIX};
 /// A component's SHA-256: the key of its compiled code.
 use crate::digest::Digest;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(super) type HmacSha256 = Hmac<Sha256>;
 
 /// Components kept in memory; the oldest are dropped past this count.
 const MEMORY_ENTRIES: usize = 64;
 
 /// The first bytes of an entry: the format, then the MAC, then the code.
 const MAGIC: &[u8; 8] = b"wasmuxC1";
-const MAC_LEN: usize = 32;
+pub(super) const MAC_LEN: usize = 32;
 const HEADER_LEN: usize = MAGIC.len() + MAC_LEN;
 
 /// The secret key's file in the cache directory, and its length.
@@ -57,6 +62,10 @@ const KEY_LEN: usize = 32;
 
 /// Names of entries (files being written begin with [`TEMP_PREFIX`]).
 const ENTRY_SUFFIX: &str = ".cwasm";
+
+/// Names of the packs of compiled functions ([`super::functions`]), evicted
+/// with the entries.
+pub(super) const PACK_SUFFIX: &str = ".functions";
 
 /// A file being written that is older than this was left by a process that
 /// stopped half-way; eviction removes it.
@@ -75,7 +84,7 @@ pub enum CodeOrigin {
 
 pub(super) struct ComponentCache {
     memory: Mutex<Memory>,
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
     /// Distinguishes code compiled under other engine settings or versions.
     engine_tag: String,
 }
@@ -87,32 +96,20 @@ struct Memory {
 }
 
 /// The cache directory, checked, and its key.
-struct DiskCache {
-    dir: PathBuf,
+pub(super) struct DiskCache {
+    pub(super) dir: PathBuf,
     key: [u8; KEY_LEN],
     /// The most the entries may take together.
-    max_size: u64,
+    pub(super) max_size: u64,
     /// One eviction sweep at a time in this process.
     sweeping: Mutex<()>,
 }
 
 impl ComponentCache {
-    /// A cache in memory, and in `dir` (if given and usable) up to
-    /// `max_size` bytes. A directory that cannot be trusted is refused with
-    /// a log line that says why; code is then kept in memory only.
-    pub(super) fn new(engine: &Engine, dir: Option<PathBuf>, max_size: u64) -> Self {
+    /// A cache in memory, and on `disk` (if given).
+    pub(super) fn new(engine: &Engine, disk: Option<Arc<DiskCache>>) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let disk = dir.and_then(|dir| match DiskCache::open(&dir, max_size) {
-            Ok(disk) => Some(disk),
-            Err(e) => {
-                tracing::error!(
-                    "compile cache {} refused: {e:#}. Compiled code is kept in memory only, so every start compiles every plugin",
-                    dir.display()
-                );
-                None
-            }
-        });
         Self { memory: Mutex::default(), disk, engine_tag: format!("{:016x}", hasher.finish()) }
     }
 
@@ -163,6 +160,21 @@ impl ComponentCache {
 }
 
 impl DiskCache {
+    /// The cache directory `dir`, kept under `max_size` bytes, if it can be
+    /// trusted; if not, a log line says why, and code is kept in memory only.
+    pub(super) fn open_or_log(dir: &Path, max_size: u64) -> Option<Arc<Self>> {
+        match Self::open(dir, max_size) {
+            Ok(disk) => Some(Arc::new(disk)),
+            Err(e) => {
+                tracing::error!(
+                    "compile cache {} refused: {e:#}. Compiled code is kept in memory only, so every start compiles every plugin",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
     fn open(dir: &Path, max_size: u64) -> anyhow::Result<Self> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -183,12 +195,16 @@ impl DiskCache {
     /// The MAC of `code`, compiled by an engine of `engine_tag` from the
     /// source whose SHA-256 is `digest`.
     fn mac(&self, engine_tag: &str, digest: &Digest, code: &[u8]) -> HmacSha256 {
+        self.mac_of(&[MAGIC, engine_tag.as_bytes(), &digest.bytes(), code])
+    }
+
+    /// The MAC, under the directory's key, of `parts` one after the other.
+    pub(super) fn mac_of(&self, parts: &[&[u8]]) -> HmacSha256 {
         // HMAC takes a key of any length; a 32-byte one cannot be refused.
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        mac.update(MAGIC);
-        mac.update(engine_tag.as_bytes());
-        mac.update(&digest.bytes());
-        mac.update(code);
+        for part in parts {
+            mac.update(part);
+        }
         mac
     }
 
@@ -245,7 +261,7 @@ impl DiskCache {
         Some(code)
     }
 
-    fn discard<T>(&self, path: &Path, why: &str) -> Option<T> {
+    pub(super) fn discard<T>(&self, path: &Path, why: &str) -> Option<T> {
         tracing::warn!("removing cached code {}: {why}; compiling instead", path.display());
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!("cannot remove {}: {e}", path.display());
@@ -283,7 +299,7 @@ impl DiskCache {
 
     /// Removes the least recently used entries until the rest fit
     /// `max_size`, and files left half-written long ago.
-    fn evict(&self) {
+    pub(super) fn evict(&self) {
         let _sweeping = self.sweeping.lock().unwrap_or_else(|e| e.into_inner());
         match evict(&self.dir, self.max_size) {
             Ok((0, _)) => {}
@@ -353,7 +369,8 @@ fn read_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
     bytes.try_into().map_err(|bytes: Vec<u8>| refuse(format!("holds {} bytes, not {KEY_LEN}", bytes.len())))
 }
 
-/// Removes entries of `dir`, least recently modified first, until they
+/// Removes entries of `dir` (compiled components and packs of functions),
+/// least recently modified first, until they
 /// take at most `max_size` bytes; also removes files left half-written
 /// more than [`STALE_TEMP`] ago. Returns how many entries were evicted and
 /// their bytes.
@@ -370,7 +387,7 @@ fn evict(dir: &Path, max_size: u64) -> io::Result<(usize, u64)> {
             continue;
         }
         let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if name.ends_with(ENTRY_SUFFIX) {
+        if name.ends_with(ENTRY_SUFFIX) || name.ends_with(PACK_SUFFIX) {
             entries.push((modified, metadata.len(), entry.path()));
         } else if name.starts_with(TEMP_PREFIX) && now.duration_since(modified).is_ok_and(|age| age > STALE_TEMP) {
             let _ = std::fs::remove_file(entry.path());
@@ -421,7 +438,7 @@ mod tests {
     }
 
     fn cache(engine: &Engine, dir: &Path) -> ComponentCache {
-        ComponentCache::new(engine, Some(dir.to_path_buf()), GIB)
+        ComponentCache::new(engine, DiskCache::open_or_log(dir, GIB))
     }
 
     #[test]

@@ -52,6 +52,7 @@ mod call;
 mod call_log;
 mod convert;
 mod error;
+mod functions;
 mod outcomes;
 mod reuse;
 mod state;
@@ -69,7 +70,8 @@ use wasmux_bindings::{HandlerPre, host, keyvalue};
 use crate::digest::Digest;
 use crate::kv;
 use crate::message::Message;
-use cache::ComponentCache;
+use cache::{ComponentCache, DiskCache};
+use functions::FunctionCache;
 pub use cache::CodeOrigin;
 use error::{Phase, classify_failure, handler_error};
 pub use error::PluginError;
@@ -134,15 +136,21 @@ impl Default for RuntimeSettings {
 /// How plugins are compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompileMode {
-    /// Each version compiled whole (or read from the compiled-code cache).
+    /// Each function that Cranelift compiled before is kept in the
+    /// compiled-code cache's directory, if one is in use, and a component
+    /// not cached whole compiles only the functions no earlier compile
+    /// made. A Python or JavaScript plugin is an interpreter whose code is
+    /// the same from one build to the next (the program is data), so a new
+    /// build compiles in a fraction of the first one's time.
     Serve,
     /// For a server that swaps in one rebuilt version after another
-    /// (`wasmux dev`): Cranelift keeps each function it compiled, in
-    /// memory, and a new version reuses those whose code did not change.
-    /// A Python or JavaScript plugin is an interpreter whose code is the
-    /// same from one build to the next (the program is data), so a
-    /// rebuild compiles in a fraction of the first build's time.
+    /// (`wasmux dev`): as [`CompileMode::Serve`], and the functions are
+    /// also kept in memory between compiles (without a cache directory, in
+    /// memory only).
     Incremental,
+    /// Every component compiled whole (`wasmux dev --no-incremental`), for
+    /// comparison.
+    Whole,
 }
 
 /// The default bound of the compiled-code cache directory: a few hundred
@@ -165,6 +173,9 @@ struct Shared {
     /// The same and the WASI subset.
     wasi_linker: Linker<CallState>,
     cache: ComponentCache,
+    /// Cranelift's compiled functions, unless every component is compiled
+    /// whole.
+    functions: Option<Arc<FunctionCache>>,
     settings: RuntimeSettings,
     /// The live instances. Each holds a slot of wasmtime's pool, so calls
     /// in flight are bounded by what that pool holds: a burst waits
@@ -242,8 +253,16 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(allocator))
             .memory_init_cow(true)
             .parallel_compilation(true);
-        if settings.compile == CompileMode::Incremental {
-            config.enable_incremental_compilation(Arc::new(FunctionCache::default()))?;
+        let disk = settings.cache_dir.as_deref().and_then(|dir| DiskCache::open_or_log(dir, settings.cache_max_size));
+        let functions = match (settings.compile, &disk) {
+            (CompileMode::Whole, _) | (CompileMode::Serve, None) => None,
+            (CompileMode::Serve, Some(disk)) => Some(FunctionCache::on_disk(Arc::clone(disk), false)),
+            (CompileMode::Incremental, Some(disk)) => Some(FunctionCache::on_disk(Arc::clone(disk), true)),
+            (CompileMode::Incremental, None) => Some(FunctionCache::in_memory()),
+        }
+        .map(Arc::new);
+        if let Some(functions) = &functions {
+            config.enable_incremental_compilation(Arc::clone(functions) as Arc<dyn wasmtime::CacheStore>)?;
         }
         if !settings.spectre_hardening {
             // Each instance's memory is reserved at its cap with no guard
@@ -294,8 +313,8 @@ impl Runtime {
             })
             .context("starting the epoch ticker")?;
 
-        let cache = ComponentCache::new(&engine, settings.cache_dir.clone(), settings.cache_max_size);
-        Ok(Self { shared: Arc::new(Shared { engine, linker, wasi_linker, cache, instances, settings, ticker_stop, store }) })
+        let cache = ComponentCache::new(&engine, disk);
+        Ok(Self { shared: Arc::new(Shared { engine, linker, wasi_linker, cache, functions, instances, settings, ticker_stop, store }) })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
@@ -337,7 +356,12 @@ impl Runtime {
     pub fn load(&self, plugin: &str, version: &str, bytes: &[u8], digest: Digest, wasi: Wasi) -> wasmtime::Result<(WasmHandler, LoadInfo)> {
         let shared = &self.shared;
         let started = Instant::now();
-        let (component, origin) = match shared.cache.get_or_compile(&shared.engine, digest, bytes) {
+        let compiled = {
+            // What Cranelift compiles meanwhile is kept when this ends.
+            let _compiling = shared.functions.as_deref().map(FunctionCache::compiling);
+            shared.cache.get_or_compile(&shared.engine, digest, bytes)
+        };
+        let (component, origin) = match compiled {
             Ok(compiled) => compiled,
             Err(e) => return Err(allocator::explain_refusal(e, shared.settings.allocator)),
         };
@@ -387,28 +411,6 @@ fn wasi_imports(engine: &Engine, component: &Component) -> Vec<String> {
         .map(|(name, _)| name.to_owned())
         .filter(|name| name.starts_with("wasi:"))
         .collect()
-}
-
-/// Cranelift's incremental cache, in memory ([`CompileMode::Incremental`]):
-/// each compiled function by the hash of its code and the compiler's
-/// settings (Cranelift's key). Kept for the life of the runtime; a
-/// development server's few versions of one plugin share most functions.
-#[derive(Debug, Default)]
-struct FunctionCache {
-    functions: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Arc<[u8]>>>,
-}
-
-impl wasmtime::CacheStore for FunctionCache {
-    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-        let functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        functions.get(key).map(|code| std::borrow::Cow::Owned(code.to_vec()))
-    }
-
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        functions.insert(key.to_vec(), value.into());
-        true
-    }
 }
 
 impl Drop for Shared {
@@ -540,4 +542,53 @@ fn begin_call(store: &mut Store<CallState>, context: &CallContext, deadline: Ins
     // The first check comes one to two ticks in, so that a short call
     // finishes without yielding; after that, one every tick.
     store.set_epoch_deadline(2);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A component holding one core module whose one function returns
+    /// `answer`, and a custom section `note` (which changes the component's
+    /// bytes, not its code).
+    fn component_returning(answer: u8, note: &[u8]) -> Vec<u8> {
+        assert!(answer < 64 && note.len() < 100, "one-byte LEB128 only");
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        module.extend([0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f]); // type: [] -> [i32]
+        module.extend([0x03, 0x02, 0x01, 0x00]); // one function of that type
+        module.extend([0x0a, 0x06, 0x01, 0x04, 0x00, 0x41, answer, 0x0b]); // i32.const answer
+        module.extend([0x00, 2 + note.len() as u8, 1, b'n']);
+        module.extend(note);
+        let mut component = b"\0asm\x0d\x00\x01\x00".to_vec(); // a component's preamble
+        component.extend([0x01, module.len() as u8]);
+        component.extend(module);
+        component
+    }
+
+    fn packs(dir: &Path) -> usize {
+        std::fs::read_dir(dir).expect("read the cache").filter(|e| e.as_ref().is_ok_and(|e| e.path().to_string_lossy().ends_with(cache::PACK_SUFFIX))).count()
+    }
+
+    /// A process that compiles a component made of functions compiled
+    /// before (by another process, for another component) finds them all
+    /// and writes no new pack; a changed function is compiled and written.
+    /// (Each component is compiled, then refused: it is not a handler.)
+    #[test]
+    fn a_new_component_compiles_only_the_functions_no_earlier_compile_made() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let compile = |bytes: &[u8]| {
+            // A runtime of its own for each, as a process of its own.
+            let settings = RuntimeSettings { max_concurrent_calls: 1, cache_dir: Some(dir.path().to_path_buf()), ..RuntimeSettings::default() };
+            let runtime = Runtime::new(settings).expect("a runtime");
+            assert!(runtime.load("p", "v", bytes, Digest::of(bytes), Wasi::Refused).is_err(), "loaded as a handler");
+        };
+        compile(&component_returning(42, b"first"));
+        assert_eq!(packs(dir.path()), 1, "the compiled function was not kept");
+        compile(&component_returning(42, b"another component"));
+        assert_eq!(packs(dir.path()), 1, "a function compiled before was compiled again");
+        compile(&component_returning(43, b"first"));
+        assert_eq!(packs(dir.path()), 2, "a changed function was not compiled and kept");
+    }
 }

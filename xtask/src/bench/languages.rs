@@ -500,7 +500,7 @@ fn render(root: &Path, options: &Options, figures: &Figures<'_>) -> Result<Strin
     writeln!(md)?;
     writeln!(
         md,
-        "`wasmux new hello --lang L`, `wasmux build`, `wasmux call dist/hello.wasm --content world`. **Fresh**: an empty wasmux cache, cargo home, pip cache and npm cache, so the first build downloads and installs componentize-py 0.25.1 (PyPI), componentize-js 0.23.0 (npm), or the crates the Rust template needs (crates.io) and builds the Rust standard library for wasm32; Debian's python3, nodejs, npm and rustc-web were already installed (`wasmux build` installs them with apt-get when missing; that is not in these figures). **Warm**: a second new project on the same machine. `call` includes compiling the new component (nothing is cached for it)."
+        "`wasmux new hello --lang L`, `wasmux build`, `wasmux call dist/hello.wasm --content world`. **Fresh**: an empty wasmux cache, cargo home, pip cache and npm cache, so the first build downloads and installs componentize-py 0.25.1 (PyPI), componentize-js 0.23.0 (npm), or the crates the Rust template needs (crates.io) and builds the Rust standard library for wasm32; Debian's python3, nodejs, npm and rustc-web were already installed (`wasmux build` installs them with apt-get when missing; that is not in these figures). **Warm**: a second new project on the same machine: its build compiles only the functions the fresh one did not (Cranelift's compiled functions are kept in the cache directory), and `call` reads the machine code the build kept."
     )?;
     writeln!(md)?;
     writeln!(md, "| language | fresh: total | new | build | call | warm: total | new | build | call |")?;
@@ -525,7 +525,7 @@ fn render(root: &Path, options: &Options, figures: &Figures<'_>) -> Result<Strin
     writeln!(md)?;
     writeln!(
         md,
-        "`wasmux dev` serving the warm project; the greeting's line is saved changed ({} times, each time to a greeting not served before, so that no cache holds the new version), and the time is from the save to the first answer that shows the change (the connection-per-request client sees no error). **As served** is `wasmux dev` as it runs: Python and JavaScript through the dev runtime (the save checked and handed to the runtime in the server's settings: no build, no compile), Rust rebuilt and compiled incrementally. **`--build`** rebuilds the component as `wasmux build` does and swaps it in: compiled **incrementally** (Cranelift's cache, in memory, keeps every function it compiled, and a new version reuses those whose code did not change) or **whole** (`--no-incremental`).",
+        "`wasmux dev` serving the warm project; the greeting's line is saved changed ({} times, each time to a greeting not served before, so that no cache holds the new version), and the time is from the save to the first answer that shows the change (the connection-per-request client sees no error). **As served** is `wasmux dev` as it runs: Python and JavaScript through the dev runtime (the save checked and handed to the runtime in the server's settings: no build, no compile), Rust rebuilt and compiled incrementally. **`--build`** rebuilds the component as `wasmux build` does and swaps it in: compiled **incrementally** (Cranelift's compiled functions, kept in memory and in the cache directory, and a new version reuses those whose code did not change) or **whole** (`--no-incremental`).",
         options.changes
     )?;
     writeln!(md)?;
