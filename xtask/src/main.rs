@@ -210,26 +210,33 @@ fn run_task(cli: Cli) -> Result<()> {
             // missing, so that a machine
             // without them fails here, clearly, rather than in a test.
             run(Command::new("bash").arg(root.join("examples/cluster/install-deps.sh")))?;
+            // The guide's search in each language, built once for every
+            // test that serves them.
+            plugins::build_examples(&root)?;
             // What the README's install command puts on the PATH: lean, and
             // still naming wasmux's functions in a backtrace.
             let installed = install::install(&root, &root.join("target/install-check"), install::Build::Done)?;
             install::check(&installed)?;
-            // The guide's search in each language, built once for every test
-            // that serves them, and the plugins' native tests, beside the
-            // build of the tests: that build runs one big crate at a time
-            // for long stretches, and leaves a core for these.
-            both(
-                || {
-                    plugins::build_examples(&root)?;
-                    native_tests(&root, &["--no-run"])
-                },
-                || timed("the tests' build", || run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets", "--no-run"]).args(&args))),
-            )?;
             timed("the tests", || {
                 run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--all-targets"]).args(&args))?;
                 // `--all-targets` leaves out documentation examples.
                 run(cargo().current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--doc"]).args(&args))?;
-                native_tests(&root, &[])
+                // The plugins' shared logic, the guests themselves and the
+                // Rust guest SDK (a path dependency of theirs), natively.
+                for selection in [&["--workspace"][..], &["-p", "wasmux-sdk"]] {
+                    run(cargo()
+                        .current_dir(root.join("plugins"))
+                        .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                        .arg("test")
+                        .args(selection)
+                        .arg("--locked"))?;
+                }
+                // The stateful Rust example, a workspace of its own.
+                run(cargo()
+                    .current_dir(root.join("examples/plugins/counter-kv"))
+                    .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
+                    .args(["test", "--locked"]))?;
+                Ok(())
             })?;
             // Every console transcript of the README and of docs/, timed
             // apart from the suite (`test_docs` prints its own total).
@@ -372,26 +379,6 @@ fn both(first: impl FnOnce() -> Result<()> + Send, second: impl FnOnce() -> Resu
         let first = first.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the parallel build panicked")));
         first.and(second)
     })
-}
-
-/// The plugins' shared logic, the guests themselves and the Rust guest SDK
-/// (a path dependency of theirs), natively, then the stateful Rust example
-/// (a workspace of its own): `cargo test ARGS` in each.
-fn native_tests(root: &Path, args: &[&str]) -> Result<()> {
-    for selection in [&["--workspace"][..], &["-p", "wasmux-sdk"]] {
-        run(cargo()
-            .current_dir(root.join("plugins"))
-            .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
-            .arg("test")
-            .args(selection)
-            .arg("--locked")
-            .args(args))?;
-    }
-    run(cargo()
-        .current_dir(root.join("examples/plugins/counter-kv"))
-        .env("CARGO_TARGET_DIR", root.join("target/plugins-native"))
-        .args(["test", "--locked"])
-        .args(args))
 }
 
 /// Runs `step`, then says how long it took (the phases of a first build).
