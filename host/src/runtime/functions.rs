@@ -15,9 +15,9 @@
 //!
 //! A compile reads the packs at its first lookup and, when it ends, writes
 //! what it compiled as a new pack; past [`MAX_PACKS`] packs, the one written
-//! holds them all, merged, and the merged ones are removed. Unless the
-//! functions are kept (`wasmux dev`), they are dropped from memory when no
-//! compile is under way.
+//! holds them all, merged, and the merged ones are removed. When no compile
+//! is under way, the functions are dropped from memory, or, if they are kept
+//! (`wasmux dev`), all but those this process used (its plugin's).
 //!
 //! [`CompileMode::Incremental`]: super::CompileMode::Incremental
 
@@ -131,8 +131,18 @@ impl FunctionCache {
         if let Some(disk) = &self.disk {
             write_pack(disk, &mut state);
         }
-        if state.compiling == 0 && !self.keep {
-            *state = State::default();
+        if state.compiling == 0 {
+            if self.keep {
+                // Kept: only the functions this process used (its plugin's),
+                // not every pack's. The packs stay on disk, and are no longer
+                // this process's to merge.
+                if let Some(functions) = &mut state.functions {
+                    functions.retain(|_, function| function.used);
+                }
+                state.packs.clear();
+            } else {
+                *state = State::default();
+            }
         }
     }
 }
@@ -403,9 +413,17 @@ mod tests {
         assert!(!compile(&cache, b"k", b"code"));
         assert!(compile(&cache, b"k", b"code"));
         let dir = tempfile::tempdir().expect("temporary directory");
+        let earlier = FunctionCache::on_disk(disk(dir.path()), false);
+        compile(&earlier, b"another plugin's", b"code");
+        compile(&earlier, b"k", b"code");
         let kept = FunctionCache::on_disk(disk(dir.path()), true);
-        assert!(!compile(&kept, b"k", b"code"));
-        assert!(kept.lock().functions.is_some());
+        assert!(compile(&kept, b"k", b"code"));
+        assert!(!compile(&kept, b"new", b"code"));
+        // In memory: what it used, not every pack's functions.
+        let functions = kept.lock().functions.as_ref().map(|f| f.keys().cloned().collect::<std::collections::BTreeSet<_>>());
+        assert_eq!(functions, Some([b"k".to_vec(), b"new".to_vec()].into()));
+        // And the packs it did not merge stay.
+        assert!(compile(&FunctionCache::on_disk(disk(dir.path()), false), b"another plugin's", b"code"));
     }
 
     #[test]
