@@ -15,7 +15,11 @@
 //!
 //! A compile reads the packs at its first lookup and, when it ends, writes
 //! what it compiled as a new pack; past [`MAX_PACKS`] packs, the one written
-//! holds them all, merged, and the merged ones are removed. When no compile
+//! holds them all, merged, and the merged ones are removed. One process
+//! merges at a time (it holds [`MERGE_LOCK`]), and only packs that are all
+//! still there: a process that finds the lock taken, or a pack it read gone
+//! (merged or evicted by another), writes what it compiled as a pack of its
+//! own and leaves the merge to a later compile. When no compile
 //! is under way, the functions are dropped from memory, or, if they are kept
 //! (`wasmux dev`), all but those this process used (its plugin's).
 //!
@@ -29,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use hmac::Mac as _;
+use rustix::fs::{Mode, OFlags};
 
 use super::cache::{DiskCache, MAC_LEN, PACK_SUFFIX};
 use crate::files::{self, Links};
@@ -38,6 +43,11 @@ const MAGIC: &[u8; 8] = b"wasmuxF1";
 
 /// Past this many packs, the next one written merges them all.
 const MAX_PACKS: usize = 16;
+
+/// The file in the cache directory that a process merging packs holds
+/// locked (an advisory lock of the operating system's, released when the
+/// process ends, however it ends).
+pub(super) const MERGE_LOCK: &str = "functions.lock";
 
 /// A merged pack larger than this share of `cache-max-size` keeps only the
 /// functions the compiles of this process used.
@@ -269,7 +279,9 @@ fn write_pack(disk: &DiskCache, state: &mut State) {
     if fresh.is_empty() {
         return;
     }
-    let merge = packs.len() >= MAX_PACKS;
+    // Held until the merged packs are removed.
+    let merging = if packs.len() >= MAX_PACKS { lock_for_merge(disk, packs) } else { None };
+    let merge = merging.is_some();
     let records = if merge {
         let mut all = encode(functions.iter().map(|(key, f)| (key.as_slice(), &*f.code)));
         if all.len() as u64 > disk.max_size / MERGED_SHARE {
@@ -315,6 +327,39 @@ fn write_pack(disk: &DiskCache, state: &mut State) {
         }
         Err(e) => tracing::warn!("cannot keep compiled functions at {}: {e}", path.display()),
     }
+}
+
+/// The merge lock, if this process may merge `packs`: no other process is
+/// merging, and every pack it read is still there. Otherwise two processes
+/// would each write a merged pack holding much the same functions.
+fn lock_for_merge(disk: &DiskCache, packs: &[PathBuf]) -> Option<std::fs::File> {
+    let path = disk.dir.join(MERGE_LOCK);
+    // Never written; a link planted in its place is refused.
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let opened = rustix::fs::open(&path, flags, Mode::RUSR | Mode::WUSR).map(std::fs::File::from);
+    let lock = match opened {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::warn!("compiled functions not merged: cannot open {}: {e}", path.display());
+            return None;
+        }
+    };
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::debug!("compiled functions not merged: another process is merging them");
+            return None;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!("compiled functions not merged: cannot lock {}: {e}", path.display());
+            return None;
+        }
+    }
+    if let Some(gone) = packs.iter().find(|pack| std::fs::symlink_metadata(pack).is_err()) {
+        tracing::debug!("compiled functions not merged: {} was merged or evicted by another process", gone.display());
+        return None;
+    }
+    Some(lock)
 }
 
 #[cfg(test)]
@@ -405,6 +450,56 @@ mod tests {
             assert!(compile(&merged, format!("k{n}").as_bytes(), b"code"), "k{n} was lost in the merge");
         }
         assert!(compile(&merged, b"one more", b"code"));
+    }
+
+    /// How many functions the pack at `path` holds.
+    fn records_in(dir: &std::path::Path, path: &std::path::Path) -> usize {
+        let bytes = std::fs::read(path).expect("read a pack");
+        authentic(&disk(dir), &bytes).and_then(parse).map_or(0, |records| records.len())
+    }
+
+    #[test]
+    fn one_process_merges_at_a_time_and_only_packs_still_there() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for n in 0..MAX_PACKS {
+            compile(&FunctionCache::on_disk(disk(dir.path()), false), format!("k{n}").as_bytes(), b"code");
+        }
+        // Three processes read the same packs, then each compiles a function.
+        let processes: Vec<FunctionCache> = (0..3).map(|_| FunctionCache::on_disk(disk(dir.path()), false)).collect();
+        let mut compiles: Vec<Option<Compiling<'_>>> = Vec::new();
+        for (n, process) in processes.iter().enumerate() {
+            compiles.push(Some(process.compiling()));
+            let key = format!("new {n}");
+            assert!(process.get(key.as_bytes()).is_none());
+            process.insert(key.as_bytes(), b"code".to_vec());
+        }
+        let pack_sizes = || {
+            let mut sizes: Vec<usize> = packs(dir.path()).iter().map(|pack| records_in(dir.path(), pack)).collect();
+            sizes.sort();
+            sizes
+        };
+
+        // Another process is merging (it holds the lock): the first writes
+        // its function alone.
+        let held = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(dir.path().join(MERGE_LOCK)).expect("open the lock");
+        held.try_lock().expect("take the lock");
+        compiles[0] = None;
+        assert_eq!(pack_sizes(), [vec![1; MAX_PACKS], vec![1]].concat(), "merged while another process held the lock");
+        held.unlock().expect("release the lock");
+
+        // The lock free, the second merges the packs it read, and its own.
+        compiles[1] = None;
+        assert_eq!(pack_sizes(), [1, MAX_PACKS + 1]);
+
+        // The packs the third read are merged already: it does not merge
+        // them a second time.
+        compiles[2] = None;
+        assert_eq!(pack_sizes(), [1, 1, MAX_PACKS + 1], "two merged packs");
+
+        let later = FunctionCache::on_disk(disk(dir.path()), false);
+        for key in (0..MAX_PACKS).map(|n| format!("k{n}")).chain((0..3).map(|n| format!("new {n}"))) {
+            assert!(compile(&later, key.as_bytes(), b"code"), "{key} was lost");
+        }
     }
 
     #[test]
