@@ -3,12 +3,32 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-/// `apt-get update`, then `apt-get install -y PACKAGES`; on failure, what
-/// apt-get printed.
+/// Installs in this process, one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// How long apt-get waits for another apt-get to release its locks: apt's
+/// own `DPkg::Lock::Timeout` for `install`, and a retry every second for
+/// `update`, which that setting does not cover (apt 2.6).
+const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// `apt-get update`, then `apt-get install -y PACKAGES`, for the packages
+/// not installed yet; on failure, what apt-get printed.
+///
+/// Two callers at once (two tests that both need Chromium) would run two
+/// apt-gets, and the second would fail on apt's lock: in one process they
+/// take turns, and the second finds the packages installed; an apt-get of
+/// another process is waited for, up to five minutes.
 pub fn install(packages: &[&str]) -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let missing: Vec<&str> = packages.iter().copied().filter(|package| !installed(package)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -22,11 +42,28 @@ pub fn install(packages: &[&str]) -> Result<()> {
             sudo.args(["-n", "apt-get"]);
             sudo
         };
-        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        command.args(["-o", &format!("DPkg::Lock::Timeout={}", LOCK_WAIT.as_secs())]).args(args).env("DEBIAN_FRONTEND", "noninteractive");
         crate::run_quietly(&format!("run apt-get {} (as root, or with sudo -n)", args.join(" ")), &mut command)
     };
-    apt(&["update", "-qq"])?;
-    apt(&[&["install", "-y", "-qq"], packages].concat())
+    let started = Instant::now();
+    loop {
+        match apt(&["update", "-qq"]) {
+            Err(e) if format!("{e:#}").contains("Could not get lock") && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            updated => break updated?,
+        }
+    }
+    apt(&[&["install", "-y", "-qq"], &missing[..]].concat())
+}
+
+/// Whether dpkg has `package` installed.
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${db:Status-Status}", package])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
 }
 
 /// The first `name` on the `PATH`.
@@ -36,4 +73,18 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installed_packages_are_not_installed_again() {
+        assert!(installed("dpkg"));
+        assert!(!installed("wasmux-no-such-package"));
+        // Nothing to do: no apt-get runs, so this passes without root and
+        // while another apt-get holds apt's locks.
+        install(&["dpkg", "coreutils"]).expect("nothing to install");
+    }
 }
