@@ -208,6 +208,8 @@ fn a_reused_instance_counts_each_requests_outcomes_afresh() {
     let arm = &route(&report, "default", "text/plain")["arms"][0];
     let expected: serde_json::Map<String, Value> = ["a", "b", "c", "d", "e", "f", "g", "h"].iter().map(|name| (name.to_string(), json!(2))).collect();
     assert_eq!(arm["outcomes"], Value::Object(expected));
+    // The log is read as the server writes it: wait for both lines.
+    crate::common::wait_until("both requests' refusals are logged", || server.log().matches(r#"dropped "i""#).count() >= 2);
     assert_eq!(server.log().matches(r#"dropped "i""#).count(), 2, "{}", server.log());
 }
 

@@ -75,6 +75,9 @@ pub struct Server {
     /// HAProxy's agent check, when started with `--agent`.
     pub agent: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// The thread that reads the server's standard error into `log`: it
+    /// ends once the server has exited and everything it wrote is read.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     /// Files the server reads (its configuration, its plugins), kept until
     /// it stops.
     files: Vec<tempfile::TempDir>,
@@ -190,7 +193,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
                 log.push_str(&line);
@@ -242,7 +245,7 @@ impl Server {
             agent = line.trim().strip_prefix("wasmux agent on ").and_then(|a| a.parse().ok());
             assert!(agent.is_some(), "no agent address printed: {line:?}");
         }
-        Self { child, addr, addrs, admin, agent, log, files: Vec::new(), config: None }
+        Self { child, addr, addrs, admin, agent, log, log_reader: Some(log_reader), files: Vec::new(), config: None }
     }
 
     /// `wasmux serve` with the configuration `config` (TOML) and the
@@ -357,11 +360,24 @@ impl Server {
         let end = Instant::now() + STEP;
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.read_the_whole_log(end);
                 return status.success();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Once the server has exited: waits, up to `end`, until the log holds
+    /// every line it wrote, so that a test reading the log after a stop
+    /// finds its last lines.
+    fn read_the_whole_log(&mut self, end: Instant) {
+        while self.log_reader.as_ref().is_some_and(|reader| !reader.is_finished()) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(reader) = self.log_reader.take_if(|reader| reader.is_finished()) {
+            let _ = reader.join();
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -815,6 +831,7 @@ impl Server {
         let end = Instant::now() + within;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.read_the_whole_log(Instant::now() + STEP);
                 return Some(status);
             }
             if Instant::now() >= end {
