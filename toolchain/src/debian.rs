@@ -42,7 +42,12 @@ pub fn install(packages: &[&str]) -> Result<()> {
             sudo.args(["-n", "apt-get"]);
             sudo
         };
-        command.args(["-o", &format!("DPkg::Lock::Timeout={}", LOCK_WAIT.as_secs())]).args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        // In English whatever the locale: a busy lock is found by its message.
+        command
+            .args(["-o", &format!("DPkg::Lock::Timeout={}", LOCK_WAIT.as_secs())])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C");
         crate::run_quietly(&format!("run apt-get {} (as root, or with sudo -n)", args.join(" ")), &mut command)
     };
     let started = Instant::now();

@@ -47,7 +47,7 @@ const MAX_PACKS: usize = 16;
 /// The file in the cache directory that a process merging packs holds
 /// locked (an advisory lock of the operating system's, released when the
 /// process ends, however it ends).
-pub(super) const MERGE_LOCK: &str = "functions.lock";
+const MERGE_LOCK: &str = "functions.lock";
 
 /// A merged pack larger than this share of `cache-max-size` keeps only the
 /// functions the compiles of this process used.
