@@ -20,14 +20,14 @@ use anyhow::{Context, Result, bail};
 /// The most the installed binary may weigh (issue 20's bound).
 pub const MAX_BINARY_SIZE: u64 = 40 << 20;
 
-/// Where `cargo install` puts binaries: `$CARGO_HOME/bin`, else
-/// `~/.cargo/bin`.
+/// The root `cargo install` installs under (its binaries go to its
+/// `bin`): `$CARGO_HOME`, else `~/.cargo`.
 pub fn default_root() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        return Ok(PathBuf::from(home).join("bin"));
+    if let Some(home) = std::env::var_os("CARGO_HOME").filter(|home| !home.is_empty()) {
+        return Ok(PathBuf::from(home));
     }
     let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set: give --root DIR")?;
-    Ok(PathBuf::from(home).join(".cargo/bin"))
+    Ok(PathBuf::from(home).join(".cargo"))
 }
 
 /// Where the release binary comes from.

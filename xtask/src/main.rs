@@ -15,7 +15,7 @@
 //! - `cargo xtask serve [ARGS]` builds the served plugins and the release
 //!   server (at once) and starts it with them.
 //! - `cargo xtask install [--root DIR]` puts the release `wasmux` on the
-//!   PATH, lean (`install.rs`).
+//!   PATH (in DIR/bin, as `cargo install --root`), lean (`install.rs`).
 //! - `cargo xtask bench` builds both, compares the Wasm plugins (fresh
 //!   instances and reused ones), the native handlers and the guide's Python
 //!   server under load, counts each one's CPU time and system calls per
@@ -70,8 +70,10 @@ enum Task {
     /// Put `wasmux` on the PATH: the release build (reused if built),
     /// stripped, with its symbols in `wasmux.debug` beside it.
     Install {
-        /// Where to install (default: $CARGO_HOME/bin, where `cargo install` puts binaries).
-        #[arg(long)]
+        /// Install into DIR/bin, as `cargo install --root DIR` does (default:
+        /// $CARGO_HOME, else ~/.cargo, so the binary goes where `cargo install`
+        /// puts binaries).
+        #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
     },
     /// Build the plugins and the release server, then run `wasmux serve` with them.
@@ -254,10 +256,10 @@ fn run_task(cli: Cli) -> Result<()> {
             test_docs(&root, &[])?;
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
-        Task::Install { root: dir } => {
-            let dir = match dir {
-                Some(dir) => dir,
-                None => install::default_root()?,
+        Task::Install { root: install_root } => {
+            let dir = match install_root {
+                Some(install_root) => install_root.join("bin"),
+                None => install::default_root()?.join("bin"),
             };
             timed("install", || install::install(&root, &dir, install::Build::Package).map(|_| ()))?;
         }
