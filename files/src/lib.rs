@@ -22,6 +22,13 @@
 //! restart reading the cache) sees the old file or the new one, never half
 //! of one, even after a crash. [`create_atomically`] does the same but
 //! never replaces a file already there.
+//!
+//! ## Locking
+//!
+//! [`try_lock`] takes a lock file's advisory lock (`flock`), for a
+//! resource one process uses at a time: a data directory, a merge of
+//! cached files. The kernel lets it go when the file is closed, also when
+//! its process is killed, so a crash never leaves it held.
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read as _};
@@ -105,6 +112,25 @@ fn check_regular(metadata: &Metadata) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file")))
 }
 
+/// Opens the lock file `path` (created with permissions 0o600 if missing;
+/// it must be a regular file) and takes its exclusive advisory lock
+/// without waiting. `Ok(None)` if another open file holds it: another
+/// process, or this one through another [`try_lock`]. The lock lasts until
+/// the returned file is closed.
+pub fn try_lock(path: &Path, links: Links) -> io::Result<Option<File>> {
+    let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    if links == Links::Refuse {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let file = File::from(rustix::fs::open(path, flags, Mode::RUSR | Mode::WUSR)?);
+    check_regular(&file.metadata()?)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// How the temporary files of [`write_atomically`] begin, so that a sweep
 /// can recognise ones a crash left behind.
 pub const TEMP_PREFIX: &str = ".tmp-";
@@ -153,6 +179,29 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_is_held_by_one_open_file_at_a_time() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("the.lock");
+        let first = try_lock(&path, Links::Refuse).expect("open").expect("free: taken");
+        assert!(try_lock(&path, Links::Refuse).expect("open").is_none(), "held by the first");
+        assert_eq!(first.metadata().expect("fstat").permissions().mode() & 0o777, 0o600, "only its owner may open it");
+        drop(first);
+        assert!(try_lock(&path, Links::Refuse).expect("open").is_some(), "let go when the first was closed");
+
+        let link = dir.path().join("link.lock");
+        std::os::unix::fs::symlink(&path, &link).expect("symlink");
+        let held = try_lock(&link, Links::Follow).expect("followed").expect("free");
+        assert!(try_lock(&path, Links::Refuse).expect("open").is_none(), "the link's target is what was locked");
+        drop(held);
+        assert!(try_lock(&link, Links::Refuse).is_err(), "a link refused");
+
+        let fifo = dir.path().join("fifo.lock");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, Mode::RUSR | Mode::WUSR, 0).expect("mkfifo");
+        let error = try_lock(&fifo, Links::Follow).expect_err("a FIFO is no lock file");
+        assert!(error.to_string().contains("a FIFO"), "{error}");
+    }
 
     #[test]
     fn only_regular_files_are_read() {

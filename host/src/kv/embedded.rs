@@ -30,9 +30,9 @@
 //! atomic: the directory's lock means no other process writes. Reads take
 //! no lock.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{Read as _, Seek as _, Write as _};
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -40,6 +40,7 @@ use std::time::Instant;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{BucketId, KvError, KvLimits, LIST_PAGE, Usage, add_to_counter, entry_size};
+use crate::files::{self, Links};
 
 /// How durable an acknowledged write is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -228,17 +229,11 @@ impl EmbeddedStore {
 fn lock_directory(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join("wasmux.lock");
     let io = |source| OpenError::Io { dir: dir.to_owned(), source };
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            return Err(OpenError::InUse { dir: dir.to_owned(), holder: (!holder.is_empty()).then(|| holder.to_owned()) });
-        }
-        Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
-    }
+    let Some(mut file) = files::try_lock(&path, Links::Follow).map_err(io)? else {
+        // Who holds it, as that server wrote it.
+        let holder = files::read_regular(&path, 64, Links::Follow).ok().map(|pid| String::from_utf8_lossy(&pid).trim().to_owned());
+        return Err(OpenError::InUse { dir: dir.to_owned(), holder: holder.filter(|pid| !pid.is_empty()) });
+    };
     // Who holds it, for the message a second server gets.
     file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id())).map_err(io)?;
     Ok(file)

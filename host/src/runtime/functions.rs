@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use hmac::Mac as _;
-use rustix::fs::{Mode, OFlags};
 
 use super::cache::{DiskCache, MAC_LEN, PACK_SUFFIX};
 use crate::files::{self, Links};
@@ -335,26 +334,17 @@ fn write_pack(disk: &DiskCache, state: &mut State) {
 fn lock_for_merge(disk: &DiskCache, packs: &[PathBuf]) -> Option<std::fs::File> {
     let path = disk.dir.join(MERGE_LOCK);
     // Never written; a link planted in its place is refused.
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let opened = rustix::fs::open(&path, flags, Mode::RUSR | Mode::WUSR).map(std::fs::File::from);
-    let lock = match opened {
-        Ok(lock) => lock,
-        Err(e) => {
-            tracing::warn!("compiled functions not merged: cannot open {}: {e}", path.display());
-            return None;
-        }
-    };
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+    let lock = match files::try_lock(&path, Links::Refuse) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
             tracing::debug!("compiled functions not merged: another process is merging them");
             return None;
         }
-        Err(std::fs::TryLockError::Error(e)) => {
+        Err(e) => {
             tracing::warn!("compiled functions not merged: cannot lock {}: {e}", path.display());
             return None;
         }
-    }
+    };
     if let Some(gone) = packs.iter().find(|pack| std::fs::symlink_metadata(pack).is_err()) {
         tracing::debug!("compiled functions not merged: {} was merged or evicted by another process", gone.display());
         return None;
