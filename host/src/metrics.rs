@@ -282,7 +282,9 @@ impl prometheus_client::collector::Collector for ExperimentMetrics {
         let mut requests: Vec<(Labels, u64)> = Vec::new();
         let mut errors: Vec<(Labels, u64)> = Vec::new();
         let mut outcomes: Vec<(Labels, u64)> = Vec::new();
-        let mut latencies: Vec<(Labels, f64, u64, Vec<(f64, u64)>)> = Vec::new();
+        // Each arm's labels, sum of seconds, count, and (upper edge, count) buckets.
+        type Latencies = (Labels, f64, u64, Vec<(f64, u64)>);
+        let mut latencies: Vec<Latencies> = Vec::new();
         let mut states: Vec<(Labels, i64)> = Vec::new();
         let mut shares: Vec<(Labels, i64)> = Vec::new();
         let mut breaches: Vec<(Labels, i64)> = Vec::new();

@@ -45,7 +45,7 @@ pub(super) async fn serve(args: DevArgs, project: Project, options: BuildOptions
     let settings = layer.settings_with(None)?;
     let parse = {
         let layer = Arc::clone(&layer);
-        Arc::new(move |text: &str| layer.from_text(text)) as wasmux::reload::Parse
+        Arc::new(move |text: &str| layer.settings_from_text(text)) as wasmux::reload::Parse
     };
     // Watched before the runtime is loaded, so that a save meanwhile is not missed.
     let watched = project.clone();
@@ -104,7 +104,7 @@ impl SourceLayer {
 
     /// The settings of the configuration file's `text` (changed, reloaded)
     /// with the source being served.
-    fn from_text(&self, text: &str) -> anyhow::Result<Settings> {
+    fn settings_from_text(&self, text: &str) -> anyhow::Result<Settings> {
         let sources = self.current();
         Settings::from_text_with(text, |file| self.add_to(file, sources.as_deref().map(String::as_str)))
     }
@@ -355,7 +355,7 @@ mod tests {
         assert_eq!(values.get(SOURCES_KEY).map(String::as_str), Some("{\"module\": \"app\"}"));
         // A reload of the file keeps the source being served.
         *layer.sources.lock().unwrap() = Some(Arc::new("served".into()));
-        let reloaded = layer.from_text("[plugins.hello]\ngreeting = \"Hi\"\n").unwrap();
+        let reloaded = layer.settings_from_text("[plugins.hello]\ngreeting = \"Hi\"\n").unwrap();
         let values = reloaded.tenants.get("default").unwrap().config_for("hello");
         assert_eq!((values["greeting"].as_str(), values[SOURCES_KEY].as_str()), ("Hi", "served"));
         assert!(reloaded.source_sha256.is_some());

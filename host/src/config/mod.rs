@@ -209,7 +209,7 @@ impl Settings {
     /// `[tenants.default]`.
     pub fn check_reload_of(&self, running: &Settings) -> anyhow::Result<()> {
         anyhow::ensure!(
-            !(self.implicit_tenants && !running.tenants.has_default()),
+            !self.implicit_tenants || running.tenants.has_default(),
             "it has no [tenants] section, so every request would be served without a token, where the running \
              configuration requires one (a file cut short while being written looks like this). To serve requests \
              without a token, say so with a [tenants.default] table"

@@ -542,8 +542,9 @@ impl LatencyHistogram {
 
     /// The position of the bucket holding `seconds`.
     fn position(seconds: f64) -> usize {
-        if !(seconds > upper_edge(LOWEST_INDEX)) {
-            return 0; // also 0 and NaN
+        // Not above the lowest edge, or not comparable (NaN): the first.
+        if seconds.partial_cmp(&upper_edge(LOWEST_INDEX)) != Some(std::cmp::Ordering::Greater) {
+            return 0;
         }
         if seconds > upper_edge(HIGHEST_INDEX) {
             return BUCKETS - 1;

@@ -39,7 +39,8 @@ use crate::plugins::Plugins;
 /// One place plugins come from.
 pub enum PluginSource {
     Dir(DirSource),
-    Oci(OciSource),
+    /// Boxed: a registry's client is ten times a directory's size.
+    Oci(Box<OciSource>),
 }
 
 impl PluginSource {
@@ -52,7 +53,7 @@ impl PluginSource {
         if spec.starts_with(oci::SCHEME) {
             let repository = oci::Repository::open(spec, &oci::Options::default())?;
             let cache = cache_dir.map(|dir| oci::PullCache::new(&dir.join("oci"), &repository.name()));
-            Ok(Self::Oci(OciSource { poller: oci::Poller::new(repository, cache), poll_interval }))
+            Ok(Self::Oci(Box::new(OciSource { poller: oci::Poller::new(repository, cache), poll_interval })))
         } else {
             Ok(Self::Dir(DirSource::new(PathBuf::from(spec), max_size)))
         }
@@ -84,9 +85,12 @@ impl PluginSource {
     pub fn follow(self, changes: mpsc::UnboundedSender<Change>, stop: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
         match self {
             Self::Dir(dir) => dir.follow(changes, stop),
-            Self::Oci(OciSource { poller, poll_interval }) => Ok(tokio::spawn(poller.run(poll_interval, stop, move |change| {
-                let _ = changes.send(change);
-            }))),
+            Self::Oci(oci) => {
+                let OciSource { poller, poll_interval } = *oci;
+                Ok(tokio::spawn(poller.run(poll_interval, stop, move |change| {
+                    let _ = changes.send(change);
+                })))
+            }
         }
     }
 

@@ -304,7 +304,7 @@ impl Repository {
         let (config, layer) = layout::artifact(component, &digest)?;
         let manifest = layout::manifest(&config, &layer, &format!("{}.wasm", tag.name()));
         self.client
-            .push(&self.at(tag), &[layer], config, &self.auth, Some(manifest.into()))
+            .push(&self.at(tag), &[layer], config, &self.auth, Some(manifest))
             .await
             .with_context(|| format!("cannot push to {}:{}", self.name(), tag.tag()))?;
         // Ask the registry rather than re-serialize the manifest: its digest
