@@ -8,7 +8,8 @@
 //! `ping` answers without the store, `get n` reads a counter, `incr n`
 //! increments it. Each call is one request at a time on one kept
 //! connection (`wasmux bench --mode persistent --connections 1`), a fresh
-//! instance each, so the difference between the rows is the store's cost
+//! instance each (and again on one reused instance, for the embedded store
+//! and Redis), so the difference between the rows is the store's cost
 //! as the plugin sees it (through the component model into the host and
 //! back). Two figures per row: the client's median latency, and the
 //! server's CPU time per request (all its threads, from
@@ -81,6 +82,9 @@ pub fn measure(root: &Path, wasmux: &Path, pinning: &Pinning, work: &Path, round
     let routes = "[routes]\n\"text/plain\" = \"kv-counter\"\n";
     let plain = write("kv.toml", routes)?;
     let synced = write("kv-sync.toml", &format!("{routes}\n[kv]\nsync = true\n"))?;
+    // One instance kept for the whole run: the store call without the
+    // instance's making and unmaking around it.
+    let reused = write("kv-reused.toml", &format!("[runtime]\nreuse = {{ requests = 1000000, idle = \"1h\" }}\n\n{routes}"))?;
     let redis = Redis::start(root, &dir.join("redis"), pinning)?;
     let serve_args = |config: &Path, data: &str, more: &[&str]| -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--plugins".into(), dir.join("plugins").into(), "--config".into(), config.into()];
@@ -93,6 +97,16 @@ pub fn measure(root: &Path, wasmux: &Path, pinning: &Pinning, work: &Path, round
         Backend { name: "embedded", what: "the embedded store (fjall), default durability".into(), args: serve_args(&plain, "data", &[]) },
         Backend { name: "embedded-sync", what: "the embedded store, `[kv] sync = true`".into(), args: serve_args(&synced, "data-sync", &[]) },
         Backend { name: "redis", what: format!("Redis {} on loopback", redis.version), args: serve_args(&plain, "data-redis", &["--kv", &url]) },
+        Backend {
+            name: "embedded-reused",
+            what: "the embedded store, default durability, **reused instances**".into(),
+            args: serve_args(&reused, "data-reused", &[]),
+        },
+        Backend {
+            name: "redis-reused",
+            what: format!("Redis {} on loopback, **reused instances**", redis.version),
+            args: serve_args(&reused, "data-redis-reused", &["--kv", &url]),
+        },
     ];
     let mut servers = Vec::new();
     for backend in &backends {
@@ -185,7 +199,8 @@ fn render(backends: &[Backend], measured: &[Measured], round_trip: f64, pinning:
     let _ = writeln!(md, "{HEADING}\n");
     let _ = writeln!(
         md,
-        "The test fixture `kv-counter`, a fresh instance per request, one request at a time on one connection \
+        "The test fixture `kv-counter`, a fresh instance per request (the default) except in the rows of reused \
+         instances (`[runtime] reuse`, one instance for the whole run), one request at a time on one connection \
          (`wasmux bench --mode persistent --connections 1`), {REQUESTS} requests per run after as many unmeasured, \
          the median of {rounds} rounds. `ping` is the same plugin's call without the store; \"over `ping`\" is what \
          the store call adds. Server CPU is all the server's threads per request. {}. Load average {load}.\n",
