@@ -9,9 +9,11 @@
 //! directory, and a component is compiled once per run.
 
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use crate::common::{Finished, Process, Server, message, plugins_dir, root, test_cache, tool_env, wasmux_tool};
@@ -355,16 +357,80 @@ fn wait_for_swaps(server: &Server, count: usize) -> bool {
 // ---- What a Python or JavaScript plugin meets in the sandbox ----
 
 /// A new project of `lang` whose module is `code`, built; returns its
-/// folder and what the build printed.
+/// folder, a copy of the test's own in a temporary directory, and what the
+/// build printed. Each project is built once per run ([`shared_project`])
+/// and copied for every test that names it: a Python or JavaScript build
+/// keeps both cores busy for seconds, and several tests need the same one
+/// (the `dev` tests save into their copy).
 fn project_with(lang: &str, name: &str, module: &str, code: &str) -> (tempfile::TempDir, PathBuf, Finished) {
+    let shared = shared_project(lang, name, module, code);
     let tmp = tempfile::tempdir().expect("temporary directory");
-    let out = wasmux_in(tmp.path(), &["new", name, "--lang", lang], crate::common::STEP);
-    assert!(out.status.success(), "{out:?}");
     let dir = tmp.path().join(name);
-    std::fs::write(dir.join(module), code).expect("write the plugin");
-    let out = wasmux_in(&dir, &["build"], BUILD);
-    assert!(out.status.success(), "wasmux build failed: {out:?}");
-    (tmp, dir, out)
+    copy_tree(&shared.dir, &dir);
+    (tmp, dir, shared.built.clone())
+}
+
+/// A project [`project_with`] copies: made and built once per run.
+struct SharedProject {
+    dir: PathBuf,
+    /// The language, the module and its code: one name, one project.
+    source: [String; 3],
+    /// What `wasmux build` printed.
+    built: Finished,
+}
+
+/// The project `name`, made and built the first time a test asks for it;
+/// a test asking at the same time waits for that build. Two tests naming
+/// the same project with different sources is the tests' mistake.
+fn shared_project(lang: &str, name: &str, module: &str, code: &str) -> &'static SharedProject {
+    static PROJECTS: Mutex<BTreeMap<String, &'static OnceLock<SharedProject>>> = Mutex::new(BTreeMap::new());
+    let slot = *PROJECTS.lock().unwrap_or_else(PoisonError::into_inner).entry(name.to_owned()).or_insert_with(|| Box::leak(Box::default()));
+    let project = slot.get_or_init(|| {
+        let parent = shared_projects_dir();
+        let out = wasmux_in(parent, &["new", name, "--lang", lang], crate::common::STEP);
+        assert!(out.status.success(), "{out:?}");
+        let dir = parent.join(name);
+        std::fs::write(dir.join(module), code).expect("write the plugin");
+        let built = wasmux_in(&dir, &["build"], BUILD);
+        assert!(built.status.success(), "wasmux build failed: {built:?}");
+        SharedProject { dir, source: [lang.to_owned(), module.to_owned(), code.to_owned()], built }
+    });
+    assert_eq!(project.source, [lang, module, code], "two tests name the project {name} with different sources");
+    project
+}
+
+/// `target/test-projects/PID`, where this run's shared projects are made:
+/// emptied first, and the directories of runs no longer running removed
+/// (each run's stays until the next one, a few tens of MB).
+fn shared_projects_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let parent = root().join("target/test-projects");
+        for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+            if pid.is_some_and(|pid| pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = parent.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("create target/test-projects");
+        dir
+    })
+}
+
+/// Copies the directory `from` to `to` (which must not exist), files and
+/// directories.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
 }
 
 /// A Python plugin that imports from the standard library inside
@@ -514,9 +580,9 @@ fn dev_serves_as_built(dir: &Path, case: &DevCase<'_>) -> Server {
 
 #[test]
 fn dev_serves_python_source_without_a_build_as_the_built_component_answers() {
-    let (_tmp, dir, _) = project_with("python", "dev-py", "app.py", PYTHON_IN_THE_SANDBOX);
+    let (_tmp, dir, _) = project_with("python", "sandboxed-py", "app.py", PYTHON_IN_THE_SANDBOX);
     let case = DevCase {
-        name: "dev-py",
+        name: "sandboxed-py",
         module: "app.py",
         contents: &["parse", "idna", "socket", "boom"],
         from: r#"urllib.parse.quote("a b/c")"#,
@@ -536,9 +602,9 @@ fn dev_serves_python_source_without_a_build_as_the_built_component_answers() {
 
 #[test]
 fn dev_serves_javascript_source_without_a_build_as_the_built_component_answers() {
-    let (_tmp, dir, _) = project_with("js", "dev-js", "app.js", JAVASCRIPT_IN_THE_SANDBOX);
+    let (_tmp, dir, _) = project_with("js", "sandboxed-js", "app.js", JAVASCRIPT_IN_THE_SANDBOX);
     let case = DevCase {
-        name: "dev-js",
+        name: "sandboxed-js",
         module: "app.js",
         contents: &["catch", "typeof", "throw"],
         from: "`caught ${error}`",
@@ -558,13 +624,13 @@ fn dev_serves_javascript_source_without_a_build_as_the_built_component_answers()
 /// says so, and when it is done.
 #[test]
 fn call_shows_a_long_compile() {
-    let (_tmp, dir, _) = project_with("python", "compiled-py", "app.py", PYTHON_IN_THE_SANDBOX);
+    let (_tmp, dir, _) = project_with("python", "sandboxed-py", "app.py", PYTHON_IN_THE_SANDBOX);
     // A cache of its own, empty: the shared one has the build's code.
     let cache = tempfile::tempdir().expect("temp dir");
     let cache_dir = cache.path().display().to_string();
-    let out = wasmux_in(&dir, &["call", "dist/compiled-py.wasm", "--cache-dir", &cache_dir, "--deadline", "30s", "--content", "parse"], CALL);
+    let out = wasmux_in(&dir, &["call", "dist/sandboxed-py.wasm", "--cache-dir", &cache_dir, "--deadline", "30s", "--content", "parse"], CALL);
     assert_answer(&out, "Got response: b'a%20b/c'");
     let lines: Vec<String> = out.stderr.lines().map(sized).collect();
-    assert!(lines.first().is_some_and(|l| l.starts_with("wasmux: compiling dist/compiled-py.wasm (") && l.ends_with(" MB) for this machine; the compiled code is kept for its next calls")), "{out:?}");
+    assert!(lines.first().is_some_and(|l| l.starts_with("wasmux: compiling dist/sandboxed-py.wasm (") && l.ends_with(" MB) for this machine; the compiled code is kept for its next calls")), "{out:?}");
     assert!(lines.iter().any(|l| l.starts_with("wasmux: compiled in ") && l.ends_with(" s")), "{out:?}");
 }

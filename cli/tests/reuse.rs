@@ -201,6 +201,9 @@ fn a_hot_swap_retires_the_old_versions_instances() {
     replace_atomically(plugins.path(), "counter.wasm", &new);
     let swapped = format!("plugin counter: {} -> {}", short_version(&old), short_version(&new));
     assert!(server.wait_for_log(&swapped, STEP), "no {swapped:?} in the log:\n{}", server.log());
+    // The old version's instance is retired after the swap is logged, not
+    // before: under load the metric can trail the line.
+    wait_for_metric(&server, r#"wasmux_instances_retired_total{plugin="counter",cause="swap"}"#, 1.0);
     assert_eq!(retired(&server, "counter", "swap"), 1.0);
     assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
     // Back to the first bytes: the same version as before the swap, but a

@@ -117,6 +117,13 @@ pub fn build_examples(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The test fixtures' packages (`plugins/test-fixtures/`): misbehaving
+/// plugins for the host's tests, with no tests of their own.
+pub fn fixture_packages(root: &Path) -> Result<Vec<String>> {
+    let plugins = list(root, &root.join("plugins/Cargo.toml"))?;
+    Ok(plugins.into_iter().filter(|plugin| plugin.fixture).map(|plugin| plugin.package).collect())
+}
+
 /// The plugin crates: `cdylib` packages of the plugins workspace.
 fn list(root: &Path, manifest: &Path) -> Result<Vec<Plugin>> {
     let out = crate::cargo()

@@ -625,7 +625,7 @@ pub struct Process {
 }
 
 /// How a [`Process`] ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Finished {
     pub status: std::process::ExitStatus,
     pub stdout: Vec<String>,
