@@ -12,6 +12,7 @@
 //! The split is done with binutils' `objcopy`, which every machine that
 //! links Rust programs with the system's C toolchain has.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,14 +21,21 @@ use anyhow::{Context, Result, bail};
 /// The most the installed binary may weigh (issue 20's bound).
 pub const MAX_BINARY_SIZE: u64 = 40 << 20;
 
-/// The root `cargo install` installs under (its binaries go to its
-/// `bin`): `$CARGO_HOME`, else `~/.cargo`.
-pub fn default_root() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("CARGO_HOME").filter(|home| !home.is_empty()) {
-        return Ok(PathBuf::from(home));
-    }
-    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set: give --root DIR")?;
-    Ok(PathBuf::from(home).join(".cargo"))
+/// Where `cargo xtask install [--root ROOT]` puts `wasmux`: `ROOT/bin`,
+/// as `cargo install --root ROOT` does; without a root, where `cargo
+/// install` puts binaries, `$CARGO_HOME/bin`, else `~/.cargo/bin`.
+pub fn bin_dir(root: Option<PathBuf>) -> Result<PathBuf> {
+    bin_dir_in(root, std::env::var_os("CARGO_HOME"), std::env::var_os("HOME"))
+}
+
+fn bin_dir_in(root: Option<PathBuf>, cargo_home: Option<OsString>, home: Option<OsString>) -> Result<PathBuf> {
+    let root = match (root, cargo_home.filter(|h| !h.is_empty()), home) {
+        (Some(root), _, _) => root,
+        (None, Some(cargo_home), _) => PathBuf::from(cargo_home),
+        (None, None, Some(home)) => PathBuf::from(home).join(".cargo"),
+        (None, None, None) => bail!("neither CARGO_HOME nor HOME is set: give --root DIR"),
+    };
+    Ok(root.join("bin"))
 }
 
 /// Where the release binary comes from.
@@ -113,4 +121,19 @@ pub fn check(binary: &Path) -> Result<()> {
     }
     eprintln!("xtask: {} runs, is {:.1} MB, and its debug file names wasmux's functions", binary.display(), size as f64 / 1e6);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_goes_to_the_roots_bin_as_cargo_install_puts_it() {
+        let home = || Some(OsString::from("/home/u"));
+        assert_eq!(bin_dir_in(Some("/opt/w".into()), Some("/c".into()), home()).unwrap(), Path::new("/opt/w/bin"));
+        assert_eq!(bin_dir_in(None, Some("/c".into()), home()).unwrap(), Path::new("/c/bin"));
+        assert_eq!(bin_dir_in(None, Some("".into()), home()).unwrap(), Path::new("/home/u/.cargo/bin"), "an empty CARGO_HOME is unset");
+        assert_eq!(bin_dir_in(None, None, home()).unwrap(), Path::new("/home/u/.cargo/bin"));
+        assert!(bin_dir_in(None, None, None).unwrap_err().to_string().contains("--root DIR"));
+    }
 }

@@ -264,10 +264,7 @@ fn run_task(cli: Cli) -> Result<()> {
         }
         Task::TestDocs { args } => test_docs(&root, &args)?,
         Task::Install { root: install_root } => {
-            let dir = match install_root {
-                Some(install_root) => install_root.join("bin"),
-                None => install::default_root()?.join("bin"),
-            };
+            let dir = install::bin_dir(install_root)?;
             timed("install", || install::install(&root, &dir, install::Build::Package).map(|_| ()))?;
         }
         Task::Serve { args } => {
