@@ -418,7 +418,7 @@ fn shared_projects_dir() -> &'static Path {
     })
 }
 
-/// Copies the directory `from` to `to` (which must not exist), files and
+/// Copies the directory `from` to the new directory `to`, files and
 /// directories.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
