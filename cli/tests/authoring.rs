@@ -436,7 +436,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// A Python plugin that imports from the standard library inside
 /// functions, imports what the sandbox refuses, and raises.
 const PYTHON_IN_THE_SANDBOX: &str = r#"import wit_world
-from wit_world.imports import types
+from wit_world.imports import host, types
 
 
 def answer(text):
@@ -446,6 +446,7 @@ def answer(text):
 class WitWorld(wit_world.WitWorld):
     def handle(self, request):
         what = request.content.decode()
+        if what == "setting": return answer(f"greeting is {host.config('greeting')}")
         if what == "parse":
             import urllib.parse
             return answer(urllib.parse.quote("a b/c"))
@@ -458,7 +459,8 @@ class WitWorld(wit_world.WitWorld):
 "#;
 
 /// A JavaScript plugin that looks for `fetch`, calls it, and throws.
-const JAVASCRIPT_IN_THE_SANDBOX: &str = r#"const encoder = new TextEncoder();
+const JAVASCRIPT_IN_THE_SANDBOX: &str = r#"import { config } from 'wasmux:plugin/host@0.1.1';
+const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 function answer(text) {
@@ -467,6 +469,7 @@ function answer(text) {
 
 export function handle(request) {
   const what = decoder.decode(request.content);
+  if (what === 'setting') return answer(`greeting is ${config('greeting')}`);
   if (what === 'typeof') return answer(`fetch is ${typeof fetch}`);
   if (what === 'catch') {
     try {
@@ -484,7 +487,7 @@ fn python_imports_the_standard_library_anywhere_and_refuses_sockets_by_name() {
     let code = PYTHON_IN_THE_SANDBOX;
     let (_tmp, dir, built) = project_with("python", "sandboxed-py", "app.py", code);
     assert!(
-        built.stderr.contains("wasmux: warning: app.py:18: importing socket will fail: the host refuses every network connection and name lookup\n"),
+        built.stderr.contains("wasmux: warning: app.py:19: importing socket will fail: the host refuses every network connection and name lookup\n"),
         "no warning about the import of socket: {built:?}"
     );
     let call = |content: &str| wasmux_in(&dir, &["call", "dist/sandboxed-py.wasm", "--deadline", "30s", "--content", content], CALL);
@@ -537,6 +540,8 @@ struct DevCase<'a> {
     changed: &'a str,
     /// Appended to the module: a syntax error.
     broken: &'a str,
+    /// More arguments for `wasmux dev`.
+    args: &'a [&'a str],
 }
 
 /// Serves the project `dir` (whose component `wasmux build` made) with
@@ -548,7 +553,7 @@ struct DevCase<'a> {
 fn dev_serves_as_built(dir: &Path, case: &DevCase<'_>) -> Server {
     let component = dir.join("dist").join(format!("{}.wasm", case.name));
     let built_bytes = std::fs::read(&component).expect("the built component");
-    let server = Server::start_dev(dir, BUILD);
+    let server = Server::start_dev_with(dir, case.args, BUILD);
     assert!(server.log().contains("through the ") && server.log().contains(" dev runtime"), "{}", server.log());
     for content in case.contents {
         let built = call(&component, &["--content", content]);
@@ -580,7 +585,12 @@ fn dev_serves_as_built(dir: &Path, case: &DevCase<'_>) -> Server {
 
 #[test]
 fn dev_serves_python_source_without_a_build_as_the_built_component_answers() {
-    let (_tmp, dir, _) = project_with("python", "sandboxed-py", "app.py", PYTHON_IN_THE_SANDBOX);
+    let (tmp, dir, _) = project_with("python", "sandboxed-py", "app.py", PYTHON_IN_THE_SANDBOX);
+    // A configuration file: its settings reach the plugin beside the
+    // source being served.
+    let config = tmp.path().join("dev.toml");
+    let settings = |greeting: &str| format!("[routes]\n\"text/*\" = \"sandboxed-py\"\n[plugins.sandboxed-py]\ngreeting = \"{greeting}\"\n");
+    std::fs::write(&config, settings("Howdy")).expect("write the configuration");
     let case = DevCase {
         name: "sandboxed-py",
         module: "app.py",
@@ -589,15 +599,24 @@ fn dev_serves_python_source_without_a_build_as_the_built_component_answers() {
         to: r#""saved""#,
         changed: "Got response: b'saved'",
         broken: "\ndef broken(:\n",
+        args: &["--config", config.to_str().expect("a UTF-8 path")],
     };
     let server = dev_serves_as_built(&dir, &case);
+    assert_eq!(send_text(&server, "setting").stdout, ["Got response: b'greeting is Howdy'"], "{}", server.log());
+    // The file changed: reloaded, and the saved source is still served.
+    let changed = tmp.path().join("dev.toml.new");
+    std::fs::write(&changed, settings("Hi")).expect("write the configuration");
+    std::fs::rename(&changed, &config).expect("replace the configuration");
+    assert!(server.wait_for_log(&format!("configuration {} reloaded", config.display()), crate::common::STEP), "{}", server.log());
+    assert_eq!(send_text(&server, "setting").stdout, ["Got response: b'greeting is Hi'"], "{}", server.log());
+    assert_eq!(send_text(&server, case.contents[0]).stdout, [case.changed], "the reload served another source: {}", server.log());
     let log = server.log();
     // The build's warning, and the traceback of an uncaught exception, as
     // the built component logs it.
-    assert!(log.contains("wasmux: warning: app.py:18: importing socket will fail: the host refuses every network connection and name lookup\n"), "{log}");
-    assert!(log.contains("File \"/0/app.py\", line 20, in handle") && log.contains("ZeroDivisionError: division by zero"), "{log}");
+    assert!(log.contains("wasmux: warning: app.py:19: importing socket will fail: the host refuses every network connection and name lookup\n"), "{log}");
+    assert!(log.contains("File \"/0/app.py\", line 21, in handle") && log.contains("ZeroDivisionError: division by zero"), "{log}");
     // The broken save's error, in the plugin's file and line.
-    assert!(log.contains("File \"/0/app.py\", line 22") && log.contains("SyntaxError"), "{log}");
+    assert!(log.contains("File \"/0/app.py\", line 23") && log.contains("SyntaxError"), "{log}");
 }
 
 #[test]
@@ -611,11 +630,16 @@ fn dev_serves_javascript_source_without_a_build_as_the_built_component_answers()
         to: "'saved'",
         changed: "Got response: b'saved'",
         broken: "\nfunction broken( {\n",
+        args: &[],
     };
     let server = dev_serves_as_built(&dir, &case);
+    // Without a configuration file, every content type goes to the plugin,
+    // which has no settings.
+    let other = crate::common::wasmux(&["send", "--addr", &server.addr_string(), "-t", "image/png", "-e", "binary", "--content", "setting"]);
+    assert_eq!(other.stdout, ["Got response: b'greeting is undefined'"], "{}", server.log());
     let log = server.log();
     // The stack of an uncaught exception in the plugin's own lines.
-    assert!(log.contains("uncaught Error: boom\nhandle@app.js:18:"), "{log}");
+    assert!(log.contains("uncaught Error: boom\nhandle@app.js:20:"), "{log}");
     // The broken save's error, with its place in the file.
     assert!(log.contains("-[app.js:2"), "{log}");
 }

@@ -6,8 +6,9 @@
 use std::net::TcpListener;
 use std::process::{Command, Output};
 
-use crate::common::{STEP, Server, plugins_dir};
-use serde_json::Value;
+use crate::common::{Answer, Raw, STEP, Server, message, plugins_dir};
+use serde_json::{Value, json};
+use wasmux::message::{ErrorCode, Message};
 
 /// Runs `wasmux bench ADDR --json ARGS` and returns its report and whether it succeeded.
 fn bench(addr: &str, args: &[&str]) -> (Value, bool) {
@@ -125,10 +126,66 @@ fn bad_arguments_are_explained() {
         (&["--mix", "custom=1"], "custom requests need --content-type"),
         (&["-t", "a/b", "--content", "x"], "add custom=N to --mix"),
         (&["--mix", "search=x"], "is not a whole number"),
+        (&["--mix", "search=1,search=2"], "search is given twice"),
+        (&["--mix", "search=0,binary=0"], "no request kind has a weight above 0"),
+        (&["--mix", "search=9000,binary=9000"], "the weights add up to 18000; keep them under 10000"),
         (&["--connections", "0"], "--connections must be at least 1"),
     ] {
         let output = run("127.0.0.1:9", &[], args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+/// The requests one connection of `wasmux bench` sends, as a server sees
+/// them, and what it makes of answers it did not expect: the mix's weights
+/// and values, and each answer checked against the one the guide's server
+/// gives.
+#[test]
+fn a_mix_sends_each_kind_by_weight_cycles_its_values_and_checks_each_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Searches get the guide's answer, but in the other byte order (the
+    // server's own: not part of the answer); binary requests an error.
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("the bench connects");
+        stream.set_read_timeout(Some(STEP)).expect("read timeout");
+        let mut conn = Raw { stream };
+        let mut seen = Vec::new();
+        while let Ok(bytes) = conn.try_read_message() {
+            let request = Answer::parse(&bytes);
+            let content_type = request.header["content-type"].as_str().unwrap_or_default().to_owned();
+            let answer = if content_type == "text/json" {
+                let content = wasmux_guide::search(&request.content, "utf-8").expect("a search the guide's server answers");
+                message(json!({"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8"}), &content)
+            } else {
+                let error = Message::error(ErrorCode::NoPlugin, "no plugin here");
+                message(json!({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8"}), &error.content)
+            };
+            conn.send(&answer);
+            seen.push((content_type, request.content));
+        }
+        seen
+    });
+    let (report, ok) = bench(&addr, &["-n", "8", "-c", "1", "--mix", "search=3,binary"]);
+    let seen = server.join().expect("the recording server");
+    assert!(!ok, "a run with error answers must fail: {report}");
+    assert_eq!(report["ok"], 6, "{report}");
+    assert_eq!(count(&report, "error-answer:no-plugin"), 2, "{report}");
+    assert_eq!(report["error_kinds"]["error-answer:no-plugin"]["first"], "no plugin here", "{report}");
+
+    let sent = |kind: &str| -> Vec<String> {
+        let mut values: Vec<String> = seen.iter().filter(|(t, _)| t == kind).map(|(_, c)| String::from_utf8_lossy(c).into_owned()).collect();
+        values.sort();
+        values
+    };
+    let searches = sent("text/json");
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(searches.len(), 6, "three searches for each binary request: {seen:?}");
+    let mut distinct = searches.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "the guide's four search values in turn: {searches:?}");
+    let binaries = sent(wasmux_guide::BINARY_REQUEST_TYPE);
+    assert_eq!(binaries.len(), 2, "{seen:?}");
+    assert_ne!(binaries[0], binaries[1], "both binary values: {binaries:?}");
 }

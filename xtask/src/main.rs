@@ -193,6 +193,7 @@ fn run_task(cli: Cli) -> Result<()> {
             }
         }
         Task::Test { args } => {
+            refuse_tests_in(&root.join("cli/src"), "the wasmux binary has no unit tests (`test = false` in cli/Cargo.toml): test it through its commands, in cli/tests")?;
             // The tests run on the release build: the heavy dependencies
             // (wasmtime, cranelift) compiled once serve `cargo xtask serve`,
             // `cargo install --path cli` and the tests alike.
@@ -347,6 +348,35 @@ fn test_docs(root: &Path, args: &[String]) -> Result<()> {
     outcome
 }
 
+/// Fails, naming the file, if a Rust file under `dir` holds a `#[test]`:
+/// tests there would never run, for the reason `why` gives.
+fn refuse_tests_in(dir: &Path, why: &str) -> Result<()> {
+    match first_with_tests(dir)? {
+        Some(source) => bail!("{} has tests, but {why}", source.display()),
+        None => Ok(()),
+    }
+}
+
+/// The first Rust file under `dir` that holds a `#[test]`.
+pub(crate) fn first_with_tests(dir: &Path) -> Result<Option<PathBuf>> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let found = if path.is_dir() {
+            first_with_tests(&path)?
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            text.contains("#[test]").then_some(path)
+        } else {
+            None
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+
 /// The repository root: the parent of this crate's directory.
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -414,4 +444,25 @@ fn run(command: &mut Command) -> Result<()> {
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_with_tests_is_found() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let src = dir.path().join("spin/src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("lib.rs"), "fn spin() {}\n").expect("write");
+        assert_eq!(first_with_tests(dir.path()).expect("read"), None);
+        std::fs::write(src.join("more.rs"), "#[test]\nfn t() {}\n").expect("write");
+        assert_eq!(first_with_tests(dir.path()).expect("read"), Some(src.join("more.rs")));
+    }
+
+    #[test]
+    fn the_command_line_has_no_unit_tests() {
+        assert_eq!(first_with_tests(&workspace_root().join("cli/src")).expect("read"), None);
+    }
 }

@@ -123,30 +123,9 @@ pub fn build_examples(root: &Path) -> Result<()> {
 /// `#[test]` in it is refused, rather than its tests silently not run.
 pub fn fixture_packages(root: &Path) -> Result<Vec<String>> {
     let fixtures = root.join("plugins/test-fixtures");
-    if let Some(source) = first_with_tests(&fixtures)? {
-        bail!("{} has tests, but the test fixtures' are not run: move them to the host's tests", source.display());
-    }
+    crate::refuse_tests_in(&fixtures, "the test fixtures' tests are not run: move them to the host's tests")?;
     let plugins = list(root, &root.join("plugins/Cargo.toml"))?;
     Ok(plugins.into_iter().filter(|plugin| plugin.fixture).map(|plugin| plugin.package).collect())
-}
-
-/// The first Rust file under `dir` that holds a `#[test]`.
-fn first_with_tests(dir: &Path) -> Result<Option<PathBuf>> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let found = if path.is_dir() {
-            first_with_tests(&path)?
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            text.contains("#[test]").then_some(path)
-        } else {
-            None
-        };
-        if found.is_some() {
-            return Ok(found);
-        }
-    }
-    Ok(None)
 }
 
 /// The plugin crates: `cdylib` packages of the plugins workspace.
@@ -190,19 +169,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fixture_with_tests_is_found() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let src = dir.path().join("spin/src");
-        std::fs::create_dir_all(&src).expect("mkdir");
-        std::fs::write(src.join("lib.rs"), "fn spin() {}\n").expect("write");
-        assert_eq!(first_with_tests(dir.path()).expect("read"), None);
-        std::fs::write(src.join("more.rs"), "#[test]\nfn t() {}\n").expect("write");
-        assert_eq!(first_with_tests(dir.path()).expect("read"), Some(src.join("more.rs")));
-    }
-
-    #[test]
     fn the_fixtures_here_have_no_tests() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository");
-        assert_eq!(first_with_tests(&root.join("plugins/test-fixtures")).expect("read"), None);
+        assert_eq!(crate::first_with_tests(&root.join("plugins/test-fixtures")).expect("read"), None);
     }
 }

@@ -334,39 +334,3 @@ struct Check {
     /// How long the check took (an instance made, the plugin loaded).
     took: Duration,
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn layer(config: Option<PathBuf>) -> SourceLayer {
-        SourceLayer { plugin: "hello".into(), config, sources: Mutex::new(None) }
-    }
-
-    #[test]
-    fn the_source_is_the_plugins_setting_beside_the_files() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("dev.toml");
-        std::fs::write(&path, "[routes]\n\"text/*\" = \"hello\"\n[plugins.hello]\ngreeting = \"Howdy\"\n").unwrap();
-        let layer = layer(Some(path));
-        let settings = layer.settings_with(Some("{\"module\": \"app\"}")).unwrap();
-        let values = settings.tenants.get("default").unwrap().config_for("hello");
-        assert_eq!(values.get("greeting").map(String::as_str), Some("Howdy"));
-        assert_eq!(values.get(SOURCES_KEY).map(String::as_str), Some("{\"module\": \"app\"}"));
-        // A reload of the file keeps the source being served.
-        *layer.sources.lock().unwrap() = Some(Arc::new("served".into()));
-        let reloaded = layer.settings_from_text("[plugins.hello]\ngreeting = \"Hi\"\n").unwrap();
-        let values = reloaded.tenants.get("default").unwrap().config_for("hello");
-        assert_eq!((values["greeting"].as_str(), values[SOURCES_KEY].as_str()), ("Hi", "served"));
-        assert!(reloaded.source_sha256.is_some());
-    }
-
-    #[test]
-    fn without_a_file_every_content_type_goes_to_the_plugin() {
-        let settings = layer(None).settings_with(Some("x")).unwrap();
-        let tenant = settings.tenants.get("default").unwrap();
-        assert_eq!(settings.plugin_targets().into_iter().collect::<Vec<_>>(), ["hello"]);
-        assert_eq!(tenant.config_for("hello")[SOURCES_KEY], "x");
-        assert!(layer(None).settings_with(None).unwrap().tenants.get("default").unwrap().config_for("hello").is_empty());
-    }
-}
