@@ -45,7 +45,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // A test runner asking for a list; there is nothing to list.
     }
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // `cargo bench` passes --bench; `cargo test --benches` runs this
     // too, without it: then one swap of each kind checks that it works.
     let rounds = if std::env::args().any(|a| a == "--bench") { ROUNDS } else { 1 };
     let built = common::plugins_dir();
