@@ -223,7 +223,8 @@ fn run_task(cli: Cli) -> Result<()> {
             timed("the tests", || {
                 let mut tests = cargo();
                 // Every target but the wasmux binary in test mode (`--all-targets`
-                // would build it, with no tests in it, for 29 s of CPU).
+                // would build it, with no tests in it: 29 s of a test build
+                // bound by CPU time).
                 tests.current_dir(&root).args(["test", "--release", "--locked", "--workspace", "--tests", "--benches", "--examples"]).args(&args);
                 // The suite's tests spend much of their time waiting (on a
                 // server's timers and drains, on the child processes they
@@ -360,7 +361,7 @@ fn refuse_tests_in(dir: &Path, why: &str) -> Result<()> {
 }
 
 /// The first Rust file under `dir` that holds a `#[test]`.
-pub(crate) fn first_with_tests(dir: &Path) -> Result<Option<PathBuf>> {
+fn first_with_tests(dir: &Path) -> Result<Option<PathBuf>> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let found = if path.is_dir() {
@@ -377,7 +378,6 @@ pub(crate) fn first_with_tests(dir: &Path) -> Result<Option<PathBuf>> {
     }
     Ok(None)
 }
-
 
 /// The repository root: the parent of this crate's directory.
 fn workspace_root() -> PathBuf {
