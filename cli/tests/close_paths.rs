@@ -153,7 +153,9 @@ impl SlowClient {
 
     fn send(&mut self, bytes: &[u8]) {
         let writer = self.writer.as_mut().expect("not closed");
-        self.runtime.block_on(async { tokio::time::timeout(STEP, writer.write_all(bytes)).await }).expect("sent in time").expect("send");
+        // The flush sends what a TLS stream kept of them.
+        let sent = self.runtime.block_on(async { tokio::time::timeout(STEP, async { writer.write_all(bytes).await?; writer.flush().await }).await });
+        sent.expect("sent in time").expect("send");
     }
 
     /// Bytes read so far.

@@ -453,7 +453,12 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         self.buf.len()
     }
 
-    /// Writes out everything queued.
+    /// Writes out everything queued, and flushes the stream: a TLS stream
+    /// takes plaintext faster than its socket takes the records, and keeps
+    /// what the socket has no room for (up to rustls' 64 KiB) until it is
+    /// written to again or flushed. Without the flush, the end of a message
+    /// written while the peer was reading slower than it came stayed there,
+    /// and the peer waited for it. A TCP stream's flush does nothing.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.io.write_all(&self.buf).await?;
@@ -462,7 +467,7 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
                 self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
             }
         }
-        Ok(())
+        self.io.flush().await
     }
 
     /// Closes the writing side (a FIN): the peer reads the end of the stream.
@@ -613,6 +618,43 @@ mod tests {
         drop(first);
         drop(first_peer);
         assert_eq!(read_message(&mut second.reader).await.content.len(), 700 << 10);
+    }
+
+    /// A TLS stream takes a message faster than its transport does and
+    /// keeps the rest: `flush` must not return before all of it is written.
+    /// Real rustls at both ends of a small in-memory pipe whose reader takes
+    /// 1 KiB at a time, so that every write finds the pipe nearly full (as a
+    /// socket whose peer reads slowly).
+    #[tokio::test]
+    async fn over_tls_a_flushed_message_reaches_a_slow_reader_whole() {
+        let (acceptor, connector, name) = crate::tls::test_ends();
+        let (ours, theirs) = tokio::io::duplex(16 << 10);
+        let (ours, theirs) = tokio::join!(connector.connect(name, ours), acceptor.accept(theirs));
+        let (ours, mut theirs) = (ours.expect("the client's handshake"), theirs.expect("the server's handshake"));
+        let (reader, writer) = tokio::io::split(ours);
+        let mut conn = Connection::new(reader, writer, "peer", 1024);
+        let message = Message::new("x/y", "binary", vec![b'z'; 1 << 20]);
+        conn.writer.queue(&message).unwrap();
+        let length = conn.writer.pending();
+        let slow_reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            let mut chunk = [0; 1024];
+            // Until all of it came, or nothing more does for a second.
+            while received.len() < length {
+                match tokio::time::timeout(Duration::from_secs(1), theirs.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => received.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+                tokio::task::yield_now().await;
+            }
+            received
+        });
+        tokio::time::timeout(Duration::from_secs(10), conn.writer.flush()).await.expect("flushed in time").unwrap();
+        let received = slow_reader.await.unwrap();
+        assert_eq!(received.len(), length, "the peer got {} bytes of {length}", received.len());
+        let mut received = BytesMut::from(&received[..]);
+        let Some(Inbound::Message(got)) = MessageCodec::new(2 << 20).decode(&mut received).unwrap() else { panic!("not a message") };
+        assert_eq!(got.content, message.content);
     }
 
     #[tokio::test]

@@ -98,6 +98,28 @@ impl TlsClient {
     }
 }
 
+/// Both ends of TLS for `localhost`, for tests over in-memory streams: the
+/// server's self-signed certificate is the client's only root.
+#[cfg(test)]
+pub(crate) fn test_ends() -> (TlsAcceptor, TlsConnector, ServerName<'static>) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).and_then(|params| params.self_signed(&key)).expect("a certificate");
+    let mut roots = RootCertStore::empty();
+    roots.add(certificate.der().clone()).expect("a root");
+    let key = PrivateKeyDer::try_from(key.serialize_der()).expect("a private key");
+    let server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(vec![certificate.der().clone()], key))
+        .expect("the server's configuration");
+    let client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("a server name");
+    (TlsAcceptor::from(Arc::new(server)), TlsConnector::from(Arc::new(client)), name)
+}
+
 fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certificates = CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
