@@ -166,11 +166,8 @@ fn list(root: &Path, manifest: &Path) -> Result<Vec<Plugin>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn the_fixtures_here_have_no_tests() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository");
-        assert_eq!(crate::first_with_tests(&root.join("plugins/test-fixtures")).expect("read"), None);
+        assert_eq!(crate::first_with_tests(&crate::workspace_root().join("plugins/test-fixtures")).expect("read"), None);
     }
 }
