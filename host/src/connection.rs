@@ -620,16 +620,23 @@ mod tests {
         assert_eq!(read_message(&mut second.reader).await.content.len(), 700 << 10);
     }
 
-    /// A TLS stream takes a message faster than its transport does and
-    /// keeps the rest: `flush` must not return before all of it is written.
-    /// Real rustls at both ends of a small in-memory pipe whose reader takes
-    /// 1 KiB at a time, so that every write finds the pipe nearly full (as a
-    /// socket whose peer reads slowly).
+    /// A TLS stream takes a message faster than its socket does and keeps
+    /// the rest: `flush` must not return before all of it is written. Real
+    /// rustls over loopback TCP, with small socket buffers at both ends and
+    /// a peer that reads 1 KiB at a time, so that every write finds the
+    /// socket nearly full. (With the buffers the kernel gives loopback
+    /// sockets, megabytes, the tail is left behind only now and then.)
     #[tokio::test]
     async fn over_tls_a_flushed_message_reaches_a_slow_reader_whole() {
         let (acceptor, connector, name) = crate::tls::test_ends();
-        let (ours, theirs) = tokio::io::duplex(16 << 10);
-        let (ours, theirs) = tokio::join!(connector.connect(name, ours), acceptor.accept(theirs));
+        let listening = tokio::net::TcpSocket::new_v4().unwrap();
+        listening.set_recv_buffer_size(4 << 10).unwrap();
+        listening.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let listener = listening.listen(1).unwrap();
+        let connecting = tokio::net::TcpSocket::new_v4().unwrap();
+        connecting.set_send_buffer_size(8 << 10).unwrap();
+        let (ours, theirs) = tokio::join!(connecting.connect(listener.local_addr().unwrap()), listener.accept());
+        let (ours, theirs) = tokio::join!(connector.connect(name, ours.unwrap()), acceptor.accept(theirs.unwrap().0));
         let (ours, mut theirs) = (ours.expect("the client's handshake"), theirs.expect("the server's handshake"));
         let (reader, writer) = tokio::io::split(ours);
         let mut conn = Connection::new(reader, writer, "peer", 1024);
