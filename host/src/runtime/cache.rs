@@ -214,22 +214,7 @@ impl DiskCache {
     /// file) is logged and left alone.
     fn read(&self, engine: &Engine, engine_tag: &str, digest: &Digest) -> Option<Component> {
         let path = self.path(engine_tag, digest);
-        let (file, metadata) = match files::open_regular(&path, Links::Refuse) {
-            Ok(opened) => opened,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!("cannot read cached code {}: {e}; compiling instead", path.display());
-                return None;
-            }
-        };
-        let bytes = match files::read_capped(&file, &metadata, self.max_size) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return self.discard(&path, &format!("it is {e}")),
-            Err(e) => {
-                tracing::warn!("cannot read cached code {}: {e}; compiling instead", path.display());
-                return None;
-            }
-        };
+        let (file, bytes) = self.read_entry(&path, "cached code")?;
         let Some(code) = self.authentic(&bytes, engine_tag, digest) else {
             return self.discard(&path, "it fails its authentication (altered, truncated, or another plugin's or engine's code)");
         };
@@ -248,6 +233,22 @@ impl DiskCache {
                 Some(component)
             }
             Err(e) => self.discard(&path, &format!("it cannot be loaded: {e:#}")),
+        }
+    }
+
+    /// An entry's file (not a link) and its bytes; `None` if it is absent,
+    /// cannot be read (a warning naming it as `what`), or is over the size
+    /// cap (removed).
+    pub(super) fn read_entry(&self, path: &Path, what: &str) -> Option<(std::fs::File, Vec<u8>)> {
+        let read = files::open_regular(path, Links::Refuse).and_then(|(file, metadata)| Ok((files::read_capped(&file, &metadata, self.max_size)?, file)));
+        match read {
+            Ok((bytes, file)) => Some((file, bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => self.discard(path, &format!("it is {e}")),
+            Err(e) => {
+                tracing::warn!("cannot read {what} {}: {e}; compiling instead", path.display());
+                None
+            }
         }
     }
 
@@ -499,6 +500,21 @@ mod tests {
         cache.get_or_compile(&engine, digest(1), EMPTY_COMPONENT).expect("compiles");
         assert!(path.symlink_metadata().expect("entry").is_file());
         assert_eq!(std::fs::read(&target).expect("read"), b"not code");
+    }
+
+    /// What both the code cache and the function packs read through.
+    #[test]
+    fn an_entry_over_the_size_cap_is_removed_and_an_absent_one_is_a_miss() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let disk = DiskCache::open_or_log(dir.path(), 16).expect("a disk cache");
+        let (small, big) = (dir.path().join("small"), dir.path().join("big"));
+        std::fs::write(&small, [1; 16]).expect("write");
+        std::fs::write(&big, [1; 17]).expect("write");
+        assert_eq!(disk.read_entry(&small, "test entry").map(|(_, bytes)| bytes), Some(vec![1; 16]));
+        assert!(disk.read_entry(&big, "test entry").is_none());
+        assert!(!big.exists(), "an entry over the cap was kept");
+        assert!(disk.read_entry(&dir.path().join("absent"), "test entry").is_none());
+        assert!(small.exists());
     }
 
     #[test]

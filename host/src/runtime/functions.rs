@@ -197,18 +197,7 @@ fn read_packs(disk: &DiskCache) -> (HashMap<Vec<u8>, Function>, Vec<PathBuf>) {
         if !path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.ends_with(PACK_SUFFIX)) {
             continue;
         }
-        let bytes = match files::open_regular(&path, Links::Refuse).and_then(|(file, metadata)| files::read_capped(&file, &metadata, disk.max_size)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
-                disk.discard::<()>(&path, &format!("it is {e}"));
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("cannot read compiled functions {}: {e}", path.display());
-                continue;
-            }
-        };
+        let Some((_, bytes)) = disk.read_entry(&path, "compiled functions") else { continue };
         let Some(records) = authentic(disk, &bytes).and_then(parse) else {
             disk.discard::<()>(&path, "it fails its authentication (altered or truncated)");
             continue;
