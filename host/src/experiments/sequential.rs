@@ -224,25 +224,20 @@ pub fn rate_interval(successes: u64, trials: u64, alpha: f64) -> Interval {
     // bound is returned on its rejected side: the interval errs wide.
     let rejected = |p: f64| log_likelihood(s, f, p) <= level;
     let estimate = s / (s + f);
-    let mut low = 0.0;
-    if s > 0.0 {
-        let (mut out, mut inside) = (0.0, estimate);
-        for _ in 0..BISECTIONS {
-            let mid = 0.5 * (out + inside);
-            if rejected(mid) { out = mid } else { inside = mid }
-        }
-        low = out;
-    }
-    let mut high = 1.0;
-    if f > 0.0 {
-        let (mut inside, mut out) = (estimate, 1.0);
-        for _ in 0..BISECTIONS {
-            let mid = 0.5 * (inside + out);
-            if rejected(mid) { out = mid } else { inside = mid }
-        }
-        high = out;
-    }
+    let low = if s > 0.0 { crossing(0.0, estimate, rejected) } else { 0.0 };
+    let high = if f > 0.0 { crossing(1.0, estimate, rejected) } else { 1.0 };
     Interval { low, high }
+}
+
+/// The point between `out` (rejected) and `inside` (not) where `rejected`
+/// changes, found by bisection and returned on its rejected side, so that
+/// an interval bounded by it errs wide.
+fn crossing(mut out: f64, mut inside: f64, rejected: impl Fn(f64) -> bool) -> f64 {
+    for _ in 0..BISECTIONS {
+        let mid = 0.5 * (out + inside);
+        if rejected(mid) { out = mid } else { inside = mid }
+    }
+    out
 }
 
 /// Two arms' counts, each `(successes, trials)`: the first arm (the
@@ -320,24 +315,8 @@ impl TwoArms {
     fn interval(&self, level: f64) -> Interval {
         let estimate = self.difference();
         let rejected = |d: f64| self.log_evidence_against(d) >= level;
-        let mut low = -1.0;
-        if rejected(-1.0) {
-            let (mut out, mut inside) = (-1.0, estimate);
-            for _ in 0..BISECTIONS {
-                let mid = 0.5 * (out + inside);
-                if rejected(mid) { out = mid } else { inside = mid }
-            }
-            low = out;
-        }
-        let mut high = 1.0;
-        if rejected(1.0) {
-            let (mut inside, mut out) = (estimate, 1.0);
-            for _ in 0..BISECTIONS {
-                let mid = 0.5 * (inside + out);
-                if rejected(mid) { out = mid } else { inside = mid }
-            }
-            high = out;
-        }
+        let low = if rejected(-1.0) { crossing(-1.0, estimate, rejected) } else { -1.0 };
+        let high = if rejected(1.0) { crossing(1.0, estimate, rejected) } else { 1.0 };
         Interval { low, high }
     }
 }
@@ -709,11 +688,7 @@ mod tests {
         let evidence = |s: f64| mixture.log_evidence(g * n + s, n - g * n - s, g);
         assert!((evidence(10.0) - -0.6941012).abs() < 1e-6, "{}", evidence(10.0));
         // The boundary: the centred sum at which the evidence reaches ln 20.
-        let (mut inside, mut out) = (0.0, v / g);
-        for _ in 0..BISECTIONS {
-            let mid = 0.5 * (inside + out);
-            if evidence(mid) >= 20f64.ln() { out = mid } else { inside = mid }
-        }
+        let out = crossing(v / g, 0.0, |s| evidence(s) >= 20f64.ln());
         assert!((out - 31.4308).abs() < 1e-4, "{out}");
     }
 
