@@ -30,19 +30,7 @@
 /// The standard normal quantile for a two-sided 95 % interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
 
-/// An interval `[low, high]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Interval {
-    pub low: f64,
-    pub high: f64,
-}
-
-impl Interval {
-    /// True if the interval lies wholly on one side of 0.
-    pub fn excludes_zero(&self) -> bool {
-        self.low > 0.0 || self.high < 0.0
-    }
-}
+pub use super::sequential::Interval;
 
 /// Wilson's score interval for the proportion `successes / trials` at
 /// normal quantile `z`; `None` when there are no trials.
