@@ -98,8 +98,9 @@ impl TlsClient {
     }
 }
 
-/// Both ends of TLS for `localhost`, for tests over in-memory streams: the
-/// server's self-signed certificate is the client's only root.
+/// Both ends of TLS for `localhost`, for unit tests that run the handshake
+/// over a stream of their own: the server's self-signed certificate is the
+/// client's only root.
 #[cfg(test)]
 pub(crate) fn test_ends() -> (TlsAcceptor, TlsConnector, ServerName<'static>) {
     let key = rcgen::KeyPair::generate().expect("a key");
