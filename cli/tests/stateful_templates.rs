@@ -99,6 +99,31 @@ fn calls_keep_state_in_their_data_dir(dir: &Path, name: &str) {
     assert_eq!(out.stdout, [format!("Got result: Error: bad request for plugin {name}: send `incr NAME` or `get NAME`")], "{out:?}");
 }
 
+/// `wasmux serve` reusing one instance for every request: the template
+/// drops each bucket it opens, so it serves more requests than an
+/// instance may hold buckets open (a template that left them to the
+/// garbage collector failed its 33rd request).
+fn a_reused_instance_serves_more_requests_than_it_may_hold_buckets(dir: &Path, name: &str) {
+    let served = tempfile::tempdir().expect("temporary directory");
+    let plugins = served.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("the plugins' directory");
+    std::fs::copy(dir.join("dist").join(format!("{name}.wasm")), plugins.join(format!("{name}.wasm"))).expect("copy the component");
+    let config = served.path().join("wasmux.toml");
+    std::fs::write(&config, format!("[routes]\n\"text/plain\" = \"{name}\"\n\n[runtime]\nreuse = {{ requests = 1000 }}\n")).expect("write the configuration");
+    let data = served.path().join("state");
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let args = ["--plugins", &path(&plugins), "--config", &path(&config), "--data-dir", &path(&data), "--admin", "127.0.0.1:0"];
+    let server = Server::start_slow(&args, CALL).keeping(served);
+    // More than MAX_OPEN_BUCKETS (32), each request opening one.
+    for count in 1..=40 {
+        assert_eq!(send(&server, "incr visits"), format!("Got response: b'visits={count}'"), "{}", server.log());
+    }
+    let (status, metrics) = server.admin_get("/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    let created = crate::common::metric(&metrics, &format!(r#"wasmux_instances_created_total{{plugin="{name}"}}"#));
+    assert_eq!(created, Some(1.0), "one instance served the 40 requests: {metrics}");
+}
+
 /// `wasmux send` of `content` as text to `server`.
 fn send(server: &Server, content: &str) -> String {
     let out = crate::common::wasmux(&["send", "--addr", &server.addr_string(), "-t", "text/plain", "-e", "utf-8", "--content", content]);
@@ -188,6 +213,7 @@ fn a_stateful_python_plugin_counts_under_call_and_dev() {
     let dir = new_and_build(tmp.path(), "counter-py", "python");
     calls_keep_state_in_their_data_dir(&dir, "counter-py");
     template_test_passes(&dir, "python");
+    a_reused_instance_serves_more_requests_than_it_may_hold_buckets(&dir, "counter-py");
     let (refused, through) = (no_such_store("counter-py", "no such store"), uncaught("counter-py", "Error_NoSuchStore()"));
     let saves = [
         Save { from: r#"f"{name}={count}""#, to: r#"f"{name} is {count}""#, after: AFTER_THE_SAVE },
@@ -203,6 +229,7 @@ fn a_stateful_javascript_plugin_counts_under_call_and_dev() {
     let dir = new_and_build(tmp.path(), "counter-js", "js");
     calls_keep_state_in_their_data_dir(&dir, "counter-js");
     template_test_passes(&dir, "js");
+    a_reused_instance_serves_more_requests_than_it_may_hold_buckets(&dir, "counter-js");
     let (refused, through) = (no_such_store("counter-js", "no-such-store"), uncaught("counter-js", "no-such-store"));
     let saves = [
         Save { from: "`${name}=${count}`", to: "`${name} is ${count}`", after: AFTER_THE_SAVE },

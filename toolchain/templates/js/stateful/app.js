@@ -19,14 +19,19 @@ export function handle(request) {
   }
   let count;
   try {
-    // The plugin's own bucket.
+    // The plugin's own bucket, dropped when done: an instance the server
+    // reuses for many requests may hold only a few buckets open at once.
     const bucket = open('default');
-    if (command === 'incr') {
-      count = increment(bucket, name, 1n);
-    } else {
-      // A counter is kept as its decimal ASCII (the bytes `42`).
-      const value = bucket.get(name);
-      count = value === undefined ? 0 : decoder.decode(value);
+    try {
+      if (command === 'incr') {
+        count = increment(bucket, name, 1n);
+      } else {
+        // A counter is kept as its decimal ASCII (the bytes `42`).
+        const value = bucket.get(name);
+        count = value === undefined ? 0 : decoder.decode(value);
+      }
+    } finally {
+      bucket[Symbol.dispose]();
     }
   } catch (error) {
     // Every store call may fail with the interface's error, thrown as an
