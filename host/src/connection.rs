@@ -128,9 +128,10 @@ impl<R, W> Connection<R, W> {
 /// its peer sending.
 ///
 /// Drawing a message's whole length at once, rather than as its bytes
-/// arrive, means that two connections can never each hold part of the
-/// budget while both wait for more: waiters are served in turn (the
-/// semaphore is fair), as earlier messages finish.
+/// arrive, and holding nothing while waiting for it, means that two
+/// connections can never each hold part of the budget while both wait for
+/// more: waiters are served in turn (the semaphore is fair), as earlier
+/// messages finish.
 #[derive(Debug)]
 pub struct BufferBudget {
     /// One permit a KiB.
@@ -182,15 +183,23 @@ impl Drawn {
     }
 
     /// Waits until what is drawn covers a message of `length` bytes.
+    ///
+    /// What is held goes back before the wait, and the whole length is
+    /// drawn at once: a reader that waited for the difference while
+    /// keeping the rest (a pipelined message longer than the one before)
+    /// could deadlock with another that the fair semaphore had handed part
+    /// of what it waits for, each holding what the other needs, for the
+    /// life of the process.
     async fn cover(&mut self, length: usize) {
-        let Some(more) = self.needed(length).checked_sub(self.held()).filter(|&more| more > 0) else { return };
-        let more = u32::try_from(more).unwrap_or(u32::MAX);
+        let needed = self.needed(length);
+        if needed <= self.held() {
+            return;
+        }
+        self.held = None;
+        let needed = u32::try_from(needed).unwrap_or(u32::MAX);
         // The semaphore is never closed.
-        if let Ok(permit) = Arc::clone(&self.budget.kib).acquire_many_owned(more).await {
-            match &mut self.held {
-                Some(held) => held.merge(permit),
-                None => self.held = Some(permit),
-            }
+        if let Ok(permit) = Arc::clone(&self.budget.kib).acquire_many_owned(needed).await {
+            self.held = Some(permit);
         }
     }
 }
@@ -618,6 +627,44 @@ mod tests {
         drop(first);
         drop(first_peer);
         assert_eq!(read_message(&mut second.reader).await.content.len(), 700 << 10);
+    }
+
+    /// A pipelined message longer than the one before it, on a connection
+    /// that still holds that one's part of the budget, while another
+    /// connection waits for a part: both are read. (When the first waited
+    /// for the difference while keeping its part, and the fair semaphore
+    /// had handed the second what was free, each held what the other
+    /// waited for, for good.)
+    #[tokio::test]
+    async fn a_longer_pipelined_message_does_not_deadlock_with_another_waiting_connection() {
+        let budget = BufferBudget::new(1 << 20);
+        let (mut first, mut first_peer) = budgeted(&budget);
+        let (mut second, mut second_peer) = budgeted(&budget);
+        // The first connection's 600 KiB message, all but its last byte:
+        // it draws 600 KiB less the free 64 KiB.
+        let (a, b) = (big(600 << 10), big(1 << 20));
+        let first_reads = tokio::spawn(async move {
+            let lengths = [read_message(&mut first.reader).await.content.len(), read_message(&mut first.reader).await.content.len()];
+            (lengths, first)
+        });
+        first_peer.write_all(&a[..a.len() - 1]).await.unwrap();
+        while budget.available() > (1 << 20) - (536 << 10) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The second's 600 KiB: it waits for what the first holds.
+        let second_reads = tokio::spawn(async move { read_message(&mut second.reader).await.content.len() });
+        let second_sends = tokio::spawn(async move { second_peer.write_all(&big(600 << 10)).await.map(|()| second_peer) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first message ends, and a longer one follows on its heels.
+        let first_sends = tokio::spawn(async move {
+            first_peer.write_all(&a[a.len() - 1..]).await?;
+            first_peer.write_all(&b).await.map(|()| first_peer)
+        });
+        let both = async { (first_reads.await.unwrap(), second_reads.await.unwrap()) };
+        let ((lengths, _first), second_length) = tokio::time::timeout(Duration::from_secs(10), both).await.expect("both connections read their messages");
+        assert_eq!(lengths, [600 << 10, 1 << 20]);
+        assert_eq!(second_length, 600 << 10);
+        let _peers = (first_sends.await.unwrap().unwrap(), second_sends.await.unwrap().unwrap());
     }
 
     /// A TLS stream takes a message faster than its socket does and keeps
