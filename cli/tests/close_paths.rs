@@ -411,3 +411,75 @@ fn a_drain_answers_what_it_read_then_ends_with_a_fin() {
         assert!(server.log().contains("every request answered; stopped"), "{what}: {}", server.log());
     }
 }
+
+/// A client that pipelines without a pause, each write the end of one
+/// request and the start of the next, is never between two messages: the
+/// drain answers the request under way when it began and ends the stream
+/// after it, rather than reading and answering new requests until
+/// `--drain-timeout` cuts the connection (as it did).
+#[test]
+fn a_drain_ends_a_connection_that_never_pauses_between_requests() {
+    use std::io::{Read, Write};
+    let (mut server, _) = start(Transport::Plain, "", "");
+    let mut stream = std::net::TcpStream::connect(server.addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a read timeout");
+    let request = search("morpheus");
+    let half = request.len() / 2;
+    let mut writer = stream.try_clone().expect("the write side");
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sending = {
+        let sent = Arc::clone(&sent);
+        std::thread::spawn(move || {
+            // At most 30 s of requests, 100 a second.
+            if writer.write_all(&request[..half]).is_err() {
+                return;
+            }
+            for _ in 0..3000 {
+                if writer.write_all(&[&request[half..], &request[..half]].concat()).is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Answers arrive: the connection is busy.
+    let (mut received, mut answers) = (Vec::new(), 0);
+    let mut chunk = [0; 4096];
+    let count = |received: &mut Vec<u8>, answers: &mut usize| {
+        while let Some(length) = message_length(received) {
+            received.drain(..length);
+            *answers += 1;
+        }
+    };
+    while answers < 20 {
+        let n = stream.read(&mut chunk).expect("answers");
+        assert!(n > 0, "the stream ended before the drain");
+        received.extend_from_slice(&chunk[..n]);
+        count(&mut received, &mut answers);
+    }
+    let killed = std::process::Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let signalled = Instant::now();
+    let sent_at_the_signal = sent.load(Ordering::SeqCst);
+    // Then the stream ends, with a FIN, soon: the default drain timeout is 10 s.
+    let ended = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break signalled.elapsed(),
+            Ok(n) => {
+                received.extend_from_slice(&chunk[..n]);
+                count(&mut received, &mut answers);
+            }
+            Err(e) => panic!("the stream did not end with a FIN after {:?}: {e}; log:\n{}", signalled.elapsed(), server.log()),
+        }
+    };
+    assert!(received.is_empty(), "an answer was cut off");
+    assert!(ended < Duration::from_secs(5), "the stream ended {ended:?} after SIGTERM, not after the request under way; log:\n{}", server.log());
+    // Every answer is to a request sent before the signal or the one under
+    // way then (one more: a write may have ended but not been counted yet).
+    assert!(answers <= sent_at_the_signal + 2, "{answers} answers to {sent_at_the_signal} requests sent before SIGTERM");
+    drop(stream);
+    sending.join().expect("the sending thread");
+    assert!(server.stop_with("TERM"), "the server did not exit cleanly; log:\n{}", server.log());
+    assert!(server.log().contains("every request answered; stopped"), "{}", server.log());
+}

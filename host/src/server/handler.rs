@@ -82,6 +82,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
 
     async fn serve(&mut self) -> Close {
         let mut invalid_in_a_row = 0;
+        // Shutting down with a message under way: that one is read and
+        // answered, and the connection ends after it, whatever follows it.
+        let mut finishing = false;
         loop {
             // Answer every message already buffered, then write the answers at once.
             loop {
@@ -110,6 +113,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
                 if answer.close {
                     return Close::Refused;
                 }
+                if finishing {
+                    // What follows arrived after the drain began (a client
+                    // pipelining without a pause is never between two
+                    // messages): it is dropped unanswered.
+                    return Close::Shutdown;
+                }
                 if self.connection.writer.pending() >= MAX_PENDING_WRITE
                     && let Err(close) = self.flush().await
                 {
@@ -119,8 +128,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
             if let Err(close) = self.flush().await {
                 return close;
             }
-            if self.token.is_cancelled() && !self.connection.reader.is_mid_message() {
-                return Close::Shutdown;
+            if self.token.is_cancelled() {
+                if !self.connection.reader.is_mid_message() {
+                    return Close::Shutdown;
+                }
+                finishing = true;
             }
 
             if !self.connection.reader.is_mid_message() {
