@@ -72,7 +72,7 @@ impl Listener {
                         },
                         () = self.token.cancelled() => return,
                     };
-                    self.make_room.withdraw();
+                    self.make_room.served();
                     permit
                 }
             };

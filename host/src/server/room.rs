@@ -3,45 +3,73 @@
 //! connections' request loops take requests up. A connection being closed
 //! gives its place up as soon as it has sent its FIN ([`Place`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Requests from the accept loops, at the connection cap, for an idle
-/// connection to close.
+/// connection to close. Several accept loops (one a listening address) may
+/// wait at once, each for one place.
 #[derive(Default)]
 pub(super) struct MakeRoom {
-    /// Requests not yet taken up.
-    wanted: AtomicUsize,
+    requests: Mutex<Requests>,
     /// Wakes idle connections, the one waiting the longest first.
     idle: Notify,
 }
 
+#[derive(Default)]
+struct Requests {
+    /// Accept loops waiting for a place.
+    waiting: usize,
+    /// Connections closing for one of them, whose place has not yet gone
+    /// to a waiting accept loop.
+    closing: usize,
+}
+
 impl MakeRoom {
+    /// An accept loop waits for a place.
     pub(super) fn ask(&self) {
-        self.wanted.fetch_add(1, Ordering::SeqCst);
+        self.requests().waiting += 1;
         self.idle.notify_one();
     }
 
-    /// Withdraws a request no connection has taken up (the place came free
-    /// another way), so that no one closes for it later.
-    pub(super) fn withdraw(&self) {
-        let _ = self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    /// The accept loop that asked has its place: if a connection was
+    /// closing for a request, this place is taken to be the one it gave up,
+    /// else the request is withdrawn (the place came free another way), so
+    /// that no one closes for it later. Either way, every other accept
+    /// loop's request still stands.
+    pub(super) fn served(&self) {
+        let mut requests = self.requests();
+        requests.waiting = requests.waiting.saturating_sub(1);
+        requests.closing = requests.closing.saturating_sub(1);
     }
 
     /// Completes when this idle connection has taken up a request to make
     /// room. Connections wait here in the order they went idle, so the one
-    /// idle the longest is woken first.
+    /// idle the longest is woken first; a request made while none was
+    /// waiting is taken up by the first to go idle.
     pub(super) async fn claim(&self) {
         loop {
-            self.idle.notified().await;
-            // A notification left over from a request since withdrawn is
-            // not a request.
-            if self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-                return;
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Waiting from here on: a request made after the check below
+            // wakes this connection (or another waiting one).
+            notified.as_mut().enable();
+            {
+                let mut requests = self.requests();
+                if requests.waiting > requests.closing {
+                    requests.closing += 1;
+                    return;
+                }
             }
+            notified.await;
         }
+    }
+
+    fn requests(&self) -> MutexGuard<'_, Requests> {
+        // Two counters changed together under the lock: a panic cannot
+        // leave them half-changed.
+        self.requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -75,6 +103,56 @@ impl Place {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Completes `claim` if a request stands for it within a while.
+    async fn claims(room: &MakeRoom) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(200), room.claim()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn requests_made_while_no_connection_was_idle_are_each_taken_up() {
+        let room = MakeRoom::default();
+        // Two accept loops ask while every connection is mid-message.
+        room.ask();
+        room.ask();
+        assert!(claims(&room).await, "the first connection to go idle closes");
+        assert!(claims(&room).await, "and the second, for the second request");
+        assert!(!claims(&room).await, "no third request");
+    }
+
+    #[tokio::test]
+    async fn an_accept_loop_served_leaves_the_other_loops_request_standing() {
+        let room = MakeRoom::default();
+        room.ask();
+        room.ask();
+        assert!(claims(&room).await);
+        // The first loop gets the place the claimed connection gave up.
+        room.served();
+        assert!(claims(&room).await, "the second loop's request was lost");
+        room.served();
+        assert!(!claims(&room).await);
+    }
+
+    #[tokio::test]
+    async fn a_request_withdrawn_before_any_connection_closed_is_not_taken_up() {
+        let room = MakeRoom::default();
+        room.ask();
+        // A place came free another way.
+        room.served();
+        assert!(!claims(&room).await);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_idle_connection_is_woken_by_a_request() {
+        let room = Arc::new(MakeRoom::default());
+        let waiting = tokio::spawn({
+            let room = Arc::clone(&room);
+            async move { room.claim().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        room.ask();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("woken").expect("the task");
+    }
 
     #[test]
     fn a_lingering_connection_gives_its_place_up_while_lingering_places_last() {
