@@ -77,10 +77,7 @@ pub(super) fn validate_limits(file: &LimitsFile) -> anyhow::Result<Limits> {
         let bytes = usize::try_from(value.as_u64()).ok().filter(|&b| b > 0);
         bytes.with_context(|| format!("limits.{name} must be more than 0 bytes (got {value})"))
     };
-    let time = |name: &str, value: Duration| -> anyhow::Result<Duration> {
-        anyhow::ensure!(!value.is_zero(), "limits.{name} must be longer than 0");
-        Ok(value)
-    };
+    let time = |name: &str, value: Duration| super::checked_duration(&format!("limits.{name}"), value);
     anyhow::ensure!(file.max_connections > 0, "limits.max-connections must be at least 1");
     anyhow::ensure!(file.max_concurrent_calls > 0, "limits.max-concurrent-calls must be at least 1");
     let memory = size("plugin-memory", file.plugin_memory)?;

@@ -117,6 +117,19 @@ pub use file::{
 pub use kv::{KV_BUCKETS_KEY, KvSettings};
 pub use limits::{DEFAULT_MAX_PLUGIN_SIZE, Limits};
 use limits::validate_limits;
+
+/// The longest time a setting may give: a year. Longer is surely a
+/// mistake, and a deadline that far from now is past what the clock's
+/// `Instant` can hold (every request or connection would fail).
+pub const LONGEST: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `value` of the setting `name`, if it is longer than 0 and at most
+/// [`LONGEST`].
+fn checked_duration(name: &str, value: std::time::Duration) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(!value.is_zero(), "{name} must be longer than 0");
+    anyhow::ensure!(value <= LONGEST, "{name} must be at most a year (got {})", humantime::format_duration(value));
+    Ok(value)
+}
 pub use runtime::{ReusePolicy, RuntimeConfig};
 use runtime::runtime_config;
 
@@ -256,7 +269,7 @@ impl Settings {
             Some(hex) => Some(TokenHash::from_hex(hex).context("[admin] token-sha256 must be 64 hex digits (see `wasmux token`)")?),
             None => None,
         };
-        anyhow::ensure!(!file.source.poll_interval.is_zero(), "source.poll-interval must be longer than 0");
+        checked_duration("source.poll-interval", file.source.poll_interval)?;
         let runtime = runtime_config(file.runtime)?;
         Ok(Self {
             limits,
@@ -349,7 +362,7 @@ fn tenant_spec(name: &str, file: TenantFile, kv_limits: crate::kv::KvLimits) -> 
     };
     let limits = &file.limits;
     if let Some(deadline) = limits.plugin_deadline {
-        anyhow::ensure!(!deadline.is_zero(), "limits.plugin-deadline must be longer than 0");
+        checked_duration("limits.plugin-deadline", deadline)?;
     }
     let plugin_memory = match limits.plugin_memory {
         Some(memory) => {
@@ -682,5 +695,25 @@ mod tests {
         assert!(error.contains("a pattern is a media type"), "{error}");
         let error = format!("{:#}", Settings::parse("[limits]\nplugin-deadline = \"0s\"\n").unwrap_err());
         assert!(error.contains("plugin-deadline must be longer than 0"), "{error}");
+    }
+
+    /// A time so long that a deadline from now overflows the clock made
+    /// every request (or connection) panic: it is refused instead.
+    #[test]
+    fn a_time_over_a_year_is_refused() {
+        let tenant = "[tenants.alpha]\ntoken-sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[tenants.alpha.limits]\n";
+        for (config, name) in [
+            ("[limits]\nplugin-deadline = \"300000000000y\"\n".to_owned(), "limits.plugin-deadline"),
+            ("[limits]\nmessage-timeout = \"366days\"\n".to_owned(), "limits.message-timeout"),
+            ("[limits]\nidle-timeout = \"300000000000y\"\n".to_owned(), "limits.idle-timeout"),
+            (format!("{tenant}plugin-deadline = \"2y\"\n"), "limits.plugin-deadline"),
+            ("[source]\npoll-interval = \"300000000000y\"\n".to_owned(), "source.poll-interval"),
+            ("[runtime]\nreuse = { requests = 4, idle = \"300000000000y\" }\n".to_owned(), "idle"),
+        ] {
+            let error = format!("{:#}", Settings::parse(&config).unwrap_err());
+            assert!(error.contains(&format!("{name} must be at most a year")), "{config}: {error}");
+        }
+        let settings = Settings::parse("[limits]\nidle-timeout = \"365days\"\n").unwrap();
+        assert_eq!(settings.limits.idle_timeout, LONGEST);
     }
 }

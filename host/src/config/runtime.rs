@@ -99,6 +99,6 @@ fn validate_reuse(file: ReuseFile) -> anyhow::Result<Reuse> {
         }
     };
     let idle = file.idle.unwrap_or(Reuse::DEFAULT_IDLE);
-    anyhow::ensure!(!idle.is_zero(), "idle must be longer than 0");
+    super::checked_duration("idle", idle)?;
     Ok(Reuse { requests, idle })
 }
