@@ -73,8 +73,19 @@ struct SendArgs {
     addr: String,
     /// `search` sends a text/json search for VALUE; any other action sends
     /// ACTION+VALUE as binary/custom-client-binary-type (the guide's client).
-    #[arg(required_unless_present = "content_type", conflicts_with = "content_type")]
+    // Conflicts with each option of a custom request, not only with
+    // --content-type: clap lets a `requires` go unchecked when the required
+    // argument conflicts with one given, so `send search x --content hi`
+    // sent the search and dropped the content without a word. And not
+    // required when any of them is given, so that `send --content hi` is
+    // told only of the missing --content-type.
+    #[arg(
+        required_unless_present_any = ["content_type", "content", "content_file", "encoding"],
+        conflicts_with_all = ["content_type", "content", "content_file", "encoding"]
+    )]
     action: Option<String>,
+    /// The search's value, or the bytes after ACTION (the guide's client's
+    /// third argument; empty if left out).
     #[arg(requires = "action")]
     value: Option<String>,
     /// Send this content-type instead (with --content or --content-file).

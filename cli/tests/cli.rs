@@ -158,6 +158,38 @@ fn experiments_takes_the_admin_url_serve_prints() {
     assert_eq!(line, format!("wasmux: address \"https://{admin}\" is a URL: give HOST:PORT, as {admin}"));
 }
 
+// ---- Arguments ----
+
+/// A guide's request (ACTION VALUE) and a custom one (--content-type with
+/// --content, --content-file, -e) do not mix: an option of a custom
+/// request beside ACTION is refused, not dropped (the search was sent and
+/// the command succeeded). Either ACTION or --content-type is enough, so
+/// an option of a custom request alone asks only for --content-type.
+#[test]
+fn send_refuses_a_custom_requests_options_beside_an_action() {
+    // It would answer the search.
+    let server = Server::start_with(&["--native"]);
+    let addr = server.addr_string();
+    let options: [(&[&str], &str); 4] = [
+        (&["--content", "hi"], "--content <CONTENT>"),
+        (&["--content-file", "/dev/null"], "--content-file <CONTENT_FILE>"),
+        (&["-e", "utf-8"], "--encoding <ENCODING>"),
+        (&["-t", "text/plain"], "--content-type <CONTENT_TYPE>"),
+    ];
+    for (option, shown) in options {
+        let out = wasmux(&[&["send", "--addr", &addr, "search", "morpheus"][..], option].concat());
+        assert_eq!((out.status.code(), out.stdout.as_slice()), (Some(2), &[][..]), "{option:?}: {out:?}");
+        let expected = format!("error: the argument '[ACTION]' cannot be used with '{shown}'");
+        assert_eq!(out.stderr.lines().next(), Some(expected.as_str()), "{out:?}");
+    }
+    for (option, _) in &options[..3] {
+        let out = wasmux(&[&["send", "--addr", &addr][..], option].concat());
+        assert_eq!(out.status.code(), Some(2), "{option:?}: {out:?}");
+        let said: Vec<&str> = out.stderr.lines().take(3).collect();
+        assert_eq!(said, ["error: the following required arguments were not provided:", "  --content-type <CONTENT_TYPE>", ""], "{option:?}: {out:?}");
+    }
+}
+
 // ---- The guide's table of socket errors ----
 // Each line whole, as docs/protocol.md's table shows it.
 
