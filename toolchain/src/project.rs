@@ -573,6 +573,31 @@ mod tests {
         }
     }
 
+    /// The README's example of the host's functions is not the template's
+    /// module (which reads no setting and always says `Hello`): the README
+    /// must not promise the example's `Howdy` of the module itself.
+    #[test]
+    fn template_readmes_do_not_promise_the_example_of_the_template() {
+        for language in Language::ALL {
+            let files: Vec<templates::File> = templates::files(language, false).collect();
+            let text = |path: &str| files.iter().find(|f| f.path == path).map(|f| f.text).unwrap();
+            let module = match language {
+                Language::Rust => "src/lib.rs",
+                Language::Python => "app.py",
+                Language::JavaScript => "app.js",
+            };
+            let readme = text("README.md");
+            let example = readme.split("## The host's functions").nth(1).and_then(|rest| rest.split("```").nth(1)).unwrap_or_default();
+            assert!(example.contains("\"greeting\"") || example.contains("'greeting'"), "{language}: the example reads the setting `greeting`");
+            if !text(module).contains("greeting\"") && !text(module).contains("greeting'") {
+                let intro = readme.split("## The host's functions").nth(1).and_then(|rest| rest.split("```").next()).unwrap_or_default();
+                let said = intro.split_whitespace().collect::<Vec<_>>().join(" ");
+                assert!(!said.contains(&format!("This `{module}` uses")), "{language}: the README says the template's {module} reads the setting: {said}");
+                assert!(said.contains(&format!("The template's `{module}`")), "{language}: the README does not say what the template's {module} does: {said}");
+            }
+        }
+    }
+
     #[test]
     fn new_refuses_bad_names_and_full_directories() {
         let dir = tempfile::tempdir().unwrap();
