@@ -544,6 +544,9 @@ mod tests {
                 let text = std::fs::read_to_string(project_dir.join(file)).unwrap();
                 assert!(!text.contains("{{"), "{} keeps a placeholder", file.display());
             }
+            // `wasmux new`'s "Next:" and the README keep the state in `state/`.
+            let ignored = std::fs::read_to_string(project_dir.join(".gitignore")).unwrap();
+            assert!(ignored.lines().any(|line| line == "/state/"), "{language}: .gitignore does not ignore state/:\n{ignored}");
             let app = std::fs::read_to_string(project_dir.join(&project.entry).with_extension(if language == Language::Python { "py" } else { "js" })).unwrap();
             assert!(app.contains("increment(") && (app.contains("open(\"default\")") || app.contains("open('default')")), "{app}");
             // The plain template stays on `handler`: no store for it.
