@@ -98,6 +98,14 @@ impl Project {
     /// Reads the project in `dir` from its manifest. With manifests of more
     /// than one language, the one with a wasmux section wins.
     pub fn open(dir: &Path) -> Result<Self> {
+        // Else a mistyped path is said to be "not a plugin project".
+        if !dir.is_dir() {
+            match std::fs::metadata(dir) {
+                Ok(_) => bail!("{} is not a directory: give a plugin project's directory", dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{} does not exist: give a plugin project's directory", dir.display()),
+                Err(e) => bail!("cannot read {}: {e}", dir.display()),
+            }
+        }
         let found: Vec<Language> = Language::ALL.into_iter().filter(|l| dir.join(l.manifest()).is_file()).collect();
         let language = match found.as_slice() {
             [] => bail!(
@@ -639,6 +647,19 @@ mod tests {
             assert!(manifest(Language::Python, &format!("[project]\nname = \"s\"\n[tool.wasmux]\nworld = {bad:?}\n")).is_err(), "{bad:?}");
         }
         assert!(manifest(Language::Rust, "[workspace]\n").is_err());
+    }
+
+    #[test]
+    fn a_missing_directory_is_said_to_be_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nonexistent");
+        assert_eq!(Project::open(&missing).unwrap_err().to_string(), format!("{} does not exist: give a plugin project's directory", missing.display()));
+        let file = dir.path().join("Cargo.toml");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(Project::open(&file).unwrap_err().to_string(), format!("{} is not a directory: give a plugin project's directory", file.display()));
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(Project::open(&empty).unwrap_err().to_string().contains("is not a plugin project"));
     }
 
     #[test]
