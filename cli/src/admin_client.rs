@@ -22,6 +22,9 @@ pub async fn get(address: &str, path: &str, token: Option<&str>, timeout: Durati
 }
 
 async fn exchange(address: &str, path: &str, token: Option<&str>, timeout: Duration) -> anyhow::Result<Bytes> {
+    // A malformed address is said as such, not wrapped in a question about
+    // a server that may well be running.
+    net::host(address)?;
     let stream = net::connect(address, timeout).await.with_context(|| format!("no admin endpoint at {address} (is `wasmux serve --admin` running?)"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("starting HTTP")?;
     // Drives the connection while the request is sent and read; it ends

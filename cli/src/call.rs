@@ -54,8 +54,8 @@ pub struct CallArgs {
     /// component does not compile it again.
     #[arg(long, env = "WASMUX_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not keep compiled plugin code on disk.
-    #[arg(long, conflicts_with = "cache_dir")]
+    /// Do not keep compiled plugin code on disk, even with WASMUX_CACHE_DIR set.
+    #[arg(long)]
     no_cache: bool,
     /// Keep the plugin's state (wasi:keyvalue) in this directory, so that
     /// the next call sees what this one stored; without it, the state

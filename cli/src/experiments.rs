@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use wasmux::admin::{admin_address, read_token};
+use wasmux::admin::{admin_endpoint, read_token};
 use wasmux::experiments::canary::CanaryState;
 use wasmux::experiments::rollout::{CanaryReport, describe as describe_canary};
 use wasmux::experiments::{ArmReport, Difference, Report, RouteReport};
@@ -19,9 +19,10 @@ use crate::admin_client;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExperimentsArgs {
-    /// A server's admin endpoint (`wasmux serve --admin`): HOST:PORT, or a
-    /// bare port for 127.0.0.1. Repeat it for a fleet: the servers'
-    /// reports are merged into one.
+    /// A server's admin endpoint (`wasmux serve --admin`): HOST:PORT, a
+    /// bare port for 127.0.0.1, or the URL `wasmux serve` prints
+    /// (http://HOST:PORT). Repeat it for a fleet: the servers' reports are
+    /// merged into one.
     #[arg(long = "admin", default_value = "9090")]
     pub admins: Vec<String>,
     /// The admin token, on the first line of this file, if the endpoint
@@ -40,7 +41,7 @@ pub struct ExperimentsArgs {
 
 pub async fn main(args: ExperimentsArgs) -> anyhow::Result<()> {
     let tokens = tokens(&args)?;
-    let addresses: Vec<String> = args.admins.iter().map(|admin| admin_address(admin)).collect();
+    let addresses: Vec<String> = args.admins.iter().map(|admin| admin_endpoint(admin)).collect();
     // Every server asked at once: the view is of one moment.
     let asking: Vec<_> = addresses
         .iter()

@@ -19,7 +19,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 use wasmux::client::{self, Client};
@@ -72,8 +73,19 @@ struct SendArgs {
     addr: String,
     /// `search` sends a text/json search for VALUE; any other action sends
     /// ACTION+VALUE as binary/custom-client-binary-type (the guide's client).
-    #[arg(required_unless_present = "content_type", conflicts_with = "content_type")]
+    // Conflicts with each option of a custom request, not only with
+    // --content-type: clap lets a `requires` go unchecked when the required
+    // argument conflicts with one given, so `send search x --content hi`
+    // sent the search and dropped the content without a word. And not
+    // required when any of them is given, so that `send --content hi` is
+    // told only of the missing --content-type.
+    #[arg(
+        required_unless_present_any = ["content_type", "content", "content_file", "encoding"],
+        conflicts_with_all = ["content_type", "content", "content_file", "encoding"]
+    )]
     action: Option<String>,
+    /// The search's value, or the bytes after ACTION (the guide's client's
+    /// third argument; empty if left out).
     #[arg(requires = "action")]
     value: Option<String>,
     /// Send this content-type instead (with --content or --content-file).
@@ -151,7 +163,7 @@ impl TlsArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let filter = match &cli.command {
         Command::Serve(args) => log_filter(args.verbose),
         Command::Send(args) => log_filter(args.verbose),
@@ -200,6 +212,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, parsed. `--no-cache` (`serve`, `call`) is checked
+/// against `--cache-dir` here rather than with clap's `conflicts_with`,
+/// which counts a value from the environment as given: with
+/// `WASMUX_CACHE_DIR` set, `--no-cache` was refused although the user never
+/// wrote `--cache-dir`. Now `--no-cache` wins over the variable, and only
+/// both options on the command line are refused.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    if let Some((name, given)) = matches.subcommand()
+        && given.try_get_one::<bool>("no_cache").ok().flatten() == Some(&true)
+        && given.value_source("cache_dir") == Some(ValueSource::CommandLine)
+        && let Some(subcommand) = command.find_subcommand_mut(name)
+    {
+        subcommand
+            .error(clap::error::ErrorKind::ArgumentConflict, "the argument '--no-cache' cannot be used with '--cache-dir <CACHE_DIR>': give one of them")
+            .exit();
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// The log filter of `serve`, `send` and `dev`, with or without `-v`.

@@ -79,8 +79,8 @@ pub struct ServeArgs {
     /// registry), so restarts do not compile or pull again.
     #[arg(long, env = "WASMUX_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not cache compiled plugin code on disk.
-    #[arg(long, conflicts_with = "cache_dir")]
+    /// Do not cache compiled plugin code on disk, even with WASMUX_CACHE_DIR set.
+    #[arg(long)]
     no_cache: bool,
     /// Where plugins' state is kept (wasi:keyvalue, the embedded store),
     /// locked by this server; opened only when a plugin that imports the

@@ -23,7 +23,7 @@ use serde_json::json;
 /// Rust, builds the standard library for wasm32: a bound, not a timing.
 const BUILD: Duration = Duration::from_secs(900);
 
-/// A call that compiles an 18 MB component in a debug build the first time.
+/// A call that compiles a 32 MB component in a debug build the first time.
 const CALL: Duration = Duration::from_secs(300);
 
 fn os(text: &str) -> &OsStr {

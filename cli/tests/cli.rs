@@ -131,11 +131,63 @@ fn malformed_addresses_are_explained() {
         (&["send", "--addr", "localhost", "search", "x"][..], "wasmux: address \"localhost\" has no port; write HOST:PORT, [IPv6]:PORT or :PORT"),
         (&["send", "--addr", "::1:65432", "search", "x"][..], "wasmux: address \"::1:65432\": write an IPv6 address in brackets, as [::1]:65432"),
         (&["send", "--addr", "127.0.0.1:99999", "search", "x"][..], "wasmux: address \"127.0.0.1:99999\": \"99999\" is not a port number (0-65535): number too large to fit in target type"),
+        // What `wasmux serve` prints for its admin endpoint, pasted: a URL, not an IPv6 address without brackets.
+        (&["send", "--addr", "http://127.0.0.1:47411", "search", "x"][..], "wasmux: address \"http://127.0.0.1:47411\" is a URL: give HOST:PORT, as 127.0.0.1:47411"),
+        (&["send", "--addr", "127.0.0.1:47411/", "search", "x"][..], "wasmux: address \"127.0.0.1:47411/\": give HOST:PORT, without a path"),
     ] {
         assert_eq!(one_line_error(&wasmux(args)), start);
     }
     let line = one_line_error(&wasmux_serve(&["--listen", "127.0.0.1:http"]));
     assert_eq!(line, "wasmux: address \"127.0.0.1:http\": \"http\" is not a port number (0-65535): invalid digit found in string");
+}
+
+/// `wasmux experiments --admin` takes the admin endpoint's URL as `wasmux
+/// serve` prints it (`wasmux admin on http://…`), with or without a
+/// trailing slash; a URL it cannot use is refused as a URL, not as a
+/// server that may not be running.
+#[test]
+fn experiments_takes_the_admin_url_serve_prints() {
+    let server = Server::start_with(&["--native", "--admin", "127.0.0.1:0"]);
+    let admin = server.admin.expect("an admin address");
+    for url in [format!("http://{admin}"), format!("http://{admin}/")] {
+        let out = wasmux(&["experiments", "--admin", &url]);
+        assert!(out.status.success(), "{url}: {out:?}");
+        assert_eq!(out.stdout, ["no route has a split or a canary: no experiment is running"], "{url}: {out:?}");
+    }
+    let line = one_line_error(&wasmux(&["experiments", "--admin", &format!("https://{admin}")]));
+    assert_eq!(line, format!("wasmux: address \"https://{admin}\" is a URL: give HOST:PORT, as {admin}"));
+}
+
+// ---- Arguments ----
+
+/// A guide's request (ACTION VALUE) and a custom one (--content-type with
+/// --content, --content-file, -e) do not mix: an option of a custom
+/// request beside ACTION is refused, not dropped (the search was sent and
+/// the command succeeded). Either ACTION or --content-type is enough, so
+/// an option of a custom request alone asks only for --content-type.
+#[test]
+fn send_refuses_a_custom_requests_options_beside_an_action() {
+    // It would answer the search.
+    let server = Server::start_with(&["--native"]);
+    let addr = server.addr_string();
+    let options: [(&[&str], &str); 4] = [
+        (&["--content", "hi"], "--content <CONTENT>"),
+        (&["--content-file", "/dev/null"], "--content-file <CONTENT_FILE>"),
+        (&["-e", "utf-8"], "--encoding <ENCODING>"),
+        (&["-t", "text/plain"], "--content-type <CONTENT_TYPE>"),
+    ];
+    for (option, shown) in options {
+        let out = wasmux(&[&["send", "--addr", &addr, "search", "morpheus"][..], option].concat());
+        assert_eq!((out.status.code(), out.stdout.as_slice()), (Some(2), &[][..]), "{option:?}: {out:?}");
+        let expected = format!("error: the argument '[ACTION]' cannot be used with '{shown}'");
+        assert_eq!(out.stderr.lines().next(), Some(expected.as_str()), "{out:?}");
+    }
+    for (option, _) in &options[..3] {
+        let out = wasmux(&[&["send", "--addr", &addr][..], option].concat());
+        assert_eq!(out.status.code(), Some(2), "{option:?}: {out:?}");
+        let said: Vec<&str> = out.stderr.lines().take(3).collect();
+        assert_eq!(said, ["error: the following required arguments were not provided:", "  --content-type <CONTENT_TYPE>", ""], "{option:?}: {out:?}");
+    }
 }
 
 // ---- The guide's table of socket errors ----

@@ -120,6 +120,36 @@ fn compiled_code_goes_to_the_users_cache_directory_unless_no_cache() {
     assert!(written.is_empty(), "--no-cache wrote {written:?}");
 }
 
+/// `--no-cache` wins over `WASMUX_CACHE_DIR`, in `serve` and in `call`:
+/// the variable chooses a directory for when a cache is kept, it is not a
+/// `--cache-dir` given (clap counted it as one, and refused `--no-cache`
+/// whenever it was set). Both options on the command line are refused.
+#[test]
+fn no_cache_wins_over_the_cache_directory_of_the_environment() {
+    let cache = tempfile::tempdir().expect("a cache directory");
+    let cache_dir = cache.path().to_str().expect("utf-8");
+    let plugins = crate::common::plugins_dir();
+    {
+        let server = Server::start_with_env(&[("WASMUX_CACHE_DIR", cache_dir)], &["--plugins", plugins.to_str().expect("utf-8"), "--no-cache"]);
+        server.assert_serves_others();
+    }
+    let search = plugins.join("search.wasm");
+    let query = r#"{"action": "search", "value": "morpheus"}"#;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(["call", search.to_str().expect("utf-8"), "--no-cache", "-t", "text/json", "--content", query]).env("WASMUX_CACHE_DIR", cache_dir).env_remove("RUST_LOG");
+    let out = crate::common::Process::run(&mut command, crate::common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, ["Got result: Follow the white rabbit. 🐰"], "{out:?}");
+    let written: Vec<_> = std::fs::read_dir(cache.path()).expect("read the cache directory").filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    assert!(written.is_empty(), "--no-cache wrote {written:?}");
+
+    for args in [&["serve", "--native", "--listen", "127.0.0.1:0"][..], &["call", search.to_str().expect("utf-8")]] {
+        let out = crate::common::wasmux(&[args, &["--cache-dir", cache_dir, "--no-cache"]].concat());
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert_eq!(out.stderr.lines().next(), Some("error: the argument '--no-cache' cannot be used with '--cache-dir <CACHE_DIR>': give one of them"), "{out:?}");
+    }
+}
+
 #[test]
 fn turning_spectre_hardening_off_is_warned_about() {
     let server = Server::start_configured("[runtime]\nspectre-hardening = false\n", &crate::common::plugins_dir());

@@ -113,6 +113,17 @@ pub fn admin_address(spec: &str) -> String {
     if spec.parse::<u16>().is_ok() { format!("127.0.0.1:{spec}") } else { spec.to_owned() }
 }
 
+/// The admin endpoint a client asks (`wasmux experiments --admin`): what
+/// [`admin_address`] takes, or the endpoint's URL as `wasmux serve` prints
+/// it (`wasmux admin on http://127.0.0.1:9090`), which users paste:
+/// `http://` and a trailing `/` are dropped. Any other URL is left for the
+/// address parser to refuse as one (the endpoint speaks plain HTTP, so an
+/// `https://` would not be answered).
+pub fn admin_endpoint(spec: &str) -> String {
+    let bare = spec.strip_prefix("http://").map_or(spec, |rest| rest.strip_suffix('/').unwrap_or(rest));
+    admin_address(bare)
+}
+
 /// Serves the admin endpoint on `listeners` to those `access` lets in,
 /// until `shutdown` completes.
 pub async fn run(
@@ -260,5 +271,15 @@ mod tests {
         assert_eq!(admin_address("9090"), "127.0.0.1:9090");
         assert_eq!(admin_address(":9090"), ":9090");
         assert_eq!(admin_address("[::1]:9090"), "[::1]:9090");
+    }
+
+    #[test]
+    fn a_client_takes_the_url_serve_prints() {
+        assert_eq!(admin_endpoint("http://127.0.0.1:9090"), "127.0.0.1:9090");
+        assert_eq!(admin_endpoint("http://[::1]:9090/"), "[::1]:9090");
+        assert_eq!(admin_endpoint("9090"), "127.0.0.1:9090");
+        assert_eq!(admin_endpoint("localhost:9090"), "localhost:9090");
+        // Left for the address parser to refuse, as a URL.
+        assert_eq!(admin_endpoint("https://127.0.0.1:9090"), "https://127.0.0.1:9090");
     }
 }

@@ -18,8 +18,18 @@ pub const DEFAULT_PORT: u16 = 65432;
 /// Pending connections the kernel holds for us while we are at capacity.
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// Splits `host:port`, `[v6]:port` or `:port` into host and port.
+/// Splits `host:port`, `[v6]:port` or `:port` into host and port. A URL
+/// (what `wasmux serve` prints for its admin endpoint, pasted) is refused
+/// as one, naming the HOST:PORT in it, before its `://` makes it look like
+/// an IPv6 address without brackets.
 fn split(spec: &str) -> anyhow::Result<(&str, u16)> {
+    if let Some((_, rest)) = spec.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        bail!("address \"{spec}\" is a URL: give HOST:PORT, as {authority}");
+    }
+    if spec.contains('/') {
+        bail!("address \"{spec}\": give HOST:PORT, without a path");
+    }
     let (host, port) = spec
         .rsplit_once(':')
         .with_context(|| format!("address \"{spec}\" has no port; write HOST:PORT, [IPv6]:PORT or :PORT"))?;
@@ -176,6 +186,9 @@ mod tests {
         assert!(split("localhost").unwrap_err().to_string().contains("has no port"));
         assert!(split("::1:80").unwrap_err().to_string().contains("in brackets"));
         assert!(split("a:99999").unwrap_err().to_string().contains("not a port number"));
+        assert_eq!(split("http://127.0.0.1:9090").unwrap_err().to_string(), "address \"http://127.0.0.1:9090\" is a URL: give HOST:PORT, as 127.0.0.1:9090");
+        assert_eq!(split("https://[::1]:9090/metrics").unwrap_err().to_string(), "address \"https://[::1]:9090/metrics\" is a URL: give HOST:PORT, as [::1]:9090");
+        assert_eq!(split("localhost:9090/").unwrap_err().to_string(), "address \"localhost:9090/\": give HOST:PORT, without a path");
     }
 
     #[tokio::test]

@@ -98,6 +98,14 @@ impl Project {
     /// Reads the project in `dir` from its manifest. With manifests of more
     /// than one language, the one with a wasmux section wins.
     pub fn open(dir: &Path) -> Result<Self> {
+        // Else a mistyped path is said to be "not a plugin project".
+        if !dir.is_dir() {
+            match std::fs::metadata(dir) {
+                Ok(_) => bail!("{} is not a directory: give a plugin project's directory", dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{} does not exist: give a plugin project's directory", dir.display()),
+                Err(e) => bail!("cannot read {}: {e}", dir.display()),
+            }
+        }
         let found: Vec<Language> = Language::ALL.into_iter().filter(|l| dir.join(l.manifest()).is_file()).collect();
         let language = match found.as_slice() {
             [] => bail!(
@@ -544,6 +552,9 @@ mod tests {
                 let text = std::fs::read_to_string(project_dir.join(file)).unwrap();
                 assert!(!text.contains("{{"), "{} keeps a placeholder", file.display());
             }
+            // `wasmux new`'s "Next:" and the README keep the state in `state/`.
+            let ignored = std::fs::read_to_string(project_dir.join(".gitignore")).unwrap();
+            assert!(ignored.lines().any(|line| line == "/state/"), "{language}: .gitignore does not ignore state/:\n{ignored}");
             let app = std::fs::read_to_string(project_dir.join(&project.entry).with_extension(if language == Language::Python { "py" } else { "js" })).unwrap();
             assert!(app.contains("increment(") && (app.contains("open(\"default\")") || app.contains("open('default')")), "{app}");
             // The plain template stays on `handler`: no store for it.
@@ -570,6 +581,31 @@ mod tests {
                 assert!(example.contains(&format!("'wasmux:plugin/host@{}'", crate::WIT_VERSION)), "{example}");
             }
             assert!(!readme.contains("@0.1.0"), "{language}: the README names an old version");
+        }
+    }
+
+    /// The README's example of the host's functions is not the template's
+    /// module (which reads no setting and always says `Hello`): the README
+    /// must not promise the example's `Howdy` of the module itself.
+    #[test]
+    fn template_readmes_do_not_promise_the_example_of_the_template() {
+        for language in Language::ALL {
+            let files: Vec<templates::File> = templates::files(language, false).collect();
+            let text = |path: &str| files.iter().find(|f| f.path == path).map(|f| f.text).unwrap();
+            let module = match language {
+                Language::Rust => "src/lib.rs",
+                Language::Python => "app.py",
+                Language::JavaScript => "app.js",
+            };
+            let readme = text("README.md");
+            let example = readme.split("## The host's functions").nth(1).and_then(|rest| rest.split("```").nth(1)).unwrap_or_default();
+            assert!(example.contains("\"greeting\"") || example.contains("'greeting'"), "{language}: the example reads the setting `greeting`");
+            if !text(module).contains("greeting\"") && !text(module).contains("greeting'") {
+                let intro = readme.split("## The host's functions").nth(1).and_then(|rest| rest.split("```").next()).unwrap_or_default();
+                let said = intro.split_whitespace().collect::<Vec<_>>().join(" ");
+                assert!(!said.contains(&format!("This `{module}` uses")), "{language}: the README says the template's {module} reads the setting: {said}");
+                assert!(said.contains(&format!("The template's `{module}`")), "{language}: the README does not say what the template's {module} does: {said}");
+            }
         }
     }
 
@@ -611,6 +647,19 @@ mod tests {
             assert!(manifest(Language::Python, &format!("[project]\nname = \"s\"\n[tool.wasmux]\nworld = {bad:?}\n")).is_err(), "{bad:?}");
         }
         assert!(manifest(Language::Rust, "[workspace]\n").is_err());
+    }
+
+    #[test]
+    fn a_missing_directory_is_said_to_be_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nonexistent");
+        assert_eq!(Project::open(&missing).unwrap_err().to_string(), format!("{} does not exist: give a plugin project's directory", missing.display()));
+        let file = dir.path().join("Cargo.toml");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(Project::open(&file).unwrap_err().to_string(), format!("{} is not a directory: give a plugin project's directory", file.display()));
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(Project::open(&empty).unwrap_err().to_string().contains("is not a plugin project"));
     }
 
     #[test]

@@ -47,13 +47,14 @@ const JAVASCRIPT: &[File] = &[
 ];
 
 /// The stateful templates: `incr NAME` and `get NAME` on a counter kept in
-/// the plugin's bucket `default`.
+/// the plugin's bucket `default`. Their `.gitignore` adds `/state/`, the
+/// data directory their README and `wasmux new`'s "Next:" call with.
 const PYTHON_STATEFUL: &[File] = &[
     file("pyproject.toml", include_str!("../templates/python/stateful/pyproject.toml")),
     file("app.py", include_str!("../templates/python/stateful/app.py")),
     file("test_app.py", include_str!("../templates/python/stateful/test_app.py")),
     file("README.md", include_str!("../templates/python/stateful/README.md")),
-    file(".gitignore", include_str!("../templates/python/gitignore")),
+    file(".gitignore", include_str!("../templates/python/stateful/gitignore")),
 ];
 
 const JAVASCRIPT_STATEFUL: &[File] = &[
@@ -61,7 +62,7 @@ const JAVASCRIPT_STATEFUL: &[File] = &[
     file("app.js", include_str!("../templates/js/stateful/app.js")),
     file("app.test.js", include_str!("../templates/js/stateful/app.test.js")),
     file("README.md", include_str!("../templates/js/stateful/README.md")),
-    file(".gitignore", include_str!("../templates/js/gitignore")),
+    file(".gitignore", include_str!("../templates/js/stateful/gitignore")),
 ];
 
 /// Whether `language` has a stateful template.
