@@ -65,7 +65,7 @@ pub struct CallArgs {
     /// How long the call may run, as `plugin-deadline` in a server's
     /// `[limits]` (default 100ms, the server's): raise it to try a plugin
     /// on a busy machine, or one whose first call is slow.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = wasmux::config::parse_duration)]
     deadline: Option<std::time::Duration>,
 }
 

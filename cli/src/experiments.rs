@@ -35,7 +35,7 @@ pub struct ExperimentsArgs {
     #[arg(long)]
     pub json: bool,
     /// Give up after this long without an answer.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = wasmux::config::parse_duration)]
     pub timeout: Duration,
 }
 

@@ -107,7 +107,7 @@ struct SendArgs {
     #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
     fields: Vec<String>,
     /// Give up after this long without an answer.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = wasmux::config::parse_duration)]
     timeout: Duration,
     #[command(flatten)]
     retry: RetryArgs,

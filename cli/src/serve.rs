@@ -45,7 +45,7 @@ pub struct ServeArgs {
     plugins: Option<String>,
     /// How often an OCI registry is asked for new plugin versions.
     /// Overrides the configuration's [source] poll-interval (default 2s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = wasmux::config::parse_duration)]
     poll_interval: Option<Duration>,
     /// Configuration file (TOML): routes, limits, tenants, plugin settings.
     #[arg(long, short)]
@@ -66,11 +66,11 @@ pub struct ServeArgs {
     /// On SIGTERM, keep accepting connections this long while the agent
     /// answers `drain`, so that HAProxy stops sending new ones first
     /// (default: 2s with --agent, else 0s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = wasmux::config::parse_duration)]
     drain_delay: Option<Duration>,
     /// After it stops accepting, how long the server waits for the requests
     /// in flight before it exits anyway.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = wasmux::config::parse_duration)]
     drain_timeout: Duration,
     /// Do not watch the plugin directory and the configuration file for changes.
     #[arg(long)]

@@ -296,3 +296,18 @@ fn the_admin_endpoint_does_not_listen_off_loopback_without_a_token() {
         )
     );
 }
+
+/// A time past what the clock holds once added to now (every command that
+/// waits would panic) is refused where it is given, as too long.
+#[test]
+fn a_time_over_a_year_is_refused_on_the_command_line() {
+    for args in [
+        &["send", "--timeout", "300000000000y", "search", "morpheus"][..],
+        &["serve", "--drain-timeout", "2y", "--native"],
+        &["bench", "--duration", "300000000000y"],
+    ] {
+        let out = crate::common::wasmux(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("is over a year, the longest time wasmux takes"), "{args:?}: {out:?}");
+    }
+}

@@ -40,14 +40,14 @@ pub struct BenchArgs {
     #[arg(long, short, default_value_t = 32)]
     pub connections: usize,
     /// How long to send requests (default 10s, unless --requests is given).
-    #[arg(long, short, value_parser = humantime::parse_duration, conflicts_with = "requests")]
+    #[arg(long, short, value_parser = wasmux::config::parse_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// Send this many requests (after the warm-up), then stop.
     #[arg(long, short = 'n')]
     pub requests: Option<u64>,
     /// Send requests for this long before measuring; warm-up answers are
     /// checked but not counted in the figures.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = wasmux::config::parse_duration)]
     pub warmup: Duration,
     /// A new connection per request, one request at a time per connection, or pipelined.
     #[arg(long, short, value_enum, default_value_t = Mode::Persistent)]
@@ -78,7 +78,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub reset_close: bool,
     /// A request without an answer after this long counts as a timeout.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = wasmux::config::parse_duration)]
     pub timeout: Duration,
     #[command(flatten)]
     pub retry: RetryArgs,

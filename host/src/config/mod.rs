@@ -123,6 +123,16 @@ use limits::validate_limits;
 /// `Instant` can hold (every request or connection would fail).
 pub const LONGEST: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 60 * 60);
 
+/// A time given on the command line (`10s`, `1m 30s`, as `humantime`
+/// reads it), at most [`LONGEST`].
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if value > LONGEST {
+        return Err(format!("{text} is over a year, the longest time wasmux takes"));
+    }
+    Ok(value)
+}
+
 /// `value` of the setting `name`, if it is longer than 0 and at most
 /// [`LONGEST`].
 fn checked_duration(name: &str, value: std::time::Duration) -> anyhow::Result<std::time::Duration> {
@@ -715,5 +725,8 @@ mod tests {
         }
         let settings = Settings::parse("[limits]\nidle-timeout = \"365days\"\n").unwrap();
         assert_eq!(settings.limits.idle_timeout, LONGEST);
+        assert_eq!(parse_duration("365days"), Ok(LONGEST));
+        assert_eq!(parse_duration("366days").unwrap_err(), "366days is over a year, the longest time wasmux takes");
+        assert!(parse_duration("soon").is_err());
     }
 }
