@@ -70,7 +70,7 @@ fn main() {
             let mut gets = histogram();
             for _ in 0..count {
                 let started = Instant::now();
-                store.get(&bucket, "hits", &limits, deadline()).await.expect("get");
+                store.get(&bucket, "hits", deadline()).await.expect("get");
                 record(&mut gets, started);
             }
             report(name, "get", &gets);

@@ -117,7 +117,7 @@ impl KvSettings {
 
 /// A Redis URL the client takes: `redis://HOST:PORT`, optionally `/DB`.
 fn check_url(url: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(url.starts_with("redis://") && url.len() > "redis://".len(), "{url:?} is not a Redis URL: write redis://HOST:PORT");
+    anyhow::ensure!(url.starts_with("redis://") && url.len() > "redis://".len(), "{:?} is not a Redis URL: write redis://HOST:PORT", crate::kv::redacted_url(url));
     Ok(())
 }
 

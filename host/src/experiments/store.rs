@@ -135,7 +135,7 @@ impl CanaryStore {
         if keys.is_empty() {
             return Ok((others, states));
         }
-        for (key, value) in self.store.get_many(bucket, keys, &LIMITS, deadline).await?.into_iter().flatten() {
+        for (key, value) in self.store.get_many(bucket, keys, deadline).await?.into_iter().flatten() {
             if key.starts_with(COUNTS) {
                 match serde_json::from_slice::<CanaryCounts>(&value) {
                     Ok(counts) => others.merge(&counts),

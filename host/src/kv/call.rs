@@ -139,7 +139,7 @@ impl KvCall {
     pub async fn get(&mut self, handle: u32, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let bucket = self.bucket(handle)?;
         self.spend_on(&bucket, Operation::Get, 1)?;
-        self.store()?.get(&bucket, key, &self.limits, self.deadline).await
+        self.store()?.get(&bucket, key, self.deadline).await
     }
 
     pub async fn set(&mut self, handle: u32, key: &str, value: Vec<u8>) -> Result<(), KvError> {
@@ -151,13 +151,13 @@ impl KvCall {
     pub async fn delete(&mut self, handle: u32, key: &str) -> Result<(), KvError> {
         let bucket = self.bucket(handle)?;
         self.spend_on(&bucket, Operation::Delete, 1)?;
-        self.store()?.delete(&bucket, key, &self.limits, self.deadline).await
+        self.store()?.delete(&bucket, key, self.deadline).await
     }
 
     pub async fn exists(&mut self, handle: u32, key: &str) -> Result<bool, KvError> {
         let bucket = self.bucket(handle)?;
         self.spend_on(&bucket, Operation::Exists, 1)?;
-        self.store()?.exists(&bucket, key, &self.limits, self.deadline).await
+        self.store()?.exists(&bucket, key, self.deadline).await
     }
 
     pub async fn list_keys(&mut self, handle: u32, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), KvError> {
@@ -176,7 +176,7 @@ impl KvCall {
     pub async fn get_many(&mut self, handle: u32, keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
         let bucket = self.bucket(handle)?;
         self.spend_on(&bucket, Operation::GetMany, keys.len().max(1))?;
-        self.store()?.get_many(&bucket, keys, &self.limits, self.deadline).await
+        self.store()?.get_many(&bucket, keys, self.deadline).await
     }
 
     pub async fn set_many(&mut self, handle: u32, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
@@ -188,6 +188,6 @@ impl KvCall {
     pub async fn delete_many(&mut self, handle: u32, keys: Vec<String>) -> Result<(), KvError> {
         let bucket = self.bucket(handle)?;
         self.spend_on(&bucket, Operation::DeleteMany, keys.len().max(1))?;
-        self.store()?.delete_many(&bucket, keys, &self.limits, self.deadline).await
+        self.store()?.delete_many(&bucket, keys, self.deadline).await
     }
 }

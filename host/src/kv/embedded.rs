@@ -72,6 +72,12 @@ pub enum OpenError {
 /// Locks striping the tenants' writes.
 const WRITE_LOCKS: usize = 16;
 
+/// Keys a listing passes over on the server's own thread: a few pages.
+const SKIPPED_IN_PLACE: usize = 4 * LIST_PAGE;
+
+/// A listing looks at the clock after passing this many keys.
+const DEADLINE_EVERY: usize = 1024;
+
 pub(super) struct EmbeddedStore {
     db: Database,
     data: Keyspace,
@@ -109,13 +115,37 @@ impl EmbeddedStore {
     }
 
     /// The cursor is the number of keys already listed: a page is found
-    /// by skipping that many of the bucket's keys (in byte order).
-    pub fn list_keys(&self, bucket: &BucketId, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), KvError> {
-        let prefix = bucket_prefix(bucket);
+    /// by skipping that many of the bucket's keys (in byte order), which
+    /// costs as much as the cursor is large. A page deep in a bucket is
+    /// therefore found on a blocking thread, not the server's, and no
+    /// listing goes on past the request's deadline.
+    pub async fn list_keys(this: &Arc<Self>, bucket: &BucketId, cursor: Option<u64>, deadline: Instant) -> Result<(Vec<String>, Option<u64>), KvError> {
         let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        if skip <= SKIPPED_IN_PLACE {
+            return this.list_page(bucket, skip, deadline);
+        }
+        let (store, bucket) = (Arc::clone(this), bucket.clone());
+        let task = tokio::task::spawn_blocking(move || store.list_page(&bucket, skip, deadline));
+        match tokio::time::timeout_at(deadline.into(), task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(KvError::Unavailable(format!("listing the keys failed: {e}"))),
+            Err(_) => Err(KvError::Timeout),
+        }
+    }
+
+    /// The page of the bucket's keys after the first `skip`, unless
+    /// `deadline` passes first.
+    fn list_page(&self, bucket: &BucketId, skip: usize, deadline: Instant) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let prefix = bucket_prefix(bucket);
         let mut keys = Vec::new();
         let mut more = false;
-        for entry in self.data.prefix(&prefix).skip(skip) {
+        for (passed, entry) in self.data.prefix(&prefix).enumerate() {
+            if passed % DEADLINE_EVERY == DEADLINE_EVERY - 1 && Instant::now() >= deadline {
+                return Err(KvError::Timeout);
+            }
+            if passed < skip {
+                continue;
+            }
             if keys.len() == LIST_PAGE {
                 more = true;
                 break;
@@ -308,6 +338,26 @@ mod tests {
         let default = BucketId::new("t", "p", "default");
         let longer = BucketId::new("t", "p", "defaultx");
         assert!(!data_key(&longer, "").unwrap().starts_with(&bucket_prefix(&default)));
+    }
+
+    /// A listing from far into a bucket (a cursor as large as a plugin
+    /// likes) stops at the request's deadline instead of passing over
+    /// every key.
+    #[tokio::test]
+    async fn a_listing_stops_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Durability::Process).unwrap());
+        let b = BucketId::new("t", "p", "default");
+        let pairs = (0..3 * DEADLINE_EVERY).map(|i| (format!("k{i:05}"), b"v".to_vec())).collect();
+        EmbeddedStore::set_many(&store, &b, pairs, &KvLimits::default(), Instant::now() + std::time::Duration::from_secs(30)).await.unwrap();
+        let later = Instant::now() + std::time::Duration::from_secs(30);
+        let (first, next) = store.list_page(&b, 0, later).unwrap();
+        assert_eq!((first.len(), next), (LIST_PAGE, Some(LIST_PAGE as u64)));
+        assert!(matches!(store.list_page(&b, usize::MAX, Instant::now()), Err(KvError::Timeout)));
+        let (past_the_end, next) = EmbeddedStore::list_keys(&store, &b, Some(u64::MAX), later).await.unwrap();
+        assert!(past_the_end.is_empty() && next.is_none());
+        let (last, next) = EmbeddedStore::list_keys(&store, &b, Some((3 * DEADLINE_EVERY - 10) as u64), later).await.unwrap();
+        assert_eq!((last.len(), next), (10, None));
     }
 
     #[test]

@@ -102,7 +102,7 @@ mod tests {
         let bucket = store::Host::open(&mut call, "default".into()).expect("no trap").expect("default opens");
         let rep = bucket.rep();
         assert_eq!(atomics::Host::increment(&mut call, Resource::new_borrow(rep), "n".into(), 3).await.unwrap(), 3);
-        let long = store::HostBucket::get(&mut call, Resource::new_borrow(rep), "too long".into()).await;
+        let long = store::HostBucket::set(&mut call, Resource::new_borrow(rep), "too long".into(), b"v".to_vec()).await;
         assert!(matches!(&long, Err(store::Error::Other(m)) if m.contains("max-key-size")), "{long:?}");
         let spent = store::HostBucket::get(&mut call, Resource::new_borrow(rep), "n".into()).await;
         assert!(matches!(&spent, Err(store::Error::Other(m)) if m.contains("operations-per-request")), "{spent:?}");

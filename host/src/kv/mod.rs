@@ -49,6 +49,8 @@ mod memory;
 mod metrics;
 mod redis;
 
+pub use self::redis::redacted as redacted_url;
+
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -197,7 +199,7 @@ impl fmt::Display for StoreConfig {
             Self::Embedded { dir, durability: Durability::Sync } => {
                 write!(f, "embedded in {} (a write is synced to the disk before it returns; sync = true)", dir.display())
             }
-            Self::Redis { url } => write!(f, "in the Redis at {url}"),
+            Self::Redis { url } => write!(f, "in the Redis at {}", redacted_url(url)),
             Self::NoDataDir => f.write_str("embedded, in no directory (none given)"),
         }
     }
@@ -341,9 +343,8 @@ impl Store {
     }
 
     /// The value of `key`, if any.
-    pub async fn get(&self, bucket: &BucketId, key: &str, limits: &KvLimits, deadline: Instant) -> Result<Option<Vec<u8>>, KvError> {
+    pub async fn get(&self, bucket: &BucketId, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, KvError> {
         let result = async {
-            check_key(key, limits)?;
             before(deadline)?;
             match &self.inner.backend {
                 Backend::Memory(m) => Ok(m.get(bucket, key)),
@@ -366,16 +367,15 @@ impl Store {
     }
 
     /// Deletes `key` (nothing if it does not exist).
-    pub async fn delete(&self, bucket: &BucketId, key: &str, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
-        let result = self.delete_many_unreported(bucket, vec![key.to_owned()], limits, deadline).await;
+    pub async fn delete(&self, bucket: &BucketId, key: &str, deadline: Instant) -> Result<(), KvError> {
+        let result = self.delete_many_unreported(bucket, vec![key.to_owned()], deadline).await;
         self.report(bucket, Operation::Delete, &result, 0, 0);
         result
     }
 
     /// Whether `key` exists.
-    pub async fn exists(&self, bucket: &BucketId, key: &str, limits: &KvLimits, deadline: Instant) -> Result<bool, KvError> {
+    pub async fn exists(&self, bucket: &BucketId, key: &str, deadline: Instant) -> Result<bool, KvError> {
         let result = async {
-            check_key(key, limits)?;
             before(deadline)?;
             match &self.inner.backend {
                 Backend::Memory(m) => Ok(m.exists(bucket, key)),
@@ -396,7 +396,7 @@ impl Store {
             before(deadline)?;
             match &self.inner.backend {
                 Backend::Memory(m) => Ok(m.list_keys(bucket, cursor)),
-                Backend::Embedded(e) => e.list_keys(bucket, cursor),
+                Backend::Embedded(e) => embedded::EmbeddedStore::list_keys(e, bucket, cursor, deadline).await,
                 Backend::Redis(r) => r.list_keys(bucket, cursor, deadline).await,
             }
         }
@@ -425,9 +425,8 @@ impl Store {
     }
 
     /// The values of `keys`, in their order (none where a key is missing).
-    pub async fn get_many(&self, bucket: &BucketId, keys: Vec<String>, limits: &KvLimits, deadline: Instant) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+    pub async fn get_many(&self, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
         let result = async {
-            keys.iter().try_for_each(|key| check_key(key, limits))?;
             before(deadline)?;
             let values = match &self.inner.backend {
                 Backend::Memory(m) => Ok(keys.iter().map(|key| m.get(bucket, key)).collect()),
@@ -471,14 +470,13 @@ impl Store {
     }
 
     /// Deletes each key; missing keys are skipped.
-    pub async fn delete_many(&self, bucket: &BucketId, keys: Vec<String>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
-        let result = self.delete_many_unreported(bucket, keys, limits, deadline).await;
+    pub async fn delete_many(&self, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<(), KvError> {
+        let result = self.delete_many_unreported(bucket, keys, deadline).await;
         self.report(bucket, Operation::DeleteMany, &result, 0, 0);
         result
     }
 
-    async fn delete_many_unreported(&self, bucket: &BucketId, keys: Vec<String>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
-        keys.iter().try_for_each(|key| check_key(key, limits))?;
+    async fn delete_many_unreported(&self, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<(), KvError> {
         before(deadline)?;
         match &self.inner.backend {
             Backend::Memory(m) => m.delete_many(bucket, keys),

@@ -119,8 +119,8 @@ struct Shared {
 
 impl RedisStore {
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        anyhow::ensure!(url.starts_with("redis://"), "the key-value store's URL must be redis://HOST:PORT (got {url:?})");
-        let client = Client::open(url).map_err(|e| anyhow::anyhow!("the key-value store's URL {url:?} is not valid: {e}"))?;
+        anyhow::ensure!(url.starts_with("redis://"), "the key-value store's URL must be redis://HOST:PORT (got {:?})", redacted(url));
+        let client = Client::open(url).map_err(|e| anyhow::anyhow!("the key-value store's URL {:?} is not valid: {e}", redacted(url)))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
@@ -300,9 +300,34 @@ fn usage_key(tenant: &str) -> String {
     length_prefixed("wasmux:kv-usage:", &[tenant])
 }
 
+/// `url` as it may be shown (logs, errors): its password, if it has one
+/// (`redis://USER:PASSWORD@HOST:PORT`), is `***`.
+pub fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.into() };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let Some((user, _password)) = authority.rsplit_once('@').and_then(|(userinfo, _)| userinfo.split_once(':')) else { return url.into() };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{user}:***@{host}{tail}").into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        assert_eq!(redacted("redis://:s3cret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
+        assert_eq!(redacted("redis://app:s3c:r@t@10.0.0.1:7000/2"), "redis://app:***@10.0.0.1:7000/2");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("redis://app@127.0.0.1:6379"), "redis://app@127.0.0.1:6379");
+        assert_eq!(redacted("127.0.0.1:6379"), "127.0.0.1:6379");
+        let error = RedisStore::new("redis://:s3cret@[::1").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!error.contains("s3cret"), "{error}");
+        let error = RedisStore::new("http://:s3cret@host").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("redis://HOST:PORT") && !error.contains("s3cret"), "{error}");
+        let shown = crate::kv::StoreConfig::Redis { url: "redis://:s3cret@127.0.0.1:6379".into() }.to_string();
+        assert_eq!(shown, "in the Redis at redis://:***@127.0.0.1:6379");
+    }
 
     #[test]
     fn names_cannot_pass_for_others() {
