@@ -203,6 +203,10 @@ fn broken_files_are_refused_and_the_last_good_version_keeps_serving() {
         file.display()
     );
     assert!(log.contains(&wrong_world), "no {wrong_world:?} in:\n{log}");
+    // wasmparser's message for bytes that are not WebAssembly spans lines
+    // (`expected=[\n    0x0, …]`); the log has it on the refusal's line.
+    let garbage = log.lines().find(|line| line.contains("bad magic number")).unwrap_or_else(|| panic!("no bad magic number in:\n{log}"));
+    assert!(garbage.contains("plugin binary-echo: refused") && garbage.ends_with("] (at offset 0x0)"), "{garbage:?} in:\n{log}");
 
     // A half-written file is refused; once whole, it is loaded.
     let search = plugin_bytes("search");
