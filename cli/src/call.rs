@@ -112,11 +112,8 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             megabytes(bytes.len())
         );
     }
-    // One line: wasmparser's messages spread what they expected over
-    // several (`expected=[\n    0x0, …]`).
-    if let Err(e) = plugins.load(&name, digest, bytes, &args.file.display().to_string()).await {
-        anyhow::bail!("{}", one_line(&format!("{e:#}")));
-    }
+    // One line, as `Plugins::load` makes its refusals.
+    plugins.load(&name, digest, bytes, &args.file.display().to_string()).await?;
     if compiling {
         eprintln!("wasmux: compiled in {:.1} s", started.elapsed().as_secs_f64());
     }
@@ -147,9 +144,4 @@ pub fn runtime_for_one_call(settings: &Settings, cache_dir: Option<PathBuf>, sto
         compile: CompileMode::Serve,
     };
     Ok(Runtime::with_store(settings, Arc::new(Unobserved), store)?)
-}
-
-/// `text` with every run of whitespace that holds a line break made one space.
-fn one_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
 }

@@ -242,7 +242,7 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
     tracing::info!("{routes}");
     service.warn_about_unloaded_targets(&service.settings());
     let _config_watch = match &args.config {
-        Some(path) if !args.no_watch => Some(reload::watch(path, Arc::clone(&service), Arc::clone(&parse))?),
+        Some(path) if !args.no_watch => Some(reload::watch(path, Arc::clone(&service), Arc::clone(&parse)).await?),
         _ => None,
     };
 

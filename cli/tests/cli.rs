@@ -259,6 +259,19 @@ fn a_connection_reset_by_the_peer() {
     assert_eq!(line, format!("wasmux: reading from {addr}: connection reset by peer: the other side crashed or closed its socket uncleanly, or a firewall or other device in the path cut the connection"));
 }
 
+/// `wasmux push` of a file that is not WebAssembly says so on one line
+/// (wasmparser's message spans several), before it reaches for the
+/// registry: none listens on the port given.
+#[test]
+fn push_refuses_what_is_not_a_component_in_one_line() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not WebAssembly").expect("write");
+    let (_closed, port) = crate::common::refusing_port();
+    let line = one_line_error(&wasmux(&["push", junk.to_str().expect("utf-8"), &format!("127.0.0.1:{port}/wasmux")]));
+    assert!(line.starts_with("wasmux: not a WebAssembly component: ") && line.contains("bad magic number"), "{line}");
+}
+
 // ---- Refusing to start open ----
 
 /// An empty configuration file is refused at start-up too: read as the

@@ -203,6 +203,10 @@ fn broken_files_are_refused_and_the_last_good_version_keeps_serving() {
         file.display()
     );
     assert!(log.contains(&wrong_world), "no {wrong_world:?} in:\n{log}");
+    // wasmparser's message for bytes that are not WebAssembly spans lines
+    // (`expected=[\n    0x0, …]`); the log has it on the refusal's line.
+    let garbage = log.lines().find(|line| line.contains("bad magic number")).unwrap_or_else(|| panic!("no bad magic number in:\n{log}"));
+    assert!(garbage.contains("plugin binary-echo: refused") && garbage.ends_with("] (at offset 0x0)"), "{garbage:?} in:\n{log}");
 
     // A half-written file is refused; once whole, it is loaded.
     let search = plugin_bytes("search");
@@ -541,4 +545,88 @@ fn a_fifo_a_device_or_a_huge_file_does_not_wedge_the_watcher() {
 
     std::fs::write(&config, "[routes]\n\"*\" = \"binary-echo\"\n").expect("config");
     wait_until_served_by(&mut conn, ServedBy::Echo, &server);
+}
+
+/// `binary-echo`'s component with a custom section of its own: the same
+/// plugin, another version, compiled anew.
+fn echo_version(i: usize) -> Vec<u8> {
+    let mut bytes = plugin_bytes("binary-echo");
+    let payload = format!("copy {i:04}");
+    let name = b"wasmux-test";
+    // Custom section 0: its size, then its name (length first), then the payload.
+    bytes.extend([0, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
+}
+
+/// A server reads its configuration and plugin directory, then compiles
+/// its plugins (here 30 of them, none cached: seconds), then watches. What
+/// changes meanwhile must not be lost: a token revoked before the server
+/// listens is refused from its first request, a plugin added is loaded.
+#[test]
+fn changes_made_while_the_server_starts_are_applied() {
+    let plugins = PluginDir::new();
+    for i in 0..30 {
+        std::fs::write(plugins.file(&format!("echo-{i:02}.wasm")), echo_version(i)).expect("write a plugin");
+    }
+    let dir = tempfile::tempdir().expect("config dir");
+    let config = dir.path().join("wasmux.toml");
+    std::fs::write(&config, format!("[tenants.default]\n{}", token_only_config())).expect("config");
+    let args = ["--plugins", plugins.path().to_str().expect("utf-8"), "--config", config.to_str().expect("utf-8"), "--no-cache"];
+    let server = Server::start_slow_meanwhile(&args, Duration::from_secs(120), |log| {
+        // The first plugin is compiled: both were read, the others compile.
+        let end = Instant::now() + Duration::from_secs(60);
+        while !log().contains("plugin binary-echo: loaded") {
+            assert!(Instant::now() < end, "binary-echo not loaded; log:\n{}", log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::write(&config, token_only_config()).expect("revoke the token-less tenant");
+        plugins.replace_atomically("late.wasm", &plugin_bytes("binary-echo"));
+        assert!(!log().contains("plugins loaded from"), "the plugins were compiled before the changes: add plugins; log:\n{}", log());
+    });
+    assert_eq!(anonymous_outcome(&server), "unauthorized", "the configuration of before the start is served; log:\n{}", server.log());
+    assert!(server.wait_for_log("plugin late: loaded", SWAP_WAIT), "late.wasm not loaded; log:\n{}", server.log());
+}
+
+/// A file named like a plugin that no plugin can be read from is said so,
+/// once, whether it was there at start or appears later: a name that is
+/// not a plugin name, an upper-case `.WASM`, a link to nothing. (A hidden
+/// file, what deploy tools write before renaming it into place, is
+/// ignored without a word.)
+#[test]
+fn files_named_like_plugins_that_are_none_are_said_so_once() {
+    let plugins = PluginDir::new();
+    let echo = plugin_bytes("binary-echo");
+    let skipped = |file: &str, why: &str| format!("skipped {}: {why}", plugins.file(file).display());
+    let weird = |file: &str, stem: &str| skipped(file, &format!("not a plugin name: {stem:?} (letters, digits and `-_.@`, not starting with `.`)"));
+    let upper = |file: &str| skipped(file, &format!("not a plugin file name: {file:?} does not end in `.wasm` (lower case)"));
+    let dangling = |name: &str| format!("plugin {name}: refused {} (it is not loaded): a link to nowhere.wasm, which does not exist", plugins.file(&format!("{name}.wasm")).display());
+    let place = |i: usize| {
+        std::fs::write(plugins.file(&format!("we ird{i}.wasm")), &echo).expect("write");
+        std::fs::write(plugins.file(&format!("UPPER{i}.WASM")), &echo).expect("write");
+        std::fs::write(plugins.file(&format!(".hidden{i}.wasm")), &echo).expect("write");
+        std::os::unix::fs::symlink("nowhere.wasm", plugins.file(&format!("dangling{i}.wasm"))).expect("link to nothing");
+    };
+    let expected = |i: usize| [weird(&format!("we ird{i}.wasm"), &format!("we ird{i}")), upper(&format!("UPPER{i}.WASM")), dangling(&format!("dangling{i}"))];
+    place(0);
+    let server = plugins.serve(&[]);
+    for line in expected(0) {
+        assert!(server.wait_for_log(&line, SWAP_WAIT), "no {line:?} at start in:\n{}", server.log());
+    }
+    place(1);
+    for line in expected(1) {
+        assert!(server.wait_for_log(&line, SWAP_WAIT), "no {line:?} once it appeared in:\n{}", server.log());
+    }
+    // Written again: nothing more is said, as a plugin loaded after shows
+    // (its name sorts last: files of one batch are read in name order).
+    std::fs::write(plugins.file("we ird0.wasm"), b"rewritten").expect("rewrite");
+    std::fs::write(plugins.file("UPPER1.WASM"), b"rewritten").expect("rewrite");
+    plugins.replace_atomically("zz-last.wasm", &echo);
+    assert!(server.wait_for_log("plugin zz-last: loaded", SWAP_WAIT), "{}", server.log());
+    let log = server.log();
+    for line in [weird("we ird0.wasm", "we ird0"), upper("UPPER1.WASM")] {
+        assert_eq!(log.matches(&line).count(), 1, "{line:?} in:\n{log}");
+    }
+    assert!(!log.contains(".hidden"), "{log}");
 }

@@ -87,8 +87,10 @@ async fn push_pull_list_and_poll() {
     assert_eq!(fuzzy.tag.tag(), "search__fuzzy");
 
     let tags = repo.tags().await.expect("list tags");
-    assert_eq!(tags, ["search", "search__fuzzy"]);
-    let names: Vec<String> = repo.plugins().await.expect("plugins").iter().map(|p| p.name().to_owned()).collect();
+    assert_eq!((tags.tags.as_slice(), tags.complete), (&["search".to_owned(), "search__fuzzy".to_owned()][..], true));
+    let (plugins, complete) = repo.plugins().await.expect("plugins");
+    assert!(complete);
+    let names: Vec<String> = plugins.iter().map(|p| p.name().to_owned()).collect();
     assert_eq!(names, ["search", "search@fuzzy"]);
 
     // A pull gives back exactly the bytes pushed, and says which they are.

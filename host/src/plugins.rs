@@ -230,8 +230,11 @@ impl Plugins {
                 plugin
             }
             Err(e) => {
+                // One line in the log, in `/plugins` and for `wasmux call`:
+                // wasmparser's messages spread what they expected over
+                // several (`expected=[\n    0x0, …]`).
                 let error = anyhow::Error::from(e);
-                return Err(self.refuse(name, Some(version), &format!("{error:#}"), source));
+                return Err(self.refuse(name, Some(version), &one_line(&format!("{error:#}")), source));
             }
         };
         let cost = match plugin.origin {
@@ -269,6 +272,12 @@ impl Plugins {
         tracing::info!("plugin {name}: unloaded {} ({why})", old.version.short());
         Some(old)
     }
+}
+
+/// `text` with every run of whitespace that holds a line break made one
+/// space: an error read in a log, one line per event.
+pub fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// A component at least this large is announced before it is compiled: a

@@ -43,15 +43,22 @@ pub fn parse_file() -> Parse {
 
 /// Starts watching the configuration file at `path`; changes are made
 /// settings by `parse` and applied by a task on the current tokio runtime.
-pub fn watch(path: &Path, service: Arc<Service>, parse: Parse) -> anyhow::Result<ConfigWatch> {
-    let config = ConfigPaths::new(path)?;
+///
+/// Once watching, the file is read again, and applied now if its text is
+/// not the one the server started with: the server read it before it
+/// compiled its plugins (seconds, for Python or JavaScript ones), and a
+/// change made meanwhile (a token revoked) must not wait for the next one.
+pub async fn watch(path: &Path, service: Arc<Service>, parse: Parse) -> anyhow::Result<ConfigWatch> {
+    let mut config = ConfigPaths::new(path)?;
     let (watcher, changes) = FileWatcher::new(|_| true)?;
     let watcher = Arc::new(watcher);
     for dir in config.dirs() {
         watcher.watch(&dir, false)?;
     }
-    let running = service.settings().source_sha256;
-    tokio::spawn(apply_config_changes(changes, config, running, service, parse, Arc::downgrade(&watcher)));
+    let mut seen = service.settings().source_sha256.map(Seen::Text);
+    let weak = Arc::downgrade(&watcher);
+    check_config(&mut config, &mut seen, &service, &parse, &weak).await;
+    tokio::spawn(apply_config_changes(changes, config, seen, service, parse, weak));
     Ok(ConfigWatch { _watcher: watcher })
 }
 
@@ -110,29 +117,33 @@ enum Seen {
 async fn apply_config_changes(
     mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     mut config: ConfigPaths,
-    running: Option<[u8; 32]>,
+    mut seen: Option<Seen>,
     service: Arc<Service>,
     parse: Parse,
     watcher: Weak<FileWatcher>,
 ) {
-    let mut seen = running.map(Seen::Text);
     while let Some(paths) = rx.recv().await {
-        if !paths.iter().any(|path| config.affected_by(path)) {
-            continue;
+        if paths.iter().any(|path| config.affected_by(path)) {
+            check_config(&mut config, &mut seen, &service, &parse, &watcher).await;
         }
-        let path = config.path.clone();
-        let read = tokio::task::spawn_blocking(move || config::read_text(&path)).await;
-        let read = read.unwrap_or_else(|e| Err(anyhow::anyhow!("reading it failed: {e}")));
-        let now = match &read {
-            Ok(text) => Seen::Text(Sha256::digest(text.as_bytes()).into()),
-            Err(e) => Seen::Unreadable(format!("{e:#}")),
-        };
-        if seen.as_ref() != Some(&now) {
-            seen = Some(now);
-            reload_config(&config.path, read, &service, &parse);
-        }
-        follow_target(&mut config, &watcher);
     }
+}
+
+/// Reads the configuration file, and reloads it if its text is not what
+/// was `seen` last.
+async fn check_config(config: &mut ConfigPaths, seen: &mut Option<Seen>, service: &Service, parse: &Parse, watcher: &Weak<FileWatcher>) {
+    let path = config.path.clone();
+    let read = tokio::task::spawn_blocking(move || config::read_text(&path)).await;
+    let read = read.unwrap_or_else(|e| Err(anyhow::anyhow!("reading it failed: {e}")));
+    let now = match &read {
+        Ok(text) => Seen::Text(Sha256::digest(text.as_bytes()).into()),
+        Err(e) => Seen::Unreadable(format!("{e:#}")),
+    };
+    if seen.as_ref() != Some(&now) {
+        *seen = Some(now);
+        reload_config(&config.path, read, service, parse);
+    }
+    follow_target(config, watcher);
 }
 
 /// Reads the configuration file at `path` again, now, and swaps it in

@@ -113,7 +113,16 @@ impl Server {
     pub fn start_slow(args: &[&str], within: Duration) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
         command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(Self::cache_args(args, &[])).args(args).env("RUST_LOG", "wasmux=debug");
-        Self::launch(command, 1, args, within)
+        Self::launch(command, 1, args, within, |_| {})
+    }
+
+    /// [`Server::start_slow`], running `meanwhile` while the server starts,
+    /// before it listens (it may have started listening by the time
+    /// `meanwhile` returns), with a function that returns its log so far.
+    pub fn start_slow_meanwhile(args: &[&str], within: Duration, meanwhile: impl FnOnce(&dyn Fn() -> String)) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(Self::cache_args(args, &[])).args(args).env("RUST_LOG", "wasmux=debug");
+        Self::launch(command, 1, args, within, meanwhile)
     }
 
     /// `wasmux dev DIR --listen 127.0.0.1:0` with the test cache, allowing
@@ -126,7 +135,7 @@ impl Server {
     pub fn start_dev_with(dir: &Path, args: &[&str], within: Duration) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
         command.arg("dev").arg(dir).args(["--listen", "127.0.0.1:0"]).args(args).envs(tool_env()).env("RUST_LOG", "wasmux=debug");
-        Self::launch(command, 1, &[], within)
+        Self::launch(command, 1, &[], within, |_| {})
     }
 
     /// Keeps `dir` (the server's plugins, say) until the server stops.
@@ -181,13 +190,14 @@ impl Server {
             .envs(env.iter().copied())
             .env("RUST_LOG", filter);
         adjust(&mut command);
-        Self::launch(command, listeners, args, STEP)
+        Self::launch(command, listeners, args, STEP, |_| {})
     }
 
     /// Starts `command` (a `wasmux serve` or `wasmux dev`) and waits, up to
     /// `within`, for it to announce `listeners` addresses (and its admin
-    /// endpoint and agent, if `args` ask for them).
-    fn launch(mut command: Command, listeners: usize, args: &[&str], within: Duration) -> Self {
+    /// endpoint and agent, if `args` ask for them), running `meanwhile`
+    /// first.
+    fn launch(mut command: Command, listeners: usize, args: &[&str], within: Duration, meanwhile: impl FnOnce(&dyn Fn() -> String)) -> Self {
         command.env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start wasmux serve");
         let log = Arc::new(Mutex::new(String::new()));
@@ -212,6 +222,7 @@ impl Server {
                 let _ = lines.send(line);
             }
         });
+        meanwhile(&|| log.lock().unwrap_or_else(|e| e.into_inner()).clone());
         let deadline = Instant::now() + within;
         let mut next_line = |what: &str| -> String {
             match printed.recv_timeout(deadline.saturating_duration_since(Instant::now())) {

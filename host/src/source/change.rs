@@ -18,6 +18,9 @@ pub enum Change {
     /// match): the version loaded before, if any, keeps serving. `digest`
     /// when bytes were read, so that the same bytes are not tried again.
     Refused { name: String, digest: Option<Digest>, error: String, from: Provenance },
+    /// A file at `path` is named like a plugin but is none (`we ird.wasm`,
+    /// `UPPER.WASM`), because of `why`: said once, nothing loaded.
+    Skipped { path: PathBuf, why: String },
     /// Plugin `name` is gone from the source: unload it, because of `why`.
     Unload { name: String, why: String },
     /// The source cannot be reached (a registry down); nothing changed.
@@ -62,6 +65,7 @@ pub async fn apply(change: Change, plugins: &Plugins) {
             let error = plugins.refuse(&name, digest, &error, &from.to_string());
             tracing::error!("{error:#}");
         }
+        Change::Skipped { path, why } => tracing::warn!("skipped {}: {why}", path.display()),
         Change::Unload { name, why } => {
             plugins.unload(&name, &why);
         }

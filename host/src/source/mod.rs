@@ -81,11 +81,27 @@ impl PluginSource {
         }
     }
 
-    /// Follows the source until `stop`, sending each change to `changes`.
-    pub fn follow(self, changes: mpsc::UnboundedSender<Change>, stop: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+    /// Starts following the source, before [`PluginSource::initial`]
+    /// reads it: a directory is watched from now on, so that nothing
+    /// written while the server starts is missed. (A registry is polled
+    /// again after its first poll: nothing to start.)
+    pub fn watch(&self) -> anyhow::Result<Watch> {
         match self {
-            Self::Dir(dir) => dir.follow(changes, stop),
-            Self::Oci(oci) => {
+            Self::Dir(dir) => Ok(Watch(Some(dir.watch()?))),
+            Self::Oci(_) => Ok(Watch(None)),
+        }
+    }
+
+    /// Follows the source until `stop`, sending each change since `watch`
+    /// started to `changes`.
+    pub fn follow(self, watch: Watch, changes: mpsc::UnboundedSender<Change>, stop: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+        match (self, watch.0) {
+            (Self::Dir(dir), Some(watch)) => Ok(dir.follow(watch, changes, stop)),
+            (Self::Dir(dir), None) => {
+                let watch = dir.watch()?;
+                Ok(dir.follow(watch, changes, stop))
+            }
+            (Self::Oci(oci), _) => {
                 let OciSource { poller, poll_interval } = *oci;
                 Ok(tokio::spawn(poller.run(poll_interval, stop, move |change| {
                     let _ = changes.send(change);
@@ -96,20 +112,23 @@ impl PluginSource {
 
     /// Loads what the source holds into `plugins`, then, if `follow`,
     /// keeps applying its changes until `stop` (in a task of its own).
-    /// Returns how many plugins are loaded.
+    /// Returns how many plugins are loaded. Following starts before the
+    /// source is read: a change made while its plugins compile (seconds
+    /// for Python or JavaScript ones) is applied after them.
     pub async fn serve(mut self, plugins: Arc<Plugins>, follow: bool, stop: CancellationToken) -> anyhow::Result<usize> {
+        let watch = if follow { Some(self.watch()?) } else { None };
         for change in self.initial().await? {
             apply(change, &plugins).await;
         }
         let loaded = plugins.list().len();
         tracing::info!("{loaded} plugins loaded from {}", self.describe());
-        if follow {
+        if let Some(watch) = watch {
             if let Self::Oci(oci) = &self {
                 // The interval in force: `--poll-interval`, else `[source]`'s, else 2 s.
                 tracing::info!("{}: polled every {:?} for new versions", self.describe(), oci.poll_interval);
             }
             let (sender, mut changes) = mpsc::unbounded_channel();
-            let following = self.follow(sender, stop)?;
+            let following = self.follow(watch, sender, stop)?;
             tokio::spawn(async move {
                 while let Some(change) = changes.recv().await {
                     apply(change, &plugins).await;
@@ -120,6 +139,10 @@ impl PluginSource {
         Ok(loaded)
     }
 }
+
+/// A source's following, started ([`PluginSource::watch`]) before it is
+/// first read.
+pub struct Watch(Option<dir::DirWatch>);
 
 /// A registry repository, polled for new versions.
 pub struct OciSource {

@@ -57,6 +57,12 @@ impl ComponentSummary {
     /// The names of `bytes`' top-level imports and exports; an error if the
     /// bytes are not a WebAssembly component (a core module, or not Wasm).
     pub fn read(bytes: &[u8]) -> anyhow::Result<Self> {
+        // One line (what `wasmux push` prints): wasmparser's messages
+        // spread what they expected over several (`expected=[\n    0x0, …]`).
+        Self::read_all(bytes).map_err(|e| anyhow::anyhow!("{}", crate::plugins::one_line(&format!("{e:#}"))))
+    }
+
+    fn read_all(bytes: &[u8]) -> anyhow::Result<Self> {
         let (mut imports, mut exports) = (Vec::new(), Vec::new());
         // Nested modules and components come out of `parse_all` too, each
         // between its own `Version` and `End`: only depth 1 is the

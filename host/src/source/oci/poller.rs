@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{PullCache, Seen};
-use super::repository::{Failure, Repository};
+use super::repository::{Failure, MAX_TAGS, Repository};
 use super::tag::PluginTag;
 use crate::digest::Digest;
 use crate::source::change::{Change, Provenance};
@@ -23,8 +23,10 @@ const POLL_DEADLINE: Duration = Duration::from_secs(60);
 /// Follows one repository: every poll lists its tags, asks each one's
 /// manifest digest, and pulls only what changed.
 ///
-/// A poll costs one `GET` of the tag list and one `HEAD` per tag (up to
-/// eight at once); a pull
+/// A poll costs a `GET` per page of the tag list (two for up to 1000
+/// tags: the second, empty, says the list ended; see
+/// [`super::repository::list_pages`]) and one `HEAD` per tag (up to eight
+/// at once); a pull
 /// follows only when a tag's manifest digest changed, and a download only
 /// when its component changed too (a re-push of the same bytes moves the
 /// manifest, whose config carries a creation time, but not the component).
@@ -38,13 +40,15 @@ pub struct Poller {
     refused: HashMap<String, (String, Option<Digest>)>,
     /// Whether the last listing succeeded (`None` before the first).
     reachable: Option<bool>,
+    /// Whether the last listing held every tag (not cut at [`MAX_TAGS`]).
+    complete: bool,
 }
 
 impl Poller {
     /// A poller of `repository`, keeping what it pulls under `cache` (see
     /// [`Cache`]) unless that is `None`.
     pub fn new(repository: Repository, cache: Option<PullCache>) -> Self {
-        Self { repository, cache, seen: BTreeMap::new(), refused: HashMap::new(), reachable: None }
+        Self { repository, cache, seen: BTreeMap::new(), refused: HashMap::new(), reachable: None, complete: true }
     }
 
     pub fn repository(&self) -> &Repository {
@@ -99,11 +103,20 @@ impl Poller {
     }
 
     async fn poll_inner(&mut self) -> Vec<Change> {
-        let plugins = match self.repository.plugins().await {
-            Ok(plugins) => plugins,
+        let (plugins, complete) = match self.repository.plugins().await {
+            Ok(listed) => listed,
             Err(e) => return self.unreachable(e),
         };
         let mut events = Vec::new();
+        if complete != self.complete {
+            self.complete = complete;
+            if !complete {
+                tracing::warn!(
+                    "{} has more than {MAX_TAGS} tags: only the first {MAX_TAGS} are served, and no plugin is unloaded while the list is cut",
+                    self.repository.name()
+                );
+            }
+        }
         if self.reachable != Some(true) {
             if self.reachable == Some(false) {
                 events.push(Change::Reachable { source: self.repository.name() });
@@ -145,8 +158,7 @@ impl Poller {
                 }
             }
         }
-        let gone: Vec<String> = self.seen.keys().filter(|tag| !plugins.iter().any(|p| p.tag() == tag.as_str())).cloned().collect();
-        for tag in gone {
+        for tag in gone(&self.seen, &plugins, complete) {
             self.seen.remove(&tag);
             self.refused.remove(&tag);
             changed = true;
@@ -236,10 +248,28 @@ impl Poller {
     }
 }
 
+/// The tags loaded before that a listing no longer holds: their plugins
+/// are unloaded. None when the listing is `complete` only in part: a tag
+/// not listed may be one past the cut, still there.
+fn gone(seen: &BTreeMap<String, Seen>, listed: &[PluginTag], complete: bool) -> Vec<String> {
+    if !complete {
+        return Vec::new();
+    }
+    seen.keys().filter(|tag| !listed.iter().any(|p| p.tag() == tag.as_str())).cloned().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::oci::Options;
+
+    #[test]
+    fn only_a_complete_listing_unloads() {
+        let seen = |tags: &[&str]| tags.iter().map(|tag| (tag.to_string(), Seen { manifest: Digest::of(b"m"), component: Digest::of(b"c") })).collect();
+        let listed: Vec<PluginTag> = ["a", "c"].iter().map(|tag| PluginTag::from_tag(tag).expect("a tag")).collect();
+        assert_eq!(gone(&seen(&["a", "b", "c"]), &listed, true), ["b"]);
+        assert!(gone(&seen(&["a", "b", "c", "d"]), &listed, false).is_empty(), "cut at the bound: b and d may be past it");
+    }
 
     #[tokio::test]
     async fn an_unreachable_registry_changes_nothing_and_is_reported_once() {

@@ -178,30 +178,26 @@ impl Repository {
         Reference::with_digest(self.reference.registry().to_owned(), self.reference.repository().to_owned(), digest.to_string())
     }
 
-    /// Every tag of the repository, at most [`MAX_TAGS`].
-    pub async fn tags(&self) -> anyhow::Result<Vec<String>> {
-        let mut tags: Vec<String> = Vec::new();
-        loop {
-            let last = tags.last().cloned();
+    /// Every tag of the repository, at most [`MAX_TAGS`], page by page
+    /// ([`list_pages`]).
+    pub async fn tags(&self) -> anyhow::Result<Tags> {
+        list_pages(MAX_TAGS, |last| async move {
             let page = self
                 .client
                 .list_tags(&self.reference, &self.auth, Some(MAX_TAGS), last.as_deref())
                 .await
                 .with_context(|| format!("cannot list the tags of {}", self.name()))?;
-            let full = page.tags.len() >= MAX_TAGS;
-            tags.extend(page.tags);
-            if !full || tags.len() >= MAX_TAGS {
-                break;
-            }
-        }
-        tags.truncate(MAX_TAGS);
-        Ok(tags)
+            Ok(page.tags)
+        })
+        .await
     }
 
-    /// Every tag, as the plugin it serves as, sorted by plugin name.
-    pub async fn plugins(&self) -> anyhow::Result<Vec<PluginTag>> {
+    /// Every tag, as the plugin it serves as, sorted by plugin name; and
+    /// whether that is all of them.
+    pub async fn plugins(&self) -> anyhow::Result<(Vec<PluginTag>, bool)> {
+        let listed = self.tags().await?;
         let mut plugins = Vec::new();
-        for tag in self.tags().await? {
+        for tag in listed.tags {
             // A registry answers only valid tags; one that does not is
             // skipped rather than failing the whole listing.
             match PluginTag::from_tag(&tag) {
@@ -210,7 +206,7 @@ impl Repository {
             }
         }
         plugins.sort_by(|a, b| a.name().cmp(b.name()));
-        Ok(plugins)
+        Ok((plugins, listed.complete))
     }
 
     /// The digest of the manifest `tag` points at now (one `HEAD`).
@@ -314,6 +310,48 @@ impl Repository {
     }
 }
 
+/// A repository's tags, as far as they were listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tags {
+    /// In the registry's order, each once.
+    pub tags: Vec<String>,
+    /// False when the repository holds more than the bound: tags not
+    /// listed are not known to be gone.
+    pub complete: bool,
+}
+
+/// Lists tags page by page: `page(last)` is the page after tag `last`
+/// (`?n=…&last=…`), the first page after `None`. A registry may answer
+/// fewer tags than asked for and say in a `Link` header that more follow
+/// (the OCI distribution spec allows it); oci-client gives no headers, so
+/// the pages are asked for until one brings no tag not seen before: an
+/// empty page after the last tag, or the whole list again from a registry
+/// that ignores `last`. Every page brings a new tag or ends the listing,
+/// so at most `max` + 1 pages are asked for; past `max` tags the listing
+/// stops, incomplete. A page that fails fails the listing.
+pub async fn list_pages<F, Fut>(max: usize, mut page: F) -> anyhow::Result<Tags>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = anyhow::Result<Vec<String>>>,
+{
+    let mut tags = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut last = None;
+    loop {
+        let listed = page(last.take()).await?;
+        let before = tags.len();
+        last = listed.last().cloned();
+        tags.extend(listed.into_iter().filter(|tag| seen.insert(tag.clone())));
+        if tags.len() == before {
+            return Ok(Tags { tags, complete: true });
+        }
+        if tags.len() > max {
+            tags.truncate(max);
+            return Ok(Tags { tags, complete: false });
+        }
+    }
+}
+
 /// Why a pull failed, which decides whether a poller tries it again.
 pub(super) enum Failure {
     /// The network or the registry failed: try again at the next poll.
@@ -390,6 +428,44 @@ pub async fn pull(target: &str, options: &Options) -> anyhow::Result<Pulled> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry's tags `t00`… served `page_size` at a time whatever `n`
+    /// asks, after `last` as the spec says; the page after `fail_after`
+    /// fails.
+    fn registry(count: usize, page_size: usize, fail_after: Option<&'static str>) -> impl FnMut(Option<String>) -> std::future::Ready<anyhow::Result<Vec<String>>> {
+        let all: Vec<String> = (0..count).map(|i| format!("t{i:02}")).collect();
+        move |last: Option<String>| {
+            if last.is_some() && last.as_deref() == fail_after {
+                return std::future::ready(Err(anyhow!("connection reset")));
+            }
+            let after = all.iter().filter(|tag| last.as_ref().is_none_or(|last| *tag > last));
+            std::future::ready(Ok(after.take(page_size).cloned().collect()))
+        }
+    }
+
+    #[tokio::test]
+    async fn tags_are_listed_page_by_page_however_short_the_pages() {
+        let every = |count: usize| (0..count).map(|i| format!("t{i:02}")).collect::<Vec<_>>();
+        for page_size in [1, 2, 7, 25, 1000] {
+            let listed = list_pages(1000, registry(25, page_size, None)).await.expect("listed");
+            assert_eq!(listed, Tags { tags: every(25), complete: true }, "pages of {page_size}");
+        }
+        assert_eq!(list_pages(1000, registry(0, 10, None)).await.expect("listed"), Tags { tags: Vec::new(), complete: true });
+        // Past the bound: cut, and said to be incomplete.
+        assert_eq!(list_pages(10, registry(25, 3, None)).await.expect("listed"), Tags { tags: every(10), complete: false });
+        assert_eq!(list_pages(10, registry(10, 3, None)).await.expect("listed"), Tags { tags: every(10), complete: true });
+        // A page that fails fails the listing: no partial list.
+        assert!(list_pages(1000, registry(25, 2, Some("t03"))).await.is_err());
+        // A registry that ignores `last` and answers the whole list each time.
+        let mut asked = 0;
+        let whole = list_pages(1000, |_| {
+            asked += 1;
+            std::future::ready(Ok(every(5)))
+        })
+        .await
+        .expect("listed");
+        assert_eq!((whole, asked), (Tags { tags: every(5), complete: true }, 2));
+    }
 
     #[test]
     fn loopback_registries_get_plain_http() {
