@@ -162,6 +162,7 @@ impl Service {
             );
         }
         self.warn_about_unloaded_targets(&settings);
+        settings.tenants.share_default_of(current.limits.max_concurrent_calls);
         settings.tenants.keep_counts_from(&current.tenants);
         let generation = settings.generation;
         self.settings.store(Arc::new(settings));
@@ -575,6 +576,26 @@ mod tests {
         service.reload(routes).expect("accepted");
         let answer = service.handle(search("ring")).await;
         assert!(answer.message.content.starts_with(b"First 10 bytes of request: "), "the new routes are not in force");
+    }
+
+    /// `max-concurrent-calls` takes effect at the next start, and so does
+    /// the `default` tenant's share of it: a reload that raises it leaves
+    /// anonymous clients half the slots the server has (they were given
+    /// half the new value, more than the server has, so all of them).
+    #[tokio::test]
+    async fn a_reload_of_max_concurrent_calls_keeps_the_default_tenants_share() {
+        let share = |service: &Service| service.settings().tenants.get("default").and_then(|t| t.limits.concurrent_requests).map(std::num::NonZeroU32::get);
+        let service = service(&format!("[limits]\nmax-concurrent-calls = 2\n{}", tenants_config()));
+        assert_eq!(share(&service), Some(1));
+        service.reload(Settings::parse(&format!("[limits]\nmax-concurrent-calls = 1000\n{}", tenants_config())).expect("valid")).expect("reloaded");
+        assert_eq!(share(&service), Some(1), "the share of the slots in effect");
+        let default = service.settings().tenants.get("default").cloned().expect("the default tenant");
+        let _held = default.admit().expect("one request is admitted");
+        assert!(default.admit().is_err(), "a second is over the share");
+        // A share the file sets is the file's.
+        let own = tenants_config().replace("[tenants.default]", "[tenants.default]\nlimits = { concurrent-requests = 7 }");
+        service.reload(Settings::parse(&format!("[limits]\nmax-concurrent-calls = 1000\n{own}")).expect("valid")).expect("reloaded");
+        assert_eq!(share(&service), Some(7));
     }
 
     /// Where the state is kept is fixed at start-up; the limits and the

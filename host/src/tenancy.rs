@@ -190,6 +190,9 @@ pub struct Tenants {
     /// Indexes into `list` of tenants with a token.
     tokens: Vec<(TokenHash, usize)>,
     default: Option<usize>,
+    /// The `default` tenant's concurrent requests are the server's share
+    /// ([`default_share`]), its configuration setting none.
+    default_shares: bool,
 }
 
 /// What the server's own settings give every tenant.
@@ -210,19 +213,28 @@ impl ServerDefaults<'_> {
     /// The `default` tenant's concurrent requests when other tenants share
     /// the server and its configuration sets none: half the instance slots.
     pub fn default_tenant_share(&self) -> NonZeroU32 {
-        NonZeroU32::new(self.max_concurrent_calls / 2).unwrap_or(NonZeroU32::MIN)
+        default_share(self.max_concurrent_calls)
     }
+}
+
+/// The `default` tenant's concurrent requests when other tenants share a
+/// server running `max_concurrent_calls` calls at once and its
+/// configuration sets none: half the instance slots.
+fn default_share(max_concurrent_calls: u32) -> NonZeroU32 {
+    NonZeroU32::new(max_concurrent_calls / 2).unwrap_or(NonZeroU32::MIN)
 }
 
 impl Tenants {
     /// Merges each tenant's spec with the server's defaults.
     pub fn build(mut specs: Vec<TenantSpec>, server: &ServerDefaults<'_>) -> anyhow::Result<Self> {
+        let mut tenants = Self::default();
         if specs.iter().any(|spec| spec.name != DEFAULT_TENANT)
             && let Some(default) = specs.iter_mut().find(|spec| spec.name == DEFAULT_TENANT)
+            && default.limits.concurrent_requests.is_none()
         {
-            default.limits.concurrent_requests.get_or_insert(server.default_tenant_share());
+            default.limits.concurrent_requests = Some(server.default_tenant_share());
+            tenants.default_shares = true;
         }
-        let mut tenants = Self::default();
         for spec in specs {
             let index = tenants.list.len();
             if let Some(token) = spec.token {
@@ -245,6 +257,22 @@ impl Tenants {
     /// its own: the configuration when none names tenants.
     pub fn only_default(server: &ServerDefaults<'_>) -> anyhow::Result<Self> {
         Self::build(vec![TenantSpec { name: DEFAULT_TENANT.into(), ..TenantSpec::default() }], server)
+    }
+
+    /// For a reload that changes `max-concurrent-calls`, which takes effect
+    /// at the next start: the `default` tenant's share is of the instance
+    /// slots the server has, `max_concurrent_calls`, not of the new value
+    /// (a share of a thousand slots a server of two does not have left
+    /// anonymous clients free to take every slot).
+    pub fn share_default_of(&mut self, max_concurrent_calls: u32) {
+        let Some(index) = self.default.filter(|_| self.default_shares) else { return };
+        let share = Some(default_share(max_concurrent_calls));
+        if let Some(tenant) = self.list.get_mut(index).and_then(Arc::get_mut)
+            && tenant.limits.concurrent_requests != share
+        {
+            tenant.limits.concurrent_requests = share;
+            tenant.admission = Arc::new(Admission::new(&tenant.limits));
+        }
     }
 
     /// Keeps what `previous` counted, so that a reload does not reset it:
