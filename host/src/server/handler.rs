@@ -221,7 +221,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
             tracing::debug!("connection to {} failed while closing: {failed:?}", self.peer);
             return;
         }
-        if self.connection.writer.shutdown().await.is_ok() {
+        // Over TLS the shutdown writes a close_notify, which waits for room
+        // in the socket: a peer that stopped reading gets as long as for
+        // any write.
+        let timeout = self.service.settings().limits.message_timeout;
+        if let Ok(Ok(())) = tokio::time::timeout(timeout, self.connection.writer.shutdown()).await {
             let linger = LINGER.min(self.service.settings().limits.message_timeout);
             let _lingering = self.place.leave_to_linger();
             let peer_closed = self.connection.reader.linger(linger).await;
