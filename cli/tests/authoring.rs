@@ -579,6 +579,7 @@ fn dev_serves_as_built(dir: &Path, case: &DevCase<'_>) -> Server {
     // A broken save: the version before keeps serving.
     std::fs::write(&source, format!("{saved}{}", case.broken)).expect("save a broken source");
     assert!(server.wait_for_log(&format!("{} not served", case.module), BUILD), "{}", server.log());
+    assert!(server.log().contains("; the version before keeps serving"), "{}", server.log());
     assert_eq!(send_text(&server, case.contents[0]).stdout, [case.changed], "{}", server.log());
     server
 }

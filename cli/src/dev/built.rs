@@ -66,11 +66,11 @@ async fn rebuild(project: &Project, out_dir: &Path, options: &BuildOptions) -> b
             true
         }
         Ok(Err(e)) => {
-            super::log_failure("build failed", &e);
+            super::log_failure("build failed", &e, super::Served(before.is_some()));
             false
         }
         Err(e) => {
-            tracing::error!("build failed: {e}; the version before keeps serving");
+            tracing::error!("build failed: {e}; {}", super::Served(before.is_some()));
             false
         }
     }

@@ -93,12 +93,22 @@ async fn next_batch(changes: &mut mpsc::UnboundedReceiver<Vec<PathBuf>>, project
     Some(shown.join(", "))
 }
 
-/// Logs that `what` failed, and that the version before keeps serving: a
-/// tool's failure in one line (its own messages are above), any other
-/// error in full.
-fn log_failure(what: &str, error: &anyhow::Error) {
+/// Logs that `what` failed, and what is served meanwhile: a tool's failure
+/// in one line (its own messages are above), any other error in full.
+fn log_failure(what: &str, error: &anyhow::Error, served: Served) {
     match error.downcast_ref::<wasmux_toolchain::ToolFailed>() {
-        Some(failed) => tracing::error!("{what}: {failed}; the version before keeps serving"),
-        None => tracing::error!("{what}: {error:#}; the version before keeps serving"),
+        Some(failed) => tracing::error!("{what}: {failed}; {served}"),
+        None => tracing::error!("{what}: {error:#}; {served}"),
+    }
+}
+
+/// What a dev server serves while a change fails: the version before, or,
+/// when none has loaded yet, nothing.
+#[derive(Debug, Clone, Copy)]
+struct Served(bool);
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0 { "the version before keeps serving" } else { "no version of the plugin has loaded yet" })
     }
 }

@@ -61,8 +61,10 @@ pub(super) async fn serve(args: DevArgs, project: Project, options: BuildOptions
                 language_name(project.language)
             );
             let mut dev = Dev { project, options, layer, service, runtime: None };
-            if !(dev.load_runtime().await && dev.serve_source(None).await) {
-                tracing::warn!("serving without plugin {} until its source loads; fix it and save", dev.project.name);
+            if !dev.load_runtime().await {
+                tracing::warn!("serving without plugin {} until its dev runtime loads", dev.project.name);
+            } else if !dev.serve_source(None).await {
+                tracing::warn!("plugin {} answers every request with an error until its source loads; fix it and save", dev.project.name);
             }
             tokio::spawn(dev.follow(watcher, changes));
             Ok(())
@@ -163,7 +165,7 @@ impl Dev {
                         continue;
                     }
                     Err(e) => {
-                        super::log_failure("the project cannot be read", &e);
+                        super::log_failure("the project cannot be read", &e, super::Served(self.layer.current().is_some()));
                         continue;
                     }
                 }
@@ -191,7 +193,7 @@ impl Dev {
         let (path, bytes) = match found {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
-                super::log_failure("the dev runtime could not be built", &e);
+                super::log_failure("the dev runtime could not be built", &e, super::Served(self.runtime.is_some()));
                 return false;
             }
             Err(e) => {
@@ -225,7 +227,7 @@ impl Dev {
         let sources = match tokio::task::spawn_blocking(move || wasmux_toolchain::dev::sources(&project, &options)).await {
             Ok(Ok(sources)) => sources,
             Ok(Err(e)) => {
-                super::log_failure(&format!("{what} not served"), &e);
+                super::log_failure(&format!("{what} not served"), &e, super::Served(self.layer.current().is_some()));
                 return false;
             }
             Err(e) => {
@@ -249,16 +251,16 @@ impl Dev {
                     eprintln!("wasmux: warning: {warning}");
                 }
                 eprintln!("{error}");
-                tracing::error!("{what} not served: the plugin fails to load (above); the version before keeps serving");
+                tracing::error!("{what} not served: the plugin fails to load (above); {}", super::Served(self.layer.current().is_some()));
                 return false;
             }
             Err(e) => {
-                tracing::error!("{what} not served: {e:#}; the version before keeps serving");
+                tracing::error!("{what} not served: {e:#}; {}", super::Served(self.layer.current().is_some()));
                 return false;
             }
         }
         if let Err(e) = self.layer.apply(&self.service, sources) {
-            tracing::error!("{what} not served: {e:#}; the version before keeps serving");
+            tracing::error!("{what} not served: {e:#}; {}", super::Served(self.layer.current().is_some()));
             return false;
         }
         tracing::info!(
