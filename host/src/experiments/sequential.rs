@@ -88,10 +88,14 @@
 //! Everything here is a function of counts (successes and trials, requests
 //! per bucket), never of the order the requests came in. Counts summed
 //! across a fleet, or kept in Redis, give exactly the answer one server
-//! would give had it seen all the requests, and the guarantee carries over:
-//! every view of a sum of counts that only grow is a prefix of one sequence
-//! of requests (order them by the first view that includes them), and the
-//! martingale of that one sequence covers all views of all servers at once.
+//! would give had it seen all the requests, and the guarantee carries over
+//! to each server: its views (its own counts live, the others' as last
+//! read) each hold the one before, so they are prefixes of one sequence of
+//! requests (order them by the first view that includes them), and the
+//! martingale of that one sequence covers all of them at once. Two
+//! servers' views are not nested (each is ahead on its own requests): a
+//! decision any of N servers may take holds at level `1 − N·α` (a union
+//! bound).
 //! Betting confidence sequences (Waudby-Smith and Ramdas, JRSS-B 2023) can
 //! be tighter but depend on the order of the requests: a fleet's summed
 //! counts are not the wealth of any one bettor, so merging them would need
