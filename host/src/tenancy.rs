@@ -238,6 +238,10 @@ impl Tenants {
         for spec in specs {
             let index = tenants.list.len();
             if let Some(token) = spec.token {
+                anyhow::ensure!(
+                    spec.name != DEFAULT_TENANT,
+                    "tenant {DEFAULT_TENANT} is who sends no token, so a token-sha256 there would be accepted but never required: give the token to a named tenant (and leave out [tenants.{DEFAULT_TENANT}] to require a token of every request)"
+                );
                 if let Some((_, other)) = tenants.tokens.iter().find(|(t, _)| *t == token) {
                     anyhow::bail!("tenants {} and {} have the same token", tenants.list[*other].name, spec.name);
                 }
@@ -418,6 +422,8 @@ mod tests {
         let server = ServerDefaults { routes: &routes, plugin_config: &plugin_config, plugin_deadline: Duration::from_millis(100), plugin_memory: 64 << 20, max_concurrent_calls: 256, kv_limits: KvLimits::default() };
         let error = Tenants::build(vec![spec("alpha", None)], &server).unwrap_err().to_string();
         assert!(error.contains("alpha has no token-sha256"), "{error}");
+        let error = Tenants::build(vec![spec(DEFAULT_TENANT, Some("d")), spec("alpha", Some("a"))], &server).unwrap_err().to_string();
+        assert!(error.contains("accepted but never required"), "{error}");
         let error = Tenants::build(vec![spec("alpha", Some("x")), spec("beta", Some("x"))], &server).unwrap_err().to_string();
         assert!(error.contains("the same token"), "{error}");
     }
