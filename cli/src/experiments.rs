@@ -42,6 +42,11 @@ pub struct ExperimentsArgs {
 pub async fn main(args: ExperimentsArgs) -> anyhow::Result<()> {
     let tokens = tokens(&args)?;
     let addresses: Vec<String> = args.admins.iter().map(|admin| admin_endpoint(admin)).collect();
+    // A server given twice would be counted twice in the fleet's sums.
+    if let Some((i, twice)) = addresses.iter().enumerate().find(|(i, address)| addresses[..*i].contains(address)) {
+        let first = addresses.iter().position(|address| address == twice).unwrap_or(i);
+        bail!("--admin {} and --admin {} are the same server, {twice}: give each server once", args.admins[first], args.admins[i]);
+    }
     // Every server asked at once: the view is of one moment.
     let asking: Vec<_> = addresses
         .iter()

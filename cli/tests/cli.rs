@@ -324,3 +324,12 @@ fn a_time_over_a_year_is_refused_on_the_command_line() {
         assert!(out.stderr.contains("is over a year, the longest time wasmux takes"), "{args:?}: {out:?}");
     }
 }
+
+/// `wasmux experiments` sums the servers it is given: one given twice, in
+/// any spelling of its address, is refused rather than counted twice.
+#[test]
+fn experiments_refuses_a_server_given_twice() {
+    let out = crate::common::wasmux(&["experiments", "--admin", "9090", "--admin", "http://127.0.0.1:9090/"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("--admin 9090 and --admin http://127.0.0.1:9090/ are the same server, 127.0.0.1:9090"), "{out:?}");
+}
