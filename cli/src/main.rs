@@ -267,6 +267,9 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give ACTION VALUE, or --content-type with --content or --content-file"),
     };
     if let Some(token) = &args.token {
+        if token.trim().is_empty() {
+            bail!("the token is empty (--token or WASMUX_TOKEN): give the tenant's token, or neither to be served as the default tenant");
+        }
         request.header.extra.insert(AUTHORIZATION_FIELD.to_owned(), Value::String(format!("Bearer {token}")));
     }
     add_fields(&mut request, &args.fields)?;
@@ -297,6 +300,7 @@ fn print_answer(answer: &Message) -> ExitCode {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let token = match args.hash {
+        Some(token) if token.trim().is_empty() => bail!("the token is empty: no client can send it as \"Bearer TOKEN\""),
         Some(token) => token,
         None => {
             let mut bytes = [0u8; 24];

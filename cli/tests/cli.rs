@@ -333,3 +333,18 @@ fn experiments_refuses_a_server_given_twice() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("--admin 9090 and --admin http://127.0.0.1:9090/ are the same server, 127.0.0.1:9090"), "{out:?}");
 }
+
+/// An empty token (an unset variable written `WASMUX_TOKEN=`) is said to be
+/// one, not sent as `Bearer ` to be refused as unauthorized; and no hash is
+/// made for one.
+#[test]
+fn an_empty_token_is_refused_where_it_is_given() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wasmux"));
+    command.args(["send", "--addr", "127.0.0.1:9", "search", "morpheus"]).env("WASMUX_TOKEN", "").env_remove("RUST_LOG");
+    let out = crate::common::Process::run(&mut command, crate::common::STEP);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("the token is empty (--token or WASMUX_TOKEN)"), "{out:?}");
+    let out = crate::common::wasmux(&["token", "--hash", ""]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("the token is empty") && out.stdout.is_empty(), "{out:?}");
+}
