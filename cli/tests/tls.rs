@@ -190,3 +190,20 @@ fn plain_tcp_off_loopback_with_tenant_tokens_is_warned_about() {
     assert!(tls.log().contains("can be read by other users (mode 644)"), "{}", tls.log());
     assert!(!tls.log().contains(warning), "{}", tls.log());
 }
+
+/// A TLS client of a plain server: the server says at once that a
+/// handshake is not its protocol, and the client that the server does not
+/// serve TLS, rather than both waiting until one times out.
+#[test]
+fn a_tls_client_of_a_plain_server_is_told_at_once() {
+    let server = crate::common::Server::start_with(&["--native"]);
+    let started = std::time::Instant::now();
+    let out = wasmux(&["send", "--tls", "--timeout", "10s", "--addr", &server.addr_string(), "search", "morpheus"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!("wasmux: TLS handshake with {} failed: the server answered without TLS: it does not serve TLS on this address\n", server.addr_string())
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "told after {:?}, not at once", started.elapsed());
+    assert!(server.wait_for_log("these bytes begin a TLS handshake: the peer speaks TLS", crate::common::STEP), "{}", server.log());
+}

@@ -141,6 +141,16 @@ impl Decoder for MessageCodec {
                     if header_len == 0 {
                         return Err(frame_error(ErrorCode::BadFrame, "the JSON header length is 0; a header is required"));
                     }
+                    // A TLS client's first record is its handshake: said at
+                    // once, rather than wait for the rest of a header that
+                    // never comes while the client waits for the server's
+                    // handshake, until one of them times out.
+                    if src[0] == HANDSHAKE_RECORD && looks_like_tls(src) {
+                        return Err(frame_error(
+                            ErrorCode::BadFrame,
+                            "these bytes begin a TLS handshake: the peer speaks TLS, which this address does not serve (wasmux serve --tls-cert and --tls-key serve it)",
+                        ));
+                    }
                     if src.len() < PREFIX_LEN + header_len {
                         src.reserve(PREFIX_LEN + header_len - src.len());
                         return Ok(None);
@@ -207,10 +217,13 @@ impl Decoder for MessageCodec {
 /// type from 20 to 23, version 3.x with x at most 4) rather than as a
 /// message: the third byte would begin the JSON header, and no JSON text
 /// starts with a byte below 5. A plain client of a TLS server reads the
-/// server's alert this way.
+/// server's alert this way, and a plain server a TLS client's handshake.
 fn looks_like_tls(bytes: &[u8]) -> bool {
     matches!(bytes, [20..=23, 3, 0..=4, ..])
 }
+
+/// The content type of a TLS handshake record, the first a client sends.
+const HANDSHAKE_RECORD: u8 = 22;
 
 fn frame_error(code: ErrorCode, message: &str) -> DecodeError {
     DecodeError::Frame(ProtocolError::new(code, message))
@@ -574,6 +587,8 @@ mod tests {
     #[test]
     fn lost_frames_are_errors() {
         assert!(error_of(b"\x00\x00").contains("length is 0"));
+        // A TLS ClientHello's first bytes: said at once.
+        assert!(error_of(b"\x16\x03\x01\x02\x00\x01").contains("these bytes begin a TLS handshake: the peer speaks TLS"));
         assert!(error_of(&raw("not json", b"")).contains("not valid JSON"));
         assert!(error_of(&raw("[1, 2]", b"")).contains("must be an object, got a list"));
         assert!(error_of(b"\x00\x02\xff\xfe").contains("not valid UTF-8"));

@@ -92,9 +92,19 @@ impl TlsClient {
         Ok(Self { connector: TlsConnector::from(Arc::new(config)), name })
     }
 
-    /// Runs the TLS handshake over a connected `stream`.
+    /// Runs the TLS handshake over a connected `stream`. A server that
+    /// answers without TLS (wasmux says at once that a handshake is not
+    /// its protocol) is said to be one, rather than as rustls' "corrupt
+    /// message".
     pub async fn connect(&self, stream: TcpStream) -> std::io::Result<client::TlsStream<TcpStream>> {
-        self.connector.connect(self.name.clone(), stream).await
+        self.connector.connect(self.name.clone(), stream).await.map_err(|e| {
+            let plain = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            if matches!(plain, Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType))) {
+                std::io::Error::new(e.kind(), "the server answered without TLS: it does not serve TLS on this address")
+            } else {
+                e
+            }
+        })
     }
 }
 
