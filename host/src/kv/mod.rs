@@ -22,9 +22,9 @@
 //!   Redis counts in an `i64`); `increment` of a value that is not such a
 //!   number, or past that range, fails and changes nothing
 //!   ([`parse_counter`]).
-//! - **Limits** ([`KvLimits`]): a key's and a value's size, and the keys
-//!   and bytes (keys and values together) one tenant stores, are checked
-//!   here and in each backend together with the write, so a refused write
+//! - **Limits** ([`KvLimits`]): a written key's and value's size, and the
+//!   keys and bytes (keys and values together) one tenant stores, are
+//!   checked here and in each backend together with the write, so a refused write
 //!   changes nothing. A write that shrinks what a tenant holds is never
 //!   refused, even over a lowered limit. Operations per request are
 //!   counted by [`KvCall`].
@@ -98,7 +98,8 @@ pub fn plugin_base(plugin: &str) -> &str {
 /// What one tenant may store and do. The defaults are in the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLimits {
-    /// Longest key, in bytes.
+    /// Longest key a write takes, in bytes. Reads and deletes take any
+    /// key: one written under a higher limit stays reachable.
     pub max_key: usize,
     /// Largest value, in bytes.
     pub max_value: usize,
@@ -508,8 +509,8 @@ impl Store {
     }
 }
 
-/// Refuses a key over the tenant's limit (empty keys are allowed, as in
-/// Redis).
+/// Refuses a key to write over the tenant's limit (empty keys are
+/// allowed, as in Redis).
 fn check_key(key: &str, limits: &KvLimits) -> Result<(), KvError> {
     if key.len() > limits.max_key {
         return Err(KvError::Limit(format!("a key of {} bytes is over the limit of {} (kv max-key-size)", key.len(), limits.max_key)));
