@@ -447,14 +447,18 @@ fn at_the_connection_cap_idle_connections_make_room() {
     std::fs::write(config.path(), "[limits]\nmax-connections = 2\n").expect("write the config");
     let plugins = crate::common::plugins_dir();
     let args = ["--config", config.path().to_str().expect("utf-8"), "--plugins", plugins.to_str().expect("utf-8")];
-    // The handler's trace line says when a connection has gone idle: once
-    // on connecting, and again once its answer is written. The second one
-    // is the one that counts; waiting for the first only would let the next
-    // client go idle before this one does on a busy machine.
-    let server = Server::start_with_log("wasmux=debug,wasmux::server::handler=trace", &args);
+    // A trace line says when a connection is idle and in line to make
+    // room. The one after its answer (logged as it is sent) counts: one
+    // before it, on connecting, would let the next client go idle before
+    // this one does on a busy machine.
+    let server = Server::start_with_log("wasmux=debug,wasmux::server::room=trace", &args);
     let went_idle = |conn: &Raw| {
-        let line = format!("conn{{peer={}}}: wasmux::server::handler: idle", conn.stream.local_addr().expect("local address"));
-        crate::common::wait_until("the connection goes idle after its answer", || server.log().matches(&line).count() >= 2);
+        let peer = conn.stream.local_addr().expect("local address");
+        let (answered, idle) = (format!("' to {peer}\n"), format!("conn{{peer={peer}}}: wasmux::server::room: idle"));
+        crate::common::wait_until("the connection goes idle after its answer", || {
+            let log = server.log();
+            log.rfind(&answered).is_some_and(|at| log[at..].contains(&idle))
+        });
     };
     let mut first = server.connect();
     assert_eq!(first.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");

@@ -134,12 +134,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handler<R, W> {
                 }
                 finishing = true;
             }
-
-            if !self.connection.reader.is_mid_message() {
-                // The order connections go idle in decides which makes room
-                // first; tests wait for this line to know it.
-                tracing::trace!("idle: waiting for the next message");
-            }
             let limits = &self.service.settings().limits;
             let timeouts = ReadTimeouts { message: limits.message_timeout, idle: limits.idle_timeout };
             let (token, make_room) = (&self.token, &self.make_room);

@@ -74,8 +74,10 @@ pub async fn run(
     }
 
     shutdown.await;
-    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    // Cancelled before it is said: a connection that reads after this line
+    // has seen the drain begin (tests wait for the line).
     token.cancel();
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
     tracker.close();
     if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
         tracing::warn!("{} connections still open after {drain_timeout:?}; stopping anyway", tracker.len());

@@ -49,12 +49,19 @@ impl MakeRoom {
     /// idle the longest is woken first; a request made while none was
     /// waiting is taken up by the first to go idle.
     pub(super) async fn claim(&self) {
+        let mut first = true;
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             // Waiting from here on: a request made after the check below
             // wakes this connection (or another waiting one).
             notified.as_mut().enable();
+            if std::mem::take(&mut first) {
+                // The order connections go idle in decides which makes
+                // room first; tests wait for this line to know it, so it
+                // comes once the connection is in line.
+                tracing::trace!("idle: waiting for the next message, in line to make room");
+            }
             {
                 let mut requests = self.requests();
                 if requests.waiting > requests.closing {
