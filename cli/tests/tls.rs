@@ -24,7 +24,11 @@ fn serve_tls(certs: &Certificates, args: &[&str]) -> Server {
 #[test]
 fn wasmux_send_over_tls() {
     let certs = Certificates::new();
-    let server = serve_tls(&certs, &[]);
+    // The 8 MiB message below is copied into the plugin and out within its
+    // deadline: a busy machine's, not the default 100 ms.
+    let config = certs.dir.path().join("wasmux.toml");
+    std::fs::write(&config, "[limits]\nplugin-deadline = \"10s\"\n").expect("write the configuration");
+    let server = serve_tls(&certs, &["--config", config.to_str().expect("utf-8")]);
     let port = server.addr.port();
     let ca = certs.path("ca.pem");
     for host in ["127.0.0.1", "localhost"] {
