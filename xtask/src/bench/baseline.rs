@@ -173,7 +173,7 @@ mod tests {
     use crate::bench::costs::Cost;
 
     fn figures(rps: f64, p99: f64) -> Figures {
-        Figures { rps, p50: 0.1, p90: 0.2, p99, max: 1.0, errors: 0 }
+        Figures { rps, p50: 0.1, p90: 0.2, p99, max: 1.0, errors: 0, error_kinds: Vec::new() }
     }
 
     fn cell(server: &'static str, mode: &'static str, rps: &[f64]) -> Cell {

@@ -609,6 +609,7 @@ fn render(root: &Path, options: &Options, figures: &Figures<'_>) -> Result<Strin
         }
     }
     writeln!(md)?;
+    md.push_str(&super::rounds::errors_note(cells, |c| subjects.iter().find(|s| s.name == c.server).map_or_else(|| c.server.to_owned(), |s| s.what.to_owned())));
     // The target: the Python and JavaScript search at least as fast
     // as the guide's server, in the same run.
     if let Some(guide) = &python {

@@ -162,6 +162,7 @@ pub fn render_markdown(root: &Path, options: &Options, results: &Results<'_>) ->
         }
     }
     writeln!(md)?;
+    md.push_str(&super::rounds::errors_note(cells, |c| c.server.to_owned()));
     render_costs(&mut md, subjects, modes, costs)?;
     if let Some((baseline, comparisons)) = baseline {
         md.push_str(&baseline::section(baseline, comparisons));

@@ -31,6 +31,9 @@ pub struct Figures {
     pub p99: f64,
     pub max: f64,
     pub errors: u64,
+    /// The errors by kind (`wasmux bench`'s `error_kinds`): the kind, how
+    /// many, and the first one's message.
+    pub error_kinds: Vec<(String, u64, String)>,
 }
 
 impl Figures {
@@ -44,6 +47,15 @@ impl Figures {
             p99: f(&l["p99"]),
             max: f(&l["max"]),
             errors: report["errors"].as_u64().unwrap_or(0),
+            error_kinds: report["error_kinds"]
+                .as_object()
+                .map(|kinds| {
+                    kinds
+                        .iter()
+                        .map(|(kind, v)| (kind.clone(), v["count"].as_u64().unwrap_or(0), v["first"].as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -72,6 +84,32 @@ impl Cell {
     pub fn errors(&self) -> u64 {
         self.rounds.iter().map(|f| f.errors).sum()
     }
+
+    /// The errors of every round by kind, with the first message of each:
+    /// `4 error-answer:plugin-timeout ("plugin search ran past …")`.
+    pub fn error_kinds(&self) -> String {
+        let mut kinds: Vec<(&str, u64, &str)> = Vec::new();
+        for (kind, count, first) in self.rounds.iter().flat_map(|f| &f.error_kinds) {
+            match kinds.iter_mut().find(|(k, _, _)| k == kind) {
+                Some((_, total, _)) => *total += count,
+                None => kinds.push((kind, *count, first)),
+            }
+        }
+        kinds.iter().map(|(kind, count, first)| format!("{count} `{kind}` ({first:?})")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Below a table: what the errors it counts were, cell by cell (`what`
+/// names a cell's server), or nothing when there were none.
+pub fn errors_note(cells: &[Cell], what: impl Fn(&Cell) -> String) -> String {
+    let lines: Vec<String> = cells.iter().filter(|c| c.errors() > 0).map(|c| format!("- {}, {}: {}", what(c), c.mode, c.error_kinds())).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "The errors, over every round, by kind (`error-answer:plugin-timeout` is an answer saying the plugin ran past its deadline, 100 ms by default: wall-clock time, in which an instance waiting for the core counts):\n\n{}\n\n",
+        lines.join("\n")
+    )
 }
 
 /// `load.rounds` rounds of every subject in every one of `modes` it
@@ -121,4 +159,27 @@ pub fn drive(wasmux: &Path, pinning: &Pinning, subject: &Subject, mode: &str, lo
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(errors: &[(&str, u64, &str)]) -> Figures {
+        let kinds = errors.iter().map(|(k, n, first)| (k.to_string(), *n, first.to_string())).collect();
+        Figures { rps: 1.0, p50: 0.1, p90: 0.2, p99: 0.3, max: 1.0, errors: errors.iter().map(|e| e.1).sum(), error_kinds: kinds }
+    }
+
+    #[test]
+    fn the_errors_note_adds_up_each_kind_over_the_rounds_and_keeps_the_first_message() {
+        let timeout = "error-answer:plugin-timeout";
+        let cells = [
+            Cell { server: "py", mode: "connect", rounds: vec![round(&[(timeout, 3, "ran past")]), round(&[]), round(&[(timeout, 1, "later"), ("closed", 2, "closed")])] },
+            Cell { server: "wasm", mode: "connect", rounds: vec![round(&[])] },
+        ];
+        let note = errors_note(&cells, |c| c.server.to_uppercase());
+        assert!(note.contains("- PY, connect: 4 `error-answer:plugin-timeout` (\"ran past\"), 2 `closed` (\"closed\")\n"), "{note}");
+        assert!(!note.contains("WASM"), "{note}");
+        assert_eq!(errors_note(&cells[1..], |c| c.server.to_owned()), "");
+    }
 }
