@@ -91,7 +91,14 @@ impl wasmtime_wasi::WasiView for CallState {
 impl ResourceLimiter for CallState {
     /// Called for each memory's initial size as well as for each growth; the
     /// cap is for the instance, however many memories it has.
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Past the memory's own declared maximum, wasmtime refuses the
+        // growth after asking here: counting it would keep bytes that were
+        // never given, and refuse later growth that fits. (Not the
+        // plugin's memory limit: the call goes on, `memory.grow` says -1.)
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         let total = self.memory_in_use.saturating_sub(current).saturating_add(desired);
         if total > self.context.limits.memory {
             self.memory_refused = Some(total);
@@ -124,5 +131,33 @@ impl host::Host for CallState {
             let (plugin, version, tenant) = (&*self.log.plugin, &*self.log.version, &*self.log.tenant);
             tracing::warn!(target: "wasmux::plugin", %plugin, %version, %tenant, "{why} (further refusals of this request are not logged)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(memory: usize) -> CallState {
+        let context = CallContext { limits: super::super::call::CallLimits { memory, ..Default::default() }, ..Default::default() };
+        CallState::new("p".into(), "v".into(), &context, 10_000, KvCall::without_store("t", "p"))
+    }
+
+    #[test]
+    fn a_growth_past_the_memorys_own_maximum_is_refused_without_being_counted() {
+        const PAGE: usize = 64 << 10;
+        let mut state = state(256 * PAGE);
+        assert!(state.memory_growing(0, 10 * PAGE, Some(100 * PAGE)).expect("initial"));
+        // Past the declared maximum of 100 pages: refused here, and not
+        // the plugin limit's doing.
+        assert!(!state.memory_growing(10 * PAGE, 210 * PAGE, Some(100 * PAGE)).expect("past the maximum"));
+        assert_eq!(state.memory_refused, None);
+        // Was counted as in use before: 210 pages, and +50 was then refused
+        // as over 256, with 60 in use.
+        assert!(state.memory_growing(10 * PAGE, 60 * PAGE, Some(100 * PAGE)).expect("within"));
+        assert_eq!(state.memory_in_use, 60 * PAGE);
+        // The plugin's limit still holds.
+        assert!(!state.memory_growing(0, 300 * PAGE, None).expect("past the limit"));
+        assert_eq!(state.memory_refused, Some(360 * PAGE));
     }
 }
