@@ -472,3 +472,57 @@ fn at_the_connection_cap_idle_connections_make_room() {
     assert!(first.is_closed(), "the connection idle the longest was not the one closed");
     assert_eq!(second.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
 }
+
+/// The admin endpoint's limits (`wasmux::admin`): a client that sent half
+/// a request does not hold up the exit (it kept the server running until
+/// the client closed, whatever the drain timeout).
+#[test]
+fn a_half_sent_admin_request_does_not_hold_up_the_exit() {
+    let plugins = crate::common::plugins_dir();
+    let mut server = Server::start_with(&["--plugins", plugins.to_str().expect("utf-8"), "--admin", "127.0.0.1:0"]);
+    let admin = server.admin.expect("the admin endpoint");
+    let mut half = std::net::TcpStream::connect(admin).expect("connect to the admin endpoint");
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: wasmux\r\n").expect("half a request");
+    // Accepted in order: once a later client is answered, this one is in.
+    assert_eq!(server.admin_get("/healthz"), (200, "ok\n".to_owned()));
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let exited = server.wait_for_exit(crate::common::STEP + wasmux::admin::SHUTDOWN_GRACE);
+    assert!(exited.is_some_and(|status| status.success()), "the server did not exit {:?} after SIGTERM; log:\n{}", signalled.elapsed(), server.log());
+    println!("exited {:?} after SIGTERM with half an admin request open", signalled.elapsed());
+    drop(half);
+}
+
+/// At most `MAX_CLIENTS` admin clients at once, each sending its headers
+/// within `HEADER_TIMEOUT`: silent clients cannot take every descriptor of
+/// the server (they did: the main listener could no longer accept), and
+/// are closed; the next client is answered once a place is free.
+#[test]
+fn silent_admin_clients_are_capped_and_closed() {
+    let server = Server::start_with(&["--plugins", crate::common::plugins_dir().to_str().expect("utf-8"), "--admin", "127.0.0.1:0"]);
+    let admin = server.admin.expect("the admin endpoint");
+    let opened = Instant::now();
+    let silent: Vec<std::net::TcpStream> = (0..wasmux::admin::MAX_CLIENTS).map(|_| std::net::TcpStream::connect(admin).expect("connect")).collect();
+    // The next client waits for a place: one of the silent ones closed
+    // after the header timeout.
+    let mut next = std::net::TcpStream::connect(admin).expect("connect");
+    next.set_read_timeout(Some(wasmux::admin::HEADER_TIMEOUT + crate::common::STEP)).expect("read timeout");
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: wasmux\r\nConnection: close\r\n\r\n").expect("a request");
+    let mut answer = String::new();
+    next.read_to_string(&mut answer).expect("the answer");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nok\n"), "{answer}");
+    let waited = opened.elapsed();
+    println!("the next admin client was answered {waited:?} after the silent ones connected");
+    assert!(waited >= wasmux::admin::HEADER_TIMEOUT / 2, "answered after {waited:?}: more than MAX_CLIENTS at once");
+    // The protocol clients were served all along.
+    server.assert_serves_others();
+    for mut conn in silent {
+        conn.set_read_timeout(Some(crate::common::STEP)).expect("read timeout");
+        // Closed by the server: the end of the stream, or a reset.
+        match conn.read(&mut [0; 1]) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("a silent admin client was not closed: {other:?}"),
+        }
+    }
+}

@@ -20,11 +20,20 @@
 //! the endpoint may only listen on loopback ([`Access::new`] refuses
 //! anything else), and if a reload removes the only token while it listens
 //! elsewhere, it refuses every request rather than open up.
+//!
+//! A client gets the endpoint for a while, not for as long as it likes: at
+//! most [`MAX_CLIENTS`] connections at once (others wait to be accepted),
+//! a request's headers within [`HEADER_TIMEOUT`], a connection asked to
+//! close after [`CONNECTION_LIFETIME`], and at shutdown at most
+//! [`SHUTDOWN_GRACE`] to finish. Without these, one client that sent half a
+//! request kept the server from exiting, and a few hundred silent ones took
+//! every file descriptor the server had for its own clients.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -33,8 +42,11 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
+use futures::future::{FutureExt as _, Shared};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::files::{self, Links};
@@ -145,17 +157,86 @@ pub async fn run(
         .route("/page.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], PAGE_SCRIPT) }))
         .route("/page.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], PAGE_STYLE) }))
         .with_state(service);
-    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let mut servers = Vec::new();
+    let shutdown: Stop = (Box::pin(shutdown) as Pin<Box<dyn Future<Output = ()> + Send>>).shared();
+    let (places, connections) = (Arc::new(Semaphore::new(MAX_CLIENTS)), TaskTracker::new());
+    let mut accepting = Vec::new();
     for listener in listeners {
         tracing::info!("admin endpoint on http://{}", listener.local_addr()?);
-        let serve = axum::serve(listener, app.clone()).with_graceful_shutdown(shutdown.clone());
-        servers.push(tokio::spawn(async move { serve.await }));
+        accepting.push(tokio::spawn(accept(listener, app.clone(), Arc::clone(&places), connections.clone(), shutdown.clone())));
     }
-    for server in servers {
-        server.await??;
+    for accept in accepting {
+        accept.await?;
     }
+    // Each connection ends within SHUTDOWN_GRACE of the shutdown.
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// At most this many admin clients at once (within the descriptors the
+/// server keeps for more than its own clients); more wait to be accepted.
+pub const MAX_CLIENTS: usize = 16;
+
+/// A client sends each request's headers within this time, or its
+/// connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection is asked to close after this long (after the answer under
+/// way, if any); the page and Prometheus connect again.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// At shutdown, what a connection may take to finish its answer.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+type Stop = Shared<Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+/// Accepts admin clients on `listener`, each once a place is free, until
+/// `shutdown`.
+async fn accept(listener: TcpListener, app: Router, places: Arc<Semaphore>, connections: TaskTracker, shutdown: Stop) {
+    loop {
+        let place = tokio::select! {
+            place = Arc::clone(&places).acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_) => return,
+            },
+            () = shutdown.clone() => return,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: the next accept may succeed.
+                    tracing::warn!("admin endpoint: accept failed: {e}; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = shutdown.clone() => return,
+        };
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let _place = place;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(app));
+            tokio::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!("admin endpoint: a connection ended: {e}");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                () = shutdown => {}
+            }
+            // Finishes the answer under way, if any, then closes.
+            connection.as_mut().graceful_shutdown();
+            if tokio::time::timeout(SHUTDOWN_GRACE, connection).await.is_err() {
+                tracing::debug!("admin endpoint: a connection did not finish within {SHUTDOWN_GRACE:?}; closed");
+            }
+        });
+    }
 }
 
 /// Lets a request through if it carries a token the endpoint accepts, or
