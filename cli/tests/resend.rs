@@ -113,8 +113,8 @@ fn bench(addr: SocketAddr, args: &[&str]) -> (Value, bool) {
     (report, output.status.success())
 }
 
-/// The server closes a connection idle for 100 ms; the bench sends on its
-/// kept connection every 200 ms, so each request after the first meets the
+/// The server closes a connection idle for 250 ms; the bench sends on its
+/// kept connection every 333 ms, so each request after the first meets the
 /// end of the stream (the server never read it).
 /// Sent again on a new connection, it is answered at once. (At a cap of
 /// one connection, two clients taking turns would not do: a connection
@@ -123,10 +123,12 @@ fn bench(addr: SocketAddr, args: &[&str]) -> (Value, bool) {
 #[test]
 fn wasmux_bench_sends_again_what_a_server_closing_kept_connections_never_read() {
     let config = tempfile::NamedTempFile::new().expect("config file");
-    std::fs::write(config.path(), "[limits]\nidle-timeout = \"100ms\"\n").expect("write the config");
+    std::fs::write(config.path(), "[limits]\nidle-timeout = \"250ms\"\n").expect("write the config");
     let plugins = crate::common::plugins_dir();
     let server = Server::start_with(&["--config", config.path().to_str().expect("utf-8"), "--plugins", plugins.to_str().expect("utf-8")]);
-    let common = ["-c", "1", "-n", "6", "--rate", "5"];
+    // (A request sent again has the idle timeout to reach the server on its
+    // new connection: 250 ms leaves a busy machine room.)
+    let common = ["-c", "1", "-n", "6", "--rate", "3"];
     let custom = ["--mix", "custom=1", "-t", "binary/custom-client-binary-type", "--content", "x"];
     for mode in [&["--mode", "persistent"][..], &["--mode", "pipelined", "--depth", "4"]] {
         let args = |more: &[&'static str]| -> Vec<&'static str> { [&common[..], mode, more].concat() };
