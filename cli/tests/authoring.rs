@@ -125,6 +125,32 @@ fn the_rust_template_builds_and_says_hello() {
     assert!(std::fs::read(again).expect("read the component") == first, "the Rust template built to other bytes in another directory");
 }
 
+/// Rust projects share one cargo target directory (the standard library
+/// for wasm32 is built once for all), where cargo names a library by its
+/// crate name alone: two projects of one name wrote one file, and the
+/// first, built again with its sources unchanged, got the other's code.
+#[test]
+fn two_rust_projects_of_one_name_each_build_their_own_code() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (parent, greeting) in [(&a, None), (&b, Some("Bye, "))] {
+        std::fs::create_dir_all(parent).expect("create a directory");
+        let out = wasmux_in(parent, &["new", "twin", "--lang", "rust"], crate::common::STEP);
+        assert!(out.status.success(), "{out:?}");
+        if let Some(greeting) = greeting {
+            let source = parent.join("twin/src/lib.rs");
+            let text = std::fs::read_to_string(&source).expect("read the source");
+            assert!(text.contains("Hello, "), "no greeting in the template: {text}");
+            std::fs::write(&source, text.replace("Hello, ", greeting)).expect("save the source");
+        }
+        build(&parent.join("twin"), "twin");
+    }
+    assert_answer(&call(&b.join("twin/dist/twin.wasm"), &["--content", "x"]), "Got response: b'Bye, x!'");
+    // Built again, unchanged: its own code, not the other's.
+    let component = build(&a.join("twin"), "twin");
+    assert_answer(&call(&component, &["--content", "x"]), "Got response: b'Hello, x!'");
+}
+
 #[test]
 fn the_python_template_builds_and_says_hello() {
     let project = template("python");

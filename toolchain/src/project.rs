@@ -392,12 +392,13 @@ fn build_rust(project: &Project, options: &BuildOptions) -> Result<PathBuf> {
     let toolchain = Toolchain::find_or_install()?;
     let manifest = project.dir.join("Cargo.toml");
     let target_dir = options.rust_target_dir();
-    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    build
-        .args(["build", "--release", "--lib", "--message-format=json-render-diagnostics", "--manifest-path"])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", &target_dir);
-    toolchain.configure(&mut build, &target_dir);
+    let cargo = |args: &[&str]| {
+        let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        command.args(args).arg("--manifest-path").arg(&manifest).env("CARGO_TARGET_DIR", &target_dir);
+        toolchain.configure(&mut command, &target_dir);
+        command
+    };
+    let mut build = cargo(&["build", "--release", "--lib", "--message-format=json-render-diagnostics"]);
     // The first build with these flags compiles the standard library too:
     // one line says so instead of some 60 `Compiling` lines.
     let std_built = toolchain.builds_std().then(|| target_dir.join(std_marker(&build)));
@@ -415,8 +416,48 @@ fn build_rust(project: &Project, options: &BuildOptions) -> Result<PathBuf> {
         let _ = std::fs::write(marker, b"");
         eprintln!("wasmux: built the standard library in {:.0} s; it is kept in {} for every plugin", started.elapsed().as_secs_f64(), target_dir.display());
     }
-    cdylib_artifact(&stdout, &manifest)
-        .with_context(|| format!("cargo built no library for {}: is `crate-type = [\"cdylib\"]` under [lib]?", manifest.display()))
+    let built = cdylib_artifact(&stdout, &manifest)
+        .with_context(|| format!("cargo built no library for {}: is `crate-type = [\"cdylib\"]` under [lib]?", manifest.display()))?;
+    // The project as the note names it: one path however it was reached.
+    let owner = manifest.canonicalize().unwrap_or_else(|_| manifest.clone());
+    if !built.fresh || owns(&target_dir, &built.path, &owner) {
+        claim(&target_dir, &built.path, &owner);
+        return Ok(built.path);
+    }
+    // Another project built a library of this name since this one did:
+    // cargo names a cdylib by its crate name alone, so two projects called
+    // `hello` (or `a-b` and `a_b`) write one file in the shared target
+    // directory, and cargo, finding this project's sources unchanged,
+    // handed back the other's. Its build is forgotten, and it is built again.
+    let mut clean = cargo(&["clean", "--release", "--quiet", "-p", &built.package]);
+    crate::run_tool_with("cargo clean", &mut clean, false)?;
+    let stdout = crate::run_tool_with("cargo build", &mut build, false)?;
+    let built = cdylib_artifact(&stdout, &manifest).with_context(|| format!("cargo built no library for {} the second time", manifest.display()))?;
+    claim(&target_dir, &built.path, &owner);
+    Ok(built.path)
+}
+
+/// Where [`claim`] notes which project last built the library `artifact`
+/// in `target_dir`.
+fn owner_note(target_dir: &Path, artifact: &Path) -> PathBuf {
+    let name = artifact.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    target_dir.join(".wasmux-built-by").join(name)
+}
+
+/// True if the project of `manifest` built `artifact` last, or if no one
+/// is noted (a target directory from before the note was kept).
+fn owns(target_dir: &Path, artifact: &Path, manifest: &Path) -> bool {
+    std::fs::read(owner_note(target_dir, artifact)).map_or(true, |owner| owner == manifest.as_os_str().as_encoded_bytes())
+}
+
+/// Notes that the project of `manifest` built `artifact` last. A note
+/// that cannot be written only costs a rebuild later.
+fn claim(target_dir: &Path, artifact: &Path, manifest: &Path) {
+    let note = owner_note(target_dir, artifact);
+    if let Some(dir) = note.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(note, manifest.as_os_str().as_encoded_bytes());
 }
 
 /// The name of the file that says the standard library was built, in the
@@ -439,7 +480,7 @@ fn std_marker(build: &Command) -> String {
 }
 
 /// The `.wasm` of the package at `manifest`, from cargo's JSON messages.
-fn cdylib_artifact(messages: &[u8], manifest: &Path) -> Option<PathBuf> {
+fn cdylib_artifact(messages: &[u8], manifest: &Path) -> Option<Artifact> {
     let manifest = manifest.canonicalize().unwrap_or_else(|_| manifest.to_path_buf());
     String::from_utf8_lossy(messages)
         .lines()
@@ -449,9 +490,24 @@ fn cdylib_artifact(messages: &[u8], manifest: &Path) -> Option<PathBuf> {
         // manifest by the link's path or by the real one.
         .filter(|m| m["manifest_path"].as_str().is_some_and(|p| Path::new(p).canonicalize().unwrap_or_else(|_| PathBuf::from(p)) == manifest))
         .filter(|m| m["target"]["crate_types"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib")))
-        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
-        .filter_map(|f| f.as_str().map(PathBuf::from))
-        .find(|f| f.extension().is_some_and(|e| e == "wasm") && f.components().any(|c| c.as_os_str() == TARGET))
+        .find_map(|m| {
+            let path = m["filenames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(PathBuf::from))
+                .find(|f| f.extension().is_some_and(|e| e == "wasm") && f.components().any(|c| c.as_os_str() == TARGET))?;
+            Some(Artifact { path, fresh: m["fresh"] == true, package: m["package_id"].as_str().unwrap_or_default().to_owned() })
+        })
+}
+
+/// The library cargo reported for the project.
+struct Artifact {
+    path: PathBuf,
+    /// Not built this time: cargo found the project's sources unchanged.
+    fresh: bool,
+    /// Its package ID, as `cargo clean -p` takes it.
+    package: String,
 }
 
 /// Writes a new project `name` in `language` into `dir` (which must not
@@ -697,10 +753,10 @@ mod tests {
             serde_json::json!({"reason": "compiler-artifact", "manifest_path": manifest, "target": {"crate_types": ["cdylib"]}, "filenames": ["/t/wasm32-unknown-unknown/release/hello.wasm"]}),
         );
         assert_eq!(
-            cdylib_artifact(messages.as_bytes(), &manifest),
+            cdylib_artifact(messages.as_bytes(), &manifest).map(|a| a.path),
             Some(PathBuf::from("/t/wasm32-unknown-unknown/release/hello.wasm"))
         );
-        assert_eq!(cdylib_artifact(b"", &manifest), None);
+        assert!(cdylib_artifact(b"", &manifest).is_none());
     }
 
     #[test]
@@ -718,7 +774,7 @@ mod tests {
                 "target": {"crate_types": ["cdylib"]},
                 "filenames": [wasm],
             });
-            let found = cdylib_artifact(format!("{message}\n").as_bytes(), &dir.path().join(asked).join("Cargo.toml"));
+            let found = cdylib_artifact(format!("{message}\n").as_bytes(), &dir.path().join(asked).join("Cargo.toml")).map(|a| a.path);
             assert_eq!(found, Some(PathBuf::from(wasm)), "asked for {asked}, cargo named {named}");
         }
     }
