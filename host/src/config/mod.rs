@@ -521,8 +521,9 @@ mod tests {
         // The [runtime] keys the block gives with their defaults ("see
         // below" and "least recently used" are its comments).
         let runtime = every_setting.split("[runtime]\n").nth(1).expect("the guide's [runtime] lines");
-        let documented: String = runtime.lines().filter(|line| line.starts_with("spectre-hardening") || line.starts_with("cache-max-size")).map(|line| format!("{line}\n")).collect();
-        assert_eq!(documented.lines().count(), 2, "{runtime}");
+        let keys = ["spectre-hardening", "cache-max-size", "max-core-instances-per-plugin", "max-memories-per-plugin", "max-tables-per-plugin", "max-table-elements"];
+        let documented: String = runtime.lines().filter(|line| keys.iter().any(|key| line.starts_with(&format!("{key} ")))).map(|line| format!("{line}\n")).collect();
+        assert_eq!(documented.lines().count(), keys.len(), "{runtime}");
         assert_eq!(Settings::parse(&format!("[runtime]\n{documented}")).unwrap().runtime, Settings::parse("").unwrap().runtime, "{documented}");
     }
 
