@@ -94,6 +94,21 @@ fn custom_requests_need_an_answer_that_is_not_an_error() {
     assert_eq!(count(&report, "error-answer:bad-request"), 20, "{report}");
 }
 
+/// `:PORT` resolves to [::]:PORT, then 0.0.0.0:PORT (docs/protocol.md,
+/// Addresses); a server listening on 127.0.0.1 alone refuses the first.
+/// The bench, as `wasmux send` does, goes on to the next address, and
+/// every request is answered (it used to send them all to the first and
+/// report each one refused).
+#[test]
+fn the_bench_uses_the_first_address_that_accepts() {
+    let server = Server::start();
+    assert!(server.addr.is_ipv4(), "{}", server.addr);
+    let (report, ok) = bench(&format!(":{}", server.addr.port()), &["-n", "10", "-c", "1"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["ok"], 10, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+}
+
 #[test]
 fn silent_and_absent_servers_are_timeouts_and_connect_errors() {
     // Accepts connections (the kernel does, from its backlog) but never answers.

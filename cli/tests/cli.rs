@@ -272,6 +272,25 @@ fn push_refuses_what_is_not_a_component_in_one_line() {
     assert!(line.starts_with("wasmux: not a WebAssembly component: ") && line.contains("bad magic number"), "{line}");
 }
 
+/// A plugin directory that is not there is named, in one line, whether it
+/// is watched (the default; the watcher's own words were "No path was
+/// found. about [...]") or read once (`--no-watch`).
+#[test]
+fn a_missing_plugin_directory_is_named() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("nope");
+    for extra in [&[][..], &["--no-watch"]] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmux"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--no-cache", "--plugins", missing.to_str().expect("utf-8")]).args(extra).env("RUST_LOG", "off");
+        let line = one_line_error(&Process::run(&mut command, STEP));
+        assert_eq!(
+            line,
+            format!("wasmux: the plugin directory {} does not exist (in a checkout of wasmux, `cargo xtask plugins` builds the plugins into target/plugins)", missing.display()),
+            "{extra:?}"
+        );
+    }
+}
+
 // ---- Refusing to start open ----
 
 /// An empty configuration file is refused at start-up too: read as the

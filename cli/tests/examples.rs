@@ -15,8 +15,8 @@ const ECHOED: &str = "Message 1 from client.Message 2 from client.";
 /// An example binary, from `target/PROFILE/examples/`. `cargo xtask test`
 /// builds them (`cargo build --workspace --bins --examples`) before the
 /// tests, with the features the tests are built with; `cargo test --all-targets` alone only builds
-/// them in test mode, elsewhere. Run directly (`cargo test --test
-/// examples`), this test builds them the same way first.
+/// them in test mode, elsewhere. Run directly (`cargo test -p wasmux-cli
+/// --test suite -- examples::`), this test builds them the same way first.
 fn example(name: &str) -> Command {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {

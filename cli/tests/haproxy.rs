@@ -4,7 +4,7 @@
 //! drain, and no request lost while a server stops.
 //!
 //! The agents run in this test's own tokio runtime, so that the test can
-//! set each one's state directly; `host/tests/fleet.rs` drives the same
+//! set each one's state directly; `cli/tests/fleet.rs` drives the same
 //! through `wasmux serve --agent` and SIGTERM.
 
 

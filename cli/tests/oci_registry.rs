@@ -253,9 +253,10 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-/// Prints what a pull and a poll cost on loopback (`cargo test --test
-/// oci_registry figures -- --nocapture`; the figures in the report come
-/// from a release build: `--release`).
+/// Prints what a pull and a poll cost on loopback (`cargo test -p
+/// wasmux-cli --test suite -- oci_registry::figures --nocapture`; the
+/// figures in examples/cluster/README.md come from such a run, a debug
+/// build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn figures() {
     let registry = LocalRegistry::start();

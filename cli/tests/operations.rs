@@ -150,6 +150,30 @@ fn no_cache_wins_over_the_cache_directory_of_the_environment() {
     }
 }
 
+/// A settings table for a plugin that no route names applies to nothing,
+/// and is most likely a misspelt name: `[plugins.serch] wasi = false`
+/// leaves `search` free to import WASI. It is warned about at the default
+/// level, at start and at each reload, with the plugins the routes do use.
+#[test]
+fn settings_for_a_plugin_no_route_names_are_warned_about() {
+    let config = "[plugins.serch]\nwasi = false\n[runtime.plugins.\"search@fuzy\"]\nreuse = { requests = 2 }\n";
+    let server = Server::start_configured_with(config, &crate::common::plugins_dir(), &["--no-watch"]);
+    let server_table = "[plugins.serch]: none of tenant default's routes use plugin serch, so these settings apply to nothing (is the name misspelt?); its routes use binary-echo, search";
+    let runtime_table = "[runtime.plugins.\"search@fuzy\"]: none of tenant default's routes use plugin search@fuzy, so these settings apply to nothing (is the name misspelt?); its routes use binary-echo, search";
+    let warned = |line: &str| server.log().lines().filter(|l| l.contains(" WARN ") && l.ends_with(line)).count();
+    assert!(server.wait_for_log(runtime_table, crate::common::STEP), "{}", server.log());
+    assert_eq!((warned(server_table), warned(runtime_table)), (1, 1), "{}", server.log());
+
+    // A reload warns again, and of a tenant's own table against its routes.
+    let tenant_table = "[tenants.default.plugins.binary-ecko]: none of tenant default's routes use plugin binary-ecko, so these settings apply to nothing (is the name misspelt?); its routes use binary-echo, search";
+    std::fs::write(server.config_path(), format!("{config}[tenants.default.plugins.binary-ecko]\ngreeting = \"hi\"\n")).expect("rewrite the configuration");
+    let status = std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().expect("kill -HUP");
+    assert!(status.success());
+    assert!(server.wait_for_log("reloaded", crate::common::STEP), "{}", server.log());
+    assert_eq!((warned(server_table), warned(runtime_table), warned(tenant_table)), (2, 2, 1), "{}", server.log());
+    server.assert_serves_others();
+}
+
 #[test]
 fn turning_spectre_hardening_off_is_warned_about() {
     let server = Server::start_configured("[runtime]\nspectre-hardening = false\n", &crate::common::plugins_dir());

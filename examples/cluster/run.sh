@@ -14,8 +14,9 @@
 #   BASE_PORT+12   Prometheus (Debian's), scraping the three admin endpoints every 2 s
 #
 # It installs haproxy, docker-registry, redis-server and prometheus with
-# apt-get when missing, builds
-# the plugins and wasmux when they are not built, pushes the plugins of
+# apt-get when missing, builds the plugins and wasmux (cargo xtask plugins,
+# cargo build --release -p wasmux-cli) unless WASMUX names a wasmux binary
+# to use instead, pushes the plugins of
 # target/plugins to the registry (search.wasm as tag `search`,
 # search@fuzzy.wasm as `search__fuzzy`), starts everything, prints one line
 # when every server is UP in HAProxy, and stops everything on Ctrl-C or
@@ -60,7 +61,7 @@ done
 
 wasmux=${WASMUX:-$root/target/release/wasmux}
 if [ -z "${WASMUX:-}" ]; then
-    (cd "$root" && cargo xtask plugins && cargo build --release -q -p wasmux) >&2
+    (cd "$root" && cargo xtask plugins && cargo build --release -q -p wasmux-cli) >&2
 fi
 plugins=$root/target/plugins
 ls "$plugins"/*.wasm >/dev/null 2>&1 || { echo "run.sh: no plugins in $plugins (cargo xtask plugins)" >&2; exit 1; }

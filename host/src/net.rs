@@ -130,13 +130,20 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Connects to the first address of `spec` that answers within `timeout`.
 pub async fn connect(spec: &str, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let addrs = resolve(spec).await?;
+    let (stream, _) = connect_first(&addrs, timeout).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Tries each of `addrs` in turn, as a client does with the addresses a
+/// name resolves to, and gives the first connection made within `timeout`
+/// with its address. The error is the last address's, in one line.
+pub async fn connect_first(addrs: &[SocketAddr], timeout: Duration) -> anyhow::Result<(TcpStream, SocketAddr)> {
     let mut last = None;
-    for addr in resolve(spec).await? {
+    for &addr in addrs {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                stream.set_nodelay(true)?;
-                return Ok(stream);
-            }
+            Ok(Ok(stream)) => return Ok((stream, addr)),
             Ok(Err(e)) => last = Some(format!("cannot connect to {addr}: {}", explain(&e))),
             Err(_) => {
                 last = Some(format!(
@@ -145,7 +152,7 @@ pub async fn connect(spec: &str, timeout: Duration) -> anyhow::Result<TcpStream>
             }
         }
     }
-    bail!(last.unwrap_or_else(|| format!("\"{spec}\" resolves to no address")))
+    bail!(last.unwrap_or_else(|| "no address to connect to".to_owned()))
 }
 
 /// One line for a socket error: what happened and what to check, after the

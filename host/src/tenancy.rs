@@ -358,12 +358,9 @@ fn merge(spec: TenantSpec, server: &ServerDefaults<'_>) -> anyhow::Result<Tenant
     for (plugin, values) in spec.plugin_config {
         plugin_config.entry(plugin).or_default().extend(values);
     }
+    // Settings for a plugin that no route names are warned of by
+    // config::Settings::from_file, which knows which table each came from.
     let name: Arc<str> = spec.name.into();
-    for plugin in plugin_config.keys() {
-        if !routes.targets().any(|target| target == plugin) {
-            tracing::debug!("tenant {name}: settings for plugin {plugin}, which none of its routes use");
-        }
-    }
     Ok(Tenant {
         admission: Arc::new(Admission::new(&spec.limits)),
         name,

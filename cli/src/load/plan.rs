@@ -94,10 +94,20 @@ impl Plan {
             fields.push((name.to_owned(), serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()))));
         }
         let mix = Mix::parse(&args.mix, custom, &fields, args.retry)?;
-        let addr = *net::resolve(&args.addr)
-            .await?
-            .first()
-            .with_context(|| format!("\"{}\" resolves to no address", args.addr))?;
+        let addrs = net::resolve(&args.addr).await?;
+        let first = *addrs.first().with_context(|| format!("\"{}\" resolves to no address", args.addr))?;
+        // A client tries each address in turn (docs/protocol.md, Addresses):
+        // `:PORT` is [::] then 0.0.0.0, and a server may listen on only one
+        // of them. The bench tries them once, here, and sends every request
+        // to the first that accepts a connection, so that the run measures
+        // the server and not a refused address per connection. When none
+        // accepts, every request goes to the first, and each reports why it
+        // could not connect, as with one address. (With one address there
+        // is nothing to choose, and no connection is opened here.)
+        let addr = match addrs.len() {
+            1 => first,
+            _ => net::connect_first(&addrs, args.timeout).await.map_or(first, |(_, addr)| addr),
+        };
         Ok(Self {
             addr,
             target: args.addr.clone(),

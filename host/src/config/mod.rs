@@ -252,6 +252,11 @@ impl Settings {
             Some(table) => build_routes(table).context("in [routes]")?,
             None => Routes::guide(),
         };
+        // The plugins named by settings tables, before the tables are
+        // taken apart: each is checked against the routes below.
+        let server_tables: Vec<String> = file.plugins.keys().cloned().collect();
+        let runtime_tables: Vec<String> = file.runtime.plugins.keys().cloned().collect();
+        let mut tenant_tables: Vec<(String, Vec<String>)> = Vec::new();
         let mut plugins = file.plugins;
         let wasi_refused = take_wasi_settings(&mut plugins)?;
         let kv = kv::kv_settings(file.kv, &mut plugins)?;
@@ -272,6 +277,7 @@ impl Settings {
                     .into_iter()
                     .map(|(name, tenant)| tenant_spec(&name, tenant, kv.limits).with_context(|| format!("in [tenants.{name}]")))
                     .collect::<anyhow::Result<Vec<_>>>()?;
+                tenant_tables = specs.iter().map(|spec| (spec.name.clone(), spec.plugin_config.keys().cloned().collect())).collect();
                 Tenants::build(specs, &server)?
             }
         };
@@ -281,6 +287,10 @@ impl Settings {
         };
         checked_duration("source.poll-interval", file.source.poll_interval)?;
         let runtime = runtime_config(file.runtime)?;
+        // At warn, the default level: at each start and each reload.
+        for warning in unrouted_plugin_settings(&tenants, &server_tables, &runtime_tables, &tenant_tables) {
+            tracing::warn!("{warning}");
+        }
         Ok(Self {
             limits,
             runtime,
@@ -326,6 +336,51 @@ fn build_routes(table: BTreeMap<String, RouteFile>) -> anyhow::Result<Routes> {
         routes.add(&pattern, target)?;
     }
     Ok(routes)
+}
+
+/// A line for each settings table of a plugin that no route names:
+/// `[plugins.NAME]` and `[runtime.plugins.NAME]` against every tenant's
+/// routes, a tenant's own `[tenants.T.plugins.NAME]` against that tenant's.
+/// Such a table applies to nothing, and is most likely a misspelt name,
+/// which would leave the plugin meant with the defaults: `wasi = false`
+/// under `[plugins.serch]` leaves `search` free to import WASI.
+fn unrouted_plugin_settings(tenants: &Tenants, server: &[String], runtime: &[String], own: &[(String, Vec<String>)]) -> Vec<String> {
+    fn listed(names: &BTreeSet<&str>) -> String {
+        if names.is_empty() { "no plugin".to_owned() } else { names.iter().copied().collect::<Vec<_>>().join(", ") }
+    }
+    let routed: BTreeSet<&str> = tenants.iter().flat_map(|t| t.routes.targets()).collect();
+    let (whose, they) = match tenants.iter().map(|t| &*t.name).collect::<Vec<_>>().as_slice() {
+        [only] => (format!("tenant {only}'s routes"), "its routes"),
+        _ => ("the routes of any tenant".to_owned(), "the routes"),
+    };
+    let mut warnings = Vec::new();
+    for (table, names) in [("plugins", server), ("runtime.plugins", runtime)] {
+        for name in names.iter().filter(|name| !routed.contains(name.as_str())) {
+            warnings.push(format!(
+                "[{table}.{}]: none of {whose} use plugin {name}, so these settings apply to nothing (is the name misspelt?); {they} use {}",
+                toml_key(name),
+                listed(&routed)
+            ));
+        }
+    }
+    for (tenant, names) in own {
+        let Some(routes) = tenants.get(tenant).map(|t| &t.routes) else { continue };
+        let its: BTreeSet<&str> = routes.targets().collect();
+        for name in names.iter().filter(|name| !its.contains(name.as_str())) {
+            warnings.push(format!(
+                "[tenants.{}.plugins.{}]: none of tenant {tenant}'s routes use plugin {name}, so these settings apply to nothing (is the name misspelt?); its routes use {}",
+                toml_key(tenant),
+                toml_key(name),
+                listed(&its)
+            ));
+        }
+    }
+    warnings
+}
+
+/// `name` as a TOML key: bare when it can be, else quoted (`"search@fuzzy"`).
+fn toml_key(name: &str) -> String {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') { name.to_owned() } else { format!("{name:?}") }
 }
 
 /// Takes `wasi` out of each `[plugins.NAME]` table; returns the plugins
@@ -466,8 +521,9 @@ mod tests {
         // The [runtime] keys the block gives with their defaults ("see
         // below" and "least recently used" are its comments).
         let runtime = every_setting.split("[runtime]\n").nth(1).expect("the guide's [runtime] lines");
-        let documented: String = runtime.lines().filter(|line| line.starts_with("spectre-hardening") || line.starts_with("cache-max-size")).map(|line| format!("{line}\n")).collect();
-        assert_eq!(documented.lines().count(), 2, "{runtime}");
+        let keys = ["spectre-hardening", "cache-max-size", "max-core-instances-per-plugin", "max-memories-per-plugin", "max-tables-per-plugin", "max-table-elements"];
+        let documented: String = runtime.lines().filter(|line| keys.iter().any(|key| line.starts_with(&format!("{key} ")))).map(|line| format!("{line}\n")).collect();
+        assert_eq!(documented.lines().count(), keys.len(), "{runtime}");
         assert_eq!(Settings::parse(&format!("[runtime]\n{documented}")).unwrap().runtime, Settings::parse("").unwrap().runtime, "{documented}");
     }
 
@@ -477,6 +533,27 @@ mod tests {
             let error = format!("{:#}", Settings::from_text(text).unwrap_err());
             assert!(error.contains("the file is empty"), "{error}");
         }
+    }
+
+    /// Beside several tenants, a server-wide table is checked against all
+    /// their routes (a plugin only one tenant routes to is used), and a
+    /// tenant's own table against that tenant's.
+    #[test]
+    fn settings_for_plugins_no_route_names_are_found_per_table() {
+        let hash = TokenHash::of("alpha-token");
+        let settings = Settings::parse(&format!(
+            "[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{hash}\"\nroutes = {{ \"a/b\" = \"search@fuzzy\" }}\n[tenants.alpha.plugins.search]\nx = 1\n[tenants.default.plugins.\"search@fuzzy\"]\nx = 1\n"
+        ))
+        .unwrap();
+        let server = ["search@fuzzy".to_owned(), "serch".to_owned()];
+        let own = [("alpha".to_owned(), vec!["search".to_owned()]), ("default".to_owned(), vec!["search@fuzzy".to_owned()])];
+        assert_eq!(
+            unrouted_plugin_settings(&settings.tenants, &server, &[], &own),
+            [
+                "[plugins.serch]: none of the routes of any tenant use plugin serch, so these settings apply to nothing (is the name misspelt?); the routes use binary-echo, search, search@fuzzy",
+                "[tenants.default.plugins.\"search@fuzzy\"]: none of tenant default's routes use plugin search@fuzzy, so these settings apply to nothing (is the name misspelt?); its routes use binary-echo, search",
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +60,9 @@ impl DirSource {
     /// plugins may take seconds to compile) is seen: its change waits in
     /// the [`DirWatch`] until [`DirSource::follow`] reads it.
     pub fn watch(&self) -> anyhow::Result<DirWatch> {
+        // The watcher's own error for a missing directory is "No path was
+        // found. about [...]": say what is wrong before it is asked.
+        std::fs::metadata(&self.dir).map_err(|e| unreadable(&self.dir, &e))?;
         let dir = canonical_dir(&self.dir)?;
         let wanted = dir.clone();
         let (watcher, batches) = FileWatcher::new(move |path| path.parent() == Some(wanted.as_path()) && looks_like_a_plugin(path))?;
@@ -149,10 +151,23 @@ async fn read(path: PathBuf, max_size: u64) -> Option<Change> {
 /// sorted: files, and whatever else is so named, to be refused or skipped
 /// aloud.
 fn candidate_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the plugin directory {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| unreadable(dir, &e))?;
     let mut files: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|path| looks_like_a_plugin(path)).collect();
     files.sort();
     Ok(files)
+}
+
+/// Why the plugin directory `dir` cannot be read, in one line, the same
+/// whether it is watched or not. A missing one is most often
+/// target/plugins in a checkout where the plugins are not built yet.
+fn unreadable(dir: &Path, error: &std::io::Error) -> anyhow::Error {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "the plugin directory {} does not exist (in a checkout of wasmux, `cargo xtask plugins` builds the plugins into target/plugins)",
+            dir.display()
+        ),
+        _ => anyhow::anyhow!("cannot read the plugin directory {}: {error}", dir.display()),
+    }
 }
 
 /// Whether the file at `path` is meant as a plugin: its name ends in
