@@ -582,7 +582,8 @@ fn dev_serves_as_built(dir: &Path, case: &DevCase<'_>) -> Server {
     let server = Server::start_dev_with(dir, case.args, BUILD);
     assert!(server.log().contains("through the ") && server.log().contains(" dev runtime"), "{}", server.log());
     for content in case.contents {
-        let built = call(&component, &["--content", content]);
+        // (An interpreter's instance on a busy machine: a deadline of its own.)
+        let built = call(&component, &["--deadline", "30s", "--content", content]);
         let served = send_text(&server, content);
         assert_eq!(served.stdout, built.stdout, "{content}: wasmux dev answered otherwise than the built component; {}", server.log());
     }
@@ -616,7 +617,9 @@ fn dev_serves_python_source_without_a_build_as_the_built_component_answers() {
     // A configuration file: its settings reach the plugin beside the
     // source being served.
     let config = tmp.path().join("dev.toml");
-    let settings = |greeting: &str| format!("[routes]\n\"text/*\" = \"sandboxed-py\"\n[plugins.sandboxed-py]\ngreeting = \"{greeting}\"\n");
+    // (And a deadline for a busy machine: the dev runtime loads the module
+    // in every instance, within the request's deadline.)
+    let settings = |greeting: &str| format!("[limits]\nplugin-deadline = \"30s\"\n[routes]\n\"text/*\" = \"sandboxed-py\"\n[plugins.sandboxed-py]\ngreeting = \"{greeting}\"\n");
     std::fs::write(&config, settings("Howdy")).expect("write the configuration");
     let case = DevCase {
         name: "sandboxed-py",

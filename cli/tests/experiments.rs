@@ -195,7 +195,7 @@ fn outcomes_are_bounded_per_request_and_per_arm_and_errors_count_none() {
 /// each request again.
 #[test]
 fn a_reused_instance_counts_each_requests_outcomes_afresh() {
-    let config = "[routes]\n\"text/plain\" = { split = { \"outcomes\" = 1 } }\n[runtime]\nreuse = { requests = 100 }\n";
+    let config = "[routes]\n\"text/plain\" = { split = { \"outcomes\" = 1 } }\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n";
     let server = Server::start_with_fixtures_and(config, &["--admin", "127.0.0.1:0"]);
     let mut conn = server.connect();
     let request = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"a b c d e f g h i");

@@ -46,7 +46,9 @@ const ROUTES: &str = "[routes]\n\"test/counter\" = \"counter\"\n\"test/counter@b
 /// A server with the fixtures (and `counter@b`, `counter@c`, `counter@d`,
 /// copies of the counter under other names) and an admin endpoint,
 /// configured with `runtime` (a `[runtime]` section and what goes with it)
-/// and [`ROUTES`].
+/// and [`ROUTES`]. Tests not about idle instances set `idle = "1h"`: on
+/// a busy machine, a second between two steps of a test is no surprise,
+/// and an instance retired as idle meanwhile is not the one it counts on.
 fn serve(runtime: &str) -> (Server, tempfile::TempDir) {
     let plugins = crate::common::plugins_and_fixtures();
     for copy in ["counter@b", "counter@c", "counter@d"] {
@@ -91,7 +93,7 @@ fn without_reuse_every_request_gets_a_fresh_instance() {
 
 #[test]
 fn an_instance_serves_its_count_of_requests_then_a_fresh_one_takes_over() {
-    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 3 }\n");
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 3, idle = \"1h\" }\n");
     let mut conn = server.connect();
     assert_eq!(counts(&mut conn, "counter", 7), [1, 2, 3, 1, 2, 3, 1]);
     assert_eq!(created(&server, "counter"), 3.0);
@@ -103,7 +105,7 @@ fn an_instance_serves_its_count_of_requests_then_a_fresh_one_takes_over() {
 #[test]
 fn a_plugins_own_reuse_replaces_the_servers_and_names_never_share_instances() {
     // counter@b is the same component under another name: its own instances.
-    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n[runtime.plugins.counter]\nreuse = { requests = 2 }\n");
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n[runtime.plugins.counter]\nreuse = { requests = 2, idle = \"1h\" }\n");
     let mut conn = server.connect();
     let mut seen = Vec::new();
     for _ in 0..3 {
@@ -116,7 +118,7 @@ fn a_plugins_own_reuse_replaces_the_servers_and_names_never_share_instances() {
 #[test]
 fn instances_are_never_shared_between_tenants() {
     let config = format!(
-        "[runtime]\nreuse = {{ requests = 100 }}\n[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n",
+        "[runtime]\nreuse = {{ requests = 100, idle = \"1h\" }}\n[tenants.default]\n[tenants.alpha]\ntoken-sha256 = \"{}\"\n",
         wasmux::tenancy::TokenHash::of("alpha")
     );
     let (server, _plugins) = serve(&config);
@@ -132,7 +134,7 @@ fn instances_are_never_shared_between_tenants() {
 
 #[test]
 fn a_random_count_is_drawn_for_each_instance() {
-    let (server, _plugins) = serve("[runtime]\nreuse = { requests = \"1..3\" }\n");
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = \"1..3\", idle = \"1h\" }\n");
     let mut conn = server.connect();
     let seen = counts(&mut conn, "counter", 60);
     // Each answer goes on counting or starts again, never past 3.
@@ -149,7 +151,7 @@ fn a_random_count_is_drawn_for_each_instance() {
 
 #[test]
 fn a_trap_retires_the_instance() {
-    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
     let trapped = conn.request(&ask("counter", "trap"));
@@ -193,7 +195,7 @@ fn replace_atomically(dir: &Path, name: &str, bytes: &[u8]) {
 
 #[test]
 fn a_hot_swap_retires_the_old_versions_instances() {
-    let (server, plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let (server, plugins) = serve("[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
     let old = std::fs::read(plugins.path().join("counter.wasm")).expect("read the counter");
@@ -226,11 +228,11 @@ fn an_idle_instance_is_retired() {
 
 #[test]
 fn a_reload_retires_instances_made_under_the_old_settings() {
-    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
     // A plugin may keep what it read through `config` in a global.
-    let changed = format!("{ROUTES}\n[runtime]\nreuse = {{ requests = 100 }}\n[plugins.counter]\ngreeting = \"hi\"\n");
+    let changed = format!("{ROUTES}\n[runtime]\nreuse = {{ requests = 100, idle = \"1h\" }}\n[plugins.counter]\ngreeting = \"hi\"\n");
     std::fs::write(server.config_path(), changed).expect("rewrite the configuration");
     wait_for_metric(&server, r#"wasmux_instances_retired_total{plugin="counter",cause="reload"}"#, 1.0);
     assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
@@ -273,7 +275,7 @@ fn retired_at_all(server: &Server, plugin: &str) -> f64 {
 
 #[test]
 fn an_instance_serves_one_request_at_a_time() {
-    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"10s\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"10s\"\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut first = server.connect();
     assert_eq!(counts(&mut first, "counter", 1), [1]);
     // The instance is busy with a request of its own...
@@ -294,7 +296,7 @@ fn the_deadline_and_the_log_lines_are_the_requests_not_the_instances() {
     // Each wait (on the clock, whatever the machine's speed) takes most of
     // a deadline: two on one instance would be past it if the deadline ran
     // from the instance's first request.
-    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"2s\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"2s\"\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     for expected in ["count 1", "count 2", "count 3"] {
         assert_eq!(String::from_utf8_lossy(&conn.request(&ask("counter", "wait 1200")).content), expected);
@@ -319,7 +321,7 @@ fn the_deadline_and_the_log_lines_are_the_requests_not_the_instances() {
 fn what_the_host_copies_out_is_capped_per_request() {
     // The copy cap is max-response plus 1 MiB a request: three answers of
     // 600 KB on one instance (1.8 MB) pass only if it starts afresh each time.
-    let (server, _plugins) = serve("[limits]\nmax-response = \"600 KiB\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[limits]\nmax-response = \"600 KiB\"\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     for count in 1..=3 {
         let answer = conn.request(&ask("counter", "size 600000"));
@@ -330,7 +332,7 @@ fn what_the_host_copies_out_is_capped_per_request() {
 
 #[test]
 fn memory_that_earlier_requests_grew_counts_toward_the_cap() {
-    let (server, _plugins) = serve("[limits]\nplugin-memory = \"16 MiB\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[limits]\nplugin-memory = \"16 MiB\"\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     let mut grow = || conn.request(&ask("counter", "grow 6"));
     assert_eq!(String::from_utf8_lossy(&grow().content), "count 1, holding 6 MiB");
@@ -345,7 +347,7 @@ fn memory_that_earlier_requests_grew_counts_toward_the_cap() {
 
 #[test]
 fn a_handler_error_is_an_answer_and_the_instance_serves_on() {
-    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     assert_eq!(counts(&mut conn, "counter", 2), [1, 2]);
     let refused = conn.request(&ask("counter", "error"));
@@ -356,7 +358,7 @@ fn a_handler_error_is_an_answer_and_the_instance_serves_on() {
 
 #[test]
 fn a_timeout_a_bad_response_and_data_the_host_cannot_read_each_retire_the_instance() {
-    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"500ms\"\n[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[limits]\nplugin-deadline = \"500ms\"\n[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     // (A trap and the memory limit have tests of their own, above.)
     for (command, code, cause) in [("wait 5000", "plugin-timeout", "timeout"), ("bad-response", "plugin-bad-response", "bad-response")] {
@@ -395,10 +397,10 @@ fn an_idle_instance_is_retired_after_a_second_by_default() {
 
 #[test]
 fn a_reload_applies_a_changed_reuse() {
-    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100 }\n");
+    let (server, _plugins) = serve("[runtime]\nreuse = { requests = 100, idle = \"1h\" }\n");
     let mut conn = server.connect();
     assert_eq!(counts(&mut conn, "counter", 3), [1, 2, 3]);
-    std::fs::write(server.config_path(), format!("{ROUTES}\n[runtime]\nreuse = {{ requests = 2 }}\n")).expect("rewrite the configuration");
+    std::fs::write(server.config_path(), format!("{ROUTES}\n[runtime]\nreuse = {{ requests = 2, idle = \"1h\" }}\n")).expect("rewrite the configuration");
     wait_for_metric(&server, r#"wasmux_instances_retired_total{plugin="counter",cause="reload"}"#, 1.0);
     assert_eq!(counts(&mut conn, "counter", 5), [1, 2, 1, 2, 1]);
     // And back to a fresh instance per request (the last one, idle, is

@@ -109,12 +109,14 @@ fn a_reused_instance_serves_more_requests_than_it_may_hold_buckets(dir: &Path, n
     std::fs::create_dir(&plugins).expect("the plugins' directory");
     std::fs::copy(dir.join("dist").join(format!("{name}.wasm")), plugins.join(format!("{name}.wasm"))).expect("copy the component");
     let config = served.path().join("wasmux.toml");
-    std::fs::write(&config, format!("[routes]\n\"text/plain\" = \"{name}\"\n\n[runtime]\nreuse = {{ requests = 1000 }}\n")).expect("write the configuration");
+    std::fs::write(&config, format!("[routes]\n\"text/plain\" = \"{name}\"\n\n[runtime]\nreuse = {{ requests = 1000, idle = \"1h\" }}\n")).expect("write the configuration");
     let data = served.path().join("state");
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
     let args = ["--plugins", &path(&plugins), "--config", &path(&config), "--data-dir", &path(&data), "--admin", "127.0.0.1:0"];
     let server = Server::start_slow(&args, CALL).keeping(served);
-    // More than MAX_OPEN_BUCKETS (32), each request opening one.
+    // More than MAX_OPEN_BUCKETS (32), each request opening one. (Idle
+    // for an hour at most: a second between two `wasmux send`s on a busy
+    // machine would otherwise retire the instance.)
     for count in 1..=40 {
         assert_eq!(send(&server, "incr visits"), format!("Got response: b'visits={count}'"), "{}", server.log());
     }
