@@ -269,10 +269,15 @@ fn check_world(world: &str) -> Result<()> {
 }
 
 /// A plugin's name becomes a file name, `NAME.wasm`, in a directory the
-/// server watches.
+/// server watches, which skips a file of any name its rule refuses
+/// ([`wasmux_files::is_plugin_name`], the server's own): a build must not
+/// make a plugin no server serves.
 fn check_plugin_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) || name.len() > 128 {
-        bail!("{name:?} cannot be a plugin's name (it names the file NAME.wasm: no slashes, no leading dot)");
+    if !wasmux_files::is_plugin_name(name) || name.len() > 128 {
+        bail!(
+            "{name:?} cannot be a plugin's name: a server serves only names of ASCII letters, digits and `-_.@`, not starting with `.`, \
+             up to 128 bytes (choose another with plugin-name in the manifest's wasmux section)"
+        );
     }
     Ok(())
 }
@@ -674,6 +679,28 @@ mod tests {
         std::fs::write(dir.path().join("taken"), "").unwrap();
         let error = new_project("hello", Language::Python, dir.path()).unwrap_err();
         assert!(error.to_string().contains("not empty"), "{error}");
+    }
+
+    /// Every name a server skips is refused by the build (the cases of
+    /// wasmux-files' own test of the rule): a plugin-name of "my plugin"
+    /// built dist/my plugin.wasm, which `wasmux dev` and `serve` skipped.
+    #[test]
+    fn the_build_refuses_a_plugin_name_the_server_skips() {
+        for good in ["search", "binary-echo", "search@v2", "my_plugin.v1", "A9"] {
+            assert!(check_plugin_name(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", ".hidden", "my plugin", "a/b", "a\\b", "caf\u{e9}", "a:b", "a\0b", "tab\t", &"x".repeat(129)] {
+            assert!(check_plugin_name(bad).is_err(), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let project_dir = dir.path().join("spaced");
+        new_project("spaced", Language::Rust, &project_dir).unwrap();
+        let manifest = project_dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("{text}\n[package.metadata.wasmux]\nplugin-name = \"my plugin\"\n")).unwrap();
+        let error = build_project_with(&project_dir, &project_dir.join("dist"), &BuildOptions::new(dir.path().join("cache"))).unwrap_err();
+        assert!(format!("{error:#}").contains("\"my plugin\" cannot be a plugin's name: a server serves only names of ASCII letters"), "{error:#}");
+        assert!(!project_dir.join("dist").exists());
     }
 
     fn manifest(language: Language, text: &str) -> Result<Project> {
