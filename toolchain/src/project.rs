@@ -562,8 +562,17 @@ fn check_new_name(name: &str) -> Result<()> {
     if !valid {
         bail!("{name:?} cannot name a plugin project: use lower-case letters, digits, - and _, starting with a letter (e.g. hello-world)");
     }
+    // A Rust project is a workspace with the SDK in it, a package of this
+    // name: cargo refuses two (the other templates would take it, but a
+    // name should not depend on the language).
+    if name == SDK_PACKAGE {
+        bail!("{name:?} cannot name a plugin project: it is the name of the SDK package a Rust project holds; choose another (e.g. my-plugin)");
+    }
     Ok(())
 }
+
+/// The package name of the Rust SDK a new Rust project holds in `sdk/`.
+const SDK_PACKAGE: &str = "wasmux-sdk";
 
 #[cfg(test)]
 mod tests {
@@ -676,6 +685,13 @@ mod tests {
         for bad in ["", "Hello", "1st", "a/b", "search@fuzzy", "a b"] {
             assert!(new_project(bad, Language::Rust, &dir.path().join("x")).is_err(), "{bad:?}");
         }
+        // The SDK's own name: accepted, it made a project cargo refused to
+        // build ("two packages named 'wasmux-sdk' in this workspace").
+        for language in Language::ALL {
+            let error = new_project("wasmux-sdk", language, &dir.path().join("sdk")).unwrap_err();
+            assert!(error.to_string().contains("the name of the SDK package"), "{error}");
+        }
+        assert!(!dir.path().join("sdk").exists());
         std::fs::write(dir.path().join("taken"), "").unwrap();
         let error = new_project("hello", Language::Python, dir.path()).unwrap_err();
         assert!(error.to_string().contains("not empty"), "{error}");
