@@ -335,6 +335,31 @@ fn call_refuses_what_is_not_a_plugin_in_one_line() {
     }
 }
 
+/// The fields the host reads itself, in any spelling, and a field with no
+/// name, never reach a plugin from a server: `wasmux call` refuses them
+/// rather than try the plugin on a request no client can send it.
+#[test]
+fn call_refuses_fields_a_server_never_passes_to_a_plugin() {
+    let echo = crate::common::fixtures_dir().join("echo-fields.wasm");
+    let refused = |field: &str| format!("wasmux: --field {field}: {} is read by the host and never reaches a plugin as a field; ", field.split('=').next().unwrap_or_default());
+    for (field, expected) in [
+        ("content-type=zzz", format!("{}give the content-type with -t (--content-type)", refused("content-type=zzz"))),
+        ("Content-Encoding=x", format!("{}give the content-encoding with -e (--encoding)", refused("Content-Encoding=x"))),
+        ("CONTENT-LENGTH=5", format!("{}it is the content's length: give the content with --content or --content-file", refused("CONTENT-LENGTH=5"))),
+        ("byteorder=big", format!("{}wasmux call sends this machine's", refused("byteorder=big"))),
+        ("Authorization=Bearer x", format!("{}a server takes it as a tenant's credential (`wasmux send --token`), and `wasmux call` serves the default tenant", refused("Authorization=Bearer x"))),
+        ("=v", "wasmux: --field =v: the field has no name: write NAME=VALUE".to_owned()),
+    ] {
+        let out = call(&echo, &["--field", "user=ann", "--field", field, "--content", "hi"]);
+        assert_eq!(out.status.code(), Some(1), "{field}: {out:?}");
+        assert!(out.stdout.is_empty(), "{field}: {out:?}");
+        assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [expected.as_str()], "{field}: {out:?}");
+    }
+    // Any other name is the plugin's.
+    let out = call(&echo, &["--field", "content-types=x", "--content", "hi"]);
+    assert!(out.status.success() && out.stdout[0].contains(r#"["content-types", "\\"x\\""]"#), "{out:?}");
+}
+
 // ---- wasmux dev ----
 
 #[test]
