@@ -84,6 +84,9 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         ..ConfigFile::default()
     };
     if let Some(deadline) = args.deadline {
+        // Checked here, not by the settings, which would name the key of a
+        // configuration file (limits.plugin-deadline) the user never wrote.
+        anyhow::ensure!(!deadline.is_zero(), "--deadline must be longer than 0");
         file.limits.plugin_deadline = deadline;
     }
     let settings = Settings::from_file(file)?;

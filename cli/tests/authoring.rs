@@ -360,6 +360,16 @@ fn call_refuses_fields_a_server_never_passes_to_a_plugin() {
     assert!(out.status.success() && out.stdout[0].contains(r#"["content-types", "\\"x\\""]"#), "{out:?}");
 }
 
+/// `--deadline 0` is refused as the option, not as the configuration key
+/// it sets (`limits.plugin-deadline`), which the user never wrote.
+#[test]
+fn call_refuses_a_deadline_of_zero_by_its_option() {
+    let echo = crate::common::fixtures_dir().join("echo-fields.wasm");
+    let out = call(&echo, &["--deadline", "0s", "--content", "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), ["wasmux: --deadline must be longer than 0"], "{out:?}");
+}
+
 // ---- wasmux dev ----
 
 #[test]
