@@ -370,6 +370,24 @@ fn call_refuses_a_deadline_of_zero_by_its_option() {
     assert_eq!(out.stderr.lines().collect::<Vec<_>>(), ["wasmux: --deadline must be longer than 0"], "{out:?}");
 }
 
+/// The `cd` line `wasmux new` prints can be pasted into a shell, whatever
+/// the directory's name: `'it's here'` was a quote left open.
+#[test]
+fn new_prints_a_cd_line_a_shell_can_run() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    for (dir, shown) in [("it's here", r"cd 'it'\''s here'"), ("two words", "cd 'two words'"), ("$HOME;x", "cd '$HOME;x'"), ("plain/dir", "cd plain/dir")] {
+        let out = wasmux_in(tmp.path(), &["new", "quoted", "--lang", "python", "--dir", dir], crate::common::STEP);
+        assert!(out.status.success(), "{out:?}");
+        let line = out.stdout.iter().find_map(|line| line.strip_prefix("  cd ")).map(|rest| format!("cd {rest}"));
+        assert_eq!(line.as_deref(), Some(shown), "{out:?}");
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(format!("{shown} && pwd")).current_dir(tmp.path());
+        let ran = Process::run(&mut shell, crate::common::STEP);
+        let expected = tmp.path().join(dir).canonicalize().expect("the new directory");
+        assert_eq!(ran.stdout, [expected.display().to_string()], "{ran:?}");
+    }
+}
+
 // ---- wasmux dev ----
 
 #[test]
