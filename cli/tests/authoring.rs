@@ -416,6 +416,27 @@ fn dev_rebuilds_on_a_save_and_swaps_while_a_connection_stays_open() {
     assert_eq!(swaps(&server), 1, "{}", server.log());
 }
 
+/// A first build that fails over a build from before: the server loads
+/// what dist/ holds, and the warning says so (it said "serving without
+/// plugin stale", and then served the old build).
+#[test]
+fn dev_says_it_serves_the_last_build_while_the_first_build_fails() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("stale");
+    assert!(new_project("stale", "rust", &dir).status.success());
+    build(&dir, "stale");
+    let source = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).expect("read the source");
+    std::fs::write(&source, text.replace("fn handle", "fn handle(")).expect("save a broken source");
+    let server = Server::start_dev(&dir, BUILD);
+    let log = server.log();
+    assert!(log.contains("build failed"), "{log}");
+    assert!(log.contains(": serving the last build in dist/stale.wasm until a build succeeds; fix the source and save"), "{log}");
+    assert!(!log.contains("serving without plugin"), "{log}");
+    let request = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"world");
+    assert_eq!(server.connect().request(&request).content, b"Hello, world!", "{}", server.log());
+}
+
 /// The registry's swap lines: `plugin greeter: OLD -> NEW (…)`.
 fn swaps(server: &Server) -> usize {
     server.log().lines().filter(|line| line.contains("plugin greeter: ") && line.contains(" -> ")).count()

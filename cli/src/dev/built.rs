@@ -29,7 +29,12 @@ pub(super) async fn serve(args: DevArgs, project: Project, options: BuildOptions
     sources.watch(&project.dir, true)?;
     tracing::info!("building {} plugin {} in {}", project.language, project.name, project.dir.display());
     if !rebuild(&project, &out_dir, &options).await {
-        tracing::warn!("serving without plugin {} until a build succeeds; fix the source and save", project.name);
+        // The server loads what dist/ holds: a build from before is served.
+        if out_dir.join(format!("{}.wasm", project.name)).is_file() {
+            tracing::warn!("serving the last build in dist/{}.wasm until a build succeeds; fix the source and save", project.name);
+        } else {
+            tracing::warn!("serving without plugin {} until a build succeeds; fix the source and save", project.name);
+        }
     }
     tokio::spawn(rebuild_on_change(sources, changes, project, out_dir.clone(), options));
     serve::serve_with(ServeArgs::dev(args.listen, Some(&out_dir), args.config, args.data_dir, args.verbose), settings, serving).await
