@@ -437,6 +437,35 @@ fn dev_says_it_serves_the_last_build_while_the_first_build_fails() {
     assert_eq!(server.connect().request(&request).content, b"Hello, world!", "{}", server.log());
 }
 
+/// The plugin's name is the route's (`*` to it) and the file's in dist/:
+/// a package renamed while `wasmux dev` runs is not built under the new
+/// name, which nothing would serve, and the log says to restart (a build
+/// of dist/probe2.wasm was announced, and the old plugin served on).
+#[test]
+fn dev_says_to_restart_when_the_plugin_is_renamed() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("probe");
+    assert!(new_project("probe", "rust", &dir).status.success());
+    let server = Server::start_dev(&dir, BUILD);
+    let request = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"world");
+    let mut conn = server.connect();
+    assert_eq!(conn.request(&request).content, b"Hello, world!");
+
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read the manifest");
+    let renamed = text.replace("name = \"probe\"", "name = \"probe2\"");
+    assert_ne!(text, renamed, "the template changed: update this test");
+    std::fs::write(&manifest, renamed).expect("save the manifest");
+    assert!(server.wait_for_log("Cargo.toml changed: ", BUILD), "{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains("Cargo.toml changed: the project is now rust plugin probe2, not rust plugin probe: not built; restart wasmux dev to serve it; the version before keeps serving"),
+        "{log}"
+    );
+    assert!(!log.contains("Built dist/probe2.wasm") && !dir.join("dist/probe2.wasm").exists(), "{log}");
+    assert_eq!(conn.request(&request).content, b"Hello, world!");
+}
+
 /// The registry's swap lines: `plugin greeter: OLD -> NEW (…)`.
 fn swaps(server: &Server) -> usize {
     server.log().lines().filter(|line| line.contains("plugin greeter: ") && line.contains(" -> ")).count()
