@@ -34,10 +34,8 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
     for file in files {
         println!("  {}", file.display());
     }
-    let shown = dir.display().to_string();
-    let cd = if shown.contains(char::is_whitespace) { format!("cd '{shown}'") } else { format!("cd {shown}") };
     println!("Next:");
-    println!("  {cd}");
+    println!("  cd {}", shell_quoted(&dir.display().to_string()));
     println!("  wasmux build      # dist/{}.wasm", args.name);
     if args.stateful {
         println!("  wasmux call dist/{}.wasm --content 'incr visits' --data-dir state", args.name);
@@ -46,6 +44,15 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
     }
     println!("  wasmux dev        # serve it on 127.0.0.1:65432, each save swapped in");
     Ok(())
+}
+
+/// `text` as a POSIX shell reads it back as one word: as it is if every
+/// character is one no shell treats specially, else in single quotes, each
+/// `'` in it written `'\''` (close the quotes, an escaped quote, open them
+/// again), so that the `cd` line can be pasted.
+fn shell_quoted(text: &str) -> String {
+    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./,:+@%=".contains(c));
+    if plain { text.to_owned() } else { format!("'{}'", text.replace('\'', r"'\''")) }
 }
 
 fn describe(language: Language) -> &'static str {

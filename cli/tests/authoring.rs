@@ -335,6 +335,59 @@ fn call_refuses_what_is_not_a_plugin_in_one_line() {
     }
 }
 
+/// The fields the host reads itself, in any spelling, and a field with no
+/// name, never reach a plugin from a server: `wasmux call` refuses them
+/// rather than try the plugin on a request no client can send it.
+#[test]
+fn call_refuses_fields_a_server_never_passes_to_a_plugin() {
+    let echo = crate::common::fixtures_dir().join("echo-fields.wasm");
+    let refused = |field: &str| format!("wasmux: --field {field}: {} is read by the host and never reaches a plugin as a field; ", field.split('=').next().unwrap_or_default());
+    for (field, expected) in [
+        ("content-type=zzz", format!("{}give the content-type with -t (--content-type)", refused("content-type=zzz"))),
+        ("Content-Encoding=x", format!("{}give the content-encoding with -e (--encoding)", refused("Content-Encoding=x"))),
+        ("CONTENT-LENGTH=5", format!("{}it is the content's length: give the content with --content or --content-file", refused("CONTENT-LENGTH=5"))),
+        ("byteorder=big", format!("{}wasmux call sends this machine's", refused("byteorder=big"))),
+        ("Authorization=Bearer x", format!("{}a server takes it as a tenant's credential (`wasmux send --token`), and `wasmux call` serves the default tenant", refused("Authorization=Bearer x"))),
+        ("=v", "wasmux: --field =v: the field has no name: write NAME=VALUE".to_owned()),
+    ] {
+        let out = call(&echo, &["--field", "user=ann", "--field", field, "--content", "hi"]);
+        assert_eq!(out.status.code(), Some(1), "{field}: {out:?}");
+        assert!(out.stdout.is_empty(), "{field}: {out:?}");
+        assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [expected.as_str()], "{field}: {out:?}");
+    }
+    // Any other name is the plugin's.
+    let out = call(&echo, &["--field", "content-types=x", "--content", "hi"]);
+    assert!(out.status.success() && out.stdout[0].contains(r#"["content-types", "\\"x\\""]"#), "{out:?}");
+}
+
+/// `--deadline 0` is refused as the option, not as the configuration key
+/// it sets (`limits.plugin-deadline`), which the user never wrote.
+#[test]
+fn call_refuses_a_deadline_of_zero_by_its_option() {
+    let echo = crate::common::fixtures_dir().join("echo-fields.wasm");
+    let out = call(&echo, &["--deadline", "0s", "--content", "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), ["wasmux: --deadline must be longer than 0"], "{out:?}");
+}
+
+/// The `cd` line `wasmux new` prints can be pasted into a shell, whatever
+/// the directory's name: `'it's here'` was a quote left open.
+#[test]
+fn new_prints_a_cd_line_a_shell_can_run() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    for (dir, shown) in [("it's here", r"cd 'it'\''s here'"), ("two words", "cd 'two words'"), ("$HOME;x", "cd '$HOME;x'"), ("plain/dir", "cd plain/dir")] {
+        let out = wasmux_in(tmp.path(), &["new", "quoted", "--lang", "python", "--dir", dir], crate::common::STEP);
+        assert!(out.status.success(), "{out:?}");
+        let line = out.stdout.iter().find_map(|line| line.strip_prefix("  cd ")).map(|rest| format!("cd {rest}"));
+        assert_eq!(line.as_deref(), Some(shown), "{out:?}");
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(format!("{shown} && pwd")).current_dir(tmp.path());
+        let ran = Process::run(&mut shell, crate::common::STEP);
+        let expected = tmp.path().join(dir).canonicalize().expect("the new directory");
+        assert_eq!(ran.stdout, [expected.display().to_string()], "{ran:?}");
+    }
+}
+
 // ---- wasmux dev ----
 
 #[test]
@@ -361,6 +414,56 @@ fn dev_rebuilds_on_a_save_and_swaps_while_a_connection_stays_open() {
     assert!(server.wait_for_log("build failed", BUILD), "{}", server.log());
     assert_eq!(conn.request(&request).content, b"Howdy, world!");
     assert_eq!(swaps(&server), 1, "{}", server.log());
+}
+
+/// A first build that fails over a build from before: the server loads
+/// what dist/ holds, and the warning says so (it said "serving without
+/// plugin stale", and then served the old build).
+#[test]
+fn dev_says_it_serves_the_last_build_while_the_first_build_fails() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("stale");
+    assert!(new_project("stale", "rust", &dir).status.success());
+    build(&dir, "stale");
+    let source = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).expect("read the source");
+    std::fs::write(&source, text.replace("fn handle", "fn handle(")).expect("save a broken source");
+    let server = Server::start_dev(&dir, BUILD);
+    let log = server.log();
+    assert!(log.contains("build failed"), "{log}");
+    assert!(log.contains(": serving the last build in dist/stale.wasm until a build succeeds; fix the source and save"), "{log}");
+    assert!(!log.contains("serving without plugin"), "{log}");
+    let request = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"world");
+    assert_eq!(server.connect().request(&request).content, b"Hello, world!", "{}", server.log());
+}
+
+/// The plugin's name is the route's (`*` to it) and the file's in dist/:
+/// a package renamed while `wasmux dev` runs is not built under the new
+/// name, which nothing would serve, and the log says to restart (a build
+/// of dist/probe2.wasm was announced, and the old plugin served on).
+#[test]
+fn dev_says_to_restart_when_the_plugin_is_renamed() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("probe");
+    assert!(new_project("probe", "rust", &dir).status.success());
+    let server = Server::start_dev(&dir, BUILD);
+    let request = message(json!({"byteorder": "little", "content-type": "text/plain", "content-encoding": "utf-8"}), b"world");
+    let mut conn = server.connect();
+    assert_eq!(conn.request(&request).content, b"Hello, world!");
+
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read the manifest");
+    let renamed = text.replace("name = \"probe\"", "name = \"probe2\"");
+    assert_ne!(text, renamed, "the template changed: update this test");
+    std::fs::write(&manifest, renamed).expect("save the manifest");
+    assert!(server.wait_for_log("Cargo.toml changed: ", BUILD), "{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains("Cargo.toml changed: the project is now rust plugin probe2, not rust plugin probe: not built; restart wasmux dev to serve it; the version before keeps serving"),
+        "{log}"
+    );
+    assert!(!log.contains("Built dist/probe2.wasm") && !dir.join("dist/probe2.wasm").exists(), "{log}");
+    assert_eq!(conn.request(&request).content, b"Hello, world!");
 }
 
 /// The registry's swap lines: `plugin greeter: OLD -> NEW (…)`.

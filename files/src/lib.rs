@@ -29,6 +29,13 @@
 //! resource one process uses at a time: a data directory, a merge of
 //! cached files. The kernel lets it go when the file is closed, also when
 //! its process is killed, so a crash never leaves it held.
+//!
+//! ## Plugin names
+//!
+//! [`is_plugin_name`] is the rule for the `NAME` of a plugin file
+//! `NAME.wasm`: the server serves only files so named, and `wasmux build`
+//! refuses to write any other (both depend on this crate; the toolchain
+//! does not depend on the server's library, so the rule lives here).
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read as _};
@@ -176,9 +183,27 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Whether `name` can name a plugin, as the file `NAME.wasm` in a
+/// directory the server watches: ASCII letters, digits and `-_.@`, not
+/// starting with `.` (a hidden file is what a deploy tool writes before it
+/// renames it into place). No length limit here: the file system has one.
+pub fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_names_are_letters_digits_and_four_signs() {
+        for good in ["search", "binary-echo", "search@v2", "my_plugin.v1", "A9"] {
+            assert!(is_plugin_name(good), "{good:?}");
+        }
+        for bad in ["", ".hidden", "my plugin", "a/b", "a\\b", "caf\u{e9}", "a:b", "a\0b", "tab\t"] {
+            assert!(!is_plugin_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_lock_is_held_by_one_open_file_at_a_time() {

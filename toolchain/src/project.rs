@@ -269,10 +269,15 @@ fn check_world(world: &str) -> Result<()> {
 }
 
 /// A plugin's name becomes a file name, `NAME.wasm`, in a directory the
-/// server watches.
+/// server watches, which skips a file of any name its rule refuses
+/// ([`wasmux_files::is_plugin_name`], the server's own): a build must not
+/// make a plugin no server serves.
 fn check_plugin_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) || name.len() > 128 {
-        bail!("{name:?} cannot be a plugin's name (it names the file NAME.wasm: no slashes, no leading dot)");
+    if !wasmux_files::is_plugin_name(name) || name.len() > 128 {
+        bail!(
+            "{name:?} cannot be a plugin's name: a server serves only names of ASCII letters, digits and `-_.@`, not starting with `.`, \
+             up to 128 bytes (choose another with plugin-name in the manifest's wasmux section)"
+        );
     }
     Ok(())
 }
@@ -557,8 +562,17 @@ fn check_new_name(name: &str) -> Result<()> {
     if !valid {
         bail!("{name:?} cannot name a plugin project: use lower-case letters, digits, - and _, starting with a letter (e.g. hello-world)");
     }
+    // A Rust project is a workspace with the SDK in it, a package of this
+    // name: cargo refuses two (the other templates would take it, but a
+    // name should not depend on the language).
+    if name == SDK_PACKAGE {
+        bail!("{name:?} cannot name a plugin project: it is the name of the SDK package a Rust project holds; choose another (e.g. my-plugin)");
+    }
     Ok(())
 }
+
+/// The package name of the Rust SDK a new Rust project holds in `sdk/`.
+const SDK_PACKAGE: &str = "wasmux-sdk";
 
 #[cfg(test)]
 mod tests {
@@ -671,9 +685,38 @@ mod tests {
         for bad in ["", "Hello", "1st", "a/b", "search@fuzzy", "a b"] {
             assert!(new_project(bad, Language::Rust, &dir.path().join("x")).is_err(), "{bad:?}");
         }
+        // The SDK's own name: accepted, it made a project cargo refused to
+        // build ("two packages named 'wasmux-sdk' in this workspace").
+        for language in Language::ALL {
+            let error = new_project("wasmux-sdk", language, &dir.path().join("sdk")).unwrap_err();
+            assert!(error.to_string().contains("the name of the SDK package"), "{error}");
+        }
+        assert!(!dir.path().join("sdk").exists());
         std::fs::write(dir.path().join("taken"), "").unwrap();
         let error = new_project("hello", Language::Python, dir.path()).unwrap_err();
         assert!(error.to_string().contains("not empty"), "{error}");
+    }
+
+    /// Every name a server skips is refused by the build (the cases of
+    /// wasmux-files' own test of the rule): a plugin-name of "my plugin"
+    /// built dist/my plugin.wasm, which `wasmux dev` and `serve` skipped.
+    #[test]
+    fn the_build_refuses_a_plugin_name_the_server_skips() {
+        for good in ["search", "binary-echo", "search@v2", "my_plugin.v1", "A9"] {
+            assert!(check_plugin_name(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", ".hidden", "my plugin", "a/b", "a\\b", "caf\u{e9}", "a:b", "a\0b", "tab\t", &"x".repeat(129)] {
+            assert!(check_plugin_name(bad).is_err(), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let project_dir = dir.path().join("spaced");
+        new_project("spaced", Language::Rust, &project_dir).unwrap();
+        let manifest = project_dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("{text}\n[package.metadata.wasmux]\nplugin-name = \"my plugin\"\n")).unwrap();
+        let error = build_project_with(&project_dir, &project_dir.join("dist"), &BuildOptions::new(dir.path().join("cache"))).unwrap_err();
+        assert!(format!("{error:#}").contains("\"my plugin\" cannot be a plugin's name: a server serves only names of ASCII letters"), "{error:#}");
+        assert!(!project_dir.join("dist").exists());
     }
 
     fn manifest(language: Language, text: &str) -> Result<Project> {

@@ -29,7 +29,12 @@ pub(super) async fn serve(args: DevArgs, project: Project, options: BuildOptions
     sources.watch(&project.dir, true)?;
     tracing::info!("building {} plugin {} in {}", project.language, project.name, project.dir.display());
     if !rebuild(&project, &out_dir, &options).await {
-        tracing::warn!("serving without plugin {} until a build succeeds; fix the source and save", project.name);
+        // The server loads what dist/ holds: a build from before is served.
+        if out_dir.join(format!("{}.wasm", project.name)).is_file() {
+            tracing::warn!("serving the last build in dist/{}.wasm until a build succeeds; fix the source and save", project.name);
+        } else {
+            tracing::warn!("serving without plugin {} until a build succeeds; fix the source and save", project.name);
+        }
     }
     tokio::spawn(rebuild_on_change(sources, changes, project, out_dir.clone(), options));
     serve::serve_with(ServeArgs::dev(args.listen, Some(&out_dir), args.config, args.data_dir, args.verbose), settings, serving).await
@@ -39,9 +44,31 @@ pub(super) async fn serve(args: DevArgs, project: Project, options: BuildOptions
 /// make one more build).
 async fn rebuild_on_change(_sources: FileWatcher, mut changes: mpsc::UnboundedReceiver<Vec<PathBuf>>, project: Project, out_dir: PathBuf, options: BuildOptions) {
     while let Some(paths) = super::next_batch(&mut changes, &project).await {
+        if let Some(now) = renamed(&project) {
+            // The routes (`*` to the plugin, without --config) were made
+            // for the name given at the start: a build under the new name
+            // would be loaded beside the old one and never be served.
+            let served = super::Served(out_dir.join(format!("{}.wasm", project.name)).is_file());
+            tracing::error!(
+                "{paths} changed: the project is now {} plugin {}, not {} plugin {}: not built; restart wasmux dev to serve it; {served}",
+                now.language,
+                now.name,
+                project.language,
+                project.name
+            );
+            continue;
+        }
         tracing::info!("{} changed: rebuilding", paths);
         rebuild(&project, &out_dir, &options).await;
     }
+}
+
+/// The project as its directory now says, if its plugin's name or language
+/// is no longer the one served. A project that cannot be read is left to
+/// the build, which says why.
+fn renamed(project: &Project) -> Option<Project> {
+    let now = Project::open(&project.dir).ok()?;
+    (now.name != project.name || now.language != project.language).then_some(now)
 }
 
 /// Builds the project into `out_dir`; the server's watcher does the rest.

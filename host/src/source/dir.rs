@@ -202,8 +202,8 @@ pub fn plugin_name(path: &Path) -> Option<String> {
         return None;
     }
     let stem = path.file_stem()?.to_str()?;
-    let valid = !stem.is_empty() && !stem.starts_with('.') && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
-    valid.then(|| stem.to_owned())
+    // The rule `wasmux build` checks too, so that it never writes a plugin the server skips.
+    wasmux_files::is_plugin_name(stem).then(|| stem.to_owned())
 }
 
 #[cfg(test)]
