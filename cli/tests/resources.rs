@@ -143,7 +143,9 @@ fn waiting_for_the_budget_does_not_count_against_the_message_timeout() {
     let answer = waiter.request(&crate::common::binary(&vec![b'w'; 900_000]));
     assert_eq!(answer.content, b"First 10 bytes of request: wwwwwwwwww", "{:?}", answer.json());
     assert_eq!(crate::common::Answer::parse(&holder.read_message()).content, b"count 1");
-    // It did wait: longer than its message timeout.
+    // It did wait: longer than its message timeout. (The log is read as the
+    // server writes it: the line may come after the answers.)
+    assert!(server.wait_for_log("KiB of the read budget", crate::common::STEP), "no wait for the budget was logged:\n{}", server.log());
     let log = server.log();
     let waited = log
         .lines()
