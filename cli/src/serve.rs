@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// in flight before it exits anyway.
     #[arg(long, default_value = "10s", value_parser = wasmux::config::parse_duration)]
     drain_timeout: Duration,
+    /// Share every port (listeners, --admin, --agent) with a running server
+    /// started with --take-over, and take every new connection from it: to
+    /// replace the binary or its options without refusing a connection.
+    /// Once this one says where it listens, stop the old one (SIGTERM): it
+    /// finishes what it has and exits. Linux only.
+    #[arg(long)]
+    take_over: bool,
     /// Do not watch the plugin directory and the configuration file for changes.
     #[arg(long)]
     no_watch: bool,
@@ -128,6 +135,7 @@ impl ServeArgs {
             agent: None,
             drain_delay: None,
             drain_timeout: Duration::from_secs(10),
+            take_over: false,
             no_watch: false,
             cache_dir: None,
             no_cache: false,
@@ -246,12 +254,13 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
         _ => None,
     };
 
+    let sharing = if args.take_over { net::Sharing::TakeOver } else { net::Sharing::Alone };
     let mut listeners = Vec::new();
     for spec in &args.listen {
-        listeners.extend(net::bind_all(spec).await?);
+        listeners.extend(net::bind_all_sharing(spec, sharing).await.map_err(|e| port_taken(e, args.take_over))?);
     }
     let admin_listeners = match &args.admin {
-        Some(spec) => net::bind_all(&admin::admin_address(spec)).await?,
+        Some(spec) => net::bind_all_sharing(&admin::admin_address(spec), sharing).await.map_err(|e| port_taken(e, args.take_over))?,
         None => Vec::new(),
     };
     // Read only for an endpoint that is served: a token file set in the
@@ -265,8 +274,8 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
     let agent = match &args.agent {
         Some(spec) => {
             let addr = net::resolve(&admin::admin_address(spec)).await?.into_iter().next().context("--agent: no address")?;
-            let agent = Agent::bind(addr, Arc::clone(&agent_state)).await;
-            Some(agent.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the agent check: {}", net::explain(&e)))?)
+            let agent = Agent::bind_sharing(addr, sharing, Arc::clone(&agent_state)).await;
+            Some(agent.map_err(|e| port_taken(anyhow::anyhow!("cannot listen on {addr} for the agent check: {}", net::explain(&e)), args.take_over))?)
         }
         None => None,
     };
@@ -318,6 +327,15 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
         let _ = agent.await;
     }
     Ok(())
+}
+
+/// A bind error of `--take-over`, with what "in use" means there: the
+/// server on the port does not share it.
+fn port_taken(error: anyhow::Error, take_over: bool) -> anyhow::Error {
+    if take_over && error.to_string().contains("address already in use") {
+        return anyhow::anyhow!("{error:#} (--take-over shares a port only with a server started with --take-over, by the same user)");
+    }
+    error
 }
 
 /// The signals the server answers, each listened for from the moment this

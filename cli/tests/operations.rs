@@ -389,3 +389,81 @@ fn settings_read_at_start_wait_for_the_next_start() {
     assert_eq!(idle.request(&search("ring")).result(), "In the caves beneath the Misty Mountains. 💍");
     assert!(!server.log().contains("to make room for a new client"), "{}", server.log());
 }
+
+/// One of the guide's clients, over and over until `stop`: a connection
+/// per request. Each answer's client port, and whether the request began
+/// after `taken_over` was set, go into `answered`; a refusal, a reset or a
+/// wrong answer into `failed`.
+fn guide_client(addr: std::net::SocketAddr, stop: &std::sync::atomic::AtomicBool, taken_over: &std::sync::atomic::AtomicBool, answered: &std::sync::Mutex<Vec<(u16, bool)>>, failed: &std::sync::Mutex<Vec<String>>) {
+    use std::sync::atomic::Ordering;
+    let request = search("morpheus");
+    while !stop.load(Ordering::SeqCst) {
+        let after = taken_over.load(Ordering::SeqCst);
+        let attempt = (|| -> std::io::Result<(u16, Vec<u8>)> {
+            let stream = std::net::TcpStream::connect_timeout(&addr, crate::common::STEP)?;
+            stream.set_read_timeout(Some(crate::common::STEP))?;
+            let port = stream.local_addr()?.port();
+            let mut conn = Raw { stream };
+            Ok((port, conn.try_read_message_after(&request)?))
+        })();
+        match attempt {
+            Ok((port, answer)) if Answer::parse(&answer).result() == "Follow the white rabbit. 🐰" => answered.lock().unwrap_or_else(|e| e.into_inner()).push((port, after)),
+            Ok((port, answer)) => failed.lock().unwrap_or_else(|e| e.into_inner()).push(format!("port {port}: {}", String::from_utf8_lossy(&answer))),
+            Err(e) => failed.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_server_started_with_take_over_replaces_another_without_refusing_a_connection() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let plugins = crate::common::plugins_dir();
+    let args = ["--plugins", plugins.to_str().expect("utf-8 path"), "--take-over"];
+    let mut old = Server::start_with(&args);
+    let addr = old.addr;
+    let (stop, taken_over) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (answered, failed) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let answers = || answered.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, taken_over, answered, failed) = (Arc::clone(&stop), Arc::clone(&taken_over), Arc::clone(&answered), Arc::clone(&failed));
+            std::thread::spawn(move || guide_client(addr, &stop, &taken_over, &answered, &failed))
+        })
+        .collect();
+    let wait_for_answers = |count: usize| {
+        let end = Instant::now() + crate::common::STEP;
+        while answers() < count && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(answers() >= count, "{} answers, {count} expected; failures: {:?}", answers(), failed.lock().unwrap_or_else(|e| e.into_inner()));
+    };
+    wait_for_answers(40);
+    // The new server, on the old one's port, while the clients go on.
+    let new = Server::start_listening(&[&addr.to_string()], 1, &args);
+    assert_eq!(new.addr, addr);
+    taken_over.store(true, Ordering::SeqCst);
+    let before_the_stop = answers();
+    wait_for_answers(before_the_stop + 40);
+    assert!(old.terminate(), "the old server did not exit cleanly; its log:\n{}", old.log());
+    let after_the_stop = answers();
+    wait_for_answers(after_the_stop + 40);
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().expect("a client thread");
+    }
+    let failed = failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(failed.is_empty(), "{} requests failed: {failed:?}", failed.len());
+    // Every connection made once the new server listened went to it.
+    let (old_log, new_log) = (old.log(), new.log());
+    let answered = answered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let accepted = |log: &str, port: u16| log.contains(&format!("accepted connection from 127.0.0.1:{port}\n"));
+    for (port, after) in &answered {
+        if *after {
+            assert!(accepted(&new_log, *port) && !accepted(&old_log, *port), "the connection from port {port}, made after the take-over, went to the old server");
+        }
+    }
+    assert!(answered.iter().any(|(port, after)| !after && accepted(&old_log, *port)), "the old server answered nothing");
+    assert!(old_log.contains("shutting down: no new connections"), "{old_log}");
+}

@@ -37,6 +37,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::net::Sharing;
+
 /// What the agent answers while the server takes connections.
 pub const READY: &str = "up ready\n";
 /// What the agent answers while the server drains.
@@ -99,7 +101,12 @@ pub struct Agent {
 impl Agent {
     /// Listens on `addr`.
     pub async fn bind(addr: SocketAddr, state: Arc<AgentState>) -> std::io::Result<Self> {
-        Ok(Self { listener: TcpListener::bind(addr).await?, state })
+        Self::bind_sharing(addr, Sharing::Alone, state).await
+    }
+
+    /// Listens on `addr`, sharing the port as `sharing` says.
+    pub async fn bind_sharing(addr: SocketAddr, sharing: Sharing, state: Arc<AgentState>) -> std::io::Result<Self> {
+        Ok(Self { listener: crate::net::bind(addr, sharing)?, state })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -74,15 +74,35 @@ pub async fn resolve(spec: &str) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
+/// Whether a listening socket shares its port with another server's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// The port is this server's alone (the default): a second server on it
+    /// is refused with "address already in use".
+    #[default]
+    Alone,
+    /// `wasmux serve --take-over`: the socket is bound with `SO_REUSEPORT`,
+    /// so that another server started with `--take-over` may bind the same
+    /// port, and the newest such server takes every new connection (see
+    /// [`steer_to_newest`]). The older one keeps the connections it has;
+    /// once it is stopped, nothing that reached the port was refused.
+    TakeOver,
+}
+
 /// Listens on every address `spec` resolves to. With port 0 the system
 /// picks a port for the first address and every other address gets the
 /// same one, so that `localhost:0` or `:0` is still one port.
 pub async fn bind_all(spec: &str) -> anyhow::Result<Vec<TcpListener>> {
+    bind_all_sharing(spec, Sharing::Alone).await
+}
+
+/// [`bind_all`], with the ports shared as `sharing` says.
+pub async fn bind_all_sharing(spec: &str, sharing: Sharing) -> anyhow::Result<Vec<TcpListener>> {
     let addrs = resolve(spec).await?;
     let picking = addrs.len() > 1 && addrs.iter().all(|addr| addr.port() == 0);
     let mut attempts = 0;
     loop {
-        match bind_each(&addrs) {
+        match bind_each(&addrs, sharing) {
             Ok(listeners) => return Ok(listeners),
             // The port picked for the first address is taken on another one:
             // let the system pick again.
@@ -97,7 +117,7 @@ pub async fn bind_all(spec: &str) -> anyhow::Result<Vec<TcpListener>> {
 const PICK_ATTEMPTS: usize = 16;
 
 /// Binds every address, giving those with port 0 the port picked for the first.
-fn bind_each(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, io::Error)> {
+fn bind_each(addrs: &[SocketAddr], sharing: Sharing) -> Result<Vec<TcpListener>, (SocketAddr, io::Error)> {
     let mut listeners = Vec::with_capacity(addrs.len());
     let mut picked = None;
     for &addr in addrs {
@@ -105,7 +125,7 @@ fn bind_each(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, io::
         if let (0, Some(port)) = (addr.port(), picked) {
             addr.set_port(port);
         }
-        let listener = bind(addr).map_err(|e| (addr, e))?;
+        let listener = bind(addr, sharing).map_err(|e| (addr, e))?;
         if addr.port() == 0 {
             picked = Some(listener.local_addr().map_err(|e| (addr, e))?.port());
         }
@@ -114,7 +134,8 @@ fn bind_each(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, io::
     Ok(listeners)
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Listens on `addr`, sharing the port as `sharing` says.
+pub fn bind(addr: SocketAddr, sharing: Sharing) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // As the guide advises: restarting must not fail on TIME_WAIT leftovers.
     socket.set_reuse_address(true)?;
@@ -122,10 +143,63 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         // So that [::] and 0.0.0.0 can both be bound on the same port.
         socket.set_only_v6(true)?;
     }
+    if sharing == Sharing::TakeOver {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    if sharing == Sharing::TakeOver {
+        // Only once listening: the kernel adds a TCP socket to its port's
+        // group at listen(2), and a program attached before would be lost.
+        steer_to_newest(&socket)?;
+    }
     TcpListener::from_std(socket.into())
+}
+
+/// Sends every new connection of `socket`'s port to `socket`, the newest
+/// member of the port's `SO_REUSEPORT` group, instead of spreading them
+/// over its members by a hash of their addresses.
+///
+/// The kernel numbers a group's sockets in the order they began to listen,
+/// and fills a hole a closed one leaves with the last. A classic BPF
+/// program attached to the group (`SO_ATTACH_REUSEPORT_CBPF`, socket(7))
+/// picks a socket by that number for each new connection, and the kernel
+/// falls back to the hash when the number is past the group's end. The
+/// program here always says 1: with the old server and this one, that is
+/// this one; alone (the old one stopped), 1 is past the end and the hash
+/// of a one-socket group is this socket. Attaching replaces the group's
+/// program, so a third server taking over from this one works the same.
+/// Without it, an old server stopping would reset the connections the
+/// kernel had already queued for it (`net.ipv4.tcp_migrate_req` is off by
+/// default): with it, the old server gets none from the moment the new one
+/// listens.
+#[cfg(target_os = "linux")]
+fn steer_to_newest(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // `return 1`: BPF_RET | BPF_K.
+    let mut program = [libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: 1 }];
+    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
+    // SAFETY: `fprog` points at `program`, both alive for the call, and the
+    // length given is `sock_fprog`'s own; the kernel copies the program.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn steer_to_newest(_socket: &Socket) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "taking over a port needs Linux's SO_ATTACH_REUSEPORT_CBPF"))
 }
 
 /// Connects to the first address of `spec` that answers within `timeout`.
@@ -246,6 +320,49 @@ mod tests {
             assert!(text.starts_with(start) && !text.contains('\n'), "{text}");
         }
         assert_eq!(explain(&io::Error::other("odd")), "odd");
+    }
+
+    /// Which of `listeners` accepts the next connection to `port`, if one
+    /// does within a second.
+    async fn who_accepts(port: u16, listeners: &[&TcpListener]) -> Option<usize> {
+        let _client = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let accepts = listeners.iter().enumerate().map(|(i, l)| Box::pin(async move { l.accept().await.map(|_| i) }));
+        let (accepted, _, _) = tokio::time::timeout(Duration::from_secs(1), futures::future::select_all(accepts)).await.ok()?;
+        Some(accepted.expect("accept"))
+    }
+
+    #[tokio::test]
+    async fn a_server_taking_over_a_port_gets_every_new_connection() {
+        let old = bind_all_sharing("127.0.0.1:0", Sharing::TakeOver).await.unwrap().remove(0);
+        let port = old.local_addr().unwrap().port();
+        assert_eq!(who_accepts(port, &[&old]).await, Some(0));
+        // Beside it, on its port: not spread by a hash, every one to the new.
+        let new = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap().remove(0);
+        for _ in 0..32 {
+            assert_eq!(who_accepts(port, &[&old, &new]).await, Some(1));
+        }
+        // The old one stopped: the new one alone.
+        drop(old);
+        for _ in 0..4 {
+            assert_eq!(who_accepts(port, &[&new]).await, Some(0));
+        }
+        // And a third takes over from the second.
+        let newer = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap().remove(0);
+        for _ in 0..8 {
+            assert_eq!(who_accepts(port, &[&new, &newer]).await, Some(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn only_servers_that_take_over_share_a_port() {
+        let alone = bind_all("127.0.0.1:0").await.unwrap();
+        let port = alone[0].local_addr().unwrap().port();
+        let error = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap_err().to_string();
+        assert!(error.contains("address already in use"), "{error}");
+        let sharing = bind_all_sharing("127.0.0.1:0", Sharing::TakeOver).await.unwrap();
+        let port = sharing[0].local_addr().unwrap().port();
+        let error = bind_all(&format!("127.0.0.1:{port}")).await.unwrap_err().to_string();
+        assert!(error.contains("address already in use"), "{error}");
     }
 
     #[tokio::test]
