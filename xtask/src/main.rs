@@ -13,7 +13,8 @@
 //!   every test, on the release build, then every transcript of the docs
 //!   (as `test-docs` does).
 //! - `cargo xtask serve [ARGS]` builds the served plugins and the release
-//!   server (at once) and starts it with them.
+//!   server (at once) and starts it with them; on a fresh clone, it serves
+//!   from a quicker unoptimised build first (`serve.rs`).
 //! - `cargo xtask install [--root DIR]` puts the release `wasmux` on the
 //!   PATH (in DIR/bin, as `cargo install --root`), lean (`install.rs`).
 //! - `cargo xtask bench` builds both, compares the Wasm plugins (fresh
@@ -28,6 +29,7 @@
 mod bench;
 mod install;
 mod plugins;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,7 +78,10 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
     },
-    /// Build the plugins and the release server, then run `wasmux serve` with them.
+    /// Build the plugins and the release server, then run `wasmux serve` with
+    /// them. With no release build yet (a fresh clone), serve from an
+    /// unoptimised build first while the release one builds; it takes over
+    /// the port when built.
     Serve {
         /// Extra arguments for `wasmux serve` (e.g. --listen 127.0.0.1:7000).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -271,21 +276,7 @@ fn run_task(cli: Cli) -> Result<()> {
             let dir = install::bin_dir(install_root)?;
             timed("install", || install::install(&root, &dir, install::Build::Package).map(|_| ()))?;
         }
-        Task::Serve { args } => {
-            // The served plugins and the server build at once: the server's
-            // build leaves a core idle for long stretches (one big crate
-            // at a time), which the plugins' build fills.
-            both(
-                || plugins::build(&root, true, plugins::Which::Served),
-                || timed("the server", || run(cargo().current_dir(&root).args(["build", "--release", "--locked", "-p", "wasmux-cli"]))),
-            )?;
-            let plugins = root.join("target/plugins");
-            run(Command::new(root.join("target/release/wasmux"))
-                .arg("serve")
-                .arg("--plugins")
-                .arg(&plugins)
-                .args(&args))?;
-        }
+        Task::Serve { args } => serve::serve(&root, &args)?,
         Task::Bench { duration, warmup, connections, depth, rounds, mix, no_pin, python_server, search_js, search_py, reuse, cost_requests, only, modes, baseline, out } => {
             let options = bench::Options {
                 duration,
