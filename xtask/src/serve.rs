@@ -242,10 +242,13 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let cache = tempfile::tempdir().expect("a cache directory");
         let args = vec!["--listen".to_string(), format!("127.0.0.1:{port}"), "--cache-dir".to_string(), cache.path().display().to_string()];
-        let first = serve_command(&root, &binary, &args, true);
+        // Warnings only: the test's output is for its own failures.
+        let mut first = serve_command(&root, &binary, &args, true);
+        first.env("RUST_LOG", "warn");
         let mut build = Command::new("sleep");
         build.arg("1");
-        let then = serve_command(&root, &binary, &args, true);
+        let mut then = serve_command(&root, &binary, &args, true);
+        then.env("RUST_LOG", "warn");
         let (phases_in, phases) = mpsc::channel();
         let serving = std::thread::spawn(move || {
             let mut report = |phase| {
