@@ -254,14 +254,17 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
         _ => None,
     };
 
+    // Every port is bound first, and listened on once nothing else can
+    // fail: a server taking the ports over from another (`--take-over`)
+    // takes no connection from it unless it starts.
     let sharing = if args.take_over { net::Sharing::TakeOver } else { net::Sharing::Alone };
-    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
     for spec in &args.listen {
-        listeners.extend(net::bind_all_sharing(spec, sharing).await.map_err(|e| port_taken(e, args.take_over))?);
+        bound.push(net::bind_all_sharing(spec, sharing).await.map_err(|e| port_taken(e, args.take_over))?);
     }
-    let admin_listeners = match &args.admin {
-        Some(spec) => net::bind_all_sharing(&admin::admin_address(spec), sharing).await.map_err(|e| port_taken(e, args.take_over))?,
-        None => Vec::new(),
+    let admin_bound = match &args.admin {
+        Some(spec) => Some(net::bind_all_sharing(&admin::admin_address(spec), sharing).await.map_err(|e| port_taken(e, args.take_over))?),
+        None => None,
     };
     // Read only for an endpoint that is served: a token file set in the
     // environment does not stop a server without one.
@@ -269,13 +272,14 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
         (Some(_), Some(path)) => Some(admin::read_token_file(path)?),
         _ => None,
     };
-    let admin_access = admin::Access::new(&admin_listeners, admin_token, &service.settings())?;
+    let admin_addrs = admin_bound.as_ref().map(net::Bound::local_addrs).unwrap_or_default();
+    let admin_access = admin::Access::new(&admin_addrs, admin_token, &service.settings())?;
     let agent_state = AgentState::new();
-    let agent = match &args.agent {
+    let agent_bound = match &args.agent {
         Some(spec) => {
             let addr = net::resolve(&admin::admin_address(spec)).await?.into_iter().next().context("--agent: no address")?;
-            let agent = Agent::bind_sharing(addr, sharing, Arc::clone(&agent_state)).await;
-            Some(agent.map_err(|e| port_taken(anyhow::anyhow!("cannot listen on {addr} for the agent check: {}", net::explain(&e)), args.take_over))?)
+            let bound = net::bind_one(addr, sharing);
+            Some(bound.map_err(|e| port_taken(anyhow::anyhow!("cannot listen on {addr} for the agent check: {}", net::explain(&e)), args.take_over))?)
         }
         None => None,
     };
@@ -283,6 +287,15 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
     // is printed (by a process manager, a script, a test) must drain the
     // server, not kill it as an unhandled signal would.
     let signals = Signals::listen()?;
+    let mut listeners = Vec::new();
+    for bound in bound {
+        listeners.extend(bound.listen()?);
+    }
+    let admin_listeners = admin_bound.map(net::Bound::listen).transpose()?.unwrap_or_default();
+    let agent = match agent_bound {
+        Some(bound) => bound.listen()?.into_iter().next().map(|listener| Agent::on(listener, Arc::clone(&agent_state))),
+        None => None,
+    };
     for listener in &listeners {
         // On stdout, so scripts (and the tests) can find a port chosen by the OS.
         println!("wasmux listening on {}", listener.local_addr()?);

@@ -467,3 +467,43 @@ fn a_server_started_with_take_over_replaces_another_without_refusing_a_connectio
     assert!(answered.iter().any(|(port, after)| !after && accepted(&old_log, *port)), "the old server answered nothing");
     assert!(old_log.contains("shutting down: no new connections"), "{old_log}");
 }
+
+#[test]
+fn a_server_that_fails_to_start_takes_nothing_from_the_one_it_would_replace() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let plugins = crate::common::plugins_dir();
+    let plugins = plugins.to_str().expect("utf-8 path");
+    let old = Server::start_with(&["--plugins", plugins, "--take-over"]);
+    let addr = old.addr;
+    let (stop, taken_over) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (answered, failed) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, taken_over, answered, failed) = (Arc::clone(&stop), Arc::clone(&taken_over), Arc::clone(&answered), Arc::clone(&failed));
+            std::thread::spawn(move || guide_client(addr, &stop, &taken_over, &answered, &failed))
+        })
+        .collect();
+    // Each binds the port, then fails on its admin token file: had it
+    // listened on the port by then, it would have taken (and reset) some
+    // of the clients' connections.
+    let missing = tempfile::tempdir().expect("a directory");
+    let token_file = missing.path().join("no-such-token");
+    let listen = addr.to_string();
+    for _ in 0..5 {
+        let failed_start = crate::common::wasmux(&["serve", "--plugins", plugins, "--listen", &listen, "--take-over", "--admin", "127.0.0.1:0", "--admin-token-file", token_file.to_str().expect("utf-8 path")]);
+        assert!(!failed_start.status.success() && failed_start.stderr.contains("no-such-token"), "{}", failed_start.stderr);
+    }
+    // And a third server while two share the port is refused, naming why.
+    let new = Server::start_listening(&[&listen], 1, &["--plugins", plugins, "--take-over"]);
+    let third = crate::common::wasmux(&["serve", "--plugins", plugins, "--listen", &listen, "--take-over"]);
+    assert!(!third.status.success() && third.stderr.contains("two servers already share") && third.stderr.contains("once the older has exited"), "{}", third.stderr);
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().expect("a client thread");
+    }
+    drop(new);
+    let failed = failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(answered.lock().unwrap_or_else(|e| e.into_inner()).len() >= 20, "too few answers to tell");
+}

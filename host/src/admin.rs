@@ -31,6 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -67,12 +68,11 @@ pub struct Access {
 }
 
 impl Access {
-    /// Access to an endpoint on `listeners`, refused if one of them is off
+    /// Access to an endpoint listening on `listening`, refused if one is off
     /// loopback and neither `file_token` nor `settings` gives a token.
-    pub fn new(listeners: &[TcpListener], file_token: Option<TokenHash>, settings: &Settings) -> anyhow::Result<Self> {
+    pub fn new(listening: &[SocketAddr], file_token: Option<TokenHash>, settings: &Settings) -> anyhow::Result<Self> {
         let mut exposed = Vec::new();
-        for listener in listeners {
-            let addr = listener.local_addr()?;
+        for addr in listening {
             if !addr.ip().to_canonical().is_loopback() {
                 exposed.push(addr.to_string());
             }

@@ -37,8 +37,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::net::Sharing;
-
 /// What the agent answers while the server takes connections.
 pub const READY: &str = "up ready\n";
 /// What the agent answers while the server drains.
@@ -101,12 +99,12 @@ pub struct Agent {
 impl Agent {
     /// Listens on `addr`.
     pub async fn bind(addr: SocketAddr, state: Arc<AgentState>) -> std::io::Result<Self> {
-        Self::bind_sharing(addr, Sharing::Alone, state).await
+        Ok(Self::on(TcpListener::bind(addr).await?, state))
     }
 
-    /// Listens on `addr`, sharing the port as `sharing` says.
-    pub async fn bind_sharing(addr: SocketAddr, sharing: Sharing, state: Arc<AgentState>) -> std::io::Result<Self> {
-        Ok(Self { listener: crate::net::bind(addr, sharing)?, state })
+    /// Answers on `listener` (from [`crate::net::bind`], to share its port).
+    pub fn on(listener: TcpListener, state: Arc<AgentState>) -> Self {
+        Self { listener, state }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

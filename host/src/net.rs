@@ -84,8 +84,14 @@ pub enum Sharing {
     /// `wasmux serve --take-over`: the socket is bound with `SO_REUSEPORT`,
     /// so that another server started with `--take-over` may bind the same
     /// port, and the newest such server takes every new connection (see
-    /// [`steer_to_newest`]). The older one keeps the connections it has;
-    /// once it is stopped, nothing that reached the port was refused.
+    /// [`steer_to_newest`]). The older one keeps the connections it has
+    /// and, once stopped, drains them. At most two servers share a port:
+    /// the steering can only tell the newer of two apart.
+    ///
+    /// Such a socket is only bound, not listening, until
+    /// [`Bound::listen`]: a server that fails to start after binding
+    /// (a bad token file, another port taken) has taken no connection from
+    /// the running one.
     TakeOver,
 }
 
@@ -93,17 +99,18 @@ pub enum Sharing {
 /// picks a port for the first address and every other address gets the
 /// same one, so that `localhost:0` or `:0` is still one port.
 pub async fn bind_all(spec: &str) -> anyhow::Result<Vec<TcpListener>> {
-    bind_all_sharing(spec, Sharing::Alone).await
+    bind_all_sharing(spec, Sharing::Alone).await?.listen()
 }
 
-/// [`bind_all`], with the ports shared as `sharing` says.
-pub async fn bind_all_sharing(spec: &str, sharing: Sharing) -> anyhow::Result<Vec<TcpListener>> {
+/// Binds every address `spec` resolves to as [`bind_all`] does, sharing
+/// the ports as `sharing` says; [`Bound::listen`] then listens.
+pub async fn bind_all_sharing(spec: &str, sharing: Sharing) -> anyhow::Result<Bound> {
     let addrs = resolve(spec).await?;
-    let picking = addrs.len() > 1 && addrs.iter().all(|addr| addr.port() == 0);
+    let picking = addrs.iter().all(|addr| addr.port() == 0);
     let mut attempts = 0;
     loop {
         match bind_each(&addrs, sharing) {
-            Ok(listeners) => return Ok(listeners),
+            Ok(sockets) => return Ok(Bound { sockets, sharing }),
             // The port picked for the first address is taken on another one:
             // let the system pick again.
             Err((_, e)) if picking && e.kind() == io::ErrorKind::AddrInUse && attempts < PICK_ATTEMPTS => attempts += 1,
@@ -112,30 +119,75 @@ pub async fn bind_all_sharing(spec: &str, sharing: Sharing) -> anyhow::Result<Ve
     }
 }
 
+/// Binds one address, as [`bind_all_sharing`] binds each.
+pub fn bind_one(addr: SocketAddr, sharing: Sharing) -> io::Result<Bound> {
+    let sockets = bind_each(&[addr], sharing).map_err(|(_, e)| e)?;
+    Ok(Bound { sockets, sharing })
+}
+
+/// Sockets bound to their addresses: listening already when alone on
+/// their ports, not yet when taking them over ([`Sharing::TakeOver`]).
+#[derive(Debug)]
+pub struct Bound {
+    sockets: Vec<(Socket, SocketAddr)>,
+    sharing: Sharing,
+}
+
+impl Bound {
+    /// The addresses bound (with the ports the system picked).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|(_, addr)| *addr).collect()
+    }
+
+    /// Listens on every socket; taking a port over, from now on its new
+    /// connections come here ([`steer_to_newest`]).
+    ///
+    /// Only now are the sockets registered with the async runtime: a bound
+    /// socket that is not listening polls as hung up, and tokio keeps a
+    /// socket's "closed" readiness for good, so an accept loop on it would
+    /// spin.
+    pub fn listen(self) -> anyhow::Result<Vec<TcpListener>> {
+        let mut listeners = Vec::with_capacity(self.sockets.len());
+        for (socket, addr) in self.sockets {
+            if self.sharing == Sharing::TakeOver {
+                socket.listen(LISTEN_BACKLOG).with_context(|| format!("cannot listen on {addr}"))?;
+                // Only once listening: the kernel adds a TCP socket to its
+                // port's group at listen(2); a program attached before
+                // would be lost.
+                steer_to_newest(&socket).with_context(|| format!("cannot take over {addr}"))?;
+            }
+            listeners.push(TcpListener::from_std(socket.into()).with_context(|| format!("cannot listen on {addr}"))?);
+        }
+        Ok(listeners)
+    }
+}
+
 /// How often `bind_all` lets the system pick a port again when the port it
 /// picked for one address is taken on another.
 const PICK_ATTEMPTS: usize = 16;
 
 /// Binds every address, giving those with port 0 the port picked for the first.
-fn bind_each(addrs: &[SocketAddr], sharing: Sharing) -> Result<Vec<TcpListener>, (SocketAddr, io::Error)> {
-    let mut listeners = Vec::with_capacity(addrs.len());
+fn bind_each(addrs: &[SocketAddr], sharing: Sharing) -> Result<Vec<(Socket, SocketAddr)>, (SocketAddr, io::Error)> {
+    let mut sockets = Vec::with_capacity(addrs.len());
     let mut picked = None;
     for &addr in addrs {
         let mut addr = addr;
         if let (0, Some(port)) = (addr.port(), picked) {
             addr.set_port(port);
         }
-        let listener = bind(addr, sharing).map_err(|e| (addr, e))?;
+        let socket = bind(addr, sharing).map_err(|e| (addr, e))?;
+        let bound = socket.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| (addr, io::Error::other("the socket has no address")))?;
         if addr.port() == 0 {
-            picked = Some(listener.local_addr().map_err(|e| (addr, e))?.port());
+            picked = Some(bound.port());
         }
-        listeners.push(listener);
+        sockets.push((socket, bound));
     }
-    Ok(listeners)
+    Ok(sockets)
 }
 
-/// Listens on `addr`, sharing the port as `sharing` says.
-pub fn bind(addr: SocketAddr, sharing: Sharing) -> io::Result<TcpListener> {
+/// A socket bound to `addr`: listening if alone on its port, only bound
+/// if taking it over (see [`Sharing::TakeOver`]).
+fn bind(addr: SocketAddr, sharing: Sharing) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // As the guide advises: restarting must not fail on TIME_WAIT leftovers.
     socket.set_reuse_address(true)?;
@@ -143,18 +195,104 @@ pub fn bind(addr: SocketAddr, sharing: Sharing) -> io::Result<TcpListener> {
         // So that [::] and 0.0.0.0 can both be bound on the same port.
         socket.set_only_v6(true)?;
     }
-    if sharing == Sharing::TakeOver {
-        socket.set_reuse_port(true)?;
-    }
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    if sharing == Sharing::TakeOver {
-        // Only once listening: the kernel adds a TCP socket to its port's
-        // group at listen(2), and a program attached before would be lost.
-        steer_to_newest(&socket)?;
+    if sharing == Sharing::Alone {
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        return Ok(socket);
     }
-    TcpListener::from_std(socket.into())
+    if addr.port() != 0 {
+        may_take_over(addr, &listening_sockets(addr.port()))?;
+    }
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    if addr.port() == 0 {
+        // A port the system picked may be one another server shares (it
+        // picks among those too): only a port of its own will do.
+        let port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+        if listening_sockets(port).iter().any(|other| overlaps(*other, addr)) {
+            return Err(io::Error::from(io::ErrorKind::AddrInUse));
+        }
+    }
+    Ok(socket)
+}
+
+/// Whether a socket bound to `addr` may take over from those listening on
+/// its port now (`listening`): only from one server at a time, on the very
+/// same address (another spelling of it, `:PORT` for `127.0.0.1:PORT`,
+/// would be a group of its own, and the more specific address would keep
+/// its connections).
+fn may_take_over(addr: SocketAddr, listening: &[SocketAddr]) -> io::Result<()> {
+    let mut same = 0;
+    for &other in listening.iter().filter(|other| overlaps(**other, addr)) {
+        if other.ip() != addr.ip() {
+            return Err(io::Error::other(format!(
+                "{other} is listening on this port: to take it over, listen on the same address ({other}), not {addr}"
+            )));
+        }
+        same += 1;
+    }
+    if same >= 2 {
+        return Err(io::Error::other(format!(
+            "two servers already share {addr} (a take-over is under way): start this one once the older has exited"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a listener on `a` and one on `b` take some of the same
+/// connections: the same port, family and address, or a wildcard address
+/// of the family. (Our IPv6 sockets are IPv6 only; one that is not, of
+/// another program, would overlap IPv4 too, which is not seen here.)
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.is_ipv4() == b.is_ipv4() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The addresses of the TCP sockets listening on `port` in this network
+/// namespace, one per socket, whoever owns them (`/proc/net/tcp` and
+/// `tcp6`; none where those cannot be read).
+fn listening_sockets(port: u16) -> Vec<SocketAddr> {
+    let mut found = Vec::new();
+    for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        if let Ok(table) = std::fs::read_to_string(path) {
+            found.extend(parse_listening(&table, v6).into_iter().filter(|addr| addr.port() == port));
+        }
+    }
+    found
+}
+
+/// The local addresses of the sockets in state LISTEN (`0A`) of a
+/// `/proc/net/tcp` (or, with `v6`, `tcp6`) table. An address is written as
+/// the hexadecimal of each 32-bit word of the address in the machine's
+/// byte order, then `:` and the port.
+fn parse_listening(table: &str, v6: bool) -> Vec<SocketAddr> {
+    let word = |hex: &str| u32::from_str_radix(hex, 16).ok().map(u32::to_ne_bytes);
+    let mut found = Vec::new();
+    for line in table.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(local), Some(_remote), Some("0A")) = (fields.nth(1), fields.next(), fields.next()) else { continue };
+        let Some((ip, port)) = local.split_once(':') else { continue };
+        let Ok(port) = u16::from_str_radix(port, 16) else { continue };
+        let ip = match (v6, ip.len()) {
+            (false, 8) => word(ip).map(|b| std::net::IpAddr::from(Ipv4Addr::from(b))),
+            (true, 32) => {
+                let mut bytes = [0u8; 16];
+                let mut ok = true;
+                for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                    match word(&ip[i * 8..i * 8 + 8]) {
+                        Some(b) => chunk.copy_from_slice(&b),
+                        None => ok = false,
+                    }
+                }
+                ok.then(|| std::net::IpAddr::from(Ipv6Addr::from(bytes)))
+            }
+            _ => None,
+        };
+        if let Some(ip) = ip {
+            found.push(SocketAddr::new(ip, port));
+        }
+    }
+    found
 }
 
 /// Sends every new connection of `socket`'s port to `socket`, the newest
@@ -168,12 +306,17 @@ pub fn bind(addr: SocketAddr, sharing: Sharing) -> io::Result<TcpListener> {
 /// falls back to the hash when the number is past the group's end. The
 /// program here always says 1: with the old server and this one, that is
 /// this one; alone (the old one stopped), 1 is past the end and the hash
-/// of a one-socket group is this socket. Attaching replaces the group's
-/// program, so a third server taking over from this one works the same.
-/// Without it, an old server stopping would reset the connections the
-/// kernel had already queued for it (`net.ipv4.tcp_migrate_req` is off by
-/// default): with it, the old server gets none from the moment the new one
-/// listens.
+/// of a one-socket group is this socket. So a group must never hold three
+/// ([`may_take_over`] refuses a third): with three, 1 would be the middle
+/// one. Attaching replaces the group's program, so a third server taking
+/// over from this one once the first has exited works the same. Without
+/// the program, the connections would be spread over both servers, and
+/// the old one stopping would reset those the kernel had queued for it
+/// (`net.ipv4.tcp_migrate_req` is off by default). With it, the old server
+/// gets none from the moment the new one listens. What the kernel queued
+/// for it before, its accept loop takes at once; only clients left
+/// waiting in its queue because it is at `max-connections` are reset when
+/// it stops.
 #[cfg(target_os = "linux")]
 fn steer_to_newest(socket: &Socket) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
@@ -331,26 +474,73 @@ mod tests {
         Some(accepted.expect("accept"))
     }
 
+    /// A server's socket on `spec` that takes the port over at once.
+    async fn taking_over(spec: &str) -> TcpListener {
+        bind_all_sharing(spec, Sharing::TakeOver).await.unwrap().listen().unwrap().remove(0)
+    }
+
     #[tokio::test]
     async fn a_server_taking_over_a_port_gets_every_new_connection() {
-        let old = bind_all_sharing("127.0.0.1:0", Sharing::TakeOver).await.unwrap().remove(0);
+        let old = taking_over("127.0.0.1:0").await;
         let port = old.local_addr().unwrap().port();
         assert_eq!(who_accepts(port, &[&old]).await, Some(0));
-        // Beside it, on its port: not spread by a hash, every one to the new.
-        let new = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap().remove(0);
+        // Bound beside it but not yet listening (still starting): nothing.
+        let new = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap();
+        for _ in 0..8 {
+            assert_eq!(who_accepts(port, &[&old]).await, Some(0));
+        }
+        // Listening: not spread by a hash, every one to the new.
+        let new = new.listen().unwrap().remove(0);
         for _ in 0..32 {
             assert_eq!(who_accepts(port, &[&old, &new]).await, Some(1));
         }
+        // While two share the port, a third is refused.
+        let error = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap_err().to_string();
+        assert!(error.contains("two servers already share 127.0.0.1:") && error.contains("once the older has exited"), "{error}");
         // The old one stopped: the new one alone.
         drop(old);
         for _ in 0..4 {
             assert_eq!(who_accepts(port, &[&new]).await, Some(0));
         }
         // And a third takes over from the second.
-        let newer = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap().remove(0);
+        let newer = taking_over(&format!("127.0.0.1:{port}")).await;
         for _ in 0..8 {
             assert_eq!(who_accepts(port, &[&new, &newer]).await, Some(1));
         }
+    }
+
+    #[tokio::test]
+    async fn taking_over_needs_the_same_spelling_of_the_address() {
+        let old = taking_over("127.0.0.1:0").await;
+        let port = old.local_addr().unwrap().port();
+        let error = bind_all_sharing(&format!(":{port}"), Sharing::TakeOver).await.unwrap_err().to_string();
+        assert!(error.contains(&format!("127.0.0.1:{port} is listening on this port: to take it over, listen on the same address")), "{error}");
+        let wide = taking_over("0.0.0.0:0").await;
+        let port = wide.local_addr().unwrap().port();
+        let error = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap_err().to_string();
+        assert!(error.contains(&format!("0.0.0.0:{port} is listening on this port")), "{error}");
+    }
+
+    #[test]
+    fn listening_sockets_are_read_from_the_kernels_tables() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+                  0: 0100007F:FF98 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n   \
+                  1: 0100007F:FF98 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n   \
+                  2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0\n";
+        let lo = u32::from_ne_bytes([127, 0, 0, 1]);
+        let v4 = v4.replace("0100007F", &format!("{lo:08X}"));
+        assert_eq!(parse_listening(&v4, false), vec![SocketAddr::from(([127, 0, 0, 1], 65432)), SocketAddr::from(([0, 0, 0, 0], 22))]);
+        let one = u32::from_ne_bytes([0, 0, 0, 1]);
+        let v6 = format!("  sl  local_address ...\n   0: 000000000000000000000000{one:08X}:1F90 00000000000000000000000000000000:0000 0A 0 0 0\n");
+        assert_eq!(parse_listening(&v6, true), vec![SocketAddr::from((Ipv6Addr::LOCALHOST, 8080))]);
+        assert!(parse_listening("header\n 0: garbage\n", false).is_empty());
+    }
+
+    #[tokio::test]
+    async fn this_machines_listeners_are_found() {
+        let listener = bind_all("127.0.0.1:0").await.unwrap().remove(0);
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(listening_sockets(addr.port()), vec![addr]);
     }
 
     #[tokio::test]
@@ -359,8 +549,8 @@ mod tests {
         let port = alone[0].local_addr().unwrap().port();
         let error = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap_err().to_string();
         assert!(error.contains("address already in use"), "{error}");
-        let sharing = bind_all_sharing("127.0.0.1:0", Sharing::TakeOver).await.unwrap();
-        let port = sharing[0].local_addr().unwrap().port();
+        let sharing = taking_over("127.0.0.1:0").await;
+        let port = sharing.local_addr().unwrap().port();
         let error = bind_all(&format!("127.0.0.1:{port}")).await.unwrap_err().to_string();
         assert!(error.contains("address already in use"), "{error}");
     }

@@ -112,12 +112,20 @@ pub fn serve_then_take_over(mut first: Command, mut build: Command, mut then: Co
         eprintln!("xtask: the release build failed ({built}; its output is in {}): the first-run server goes on", log.display());
         return first.child.wait().context("waiting for the first-run server");
     }
-    let mut release = Server::start(&mut then, "the release server")?;
+    let mut release = match Server::start(&mut then, "the release server") {
+        Ok(release) => release,
+        Err(e) => {
+            eprintln!("xtask: {e:#}: the first-run server goes on");
+            return first.child.wait().context("waiting for the first-run server");
+        }
+    };
     match release.wait_until_listening()? {
         Some(_) => {
             report(Phase::TookOver(release.child.id()));
-            terminate(&mut first.child)?;
-            eprintln!("xtask: the release server took over after {:.1} s; the first-run server stopped", started.elapsed().as_secs_f64());
+            match terminate(&mut first.child) {
+                Ok(()) => eprintln!("xtask: the release server took over after {:.1} s; the first-run server stopped", started.elapsed().as_secs_f64()),
+                Err(e) => eprintln!("xtask: the release server took over, but the first-run server (pid {}) could not be stopped: {e:#}", first.child.id()),
+            }
             release.child.wait().context("waiting for the release server")
         }
         None => {
