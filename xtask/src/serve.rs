@@ -12,6 +12,7 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -64,11 +65,53 @@ fn first_run(root: &Path, args: &[String]) -> Result<()> {
     crate::without_cargo_run_variables(&mut build);
     build.stdout(file.try_clone()?).stderr(file);
     let release = serve_command(root, &root.join("target/release/wasmux"), args, true);
+    // From here two servers and a build run under this process: stopped,
+    // it stops them (Ctrl-C reaches them all, but `kill` or a closed
+    // terminal may reach this process alone) and waits for the drain.
+    catch_stop_signals()?;
     let status = serve_then_take_over(first, build, release, &log, started, &mut |_| {})?;
     if !status.success() {
         bail!("wasmux serve exited with {status}");
     }
     Ok(())
+}
+
+/// The signal (SIGINT, SIGTERM or SIGHUP) that asked `cargo xtask serve`
+/// to stop, or 0.
+static STOPPING: AtomicI32 = AtomicI32::new(0);
+
+fn catch_stop_signals() -> Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the action only stores to an atomic, which a signal
+        // handler may do.
+        unsafe { signal_hook_registry::register(signal, move || STOPPING.store(signal, Ordering::SeqCst)) }.context("catching SIGINT, SIGTERM and SIGHUP")?;
+    }
+    Ok(())
+}
+
+fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst) != 0
+}
+
+/// Waits for `child` (a server) to exit. Once this process is asked to
+/// stop, so is the server, with SIGTERM: it drains, then exits.
+fn wait_for(child: &mut Child) -> Result<ExitStatus> {
+    wait_unless(child, &stopping)
+}
+
+/// [`wait_for`], told to stop by `stop`.
+fn wait_unless(child: &mut Child, stop: &dyn Fn() -> bool) -> Result<ExitStatus> {
+    let mut told = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if stop() && !told {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// What [`serve_then_take_over`] reports as it goes (for its test).
@@ -90,7 +133,7 @@ pub enum Phase {
 pub fn serve_then_take_over(mut first: Command, mut build: Command, mut then: Command, log: &Path, started: Instant, report: &mut dyn FnMut(Phase)) -> Result<ExitStatus> {
     let mut first = Server::start(&mut first, "the first-run server")?;
     let Some(listening) = first.wait_until_listening()? else {
-        return first.child.wait().context("waiting for the first-run server");
+        return wait_for(&mut first.child).context("waiting for the first-run server");
     };
     eprintln!("xtask: first answer ready after {:.1} s ({listening}), from the first-run build (unoptimised: about ten times slower than the release build)", started.elapsed().as_secs_f64());
     eprintln!("xtask: building the release server beside it (output in {}); it takes over the port when built", log.display());
@@ -103,6 +146,11 @@ pub fn serve_then_take_over(mut first: Command, mut build: Command, mut then: Co
             let _ = build.wait();
             return Ok(status);
         }
+        if stopping() {
+            let _ = build.kill();
+            let _ = build.wait();
+            return wait_for(&mut first.child).context("waiting for the first-run server");
+        }
         if let Some(status) = build.try_wait()? {
             break status;
         }
@@ -110,27 +158,31 @@ pub fn serve_then_take_over(mut first: Command, mut build: Command, mut then: Co
     };
     if !built.success() {
         eprintln!("xtask: the release build failed ({built}; its output is in {}): the first-run server goes on", log.display());
-        return first.child.wait().context("waiting for the first-run server");
+        return wait_for(&mut first.child).context("waiting for the first-run server");
     }
     let mut release = match Server::start(&mut then, "the release server") {
         Ok(release) => release,
         Err(e) => {
             eprintln!("xtask: {e:#}: the first-run server goes on");
-            return first.child.wait().context("waiting for the first-run server");
+            return wait_for(&mut first.child).context("waiting for the first-run server");
         }
     };
     match release.wait_until_listening()? {
+        _ if stopping() => {
+            let _ = wait_for(&mut release.child);
+            wait_for(&mut first.child).context("waiting for the first-run server")
+        }
         Some(_) => {
             report(Phase::TookOver(release.child.id()));
             match terminate(&mut first.child) {
                 Ok(()) => eprintln!("xtask: the release server took over after {:.1} s; the first-run server stopped", started.elapsed().as_secs_f64()),
                 Err(e) => eprintln!("xtask: the release server took over, but the first-run server (pid {}) could not be stopped: {e:#}", first.child.id()),
             }
-            release.child.wait().context("waiting for the release server")
+            wait_for(&mut release.child).context("waiting for the release server")
         }
         None => {
             eprintln!("xtask: the release server could not start beside the first-run one (its log is above): the first-run server goes on; stop it and run `cargo xtask serve` again to serve the release build");
-            first.child.wait().context("waiting for the first-run server")
+            wait_for(&mut first.child).context("waiting for the first-run server")
         }
     }
 }
@@ -170,7 +222,7 @@ impl Server {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.child.try_wait()?.is_some() {
+                    if stopping() || self.child.try_wait()?.is_some() {
                         return Ok(None);
                     }
                 }
@@ -215,6 +267,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_stop_reaches_the_server_waited_for() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let asked = Instant::now() + Duration::from_millis(300);
+        let status = wait_unless(&mut child, &|| Instant::now() >= asked).expect("waiting");
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+        assert!(asked.elapsed() < Duration::from_secs(5));
     }
 
     /// The guide's search for "morpheus", as one message.
