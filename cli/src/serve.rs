@@ -260,10 +260,10 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
     let sharing = if args.take_over { net::Sharing::TakeOver } else { net::Sharing::Alone };
     let mut bound = Vec::new();
     for spec in &args.listen {
-        bound.push(net::bind_all_sharing(spec, sharing).await.map_err(|e| port_taken(e, args.take_over))?);
+        bound.push(net::bind_all_sharing(spec, sharing).await?);
     }
     let admin_bound = match &args.admin {
-        Some(spec) => Some(net::bind_all_sharing(&admin::admin_address(spec), sharing).await.map_err(|e| port_taken(e, args.take_over))?),
+        Some(spec) => Some(net::bind_all_sharing(&admin::admin_address(spec), sharing).await?),
         None => None,
     };
     // Read only for an endpoint that is served: a token file set in the
@@ -278,8 +278,7 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
     let agent_bound = match &args.agent {
         Some(spec) => {
             let addr = net::resolve(&admin::admin_address(spec)).await?.into_iter().next().context("--agent: no address")?;
-            let bound = net::bind_one(addr, sharing);
-            Some(bound.map_err(|e| port_taken(anyhow::anyhow!("cannot listen on {addr} for the agent check: {}", net::explain(&e)), args.take_over))?)
+            Some(net::bind_one(addr, sharing).context("--agent")?)
         }
         None => None,
     };
@@ -340,15 +339,6 @@ pub async fn serve_with(args: ServeArgs, settings: Settings, serving: Serving) -
         let _ = agent.await;
     }
     Ok(())
-}
-
-/// A bind error of `--take-over`, with what "in use" means there: the
-/// server on the port does not share it.
-fn port_taken(error: anyhow::Error, take_over: bool) -> anyhow::Error {
-    if take_over && error.to_string().contains("address already in use") {
-        return anyhow::anyhow!("{error:#} (--take-over shares a port only with a server started with --take-over, by the same user)");
-    }
-    error
 }
 
 /// The signals the server answers, each listened for from the moment this

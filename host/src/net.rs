@@ -114,14 +114,24 @@ pub async fn bind_all_sharing(spec: &str, sharing: Sharing) -> anyhow::Result<Bo
             // The port picked for the first address is taken on another one:
             // let the system pick again.
             Err((_, e)) if picking && e.kind() == io::ErrorKind::AddrInUse && attempts < PICK_ATTEMPTS => attempts += 1,
-            Err((addr, e)) => bail!("cannot listen on {addr}: {}", explain(&e)),
+            Err((addr, e)) => bail!("{}", cannot_listen(addr, &e, sharing)),
         }
     }
 }
 
+/// Why `addr` could not be bound, in one line; a port in use while taking
+/// over says what `--take-over` shares.
+fn cannot_listen(addr: SocketAddr, error: &io::Error, sharing: Sharing) -> String {
+    let hint = match (sharing, error.kind()) {
+        (Sharing::TakeOver, io::ErrorKind::AddrInUse) => " (--take-over shares a port only with a server started with --take-over, by the same user)",
+        _ => "",
+    };
+    format!("cannot listen on {addr}: {}{hint}", explain(error))
+}
+
 /// Binds one address, as [`bind_all_sharing`] binds each.
-pub fn bind_one(addr: SocketAddr, sharing: Sharing) -> io::Result<Bound> {
-    let sockets = bind_each(&[addr], sharing).map_err(|(_, e)| e)?;
+pub fn bind_one(addr: SocketAddr, sharing: Sharing) -> anyhow::Result<Bound> {
+    let sockets = bind_each(&[addr], sharing).map_err(|(addr, e)| anyhow::anyhow!("{}", cannot_listen(addr, &e, sharing)))?;
     Ok(Bound { sockets, sharing })
 }
 
@@ -548,7 +558,7 @@ mod tests {
         let alone = bind_all("127.0.0.1:0").await.unwrap();
         let port = alone[0].local_addr().unwrap().port();
         let error = bind_all_sharing(&format!("127.0.0.1:{port}"), Sharing::TakeOver).await.unwrap_err().to_string();
-        assert!(error.contains("address already in use"), "{error}");
+        assert!(error.contains("address already in use") && error.contains("(--take-over shares a port only with a server started with --take-over"), "{error}");
         let sharing = taking_over("127.0.0.1:0").await;
         let port = sharing.local_addr().unwrap().port();
         let error = bind_all(&format!("127.0.0.1:{port}")).await.unwrap_err().to_string();
