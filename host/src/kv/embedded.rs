@@ -29,15 +29,23 @@
 //! that a read-modify-write (`increment`, the usage a write changes) is
 //! atomic: the directory's lock means no other process writes. Reads take
 //! no lock.
+//!
+//! fjall holds a write back in the writing thread (its write stall, a
+//! sleep) when flushing or compaction falls behind: while 4 memtables wait
+//! to be written out, or 20 runs of tables wait in level 0. A write that
+//! fjall may hold back so ([`EmbeddedStore::backed_up`]) runs on a blocking
+//! thread, bounded by the request's deadline, and does not hold up the
+//! server's thread and the other requests on it.
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, DatabaseBuilder, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{BucketId, KvError, KvLimits, LIST_PAGE, Usage, add_to_counter, entry_size};
 use crate::files::{self, Links};
@@ -69,6 +77,28 @@ pub enum OpenError {
     Store { dir: PathBuf, message: String },
 }
 
+/// fjall holds writes back while this many memtables wait to be flushed
+/// (fjall 3.1's `Keyspace::local_backpressure`)...
+const STALLING_SEALED_MEMTABLES: usize = 4;
+
+/// ... or while this many runs of tables wait in level 0 (counted here as
+/// tables, at least as many as runs).
+const STALLING_L0_TABLES: usize = 20;
+
+/// Level 0 is counted at every this many writes (counting it costs a
+/// tenth of a write), and each flush adds a table to it: a write is sent
+/// off the server's thread from this many tables short of the stall.
+const COUNT_L0_EVERY: u32 = 16;
+const L0_MARGIN: usize = 4;
+
+/// The most bytes a write runs in place: far less than a memtable (64
+/// MiB), so that a write that runs in place seals at most one, which
+/// [`EmbeddedStore::backed_up`] leaves room for.
+const IN_PLACE_BYTES: usize = 64 << 10;
+
+/// The most bytes a counter's value takes (`i64::MIN` in decimal).
+const COUNTER_BYTES: usize = 20;
+
 /// Locks striping the tenants' writes.
 const WRITE_LOCKS: usize = 16;
 
@@ -85,24 +115,33 @@ pub(super) struct EmbeddedStore {
     mode: PersistMode,
     durability: Durability,
     writers: [Mutex<()>; WRITE_LOCKS],
+    /// Writes so far, to count level 0 at every [`COUNT_L0_EVERY`]th.
+    writes: AtomicU32,
+    /// Whether level 0 was near the stall when last counted.
+    l0_near_stall: AtomicBool,
     /// Held (locked) for as long as the store is open.
     _lock: File,
 }
 
 impl EmbeddedStore {
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, OpenError> {
+        Self::open_with(dir, durability, |builder| builder)
+    }
+
+    /// [`Self::open`], with fjall's options changed by `configure`.
+    fn open_with(dir: &Path, durability: Durability, configure: impl FnOnce(DatabaseBuilder<Database>) -> DatabaseBuilder<Database>) -> Result<Self, OpenError> {
         let io = |source| OpenError::Io { dir: dir.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let lock = lock_directory(dir)?;
         let store = |e: fjall::Error| OpenError::Store { dir: dir.to_owned(), message: e.to_string() };
-        let db = Database::builder(dir.join("kv")).open().map_err(store)?;
+        let db = configure(Database::builder(dir.join("kv"))).open().map_err(store)?;
         let data = db.keyspace("data", KeyspaceCreateOptions::default).map_err(store)?;
         let usage = db.keyspace("usage", KeyspaceCreateOptions::default).map_err(store)?;
         let mode = match durability {
             Durability::Process => PersistMode::Buffer,
             Durability::Sync => PersistMode::SyncData,
         };
-        Ok(Self { db, data, usage, mode, durability, writers: Default::default(), _lock: lock })
+        Ok(Self { db, data, usage, mode, durability, writers: Default::default(), writes: AtomicU32::new(0), l0_near_stall: AtomicBool::new(false), _lock: lock })
     }
 
     pub fn get(&self, bucket: &BucketId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
@@ -159,7 +198,8 @@ impl EmbeddedStore {
 
     pub async fn set_many(this: &Arc<Self>, bucket: &BucketId, pairs: Vec<(String, Vec<u8>)>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
         let (bucket, limits) = (bucket.clone(), *limits);
-        Self::write(this, deadline, move |store| {
+        let bytes = pairs.iter().map(|(key, value)| key.len() + value.len()).sum();
+        Self::write(this, deadline, bytes, move |store| {
             // One batch per pair: a refused pair leaves those before it
             // written, as the interface allows, and one journal write
             // holds the value and the usage it changes.
@@ -171,12 +211,13 @@ impl EmbeddedStore {
     pub async fn delete_many(this: &Arc<Self>, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<(), KvError> {
         let bucket = bucket.clone();
         let unlimited = KvLimits { max_keys: u64::MAX, max_bytes: u64::MAX, ..KvLimits::default() };
-        Self::write(this, deadline, move |store| keys.iter().try_for_each(|key| store.put(&bucket, key, None, &unlimited))).await
+        let bytes = keys.iter().map(String::len).sum();
+        Self::write(this, deadline, bytes, move |store| keys.iter().try_for_each(|key| store.put(&bucket, key, None, &unlimited))).await
     }
 
     pub async fn increment(this: &Arc<Self>, bucket: &BucketId, key: &str, delta: i64, limits: &KvLimits, deadline: Instant) -> Result<u64, KvError> {
         let (bucket, key, limits) = (bucket.clone(), key.to_owned(), *limits);
-        Self::write(this, deadline, move |store| {
+        Self::write(this, deadline, key.len() + COUNTER_BYTES, move |store| {
             let _writer = store.writer(&bucket.tenant);
             let stored = data_key(&bucket, &key)?;
             let old = store.data.get(&stored).map_err(unavailable)?;
@@ -192,13 +233,15 @@ impl EmbeddedStore {
         Ok(value.as_deref().map(decode_usage).unwrap_or_default())
     }
 
-    /// Runs the write `job`: in place when it only hands data to the
-    /// kernel (microseconds), on a blocking thread when it syncs to the
-    /// disk (milliseconds), and then no longer than until `deadline`.
-    async fn write<T: Send + 'static>(this: &Arc<Self>, deadline: Instant, job: impl FnOnce(&Self) -> Result<T, KvError> + Send + 'static) -> Result<T, KvError> {
+    /// Runs the write `job`, of about `bytes` (keys and values): in place
+    /// when it only hands a few kilobytes to the kernel (microseconds), on
+    /// a blocking thread when it syncs to the disk (milliseconds), is
+    /// larger, or fjall may hold it back; and then no longer than until
+    /// `deadline`.
+    async fn write<T: Send + 'static>(this: &Arc<Self>, deadline: Instant, bytes: usize, job: impl FnOnce(&Self) -> Result<T, KvError> + Send + 'static) -> Result<T, KvError> {
         match this.durability {
-            Durability::Process => job(this),
-            Durability::Sync => {
+            Durability::Process if bytes <= IN_PLACE_BYTES && !this.backed_up() => job(this),
+            Durability::Process | Durability::Sync => {
                 let store = Arc::clone(this);
                 let task = tokio::task::spawn_blocking(move || job(&store));
                 match tokio::time::timeout_at(deadline.into(), task).await {
@@ -209,6 +252,22 @@ impl EmbeddedStore {
                 }
             }
         }
+    }
+
+    /// Whether fjall may hold the next write back: one memtable short of
+    /// its limit (a write may seal one), or near its limit of level 0.
+    /// Reads fjall's own counts (hidden in its documentation, and pinned
+    /// with it in Cargo.lock); a unit test makes fjall stall.
+    fn backed_up(&self) -> bool {
+        let keyspaces = [&self.data, &self.usage];
+        if keyspaces.iter().any(|keyspace| keyspace.sealed_memtable_count() + 1 >= STALLING_SEALED_MEMTABLES) {
+            return true;
+        }
+        if self.writes.fetch_add(1, Ordering::Relaxed).is_multiple_of(COUNT_L0_EVERY) {
+            let near = keyspaces.iter().any(|keyspace| keyspace.l0_table_count() + L0_MARGIN >= STALLING_L0_TABLES);
+            self.l0_near_stall.store(near, Ordering::Relaxed);
+        }
+        self.l0_near_stall.load(Ordering::Relaxed)
     }
 
     /// The lock serializing `tenant`'s writes.
@@ -243,6 +302,12 @@ impl EmbeddedStore {
         // An entry replaced by one of the same size (most increments) leaves
         // the tenant's usage as it is: nothing to check, read or write.
         let usage = if old == new { None } else { Some(self.usage(&bucket.tenant)?.after(old, new, limits)?) };
+        let value = match (value, &usage, self.durability) {
+            // One entry, with no usage: fjall's single write, handed to the
+            // kernel before it returns, is cheaper than a batch of one.
+            (Some(value), None, Durability::Process) => return self.data.insert(stored, value).map_err(unavailable),
+            (value, _, _) => value,
+        };
         let mut batch = self.db.batch().durability(Some(self.mode));
         match value {
             Some(value) => batch.insert(&self.data, stored, value),
@@ -325,6 +390,8 @@ fn unavailable(e: fjall::Error) -> KvError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -358,6 +425,49 @@ mod tests {
         assert!(past_the_end.is_empty() && next.is_none());
         let (last, next) = EmbeddedStore::list_keys(&store, &b, Some((3 * DEADLINE_EVERY - 10) as u64), later).await.unwrap();
         assert_eq!((last.len(), next), (10, None));
+    }
+
+    /// A write that fjall holds back (here nothing flushes, and 4
+    /// memtables wait) ends at the request's deadline, as a timeout, and
+    /// the thread that asked goes on with its other tasks. In place, the
+    /// write would sleep in fjall, holding the thread, until a flush.
+    #[test]
+    fn a_write_fjall_holds_back_ends_at_the_deadline_and_holds_up_no_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open_with(dir.path(), Durability::Process, |fjall| fjall.worker_threads_unchecked(0)).unwrap());
+        let (sent, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let result = runtime.block_on(async {
+                let (b, limits) = (BucketId::new("t", "p", "default"), KvLimits::default());
+                let later = || Instant::now() + Duration::from_secs(30);
+                for _ in 0..STALLING_SEALED_MEMTABLES {
+                    EmbeddedStore::increment(&store, &b, "n", 1, &limits, later()).await.unwrap();
+                    assert!(store.data.rotate_memtable().unwrap());
+                }
+                assert!(store.backed_up());
+                let ticker = tokio::spawn(async {
+                    let mut ticks = 0;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        ticks += 1;
+                        if ticks == 10 {
+                            return ticks;
+                        }
+                    }
+                });
+                let started = Instant::now();
+                let write = EmbeddedStore::increment(&store, &b, "n", 1, &limits, started + Duration::from_millis(300)).await;
+                (write, started.elapsed(), ticker.is_finished())
+            });
+            // The held-back write's thread sleeps on in fjall: do not wait for it.
+            runtime.shutdown_background();
+            sent.send(result).unwrap();
+        });
+        let (write, took, ticked) = outcome.recv_timeout(Duration::from_secs(10)).expect("the write held its thread up");
+        assert!(matches!(write, Err(KvError::Timeout)), "{write:?}");
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+        assert!(ticked, "the other task did not run while the write waited");
     }
 
     #[test]
