@@ -17,9 +17,12 @@
 //! The connection (one, multiplexed) is made on first use and remade
 //! after an I/O error, so the store recovers by itself when Redis comes
 //! back; meanwhile every call fails as [`KvError::Unavailable`], or as
-//! [`KvError::Timeout`] at its deadline.
+//! [`KvError::Timeout`] at its deadline. A connection on which Redis has
+//! not answered for [`SILENCE`] while calls timed out (a host gone
+//! without a reset, a lost route, a firewall's dropped state: nothing
+//! errs, TCP would retransmit for many minutes) is remade too.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -103,15 +106,27 @@ redis.call('HSET', usage, 'keys', string.format('%d', new_keys), 'bytes', string
 return {0, text}
 ";
 
+/// A call that times out on a connection Redis has not answered on for
+/// this long has the connection remade (at most once per this long).
+pub const SILENCE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub(super) struct RedisStore {
     shared: Arc<Shared>,
 }
 
+/// The connection in use, and when Redis last answered on it.
+struct Connection {
+    manager: ConnectionManager,
+    /// When it was made, then when Redis last answered a command on it.
+    heard: Arc<std::sync::Mutex<Instant>>,
+}
+
 struct Shared {
     client: Client,
-    /// Made on first use, inside the async runtime (it spawns a task).
-    connection: OnceLock<ConnectionManager>,
+    /// Made on first use, inside the async runtime (it spawns a task), and
+    /// remade when silent.
+    connection: std::sync::Mutex<Option<Connection>>,
     set: Script,
     delete: Script,
     increment: Script,
@@ -124,7 +139,7 @@ impl RedisStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
-                connection: OnceLock::new(),
+                connection: std::sync::Mutex::new(None),
                 set: Script::new(SET_SCRIPT),
                 delete: Script::new(DELETE_SCRIPT),
                 increment: Script::new(INCREMENT_SCRIPT),
@@ -132,12 +147,20 @@ impl RedisStore {
         })
     }
 
-    /// The connection, made (lazily: it connects on the first command) on
-    /// the first call.
-    fn connection(&self) -> Result<ConnectionManager, KvError> {
-        if let Some(connection) = self.shared.connection.get() {
-            return Ok(connection.clone());
+    /// The connection and when Redis last answered on it, made (lazily:
+    /// it connects on the first command) on the first call.
+    fn connection(&self) -> Result<(ConnectionManager, Arc<std::sync::Mutex<Instant>>), KvError> {
+        let mut connection = self.shared.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(Connection { manager, heard }) = &*connection {
+            return Ok((manager.clone(), Arc::clone(heard)));
         }
+        let made = self.connect()?;
+        let handles = (made.manager.clone(), Arc::clone(&made.heard));
+        *connection = Some(made);
+        Ok(handles)
+    }
+
+    fn connect(&self) -> Result<Connection, KvError> {
         // While Redis is away, each reconnection is tried twice, quickly:
         // the next call tries again, so a Redis that comes back is used
         // within one call's time.
@@ -147,8 +170,27 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(100))
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(None);
-        let made = ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).map_err(unavailable)?;
-        Ok(self.shared.connection.get_or_init(|| made).clone())
+        let manager = ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).map_err(unavailable)?;
+        Ok(Connection { manager, heard: Arc::new(std::sync::Mutex::new(Instant::now())) })
+    }
+
+    /// After a call timed out on the connection `heard` tells of: remakes
+    /// it if Redis has not answered on it for [`SILENCE`] (and it is still
+    /// the one in use).
+    fn timed_out(&self, heard: &Arc<std::sync::Mutex<Instant>>) {
+        let last = *heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.elapsed() < SILENCE {
+            return;
+        }
+        let mut connection = self.shared.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !connection.as_ref().is_some_and(|current| Arc::ptr_eq(&current.heard, heard)) {
+            return;
+        }
+        tracing::warn!(silent_for = ?last.elapsed(), "the Redis of the key-value store has not answered for {:.1} s: making a new connection", last.elapsed().as_secs_f64());
+        // A failure to make one (a URL that was valid) leaves the old one, tried again at the next timeout.
+        if let Ok(made) = self.connect() {
+            *connection = Some(made);
+        }
     }
 
     /// Runs `command` with the deadline.
@@ -156,10 +198,18 @@ impl RedisStore {
     where
         F: Future<Output = Result<T, RedisError>>,
     {
-        let connection = self.connection()?;
+        let (connection, heard) = self.connection()?;
         match tokio::time::timeout_at(deadline.into(), command(connection)).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(KvError::Timeout),
+            Ok(result) => {
+                if result.as_ref().map_or_else(answered, |_| true) {
+                    *heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+                }
+                result.map_err(unavailable)
+            }
+            Err(_) => {
+                self.timed_out(&heard);
+                Err(KvError::Timeout)
+            }
         }
     }
 
@@ -273,6 +323,12 @@ fn counter_error(error: KvError) -> KvError {
         }
         other => other,
     }
+}
+
+/// Whether `error` is Redis's answer (an error reply), not the
+/// connection's failure.
+fn answered(error: &RedisError) -> bool {
+    !(error.is_io_error() || error.is_timeout() || error.is_connection_dropped() || error.is_connection_refusal() || error.is_unrecoverable_error())
 }
 
 fn unavailable(error: RedisError) -> KvError {

@@ -465,6 +465,97 @@ async fn a_redis_that_does_not_answer_is_bounded_by_the_deadline() {
     assert_eq!(past, Err(KvError::Timeout));
 }
 
+/// Forwards loopback connections to a port; [`SilencingProxy::silence`]
+/// stops forwarding on the connections made so far, which stay open, as
+/// behind a lost route, while new connections are forwarded.
+struct SilencingProxy {
+    addr: SocketAddr,
+    /// Connections made so far.
+    made: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections numbered below this are silent.
+    silent_below: Arc<std::sync::atomic::AtomicU64>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl SilencingProxy {
+    async fn to(port: u16) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent_below = Arc::new(AtomicU64::new(0));
+        let made = Arc::new(AtomicU64::new(0));
+        let (silent, counted) = (Arc::clone(&silent_below), Arc::clone(&made));
+        let accepting = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let number = counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { continue };
+                let (silent, (client_read, client_write), (server_read, server_write)) = (Arc::clone(&silent), client.into_split(), server.into_split());
+                let forward = move |mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, silent: Arc<AtomicU64>| async move {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let mut buffer = vec![0; 16 << 10];
+                    while let Ok(n @ 1..) = from.read(&mut buffer).await {
+                        if number < silent.load(Ordering::SeqCst) {
+                            // Holds both sockets open, forwarding nothing.
+                            return std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::spawn(forward(client_read, server_write, Arc::clone(&silent)));
+                tokio::spawn(forward(server_read, client_write, silent));
+            }
+        });
+        Self { addr, made, silent_below, accepting }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Silences every connection made so far.
+    fn silence(&self) {
+        self.silent_below.store(self.made.load(std::sync::atomic::Ordering::SeqCst), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for SilencingProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+/// Would fail if a connection on which Redis went silent without an error
+/// (nothing resets it) were kept: every call would time out until TCP gave
+/// up, many minutes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_redis_went_silent_on_is_remade() {
+    let redis = RedisServer::start();
+    let proxy = SilencingProxy::to(redis.port).await;
+    let store = Store::redis(&proxy.url()).unwrap();
+    let (b, limits) = (bucket("alpha", "p"), KvLimits::default());
+    store.set(&b, "k", b"before".to_vec(), &limits, soon()).await.unwrap();
+
+    proxy.silence();
+    let silenced = Instant::now();
+    let mut timeouts = 0;
+    let answer = loop {
+        match store.get(&b, "k", Instant::now() + Duration::from_millis(200)).await {
+            Ok(answer) => break answer,
+            Err(KvError::Timeout) => timeouts += 1,
+            Err(e) => panic!("a silent Redis gave {e:?}, not a timeout"),
+        }
+        assert!(silenced.elapsed() < SOON, "still no answer {SOON:?} after Redis went silent ({timeouts} calls timed out)");
+    };
+    assert_eq!(answer.as_deref(), Some(&b"before"[..]));
+    assert!(timeouts >= 1, "no call timed out: the connection was not silenced");
+    // Not before the silence had lasted a while (one call in it): a slow answer is no reason to reconnect.
+    assert!(silenced.elapsed() >= super::redis::SILENCE, "remade after {:?}", silenced.elapsed());
+    assert_eq!(store.increment(&b, "n", 1, &limits, soon()).await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn state_outlives_the_store_that_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
