@@ -4,7 +4,7 @@
 //! `wasmux:kv:` followed by the tenant's, the plugin's and the bucket's
 //! names, each after its length and a colon (`wasmux:kv:5:alpha6:search7:default`):
 //! no name can pass for another whatever it holds, and a bucket's
-//! `list-keys` is the hash's `HSCAN`. Each tenant's [`Usage`] is the hash
+//! `list-keys` is the hash's `HSCAN` (its fields only). Each tenant's [`Usage`] is the hash
 //! `wasmux:kv-usage:` + its name (the same way), fields `keys` and `bytes`.
 //!
 //! Writes are Lua scripts, which Redis runs atomically: a write, the
@@ -56,6 +56,18 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('HSET', usage, 'keys', string.format('%d', keys), 'bytes', string.format('%d', bytes))
 return {status, detail}
+";
+
+/// One page of `HSCAN` of `KEYS[1]` from cursor `ARGV[1]` (`COUNT`
+/// `ARGV[2]`), its fields only: `{next cursor, fields}`. Redis 7.0's
+/// `HSCAN` has no `NOVALUES`, and a page's values (up to a tenant's whole
+/// `max-bytes`) would otherwise cross the network and sit in the server's
+/// memory, for keys alone.
+const LIST_SCRIPT: &str = r"
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local fields = {}
+for i = 1, #page[2], 2 do fields[#fields + 1] = page[2][i] end
+return {page[1], fields}
 ";
 
 /// Deletes the fields `ARGV` of `KEYS[1]`, accounting in `KEYS[2]`.
@@ -128,6 +140,7 @@ struct Shared {
     /// remade when silent.
     connection: std::sync::Mutex<Option<Connection>>,
     set: Script,
+    list: Script,
     delete: Script,
     increment: Script,
 }
@@ -141,6 +154,7 @@ impl RedisStore {
                 client,
                 connection: std::sync::Mutex::new(None),
                 set: Script::new(SET_SCRIPT),
+                list: Script::new(LIST_SCRIPT),
                 delete: Script::new(DELETE_SCRIPT),
                 increment: Script::new(INCREMENT_SCRIPT),
             }),
@@ -234,15 +248,12 @@ impl RedisStore {
     /// The cursor is `HSCAN`'s (0 starts; 0 back means done). A page may
     /// hold a few more or fewer keys than [`LIST_PAGE`], and a key may
     /// show twice if the bucket changes meanwhile (as the interface allows).
+    /// The page's values stay in Redis ([`LIST_SCRIPT`]).
     pub async fn list_keys(&self, bucket: &BucketId, cursor: Option<u64>, deadline: Instant) -> Result<(Vec<String>, Option<u64>), KvError> {
         let hash = hash_key(bucket);
-        let (next, entries): (u64, Vec<Vec<u8>>) = self
-            .run(deadline, |mut c| async move {
-                redis::cmd("HSCAN").arg(&hash).arg(cursor.unwrap_or(0)).arg("COUNT").arg(LIST_PAGE).query_async(&mut c).await
-            })
-            .await?;
-        // Fields and values alternate (Redis 7.0 has no NOVALUES).
-        let keys = entries.into_iter().step_by(2).map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
+        let (next, fields): (u64, Vec<Vec<u8>>) =
+            self.run(deadline, |mut c| async move { self.shared.list.key(&hash).arg(cursor.unwrap_or(0)).arg(LIST_PAGE).invoke_async(&mut c).await }).await?;
+        let keys = fields.into_iter().map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
         Ok((keys, (next != 0).then_some(next)))
     }
 

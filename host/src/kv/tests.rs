@@ -556,6 +556,37 @@ async fn a_connection_redis_went_silent_on_is_remade() {
     assert_eq!(store.increment(&b, "n", 1, &limits, soon()).await.unwrap(), 1);
 }
 
+/// Would fail if a page of keys carried the values beside them, as Redis
+/// 7.0's `HSCAN` does: a listing would move the bucket's bytes across the
+/// network, and into the server's memory, to return its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_leaves_the_values_in_redis() {
+    let redis = RedisServer::start();
+    let store = Store::redis(&redis.url()).unwrap();
+    let (b, limits) = (bucket("alpha", "p"), KvLimits::default());
+    let pairs: Vec<_> = (0..20).map(|i| (format!("k{i:02}"), vec![b'v'; 32 << 10])).collect();
+    store.set_many(&b, pairs, &limits, soon()).await.unwrap();
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut sent = async || -> u64 {
+        let info: String = ::redis::cmd("INFO").arg("stats").query_async(&mut connection).await.unwrap();
+        info.lines().find_map(|line| line.strip_prefix("total_net_output_bytes:")).and_then(|n| n.trim().parse().ok()).expect("INFO stats has total_net_output_bytes")
+    };
+    let before = sent().await;
+    let (mut keys, mut cursor) = (BTreeSet::new(), None);
+    loop {
+        let (page, next) = store.list_keys(&b, cursor, soon()).await.unwrap();
+        keys.extend(page);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let moved = sent().await - before;
+    assert_eq!(keys, (0..20).map(|i| format!("k{i:02}")).collect::<BTreeSet<_>>());
+    assert!(moved < 64 << 10, "listing 20 keys made Redis send {moved} bytes: the values (640 KiB) came with them");
+}
+
 #[tokio::test]
 async fn state_outlives_the_store_that_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
