@@ -30,12 +30,14 @@
 //! atomic: the directory's lock means no other process writes. Reads take
 //! no lock.
 //!
-//! fjall holds a write back in the writing thread (its write stall, a
-//! sleep) when flushing or compaction falls behind: while 4 memtables wait
-//! to be written out, or 20 runs of tables wait in level 0. A write that
-//! fjall may hold back so ([`EmbeddedStore::backed_up`]) runs on a blocking
-//! thread, bounded by the request's deadline, and does not hold up the
-//! server's thread and the other requests on it.
+//! fjall makes a write wait in the writing thread when flushing or
+//! compaction falls behind (its write stall): it sleeps while 4 memtables
+//! wait to be written out or 30 runs of tables wait in level 0 (and spins
+//! from 20), and a flush begins with an fsync of the journal under the
+//! lock every write takes. A write that may wait so
+//! ([`EmbeddedStore::backed_up`]) runs on a blocking thread, bounded by the
+//! request's deadline, and does not hold up the server's thread and the
+//! other requests on it.
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -79,11 +81,26 @@ pub enum OpenError {
 
 /// fjall holds writes back while this many memtables wait to be flushed
 /// (fjall 3.1's `Keyspace::local_backpressure`)...
+#[cfg(test)]
 const STALLING_SEALED_MEMTABLES: usize = 4;
 
-/// ... or while this many runs of tables wait in level 0 (counted here as
-/// tables, at least as many as runs).
+/// ... or slows them down while this many runs of tables wait in level 0
+/// (counted here as tables, at least as many as runs), and holds them back
+/// from 30.
 const STALLING_L0_TABLES: usize = 20;
+
+/// A keyspace's memtable is sealed, and flushed, when it holds this much
+/// (fjall's default, which the keyspaces were made with)...
+const MEMTABLE_BYTES: u64 = 64 << 20;
+
+/// ... and writes go off the server's thread from this much short of it
+/// (far more than an in-place write, [`IN_PLACE_BYTES`], adds).
+const MEMTABLE_MARGIN: u64 = 1 << 20;
+
+/// Writes on blocking threads at once; others wait (asynchronously) for
+/// their turn, until their deadline. They are serialized by the journal's
+/// lock anyway: more threads would only wait there.
+const OFF_THREAD_WRITES: usize = 16;
 
 /// Level 0 is counted at every this many writes (counting it costs a
 /// tenth of a write), and each flush adds a table to it: a write is sent
@@ -91,9 +108,9 @@ const STALLING_L0_TABLES: usize = 20;
 const COUNT_L0_EVERY: u32 = 16;
 const L0_MARGIN: usize = 4;
 
-/// The most bytes a write runs in place: far less than a memtable (64
-/// MiB), so that a write that runs in place seals at most one, which
-/// [`EmbeddedStore::backed_up`] leaves room for.
+/// The most bytes a write runs in place: far less than the margin a
+/// memtable leaves ([`MEMTABLE_MARGIN`]), so that no write in place fills
+/// one.
 const IN_PLACE_BYTES: usize = 64 << 10;
 
 /// The most bytes a counter's value takes (`i64::MIN` in decimal).
@@ -119,6 +136,8 @@ pub(super) struct EmbeddedStore {
     writes: AtomicU32,
     /// Whether level 0 was near the stall when last counted.
     l0_near_stall: AtomicBool,
+    /// Turns to write on a blocking thread.
+    off_thread: Arc<tokio::sync::Semaphore>,
     /// Held (locked) for as long as the store is open.
     _lock: File,
 }
@@ -141,7 +160,7 @@ impl EmbeddedStore {
             Durability::Process => PersistMode::Buffer,
             Durability::Sync => PersistMode::SyncData,
         };
-        Ok(Self { db, data, usage, mode, durability, writers: Default::default(), writes: AtomicU32::new(0), l0_near_stall: AtomicBool::new(false), _lock: lock })
+        Ok(Self { db, data, usage, mode, durability, writers: Default::default(), writes: AtomicU32::new(0), l0_near_stall: AtomicBool::new(false), off_thread: Arc::new(tokio::sync::Semaphore::new(OFF_THREAD_WRITES)), _lock: lock })
     }
 
     pub fn get(&self, bucket: &BucketId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
@@ -199,11 +218,11 @@ impl EmbeddedStore {
     pub async fn set_many(this: &Arc<Self>, bucket: &BucketId, pairs: Vec<(String, Vec<u8>)>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
         let (bucket, limits) = (bucket.clone(), *limits);
         let bytes = pairs.iter().map(|(key, value)| key.len() + value.len()).sum();
-        Self::write(this, deadline, bytes, move |store| {
+        Self::write(this, deadline, bytes, move |store, late| {
             // One batch per pair: a refused pair leaves those before it
             // written, as the interface allows, and one journal write
             // holds the value and the usage it changes.
-            pairs.into_iter().try_for_each(|(key, value)| store.put(&bucket, &key, Some(value), &limits))
+            pairs.into_iter().try_for_each(|(key, value)| store.put(&bucket, &key, Some(value), &limits, late))
         })
         .await
     }
@@ -212,13 +231,13 @@ impl EmbeddedStore {
         let bucket = bucket.clone();
         let unlimited = KvLimits { max_keys: u64::MAX, max_bytes: u64::MAX, ..KvLimits::default() };
         let bytes = keys.iter().map(String::len).sum();
-        Self::write(this, deadline, bytes, move |store| keys.iter().try_for_each(|key| store.put(&bucket, key, None, &unlimited))).await
+        Self::write(this, deadline, bytes, move |store, late| keys.iter().try_for_each(|key| store.put(&bucket, key, None, &unlimited, late))).await
     }
 
     pub async fn increment(this: &Arc<Self>, bucket: &BucketId, key: &str, delta: i64, limits: &KvLimits, deadline: Instant) -> Result<u64, KvError> {
         let (bucket, key, limits) = (bucket.clone(), key.to_owned(), *limits);
-        Self::write(this, deadline, key.len() + COUNTER_BYTES, move |store| {
-            let _writer = store.writer(&bucket.tenant);
+        Self::write(this, deadline, key.len() + COUNTER_BYTES, move |store, late| {
+            let _writer = store.writer(&bucket.tenant, late)?;
             let stored = data_key(&bucket, &key)?;
             let old = store.data.get(&stored).map_err(unavailable)?;
             let (sum, bytes) = add_to_counter(old.as_deref(), delta)?;
@@ -234,33 +253,43 @@ impl EmbeddedStore {
     }
 
     /// Runs the write `job`, of about `bytes` (keys and values): in place
-    /// when it only hands a few kilobytes to the kernel (microseconds), on
-    /// a blocking thread when it syncs to the disk (milliseconds), is
-    /// larger, or fjall may hold it back; and then no longer than until
-    /// `deadline`.
-    async fn write<T: Send + 'static>(this: &Arc<Self>, deadline: Instant, bytes: usize, job: impl FnOnce(&Self) -> Result<T, KvError> + Send + 'static) -> Result<T, KvError> {
-        match this.durability {
-            Durability::Process if bytes <= IN_PLACE_BYTES && !this.backed_up() => job(this),
-            Durability::Process | Durability::Sync => {
-                let store = Arc::clone(this);
-                let task = tokio::task::spawn_blocking(move || job(&store));
-                match tokio::time::timeout_at(deadline.into(), task).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(e)) => Err(KvError::Unavailable(format!("the write failed: {e}"))),
-                    // The write goes on and may be applied: its outcome is unknown.
-                    Err(_) => Err(KvError::Timeout),
-                }
-            }
+    /// when it only hands a few kilobytes to the kernel (microseconds);
+    /// else on a blocking thread (at most [`OFF_THREAD_WRITES`] at once),
+    /// and no longer than until `deadline`: when it syncs to the disk
+    /// (milliseconds), is larger, or fjall may hold it back. The job gets
+    /// the deadline to check once it holds the tenant's lock
+    /// ([`Self::writer`]), off the server's thread only.
+    async fn write<T: Send + 'static>(this: &Arc<Self>, deadline: Instant, bytes: usize, job: impl FnOnce(&Self, Option<Instant>) -> Result<T, KvError> + Send + 'static) -> Result<T, KvError> {
+        if this.durability == Durability::Process && bytes <= IN_PLACE_BYTES && !this.backed_up() {
+            return job(this, None);
         }
+        let store = Arc::clone(this);
+        let waiting = async move {
+            let permit = Arc::clone(&store.off_thread).acquire_owned().await.map_err(|_| KvError::Unavailable("the store is closed".into()))?;
+            let task = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                job(&store, Some(deadline))
+            });
+            task.await.map_err(|e| KvError::Unavailable(format!("the write failed: {e}")))?
+        };
+        // A write that was waiting for its lock when the deadline passed is
+        // not made; one already under way may still land: its outcome is
+        // unknown, never half-done.
+        tokio::time::timeout_at(deadline.into(), waiting).await.unwrap_or(Err(KvError::Timeout))
     }
 
-    /// Whether fjall may hold the next write back: one memtable short of
-    /// its limit (a write may seal one), or near its limit of level 0.
-    /// Reads fjall's own counts (hidden in its documentation, and pinned
-    /// with it in Cargo.lock); a unit test makes fjall stall.
+    /// Whether fjall may hold the next write back, or make it wait: a
+    /// memtable nearly full (about to be sealed) or sealed and not yet
+    /// flushed (a flush starts with an fsync of the journal, under the
+    /// lock every write takes), or level 0 near its limit. Reads fjall's
+    /// own counts (hidden in its documentation, and pinned with it in
+    /// Cargo.lock); a unit test makes fjall stall.
     fn backed_up(&self) -> bool {
+        if self.db.write_buffer_size() + MEMTABLE_MARGIN >= MEMTABLE_BYTES {
+            return true;
+        }
         let keyspaces = [&self.data, &self.usage];
-        if keyspaces.iter().any(|keyspace| keyspace.sealed_memtable_count() + 1 >= STALLING_SEALED_MEMTABLES) {
+        if keyspaces.iter().any(|keyspace| keyspace.sealed_memtable_count() > 0) {
             return true;
         }
         if self.writes.fetch_add(1, Ordering::Relaxed).is_multiple_of(COUNT_L0_EVERY) {
@@ -270,19 +299,26 @@ impl EmbeddedStore {
         self.l0_near_stall.load(Ordering::Relaxed)
     }
 
-    /// The lock serializing `tenant`'s writes.
-    fn writer(&self, tenant: &str) -> MutexGuard<'_, ()> {
+    /// The lock serializing `tenant`'s writes; refused once it is held if
+    /// `late` (off the server's thread: the write's deadline) has passed
+    /// meanwhile, so that a write its caller was told timed out is not
+    /// made after the writes that followed it.
+    fn writer(&self, tenant: &str, late: Option<Instant>) -> Result<MutexGuard<'_, ()>, KvError> {
         let mut hasher = std::hash::DefaultHasher::new();
         tenant.hash(&mut hasher);
         let stripe = (hasher.finish() % WRITE_LOCKS as u64) as usize;
         // The lock guards no data of its own: a panic under it leaves nothing half-done.
-        self.writers[stripe].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        let guard = self.writers[stripe].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match late {
+            Some(deadline) if Instant::now() >= deadline => Err(KvError::Timeout),
+            _ => Ok(guard),
+        }
     }
 
     /// Writes `value` at `key` (or deletes it, for `None`) with the tenant's
     /// new usage, in one journal write, or refuses it whole.
-    fn put(&self, bucket: &BucketId, key: &str, value: Option<Vec<u8>>, limits: &KvLimits) -> Result<(), KvError> {
-        let _writer = self.writer(&bucket.tenant);
+    fn put(&self, bucket: &BucketId, key: &str, value: Option<Vec<u8>>, limits: &KvLimits, late: Option<Instant>) -> Result<(), KvError> {
+        let _writer = self.writer(&bucket.tenant, late)?;
         let stored = data_key(bucket, key)?;
         let old = self.data.get(&stored).map_err(unavailable)?.map(|v| v.len());
         self.replace(bucket, key, stored, old, value, limits)
@@ -468,6 +504,37 @@ mod tests {
         assert!(matches!(write, Err(KvError::Timeout)), "{write:?}");
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
         assert!(ticked, "the other task did not run while the write waited");
+    }
+
+    /// A write off the server's thread that waits for its tenant's lock
+    /// past its deadline is not made: its caller was told it timed out,
+    /// and the writes after it must not be overwritten by it later.
+    #[tokio::test]
+    async fn a_write_that_waited_past_its_deadline_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Durability::Process).unwrap());
+        let (b, limits) = (BucketId::new("t", "p", "default"), KvLimits::default());
+        let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let holder = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let _writer = store.writer("t", None).unwrap();
+                held.0.send(()).unwrap();
+                release.1.recv().unwrap();
+            })
+        };
+        held.1.recv().unwrap();
+        // Larger than a write in place: it goes to a blocking thread and waits there for the lock.
+        let big = vec![b'x'; IN_PLACE_BYTES + 1];
+        let write = EmbeddedStore::set_many(&store, &b, vec![("late".into(), big)], &limits, Instant::now() + Duration::from_millis(100)).await;
+        assert!(matches!(write, Err(KvError::Timeout)), "{write:?}");
+        release.0.send(()).unwrap();
+        holder.join().unwrap();
+        // The blocking thread gets the lock now: give it the time to write, were it to.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.get(&b, "late").unwrap(), None, "the write its caller was told timed out was made");
+        EmbeddedStore::set_many(&store, &b, vec![("on time".into(), b"v".to_vec())], &limits, Instant::now() + Duration::from_secs(30)).await.unwrap();
+        assert_eq!(store.get(&b, "on time").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     #[test]

@@ -118,8 +118,9 @@ redis.call('HSET', usage, 'keys', string.format('%d', new_keys), 'bytes', string
 return {0, text}
 ";
 
-/// A call that times out on a connection Redis has not answered on for
-/// this long has the connection remade (at most once per this long).
+/// A call that times out when calls have gone unanswered on its
+/// connection for this long (since the oldest of them was sent) has the
+/// connection remade.
 pub const SILENCE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
@@ -127,12 +128,15 @@ pub(super) struct RedisStore {
     shared: Arc<Shared>,
 }
 
-/// The connection in use, and when Redis last answered on it.
+/// The connection in use, and since when calls on it go unanswered.
 struct Connection {
     manager: ConnectionManager,
-    /// When it was made, then when Redis last answered a command on it.
-    heard: Arc<std::sync::Mutex<Instant>>,
+    /// When the oldest call that timed out since Redis last answered on
+    /// this connection was sent (none: Redis answered the last call).
+    unanswered: Unanswered,
 }
+
+type Unanswered = Arc<std::sync::Mutex<Option<Instant>>>;
 
 struct Shared {
     client: Client,
@@ -161,15 +165,15 @@ impl RedisStore {
         })
     }
 
-    /// The connection and when Redis last answered on it, made (lazily:
-    /// it connects on the first command) on the first call.
-    fn connection(&self) -> Result<(ConnectionManager, Arc<std::sync::Mutex<Instant>>), KvError> {
+    /// The connection and its [`Connection::unanswered`], made (lazily: it
+    /// connects on the first command) on the first call.
+    fn connection(&self) -> Result<(ConnectionManager, Unanswered), KvError> {
         let mut connection = self.shared.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(Connection { manager, heard }) = &*connection {
-            return Ok((manager.clone(), Arc::clone(heard)));
+        if let Some(Connection { manager, unanswered }) = &*connection {
+            return Ok((manager.clone(), Arc::clone(unanswered)));
         }
         let made = self.connect()?;
-        let handles = (made.manager.clone(), Arc::clone(&made.heard));
+        let handles = (made.manager.clone(), Arc::clone(&made.unanswered));
         *connection = Some(made);
         Ok(handles)
     }
@@ -185,22 +189,29 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(None);
         let manager = ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).map_err(unavailable)?;
-        Ok(Connection { manager, heard: Arc::new(std::sync::Mutex::new(Instant::now())) })
+        Ok(Connection { manager, unanswered: Arc::default() })
     }
 
-    /// After a call timed out on the connection `heard` tells of: remakes
-    /// it if Redis has not answered on it for [`SILENCE`] (and it is still
-    /// the one in use).
-    fn timed_out(&self, heard: &Arc<std::sync::Mutex<Instant>>) {
-        let last = *heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.elapsed() < SILENCE {
-            return;
-        }
+    /// After a call sent at `sent` timed out on the connection whose
+    /// [`Connection::unanswered`] is `unanswered`: remakes it if calls on
+    /// it have gone unanswered for [`SILENCE`] (and it is still the one in
+    /// use). An idle connection is not silent: the time counts from the
+    /// oldest call that went unanswered, not from the last answer.
+    fn timed_out(&self, unanswered: &Unanswered, sent: Instant) {
         let mut connection = self.shared.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !connection.as_ref().is_some_and(|current| Arc::ptr_eq(&current.heard, heard)) {
+        if !connection.as_ref().is_some_and(|current| Arc::ptr_eq(&current.unanswered, unanswered)) {
             return;
         }
-        tracing::warn!(silent_for = ?last.elapsed(), "the Redis of the key-value store has not answered for {:.1} s: making a new connection", last.elapsed().as_secs_f64());
+        let since = {
+            let mut since = unanswered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let oldest = since.map_or(sent, |since| since.min(sent));
+            *since = Some(oldest);
+            oldest
+        };
+        if since.elapsed() < SILENCE {
+            return;
+        }
+        tracing::warn!(silent_for = ?since.elapsed(), "the Redis of the key-value store has not answered for {:.1} s: making a new connection", since.elapsed().as_secs_f64());
         // A failure to make one (a URL that was valid) leaves the old one, tried again at the next timeout.
         if let Ok(made) = self.connect() {
             *connection = Some(made);
@@ -212,16 +223,17 @@ impl RedisStore {
     where
         F: Future<Output = Result<T, RedisError>>,
     {
-        let (connection, heard) = self.connection()?;
+        let (connection, unanswered) = self.connection()?;
+        let sent = Instant::now();
         match tokio::time::timeout_at(deadline.into(), command(connection)).await {
             Ok(result) => {
                 if result.as_ref().map_or_else(answered, |_| true) {
-                    *heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+                    *unanswered.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
                 }
                 result.map_err(unavailable)
             }
             Err(_) => {
-                self.timed_out(&heard);
+                self.timed_out(&unanswered, sent);
                 Err(KvError::Timeout)
             }
         }

@@ -529,7 +529,8 @@ impl Drop for SilencingProxy {
 
 /// Would fail if a connection on which Redis went silent without an error
 /// (nothing resets it) were kept: every call would time out until TCP gave
-/// up, many minutes later.
+/// up, many minutes later; or if one timeout on an idle connection had it
+/// remade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_redis_went_silent_on_is_remade() {
     let redis = RedisServer::start();
@@ -537,6 +538,16 @@ async fn a_connection_redis_went_silent_on_is_remade() {
     let store = Store::redis(&proxy.url()).unwrap();
     let (b, limits) = (bucket("alpha", "p"), KvLimits::default());
     store.set(&b, "k", b"before".to_vec(), &limits, soon()).await.unwrap();
+
+    // An idle connection is not a silent one: a call that times out on it
+    // (a large write with a tight deadline) after a while without calls
+    // leaves it be.
+    tokio::time::sleep(super::redis::SILENCE + Duration::from_millis(200)).await;
+    let large: Vec<_> = (0..100).map(|i| (format!("big{i}"), vec![b'x'; 64 << 10])).collect();
+    let tight = store.set_many(&b, large, &limits, Instant::now() + Duration::from_millis(2)).await;
+    assert_eq!(tight, Err(KvError::Timeout));
+    assert_eq!(store.get(&b, "k", soon()).await.unwrap().as_deref(), Some(&b"before"[..]));
+    assert_eq!(proxy.made.load(std::sync::atomic::Ordering::SeqCst), 1, "an idle connection was remade after one timeout");
 
     proxy.silence();
     let silenced = Instant::now();
