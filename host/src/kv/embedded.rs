@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use fjall::{Database, DatabaseBuilder, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{AbstractTree as _, Database, DatabaseBuilder, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{BucketId, KvError, KvLimits, LIST_PAGE, Usage, add_to_counter, entry_size};
 use crate::files::{self, Links};
@@ -93,19 +93,22 @@ const STALLING_L0_TABLES: usize = 20;
 /// (fjall's default, which the keyspaces were made with)...
 const MEMTABLE_BYTES: u64 = 64 << 20;
 
-/// ... and writes go off the server's thread from this much short of it
-/// (far more than an in-place write, [`IN_PLACE_BYTES`], adds).
-const MEMTABLE_MARGIN: u64 = 1 << 20;
+/// ... and writes go off the server's thread from this much short of it:
+/// more than the writes in place between two samples add
+/// ([`SAMPLE_EVERY`] × [`IN_PLACE_BYTES`], and fjall's own bytes per entry).
+const MEMTABLE_MARGIN: u64 = 2 << 20;
 
 /// Writes on blocking threads at once; others wait (asynchronously) for
 /// their turn, until their deadline. They are serialized by the journal's
 /// lock anyway: more threads would only wait there.
 const OFF_THREAD_WRITES: usize = 16;
 
-/// Level 0 is counted at every this many writes (counting it costs a
-/// tenth of a write), and each flush adds a table to it: a write is sent
-/// off the server's thread from this many tables short of the stall.
-const COUNT_L0_EVERY: u32 = 16;
+/// The memtables' sizes and level 0 are read at every this many writes
+/// (reading them costs a tenth of a write)...
+const SAMPLE_EVERY: u32 = 16;
+
+/// ... and, as each flush adds a table to level 0, a write is sent off
+/// the server's thread from this many tables short of the stall.
 const L0_MARGIN: usize = 4;
 
 /// The most bytes a write runs in place: far less than the margin a
@@ -132,10 +135,11 @@ pub(super) struct EmbeddedStore {
     mode: PersistMode,
     durability: Durability,
     writers: [Mutex<()>; WRITE_LOCKS],
-    /// Writes so far, to count level 0 at every [`COUNT_L0_EVERY`]th.
+    /// Writes so far, to sample fjall's state at every [`SAMPLE_EVERY`]th.
     writes: AtomicU32,
-    /// Whether level 0 was near the stall when last counted.
-    l0_near_stall: AtomicBool,
+    /// Whether a memtable was nearly full, or level 0 near the stall, at
+    /// the last sample.
+    near_full: AtomicBool,
     /// Turns to write on a blocking thread.
     off_thread: Arc<tokio::sync::Semaphore>,
     /// Held (locked) for as long as the store is open.
@@ -160,7 +164,7 @@ impl EmbeddedStore {
             Durability::Process => PersistMode::Buffer,
             Durability::Sync => PersistMode::SyncData,
         };
-        Ok(Self { db, data, usage, mode, durability, writers: Default::default(), writes: AtomicU32::new(0), l0_near_stall: AtomicBool::new(false), off_thread: Arc::new(tokio::sync::Semaphore::new(OFF_THREAD_WRITES)), _lock: lock })
+        Ok(Self { db, data, usage, mode, durability, writers: Default::default(), writes: AtomicU32::new(0), near_full: AtomicBool::new(false), off_thread: Arc::new(tokio::sync::Semaphore::new(OFF_THREAD_WRITES)), _lock: lock })
     }
 
     pub fn get(&self, bucket: &BucketId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
@@ -285,18 +289,14 @@ impl EmbeddedStore {
     /// own counts (hidden in its documentation, and pinned with it in
     /// Cargo.lock); a unit test makes fjall stall.
     fn backed_up(&self) -> bool {
-        if self.db.write_buffer_size() + MEMTABLE_MARGIN >= MEMTABLE_BYTES {
-            return true;
-        }
         let keyspaces = [&self.data, &self.usage];
-        if keyspaces.iter().any(|keyspace| keyspace.sealed_memtable_count() > 0) {
-            return true;
+        if self.writes.fetch_add(1, Ordering::Relaxed).is_multiple_of(SAMPLE_EVERY) {
+            let near = keyspaces.iter().any(|keyspace| {
+                keyspace.tree.active_memtable().size() + MEMTABLE_MARGIN >= MEMTABLE_BYTES || keyspace.l0_table_count() + L0_MARGIN >= STALLING_L0_TABLES
+            });
+            self.near_full.store(near, Ordering::Relaxed);
         }
-        if self.writes.fetch_add(1, Ordering::Relaxed).is_multiple_of(COUNT_L0_EVERY) {
-            let near = keyspaces.iter().any(|keyspace| keyspace.l0_table_count() + L0_MARGIN >= STALLING_L0_TABLES);
-            self.l0_near_stall.store(near, Ordering::Relaxed);
-        }
-        self.l0_near_stall.load(Ordering::Relaxed)
+        self.near_full.load(Ordering::Relaxed) || keyspaces.iter().any(|keyspace| keyspace.sealed_memtable_count() > 0)
     }
 
     /// The lock serializing `tenant`'s writes; refused once it is held if
@@ -530,11 +530,39 @@ mod tests {
         assert!(matches!(write, Err(KvError::Timeout)), "{write:?}");
         release.0.send(()).unwrap();
         holder.join().unwrap();
-        // The blocking thread gets the lock now: give it the time to write, were it to.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The blocking thread gets the lock now: wait for its job to end.
+        let until = Instant::now() + Duration::from_secs(10);
+        while store.off_thread.available_permits() < OFF_THREAD_WRITES {
+            assert!(Instant::now() < until, "the write's job did not end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(store.get(&b, "late").unwrap(), None, "the write its caller was told timed out was made");
         EmbeddedStore::set_many(&store, &b, vec![("on time".into(), b"v".to_vec())], &limits, Instant::now() + Duration::from_secs(30)).await.unwrap();
         assert_eq!(store.get(&b, "on time").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// Writes go off the server's thread while a memtable is nearly full
+    /// (its flush, an fsync under the journal's lock, is near), and while
+    /// one waits to be flushed; a fresh store writes in place.
+    #[tokio::test]
+    async fn writes_leave_the_servers_thread_near_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open_with(dir.path(), Durability::Process, |fjall| fjall.worker_threads_unchecked(0)).unwrap());
+        let sampled = |store: &EmbeddedStore| (0..SAMPLE_EVERY).map(|_| store.backed_up()).last().unwrap_or(false);
+        assert!(!sampled(&store), "a fresh store is backed up");
+        let (b, limits) = (BucketId::new("t", "p", "default"), KvLimits { max_bytes: u64::MAX, ..KvLimits::default() });
+        let later = Instant::now() + Duration::from_secs(60);
+        let full = (MEMTABLE_BYTES - MEMTABLE_MARGIN / 2) as usize;
+        let value = vec![b'v'; limits.max_value];
+        let pairs = (0..full / value.len()).map(|i| (format!("k{i}"), value.clone())).collect();
+        EmbeddedStore::set_many(&store, &b, pairs, &limits, later).await.unwrap();
+        assert!(store.data.tree.active_memtable().size() + MEMTABLE_MARGIN >= MEMTABLE_BYTES, "the memtable holds {}", store.data.tree.active_memtable().size());
+        assert_eq!(store.data.sealed_memtable_count(), 0);
+        assert!(sampled(&store), "a nearly full memtable is not seen");
+        assert!(store.data.rotate_memtable().unwrap());
+        // A memtable waits to be flushed (nothing flushes here); the new one is empty.
+        assert!(sampled(&store), "a memtable waiting to be flushed is not seen");
+        assert_eq!(EmbeddedStore::increment(&store, &b, "n", 1, &limits, later).await.unwrap(), 1);
     }
 
     #[test]
