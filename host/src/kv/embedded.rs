@@ -541,6 +541,26 @@ mod tests {
         assert_eq!(store.get(&b, "on time").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
+    /// Writes off the server's thread take turns: with every turn taken,
+    /// a write waits for one (holding no thread) and ends at its deadline,
+    /// unmade.
+    #[tokio::test]
+    async fn writes_off_the_servers_thread_wait_their_turn_until_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Durability::Process).unwrap());
+        let (b, limits) = (BucketId::new("t", "p", "default"), KvLimits::default());
+        let turns = Arc::clone(&store.off_thread).acquire_many_owned(OFF_THREAD_WRITES as u32).await.unwrap();
+        let big = vec![b'x'; IN_PLACE_BYTES + 1];
+        let started = Instant::now();
+        let write = EmbeddedStore::set_many(&store, &b, vec![("waited".into(), big)], &limits, started + Duration::from_millis(100)).await;
+        assert!(matches!(write, Err(KvError::Timeout)), "{write:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        drop(turns);
+        assert_eq!(store.get(&b, "waited").unwrap(), None, "a write that never had its turn was made");
+        EmbeddedStore::set_many(&store, &b, vec![("had its turn".into(), vec![b'x'; IN_PLACE_BYTES + 1])], &limits, Instant::now() + Duration::from_secs(30)).await.unwrap();
+        assert!(store.get(&b, "had its turn").unwrap().is_some());
+    }
+
     /// Writes go off the server's thread while a memtable is nearly full
     /// (its flush, an fsync under the journal's lock, is near), and while
     /// one waits to be flushed; a fresh store writes in place.
