@@ -267,7 +267,12 @@ impl EmbeddedStore {
         if this.durability == Durability::Process && bytes <= IN_PLACE_BYTES && !this.backed_up() {
             return job(this, None);
         }
-        let store = Arc::clone(this);
+        Box::pin(Self::write_off_thread(Arc::clone(this), deadline, job)).await
+    }
+
+    /// [`Self::write`] on a blocking thread. Boxed by its caller, so that
+    /// a write made in place (most of them) carries none of its state.
+    async fn write_off_thread<T: Send + 'static>(store: Arc<Self>, deadline: Instant, job: impl FnOnce(&Self, Option<Instant>) -> Result<T, KvError> + Send + 'static) -> Result<T, KvError> {
         let waiting = async move {
             let permit = Arc::clone(&store.off_thread).acquire_owned().await.map_err(|_| KvError::Unavailable("the store is closed".into()))?;
             let task = tokio::task::spawn_blocking(move || {
@@ -429,6 +434,22 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// Most writes are made in place: their future (allocated by wasmtime
+    /// for every call a plugin makes) carries no room for a blocking
+    /// thread's wait.
+    #[test]
+    fn a_write_made_in_place_carries_no_room_for_a_blocking_threads() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Durability::Process).expect("open"));
+        let b = BucketId::new("t", "p", "default");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let increment = std::mem::size_of_val(&EmbeddedStore::increment(&store, &b, "k", 1, &KvLimits::default(), deadline));
+        // The job an increment hands over holds its bucket, key and limits.
+        let job = (b.clone(), String::from("k"), KvLimits::default());
+        let off_thread = std::mem::size_of_val(&EmbeddedStore::write_off_thread(Arc::clone(&store), deadline, move |_, _| Ok(job.1.len())));
+        assert!(increment < off_thread, "an increment's future is {increment} bytes, a wait for a blocking thread {off_thread}");
+    }
 
     #[test]
     fn prefixes_of_different_buckets_never_overlap() {

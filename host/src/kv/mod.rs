@@ -283,6 +283,13 @@ struct Inner {
 }
 
 /// Cloning shares the data.
+///
+/// A store call's future is allocated on the heap for every call a plugin
+/// makes (wasmtime boxes each async host call), and an `async` match holds
+/// room for its largest arm. Redis's futures, several times the embedded
+/// store's, are therefore boxed on their own, on the path where a round
+/// trip dwarfs the allocation: a call to the embedded store stays small
+/// enough for the allocator's per-thread cache.
 #[derive(Clone)]
 enum Backend {
     Memory(memory::MemoryStore),
@@ -350,7 +357,7 @@ impl Store {
             match &self.inner.backend {
                 Backend::Memory(m) => Ok(m.get(bucket, key)),
                 Backend::Embedded(e) => e.get(bucket, key),
-                Backend::Redis(r) => r.get(bucket, key, deadline).await,
+                Backend::Redis(r) => Box::pin(r.get(bucket, key, deadline)).await,
             }
         }
         .await;
@@ -381,7 +388,7 @@ impl Store {
             match &self.inner.backend {
                 Backend::Memory(m) => Ok(m.exists(bucket, key)),
                 Backend::Embedded(e) => e.exists(bucket, key),
-                Backend::Redis(r) => r.exists(bucket, key, deadline).await,
+                Backend::Redis(r) => Box::pin(r.exists(bucket, key, deadline)).await,
             }
         }
         .await;
@@ -398,7 +405,7 @@ impl Store {
             match &self.inner.backend {
                 Backend::Memory(m) => Ok(m.list_keys(bucket, cursor)),
                 Backend::Embedded(e) => embedded::EmbeddedStore::list_keys(e, bucket, cursor, deadline).await,
-                Backend::Redis(r) => r.list_keys(bucket, cursor, deadline).await,
+                Backend::Redis(r) => Box::pin(r.list_keys(bucket, cursor, deadline)).await,
             }
         }
         .await;
@@ -416,11 +423,11 @@ impl Store {
             match &self.inner.backend {
                 Backend::Memory(m) => m.increment(bucket, key, delta, limits),
                 Backend::Embedded(e) => embedded::EmbeddedStore::increment(e, bucket, key, delta, limits, deadline).await,
-                Backend::Redis(r) => r.increment(bucket, key, delta, limits, deadline).await,
+                Backend::Redis(r) => Box::pin(r.increment(bucket, key, delta, limits, deadline)).await,
             }
         }
         .await;
-        let written = result.as_ref().map_or(0, |n| n.to_string().len());
+        let written = result.as_ref().map_or(0, |n| decimal_digits(*n));
         self.report(bucket, Operation::Increment, &result, 0, written);
         result
     }
@@ -432,7 +439,7 @@ impl Store {
             let values = match &self.inner.backend {
                 Backend::Memory(m) => Ok(keys.iter().map(|key| m.get(bucket, key)).collect()),
                 Backend::Embedded(e) => keys.iter().map(|key| e.get(bucket, key)).collect(),
-                Backend::Redis(r) => r.get_many(bucket, &keys, deadline).await,
+                Backend::Redis(r) => Box::pin(r.get_many(bucket, &keys, deadline)).await,
             }?;
             Ok(keys.into_iter().zip(values).map(|(key, value)| value.map(|v| (key, v))).collect::<Vec<_>>())
         }
@@ -466,7 +473,7 @@ impl Store {
         match &self.inner.backend {
             Backend::Memory(m) => m.set_many(bucket, pairs, limits),
             Backend::Embedded(e) => embedded::EmbeddedStore::set_many(e, bucket, pairs, limits, deadline).await,
-            Backend::Redis(r) => r.set_many(bucket, pairs, limits, deadline).await,
+            Backend::Redis(r) => Box::pin(r.set_many(bucket, pairs, limits, deadline)).await,
         }
     }
 
@@ -482,7 +489,7 @@ impl Store {
         match &self.inner.backend {
             Backend::Memory(m) => m.delete_many(bucket, keys),
             Backend::Embedded(e) => embedded::EmbeddedStore::delete_many(e, bucket, keys, deadline).await,
-            Backend::Redis(r) => r.delete_many(bucket, keys, deadline).await,
+            Backend::Redis(r) => Box::pin(r.delete_many(bucket, keys, deadline)).await,
         }
     }
 
@@ -491,7 +498,7 @@ impl Store {
         match &self.inner.backend {
             Backend::Memory(m) => Ok(m.usage(tenant)),
             Backend::Embedded(e) => e.usage(tenant),
-            Backend::Redis(r) => r.usage(tenant, deadline).await,
+            Backend::Redis(r) => Box::pin(r.usage(tenant, deadline)).await,
         }
     }
 
@@ -516,6 +523,11 @@ fn check_key(key: &str, limits: &KvLimits) -> Result<(), KvError> {
         return Err(KvError::Limit(format!("a key of {} bytes is over the limit of {} (kv max-key-size)", key.len(), limits.max_key)));
     }
     Ok(())
+}
+
+/// The length of `n` written in decimal, as a counter is stored.
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 /// Fails if `deadline` has passed.

@@ -860,3 +860,27 @@ async fn usage_follows_counters_through_every_change_of_size() {
         assert_eq!(store.usage("alpha", soon()).await.unwrap(), Usage::default(), "{name}");
     }
 }
+
+/// wasmtime allocates a store call's future on every call a plugin makes:
+/// the embedded store's must not carry room for Redis's.
+#[test]
+fn a_call_to_the_embedded_store_carries_no_room_for_redis() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let embedded = Store::embedded(dir.path(), Durability::Process).expect("open the embedded store");
+    let redis = Store::redis("redis://127.0.0.1:1").expect("a Redis URL");
+    let Backend::Redis(r) = &redis.inner.backend else { panic!("not Redis") };
+    let (b, limits) = (bucket("t", "p"), KvLimits::default());
+    let store_increment = std::mem::size_of_val(&embedded.increment(&b, "k", 1, &limits, soon()));
+    let redis_increment = std::mem::size_of_val(&r.increment(&b, "k", 1, &limits, soon()));
+    assert!(store_increment < redis_increment, "an increment's future is {store_increment} bytes, Redis's own {redis_increment}");
+    let store_get = std::mem::size_of_val(&embedded.get(&b, "k", soon()));
+    let redis_get = std::mem::size_of_val(&r.get(&b, "k", soon()));
+    assert!(store_get < redis_get, "a get's future is {store_get} bytes, Redis's own {redis_get}");
+}
+
+#[test]
+fn a_counters_length_is_its_decimal_digits() {
+    for n in [0, 9, 10, 99, 100, 12_345, u64::MAX / 10, u64::MAX] {
+        assert_eq!(decimal_digits(n), n.to_string().len(), "{n}");
+    }
+}
