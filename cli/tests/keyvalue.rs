@@ -87,6 +87,17 @@ fn a_counter_survives_requests_connections_and_a_hot_swap() {
     let mut conn = server.connect();
     assert_eq!(ask(&mut conn, "incr visits"), "visits=6", "a new connection sees the same count");
     assert_eq!(ask(&mut conn, "get visits"), "visits=6");
+    // Each request opened the bucket once; the counter's digits were
+    // written six times, one byte each, and read once ("visits" was
+    // missing at the first get).
+    let (_, metrics) = server.admin_get("/metrics");
+    let total = |name: &str, label: &str| crate::common::metric_total(&metrics, name, label);
+    assert_eq!(total("wasmux_kv_operations_total", r#"operation="open""#), 8.0, "{metrics}");
+    assert_eq!(total("wasmux_kv_operations_total", r#"operation="increment""#), 6.0, "{metrics}");
+    assert_eq!(total("wasmux_kv_operations_total", r#"operation="get""#), 2.0, "{metrics}");
+    assert_eq!(total("wasmux_kv_operations_total", r#"outcome="ok""#), 16.0, "{metrics}");
+    assert_eq!(total("wasmux_kv_written_bytes_total", r#"plugin="kv-counter""#), 6.0, "{metrics}");
+    assert_eq!(total("wasmux_kv_read_bytes_total", r#"plugin="kv-counter""#), 1.0, "{metrics}");
 
     // A new version of the plugin (the same code with a custom section
     // appended: other bytes, another digest) keeps the state.
@@ -166,7 +177,7 @@ fn limits_are_refused_with_a_clear_error_and_the_server_stays_up() {
     let plugins = plugin_dir();
     let data = tempfile::tempdir().expect("temporary directory");
     let config = format!("{CONFIG}\n[kv]\nmax-value-size = 100\nmax-keys = 5\n\n[tenants.beta.kv]\noperations-per-request = 3\n");
-    let server = serve(&config, plugins.path(), data.path(), &[]);
+    let server = serve(&config, plugins.path(), data.path(), &["--admin", "127.0.0.1:0"]);
     let mut conn = server.connect();
     assert_eq!(ask(&mut conn, "put small 100"), "put small");
     let big = conn.request(&command("put big 101", None)).json();
@@ -183,6 +194,13 @@ fn limits_are_refused_with_a_clear_error_and_the_server_stays_up() {
     assert_eq!(text(&conn.request(&command("fill 2", Some(BETA)))), "filled 2", "the allowance is per request");
     let mut fresh = server.connect();
     assert_eq!(ask(&mut fresh, "delete small"), "deleted small", "the server stays up");
+    // Three refusals: the value over its size, the sixth key and beta's
+    // fourth operation; what they would have written is not counted.
+    let (_, metrics) = server.admin_get("/metrics");
+    let total = |name: &str, label: &str| crate::common::metric_total(&metrics, name, label);
+    assert_eq!(total("wasmux_kv_operations_total", r#"outcome="limit""#), 3.0, "{metrics}");
+    assert_eq!(total("wasmux_kv_operations_total", r#"tenant="beta""#), 4.0 + 3.0, "beta's two fills: {metrics}");
+    assert_eq!(total("wasmux_kv_written_bytes_total", r#"tenant="beta""#), 2.0 + 2.0, "{metrics}");
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! Labels are shared strings ([`Label`]), so counting a request clones
 //! reference counts rather than allocating.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -17,7 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::experiments::Report;
 use crate::experiments::canary::{CanaryState, Guard};
-use crate::kv::{KvMetrics, Operation, Outcome};
+use crate::kv::{KvMetrics, Operation, Outcome, PluginKvMetrics};
 use crate::runtime::{InstanceEvents, Retirement};
 
 /// A label value: a static string or a shared one.
@@ -126,6 +127,7 @@ pub struct Metrics {
     kv_operations: Family<KvLabels, Counter>,
     kv_read: Family<TenantPluginLabels, Counter>,
     kv_written: Family<TenantPluginLabels, Counter>,
+    kv_plugins: RwLock<KvPlugins>,
 }
 
 impl Default for Metrics {
@@ -189,6 +191,7 @@ impl Metrics {
             kv_operations,
             kv_read,
             kv_written,
+            kv_plugins: RwLock::default(),
         }
     }
 
@@ -397,18 +400,61 @@ impl InstanceEvents for Metrics {
 }
 
 impl KvMetrics for Metrics {
-    fn operation(&self, tenant: &Arc<str>, plugin: &Arc<str>, operation: Operation, outcome: Outcome, read: u64, written: u64) {
-        let labels = KvLabels { tenant: Label::from(tenant), plugin: Label::from(plugin), operation: Label::Static(operation.name()), outcome: Label::Static(outcome.name()) };
-        self.kv_operations.get_or_create(&labels).inc();
-        if read > 0 || written > 0 {
-            let labels = TenantPluginLabels { tenant: Label::from(tenant), plugin: Label::from(plugin) };
-            if read > 0 {
-                self.kv_read.get_or_create(&labels).inc_by(read);
-            }
-            if written > 0 {
-                self.kv_written.get_or_create(&labels).inc_by(written);
-            }
+    fn plugin(&self, tenant: &Arc<str>, plugin: &Arc<str>) -> Arc<dyn PluginKvMetrics> {
+        let known = self.kv_plugins.read().unwrap_or_else(PoisonError::into_inner).get(tenant).and_then(|plugins| plugins.get(plugin)).cloned();
+        if let Some(known) = known {
+            return known;
         }
+        let mut plugins = self.kv_plugins.write().unwrap_or_else(PoisonError::into_inner);
+        let counters = plugins.entry(Arc::clone(tenant)).or_default().entry(Arc::clone(plugin)).or_insert_with(|| {
+            let labels = TenantPluginLabels { tenant: Label::from(tenant), plugin: Label::from(plugin) };
+            Arc::new(PluginKvCounters {
+                operations: self.kv_operations.clone(),
+                read: (self.kv_read.clone(), OnceLock::new()),
+                written: (self.kv_written.clone(), OnceLock::new()),
+                each: std::array::from_fn(|_| OnceLock::new()),
+                labels,
+            })
+        });
+        Arc::clone(counters) as Arc<dyn PluginKvMetrics>
+    }
+}
+
+/// Each tenant's plugins' key-value counters, by tenant and plugin.
+type KvPlugins = HashMap<Arc<str>, HashMap<Arc<str>, Arc<PluginKvCounters>>>;
+
+/// One tenant's plugin's key-value counters, each taken from its family
+/// the first time it counts and kept: an operation then costs an atomic
+/// increment, with no lookup of its labels.
+struct PluginKvCounters {
+    labels: TenantPluginLabels,
+    operations: Family<KvLabels, Counter>,
+    /// By operation, then outcome.
+    each: [OnceLock<Counter>; Operation::COUNT * Outcome::COUNT],
+    read: (Family<TenantPluginLabels, Counter>, OnceLock<Counter>),
+    written: (Family<TenantPluginLabels, Counter>, OnceLock<Counter>),
+}
+
+impl PluginKvCounters {
+    fn bytes(&self, (family, counter): &(Family<TenantPluginLabels, Counter>, OnceLock<Counter>), bytes: u64) {
+        if bytes > 0 {
+            counter.get_or_init(|| family.get_or_create(&self.labels).clone()).inc_by(bytes);
+        }
+    }
+}
+
+impl PluginKvMetrics for PluginKvCounters {
+    fn operation(&self, operation: Operation, outcome: Outcome, read: u64, written: u64) {
+        let counter = || {
+            let labels = KvLabels { tenant: self.labels.tenant.clone(), plugin: self.labels.plugin.clone(), operation: Label::Static(operation.name()), outcome: Label::Static(outcome.name()) };
+            self.operations.get_or_create(&labels).clone()
+        };
+        match self.each.get(operation as usize * Outcome::COUNT + outcome as usize) {
+            Some(kept) => kept.get_or_init(counter).inc(),
+            None => counter().inc(),
+        };
+        self.bytes(&self.read, read);
+        self.bytes(&self.written, written);
     }
 }
 
@@ -420,10 +466,18 @@ mod tests {
     fn key_value_operations_and_bytes_by_tenant_and_plugin() {
         let metrics = Metrics::new();
         let (alpha, counter): (Arc<str>, Arc<str>) = ("alpha".into(), "counter".into());
-        metrics.operation(&alpha, &counter, Operation::Increment, Outcome::Ok, 0, 2);
-        metrics.operation(&alpha, &counter, Operation::Get, Outcome::Ok, 5, 0);
-        metrics.operation(&alpha, &counter, Operation::Get, Outcome::Ok, 3, 0);
-        metrics.operation(&alpha, &counter, Operation::Set, Outcome::Limit, 0, 0);
+        let instance = metrics.plugin(&alpha, &counter);
+        instance.operation(Operation::Increment, Outcome::Ok, 0, 2);
+        instance.operation(Operation::Get, Outcome::Ok, 5, 0);
+        // Another instance of the plugin (its names shared by value, not by
+        // reference) counts in the same series, and so does the last
+        // operation with the last outcome.
+        let other = metrics.plugin(&"alpha".into(), &"counter".into());
+        other.operation(Operation::Get, Outcome::Ok, 3, 0);
+        other.operation(Operation::Set, Outcome::Limit, 0, 0);
+        other.operation(Operation::DeleteMany, Outcome::NotACounter, 0, 0);
+        let beta = metrics.plugin(&"beta".into(), &counter);
+        beta.operation(Operation::Get, Outcome::Ok, 7, 0);
         let text = metrics.encode();
         for line in [
             r#"wasmux_kv_operations_total{tenant="alpha",plugin="counter",operation="increment",outcome="ok"} 1"#,
@@ -431,9 +485,13 @@ mod tests {
             r#"wasmux_kv_operations_total{tenant="alpha",plugin="counter",operation="set",outcome="limit"} 1"#,
             r#"wasmux_kv_read_bytes_total{tenant="alpha",plugin="counter"} 8"#,
             r#"wasmux_kv_written_bytes_total{tenant="alpha",plugin="counter"} 2"#,
+            r#"wasmux_kv_operations_total{tenant="alpha",plugin="counter",operation="delete-many",outcome="not-a-counter"} 1"#,
+            r#"wasmux_kv_operations_total{tenant="beta",plugin="counter",operation="get",outcome="ok"} 1"#,
+            r#"wasmux_kv_read_bytes_total{tenant="beta",plugin="counter"} 7"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
+        assert!(!text.contains(r#"wasmux_kv_written_bytes_total{tenant="beta""#), "a series only once it counts:\n{text}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{BucketId, DEFAULT_BUCKET, KvError, KvLimits, Operation, Store};
+use super::{BucketId, DEFAULT_BUCKET, KvError, KvLimits, KvMetrics as _, NoKvMetrics, Operation, Outcome, PluginKvMetrics, Store, decimal_digits};
 
 /// Bucket names, beyond `default`, that a plugin may open (from the
 /// server's configuration).
@@ -24,9 +24,11 @@ pub struct KvCall {
     /// None for a plugin that imports no store, or a server without one:
     /// every bucket is then `no-such-store`.
     store: Option<Store>,
-    tenant: Arc<str>,
-    /// The plugin's base name.
-    plugin: Arc<str>,
+    /// The bucket `default` of the tenant's plugin (its base name), which
+    /// every bucket opened shares all but its name with.
+    default: BucketId,
+    /// Where each operation is reported.
+    metrics: Arc<dyn PluginKvMetrics>,
     grants: BucketGrants,
     limits: KvLimits,
     deadline: Instant,
@@ -41,16 +43,18 @@ impl KvCall {
     /// The access of an instance of `plugin` (`name@variant` allowed)
     /// serving `tenant`. Call [`KvCall::begin`] before each request.
     pub fn new(store: Store, tenant: &str, plugin: &str, grants: BucketGrants, limits: KvLimits) -> Self {
-        let bucket = BucketId::new(tenant, plugin, DEFAULT_BUCKET);
-        Self { store: Some(store), tenant: bucket.tenant, plugin: bucket.plugin, grants, limits, deadline: Instant::now(), operations: 0, open: Vec::new() }
+        let default = BucketId::new(tenant, plugin, DEFAULT_BUCKET);
+        let metrics = store.metrics_of(&default.tenant, &default.plugin);
+        Self { store: Some(store), default, metrics, grants, limits, deadline: Instant::now(), operations: 0, open: Vec::new() }
     }
 
     /// The access of an instance that has no store: it opens nothing.
     /// Cheap (two names), for instances of plugins that import none.
     pub fn without_store(tenant: &str, plugin: &str) -> Self {
-        let bucket = BucketId::new(tenant, plugin, DEFAULT_BUCKET);
+        let default = BucketId::new(tenant, plugin, DEFAULT_BUCKET);
+        let metrics = NoKvMetrics.plugin(&default.tenant, &default.plugin);
         let limits = KvLimits::default();
-        Self { store: None, tenant: bucket.tenant, plugin: bucket.plugin, grants: BucketGrants::default(), limits, deadline: Instant::now(), operations: 0, open: Vec::new() }
+        Self { store: None, default, metrics, grants: BucketGrants::default(), limits, deadline: Instant::now(), operations: 0, open: Vec::new() }
     }
 
     fn store(&self) -> Result<&Store, KvError> {
@@ -81,12 +85,18 @@ impl KvCall {
         Ok(())
     }
 
-    /// [`KvCall::spend`] for `operation` on `bucket`, which a refusal is
-    /// reported for.
-    fn spend_on(&mut self, bucket: &BucketId, operation: Operation, n: usize) -> Result<(), KvError> {
+    /// Reports `operation`, which read `read` bytes and wrote `written` if
+    /// it succeeded.
+    fn report<T>(&self, operation: Operation, result: &Result<T, KvError>, read: usize, written: usize) {
+        let (read, written) = if result.is_ok() { (read as u64, written as u64) } else { (0, 0) };
+        self.metrics.operation(operation, Outcome::of(result), read, written);
+    }
+
+    /// [`KvCall::spend`] for `operation`, whose refusal is reported.
+    fn spend_on(&mut self, operation: Operation, n: usize) -> Result<(), KvError> {
         let spent = self.spend(n);
-        if let (Err(_), Some(store)) = (&spent, &self.store) {
-            store.report(bucket, operation, &spent, 0, 0);
+        if spent.is_err() {
+            self.report(operation, &spent, 0, 0);
         }
         spent
     }
@@ -94,19 +104,23 @@ impl KvCall {
     /// Opens bucket `name`: `default`, or one the configuration grants;
     /// any other is `no-such-store`. Returns its handle.
     pub fn open(&mut self, name: &str) -> Result<u32, KvError> {
-        let bucket = BucketId { tenant: Arc::clone(&self.tenant), plugin: Arc::clone(&self.plugin), bucket: name.into() };
-        let Some(store) = self.store.clone() else { return Err(KvError::NoSuchStore) };
-        let result = self.open_bucket(bucket.clone());
-        store.report(&bucket, Operation::Open, &result, 0, 0);
+        if self.store.is_none() {
+            return Err(KvError::NoSuchStore);
+        }
+        let result = self.open_bucket(name);
+        self.report(Operation::Open, &result, 0, 0);
         result
     }
 
-    fn open_bucket(&mut self, bucket: BucketId) -> Result<u32, KvError> {
+    fn open_bucket(&mut self, name: &str) -> Result<u32, KvError> {
         self.spend(1)?;
-        let name = &*bucket.bucket;
-        if name.len() > MAX_BUCKET_NAME || (name != DEFAULT_BUCKET && !self.grants.contains(name)) {
+        let bucket = if name == DEFAULT_BUCKET {
+            self.default.clone()
+        } else if name.len() <= MAX_BUCKET_NAME && self.grants.contains(name) {
+            BucketId { bucket: name.into(), ..self.default.clone() }
+        } else {
             return Err(KvError::NoSuchStore);
-        }
+        };
         let slot = match self.open.iter().position(Option::is_none) {
             Some(free) => free,
             None if self.open.len() < MAX_OPEN_BUCKETS => {
@@ -124,9 +138,9 @@ impl KvCall {
     /// The bucket behind `handle`. A handle comes from [`KvCall::open`]
     /// through wasmtime, which checks the guest's handles: an unknown one
     /// is the host's bug, answered as an error, not a trap.
-    fn bucket(&self, handle: u32) -> Result<BucketId, KvError> {
+    fn bucket(&self, handle: u32) -> Result<&BucketId, KvError> {
         let slot = usize::try_from(handle).ok().and_then(|i| self.open.get(i));
-        slot.and_then(Option::clone).ok_or_else(|| KvError::Unavailable(format!("no open bucket has handle {handle}")))
+        slot.and_then(Option::as_ref).ok_or_else(|| KvError::Unavailable(format!("no open bucket has handle {handle}")))
     }
 
     /// Drops the bucket handle `handle`.
@@ -136,58 +150,73 @@ impl KvCall {
         }
     }
 
+    // Each operation is counted before its handle is looked up (a handle
+    // wasmtime let through is always open), so that the bucket is borrowed,
+    // not copied, for the store's call.
+
     pub async fn get(&mut self, handle: u32, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::Get, 1)?;
-        self.store()?.get(&bucket, key, self.deadline).await
+        self.spend_on(Operation::Get, 1)?;
+        let result = self.store()?.get(self.bucket(handle)?, key, self.deadline).await;
+        self.report(Operation::Get, &result, result.as_ref().map_or(0, |v| v.as_ref().map_or(0, Vec::len)), 0);
+        result
     }
 
     pub async fn set(&mut self, handle: u32, key: &str, value: Vec<u8>) -> Result<(), KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::Set, 1)?;
-        self.store()?.set(&bucket, key, value, &self.limits, self.deadline).await
+        self.spend_on(Operation::Set, 1)?;
+        let written = value.len();
+        let result = self.store()?.set(self.bucket(handle)?, key, value, &self.limits, self.deadline).await;
+        self.report(Operation::Set, &result, 0, written);
+        result
     }
 
     pub async fn delete(&mut self, handle: u32, key: &str) -> Result<(), KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::Delete, 1)?;
-        self.store()?.delete(&bucket, key, self.deadline).await
+        self.spend_on(Operation::Delete, 1)?;
+        let result = self.store()?.delete(self.bucket(handle)?, key, self.deadline).await;
+        self.report(Operation::Delete, &result, 0, 0);
+        result
     }
 
     pub async fn exists(&mut self, handle: u32, key: &str) -> Result<bool, KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::Exists, 1)?;
-        self.store()?.exists(&bucket, key, self.deadline).await
+        self.spend_on(Operation::Exists, 1)?;
+        let result = self.store()?.exists(self.bucket(handle)?, key, self.deadline).await;
+        self.report(Operation::Exists, &result, 0, 0);
+        result
     }
 
     pub async fn list_keys(&mut self, handle: u32, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::ListKeys, 1)?;
-        self.store()?.list_keys(&bucket, cursor, self.deadline).await
+        self.spend_on(Operation::ListKeys, 1)?;
+        let result = self.store()?.list_keys(self.bucket(handle)?, cursor, self.deadline).await;
+        self.report(Operation::ListKeys, &result, result.as_ref().map_or(0, |(keys, _)| keys.iter().map(String::len).sum()), 0);
+        result
     }
 
     pub async fn increment(&mut self, handle: u32, key: &str, delta: u64) -> Result<u64, KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::Increment, 1)?;
-        self.store()?.increment(&bucket, key, delta, &self.limits, self.deadline).await
+        self.spend_on(Operation::Increment, 1)?;
+        let result = self.store()?.increment(self.bucket(handle)?, key, delta, &self.limits, self.deadline).await;
+        self.report(Operation::Increment, &result, 0, result.as_ref().map_or(0, |n| decimal_digits(*n)));
+        result
     }
 
     /// Counts one operation for each key (at least one).
     pub async fn get_many(&mut self, handle: u32, keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::GetMany, keys.len().max(1))?;
-        self.store()?.get_many(&bucket, keys, self.deadline).await
+        self.spend_on(Operation::GetMany, keys.len().max(1))?;
+        let result = self.store()?.get_many(self.bucket(handle)?, keys, self.deadline).await;
+        self.report(Operation::GetMany, &result, result.as_ref().map_or(0, |pairs| pairs.iter().flatten().map(|(_, v)| v.len()).sum()), 0);
+        result
     }
 
     pub async fn set_many(&mut self, handle: u32, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::SetMany, pairs.len().max(1))?;
-        self.store()?.set_many(&bucket, pairs, &self.limits, self.deadline).await
+        self.spend_on(Operation::SetMany, pairs.len().max(1))?;
+        let written = pairs.iter().map(|(_, v)| v.len()).sum();
+        let result = self.store()?.set_many(self.bucket(handle)?, pairs, &self.limits, self.deadline).await;
+        self.report(Operation::SetMany, &result, 0, written);
+        result
     }
 
     pub async fn delete_many(&mut self, handle: u32, keys: Vec<String>) -> Result<(), KvError> {
-        let bucket = self.bucket(handle)?;
-        self.spend_on(&bucket, Operation::DeleteMany, keys.len().max(1))?;
-        self.store()?.delete_many(&bucket, keys, self.deadline).await
+        self.spend_on(Operation::DeleteMany, keys.len().max(1))?;
+        let result = self.store()?.delete_many(self.bucket(handle)?, keys, self.deadline).await;
+        self.report(Operation::DeleteMany, &result, 0, 0);
+        result
     }
 }

@@ -1,10 +1,12 @@
 //! What the store reports: each operation, by tenant and plugin, with its
 //! outcome and the bytes it read and wrote. [`KvMetrics`] is what the
 //! server's metrics implement; [`KvCounters`] keeps totals in memory (for
-//! tests, and for a page that shows them).
+//! tests).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use super::KvError;
 
 /// A store operation, as the plugin called it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,6 +24,9 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// How many there are (the last is the highest).
+    pub const COUNT: usize = Self::DeleteMany as usize + 1;
+
     /// The interface's name for it, a metric label.
     pub fn name(self) -> &'static str {
         match self {
@@ -55,6 +60,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How many there are (the last is the highest).
+    pub const COUNT: usize = Self::NotACounter as usize + 1;
+
+    /// How `result` ended.
+    pub fn of<T>(result: &Result<T, KvError>) -> Self {
+        match result {
+            Ok(_) => Self::Ok,
+            Err(KvError::NoSuchStore | KvError::AccessDenied) => Self::Denied,
+            Err(KvError::Limit(_)) => Self::Limit,
+            Err(KvError::Timeout) => Self::Timeout,
+            Err(KvError::Unavailable(_)) => Self::Unavailable,
+            Err(KvError::NotACounter(_)) => Self::NotACounter,
+        }
+    }
+
     /// A metric label.
     pub fn name(self) -> &'static str {
         match self {
@@ -68,22 +88,35 @@ impl Outcome {
     }
 }
 
-/// Told of every store operation. Called on the request's path: keep it
-/// to counter increments.
+/// Where the server's metrics take the store's operations.
 pub trait KvMetrics: Send + Sync {
-    /// `plugin` is the base name (before `@`), as state is kept. `read`
-    /// and `written` are the values' bytes (and keys', for `list-keys`)
-    /// of an operation that succeeded, else 0. The names are shared
-    /// strings, so that a metric label costs a reference count, not an
-    /// allocation.
-    fn operation(&self, tenant: &Arc<str>, plugin: &Arc<str>, operation: Operation, outcome: Outcome, read: u64, written: u64);
+    /// What `tenant`'s `plugin` (its base name, before `@`, as state is
+    /// kept) reports its operations to. Looked up when an instance is
+    /// made, so that an operation costs a counter's increment, not a
+    /// lookup of its labels.
+    fn plugin(&self, tenant: &Arc<str>, plugin: &Arc<str>) -> Arc<dyn PluginKvMetrics>;
+}
+
+/// Told of every store operation of one tenant's plugin. Called on the
+/// request's path: keep it to counter increments.
+pub trait PluginKvMetrics: Send + Sync {
+    /// `read` and `written` are the values' bytes (and keys', for
+    /// `list-keys`) of an operation that succeeded, else 0.
+    fn operation(&self, operation: Operation, outcome: Outcome, read: u64, written: u64);
 }
 
 /// Reports nothing.
 pub struct NoKvMetrics;
 
 impl KvMetrics for NoKvMetrics {
-    fn operation(&self, _: &Arc<str>, _: &Arc<str>, _: Operation, _: Outcome, _: u64, _: u64) {}
+    fn plugin(&self, _: &Arc<str>, _: &Arc<str>) -> Arc<dyn PluginKvMetrics> {
+        static NOTHING: LazyLock<Arc<NoKvMetrics>> = LazyLock::new(|| Arc::new(NoKvMetrics));
+        NOTHING.clone()
+    }
+}
+
+impl PluginKvMetrics for NoKvMetrics {
+    fn operation(&self, _: Operation, _: Outcome, _: u64, _: u64) {}
 }
 
 /// Totals of one (tenant, plugin, operation, outcome).
@@ -94,10 +127,12 @@ pub struct Totals {
     pub written: u64,
 }
 
+type TotalsByLabels = Mutex<HashMap<(String, String, Operation, Outcome), Totals>>;
+
 /// Totals kept in memory.
 #[derive(Default)]
 pub struct KvCounters {
-    totals: Mutex<HashMap<(String, String, Operation, Outcome), Totals>>,
+    totals: Arc<TotalsByLabels>,
 }
 
 impl KvCounters {
@@ -109,9 +144,22 @@ impl KvCounters {
 }
 
 impl KvMetrics for KvCounters {
-    fn operation(&self, tenant: &Arc<str>, plugin: &Arc<str>, operation: Operation, outcome: Outcome, read: u64, written: u64) {
+    fn plugin(&self, tenant: &Arc<str>, plugin: &Arc<str>) -> Arc<dyn PluginKvMetrics> {
+        Arc::new(PluginCounters { totals: Arc::clone(&self.totals), tenant: tenant.to_string(), plugin: plugin.to_string() })
+    }
+}
+
+/// One plugin's share of [`KvCounters`].
+struct PluginCounters {
+    totals: Arc<TotalsByLabels>,
+    tenant: String,
+    plugin: String,
+}
+
+impl PluginKvMetrics for PluginCounters {
+    fn operation(&self, operation: Operation, outcome: Outcome, read: u64, written: u64) {
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = totals.entry((tenant.to_string(), plugin.to_string(), operation, outcome)).or_default();
+        let entry = totals.entry((self.tenant.clone(), self.plugin.clone(), operation, outcome)).or_default();
         entry.count += 1;
         entry.read += read;
         entry.written += written;

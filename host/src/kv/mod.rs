@@ -39,8 +39,10 @@
 //! - **The guest** calls it through `wasi:keyvalue`'s host traits,
 //!   implemented on [`KvCall`] (`guest.rs`): one instance's open buckets,
 //!   its tenant and plugin, and its request's deadline and operations.
-//! - **Metrics**: every operation is reported to a [`KvMetrics`] (tenant,
-//!   plugin, operation, outcome, bytes read and written).
+//! - **Metrics**: every operation a plugin makes is reported by its
+//!   [`KvCall`] to its tenant's and plugin's [`PluginKvMetrics`], looked
+//!   up once per instance from the store's [`KvMetrics`] (operation,
+//!   outcome, bytes read and written).
 
 mod call;
 mod embedded;
@@ -59,7 +61,7 @@ use std::time::Instant;
 pub use call::{BucketGrants, KvCall, MAX_BUCKET_NAME, MAX_OPEN_BUCKETS};
 pub use embedded::{Durability, OpenError};
 pub use guest::to_wasi;
-pub use metrics::{KvCounters, KvMetrics, NoKvMetrics, Operation, Outcome, Totals};
+pub use metrics::{KvCounters, KvMetrics, NoKvMetrics, Operation, Outcome, PluginKvMetrics, Totals};
 
 /// The bucket every plugin may open without a grant.
 pub const DEFAULT_BUCKET: &str = "default";
@@ -344,121 +346,80 @@ impl Store {
         Self { inner: Arc::new(Inner { backend, metrics: Arc::new(NoKvMetrics) }) }
     }
 
-    /// The same store (its data shared), reporting each operation to
-    /// `metrics`.
+    /// The same store (its data shared), whose plugins' operations are
+    /// reported to `metrics`.
     pub fn with_metrics(self, metrics: Arc<dyn KvMetrics>) -> Self {
         Self { inner: Arc::new(Inner { backend: self.inner.backend.clone(), metrics }) }
     }
 
     /// The value of `key`, if any.
     pub async fn get(&self, bucket: &BucketId, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, KvError> {
-        let result = async {
-            before(deadline)?;
-            match &self.inner.backend {
-                Backend::Memory(m) => Ok(m.get(bucket, key)),
-                Backend::Embedded(e) => e.get(bucket, key),
-                Backend::Redis(r) => Box::pin(r.get(bucket, key, deadline)).await,
-            }
+        before(deadline)?;
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.get(bucket, key)),
+            Backend::Embedded(e) => e.get(bucket, key),
+            Backend::Redis(r) => Box::pin(r.get(bucket, key, deadline)).await,
         }
-        .await;
-        let read = result.as_ref().map_or(0, |v| v.as_ref().map_or(0, Vec::len));
-        self.report(bucket, Operation::Get, &result, read, 0);
-        result
     }
 
     /// Sets `key` to `value`.
     pub async fn set(&self, bucket: &BucketId, key: &str, value: Vec<u8>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
-        let written = value.len();
-        let result = self.write(bucket, vec![(key.to_owned(), value)], limits, deadline).await;
-        self.report(bucket, Operation::Set, &result, 0, written);
-        result
+        self.set_many(bucket, vec![(key.to_owned(), value)], limits, deadline).await
     }
 
     /// Deletes `key` (nothing if it does not exist).
     pub async fn delete(&self, bucket: &BucketId, key: &str, deadline: Instant) -> Result<(), KvError> {
-        let result = self.delete_many_unreported(bucket, vec![key.to_owned()], deadline).await;
-        self.report(bucket, Operation::Delete, &result, 0, 0);
-        result
+        self.delete_many(bucket, vec![key.to_owned()], deadline).await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, bucket: &BucketId, key: &str, deadline: Instant) -> Result<bool, KvError> {
-        let result = async {
-            before(deadline)?;
-            match &self.inner.backend {
-                Backend::Memory(m) => Ok(m.exists(bucket, key)),
-                Backend::Embedded(e) => e.exists(bucket, key),
-                Backend::Redis(r) => Box::pin(r.exists(bucket, key, deadline)).await,
-            }
+        before(deadline)?;
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.exists(bucket, key)),
+            Backend::Embedded(e) => e.exists(bucket, key),
+            Backend::Redis(r) => Box::pin(r.exists(bucket, key, deadline)).await,
         }
-        .await;
-        self.report(bucket, Operation::Exists, &result, 0, 0);
-        result
     }
 
     /// One page of the bucket's keys (at most [`LIST_PAGE`]) from `cursor`
     /// (none: the first page), and the cursor of the next page (none: this
     /// was the last). The cursor is the backend's own.
     pub async fn list_keys(&self, bucket: &BucketId, cursor: Option<u64>, deadline: Instant) -> Result<(Vec<String>, Option<u64>), KvError> {
-        let result = async {
-            before(deadline)?;
-            match &self.inner.backend {
-                Backend::Memory(m) => Ok(m.list_keys(bucket, cursor)),
-                Backend::Embedded(e) => embedded::EmbeddedStore::list_keys(e, bucket, cursor, deadline).await,
-                Backend::Redis(r) => Box::pin(r.list_keys(bucket, cursor, deadline)).await,
-            }
+        before(deadline)?;
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.list_keys(bucket, cursor)),
+            Backend::Embedded(e) => embedded::EmbeddedStore::list_keys(e, bucket, cursor, deadline).await,
+            Backend::Redis(r) => Box::pin(r.list_keys(bucket, cursor, deadline)).await,
         }
-        .await;
-        let read = result.as_ref().map_or(0, |(keys, _)| keys.iter().map(String::len).sum());
-        self.report(bucket, Operation::ListKeys, &result, read, 0);
-        result
     }
 
     /// Adds `delta` to the counter `key` (missing: 0) and returns the sum.
     pub async fn increment(&self, bucket: &BucketId, key: &str, delta: u64, limits: &KvLimits, deadline: Instant) -> Result<u64, KvError> {
-        let result = async {
-            check_key(key, limits)?;
-            let delta = i64::try_from(delta).map_err(|_| KvError::NotACounter(format!("cannot increment by {delta}: a counter holds at most {}", i64::MAX)))?;
-            before(deadline)?;
-            match &self.inner.backend {
-                Backend::Memory(m) => m.increment(bucket, key, delta, limits),
-                Backend::Embedded(e) => embedded::EmbeddedStore::increment(e, bucket, key, delta, limits, deadline).await,
-                Backend::Redis(r) => Box::pin(r.increment(bucket, key, delta, limits, deadline)).await,
-            }
+        check_key(key, limits)?;
+        let delta = i64::try_from(delta).map_err(|_| KvError::NotACounter(format!("cannot increment by {delta}: a counter holds at most {}", i64::MAX)))?;
+        before(deadline)?;
+        match &self.inner.backend {
+            Backend::Memory(m) => m.increment(bucket, key, delta, limits),
+            Backend::Embedded(e) => embedded::EmbeddedStore::increment(e, bucket, key, delta, limits, deadline).await,
+            Backend::Redis(r) => Box::pin(r.increment(bucket, key, delta, limits, deadline)).await,
         }
-        .await;
-        let written = result.as_ref().map_or(0, |n| decimal_digits(*n));
-        self.report(bucket, Operation::Increment, &result, 0, written);
-        result
     }
 
     /// The values of `keys`, in their order (none where a key is missing).
     pub async fn get_many(&self, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
-        let result = async {
-            before(deadline)?;
-            let values = match &self.inner.backend {
-                Backend::Memory(m) => Ok(keys.iter().map(|key| m.get(bucket, key)).collect()),
-                Backend::Embedded(e) => keys.iter().map(|key| e.get(bucket, key)).collect(),
-                Backend::Redis(r) => Box::pin(r.get_many(bucket, &keys, deadline)).await,
-            }?;
-            Ok(keys.into_iter().zip(values).map(|(key, value)| value.map(|v| (key, v))).collect::<Vec<_>>())
-        }
-        .await;
-        let read = result.as_ref().map_or(0, |pairs| pairs.iter().flatten().map(|(_, v)| v.len()).sum());
-        self.report(bucket, Operation::GetMany, &result, read, 0);
-        result
+        before(deadline)?;
+        let values = match &self.inner.backend {
+            Backend::Memory(m) => Ok(keys.iter().map(|key| m.get(bucket, key)).collect()),
+            Backend::Embedded(e) => keys.iter().map(|key| e.get(bucket, key)).collect(),
+            Backend::Redis(r) => Box::pin(r.get_many(bucket, &keys, deadline)).await,
+        }?;
+        Ok(keys.into_iter().zip(values).map(|(key, value)| value.map(|v| (key, v))).collect())
     }
 
     /// Sets each key to its value, in order; on an error, the pairs before
     /// the failing one are set and the rest are not.
     pub async fn set_many(&self, bucket: &BucketId, pairs: Vec<(String, Vec<u8>)>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
-        let written = pairs.iter().map(|(_, v)| v.len()).sum();
-        let result = self.write(bucket, pairs, limits, deadline).await;
-        self.report(bucket, Operation::SetMany, &result, 0, written);
-        result
-    }
-
-    async fn write(&self, bucket: &BucketId, pairs: Vec<(String, Vec<u8>)>, limits: &KvLimits, deadline: Instant) -> Result<(), KvError> {
         for (key, value) in &pairs {
             check_key(key, limits)?;
             if value.len() > limits.max_value {
@@ -479,12 +440,6 @@ impl Store {
 
     /// Deletes each key; missing keys are skipped.
     pub async fn delete_many(&self, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<(), KvError> {
-        let result = self.delete_many_unreported(bucket, keys, deadline).await;
-        self.report(bucket, Operation::DeleteMany, &result, 0, 0);
-        result
-    }
-
-    async fn delete_many_unreported(&self, bucket: &BucketId, keys: Vec<String>, deadline: Instant) -> Result<(), KvError> {
         before(deadline)?;
         match &self.inner.backend {
             Backend::Memory(m) => m.delete_many(bucket, keys),
@@ -502,17 +457,9 @@ impl Store {
         }
     }
 
-    fn report<T>(&self, bucket: &BucketId, operation: Operation, result: &Result<T, KvError>, read: usize, written: usize) {
-        let outcome = match result {
-            Ok(_) => Outcome::Ok,
-            Err(KvError::NoSuchStore | KvError::AccessDenied) => Outcome::Denied,
-            Err(KvError::Limit(_)) => Outcome::Limit,
-            Err(KvError::Timeout) => Outcome::Timeout,
-            Err(KvError::Unavailable(_)) => Outcome::Unavailable,
-            Err(KvError::NotACounter(_)) => Outcome::NotACounter,
-        };
-        let (read, written) = if result.is_ok() { (read as u64, written as u64) } else { (0, 0) };
-        self.inner.metrics.operation(&bucket.tenant, &bucket.plugin, operation, outcome, read, written);
+    /// What `tenant`'s `plugin` reports its operations to.
+    pub fn metrics_of(&self, tenant: &Arc<str>, plugin: &Arc<str>) -> Arc<dyn PluginKvMetrics> {
+        self.inner.metrics.plugin(tenant, plugin)
     }
 }
 
