@@ -412,7 +412,7 @@ impl KvMetrics for Metrics {
                 operations: self.kv_operations.clone(),
                 read: (self.kv_read.clone(), OnceLock::new()),
                 written: (self.kv_written.clone(), OnceLock::new()),
-                each: std::array::from_fn(|_| OnceLock::new()),
+                each: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
                 labels,
             })
         });
@@ -430,7 +430,7 @@ struct PluginKvCounters {
     labels: TenantPluginLabels,
     operations: Family<KvLabels, Counter>,
     /// By operation, then outcome.
-    each: [OnceLock<Counter>; Operation::COUNT * Outcome::COUNT],
+    each: [[OnceLock<Counter>; Outcome::COUNT]; Operation::COUNT],
     read: (Family<TenantPluginLabels, Counter>, OnceLock<Counter>),
     written: (Family<TenantPluginLabels, Counter>, OnceLock<Counter>),
 }
@@ -449,7 +449,9 @@ impl PluginKvMetrics for PluginKvCounters {
             let labels = KvLabels { tenant: self.labels.tenant.clone(), plugin: self.labels.plugin.clone(), operation: Label::Static(operation.name()), outcome: Label::Static(outcome.name()) };
             self.operations.get_or_create(&labels).clone()
         };
-        match self.each.get(operation as usize * Outcome::COUNT + outcome as usize) {
+        // Every variant has its place (a unit test of `Operation::COUNT`
+        // and `Outcome::COUNT`); were one missing, it would count uncached.
+        match self.each.get(operation as usize).and_then(|outcomes| outcomes.get(outcome as usize)) {
             Some(kept) => kept.get_or_init(counter).inc(),
             None => counter().inc(),
         };

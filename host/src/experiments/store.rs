@@ -33,7 +33,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::canary::{Canary, CanaryConfig, CanaryCounts, CanaryState};
 use super::rollout::{Absorbed, Rollout};
-use crate::kv::{BucketId, KvError, KvLimits, NoKvMetrics, Store};
+use crate::kv::{BucketId, KvError, KvLimits, Store};
 
 /// The plugin name of canaries' buckets, which no plugin can have.
 pub const CANARY_PLUGIN: &str = "wasmux:canary";
@@ -74,8 +74,8 @@ impl CanaryStore {
 
     /// Canaries kept in `store`, as the server `server`.
     pub fn named(store: Store, server: &str) -> Self {
-        // The host's operations are not the plugins': not in their metrics.
-        Self { store: store.with_metrics(std::sync::Arc::new(NoKvMetrics)), server: server.to_owned() }
+        // The host's own calls are not a plugin's: the store reports none.
+        Self { store, server: server.to_owned() }
     }
 
     /// This server's name in the store.

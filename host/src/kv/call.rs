@@ -92,8 +92,11 @@ impl KvCall {
         self.metrics.operation(operation, Outcome::of(result), read, written);
     }
 
-    /// [`KvCall::spend`] for `operation`, whose refusal is reported.
-    fn spend_on(&mut self, operation: Operation, n: usize) -> Result<(), KvError> {
+    /// Starts `operation` on the bucket behind `handle`: checks the handle,
+    /// then counts `n` operations against the request's allowance
+    /// ([`KvCall::spend`]), reporting a refusal.
+    fn start(&mut self, handle: u32, operation: Operation, n: usize) -> Result<(), KvError> {
+        self.bucket(handle)?;
         let spent = self.spend(n);
         if spent.is_err() {
             self.report(operation, &spent, 0, 0);
@@ -150,19 +153,18 @@ impl KvCall {
         }
     }
 
-    // Each operation is counted before its handle is looked up (a handle
-    // wasmtime let through is always open), so that the bucket is borrowed,
-    // not copied, for the store's call.
+    // Each operation is started (its handle checked, then counted) before
+    // its bucket is borrowed, not copied, for the store's call.
 
     pub async fn get(&mut self, handle: u32, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.spend_on(Operation::Get, 1)?;
+        self.start(handle, Operation::Get, 1)?;
         let result = self.store()?.get(self.bucket(handle)?, key, self.deadline).await;
         self.report(Operation::Get, &result, result.as_ref().map_or(0, |v| v.as_ref().map_or(0, Vec::len)), 0);
         result
     }
 
     pub async fn set(&mut self, handle: u32, key: &str, value: Vec<u8>) -> Result<(), KvError> {
-        self.spend_on(Operation::Set, 1)?;
+        self.start(handle, Operation::Set, 1)?;
         let written = value.len();
         let result = self.store()?.set(self.bucket(handle)?, key, value, &self.limits, self.deadline).await;
         self.report(Operation::Set, &result, 0, written);
@@ -170,28 +172,28 @@ impl KvCall {
     }
 
     pub async fn delete(&mut self, handle: u32, key: &str) -> Result<(), KvError> {
-        self.spend_on(Operation::Delete, 1)?;
+        self.start(handle, Operation::Delete, 1)?;
         let result = self.store()?.delete(self.bucket(handle)?, key, self.deadline).await;
         self.report(Operation::Delete, &result, 0, 0);
         result
     }
 
     pub async fn exists(&mut self, handle: u32, key: &str) -> Result<bool, KvError> {
-        self.spend_on(Operation::Exists, 1)?;
+        self.start(handle, Operation::Exists, 1)?;
         let result = self.store()?.exists(self.bucket(handle)?, key, self.deadline).await;
         self.report(Operation::Exists, &result, 0, 0);
         result
     }
 
     pub async fn list_keys(&mut self, handle: u32, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), KvError> {
-        self.spend_on(Operation::ListKeys, 1)?;
+        self.start(handle, Operation::ListKeys, 1)?;
         let result = self.store()?.list_keys(self.bucket(handle)?, cursor, self.deadline).await;
         self.report(Operation::ListKeys, &result, result.as_ref().map_or(0, |(keys, _)| keys.iter().map(String::len).sum()), 0);
         result
     }
 
     pub async fn increment(&mut self, handle: u32, key: &str, delta: u64) -> Result<u64, KvError> {
-        self.spend_on(Operation::Increment, 1)?;
+        self.start(handle, Operation::Increment, 1)?;
         let result = self.store()?.increment(self.bucket(handle)?, key, delta, &self.limits, self.deadline).await;
         self.report(Operation::Increment, &result, 0, result.as_ref().map_or(0, |n| decimal_digits(*n)));
         result
@@ -199,14 +201,14 @@ impl KvCall {
 
     /// Counts one operation for each key (at least one).
     pub async fn get_many(&mut self, handle: u32, keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
-        self.spend_on(Operation::GetMany, keys.len().max(1))?;
+        self.start(handle, Operation::GetMany, keys.len().max(1))?;
         let result = self.store()?.get_many(self.bucket(handle)?, keys, self.deadline).await;
         self.report(Operation::GetMany, &result, result.as_ref().map_or(0, |pairs| pairs.iter().flatten().map(|(_, v)| v.len()).sum()), 0);
         result
     }
 
     pub async fn set_many(&mut self, handle: u32, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
-        self.spend_on(Operation::SetMany, pairs.len().max(1))?;
+        self.start(handle, Operation::SetMany, pairs.len().max(1))?;
         let written = pairs.iter().map(|(_, v)| v.len()).sum();
         let result = self.store()?.set_many(self.bucket(handle)?, pairs, &self.limits, self.deadline).await;
         self.report(Operation::SetMany, &result, 0, written);
@@ -214,7 +216,7 @@ impl KvCall {
     }
 
     pub async fn delete_many(&mut self, handle: u32, keys: Vec<String>) -> Result<(), KvError> {
-        self.spend_on(Operation::DeleteMany, keys.len().max(1))?;
+        self.start(handle, Operation::DeleteMany, keys.len().max(1))?;
         let result = self.store()?.delete_many(self.bucket(handle)?, keys, self.deadline).await;
         self.report(Operation::DeleteMany, &result, 0, 0);
         result

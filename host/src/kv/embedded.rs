@@ -439,7 +439,7 @@ mod tests {
     /// for every call a plugin makes) carries no room for a blocking
     /// thread's wait.
     #[test]
-    fn a_write_made_in_place_carries_no_room_for_a_blocking_threads() {
+    fn a_write_made_in_place_carries_no_room_for_a_blocking_thread() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = Arc::new(EmbeddedStore::open(dir.path(), Durability::Process).expect("open"));
         let b = BucketId::new("t", "p", "default");

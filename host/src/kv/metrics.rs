@@ -165,3 +165,29 @@ impl PluginKvMetrics for PluginCounters {
         entry.written += written;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts size the server's table of kept counters.
+    #[test]
+    fn the_counts_cover_every_operation_and_outcome() {
+        use Operation::*;
+        use Outcome::*;
+        let operations = [Open, Get, Set, Delete, Exists, ListKeys, Increment, GetMany, SetMany, DeleteMany];
+        let outcomes = [Ok, Denied, Limit, Timeout, Unavailable, NotACounter];
+        // Exhaustive: a new variant does not compile until it is listed above.
+        for operation in operations {
+            match operation {
+                Open | Get | Set | Delete | Exists | ListKeys | Increment | GetMany | SetMany | DeleteMany => assert!((operation as usize) < Operation::COUNT),
+            }
+        }
+        for outcome in outcomes {
+            match outcome {
+                Ok | Denied | Limit | Timeout | Unavailable | NotACounter => assert!((outcome as usize) < Outcome::COUNT),
+            }
+        }
+        assert_eq!((operations.len(), outcomes.len()), (Operation::COUNT, Outcome::COUNT));
+    }
+}
