@@ -889,3 +889,24 @@ fn a_counters_length_is_its_decimal_digits() {
         assert_eq!(decimal_digits(n), n.to_string().len(), "{n}");
     }
 }
+
+/// The README and the guide give the limits' defaults: they are the code's.
+#[test]
+fn the_documented_limit_defaults_are_the_codes() {
+    let d = KvLimits::default();
+    let thousands = |n: u64| n.to_string().as_bytes().rchunks(3).rev().map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(" ");
+    let expected = [
+        ("max-key-size", format!("{} bytes", d.max_key)),
+        ("max-value-size", format!("{} MiB", d.max_value >> 20)),
+        ("max-keys", thousands(d.max_keys)),
+        ("max-bytes", format!("{} MiB", d.max_bytes >> 20)),
+        ("operations-per-request", d.operations_per_request.to_string()),
+    ];
+    for doc in ["README.md", "docs/keyvalue.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).unwrap_or_else(|e| panic!("read {doc}: {e}"));
+        for (name, default) in &expected {
+            let row = text.lines().find(|line| line.starts_with(&format!("| `{name}`"))).unwrap_or_else(|| panic!("{doc} has no row for {name}"));
+            assert!(row.contains(&format!("| {default} |")), "{doc}: {name} defaults to {default}, the row says: {row}");
+        }
+    }
+}
