@@ -122,7 +122,8 @@ const ROUNDS: usize = 3;
 /// per run, on `config`'s store, with fresh and with reused instances, and
 /// prints a row per call.
 async fn plugin_calls(backend: &str, config: StoreConfig, count: u32) {
-    // The server's own metrics, which every store call reports to.
+    // The server's own metrics, which every plugin's store call reports to
+    // (the store's own operations, in the first table, report nothing).
     let store = Arc::new(OnDemand::new(config, Arc::new(wasmux::metrics::Metrics::new())));
     let runtime = Runtime::with_store(RuntimeSettings::default(), Arc::new(Unobserved), store).expect("a runtime");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugins/kv-counter.wasm");
