@@ -28,8 +28,8 @@ pub struct BuildArgs {
     /// The project's directory (with its Cargo.toml, pyproject.toml or package.json).
     #[arg(default_value = ".")]
     dir: PathBuf,
-    /// Where the component goes (default: DIR/dist).
-    #[arg(long, short)]
+    /// The directory the component goes in, as OUT/NAME.wasm (default: DIR/dist).
+    #[arg(long, short, value_name = "OUT")]
     out: Option<PathBuf>,
     /// Where installed tools and shared build output are kept.
     #[arg(long, env = "WASMUX_CACHE_DIR")]
@@ -43,6 +43,7 @@ pub struct BuildArgs {
 pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let project = Project::open(&args.dir)?;
     let out_dir = args.out.unwrap_or_else(|| project.dir.join("dist"));
+    check_out_dir(&out_dir, &project.name)?;
     let cache_dir = match args.cache_dir {
         Some(dir) => dir,
         None => wasmux_toolchain::default_cache_dir()?,
@@ -59,6 +60,22 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         if let Err(e) = compile_into_cache(&out, cache_dir).await {
             eprintln!("wasmux: warning: could not compile {} into the cache: {e:#}", shown(&out));
         }
+    }
+    Ok(())
+}
+
+/// Refuses an `--out` that names a component rather than a directory
+/// (`-o search.wasm`), which would otherwise become a directory holding
+/// `search.wasm/NAME.wasm`. A directory that exists is taken whatever its
+/// name.
+fn check_out_dir(out_dir: &Path, plugin: &str) -> anyhow::Result<()> {
+    let names_a_component = out_dir.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("wasm"));
+    if names_a_component && !out_dir.is_dir() {
+        anyhow::bail!(
+            "--out {} names a file, but --out is the directory the component goes in (as OUT/{plugin}.wasm, {plugin} being the project's plugin name): give the directory (--out {}), and set plugin-name in the project's manifest to serve it under another name",
+            out_dir.display(),
+            out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).display()
+        );
     }
     Ok(())
 }

@@ -388,6 +388,28 @@ fn new_prints_a_cd_line_a_shell_can_run() {
     }
 }
 
+/// `--out` is the directory the component goes in: `-o hello.wasm` was
+/// made a directory holding `hello.wasm/hello.wasm`. It is refused, before
+/// anything is built, saying which directory to give; a directory that
+/// exists is taken whatever its name.
+#[test]
+fn build_refuses_an_out_that_names_a_component() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let out = wasmux_in(tmp.path(), &["new", "named", "--lang", "python", "--dir", "named"], crate::common::STEP);
+    assert!(out.status.success(), "{out:?}");
+    let project = tmp.path().join("named");
+    let out = wasmux_in(&project, &["build", "--out", "plugins/named.wasm"], crate::common::STEP);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        ["wasmux: --out plugins/named.wasm names a file, but --out is the directory the component goes in (as OUT/named.wasm, named being the project's plugin name): give the directory (--out plugins), and set plugin-name in the project's manifest to serve it under another name"],
+        "{out:?}"
+    );
+    assert!(!project.join("plugins").exists(), "the refused build made a directory");
+    let out = wasmux_in(&project, &["build", "-o", "named.wasm"], crate::common::STEP);
+    assert!(out.stderr.contains("(--out .)"), "{out:?}");
+}
+
 // ---- wasmux dev ----
 
 #[test]
