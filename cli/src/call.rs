@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 use wasmux::config::{ConfigFile, ConfigValue, RouteFile, Settings};
-use wasmux::message::{AUTHORIZATION_FIELD, Message, consumed_field};
+use wasmux::message::Message;
 use wasmux::metrics::Metrics;
 use wasmux::digest::Digest;
 use wasmux::plugins::{COMPILE_NOTICE_SIZE, Plugins, megabytes};
@@ -128,33 +128,9 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         (None, None) => Vec::new(),
     };
     let mut request = Message::new(args.content_type, args.encoding, content);
-    check_fields(&args.fields)?;
-    crate::add_fields(&mut request, &args.fields)?;
+    crate::add_fields(&mut request, &args.fields, crate::FieldsFor::Call)?;
     let answer = service.handle(request).await;
     Ok(crate::print_answer(&answer.message))
-}
-
-/// Refuses a `--field` a server would never pass to a plugin: one with no
-/// name, or one the host reads itself, in any case ([`CONSUMED_FIELDS`](wasmux::message::CONSUMED_FIELDS));
-/// the plugin would have been tried on a request no client can send it.
-fn check_fields(fields: &[String]) -> anyhow::Result<()> {
-    for field in fields {
-        let Some((name, _)) = field.split_once('=') else { continue };
-        if name.is_empty() {
-            anyhow::bail!("--field {field}: the field has no name: write NAME=VALUE");
-        }
-        let Some(consumed) = consumed_field(name) else { continue };
-        let instead = match consumed {
-            "content-type" => "; give the content-type with -t (--content-type)",
-            "content-encoding" => "; give the content-encoding with -e (--encoding)",
-            "content-length" => "; it is the content's length: give the content with --content or --content-file",
-            "byteorder" => "; wasmux call sends this machine's",
-            AUTHORIZATION_FIELD => "; a server takes it as a tenant's credential (`wasmux send --token`), and `wasmux call` serves the default tenant",
-            _ => "",
-        };
-        anyhow::bail!("--field {field}: {name} is read by the host and never reaches a plugin as a field{instead}");
-    }
-    Ok(())
 }
 
 /// The runtime of one `wasmux call`: one call at a time, so the pool can

@@ -24,7 +24,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 use wasmux::client::{self, Client};
-use wasmux::message::{AUTHORIZATION_FIELD, Message};
+use wasmux::message::{AUTHORIZATION_FIELD, Message, consumed_field};
 use wasmux::tenancy::TokenHash;
 use wasmux::tls::TlsClient;
 
@@ -104,6 +104,7 @@ struct SendArgs {
     #[arg(long, env = "WASMUX_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// An extra header field, NAME=VALUE; VALUE is JSON if it parses as JSON, else a string.
+    /// Not the header's own (content-type, …; -t and -e give those) nor authorization (--token).
     #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
     fields: Vec<String>,
     /// Give up after this long without an answer.
@@ -272,7 +273,7 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
         request.header.extra.insert(AUTHORIZATION_FIELD.to_owned(), Value::String(format!("Bearer {token}")));
     }
-    add_fields(&mut request, &args.fields)?;
+    add_fields(&mut request, &args.fields, FieldsFor::Send)?;
     let tls = args.tls.client(&args.addr)?;
     let resend = args.retry.resend(args.action.is_some());
     let mut client = Client::connect(&args.addr, tls.as_ref(), args.timeout).await?;
@@ -280,11 +281,40 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     Ok(print_answer(&answer))
 }
 
+/// The command whose `--field`s are added: what to use instead of a
+/// field the host reads itself differs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FieldsFor {
+    Send,
+    Call,
+}
+
 /// Adds each `--field NAME=VALUE` to `request`'s header: VALUE is JSON if
 /// it parses as JSON, else a string (`wasmux send` and `wasmux call`).
-fn add_fields(request: &mut Message, fields: &[String]) -> anyhow::Result<()> {
+///
+/// Refuses a field with no name, or one the host reads itself, in any case
+/// ([`CONSUMED_FIELDS`](wasmux::message::CONSUMED_FIELDS)): a header field
+/// (`content-type`, …) would be dropped as the header is written, and
+/// `wasmux call` would try a plugin on a field no server passes to one.
+fn add_fields(request: &mut Message, fields: &[String], of: FieldsFor) -> anyhow::Result<()> {
     for field in fields {
         let (name, value) = field.split_once('=').with_context(|| format!("--field {field}: write NAME=VALUE"))?;
+        if name.is_empty() {
+            bail!("--field {field}: the field has no name: write NAME=VALUE");
+        }
+        if let Some(consumed) = consumed_field(name) {
+            let instead = match (consumed, of) {
+                ("content-type", _) => "give the content-type with -t (--content-type)",
+                ("content-encoding", _) => "give the content-encoding with -e (--encoding)",
+                ("content-length", _) => "it is the content's length: give the content with --content or --content-file",
+                ("byteorder", FieldsFor::Send) => "wasmux send sends this machine's",
+                ("byteorder", FieldsFor::Call) => "wasmux call sends this machine's",
+                (_, FieldsFor::Send) => "give the tenant's token with --token (or WASMUX_TOKEN), which sends it as \"Bearer TOKEN\"",
+                (_, FieldsFor::Call) => "a server takes it as a tenant's credential (`wasmux send --token`), and `wasmux call` serves the default tenant",
+            };
+            let what = if of == FieldsFor::Call { "never reaches a plugin as a field" } else { "is not sent as a field of its own" };
+            bail!("--field {field}: {name} is read by the host and {what}; {instead}");
+        }
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         request.header.extra.insert(name.to_owned(), value);
     }

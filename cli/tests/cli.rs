@@ -141,6 +141,29 @@ fn malformed_addresses_are_explained() {
     assert_eq!(line, "wasmux: address \"127.0.0.1:http\": \"http\" is not a port number (0-65535): invalid digit found in string");
 }
 
+/// `wasmux send -f` of a field the header carries itself was dropped as
+/// the header was written, without a word; `authorization` is the token's.
+/// Each is refused before anything is sent, saying what to give instead;
+/// any other field is sent.
+#[test]
+fn send_refuses_fields_the_header_carries_itself() {
+    let server = Server::start_with(&["--native"]);
+    let addr = server.addr_string();
+    for (field, expected) in [
+        ("content-type=text/json", "wasmux: --field content-type=text/json: content-type is read by the host and is not sent as a field of its own; give the content-type with -t (--content-type)"),
+        ("Content-Length=3", "wasmux: --field Content-Length=3: Content-Length is read by the host and is not sent as a field of its own; it is the content's length: give the content with --content or --content-file"),
+        ("byteorder=big", "wasmux: --field byteorder=big: byteorder is read by the host and is not sent as a field of its own; wasmux send sends this machine's"),
+        (
+            "authorization=Bearer x",
+            "wasmux: --field authorization=Bearer x: authorization is read by the host and is not sent as a field of its own; give the tenant's token with --token (or WASMUX_TOKEN), which sends it as \"Bearer TOKEN\"",
+        ),
+    ] {
+        assert_eq!(one_line_error(&wasmux(&["send", "--addr", &addr, "-f", field, "search", "morpheus"])), expected, "{field}");
+    }
+    let out = wasmux(&["send", "--addr", &addr, "-f", "user=ann", "search", "morpheus"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// `wasmux experiments --admin` takes the admin endpoint's URL as `wasmux
 /// serve` prints it (`wasmux admin on http://…`), with or without a
 /// trailing slash; a URL it cannot use is refused as a URL, not as a
