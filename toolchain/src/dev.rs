@@ -78,6 +78,9 @@ pub fn runtime(project: &Project, options: &BuildOptions) -> Result<PathBuf> {
         project.world
     );
     let started = Instant::now();
+    for suffix in [".scratch", ".wasm"] {
+        crate::remove_abandoned(&dir, &format!(".{language}."), suffix);
+    }
     let scratch = Scratch(dir.join(format!(".{language}.{}.scratch", std::process::id())));
     let built = dir.join(format!(".{language}.{}.wasm", std::process::id()));
     let result = match project.language {

@@ -116,12 +116,14 @@ fn run_quietly(what: &str, command: &mut Command) -> Result<()> {
 
 /// Installs a tool into `dir` once: `install` fills a temporary folder
 /// beside it, which is then renamed into place, so a build interrupted
-/// halfway leaves nothing that looks installed. If another build installed
+/// halfway leaves nothing that looks installed (and the next install
+/// removes what it left, [`remove_abandoned`]). If another build installed
 /// it meanwhile (`ready` exists after a failed rename), that one is used.
 fn install_into(dir: &Path, ready: &Path, install: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir.parent().context("cache directory has no parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    remove_abandoned(parent, &format!(".{name}."), "");
     let partial = parent.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     if let Err(e) = install(&partial) {
@@ -135,6 +137,40 @@ fn install_into(dir: &Path, ready: &Path, install: impl FnOnce(&Path) -> Result<
         }
     }
     Ok(())
+}
+
+/// How long scratch files of a process that is gone stay untouched before
+/// [`remove_abandoned`] takes them for abandoned.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes what a build killed halfway (Ctrl-C) left in `dir`. A build
+/// names its scratch files and folders after its process,
+/// `{prefix}{PID}{suffix}`, and removes them when it ends; a killed one
+/// removes nothing. The next build removes those whose process is gone
+/// and which have not changed for [`ABANDONED_AFTER`]: the hour
+/// spares a build running in another PID namespace (a container) on the
+/// same directory, which this process cannot see. Only where the process
+/// table can be read (Linux's `/proc`); elsewhere nothing. Best effort: an
+/// entry that cannot be removed stays.
+pub(crate) fn remove_abandoned(dir: &Path, prefix: &str, suffix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|name| name.strip_prefix(prefix)).and_then(|rest| rest.strip_suffix(suffix)) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let Ok(metadata) = entry.path().symlink_metadata() else { continue };
+        if metadata.modified().ok().and_then(|at| at.elapsed().ok()).is_none_or(|age| age < ABANDONED_AFTER) {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if metadata.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
 }
 
 /// Wraps the core module at `core` into a component at `out`; returns false
@@ -162,4 +198,55 @@ pub fn write_if_changed(out: &Path, bytes: &[u8]) -> Result<bool> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     wasmux_files::write_atomically(out, 0o644, |file| std::io::Write::write_all(file, bytes)).with_context(|| format!("writing {}", out.display()))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// Above Linux's largest process id (2^22): never a live process.
+    const GONE: u32 = 4_194_305;
+
+    fn aged(path: &Path, age: Duration) {
+        let file = std::fs::File::open(path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    /// A build killed halfway left its scratch folder and file; the next
+    /// build removes them, and nothing of a live process, of this one, of
+    /// another project, or anything changed within the hour.
+    #[test]
+    fn scratch_left_by_a_killed_build_is_removed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let old = Duration::from_secs(2 * 3600);
+        std::fs::create_dir(path(&format!(".hello.{GONE}.python"))).unwrap();
+        std::fs::write(path(&format!(".hello.{GONE}.python/app.py")), "x").unwrap();
+        std::fs::write(path(&format!(".hello.{GONE}.build")), "x").unwrap();
+        let kept = [
+            format!(".hello.{}.python", std::process::id()),
+            ".hello.1.python".to_owned(),
+            format!(".other.{GONE}.python"),
+            format!(".hello.{}.python", GONE + 1),
+            format!(".hello.x{GONE}.python"),
+            "hello.wasm".to_owned(),
+        ];
+        for name in &kept {
+            std::fs::create_dir(path(name)).unwrap();
+        }
+        for name in [format!(".hello.{GONE}.python"), format!(".hello.{GONE}.build")].iter().chain(&kept) {
+            aged(&path(name), old);
+        }
+        // Changed a minute ago: its process may be in another PID namespace.
+        aged(&path(&format!(".hello.{}.python", GONE + 1)), Duration::from_secs(60));
+        for suffix in [".python", ".build"] {
+            remove_abandoned(dir.path(), ".hello.", suffix);
+        }
+        let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut expected = kept.to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
+    }
 }

@@ -330,6 +330,9 @@ pub fn build_project_with(dir: &Path, out_dir: &Path, options: &BuildOptions) ->
     let out_dir = &std::path::absolute(out_dir).with_context(|| format!("resolving {}", out_dir.display()))?;
     let out = out_dir.join(format!("{}.wasm", project.name));
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    for suffix in [".python", ".build"] {
+        crate::remove_abandoned(out_dir, &format!(".{}.", project.name), suffix);
+    }
     match project.language {
         Language::Rust => {
             let core = build_rust(&project, options)?;
