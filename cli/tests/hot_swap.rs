@@ -152,6 +152,36 @@ fn atomic_rename_and_in_place_write_both_swap_the_plugin() {
     }
 }
 
+/// `/metrics` keeps the request series of the version a plugin serves and
+/// of the one before it; a third version drops the first's, so that a
+/// server swapping for weeks does not keep every version's series.
+#[test]
+fn metrics_keep_the_series_of_the_last_two_versions() {
+    let plugins = PluginDir::new();
+    let server = plugins.serve(&["--admin", "127.0.0.1:0"]);
+    let mut conn = server.connect();
+    let series = |version: &str| format!(r#"wasmux_requests_total{{tenant="default",route="*",plugin="binary-echo",version="{version}",outcome="ok"}} "#);
+    let count = |metrics: &str, version: &str| metrics.lines().find_map(|line| line.strip_prefix(&series(version))).map(str::to_owned);
+    let third = std::fs::read(crate::common::fixtures_dir().join("echo-fields.wasm")).expect("the echo-fields fixture");
+    let (echo, search, fields) = (short_version(&plugin_bytes("binary-echo")), short_version(&plugin_bytes("search")), short_version(&third));
+    assert_eq!(served_by(&conn.request(&probe())), ServedBy::Echo);
+    plugins.replace_atomically("binary-echo.wasm", &plugin_bytes("search"));
+    wait_until_served_by(&mut conn, ServedBy::Search, &server);
+    let (_, metrics) = server.admin_get("/metrics");
+    assert!(count(&metrics, &echo).is_some(), "{metrics}");
+    assert!(count(&metrics, &search).is_some(), "{metrics}");
+    plugins.replace_atomically("binary-echo.wasm", &third);
+    let end = Instant::now() + SWAP_WAIT;
+    while matches!(served_by(&conn.request(&probe())), ServedBy::Search) {
+        assert!(Instant::now() < end, "the third version does not serve:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, metrics) = server.admin_get("/metrics");
+    assert_eq!(count(&metrics, &echo), None, "the first version's series is still there:\n{metrics}");
+    assert!(!metrics.contains(&format!(r#"version="{echo}""#)), "{metrics}");
+    assert!(count(&metrics, &search).is_some() && count(&metrics, &fields).is_some(), "{metrics}");
+}
+
 #[test]
 fn no_watch_leaves_the_loaded_plugins_alone() {
     let plugins = PluginDir::new();

@@ -4,9 +4,9 @@
 //! Labels are shared strings ([`Label`]), so counting a request clones
 //! reference counts rather than allocating.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -113,6 +113,17 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// The request series of each plugin version, so that those of versions
+/// swapped out longer ago than the last swap can be dropped
+/// ([`Metrics::serving`]).
+#[derive(Default)]
+struct VersionSeries {
+    /// Per plugin: the version it serves, and the one it served before.
+    recent: HashMap<String, [Option<String>; 2]>,
+    /// Per plugin and version: the labels of its series.
+    series: HashMap<(String, String), HashSet<RequestLabels>>,
+}
+
 /// Every metric wasmux exports.
 pub struct Metrics {
     registry: Registry,
@@ -128,6 +139,7 @@ pub struct Metrics {
     kv_read: Family<TenantPluginLabels, Counter>,
     kv_written: Family<TenantPluginLabels, Counter>,
     kv_plugins: RwLock<KvPlugins>,
+    versions: Mutex<VersionSeries>,
 }
 
 impl Default for Metrics {
@@ -192,19 +204,70 @@ impl Metrics {
             kv_read,
             kv_written,
             kv_plugins: RwLock::default(),
+            versions: Mutex::default(),
         }
     }
 
     /// Counts one answered request, and how long it took.
     pub fn request(&self, labels: &RequestLabels, elapsed: Duration) {
-        self.requests.get_or_create(labels).inc();
-        self.durations.get_or_create(labels).observe(elapsed.as_secs_f64());
+        let seconds = elapsed.as_secs_f64();
+        // The series exist (nearly always): their families' read locks only.
+        let counted = self.requests.get(labels).map(|count| count.inc()).is_some();
+        if counted && self.durations.get(labels).map(|histogram| histogram.observe(seconds)).is_some() {
+            return;
+        }
+        self.first_of(labels, !counted, Some(seconds));
     }
 
     /// Counts a message refused before it was dispatched (it has no
     /// duration worth a histogram: it never reached a plugin).
     pub fn refused(&self, labels: &RequestLabels) {
-        self.requests.get_or_create(labels).inc();
+        if self.requests.get(labels).map(|count| count.inc()).is_none() {
+            self.first_of(labels, true, None);
+        }
+    }
+
+    /// Makes the series of `labels`, counting the request (if `count`) and
+    /// observing its duration (if any), and notes them under their plugin's
+    /// version; under the lock [`Self::serving`] drops them with, so that
+    /// no series is made and missed.
+    fn first_of(&self, labels: &RequestLabels, count: bool, seconds: Option<f64>) {
+        let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+        let version = (labels.plugin.as_str().to_owned(), labels.version.as_str().to_owned());
+        versions.series.entry(version).or_default().insert(labels.clone());
+        if count {
+            self.requests.get_or_create(labels).inc();
+        }
+        if let Some(seconds) = seconds {
+            self.durations.get_or_create(labels).observe(seconds);
+        }
+    }
+
+    /// Plugin `plugin` now serves `version`. The request series of its
+    /// versions other than this one and the one it served until now are
+    /// dropped: a server swapping a plugin for weeks (`wasmux dev`, a
+    /// registry's new tags) keeps two versions' series per plugin, not
+    /// every one's. Requests still running on the version before count in
+    /// its series; a request that finishes on an older one makes its
+    /// series again, dropped at the next swap.
+    pub fn serving(&self, plugin: &str, version: &str) {
+        let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+        let VersionSeries { recent, series } = &mut *versions;
+        let recent = recent.entry(plugin.to_owned()).or_default();
+        if recent[0].as_deref() == Some(version) {
+            return;
+        }
+        recent[1] = recent[0].replace(version.to_owned());
+        series.retain(|(of, at), labels| {
+            let dropped = of == plugin && !recent.iter().flatten().any(|kept| kept == at);
+            if dropped {
+                for labels in labels.iter() {
+                    self.requests.remove(labels);
+                    self.durations.remove(labels);
+                }
+            }
+            !dropped
+        });
     }
 
     pub fn plugin_loaded(&self, plugin: &str) {
@@ -518,6 +581,60 @@ mod tests {
         assert!(text.contains("wasmux_request_duration_seconds_bucket{"), "{text}");
         assert!(text.contains("wasmux_open_connections 1"), "{text}");
         assert!(text.contains(r#"wasmux_plugin_loads_total{plugin="search"} 1"#), "{text}");
+    }
+
+    /// A plugin swapped again and again keeps the series of the version it
+    /// serves and of the one before, each with its counts; the older ones'
+    /// are dropped, requests and durations alike, and no other plugin's.
+    #[test]
+    fn a_swap_drops_the_series_of_versions_before_the_last() {
+        let metrics = Metrics::new();
+        let labels = |plugin: &'static str, version: &'static str, outcome: &'static str| RequestLabels {
+            tenant: "default".into(),
+            route: "text/json".into(),
+            plugin: Label::Shared(plugin.into()),
+            version: Label::Shared(version.into()),
+            outcome: outcome.into(),
+        };
+        let count = |text: &str, plugin: &str, version: &str, outcome: &str| {
+            let series = format!(r#"wasmux_requests_total{{tenant="default",route="text/json",plugin="{plugin}",version="{version}",outcome="{outcome}"}} "#);
+            text.lines().find_map(|line| line.strip_prefix(&series)).map(str::to_owned)
+        };
+        let durations = |text: &str, version: &str| text.lines().filter(|line| line.starts_with("wasmux_request_duration_seconds") && line.contains(&format!(r#"version="{version}""#))).count();
+        metrics.serving("search", "v1");
+        metrics.serving("echo", "e1");
+        metrics.request(&labels("search", "v1", "ok"), Duration::from_micros(300));
+        metrics.request(&labels("search", "v1", "internal"), Duration::from_micros(300));
+        metrics.request(&labels("echo", "e1", "ok"), Duration::from_micros(300));
+        metrics.serving("search", "v2");
+        metrics.request(&labels("search", "v2", "ok"), Duration::from_micros(300));
+        metrics.request(&labels("search", "v2", "ok"), Duration::from_micros(300));
+        // The version before keeps its series while requests finish on it.
+        let text = metrics.encode();
+        assert_eq!(count(&text, "search", "v1", "ok").as_deref(), Some("1"), "{text}");
+        assert_eq!(count(&text, "search", "v2", "ok").as_deref(), Some("2"), "{text}");
+        metrics.serving("search", "v3");
+        metrics.request(&labels("search", "v3", "ok"), Duration::from_micros(300));
+        let text = metrics.encode();
+        assert_eq!(count(&text, "search", "v1", "ok"), None, "{text}");
+        assert_eq!(count(&text, "search", "v1", "internal"), None, "{text}");
+        assert_eq!(durations(&text, "v1"), 0, "{text}");
+        assert_eq!(count(&text, "search", "v2", "ok").as_deref(), Some("2"), "{text}");
+        assert!(durations(&text, "v2") > 0, "{text}");
+        assert_eq!(count(&text, "search", "v3", "ok").as_deref(), Some("1"), "{text}");
+        assert_eq!(count(&text, "echo", "e1", "ok").as_deref(), Some("1"), "{text}");
+        // Swapping back to the version before drops nothing; a request that
+        // finishes late on a dropped version counts until the next swap.
+        metrics.serving("search", "v2");
+        metrics.request(&labels("search", "v1", "ok"), Duration::from_micros(300));
+        let text = metrics.encode();
+        assert_eq!(count(&text, "search", "v3", "ok").as_deref(), Some("1"), "{text}");
+        assert_eq!(count(&text, "search", "v1", "ok").as_deref(), Some("1"), "{text}");
+        metrics.serving("search", "v4");
+        let text = metrics.encode();
+        assert_eq!(count(&text, "search", "v1", "ok"), None, "{text}");
+        assert_eq!(count(&text, "search", "v3", "ok"), None, "{text}");
+        assert_eq!(count(&text, "search", "v2", "ok").as_deref(), Some("2"), "{text}");
     }
 
     #[test]

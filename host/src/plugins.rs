@@ -184,6 +184,7 @@ impl Plugins {
     /// Makes `plugin` the current version of its name; returns the one it
     /// replaced, retired.
     pub fn insert(&self, plugin: Plugin) -> Option<Arc<Plugin>> {
+        self.metrics.serving(&plugin.name, &plugin.version_label);
         let plugin = Arc::new(plugin);
         let old = self.plugins.rcu(|current| {
             let mut next = HashMap::clone(current);
